@@ -1,0 +1,577 @@
+//! Bronze: one append-only Delta table per source at
+//! `<lake>/bronze/<schema>/<table>`, holding every change.
+//!
+//! # Delivery contract
+//!
+//! Rows are buffered in memory and staged as Parquet files (invisible until
+//! committed). [`BronzeTable::commit`] makes everything staged durable in one
+//! Delta commit that also carries a `txn` action `(app_id, version)` where
+//! `version` is the highest source commit LSN in it. After a crash, the
+//! table's `txn` version says exactly which source transactions it holds:
+//! changes with a commit LSN ≤ that version are skipped on replay, so a
+//! change is never written twice and — because the slot is acknowledged only
+//! after every table's commit — never lost.
+//!
+//! # Columns
+//!
+//! Change metadata first, under the reserved `_mdl_` prefix, then the source
+//! columns (see [`crate::typemap`]):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `_mdl_op` | string | `snapshot`, `insert`, `update`, `delete`, `truncate` |
+//! | `_mdl_lsn` | long | source commit LSN (snapshot: the snapshot's LSN) |
+//! | `_mdl_seq` | long | order of the change within its transaction |
+//! | `_mdl_commit_ts` | timestamp | source commit time (UTC) |
+//! | `_mdl_xid` | long | source transaction id |
+//! | `_mdl_unchanged_toast` | array<string> | columns whose unchanged TOAST value was not sent (their value is NULL here, unchanged at the source) |
+//!
+//! A dropped source column stays (NULL from then on); an added one is appended.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, StringDictionaryBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef, TimeUnit};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::typemap::{ColumnBuilder, Kind, value_error};
+
+/// Reserved prefix of change-metadata columns.
+pub const META_PREFIX: &str = "_mdl_";
+pub const COL_OP: &str = "_mdl_op";
+pub const COL_LSN: &str = "_mdl_lsn";
+pub const COL_SEQ: &str = "_mdl_seq";
+pub const COL_COMMIT_TS: &str = "_mdl_commit_ts";
+pub const COL_XID: &str = "_mdl_xid";
+pub const COL_UNCHANGED_TOAST: &str = "_mdl_unchanged_toast";
+
+/// The kind of change a bronze row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Snapshot,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Snapshot => "snapshot",
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+}
+
+/// A source table's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    pub schema: String,
+    pub table: String,
+}
+
+impl std::fmt::Display for TableId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Change metadata of one row.
+#[derive(Debug, Clone, Copy)]
+pub struct RowMeta {
+    pub op: Op,
+    pub lsn: i64,
+    pub seq: i64,
+    pub commit_ts_us: i64,
+    pub xid: i64,
+}
+
+fn meta_fields() -> Vec<Field> {
+    vec![
+        Field::new(COL_OP, DataType::Utf8, false),
+        Field::new(COL_LSN, DataType::Int64, false),
+        Field::new(COL_SEQ, DataType::Int64, false),
+        Field::new(
+            COL_COMMIT_TS,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new(COL_XID, DataType::Int64, true),
+        Field::new(
+            COL_UNCHANGED_TOAST,
+            DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
+            true,
+        ),
+    ]
+}
+
+/// The Delta app id under which a table's stream progress is recorded.
+pub fn stream_app_id(slot: &str, id: &TableId) -> String {
+    format!("medallion:{slot}:{id}")
+}
+
+/// The Delta app id recording the LSN of the table's last completed snapshot.
+pub fn snapshot_app_id(slot: &str, id: &TableId) -> String {
+    format!("medallion:{slot}:{id}:snapshot")
+}
+
+/// The Delta app id recording which resync request was served (epoch µs).
+pub fn resync_app_id(slot: &str, id: &TableId) -> String {
+    format!("medallion:{slot}:{id}:resync")
+}
+
+/// Location of a bronze table under the lake root.
+pub fn table_url(lake: &Url, id: &TableId) -> Result<Url> {
+    let enc = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c.to_string()
+                } else {
+                    format!("%{:02X}", c as u32)
+                }
+            })
+            .collect::<String>()
+    };
+    lake.join(&format!("bronze/{}/{}/", enc(&id.schema), enc(&id.table)))
+        .map_err(|e| Error::Config(format!("lake URL {lake}: {e}")))
+}
+
+struct MetaBuilders {
+    op: StringDictionaryBuilder<Int8Type>,
+    lsn: Int64Builder,
+    seq: Int64Builder,
+    ts: TimestampMicrosecondBuilder,
+    xid: Int64Builder,
+    toast: ListBuilder<StringBuilder>,
+}
+
+impl MetaBuilders {
+    fn new() -> Self {
+        MetaBuilders {
+            op: StringDictionaryBuilder::new(),
+            lsn: Int64Builder::new(),
+            seq: Int64Builder::new(),
+            ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            xid: Int64Builder::new(),
+            toast: ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+                "element",
+                DataType::Utf8,
+                true,
+            ))),
+        }
+    }
+
+    fn finish(&mut self) -> Result<Vec<ArrayRef>> {
+        let op = self.op.finish();
+        let op = arrow::compute::cast(&op, &DataType::Utf8).map_err(Error::arrow("_mdl_op"))?;
+        Ok(vec![
+            op,
+            Arc::new(self.lsn.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.xid.finish()),
+            Arc::new(self.toast.finish()),
+        ])
+    }
+}
+
+/// One value of a row being appended: `None` = NULL, `Unchanged` = TOAST not sent.
+pub enum Value<'a> {
+    Null,
+    Text(&'a [u8]),
+    Unchanged,
+}
+
+/// A bronze Delta table being written.
+pub struct BronzeTable {
+    pub id: TableId,
+    url: Url,
+    table: DeltaTable,
+    storage: HashMap<String, String>,
+    /// Source columns in bronze order.
+    columns: Vec<(String, Kind)>,
+    builders: Vec<ColumnBuilder>,
+    meta: MetaBuilders,
+    rows: usize,
+    bytes: usize,
+    staged: Vec<Add>,
+    writer: Option<RecordBatchWriter>,
+    /// Columns added since the last commit (the commit carries new metadata).
+    schema_changed: bool,
+    pending_max_lsn: i64,
+}
+
+impl BronzeTable {
+    /// Open the table, creating it with `columns` if it does not exist.
+    /// Returns the table and the source columns it has.
+    pub async fn open_or_create(
+        lake: &Url,
+        id: &TableId,
+        columns: &[(String, Kind)],
+        storage: &HashMap<String, String>,
+        checkpoint_interval: u64,
+    ) -> Result<BronzeTable> {
+        let url = table_url(lake, id)?;
+        let mut table = DeltaTableBuilder::from_url(url.clone())
+            .map_err(Error::delta(format!("bronze {id}")))?
+            .with_storage_options(storage.clone())
+            .build()
+            .map_err(Error::delta(format!("bronze {id}")))?;
+        let exists = table
+            .verify_deltatable_existence()
+            .await
+            .map_err(Error::delta(format!("bronze {id}")))?;
+        if exists {
+            table
+                .load()
+                .await
+                .map_err(Error::delta(format!("load bronze {id}")))?;
+        } else {
+            let schema = arrow_schema(columns);
+            let kernel: StructType =
+                schema
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(|e| Error::Delta {
+                        context: format!("bronze {id} schema"),
+                        source: e.into(),
+                    })?;
+            table = CreateBuilder::new()
+                .with_location(url.to_string())
+                .with_storage_options(storage.clone())
+                .with_table_name(format!("{}_{}", id.schema, id.table))
+                .with_comment(format!("medallion bronze change log of {id}"))
+                .with_columns(kernel.fields().cloned())
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(checkpoint_interval.max(1).to_string()),
+                )
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(Error::delta(format!("create bronze {id}")))?;
+        }
+        let existing = source_columns_of(&table)?;
+        let mut t = BronzeTable {
+            id: id.clone(),
+            url,
+            table,
+            storage: storage.clone(),
+            builders: existing
+                .iter()
+                .map(|(_, k)| ColumnBuilder::new(k))
+                .collect(),
+            columns: existing,
+            meta: MetaBuilders::new(),
+            rows: 0,
+            bytes: 0,
+            staged: Vec::new(),
+            writer: None,
+            schema_changed: false,
+            pending_max_lsn: 0,
+        };
+        t.extend_columns(columns)?;
+        Ok(t)
+    }
+
+    /// The source columns bronze holds, in order.
+    pub fn columns(&self) -> &[(String, Kind)] {
+        &self.columns
+    }
+
+    /// Add source columns bronze does not have yet (schema drift). Rows
+    /// already buffered get NULL in the new columns (they were written before
+    /// the column existed). Errors if a known column changed type.
+    pub fn extend_columns(&mut self, source: &[(String, Kind)]) -> Result<()> {
+        let mut added = Vec::new();
+        for (name, kind) in source {
+            match self.columns.iter().find(|(n, _)| n == name) {
+                Some((_, k)) if k == kind => {}
+                Some((_, k)) => {
+                    return Err(Error::IncompatibleType {
+                        table: self.id.to_string(),
+                        column: name.clone(),
+                        from: k.arrow_type().to_string(),
+                        to: kind.arrow_type().to_string(),
+                    });
+                }
+                None => added.push((name.clone(), kind.clone())),
+            }
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        for (name, kind) in added {
+            tracing::info!(table = %self.id, column = %name, "bronze schema evolves: new column");
+            let mut b = ColumnBuilder::new(&kind);
+            for _ in 0..self.rows {
+                b.append_null();
+            }
+            self.builders.push(b);
+            self.columns.push((name, kind));
+        }
+        self.schema_changed = true;
+        // The writer encodes one schema: files staged so far keep theirs
+        // (Delta reads their missing columns as NULL), new ones get the new one.
+        self.writer = None;
+        Ok(())
+    }
+
+    /// Index of a source column in bronze order.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|(n, _)| n == name)
+    }
+
+    /// Append one change. `values[i]` is the value of bronze column `i`.
+    ///
+    /// On a value error the buffer is left inconsistent: the caller must
+    /// stop the table and [`discard`](Self::discard) it (a resync repairs it).
+    pub fn append(&mut self, meta: RowMeta, values: &[Value<'_>]) -> Result<()> {
+        debug_assert_eq!(values.len(), self.columns.len());
+        let mut unchanged: Vec<usize> = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Value::Null => self.builders[i].append_null(),
+                Value::Unchanged => {
+                    self.builders[i].append_null();
+                    unchanged.push(i);
+                }
+                Value::Text(raw) => {
+                    if let Err(e) = self.builders[i].append_text(raw) {
+                        let (name, kind) = &self.columns[i];
+                        return Err(value_error(&self.id.to_string(), name, kind, raw, e));
+                    }
+                    self.bytes += raw.len();
+                }
+            }
+        }
+        self.meta.op.append_value(meta.op.as_str());
+        self.meta.lsn.append_value(meta.lsn);
+        self.meta.seq.append_value(meta.seq);
+        self.meta.ts.append_value(meta.commit_ts_us);
+        self.meta.xid.append_value(meta.xid);
+        if unchanged.is_empty() {
+            self.meta.toast.append_null();
+        } else {
+            for i in unchanged {
+                self.meta.toast.values().append_value(&self.columns[i].0);
+            }
+            self.meta.toast.append(true);
+        }
+        self.rows += 1;
+        self.bytes += 48;
+        self.pending_max_lsn = self.pending_max_lsn.max(meta.lsn);
+        Ok(())
+    }
+
+    /// Rows buffered in memory (not yet staged).
+    pub fn buffered_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Approximate bytes buffered in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether anything (buffered or staged) awaits a commit.
+    pub fn has_pending(&self) -> bool {
+        self.rows > 0 || !self.staged.is_empty() || self.schema_changed
+    }
+
+    /// Drop everything not committed (after a definite error).
+    pub fn discard(&mut self) {
+        self.builders = self
+            .columns
+            .iter()
+            .map(|(_, k)| ColumnBuilder::new(k))
+            .collect();
+        self.meta = MetaBuilders::new();
+        self.rows = 0;
+        self.bytes = 0;
+        self.staged.clear();
+        self.writer = None;
+        self.pending_max_lsn = 0;
+    }
+
+    /// Write buffered rows to a Parquet file in the table's directory. The
+    /// file is invisible until [`commit`](Self::commit). Bounds memory.
+    pub async fn stage(&mut self) -> Result<()> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let schema = arrow_schema(&self.columns);
+        let mut arrays = self.meta.finish()?;
+        for b in &mut self.builders {
+            arrays.push(b.finish());
+        }
+        let batch = RecordBatch::try_new(schema.clone(), arrays)
+            .map_err(Error::arrow(format!("bronze {} batch", self.id)))?;
+        self.rows = 0;
+        self.bytes = 0;
+        if self.writer.is_none() {
+            self.writer = Some(
+                RecordBatchWriter::try_new(
+                    self.url.as_str(),
+                    schema,
+                    None,
+                    Some(self.storage.clone()),
+                )
+                .map_err(Error::delta(format!("bronze {} writer", self.id)))?,
+            );
+        }
+        let writer = self.writer.as_mut().expect("writer was just created");
+        writer
+            .write(batch)
+            .await
+            .map_err(Error::delta(format!("write bronze {}", self.id)))?;
+        let adds = writer
+            .flush()
+            .await
+            .map_err(Error::delta(format!("flush bronze {}", self.id)))?;
+        self.staged.extend(adds);
+        crate::fault::hit("mid_transaction");
+        Ok(())
+    }
+
+    /// Commit everything staged and buffered in one Delta commit carrying the
+    /// given application transactions. Returns the new Delta version, or None
+    /// when there was nothing to commit.
+    pub async fn commit(
+        &mut self,
+        txns: Vec<Transaction>,
+        info: Vec<(String, serde_json::Value)>,
+    ) -> Result<Option<i64>> {
+        self.stage().await?;
+        if self.staged.is_empty() && !self.schema_changed && txns.is_empty() {
+            return Ok(None);
+        }
+        let mut actions: Vec<Action> = self.staged.iter().cloned().map(Action::Add).collect();
+        if self.schema_changed {
+            let schema = arrow_schema(&self.columns);
+            let kernel: StructType =
+                schema
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(|e| Error::Delta {
+                        context: format!("bronze {} schema", self.id),
+                        source: e.into(),
+                    })?;
+            let meta = self
+                .table
+                .snapshot()
+                .map_err(Error::delta("bronze snapshot"))?
+                .metadata()
+                .clone()
+                .with_schema(&kernel)
+                .map_err(|e| Error::Delta {
+                    context: format!("bronze {} metadata", self.id),
+                    source: e.into(),
+                })?;
+            actions.push(Action::Metadata(meta));
+        }
+        fault_hit_before_commit();
+        let props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata(info);
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(Error::delta("bronze snapshot"))?;
+        let finalized = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(
+                Some(snapshot),
+                self.table.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(|e| Error::Delta {
+                context: format!("commit bronze {}", self.id),
+                source: e.into(),
+            })?;
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot());
+        self.staged.clear();
+        self.schema_changed = false;
+        self.pending_max_lsn = 0;
+        Ok(Some(version as i64))
+    }
+
+    /// The version recorded for `app_id` in the table (`txn` action).
+    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(Error::delta("bronze snapshot"))?;
+        snapshot
+            .transaction_version(self.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(Error::delta(format!("bronze {} txn", self.id)))
+    }
+
+    /// Current Delta version of the table.
+    pub fn version(&self) -> Option<i64> {
+        self.table.version().map(|v| v as i64)
+    }
+
+    /// Reload the table's state from the log (after another writer committed).
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.table
+            .update_state()
+            .await
+            .map_err(Error::delta(format!("refresh bronze {}", self.id)))
+    }
+}
+
+fn fault_hit_before_commit() {
+    crate::fault::hit("before_bronze_commit");
+}
+
+fn arrow_schema(columns: &[(String, Kind)]) -> SchemaRef {
+    let mut fields = meta_fields();
+    for (name, kind) in columns {
+        fields.push(Field::new(name, kind.arrow_type(), true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn source_columns_of(table: &DeltaTable) -> Result<Vec<(String, Kind)>> {
+    let snapshot = table.snapshot().map_err(Error::delta("bronze snapshot"))?;
+    let schema: Schema = snapshot.snapshot().arrow_schema().as_ref().clone();
+    let mut out = Vec::new();
+    for f in schema.fields() {
+        if f.name().starts_with(META_PREFIX) {
+            continue;
+        }
+        let kind = Kind::from_arrow(f.data_type()).ok_or_else(|| {
+            Error::Protocol(format!(
+                "bronze column {} has type {} that medallion does not write",
+                f.name(),
+                f.data_type()
+            ))
+        })?;
+        out.push((f.name().clone(), kind));
+    }
+    Ok(out)
+}

@@ -1,0 +1,178 @@
+//! `medallion check`: configuration and connectivity, with actionable messages.
+
+use crate::catalog;
+use crate::config::Config;
+use crate::error::scrub_url;
+
+/// One check's outcome.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub name: &'static str,
+    pub ok: bool,
+    pub message: String,
+}
+
+fn f(name: &'static str, ok: bool, message: impl Into<String>) -> Finding {
+    Finding {
+        name,
+        ok,
+        message: message.into(),
+    }
+}
+
+/// Run every check; a failed connection stops the database checks.
+pub async fn run(cfg: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match cfg.lake_root() {
+        Ok(root) => {
+            if root.scheme() == "file" {
+                let probe = root
+                    .to_file_path()
+                    .map(|p| p.join(".medallion-write-probe"))
+                    .ok();
+                let ok = probe.as_ref().is_some_and(|p| {
+                    std::fs::write(p, b"ok").is_ok() && std::fs::remove_file(p).is_ok()
+                });
+                out.push(f(
+                    "lake",
+                    ok,
+                    if ok {
+                        format!("{root} is writable")
+                    } else {
+                        format!("{root} is not writable by this user")
+                    },
+                ));
+            } else {
+                out.push(f(
+                    "lake",
+                    false,
+                    format!(
+                        "{}: only local-directory lakes are supported by this build",
+                        scrub_url(root.as_str())
+                    ),
+                ));
+            }
+        }
+        Err(e) => out.push(f("lake", false, e.to_string())),
+    }
+    let (client, conn) = match catalog::connect(&cfg.database_url).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(f("connect", false, format!("{e}")));
+            return out;
+        }
+    };
+    let task = tokio::spawn(conn);
+    out.push(f(
+        "connect",
+        true,
+        format!("connected to {}", scrub_url(&cfg.database_url)),
+    ));
+    let q = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_else(|e| format!("error: {e}"))
+        }
+    };
+    let wal_level = q("SHOW wal_level").await;
+    out.push(f(
+        "wal_level",
+        wal_level == "logical",
+        if wal_level == "logical" {
+            "wal_level = logical".to_string()
+        } else {
+            format!("wal_level = {wal_level}: set wal_level = logical in postgresql.conf and restart Postgres")
+        },
+    ));
+    let version = q("SHOW server_version_num").await;
+    let v: i64 = version.parse().unwrap_or(0);
+    out.push(f(
+        "server_version",
+        v >= 150000,
+        if v >= 150000 {
+            format!("Postgres {version}")
+        } else {
+            format!("Postgres {version}: medallion needs Postgres 15 or later (column lists, row filters)")
+        },
+    ));
+    let repl =
+        q("SELECT (rolreplication OR rolsuper)::text FROM pg_roles WHERE rolname = current_user")
+            .await;
+    out.push(f(
+        "privileges",
+        repl == "true",
+        if repl == "true" {
+            "role may replicate".to_string()
+        } else {
+            "role lacks REPLICATION: ALTER ROLE <sidecar role> REPLICATION".to_string()
+        },
+    ));
+    let datestyle = q("SHOW datestyle").await;
+    out.push(f(
+        "datestyle",
+        datestyle.starts_with("ISO"),
+        if datestyle.starts_with("ISO") {
+            format!("datestyle = {datestyle}")
+        } else {
+            format!("datestyle = {datestyle}: pgoutput prints dates with it; ALTER ROLE <sidecar role> SET datestyle = 'ISO, YMD'")
+        },
+    ));
+    let ext = catalog::extension_installed(&client).await.unwrap_or(false);
+    out.push(f(
+        "extension",
+        true,
+        if ext {
+            "pg_medallion is installed (definitions, status)".to_string()
+        } else {
+            "pg_medallion is not installed: replicating the publication only, no status written"
+                .to_string()
+        },
+    ));
+    match catalog::published_tables(&client, &cfg.publication, ext).await {
+        Ok(t) => out.push(f(
+            "publication",
+            !t.is_empty(),
+            if t.is_empty() {
+                format!(
+                    "publication {} has no tables: SELECT medallion.add_source('schema.table');",
+                    cfg.publication
+                )
+            } else {
+                format!("publication {} has {} table(s)", cfg.publication, t.len())
+            },
+        )),
+        Err(e) => out.push(f("publication", false, e.to_string())),
+    }
+    match crate::slot::read(&client, &cfg.slot).await {
+        Ok(None) => out.push(f(
+            "slot",
+            true,
+            format!("slot {} will be created on first run", cfg.slot),
+        )),
+        Ok(Some(s)) => {
+            let lost = s.wal_status.as_deref() == Some("lost");
+            out.push(f(
+                "slot",
+                !lost,
+                format!(
+                    "slot {}: wal_status = {}, retained WAL {} bytes{}",
+                    cfg.slot,
+                    s.wal_status.as_deref().unwrap_or("?"),
+                    s.retained_bytes,
+                    if lost {
+                        " — invalidated: drop it and restart medallion to resync"
+                    } else {
+                        ""
+                    }
+                ),
+            ))
+        }
+        Err(e) => out.push(f("slot", false, e.to_string())),
+    }
+    task.abort();
+    out
+}

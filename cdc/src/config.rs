@@ -1,0 +1,212 @@
+//! Configuration: an optional TOML file, overridden by `MEDALLION_*`
+//! environment variables. Secrets are never printed (see [`Config::describe`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result, scrub_url};
+
+/// Sidecar configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Postgres connection URL (`MEDALLION_DATABASE_URL`). The role needs
+    /// REPLICATION and membership in `medallion_admin`.
+    pub database_url: String,
+    /// Where the lake lives (`MEDALLION_LAKE_URL`): a local directory (default
+    /// `./lake`) or an object-store URL.
+    pub lake_url: String,
+    /// Replication slot (`MEDALLION_SLOT`). Two sidecars following one
+    /// database (e.g. staging and production lakes) use two slots.
+    pub slot: String,
+    /// Publication (`MEDALLION_PUBLICATION`); `medallion` is maintained by
+    /// the extension.
+    pub publication: String,
+    /// Flush a batch when this many changes are pending (`MEDALLION_FLUSH_ROWS`).
+    pub flush_rows: usize,
+    /// ... or this many bytes (`MEDALLION_FLUSH_BYTES`).
+    pub flush_bytes: usize,
+    /// ... or when the oldest pending change is this old (`MEDALLION_FLUSH_INTERVAL_MS`).
+    pub flush_interval_ms: u64,
+    /// Write a Delta checkpoint every N commits (`MEDALLION_CHECKPOINT_INTERVAL`).
+    pub checkpoint_interval: u64,
+    /// Tables copied in parallel during the initial snapshot (`MEDALLION_SNAPSHOT_PARALLELISM`).
+    pub snapshot_parallelism: usize,
+    /// Scale of unconstrained `numeric` in bronze, as decimal(38, scale)
+    /// (`MEDALLION_NUMERIC_SCALE`). A value with more fractional digits is an
+    /// error, never rounded.
+    pub numeric_scale: i8,
+    /// Where local spill files of large streamed transactions go (`MEDALLION_SPILL_DIR`).
+    pub spill_dir: Option<PathBuf>,
+    /// Prometheus `/metrics` listen address (`MEDALLION_METRICS_ADDR`), off when empty.
+    pub metrics_addr: Option<String>,
+    /// `text` or `json` logs (`MEDALLION_LOG_FORMAT`).
+    pub log_format: String,
+    /// Minimum interval between status writes to Postgres (`MEDALLION_STATUS_INTERVAL_MS`).
+    pub status_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: String::new(),
+            lake_url: "./lake".into(),
+            slot: "medallion".into(),
+            publication: "medallion".into(),
+            flush_rows: 100_000,
+            flush_bytes: 64 << 20,
+            flush_interval_ms: 1000,
+            checkpoint_interval: 10,
+            snapshot_parallelism: 2,
+            numeric_scale: 18,
+            spill_dir: None,
+            metrics_addr: None,
+            log_format: "text".into(),
+            status_interval_ms: 2000,
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, slot: &mut T) -> Result<()> {
+    if let Some(v) = env(name) {
+        *slot = v
+            .parse()
+            .map_err(|_| Error::Config(format!("{name}={v:?} is not a valid value")))?;
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Load from an optional TOML file, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = env("MEDALLION_DATABASE_URL") {
+            cfg.database_url = v;
+        }
+        if let Some(v) = env("MEDALLION_LAKE_URL") {
+            cfg.lake_url = v;
+        }
+        if let Some(v) = env("MEDALLION_SLOT") {
+            cfg.slot = v;
+        }
+        if let Some(v) = env("MEDALLION_PUBLICATION") {
+            cfg.publication = v;
+        }
+        env_parse("MEDALLION_FLUSH_ROWS", &mut cfg.flush_rows)?;
+        env_parse("MEDALLION_FLUSH_BYTES", &mut cfg.flush_bytes)?;
+        env_parse("MEDALLION_FLUSH_INTERVAL_MS", &mut cfg.flush_interval_ms)?;
+        env_parse(
+            "MEDALLION_CHECKPOINT_INTERVAL",
+            &mut cfg.checkpoint_interval,
+        )?;
+        env_parse(
+            "MEDALLION_SNAPSHOT_PARALLELISM",
+            &mut cfg.snapshot_parallelism,
+        )?;
+        env_parse("MEDALLION_NUMERIC_SCALE", &mut cfg.numeric_scale)?;
+        env_parse("MEDALLION_STATUS_INTERVAL_MS", &mut cfg.status_interval_ms)?;
+        if let Some(v) = env("MEDALLION_SPILL_DIR") {
+            cfg.spill_dir = Some(v.into());
+        }
+        if let Some(v) = env("MEDALLION_METRICS_ADDR") {
+            cfg.metrics_addr = Some(v);
+        }
+        if let Some(v) = env("MEDALLION_LOG_FORMAT") {
+            cfg.log_format = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.database_url.is_empty() {
+            return Err(Error::Config(
+                "MEDALLION_DATABASE_URL is not set (e.g. postgresql://medallion@localhost/odoo)"
+                    .into(),
+            ));
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !name_ok(&self.slot) {
+            return Err(Error::Config(format!(
+                "slot name {:?} must be 1-63 lower-case letters, digits or underscores",
+                self.slot
+            )));
+        }
+        if !name_ok(&self.publication) {
+            return Err(Error::Config(format!(
+                "publication name {:?} must be 1-63 lower-case letters, digits or underscores",
+                self.publication
+            )));
+        }
+        if !(0..=38).contains(&self.numeric_scale) {
+            return Err(Error::Config(
+                "numeric_scale must be between 0 and 38".into(),
+            ));
+        }
+        if self.flush_rows == 0 || self.snapshot_parallelism == 0 {
+            return Err(Error::Config(
+                "flush_rows and snapshot_parallelism must be at least 1".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(Error::Config("log_format is 'text' or 'json'".into()));
+        }
+        Ok(())
+    }
+
+    /// The lake root as a URL (`file://` for a local directory, created if missing).
+    pub fn lake_root(&self) -> Result<url::Url> {
+        if self.lake_url.contains("://") {
+            return url::Url::parse(&self.lake_url)
+                .map_err(|e| Error::Config(format!("MEDALLION_LAKE_URL: {e}")));
+        }
+        let path = PathBuf::from(&self.lake_url);
+        std::fs::create_dir_all(&path).map_err(|e| {
+            Error::Config(format!(
+                "cannot create lake directory {}: {e}",
+                path.display()
+            ))
+        })?;
+        let abs = path
+            .canonicalize()
+            .map_err(|e| Error::Config(format!("lake directory {}: {e}", path.display())))?;
+        url::Url::from_directory_path(&abs)
+            .map_err(|_| Error::Config(format!("lake directory {} is not absolute", abs.display())))
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// A printable summary with secrets scrubbed.
+    pub fn describe(&self) -> String {
+        format!(
+            "database={} lake={} slot={} publication={} flush_rows={} flush_interval={}ms",
+            scrub_url(&self.database_url),
+            scrub_url(&self.lake_url),
+            self.slot,
+            self.publication,
+            self.flush_rows,
+            self.flush_interval_ms
+        )
+    }
+}

@@ -1,0 +1,34 @@
+//! medallion — the sidecar of the medallion lakehouse bridge.
+//!
+//! It reads pipeline definitions from the `medallion` schema (extension
+//! `pg_medallion`), holds a logical replication slot, snapshots then streams
+//! changes into Delta Lake bronze tables exactly once, and writes status back
+//! to Postgres.
+//!
+//! ```text
+//!  Postgres ── WAL ──► slot ──► decode ──► batch per table ──► bronze Delta commit
+//!                                                             (txn = commit LSN)
+//!                                    ack LSN ◄────────────────────┘
+//! ```
+//!
+//! Modules follow the data: [`catalog`] (what to replicate), [`slot`],
+//! [`snapshot`] (initial copy), [`replicate`] (the stream), [`spill`]
+//! (large in-progress transactions), [`typemap`] (Postgres → Arrow),
+//! [`bronze`] (Delta tables), [`status`] and [`metrics`].
+
+pub mod bronze;
+pub mod catalog;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod fault;
+pub mod metrics;
+pub mod replicate;
+pub mod slot;
+pub mod snapshot;
+pub mod spill;
+pub mod status;
+pub mod typemap;
+
+pub use config::Config;
+pub use error::{Error, Result, RetryPolicy};

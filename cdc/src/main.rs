@@ -1,0 +1,141 @@
+//! `medallion`: the sidecar binary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use medallion::Config;
+use medallion::replicate::{self, RunOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "medallion",
+    version,
+    about = "Postgres → Delta Lake lakehouse bridge (sidecar)"
+)]
+struct Cli {
+    /// Optional TOML configuration file (environment variables override it).
+    #[arg(long, global = true, env = "MEDALLION_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replicate into the lake until stopped (SIGTERM/Ctrl-C flushes, acknowledges, exits).
+    Run {
+        /// Drain to the WAL position current at start, then exit 0.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Validate configuration and connectivity.
+    Check,
+    /// Print the status Postgres holds for this sidecar's slot.
+    Status,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDALLION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,delta_kernel=warn,pg_walstream=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref())?;
+    init_logging(&cfg.log_format);
+    match cli.command {
+        Command::Run { until_caught_up } => {
+            tracing::info!(config = %cfg.describe(), "medallion starting");
+            let metrics = Arc::new(medallion::metrics::Metrics::default());
+            if let Some(addr) = cfg.metrics_addr.clone() {
+                let m = metrics.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = medallion::metrics::serve(addr, m).await {
+                        tracing::error!(error = %e, "metrics endpoint stopped");
+                    }
+                });
+            }
+            let shutdown = CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("install SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                s.cancel();
+            });
+            let summary = replicate::run(&cfg, RunOptions { until_caught_up }, shutdown, metrics)
+                .await
+                .context("medallion run failed")?;
+            println!(
+                "medallion: {} snapshot rows, {} changes, {} bronze commits, acknowledged {}",
+                summary.snapshot_rows,
+                summary.changes,
+                summary.commits,
+                pg_walstream::format_lsn(summary.acked_lsn)
+            );
+        }
+        Command::Check => {
+            let findings = medallion::check::run(&cfg).await;
+            let mut failed = false;
+            for f in &findings {
+                println!(
+                    "{} {:<15} {}",
+                    if f.ok { "ok  " } else { "FAIL" },
+                    f.name,
+                    f.message
+                );
+                failed |= !f.ok;
+            }
+            if failed {
+                anyhow::bail!("medallion check found problems");
+            }
+        }
+        Command::Status => {
+            let (client, conn) = medallion::catalog::connect(&cfg.database_url).await?;
+            tokio::spawn(conn);
+            let rows = client
+                .query(
+                    "SELECT layer, name, state, coalesce(last_lsn::text, ''), rows_total, \
+                     coalesce(lag_bytes::text, ''), coalesce(retained_wal_bytes::text, ''), coalesce(last_error, '') \
+                     FROM medallion.status() WHERE slot_name = $1",
+                    &[&cfg.slot],
+                )
+                .await
+                .context("read medallion.status() (is pg_medallion installed?)")?;
+            println!(
+                "{:<7} {:<40} {:<12} {:<14} {:>10} {:>10} {:>12}  error",
+                "layer", "name", "state", "last_lsn", "rows", "lag_bytes", "retained_wal"
+            );
+            for r in rows {
+                println!(
+                    "{:<7} {:<40} {:<12} {:<14} {:>10} {:>10} {:>12}  {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, i64>(4),
+                    r.get::<_, String>(5),
+                    r.get::<_, String>(6),
+                    r.get::<_, String>(7)
+                );
+            }
+        }
+    }
+    Ok(())
+}

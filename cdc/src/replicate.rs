@@ -1,0 +1,968 @@
+//! The bronze path: slot → decode → batch per table → Delta commit carrying
+//! the LSN → acknowledge.
+//!
+//! ```text
+//!   Postgres WAL ──► slot (pgoutput v2, streaming=on, messages=on)
+//!        │  Begin / Relation / Insert / Update / Delete / Truncate / Commit
+//!        │  Stream Start/Stop/Commit/Abort ──► spill files (bounded memory)
+//!        ▼
+//!   decode (TupleData → Cell; unchanged TOAST kept as a marker)
+//!        ▼
+//!   per-table buffers ──(flush_rows)──► staged Parquet files (invisible)
+//!        ▼  at a transaction boundary, by rows / bytes / latency
+//!   one Delta commit per table: files + txn(app id, last commit LSN)
+//!        ▼  only after every table's commit succeeded
+//!   acknowledge the end LSN of the last processed commit to the slot
+//! ```
+//!
+//! Exactly once: on start, every table's `txn` version tells which source
+//! transactions it holds; the stream resumes at the slot's
+//! `confirmed_flush_lsn` and changes with a commit LSN ≤ that version are
+//! skipped. Nothing is acknowledged before it is durable in every table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::kernel::Transaction;
+use futures::StreamExt;
+use pg_walstream::{
+    LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream,
+    ReplicationStreamConfig, RetryConfig, StreamingMode, TupleData,
+};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::bronze::{self, BronzeTable, Op, RowMeta, TableId, Value};
+use crate::catalog::{self, PublishedTable, TypeResolver};
+use crate::config::Config;
+use crate::error::{Error, Result, RetryPolicy};
+use crate::metrics::Metrics;
+use crate::snapshot::{self, SnapshotJob};
+use crate::spill::{Cell, Change, ChangeKind, Spill};
+use crate::status::StatusBoard;
+use crate::typemap::Kind;
+
+/// How `run` ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Drain to the WAL position current at start (after the initial copy),
+    /// make it durable, acknowledge it and return.
+    pub until_caught_up: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub changes: u64,
+    pub commits: u64,
+    pub snapshot_rows: u64,
+    pub acked_lsn: u64,
+}
+
+/// Postgres epoch (2000-01-01) in Unix microseconds.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// Run the bronze path until shutdown (or caught up), retrying transient
+/// errors with backoff.
+pub async fn run(
+    cfg: &Config,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<RunSummary> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match run_once(cfg, opts, shutdown.clone(), metrics.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.retry_policy() == RetryPolicy::RetryOnTimer && !shutdown.is_cancelled() => {
+                metrics.error(&e);
+                tracing::warn!(error = %e, retry_in = ?backoff, "transient error; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Err(e),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                metrics.error(&e);
+                return Err(e);
+            }
+        }
+    }
+}
+
+struct RelInfo {
+    id: TableId,
+    /// (name, type oid, typmod, is key) in wire order.
+    columns: Vec<(String, u32, i32, bool)>,
+}
+
+struct TableState {
+    bronze: BronzeTable,
+    /// Changes with a commit LSN ≤ this are already in bronze.
+    skip_upto: i64,
+    /// Highest commit LSN buffered or staged, not committed.
+    pending_lsn: i64,
+    /// Stopped by a definite error until resynced.
+    failed: Option<String>,
+    /// Relation column index → bronze column index (for the current relation).
+    rel_map: Vec<Option<usize>>,
+    pending_rows: u64,
+    /// Source commit time of the newest pending change.
+    pending_ts_us: Option<i64>,
+}
+
+struct Tx {
+    xid: u32,
+    lsn: i64,
+    ts_us: i64,
+    seq: i64,
+}
+
+struct Replicator<'a> {
+    cfg: &'a Config,
+    lake: Url,
+    storage: HashMap<String, String>,
+    client: Client,
+    with_extension: bool,
+    types: TypeResolver,
+    tables: BTreeMap<TableId, TableState>,
+    published: HashMap<TableId, PublishedTable>,
+    relations: HashMap<u32, RelInfo>,
+    spill: Spill,
+    tx: Option<Tx>,
+    stream_xid: Option<u32>,
+    last_commit_end: u64,
+    acked: u64,
+    pending_since: Option<Instant>,
+    status: StatusBoard,
+    metrics: Arc<Metrics>,
+    summary: RunSummary,
+    config_changed: bool,
+    slot_recreated: bool,
+}
+
+fn lsn_text(lsn: u64) -> String {
+    pg_walstream::format_lsn(lsn)
+}
+
+async fn run_once(
+    cfg: &Config,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<RunSummary> {
+    let lake = cfg.lake_root()?;
+    let (client, mut conn) = catalog::connect(&cfg.database_url).await?;
+    let (notify_tx, mut notify_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let conn_task = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = notify_tx.send(format!("{}:{}", n.channel(), n.payload()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "control connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(catalog::SESSION_SETUP)
+        .await
+        .map_err(Error::pg("session setup"))?;
+    let with_extension = catalog::extension_installed(&client).await?;
+    if with_extension {
+        if cfg.publication == "medallion" {
+            client
+                .execute("SELECT medallion.sync_publication()", &[])
+                .await
+                .map_err(Error::pg("medallion.sync_publication()"))?;
+        }
+        client
+            .batch_execute("LISTEN medallion_config; LISTEN medallion_refresh")
+            .await
+            .map_err(Error::pg("LISTEN"))?;
+    }
+    let (slot_info, slot_created) = crate::slot::ensure(&client, &cfg.slot).await?;
+    let spill_dir = cfg
+        .spill_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("medallion-spill-{}", cfg.slot)));
+
+    let mut r = Replicator {
+        cfg,
+        lake,
+        storage: HashMap::new(),
+        client,
+        with_extension,
+        types: TypeResolver::default(),
+        tables: BTreeMap::new(),
+        published: HashMap::new(),
+        relations: HashMap::new(),
+        spill: Spill::new(&spill_dir)?,
+        tx: None,
+        stream_xid: None,
+        last_commit_end: slot_info.confirmed_flush_lsn,
+        acked: slot_info.confirmed_flush_lsn,
+        pending_since: None,
+        status: StatusBoard::new(
+            &cfg.slot,
+            with_extension,
+            Duration::from_millis(cfg.status_interval_ms),
+        ),
+        metrics,
+        summary: RunSummary::default(),
+        config_changed: false,
+        slot_recreated: slot_created,
+    };
+    r.reconcile().await?;
+    r.status.flush(&r.client, true).await?;
+
+    // For --until-caught-up: a transactional logical message marks "now".
+    let target = if opts.until_caught_up {
+        let row = r
+            .client
+            .query_one(
+                "SELECT pg_logical_emit_message(true, 'medallion', 'caught-up')::text",
+                &[],
+            )
+            .await
+            .map_err(Error::pg("emit caught-up marker"))?;
+        Some(pg_walstream::parse_lsn(&row.get::<_, String>(0)).unwrap_or(0))
+    } else {
+        None
+    };
+
+    let stream_cfg = ReplicationStreamConfig::new(
+        cfg.slot.clone(),
+        cfg.publication.clone(),
+        2,
+        StreamingMode::On,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+        RetryConfig::default(),
+    )
+    .with_messages(true);
+    let mut stream = LogicalReplicationStream::new(
+        &crate::slot::replication_conninfo(&cfg.database_url),
+        stream_cfg,
+    )
+    .await
+    .map_err(Error::repl("connect replication stream"))?;
+    stream
+        .start(Some(slot_info.confirmed_flush_lsn))
+        .await
+        .map_err(Error::repl("START_REPLICATION"))?;
+    tracing::info!(
+        slot = %cfg.slot,
+        from = %lsn_text(slot_info.confirmed_flush_lsn),
+        tables = r.tables.len(),
+        "streaming"
+    );
+    let mut parser = LogicalReplicationParser::with_protocol_version(2);
+    let mut tick = CancellationToken::new();
+    let mut tick_deadline = Instant::now();
+    let mut stopping = false;
+
+    loop {
+        // A token that fires at the next deadline bounds each wait, so the
+        // loop can flush by latency, acknowledge while idle and see shutdown.
+        if tick.is_cancelled() || Instant::now() >= tick_deadline {
+            tick = shutdown.child_token();
+            let wait = match r.pending_since {
+                Some(t) => cfg.flush_interval().saturating_sub(t.elapsed()),
+                None => Duration::from_millis(500),
+            }
+            .max(Duration::from_millis(20));
+            tick_deadline = Instant::now() + wait;
+            let t = tick.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                t.cancel();
+            });
+        }
+        match stream.next_raw_event(&tick).await {
+            Ok(raw) => {
+                if raw.data.is_empty() {
+                    continue;
+                }
+                let msg = parser
+                    .parse_wal_message_bytes(raw.data)
+                    .map_err(Error::repl("decode pgoutput"))?;
+                r.handle(msg.message, msg.is_streaming, msg.xid).await?;
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(Error::repl("replication stream")(e)),
+        }
+        while let Ok(n) = notify_rx.try_recv() {
+            tracing::debug!(notification = %n, "configuration notification");
+            r.config_changed = true;
+        }
+        if shutdown.is_cancelled() && !stopping {
+            stopping = true;
+            tracing::info!("shutdown requested: finishing the current transaction");
+        }
+        if r.tx.is_some() {
+            continue;
+        }
+        // At a transaction boundary.
+        if r.config_changed {
+            r.config_changed = false;
+            r.flush_all(&mut stream).await?;
+            r.reconcile().await?;
+        }
+        let caught_up = target.is_some_and(|t| r.last_commit_end >= t);
+        if stopping || caught_up || r.should_flush() {
+            r.flush_all(&mut stream).await?;
+        } else if r.pending_since.is_none() {
+            // Idle: nothing pending, confirm what the server says we have seen
+            // (keepalives), so an idle or filtered source retains no WAL.
+            let pos = r.last_commit_end.max(stream.current_lsn());
+            r.ack(&mut stream, pos).await?;
+        }
+        r.status.flush(&r.client, false).await?;
+        if stopping || caught_up {
+            break;
+        }
+    }
+    r.status.flush(&r.client, true).await?;
+    r.wait_confirmed(r.acked).await?;
+    let _ = stream.stop().await;
+    conn_task.abort();
+    let mut summary = r.summary.clone();
+    summary.acked_lsn = r.acked;
+    tracing::info!(
+        changes = summary.changes,
+        commits = summary.commits,
+        acked = %lsn_text(summary.acked_lsn),
+        "stopped"
+    );
+    Ok(summary)
+}
+
+fn cells(t: TupleData) -> Vec<Cell> {
+    t.columns
+        .into_iter()
+        .map(|c| match c.data_type {
+            b'n' => Cell::Null,
+            b'u' => Cell::Unchanged,
+            _ => Cell::Text(c.into_bytes()),
+        })
+        .collect()
+}
+
+impl Replicator<'_> {
+    /// Bring tables in line with the publication: open bronze tables, copy
+    /// the ones without a snapshot (or with a pending resync).
+    async fn reconcile(&mut self) -> Result<()> {
+        let published =
+            catalog::published_tables(&self.client, &self.cfg.publication, self.with_extension)
+                .await?;
+        let mut jobs = Vec::new();
+        for t in published {
+            let resync_us = t.resync_requested_us;
+            let id = t.id.clone();
+            self.published.insert(id.clone(), t.clone());
+            let known = self.tables.contains_key(&id);
+            if !known {
+                match self.open_table(&t).await {
+                    Ok(state) => {
+                        self.tables.insert(id.clone(), state);
+                    }
+                    Err(e) if e.retry_policy() == RetryPolicy::NeedsOperator => {
+                        self.fail_table_unopened(&id, &e);
+                        if resync_us.is_none() {
+                            continue;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let (snap_v, resync_v) = match self.tables.get(&id) {
+                Some(s) => (
+                    s.bronze
+                        .txn_version(&bronze::snapshot_app_id(&self.cfg.slot, &id))
+                        .await?,
+                    s.bronze
+                        .txn_version(&bronze::resync_app_id(&self.cfg.slot, &id))
+                        .await?,
+                ),
+                None => (None, None),
+            };
+            let wants_resync = resync_us.is_some_and(|us| us > resync_v.unwrap_or(0));
+            let needs = snap_v.is_none() || (self.slot_recreated && !known) || wants_resync;
+            if needs {
+                if self.slot_recreated && snap_v.is_some() {
+                    tracing::warn!(table = %id, "slot was (re)created: copying the table again");
+                }
+                jobs.push((t, if wants_resync { resync_us } else { None }));
+            }
+        }
+        self.slot_recreated = false;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut work = Vec::new();
+        for (t, resync_us) in jobs {
+            let id = t.id.clone();
+            let Some(mut state) = self.tables.remove(&id) else {
+                // Opening failed on an incompatible column type: a resync
+                // cannot append the new type to the old table.
+                let url = bronze::table_url(&self.lake, &id)?;
+                self.status.update(&id, |s| {
+                    s.state = "failed";
+                    s.last_error = Some(format!(
+                        "resync needs a new bronze table because a column changed type: \
+                         move {url} aside (its history stays readable there), then restart medallion"
+                    ));
+                });
+                continue;
+            };
+            state.bronze.discard();
+            let columns = self.wire_columns(&t).await?;
+            self.status.update(&id, |s| {
+                s.state = "snapshotting";
+                s.last_error = None;
+            });
+            work.push((
+                SnapshotJob {
+                    table: t,
+                    bronze: state.bronze,
+                    columns,
+                },
+                resync_us,
+            ));
+        }
+        self.status.flush(&self.client, true).await?;
+        let cfg = self.cfg;
+        let results: Vec<Result<snapshot::SnapshotDone>> = futures::stream::iter(work)
+            .map(|(job, resync)| snapshot::copy_table(cfg, job, resync))
+            .buffer_unordered(cfg.snapshot_parallelism)
+            .collect()
+            .await;
+        for res in results {
+            let done = res?;
+            let id = done.bronze.id.clone();
+            self.summary.snapshot_rows += done.rows;
+            self.metrics.add_changes(done.rows);
+            let version = done.bronze.version();
+            self.status.update(&id, |s| {
+                s.state = "streaming";
+                s.last_lsn = Some(done.lsn as u64);
+                s.delta_version = version;
+                s.new_rows += done.rows as i64;
+                s.last_error = None;
+            });
+            self.tables.insert(
+                id,
+                TableState {
+                    bronze: done.bronze,
+                    skip_upto: done.lsn,
+                    pending_lsn: 0,
+                    failed: None,
+                    rel_map: Vec::new(),
+                    pending_rows: 0,
+                    pending_ts_us: None,
+                },
+            );
+        }
+        // Relation maps are rebuilt from the next Relation message; until
+        // then map by name from what we know.
+        let rels: Vec<u32> = self.relations.keys().copied().collect();
+        for relid in rels {
+            self.remap(relid);
+        }
+        Ok(())
+    }
+
+    async fn wire_columns(&self, t: &PublishedTable) -> Result<Vec<String>> {
+        Ok(
+            catalog::table_columns(&self.client, t.oid, t.columns.as_deref())
+                .await?
+                .into_iter()
+                .map(|(n, _, _)| n)
+                .collect(),
+        )
+    }
+
+    async fn source_kinds(&mut self, t: &PublishedTable) -> Result<Vec<(String, Kind)>> {
+        let cols = catalog::table_columns(&self.client, t.oid, t.columns.as_deref()).await?;
+        let mut out = Vec::with_capacity(cols.len());
+        for (name, oid, typmod) in cols {
+            let kind = self
+                .types
+                .kind(
+                    &self.client,
+                    &t.id,
+                    &name,
+                    oid,
+                    typmod,
+                    self.cfg.numeric_scale,
+                )
+                .await?;
+            out.push((name, kind));
+        }
+        Ok(out)
+    }
+
+    async fn open_table(&mut self, t: &PublishedTable) -> Result<TableState> {
+        let kinds = self.source_kinds(t).await?;
+        let bronze = BronzeTable::open_or_create(
+            &self.lake,
+            &t.id,
+            &kinds,
+            &self.storage,
+            self.cfg.checkpoint_interval,
+        )
+        .await?;
+        let skip_upto = bronze
+            .txn_version(&bronze::stream_app_id(&self.cfg.slot, &t.id))
+            .await?
+            .unwrap_or(0);
+        self.status.update(&t.id, |s| {
+            s.state = "streaming";
+            s.delta_version = bronze.version();
+        });
+        Ok(TableState {
+            bronze,
+            skip_upto,
+            pending_lsn: 0,
+            failed: None,
+            rel_map: Vec::new(),
+            pending_rows: 0,
+            pending_ts_us: None,
+        })
+    }
+
+    fn fail_table_unopened(&mut self, id: &TableId, e: &Error) {
+        tracing::error!(table = %id, error = %e, "table stopped");
+        let msg = e.to_string();
+        self.status.update(id, |s| {
+            s.state = "failed";
+            s.last_error = Some(msg);
+        });
+    }
+
+    fn fail_table(&mut self, id: &TableId, e: &Error) {
+        self.metrics.error(e);
+        tracing::error!(table = %id, error = %e, "table stopped: needs SELECT medallion.resync(...)");
+        if let Some(s) = self.tables.get_mut(id) {
+            s.bronze.discard();
+            s.pending_lsn = 0;
+            s.failed = Some(e.to_string());
+        }
+        let msg = e.to_string();
+        self.status.update(id, |s| {
+            s.state = "failed";
+            s.last_error = Some(msg);
+        });
+    }
+
+    /// Recompute the relation → bronze column map of a relation.
+    fn remap(&mut self, relid: u32) {
+        let Some(rel) = self.relations.get(&relid) else {
+            return;
+        };
+        if let Some(state) = self.tables.get_mut(&rel.id) {
+            state.rel_map = rel
+                .columns
+                .iter()
+                .map(|(name, ..)| state.bronze.column_index(name))
+                .collect();
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        msg: LogicalReplicationMessage,
+        is_streaming: bool,
+        msg_xid: Option<u32>,
+    ) -> Result<()> {
+        use LogicalReplicationMessage as M;
+        match msg {
+            M::Begin {
+                final_lsn,
+                timestamp,
+                xid,
+            } => {
+                self.tx = Some(Tx {
+                    xid,
+                    lsn: final_lsn as i64,
+                    ts_us: timestamp + PG_EPOCH_US,
+                    seq: 0,
+                });
+            }
+            M::Commit { end_lsn, .. } => {
+                self.tx = None;
+                self.last_commit_end = end_lsn;
+                if self.pending_since.is_none()
+                    && self.tables.values().any(|t| t.bronze.has_pending())
+                {
+                    self.pending_since = Some(Instant::now());
+                }
+            }
+            M::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                let id = TableId {
+                    schema: namespace.to_string(),
+                    table: relation_name.to_string(),
+                };
+                let cols: Vec<(String, u32, i32, bool)> = columns
+                    .iter()
+                    .map(|c| (c.name.to_string(), c.type_id, c.type_modifier, c.is_key()))
+                    .collect();
+                self.relations.insert(
+                    relation_id,
+                    RelInfo {
+                        id: id.clone(),
+                        columns: cols.clone(),
+                    },
+                );
+                self.on_relation(&id, &cols).await?;
+                self.remap(relation_id);
+            }
+            M::Insert { relation_id, tuple } => {
+                let ch = Change {
+                    kind: ChangeKind::Insert,
+                    relids: vec![relation_id],
+                    old: None,
+                    new: Some(cells(tuple)),
+                };
+                self.route(ch, is_streaming, msg_xid).await?;
+            }
+            M::Update {
+                relation_id,
+                old_tuple,
+                new_tuple,
+                ..
+            } => {
+                let ch = Change {
+                    kind: ChangeKind::Update,
+                    relids: vec![relation_id],
+                    old: old_tuple.map(cells),
+                    new: Some(cells(new_tuple)),
+                };
+                self.route(ch, is_streaming, msg_xid).await?;
+            }
+            M::Delete {
+                relation_id,
+                old_tuple,
+                ..
+            } => {
+                let ch = Change {
+                    kind: ChangeKind::Delete,
+                    relids: vec![relation_id],
+                    old: Some(cells(old_tuple)),
+                    new: None,
+                };
+                self.route(ch, is_streaming, msg_xid).await?;
+            }
+            M::Truncate { relation_ids, .. } => {
+                let ch = Change {
+                    kind: ChangeKind::Truncate,
+                    relids: relation_ids,
+                    old: None,
+                    new: None,
+                };
+                self.route(ch, is_streaming, msg_xid).await?;
+            }
+            M::StreamStart { xid, .. } => self.stream_xid = Some(xid),
+            M::StreamStop => self.stream_xid = None,
+            M::StreamAbort {
+                xid,
+                subtransaction_xid,
+                ..
+            } => self.spill.abort(xid, subtransaction_xid),
+            M::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                timestamp,
+                ..
+            } => {
+                if let Some(mut reader) = self.spill.take(xid)? {
+                    self.tx = Some(Tx {
+                        xid,
+                        lsn: commit_lsn as i64,
+                        ts_us: timestamp + PG_EPOCH_US,
+                        seq: 0,
+                    });
+                    while let Some(ch) = reader.next_change()? {
+                        self.apply(ch).await?;
+                    }
+                }
+                self.tx = None;
+                self.last_commit_end = end_lsn;
+                if self.pending_since.is_none()
+                    && self.tables.values().any(|t| t.bronze.has_pending())
+                {
+                    self.pending_since = Some(Instant::now());
+                }
+            }
+            M::Message { .. } | M::Origin { .. } | M::Type { .. } => {}
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected message for protocol v2 without two-phase: {other:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_relation(&mut self, id: &TableId, cols: &[(String, u32, i32, bool)]) -> Result<()> {
+        let Some(state) = self.tables.get(id) else {
+            return Ok(());
+        };
+        if state.failed.is_some() {
+            return Ok(());
+        }
+        let mut kinds = Vec::with_capacity(cols.len());
+        for (name, oid, typmod, _) in cols {
+            kinds.push((
+                name.clone(),
+                self.types
+                    .kind(
+                        &self.client,
+                        id,
+                        name,
+                        *oid,
+                        *typmod,
+                        self.cfg.numeric_scale,
+                    )
+                    .await?,
+            ));
+        }
+        let state = self.tables.get_mut(id).expect("checked above");
+        if let Err(e) = state.bronze.extend_columns(&kinds) {
+            if e.retry_policy() == RetryPolicy::NeedsOperator {
+                self.fail_table(id, &e);
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn route(&mut self, ch: Change, is_streaming: bool, msg_xid: Option<u32>) -> Result<()> {
+        if is_streaming {
+            let top = self
+                .stream_xid
+                .ok_or_else(|| Error::Protocol("streamed change outside a stream block".into()))?;
+            return self.spill.append(top, msg_xid.unwrap_or(top), &ch);
+        }
+        self.apply(ch).await
+    }
+
+    /// Snapshot a table the stream mentions but that was not copied yet
+    /// (e.g. added to the publication while we were running).
+    async fn copy_late_table(&mut self, id: &TableId) -> Result<bool> {
+        let published =
+            catalog::published_tables(&self.client, &self.cfg.publication, self.with_extension)
+                .await?;
+        if !published.iter().any(|t| &t.id == id) {
+            return Ok(false);
+        }
+        self.reconcile().await?;
+        Ok(self.tables.contains_key(id))
+    }
+
+    /// Apply one change of the current transaction to bronze buffers.
+    async fn apply(&mut self, ch: Change) -> Result<()> {
+        let (xid, lsn, ts_us) = match &self.tx {
+            Some(tx) => (tx.xid, tx.lsn, tx.ts_us),
+            None => return Err(Error::Protocol("change outside a transaction".into())),
+        };
+        for relid in ch.relids.clone() {
+            let Some(rel) = self.relations.get(&relid) else {
+                return Err(Error::Protocol(format!(
+                    "change for relation {relid} before its Relation message"
+                )));
+            };
+            let id = rel.id.clone();
+            if !self.tables.contains_key(&id) && !self.copy_late_table(&id).await? {
+                continue;
+            }
+            if self.tables[&id].rel_map.len() != self.relations[&relid].columns.len() {
+                self.remap(relid);
+            }
+            let rel = &self.relations[&relid];
+            let state = self.tables.get_mut(&id).expect("present");
+            if state.failed.is_some() || lsn <= state.skip_upto {
+                continue;
+            }
+            let ncols = state.bronze.columns().len();
+            let mut rows: Vec<(Op, &Vec<Cell>)> = Vec::with_capacity(2);
+            let empty: Vec<Cell> = Vec::new();
+            match ch.kind {
+                ChangeKind::Insert => rows.push((Op::Insert, ch.new.as_ref().unwrap_or(&empty))),
+                ChangeKind::Update => {
+                    let new = ch.new.as_ref().unwrap_or(&empty);
+                    if let Some(old) = &ch.old {
+                        // The key changed: the old key leaves, the new row arrives.
+                        let key_changed = rel.columns.iter().enumerate().any(|(i, c)| {
+                            c.3 && matches!((old.get(i), new.get(i)), (Some(Cell::Text(a)), Some(Cell::Text(b))) if a != b)
+                        });
+                        if key_changed {
+                            rows.push((Op::Delete, old));
+                        }
+                    }
+                    rows.push((Op::Update, new));
+                }
+                ChangeKind::Delete => rows.push((Op::Delete, ch.old.as_ref().unwrap_or(&empty))),
+                ChangeKind::Truncate => rows.push((Op::Truncate, &empty)),
+            }
+            for (op, tuple) in rows {
+                let mut values: Vec<Value> = (0..ncols).map(|_| Value::Null).collect();
+                for (i, cell) in tuple.iter().enumerate() {
+                    if let Some(Some(b)) = state.rel_map.get(i) {
+                        values[*b] = match cell {
+                            Cell::Null => Value::Null,
+                            Cell::Unchanged => Value::Unchanged,
+                            Cell::Text(t) => Value::Text(t.as_ref()),
+                        };
+                    }
+                }
+                let seq = match &mut self.tx {
+                    Some(tx) => {
+                        tx.seq += 1;
+                        tx.seq
+                    }
+                    None => 0,
+                };
+                let res = state.bronze.append(
+                    RowMeta {
+                        op,
+                        lsn,
+                        seq,
+                        commit_ts_us: ts_us,
+                        xid: xid as i64,
+                    },
+                    &values,
+                );
+                if let Err(e) = res {
+                    if e.retry_policy() == RetryPolicy::NeedsOperator {
+                        self.fail_table(&id, &e);
+                        break;
+                    }
+                    return Err(e);
+                }
+                state.pending_lsn = state.pending_lsn.max(lsn);
+                state.pending_ts_us = Some(ts_us);
+                state.pending_rows += 1;
+                self.summary.changes += 1;
+                self.metrics.add_changes(1);
+            }
+            let Some(state) = self.tables.get_mut(&id) else {
+                continue;
+            };
+            // Bounded memory inside large transactions: stage, don't commit.
+            if state.bronze.buffered_rows() >= self.cfg.flush_rows
+                || state.bronze.buffered_bytes() >= self.cfg.flush_bytes
+            {
+                state.bronze.stage().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn should_flush(&self) -> bool {
+        let Some(since) = self.pending_since else {
+            return false;
+        };
+        if since.elapsed() >= self.cfg.flush_interval() {
+            return true;
+        }
+        let (rows, bytes) = self.tables.values().fold((0usize, 0usize), |(r, b), t| {
+            (r + t.bronze.buffered_rows(), b + t.bronze.buffered_bytes())
+        });
+        rows >= self.cfg.flush_rows || bytes >= self.cfg.flush_bytes
+    }
+
+    /// Commit every table with pending changes, then acknowledge.
+    async fn flush_all(&mut self, stream: &mut LogicalReplicationStream) -> Result<()> {
+        let ids: Vec<TableId> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| t.bronze.has_pending() && t.failed.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let started = Instant::now();
+            let state = self.tables.get_mut(&id).expect("listed above");
+            let lsn = state.pending_lsn;
+            let version = state
+                .bronze
+                .commit(
+                    vec![Transaction::new(
+                        bronze::stream_app_id(&self.cfg.slot, &id),
+                        lsn,
+                    )],
+                    vec![
+                        ("medallion.kind".into(), "stream".into()),
+                        ("medallion.lsn".into(), lsn_text(lsn as u64).into()),
+                        ("medallion.rows".into(), state.pending_rows.into()),
+                    ],
+                )
+                .await?;
+            crate::fault::hit("after_bronze_commit");
+            state.skip_upto = state.skip_upto.max(lsn);
+            state.pending_lsn = 0;
+            let rows = std::mem::take(&mut state.pending_rows);
+            self.summary.commits += 1;
+            self.metrics.commit(started.elapsed());
+            let commit_us = state.pending_ts_us.take();
+            self.status.update(&id, |s| {
+                s.state = "streaming";
+                s.last_lsn = Some(lsn as u64);
+                s.delta_version = version.or(s.delta_version);
+                s.new_rows += rows as i64;
+                s.last_commit_us = commit_us.or(s.last_commit_us);
+            });
+        }
+        self.pending_since = None;
+        let end = self.last_commit_end;
+        self.ack(stream, end).await
+    }
+
+    async fn ack(&mut self, stream: &mut LogicalReplicationStream, lsn: u64) -> Result<()> {
+        if lsn <= self.acked {
+            return Ok(());
+        }
+        stream.shared_lsn_feedback.update_flushed_lsn(lsn);
+        stream.shared_lsn_feedback.update_applied_lsn(lsn);
+        stream
+            .send_feedback()
+            .await
+            .map_err(Error::repl("send feedback"))?;
+        self.acked = lsn;
+        self.metrics.set_acked(lsn);
+        Ok(())
+    }
+
+    /// Wait (briefly) until the server shows our acknowledgement.
+    async fn wait_confirmed(&self, lsn: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(info) = crate::slot::read(&self.client, &self.cfg.slot).await? {
+                if info.confirmed_flush_lsn >= lsn {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!(lsn = %lsn_text(lsn), "server did not confirm the final acknowledgement in 10 s");
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! The replication slot: created once, checked on every start, its lag and
+//! retained WAL reported; an invalidated slot is a definite error with the
+//! resync path in its message.
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+
+/// What Postgres says about our slot.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub confirmed_flush_lsn: u64,
+    pub restart_lsn: u64,
+    pub wal_status: Option<String>,
+    pub active_pid: Option<i32>,
+    pub retained_bytes: i64,
+}
+
+fn parse_lsn(s: &str) -> u64 {
+    pg_walstream::parse_lsn(s).unwrap_or(0)
+}
+
+/// Read the slot, or None when it does not exist.
+pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, restart_lsn::text, wal_status, active_pid, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, plugin::text, \
+                    database::text = current_database() \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg("read replication slot"))?;
+    let Some(r) = row else { return Ok(None) };
+    let plugin: Option<String> = r.get(5);
+    let same_db: Option<bool> = r.get(6);
+    if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+        return Err(Error::Config(format!(
+            "replication slot \"{slot}\" exists but is not a pgoutput slot of this database; \
+             choose another MEDALLION_SLOT"
+        )));
+    }
+    Ok(Some(SlotInfo {
+        confirmed_flush_lsn: r
+            .get::<_, Option<String>>(0)
+            .map(|s| parse_lsn(&s))
+            .unwrap_or(0),
+        restart_lsn: r
+            .get::<_, Option<String>>(1)
+            .map(|s| parse_lsn(&s))
+            .unwrap_or(0),
+        wal_status: r.get(2),
+        active_pid: r.get(3),
+        retained_bytes: r.get::<_, Option<i64>>(4).unwrap_or(0),
+    }))
+}
+
+/// Make sure the slot exists and is usable. Returns (slot, created now).
+pub async fn ensure(client: &Client, slot: &str) -> Result<(SlotInfo, bool)> {
+    if let Some(info) = read(client, slot).await? {
+        if info.wal_status.as_deref() == Some("lost") || info.restart_lsn == 0 {
+            return Err(Error::SlotLost {
+                slot: slot.to_string(),
+                state: format!(
+                    "was invalidated (wal_status = {}), probably by max_slot_wal_keep_size",
+                    info.wal_status.as_deref().unwrap_or("unknown")
+                ),
+            });
+        }
+        if let Some(pid) = info.active_pid {
+            return Err(Error::Config(format!(
+                "replication slot \"{slot}\" is in use by process {pid}: another medallion \
+                 is running with the same MEDALLION_SLOT"
+            )));
+        }
+        return Ok((info, false));
+    }
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg(format!("create replication slot \"{slot}\"")))?;
+    tracing::info!(slot, "created replication slot");
+    let info = read(client, slot)
+        .await?
+        .ok_or_else(|| Error::Protocol(format!("slot {slot} vanished after creation")))?;
+    Ok((info, true))
+}
+
+/// Current WAL insert position.
+pub async fn current_wal_lsn(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(Error::pg("read current WAL position"))?;
+    Ok(parse_lsn(&row.get::<_, String>(0)))
+}
+
+/// A replication connection string for `url` (adds `replication=database`).
+pub fn replication_conninfo(url: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}replication=database")
+    } else {
+        format!("{url} replication=database")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conninfo() {
+        assert_eq!(
+            super::replication_conninfo("postgresql://u@h:5/db"),
+            "postgresql://u@h:5/db?replication=database"
+        );
+        assert_eq!(
+            super::replication_conninfo("postgresql://u@h/db?sslmode=disable"),
+            "postgresql://u@h/db?sslmode=disable&replication=database"
+        );
+        assert_eq!(
+            super::replication_conninfo("host=h"),
+            "host=h replication=database"
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Changes of in-progress transactions streamed by pgoutput protocol v2
+//! (`streaming = on`), kept on local disk until the transaction commits.
+//!
+//! Postgres streams a transaction before it commits once it exceeds
+//! `logical_decoding_work_mem`; its commit LSN is unknown until
+//! `Stream Commit`. Each chunk is appended to a file per top-level xid, so
+//! memory stays bounded whatever the transaction size. On commit the file is
+//! replayed through the normal change path; on abort it is deleted (or, for
+//! a subtransaction abort, that subtransaction's records are skipped).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+/// One column value of a decoded tuple.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    /// An unchanged TOAST value that pgoutput did not send.
+    Unchanged,
+    Text(Bytes),
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+/// A decoded row change (or truncate), independent of the wire format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// Relation OIDs (one, or several for TRUNCATE).
+    pub relids: Vec<u32>,
+    /// Old key or old row (UPDATE with a changed key / REPLICA IDENTITY FULL, DELETE).
+    pub old: Option<Vec<Cell>>,
+    /// New row (INSERT, UPDATE).
+    pub new: Option<Vec<Cell>>,
+}
+
+struct Open {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    aborted_subxacts: HashSet<u32>,
+    records: u64,
+}
+
+/// The spill files of all open streamed transactions.
+pub struct Spill {
+    dir: PathBuf,
+    open: HashMap<u32, Open>,
+}
+
+fn put_cells(w: &mut impl Write, cells: &Option<Vec<Cell>>) -> std::io::Result<()> {
+    match cells {
+        None => w.write_all(&[0]),
+        Some(cells) => {
+            w.write_all(&[1])?;
+            w.write_all(&(cells.len() as u32).to_le_bytes())?;
+            for c in cells {
+                match c {
+                    Cell::Null => w.write_all(&[b'n'])?,
+                    Cell::Unchanged => w.write_all(&[b'u'])?,
+                    Cell::Text(b) => {
+                        w.write_all(&[b't'])?;
+                        w.write_all(&(b.len() as u32).to_le_bytes())?;
+                        w.write_all(b)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn get_u32(r: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn get_u8(r: &mut impl Read) -> std::io::Result<u8> {
+    let mut b = [0u8; 1];
+    r.read_exact(&mut b)?;
+    Ok(b[0])
+}
+
+fn get_cells(r: &mut impl Read) -> std::io::Result<Option<Vec<Cell>>> {
+    if get_u8(r)? == 0 {
+        return Ok(None);
+    }
+    let n = get_u32(r)? as usize;
+    let mut cells = Vec::with_capacity(n);
+    for _ in 0..n {
+        cells.push(match get_u8(r)? {
+            b'n' => Cell::Null,
+            b'u' => Cell::Unchanged,
+            _ => {
+                let len = get_u32(r)? as usize;
+                let mut v = vec![0u8; len];
+                r.read_exact(&mut v)?;
+                Cell::Text(Bytes::from(v))
+            }
+        });
+    }
+    Ok(Some(cells))
+}
+
+impl Spill {
+    /// Spill files live in `dir` (created; stale files from a crash removed).
+    pub fn new(dir: &Path) -> Result<Spill> {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("spill dir {}", dir.display())))?;
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "spill") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(Spill {
+            dir: dir.to_path_buf(),
+            open: HashMap::new(),
+        })
+    }
+
+    /// Append a change of (sub)transaction `subxid` of top-level `xid`.
+    pub fn append(&mut self, xid: u32, subxid: u32, change: &Change) -> Result<()> {
+        if !self.open.contains_key(&xid) {
+            let path = self.dir.join(format!("{xid}.spill"));
+            let f = File::create(&path).map_err(Error::io(format!("create {}", path.display())))?;
+            self.open.insert(
+                xid,
+                Open {
+                    path,
+                    writer: BufWriter::with_capacity(1 << 20, f),
+                    aborted_subxacts: HashSet::new(),
+                    records: 0,
+                },
+            );
+        }
+        let o = self.open.get_mut(&xid).expect("inserted above");
+        let w = &mut o.writer;
+        let res = (|| -> std::io::Result<()> {
+            w.write_all(&subxid.to_le_bytes())?;
+            w.write_all(&[match change.kind {
+                ChangeKind::Insert => b'I',
+                ChangeKind::Update => b'U',
+                ChangeKind::Delete => b'D',
+                ChangeKind::Truncate => b'T',
+            }])?;
+            w.write_all(&(change.relids.len() as u32).to_le_bytes())?;
+            for r in &change.relids {
+                w.write_all(&r.to_le_bytes())?;
+            }
+            put_cells(w, &change.old)?;
+            put_cells(w, &change.new)
+        })();
+        res.map_err(Error::io("write spill file"))?;
+        o.records += 1;
+        Ok(())
+    }
+
+    /// A (sub)transaction aborted.
+    pub fn abort(&mut self, xid: u32, subxid: u32) {
+        if xid == subxid {
+            if let Some(o) = self.open.remove(&xid) {
+                drop(o.writer);
+                let _ = std::fs::remove_file(&o.path);
+            }
+        } else if let Some(o) = self.open.get_mut(&xid) {
+            o.aborted_subxacts.insert(subxid);
+        }
+    }
+
+    /// Whether any streamed transaction is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Take a committed transaction's changes for replay (None if it streamed none).
+    pub fn take(&mut self, xid: u32) -> Result<Option<SpillReader>> {
+        let Some(o) = self.open.remove(&xid) else {
+            return Ok(None);
+        };
+        let f = o
+            .writer
+            .into_inner()
+            .map_err(|e| Error::io("flush spill file")(e.into_error()))?;
+        drop(f);
+        let file = File::open(&o.path).map_err(Error::io(format!("open {}", o.path.display())))?;
+        Ok(Some(SpillReader {
+            path: o.path,
+            reader: BufReader::with_capacity(1 << 20, file),
+            aborted: o.aborted_subxacts,
+            remaining: o.records,
+        }))
+    }
+}
+
+/// Replays a committed streamed transaction, in order, skipping aborted
+/// subtransactions. Deletes its file when dropped.
+pub struct SpillReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    aborted: HashSet<u32>,
+    remaining: u64,
+}
+
+impl SpillReader {
+    /// The next change, or None at the end.
+    pub fn next_change(&mut self) -> Result<Option<Change>> {
+        while self.remaining > 0 {
+            self.remaining -= 1;
+            let r = &mut self.reader;
+            let res = (|| -> std::io::Result<(u32, Change)> {
+                let subxid = get_u32(r)?;
+                let kind = match get_u8(r)? {
+                    b'I' => ChangeKind::Insert,
+                    b'U' => ChangeKind::Update,
+                    b'D' => ChangeKind::Delete,
+                    _ => ChangeKind::Truncate,
+                };
+                let n = get_u32(r)? as usize;
+                let mut relids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    relids.push(get_u32(r)?);
+                }
+                let old = get_cells(r)?;
+                let new = get_cells(r)?;
+                Ok((
+                    subxid,
+                    Change {
+                        kind,
+                        relids,
+                        old,
+                        new,
+                    },
+                ))
+            })();
+            let (subxid, change) = res.map_err(Error::io("read spill file"))?;
+            if !self.aborted.contains(&subxid) {
+                return Ok(Some(change));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for SpillReader {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(v: &str) -> Change {
+        Change {
+            kind: ChangeKind::Insert,
+            relids: vec![42],
+            old: None,
+            new: Some(vec![
+                Cell::Text(Bytes::from(v.to_string())),
+                Cell::Null,
+                Cell::Unchanged,
+            ]),
+        }
+    }
+
+    #[test]
+    fn replay_skips_aborted_subtransactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spill::new(dir.path()).unwrap();
+        s.append(10, 10, &change("a")).unwrap();
+        s.append(10, 11, &change("b")).unwrap();
+        s.append(10, 12, &change("c")).unwrap();
+        s.append(20, 20, &change("x")).unwrap();
+        s.abort(10, 11);
+        s.abort(20, 20);
+        assert!(s.take(20).unwrap().is_none(), "aborted top-level is gone");
+        let mut r = s.take(10).unwrap().unwrap();
+        assert_eq!(r.next_change().unwrap(), Some(change("a")));
+        assert_eq!(r.next_change().unwrap(), Some(change("c")));
+        assert_eq!(r.next_change().unwrap(), None);
+        drop(r);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "files removed"
+        );
+    }
+}

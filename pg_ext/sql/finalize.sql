@@ -1,0 +1,52 @@
+-- Runs after the generated function definitions (pgrx `finalize`).
+
+-- New tables in a whole-schema source become sources as they appear (Odoo
+-- module installs create tables at any time). Never fails the user's DDL.
+CREATE FUNCTION medallion._on_ddl_command_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM medallion.schema_sources) THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT objid, object_identity FROM pg_event_trigger_ddl_commands()
+             WHERE object_type = 'table' AND command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+    LOOP
+        BEGIN
+            PERFORM medallion._on_table_ddl(r.objid);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'medallion: could not add new table % as a source: %', r.object_identity, SQLERRM
+                USING HINT = 'Add it by hand with SELECT medallion.add_source(...).';
+        END;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER medallion_new_tables ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+    EXECUTE FUNCTION medallion._on_ddl_command_end();
+
+-- Privileges: the API is for medallion_admin; nothing is executable by PUBLIC.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA medallion FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    medallion.add_source(regclass, text[], text, text),
+    medallion.add_sources(text, text, text[], text),
+    medallion.drop_source(regclass, boolean),
+    medallion.drop_sources(text, boolean),
+    medallion.resync(regclass),
+    medallion.sync_publication(),
+    medallion.define_silver(text, regclass, text[], text, text[], boolean),
+    medallion.drop_silver(text, boolean),
+    medallion.expect(text, text, text, text),
+    medallion.drop_expectation(text, text),
+    medallion.define_gold(text, text, text, text[]),
+    medallion.drop_gold(text, boolean),
+    medallion.refresh(text),
+    medallion.lineage_mermaid()
+TO medallion_admin;
+GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes(),
+    medallion.lineage_mermaid()
+TO medallion_reader;

@@ -1,0 +1,241 @@
+//! Reads and writes of the `medallion` catalog through SPI, and facts about
+//! user tables from `pg_catalog`.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+
+use crate::raise;
+
+/// Run a statement; SPI-level failures become an internal error.
+pub(crate) fn exec(sql: &str, args: &[DatumWithOid]) {
+    if let Err(e) = Spi::run_with_args(sql, args) {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("medallion catalog statement failed: {e}"),
+            "This is a bug in pg_medallion; please report it with the statement that failed.",
+        );
+    }
+}
+
+/// Fetch one value (None when there is no row or it is NULL).
+pub(crate) fn one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
+    match Spi::get_one_with_args::<T>(sql, args) {
+        Ok(v) => v,
+        Err(pgrx::spi::Error::InvalidPosition) => None,
+        Err(e) => raise::error(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("medallion catalog query failed: {e}"),
+            "This is a bug in pg_medallion; please report it.",
+        ),
+    }
+}
+
+/// Fetch one text column of every row.
+pub(crate) fn texts(sql: &str, args: &[DatumWithOid]) -> Vec<String> {
+    Spi::connect(|client| {
+        let rows = client.select(sql, None, args)?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(v) = row.get::<String>(1)? {
+                out.push(v);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("medallion catalog query failed: {e}"),
+            "This is a bug in pg_medallion; please report it.",
+        )
+    })
+}
+
+/// Tell running sidecars to reload their configuration.
+pub(crate) fn notify_config(what: &str) {
+    exec(
+        "SELECT pg_catalog.pg_notify('medallion_config', $1)",
+        &[what.into()],
+    );
+}
+
+/// Facts about a user table.
+pub(crate) struct TableInfo {
+    pub schema: String,
+    pub table: String,
+    pub relkind: String,
+    /// `d` default (primary key), `n` nothing, `f` full, `i` index.
+    pub replident: String,
+    pub pk: Vec<String>,
+    /// Columns of the replica identity index (or the primary key).
+    pub identity_columns: Vec<String>,
+    pub columns: Vec<String>,
+}
+
+impl TableInfo {
+    pub(crate) fn qualified(&self) -> String {
+        format!(
+            "{}.{}",
+            crate::names::quote_ident(&self.schema),
+            crate::names::quote_ident(&self.table)
+        )
+    }
+
+    /// Whether pgoutput can send UPDATE/DELETE for this table with a key.
+    pub(crate) fn has_usable_identity(&self) -> bool {
+        match self.replident.as_str() {
+            "f" => true,
+            "d" => !self.pk.is_empty(),
+            "i" => !self.identity_columns.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn table_info(oid: pg_sys::Oid) -> TableInfo {
+    let (schema, table) = Spi::get_two_with_args::<String, String>(
+        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[oid.into()],
+    )
+    .ok()
+    .and_then(|(a, b)| Some((a?, b?)))
+    .unwrap_or_else(|| {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("relation with OID {} does not exist", oid.to_u32()),
+            "Pass an existing table, e.g. 'public.sale_order'::regclass.",
+        )
+    });
+    let relkind: String = one(
+        "SELECT relkind::text FROM pg_catalog.pg_class WHERE oid = $1",
+        &[oid.into()],
+    )
+    .unwrap_or_default();
+    let replident: String = one(
+        "SELECT relreplident::text FROM pg_catalog.pg_class WHERE oid = $1",
+        &[oid.into()],
+    )
+    .unwrap_or_default();
+    let pk = texts(
+        "SELECT a.attname::text FROM pg_catalog.pg_index i \
+         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+        &[oid.into()],
+    );
+    let identity_columns = texts(
+        "SELECT a.attname::text FROM pg_catalog.pg_index i \
+         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = $1 AND (i.indisreplident OR (i.indisprimary AND NOT EXISTS ( \
+            SELECT 1 FROM pg_catalog.pg_index j WHERE j.indrelid = $1 AND j.indisreplident))) \
+         ORDER BY i.indisreplident DESC, k.ord",
+        &[oid.into()],
+    );
+    let columns = texts(
+        "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 \
+         AND NOT attisdropped ORDER BY attnum",
+        &[oid.into()],
+    );
+    TableInfo {
+        schema,
+        table,
+        relkind,
+        replident,
+        pk,
+        identity_columns,
+        columns,
+    }
+}
+
+/// Raise 42703 unless every name in `cols` is a column of `info`.
+pub(crate) fn check_columns(info: &TableInfo, what: &str, cols: &[String]) {
+    for c in cols {
+        if !info.columns.iter().any(|x| x == c) {
+            raise::error(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("{what} \"{c}\" is not a column of {}", info.qualified()),
+                format!(
+                    "Columns of {}: {}.",
+                    info.qualified(),
+                    info.columns.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Whether the calling role (the session user: API functions run as the
+/// extension owner) may read `oid`.
+pub(crate) fn check_caller_can_read(info: &TableInfo, oid: pg_sys::Oid) {
+    let ok: bool = one(
+        "SELECT pg_catalog.has_table_privilege(session_user, $1, 'SELECT')",
+        &[oid.into()],
+    )
+    .unwrap_or(false);
+    if !ok {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to replicate {}", info.qualified()),
+            format!(
+                "GRANT SELECT ON {} TO the role that declares the pipeline.",
+                info.qualified()
+            ),
+        );
+    }
+}
+
+/// Downstream objects (transitively) of a lineage node, nearest first.
+pub(crate) fn dependents(node: &str) -> Vec<String> {
+    texts(
+        "WITH RECURSIVE d(name, depth) AS ( \
+            SELECT downstream, 1 FROM medallion.dependencies WHERE upstream = $1 \
+            UNION SELECT x.downstream, d.depth + 1 FROM medallion.dependencies x JOIN d ON x.upstream = d.name \
+            WHERE d.depth < 100) \
+         SELECT name FROM d GROUP BY name ORDER BY max(depth), name",
+        &[node.into()],
+    )
+}
+
+/// Remove a silver or gold node and everything that hangs on it in the catalog.
+pub(crate) fn delete_node(node: &str) {
+    let (layer, name) = node.split_once('.').unwrap_or(("", node));
+    match layer {
+        "silver" => exec(
+            "DELETE FROM medallion.silver_tables WHERE name = $1",
+            &[name.into()],
+        ),
+        "gold" => exec(
+            "DELETE FROM medallion.gold_models WHERE name = $1",
+            &[name.into()],
+        ),
+        _ => {}
+    }
+    exec(
+        "DELETE FROM medallion.expectations WHERE target = $1",
+        &[node.into()],
+    );
+    exec(
+        "DELETE FROM medallion.dependencies WHERE downstream = $1 OR upstream = $1",
+        &[node.into()],
+    );
+}
+
+/// Drop `node` after checking (or, with `cascade`, dropping) its dependents.
+pub(crate) fn drop_with_dependents(node: &str, cascade: bool, what: &str) {
+    let deps = dependents(node);
+    if !deps.is_empty() && !cascade {
+        raise::error_detail(
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("cannot drop {what} because other objects depend on it"),
+            format!("{} depend(s) on {node}", deps.join(", ")),
+            "Drop the dependent objects first, or pass cascade => true to drop them too.",
+        );
+    }
+    for d in deps.iter().rev() {
+        delete_node(d);
+        pgrx::notice!("medallion: drop cascades to {d}");
+    }
+    delete_node(node);
+}

@@ -1,0 +1,428 @@
+//! Gold models: SQL over silver and gold tables, parsed at definition time.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use pgrx::prelude::*;
+use sqlparser::ast::{Expr, ObjectNamePart, Query, SetExpr, Statement, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
+
+use crate::{catalog, names, raise};
+
+/// A reference from a gold query to a medallion table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TableRef {
+    pub layer: String,
+    pub name: String,
+}
+
+/// Why a gold query was refused.
+#[derive(Debug, PartialEq)]
+pub(crate) enum QueryError {
+    Syntax(String),
+    NotASelect(String),
+    Unqualified(String),
+    WrongLayer(String),
+}
+
+fn parser_message(e: ParserError) -> String {
+    match e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+        ParserError::RecursionLimitExceeded => "query nests too deeply".into(),
+    }
+}
+
+#[derive(Default)]
+struct Refs {
+    ctes: BTreeSet<String>,
+    relations: Vec<Vec<String>>,
+}
+
+impl Visitor for Refs {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(cte.alias.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+        let parts = relation
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(i) => i.value.to_lowercase(),
+                ObjectNamePart::Function(f) => f.name.value.to_lowercase(),
+            })
+            .collect();
+        self.relations.push(parts);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Parse a gold query: one read-only query; every relation it reads must be
+/// `silver.<name>` or `gold.<name>` (CTE names excepted).
+pub(crate) fn parse_gold_query(sql: &str) -> Result<Vec<TableRef>, QueryError> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .map_err(|e| QueryError::Syntax(parser_message(e)))?;
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return Err(QueryError::NotASelect(format!(
+            "expected exactly one SELECT statement, found {}",
+            statements.len()
+        )));
+    };
+    if !matches!(
+        query.body.as_ref(),
+        SetExpr::Select(_) | SetExpr::SetOperation { .. } | SetExpr::Query(_) | SetExpr::Values(_)
+    ) {
+        return Err(QueryError::NotASelect(
+            "a gold model is a read-only query (SELECT, WITH … SELECT, UNION …)".into(),
+        ));
+    }
+    let mut refs = Refs::default();
+    let _ = statements.visit(&mut refs);
+    let mut out = BTreeSet::new();
+    for parts in refs.relations {
+        match parts.as_slice() {
+            [one] if refs.ctes.contains(one) => {}
+            [one] => return Err(QueryError::Unqualified(one.clone())),
+            [layer, name] if layer == "silver" || layer == "gold" => {
+                out.insert(TableRef {
+                    layer: layer.clone(),
+                    name: name.clone(),
+                });
+            }
+            other => return Err(QueryError::WrongLayer(other.join("."))),
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Parse a boolean expression (expectation predicate, row filter) and return
+/// the column names it references. Errors carry the parser's message.
+pub(crate) fn predicate_identifiers(sql: &str) -> Result<Vec<String>, (String, ())> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(sql)
+        .map_err(|e| (parser_message(e), ()))?;
+    let expr = parser.parse_expr().map_err(|e| (parser_message(e), ()))?;
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err((
+            format!(
+                "unexpected {} at {} after the expression",
+                next.token, next.span.start
+            ),
+            (),
+        ));
+    }
+    let mut idents = BTreeSet::new();
+    let _ = sqlparser::ast::visit_expressions(&expr, |e: &Expr| {
+        match e {
+            Expr::Identifier(i) => {
+                idents.insert(i.value.clone());
+            }
+            Expr::CompoundIdentifier(parts) => {
+                if let Some(last) = parts.last() {
+                    idents.insert(last.value.clone());
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(idents.into_iter().collect())
+}
+
+/// Parse a refresh policy: `on_change`, `manual` or an interval such as
+/// `15 minutes`. Returns (policy, interval text).
+pub(crate) fn parse_refresh(refresh: &str) -> Option<(&'static str, Option<String>)> {
+    let r = refresh.trim().to_lowercase();
+    match r.as_str() {
+        "on_change" => return Some(("on_change", None)),
+        "manual" => return Some(("manual", None)),
+        _ => {}
+    }
+    let digits: String = r.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let n: u64 = digits.parse().ok()?;
+    let unit = r[digits.len()..].trim();
+    let unit = match unit {
+        "s" | "sec" | "secs" | "second" | "seconds" => "seconds",
+        "m" | "min" | "mins" | "minute" | "minutes" => "minutes",
+        "h" | "hour" | "hours" => "hours",
+        "d" | "day" | "days" => "days",
+        _ => return None,
+    };
+    if n == 0 {
+        return None;
+    }
+    Some(("interval", Some(format!("{n} {unit}"))))
+}
+
+fn silver_exists(name: &str) -> bool {
+    catalog::one(
+        "SELECT EXISTS (SELECT 1 FROM medallion.silver_tables WHERE name = $1)",
+        &[name.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// Define (or redefine) a gold model.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn define_gold(
+    name: &str,
+    query: &str,
+    refresh: default!(String, "'on_change'"),
+    keys: default!(Option<Vec<String>>, "NULL"),
+) {
+    names::check("gold model name", name);
+    if silver_exists(name) {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("a silver table named \"{name}\" already exists"),
+            "Silver and gold names share one namespace; choose another name for the gold model.",
+        );
+    }
+    let Some((policy, interval)) = parse_refresh(&refresh) else {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid refresh \"{refresh}\""),
+            "refresh is 'on_change', 'manual', or an interval such as '15 minutes' or '1 hour'.",
+        );
+    };
+    if let Some(k) = &keys {
+        if k.is_empty() {
+            raise::error(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "keys must name at least one column",
+                "Pass NULL for a full recompute on every refresh.",
+            );
+        }
+    }
+    let refs = match parse_gold_query(query) {
+        Ok(r) => r,
+        Err(QueryError::Syntax(m)) => raise::error(
+            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            format!("syntax error in gold model \"{name}\": {m}"),
+            "Gold queries use PostgreSQL syntax restricted to what DataFusion runs: SELECT with joins, aggregates, window functions and CTEs.",
+        ),
+        Err(QueryError::NotASelect(m)) => raise::error(
+            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            format!("gold model \"{name}\" is not a query: {m}"),
+            "A gold model is a single SELECT over silver.<name> and gold.<name> tables.",
+        ),
+        Err(QueryError::Unqualified(t)) => raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("gold model \"{name}\" reads \"{t}\", which is not a silver or gold table"),
+            format!("Qualify it with its layer: silver.{t} or gold.{t}."),
+        ),
+        Err(QueryError::WrongLayer(t)) => raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("gold model \"{name}\" reads \"{t}\", which is not a silver or gold table"),
+            "Gold models read only silver.<name> and gold.<name>; add a source and a silver table for Postgres tables.",
+        ),
+    };
+    for r in &refs {
+        let exists = match r.layer.as_str() {
+            "silver" => silver_exists(&r.name),
+            _ => crate::source::gold_exists(&r.name),
+        };
+        if r.layer == "gold" && r.name == name {
+            raise::error(
+                PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
+                format!("gold model \"{name}\" reads itself"),
+                "A gold model cannot depend on itself.",
+            );
+        }
+        if !exists {
+            raise::error(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("{}.{} does not exist", r.layer, r.name),
+                format!(
+                    "Define it first with medallion.define_{}(...), or check SELECT name FROM medallion.pipeline.",
+                    r.layer
+                ),
+            );
+        }
+        if r.layer == "gold" {
+            // Cycle: does `r` (transitively) read `name`?
+            let up = catalog::texts(
+                "WITH RECURSIVE u(n, depth) AS (SELECT $1::text, 0 UNION \
+                 SELECT d.upstream, u.depth + 1 FROM medallion.dependencies d JOIN u ON d.downstream = u.n WHERE u.depth < 100) \
+                 SELECT n FROM u",
+                &[format!("gold.{}", r.name).into()],
+            );
+            if up.iter().any(|n| n == &format!("gold.{name}")) {
+                raise::error_detail(
+                    PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
+                    format!("gold model \"{name}\" would create a dependency cycle"),
+                    format!("gold.{} already depends on gold.{name}", r.name),
+                    "Gold models form a DAG; restructure the models so that no model reads its own output.",
+                );
+            }
+        }
+    }
+    let changed: bool = catalog::one(
+        "INSERT INTO medallion.gold_models (name, query, refresh, refresh_interval, keys) \
+         VALUES ($1, $2, $3, $4::interval, $5) \
+         ON CONFLICT (name) DO UPDATE SET query = EXCLUDED.query, refresh = EXCLUDED.refresh, \
+            refresh_interval = EXCLUDED.refresh_interval, keys = EXCLUDED.keys, updated_at = now() \
+         WHERE (gold_models.query, gold_models.refresh, gold_models.refresh_interval, gold_models.keys) \
+            IS DISTINCT FROM (EXCLUDED.query, EXCLUDED.refresh, EXCLUDED.refresh_interval, EXCLUDED.keys) \
+         RETURNING true",
+        &[
+            name.into(),
+            query.into(),
+            policy.into(),
+            interval.into(),
+            keys.into(),
+        ],
+    )
+    .unwrap_or(false);
+    let node = format!("gold.{name}");
+    catalog::exec(
+        "DELETE FROM medallion.dependencies WHERE downstream = $1",
+        &[node.clone().into()],
+    );
+    for r in &refs {
+        catalog::exec(
+            "INSERT INTO medallion.dependencies (downstream, upstream) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[
+                node.clone().into(),
+                format!("{}.{}", r.layer, r.name).into(),
+            ],
+        );
+    }
+    if changed {
+        catalog::notify_config("gold");
+    }
+}
+
+/// Drop a gold model (and, with `cascade`, the models that read it).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn drop_gold(name: &str, cascade: default!(bool, false)) {
+    if !crate::source::gold_exists(name) {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("gold model \"{name}\" does not exist"),
+            "See SELECT name FROM medallion.pipeline WHERE layer = 'gold';",
+        );
+    }
+    catalog::drop_with_dependents(
+        &format!("gold.{name}"),
+        cascade,
+        &format!("gold model {name}"),
+    );
+    catalog::notify_config("drop gold");
+}
+
+/// Ask the sidecar to refresh a gold model (or rerun a silver merge) now.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn refresh(name: &str) {
+    let layer = if crate::source::gold_exists(name) {
+        "gold"
+    } else if silver_exists(name) {
+        "silver"
+    } else {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("\"{name}\" is not a silver table or gold model"),
+            "See SELECT layer, name FROM medallion.pipeline;",
+        );
+    };
+    catalog::exec(
+        "SELECT pg_catalog.pg_notify('medallion_refresh', $1)",
+        &[format!("{layer}.{name}").into()],
+    );
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn gold_references() {
+        let refs = parse_gold_query(
+            "WITH m AS (SELECT * FROM silver.account_move) \
+             SELECT p.name, sum(m.amount_total) FROM m JOIN silver.res_partner p ON p.id = m.partner_id \
+             JOIN gold.x ON true GROUP BY 1",
+        )
+        .unwrap();
+        assert_eq!(
+            refs,
+            vec![
+                TableRef {
+                    layer: "gold".into(),
+                    name: "x".into()
+                },
+                TableRef {
+                    layer: "silver".into(),
+                    name: "account_move".into()
+                },
+                TableRef {
+                    layer: "silver".into(),
+                    name: "res_partner".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn gold_rejections() {
+        assert!(matches!(
+            parse_gold_query("SELEC 1"),
+            Err(QueryError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_gold_query("DELETE FROM silver.x"),
+            Err(QueryError::NotASelect(_))
+        ));
+        assert!(matches!(
+            parse_gold_query("SELECT 1; SELECT 2"),
+            Err(QueryError::NotASelect(_))
+        ));
+        assert_eq!(
+            parse_gold_query("SELECT * FROM res_partner"),
+            Err(QueryError::Unqualified("res_partner".into()))
+        );
+        assert_eq!(
+            parse_gold_query("SELECT * FROM public.res_partner"),
+            Err(QueryError::WrongLayer("public.res_partner".into()))
+        );
+    }
+
+    #[test]
+    fn predicates() {
+        assert_eq!(
+            predicate_identifiers("amount_total >= 0 AND partner_id IS NOT NULL").unwrap(),
+            vec!["amount_total".to_string(), "partner_id".to_string()]
+        );
+        assert!(predicate_identifiers("amount_total >=").is_err());
+        assert!(predicate_identifiers("a = 1 b").is_err());
+    }
+
+    #[test]
+    fn refresh_policies() {
+        assert_eq!(parse_refresh("on_change"), Some(("on_change", None)));
+        assert_eq!(parse_refresh("manual"), Some(("manual", None)));
+        assert_eq!(
+            parse_refresh("15 minutes"),
+            Some(("interval", Some("15 minutes".into())))
+        );
+        assert_eq!(
+            parse_refresh("1h"),
+            Some(("interval", Some("1 hours".into())))
+        );
+        assert_eq!(parse_refresh("0 minutes"), None);
+        assert_eq!(parse_refresh("often"), None);
+    }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One idempotent setup path for a fresh Debian 12 machine with Rust 1.95.
+# Installs what is missing, builds pg_medallion and installs it into the system
+# Postgres 15. A second run installs nothing and only re-copies the extension
+# when its build changed. Used by `make demo` and `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGRX_VERSION=0.18.0
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang cmake sudo pkg-config python3-pip)
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root (or sudo) to run: $*"; fi
+}
+
+command -v cargo >/dev/null || die "cargo not found: install Rust 1.95 (rustup) first"
+
+# 1. Debian packages
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -x "$PG_CONFIG" ] || die "$PG_CONFIG missing after install"
+# Debian starts a default cluster on 5432 when postgresql-15 is installed; we never use it.
+
+# 2. cargo-pgrx, pinned
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  log "installing cargo-pgrx $PGRX_VERSION (takes ~4 min once)"
+  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+fi
+
+# 3. pgrx init against Debian's Postgres 15 (no download, no private build)
+PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
+if ! grep -qs "pg15 = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
+  log "cargo pgrx init --pg15 $PG_CONFIG"
+  cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+fi
+
+# 4. The postgres OS user needs to traverse to the project for pg_regress output;
+#    private clusters live in /tmp and are owned by postgres.
+id postgres >/dev/null 2>&1 || die "no 'postgres' OS user (it comes with postgresql-15)"
+
+# 5. Build pg_medallion and install it into the system Postgres 15 when it changed.
+log "building pg_medallion"
+stamp=target/.pg_medallion.installed
+( cd pg_ext && cargo pgrx package --pg-config "$PG_CONFIG" --out-dir ../target/pg_medallion-pkg >/dev/null )
+pkg=target/pg_medallion-pkg
+sum=$(cd "$pkg" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ] || [ ! -f "$("$PG_CONFIG" --sharedir)/extension/pg_medallion.control" ]; then
+  log "installing pg_medallion into $("$PG_CONFIG" --pkglibdir)"
+  as_root cp -R "$pkg"/. /
+  echo "$sum" > "$stamp"
+else
+  log "pg_medallion is up to date in the system Postgres 15"
+fi

@@ -1,0 +1,23 @@
+//! Test support for medallion: a private Postgres cluster per test
+//! ([`cluster`]), the Odoo-shaped data generator ([`odoo`]), helpers that read
+//! Delta tables back ([`lake`]) and locate the real Odoo 18 facts in
+//! `../shared/odoo18` ([`shared`]).
+
+pub mod cluster;
+pub mod lake;
+pub mod odoo;
+pub mod shared;
+
+/// Errors of the test harness.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// Something the suite needs is not installed: the message says what to run.
+    #[error("test prerequisite missing: {0}")]
+    Prerequisite(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("command failed: {0}")]
+    Command(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
