@@ -43,6 +43,7 @@ use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
+use sync_wrapper::SyncWrapper;
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -212,7 +213,9 @@ pub struct BronzeTable {
     rows: usize,
     bytes: usize,
     staged: Vec<Add>,
-    writer: Option<RecordBatchWriter>,
+    /// The Parquet writer is `Send` but not `Sync`; it is only used through
+    /// `&mut self`, which `SyncWrapper` makes explicit.
+    writer: SyncWrapper<Option<RecordBatchWriter>>,
     /// Columns added since the last commit (the commit carries new metadata).
     schema_changed: bool,
     pending_max_lsn: i64,
@@ -282,7 +285,7 @@ impl BronzeTable {
             rows: 0,
             bytes: 0,
             staged: Vec::new(),
-            writer: None,
+            writer: SyncWrapper::new(None),
             schema_changed: false,
             pending_max_lsn: 0,
         };
@@ -329,7 +332,7 @@ impl BronzeTable {
         self.schema_changed = true;
         // The writer encodes one schema: files staged so far keep theirs
         // (Delta reads their missing columns as NULL), new ones get the new one.
-        self.writer = None;
+        *self.writer.get_mut() = None;
         Ok(())
     }
 
@@ -406,7 +409,7 @@ impl BronzeTable {
         self.rows = 0;
         self.bytes = 0;
         self.staged.clear();
-        self.writer = None;
+        *self.writer.get_mut() = None;
         self.pending_max_lsn = 0;
     }
 
@@ -425,8 +428,9 @@ impl BronzeTable {
             .map_err(Error::arrow(format!("bronze {} batch", self.id)))?;
         self.rows = 0;
         self.bytes = 0;
-        if self.writer.is_none() {
-            self.writer = Some(
+        let slot = self.writer.get_mut();
+        if slot.is_none() {
+            *slot = Some(
                 RecordBatchWriter::try_new(
                     self.url.as_str(),
                     schema,
@@ -436,7 +440,7 @@ impl BronzeTable {
                 .map_err(Error::delta(format!("bronze {} writer", self.id)))?,
             );
         }
-        let writer = self.writer.as_mut().expect("writer was just created");
+        let writer = slot.as_mut().expect("writer was just created");
         writer
             .write(batch)
             .await
@@ -508,7 +512,7 @@ impl BronzeTable {
             .await
             .map_err(|e| Error::Delta {
                 context: format!("commit bronze {}", self.id),
-                source: e.into(),
+                source: e,
             })?;
         let version = finalized.version();
         self.table.state = Some(finalized.snapshot());
@@ -519,15 +523,24 @@ impl BronzeTable {
     }
 
     /// The version recorded for `app_id` in the table (`txn` action).
-    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(Error::delta("bronze snapshot"))?;
-        snapshot
-            .transaction_version(self.table.log_store().as_ref(), app_id)
-            .await
-            .map_err(Error::delta(format!("bronze {} txn", self.id)))
+    ///
+    /// Returns an owned future so no borrow of the (non-`Sync`) writer is held
+    /// across the await.
+    pub fn txn_version(
+        &self,
+        app_id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<i64>>> + Send + 'static {
+        let snapshot = self.table.snapshot().cloned();
+        let log_store = self.table.log_store();
+        let app_id = app_id.to_string();
+        let id = self.id.clone();
+        async move {
+            let snapshot = snapshot.map_err(Error::delta("bronze snapshot"))?;
+            snapshot
+                .transaction_version(log_store.as_ref(), app_id)
+                .await
+                .map_err(Error::delta(format!("bronze {id} txn")))
+        }
     }
 
     /// Current Delta version of the table.

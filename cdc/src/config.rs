@@ -35,8 +35,10 @@ pub struct Config {
     /// Tables copied in parallel during the initial snapshot (`MEDALLION_SNAPSHOT_PARALLELISM`).
     pub snapshot_parallelism: usize,
     /// Scale of unconstrained `numeric` in bronze, as decimal(38, scale)
-    /// (`MEDALLION_NUMERIC_SCALE`). A value with more fractional digits is an
-    /// error, never rounded.
+    /// (`MEDALLION_NUMERIC_SCALE`, default 24: Odoo's Float fields hold Python
+    /// floats of ≤ 17 significant digits — the real Odoo 18 base has up to 19
+    /// fractional digits — and 14 integer digits cover any amount). A value
+    /// with more digits is an error naming it, never rounded.
     pub numeric_scale: i8,
     /// Where local spill files of large streamed transactions go (`MEDALLION_SPILL_DIR`).
     pub spill_dir: Option<PathBuf>,
@@ -60,7 +62,7 @@ impl Default for Config {
             flush_interval_ms: 1000,
             checkpoint_interval: 10,
             snapshot_parallelism: 2,
-            numeric_scale: 18,
+            numeric_scale: 24,
             spill_dir: None,
             metrics_addr: None,
             log_format: "text".into(),

@@ -33,12 +33,13 @@ mod imp {
             }
         });
         let target = SPEC.lock().ok().and_then(|s| s.clone());
-        if let Some((p, n)) = target {
-            if p == point && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                eprintln!("medallion: fault injected at {point} (simulated kill -9)");
-                // SIGKILL-like: no destructors, no flush.
-                std::process::abort();
-            }
+        if let Some((p, n)) = target
+            && p == point
+            && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == n
+        {
+            eprintln!("medallion: fault injected at {point} (simulated kill -9)");
+            // SIGKILL-like: no destructors, no flush.
+            std::process::abort();
         }
     }
 }

@@ -28,7 +28,7 @@ use deltalake::kernel::Transaction;
 use futures::StreamExt;
 use pg_walstream::{
     LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream,
-    ReplicationStreamConfig, RetryConfig, StreamingMode, TupleData,
+    ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig, StreamingMode, TupleData,
 };
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
 use crate::error::{Error, Result, RetryPolicy};
 use crate::metrics::Metrics;
-use crate::snapshot::{self, SnapshotJob};
+use crate::snapshot::{self, SnapshotJob, SnapshotSource};
 use crate::spill::{Cell, Change, ChangeKind, Spill};
 use crate::status::StatusBoard;
 use crate::typemap::Kind;
@@ -142,6 +142,9 @@ struct Replicator<'a> {
     summary: RunSummary,
     config_changed: bool,
     slot_recreated: bool,
+    /// Tables stopped by a definite error before they could be opened or
+    /// copied (until a resync).
+    failed: HashMap<TableId, String>,
 }
 
 fn lsn_text(lsn: u64) -> String {
@@ -189,7 +192,54 @@ async fn run_once(
             .await
             .map_err(Error::pg("LISTEN"))?;
     }
-    let (slot_info, slot_created) = crate::slot::ensure(&client, &cfg.slot).await?;
+    // The main slot: created (with an exported snapshot for the initial
+    // copy of every table) on first start, validated afterwards.
+    let creating = crate::slot::read(&client, &cfg.slot).await?.is_none();
+    let mut stream_cfg = ReplicationStreamConfig::new(
+        cfg.slot.clone(),
+        cfg.publication.clone(),
+        2,
+        StreamingMode::On,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+        RetryConfig::default(),
+    )
+    .with_messages(true);
+    if creating {
+        stream_cfg = stream_cfg.with_slot_options(ReplicationSlotOptions {
+            snapshot: Some("export".into()),
+            ..Default::default()
+        });
+    }
+    let mut stream = LogicalReplicationStream::new(
+        &crate::slot::replication_conninfo(&cfg.database_url),
+        stream_cfg,
+    )
+    .await
+    .map_err(Error::repl("connect replication stream"))?;
+    let (slot_info, exported) = if creating {
+        stream
+            .ensure_replication_slot()
+            .await
+            .map_err(Error::repl(format!(
+                "create replication slot \"{}\"",
+                cfg.slot
+            )))?;
+        let name = stream.exported_snapshot_name().map(str::to_string);
+        let info = crate::slot::read(&client, &cfg.slot)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("slot {} vanished after creation", cfg.slot)))?;
+        tracing::info!(slot = %cfg.slot, at = %lsn_text(info.confirmed_flush_lsn), "created replication slot");
+        let exported = name.map(|name| SnapshotSource::Exported {
+            name,
+            lsn: info.confirmed_flush_lsn as i64,
+        });
+        (info, exported)
+    } else {
+        (crate::slot::ensure(&client, &cfg.slot).await?.0, None)
+    };
+    let slot_created = creating;
     let spill_dir = cfg
         .spill_dir
         .clone()
@@ -220,8 +270,9 @@ async fn run_once(
         summary: RunSummary::default(),
         config_changed: false,
         slot_recreated: slot_created,
+        failed: HashMap::new(),
     };
-    r.reconcile().await?;
+    r.reconcile(exported).await?;
     r.status.flush(&r.client, true).await?;
 
     // For --until-caught-up: a transactional logical message marks "now".
@@ -239,23 +290,6 @@ async fn run_once(
         None
     };
 
-    let stream_cfg = ReplicationStreamConfig::new(
-        cfg.slot.clone(),
-        cfg.publication.clone(),
-        2,
-        StreamingMode::On,
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-        Duration::from_secs(60),
-        RetryConfig::default(),
-    )
-    .with_messages(true);
-    let mut stream = LogicalReplicationStream::new(
-        &crate::slot::replication_conninfo(&cfg.database_url),
-        stream_cfg,
-    )
-    .await
-    .map_err(Error::repl("connect replication stream"))?;
     stream
         .start(Some(slot_info.confirmed_flush_lsn))
         .await
@@ -316,7 +350,7 @@ async fn run_once(
         if r.config_changed {
             r.config_changed = false;
             r.flush_all(&mut stream).await?;
-            r.reconcile().await?;
+            r.reconcile(None).await?;
         }
         let caught_up = target.is_some_and(|t| r.last_commit_end >= t);
         if stopping || caught_up || r.should_flush() {
@@ -361,7 +395,7 @@ fn cells(t: TupleData) -> Vec<Cell> {
 impl Replicator<'_> {
     /// Bring tables in line with the publication: open bronze tables, copy
     /// the ones without a snapshot (or with a pending resync).
-    async fn reconcile(&mut self) -> Result<()> {
+    async fn reconcile(&mut self, exported: Option<SnapshotSource>) -> Result<()> {
         let published =
             catalog::published_tables(&self.client, &self.cfg.publication, self.with_extension)
                 .await?;
@@ -369,6 +403,12 @@ impl Replicator<'_> {
         for t in published {
             let resync_us = t.resync_requested_us;
             let id = t.id.clone();
+            if self.failed.contains_key(&id) {
+                if resync_us.is_none() {
+                    continue;
+                }
+                self.failed.remove(&id);
+            }
             self.published.insert(id.clone(), t.clone());
             let known = self.tables.contains_key(&id);
             if !known {
@@ -442,13 +482,29 @@ impl Replicator<'_> {
         }
         self.status.flush(&self.client, true).await?;
         let cfg = self.cfg;
-        let results: Vec<Result<snapshot::SnapshotDone>> = futures::stream::iter(work)
-            .map(|(job, resync)| snapshot::copy_table(cfg, job, resync))
+        let results: Vec<(TableId, Result<snapshot::SnapshotDone>)> = futures::stream::iter(work)
+            .map(|(job, resync)| {
+                let id = job.table.id.clone();
+                // The slot's exported snapshot serves initial copies; a resync
+                // needs a snapshot of now.
+                let source = match (&exported, resync) {
+                    (Some(e), None) => e.clone(),
+                    _ => SnapshotSource::TemporarySlot,
+                };
+                async move { (id, snapshot::copy_table(cfg, job, source, resync).await) }
+            })
             .buffer_unordered(cfg.snapshot_parallelism)
             .collect()
             .await;
-        for res in results {
-            let done = res?;
+        for (id, res) in results {
+            let done = match res {
+                Ok(d) => d,
+                Err(e) if e.retry_policy() == RetryPolicy::NeedsOperator => {
+                    self.fail_table_unopened(&id, &e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let id = done.bronze.id.clone();
             self.summary.snapshot_rows += done.rows;
             self.metrics.add_changes(done.rows);
@@ -542,8 +598,10 @@ impl Replicator<'_> {
     }
 
     fn fail_table_unopened(&mut self, id: &TableId, e: &Error) {
-        tracing::error!(table = %id, error = %e, "table stopped");
+        self.metrics.error(e);
+        tracing::error!(table = %id, error = %e, "table stopped: needs SELECT medallion.resync(...)");
         let msg = e.to_string();
+        self.failed.insert(id.clone(), msg.clone());
         self.status.update(id, |s| {
             s.state = "failed";
             s.last_error = Some(msg);
@@ -774,7 +832,7 @@ impl Replicator<'_> {
         if !published.iter().any(|t| &t.id == id) {
             return Ok(false);
         }
-        self.reconcile().await?;
+        self.reconcile(None).await?;
         Ok(self.tables.contains_key(id))
     }
 
@@ -791,6 +849,9 @@ impl Replicator<'_> {
                 )));
             };
             let id = rel.id.clone();
+            if self.failed.contains_key(&id) {
+                continue;
+            }
             if !self.tables.contains_key(&id) && !self.copy_late_table(&id).await? {
                 continue;
             }
@@ -955,10 +1016,10 @@ impl Replicator<'_> {
     async fn wait_confirmed(&self, lsn: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(info) = crate::slot::read(&self.client, &self.cfg.slot).await? {
-                if info.confirmed_flush_lsn >= lsn {
-                    return Ok(());
-                }
+            if let Some(info) = crate::slot::read(&self.client, &self.cfg.slot).await?
+                && info.confirmed_flush_lsn >= lsn
+            {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

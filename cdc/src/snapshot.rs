@@ -31,6 +31,16 @@ use crate::catalog::{self, PublishedTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+/// Which snapshot a copy reads.
+#[derive(Debug, Clone)]
+pub enum SnapshotSource {
+    /// The snapshot exported when the main slot was created (initial copy of
+    /// every table at once): name and the slot's consistent point.
+    Exported { name: String, lsn: i64 },
+    /// A temporary slot of the copy's own (late tables, resyncs).
+    TemporarySlot,
+}
+
 /// What to copy.
 pub struct SnapshotJob {
     pub table: PublishedTable,
@@ -109,6 +119,20 @@ fn unescape(f: &[u8]) -> Vec<u8> {
     o
 }
 
+async fn import_snapshot(
+    client: &tokio_postgres::Client,
+    id: &crate::bronze::TableId,
+    name: &str,
+) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            name.replace('\'', "")
+        ))
+        .await
+        .map_err(Error::pg(format!("snapshot of {id}: import snapshot")))
+}
+
 static SNAPSHOT_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Copy one table into its bronze table. `resync_us` records which resync
@@ -116,6 +140,7 @@ static SNAPSHOT_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32
 pub async fn copy_table(
     cfg: &Config,
     job: SnapshotJob,
+    source: SnapshotSource,
     resync_us: Option<i64>,
 ) -> Result<SnapshotDone> {
     let SnapshotJob {
@@ -124,75 +149,72 @@ pub async fn copy_table(
         columns,
     } = job;
     let id = table.id.clone();
-    let n = SNAPSHOT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp_slot = format!("{}_snap_{}_{}", cfg.slot, std::process::id(), n);
-    let tmp_slot: String = tmp_slot.chars().take(63).collect();
-    tracing::info!(table = %id, "snapshot: starting copy");
-
-    // 1. Temporary slot with an exported snapshot.
-    let stream_cfg = ReplicationStreamConfig::new(
-        tmp_slot.clone(),
-        cfg.publication.clone(),
-        2,
-        StreamingMode::Off,
-        Duration::from_secs(10),
-        Duration::from_secs(30),
-        Duration::from_secs(60),
-        RetryConfig::default(),
-    )
-    .with_slot_options(ReplicationSlotOptions {
-        temporary: true,
-        snapshot: Some("export".into()),
-        ..Default::default()
-    });
-    let mut repl = LogicalReplicationStream::new(
-        &crate::slot::replication_conninfo(&cfg.database_url),
-        stream_cfg,
-    )
-    .await
-    .map_err(Error::repl(format!(
-        "snapshot of {id}: replication connection"
-    )))?;
-    repl.ensure_replication_slot()
-        .await
-        .map_err(Error::repl(format!(
-            "snapshot of {id}: create temporary slot"
-        )))?;
-    let snapshot_name = repl
-        .exported_snapshot_name()
-        .ok_or_else(|| Error::Protocol(format!("snapshot of {id}: no snapshot was exported")))?
-        .to_string();
-
-    // 2. Import it on a regular connection.
+    tracing::info!(table = %id, ?source, "snapshot: starting copy");
     let (client, conn) = catalog::connect(&cfg.database_url).await?;
     let conn_task = tokio::spawn(conn);
     client
         .batch_execute(catalog::SESSION_SETUP)
         .await
         .map_err(Error::pg("snapshot session setup"))?;
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-            snapshot_name.replace('\'', "")
-        ))
-        .await
-        .map_err(Error::pg(format!("snapshot of {id}: import snapshot")))?;
-    let lsn_row = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&tmp_slot],
-        )
-        .await
-        .map_err(Error::pg("read snapshot LSN"))?;
-    let lsn_text: Option<String> = lsn_row.get(0);
-    let lsn = lsn_text
-        .as_deref()
-        .and_then(|s| pg_walstream::parse_lsn(s).ok())
-        .ok_or_else(|| Error::Protocol(format!("snapshot of {id}: temporary slot has no LSN")))?
-        as i64;
-    // The snapshot is imported: the exporting connection (and its temporary
-    // slot) can go.
-    drop(repl);
+    let lsn = match source {
+        SnapshotSource::Exported { name, lsn } => {
+            import_snapshot(&client, &id, &name).await?;
+            lsn
+        }
+        SnapshotSource::TemporarySlot => {
+            // 1. Temporary slot with an exported snapshot.
+            let n = SNAPSHOT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp_slot: String = format!("{}_snap_{}_{}", cfg.slot, std::process::id(), n)
+                .chars()
+                .take(63)
+                .collect();
+            let stream_cfg = ReplicationStreamConfig::new(
+                tmp_slot.clone(),
+                cfg.publication.clone(),
+                2,
+                StreamingMode::Off,
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                RetryConfig::default(),
+            )
+            .with_slot_options(ReplicationSlotOptions {
+                temporary: true,
+                snapshot: Some("export".into()),
+                ..Default::default()
+            });
+            let mut repl = LogicalReplicationStream::new(
+                &crate::slot::replication_conninfo(&cfg.database_url),
+                stream_cfg,
+            )
+            .await
+            .map_err(Error::repl(format!(
+                "snapshot of {id}: replication connection"
+            )))?;
+            repl.ensure_replication_slot()
+                .await
+                .map_err(Error::repl(format!(
+                    "snapshot of {id}: create temporary slot"
+                )))?;
+            let name = repl
+                .exported_snapshot_name()
+                .ok_or_else(|| {
+                    Error::Protocol(format!("snapshot of {id}: no snapshot was exported"))
+                })?
+                .to_string();
+            // 2. Import it on the copy connection.
+            import_snapshot(&client, &id, &name).await?;
+            let lsn = crate::slot::read(&client, &tmp_slot)
+                .await?
+                .map(|s| s.confirmed_flush_lsn as i64)
+                .ok_or_else(|| {
+                    Error::Protocol(format!("snapshot of {id}: temporary slot vanished"))
+                })?;
+            // Imported: the exporting connection (and its temporary slot) can go.
+            drop(repl);
+            lsn
+        }
+    };
 
     // 3. Copy.
     let select_list = columns

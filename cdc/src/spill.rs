@@ -68,10 +68,10 @@ fn put_cells(w: &mut impl Write, cells: &Option<Vec<Cell>>) -> std::io::Result<(
             w.write_all(&(cells.len() as u32).to_le_bytes())?;
             for c in cells {
                 match c {
-                    Cell::Null => w.write_all(&[b'n'])?,
-                    Cell::Unchanged => w.write_all(&[b'u'])?,
+                    Cell::Null => w.write_all(b"n")?,
+                    Cell::Unchanged => w.write_all(b"u")?,
                     Cell::Text(b) => {
-                        w.write_all(&[b't'])?;
+                        w.write_all(b"t")?;
                         w.write_all(&(b.len() as u32).to_le_bytes())?;
                         w.write_all(b)?;
                     }

@@ -9,7 +9,7 @@
 //! | int2, int4, int8, oid | Int16, Int32, Int64, Int64 |
 //! | float4, float8 | Float32, Float64 (NaN and ±Infinity kept) |
 //! | numeric(p,s), p ≤ 38 | Decimal128(p,s) |
-//! | numeric (unconstrained, Odoo money) | Decimal128(38, `numeric_scale`, default 18) |
+//! | numeric (unconstrained, Odoo money) | Decimal128(38, `numeric_scale`, default 24) |
 //! | numeric(p,s), p > 38 | Utf8 (exact text) |
 //! | text, varchar, bpchar, name, char | Utf8 |
 //! | bytea | Binary |
@@ -143,7 +143,7 @@ pub fn map_type(type_oid: u32, typmod: i32, unconstrained_scale: i8) -> Mapping 
             } else {
                 let t = typmod - 4;
                 let precision = ((t >> 16) & 0xffff) as u32;
-                let scale = (t & 0x7ff) as i32;
+                let scale = t & 0x7ff;
                 let scale = if scale > 1000 { scale - 2048 } else { scale };
                 if precision <= 38 && (0..=precision as i32).contains(&scale) {
                     known(Kind::Decimal {

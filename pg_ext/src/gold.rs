@@ -197,14 +197,14 @@ fn define_gold(
             "refresh is 'on_change', 'manual', or an interval such as '15 minutes' or '1 hour'.",
         );
     };
-    if let Some(k) = &keys {
-        if k.is_empty() {
-            raise::error(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "keys must name at least one column",
-                "Pass NULL for a full recompute on every refresh.",
-            );
-        }
+    if let Some(k) = &keys
+        && k.is_empty()
+    {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "keys must name at least one column",
+            "Pass NULL for a full recompute on every refresh.",
+        );
     }
     let refs = match parse_gold_query(query) {
         Ok(r) => r,

@@ -65,10 +65,15 @@ impl PgCluster {
         }
         let data = dir.join("data");
         let mut initdb = pg_command(as_postgres, &bin.join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "-N"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "-N",
+        ]);
         run(&mut initdb)?;
 
         let port = free_port()?;
@@ -109,9 +114,8 @@ impl PgCluster {
             .arg("-l")
             .arg(self.log_path())
             .args(["-w", "-t", "60", "start"]);
-        run(&mut c).map_err(|e| {
-            HarnessError::Cluster(format!("{e}; server log: {}", self.log_tail()))
-        })
+        run(&mut c)
+            .map_err(|e| HarnessError::Cluster(format!("{e}; server log: {}", self.log_tail())))
     }
 
     /// TCP port on 127.0.0.1.

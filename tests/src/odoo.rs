@@ -484,16 +484,52 @@ const FIRST: &[&str] = &[
     "Floyd", "Billy", "Edwin", "Toni", "Oscar", "Sandra", "Nolan", "Marc", "Théo", "Zoë",
 ];
 const LAST: &[&str] = &[
-    "Interior", "Addict", "Furniture", "Inc", "Mat", "Corner", "Freeman", "Hill", "Olivia",
-    "Brown", "Hawk", "Martin", "Müller", "O'Neil", "García", "Dupont", "Rossi", "Nakamura",
+    "Interior",
+    "Addict",
+    "Furniture",
+    "Inc",
+    "Mat",
+    "Corner",
+    "Freeman",
+    "Hill",
+    "Olivia",
+    "Brown",
+    "Hawk",
+    "Martin",
+    "Müller",
+    "O'Neil",
+    "García",
+    "Dupont",
+    "Rossi",
+    "Nakamura",
 ];
 const CITIES: &[&str] = &[
-    "Brussels", "Fremont", "Liège", "Tracy", "Namur", "San Francisco", "Gent", "Köln", "Lyon",
+    "Brussels",
+    "Fremont",
+    "Liège",
+    "Tracy",
+    "Namur",
+    "San Francisco",
+    "Gent",
+    "Köln",
+    "Lyon",
 ];
 const PRODUCTS: &[&str] = &[
-    "Office Chair", "Desk Combination", "Large Cabinet", "Storage Box", "Corner Desk",
-    "Acoustic Bloc Screens", "Cable Management Box", "Drawer Black", "Flipover", "Monitor Stand",
-    "Pedal Bin", "Whiteboard Pen", "Conference Chair", "Three-Seat Sofa", "Customizable Desk",
+    "Office Chair",
+    "Desk Combination",
+    "Large Cabinet",
+    "Storage Box",
+    "Corner Desk",
+    "Acoustic Bloc Screens",
+    "Cable Management Box",
+    "Drawer Black",
+    "Flipover",
+    "Monitor Stand",
+    "Pedal Bin",
+    "Whiteboard Pen",
+    "Conference Chair",
+    "Three-Seat Sofa",
+    "Customizable Desk",
 ];
 
 fn copy_begin(out: &mut impl Write, t: &TableDef) -> io::Result<()> {
@@ -513,15 +549,13 @@ fn copy_end(out: &mut impl Write) -> io::Result<()> {
 /// A deterministic generator state shared by base and workload.
 struct Gen {
     rng: ChaCha8Rng,
-    scale: Scale,
     start: NaiveDateTime,
 }
 
 impl Gen {
-    fn new(scale: Scale, seed: u64) -> Self {
+    fn new(seed: u64) -> Self {
         Gen {
             rng: ChaCha8Rng::seed_from_u64(seed),
-            scale,
             start: NaiveDate::from_ymd_opt(2025, 1, 1)
                 .and_then(|d| d.and_hms_opt(8, 0, 0))
                 .expect("valid start date"),
@@ -559,12 +593,19 @@ impl Gen {
 
 /// Write the base schema and history for `scale` and `seed` as a psql script.
 pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<()> {
-    let mut g = Gen::new(scale, seed);
-    writeln!(out, "-- medallion Odoo-shaped demo data: {scale:?}, seed {seed}")?;
+    let mut g = Gen::new(seed);
+    writeln!(
+        out,
+        "-- medallion Odoo-shaped demo data: {scale:?}, seed {seed}"
+    )?;
     writeln!(out, "SET client_min_messages = warning;")?;
     writeln!(out, "BEGIN;")?;
     for t in TABLES {
-        let cols: Vec<String> = t.columns.iter().map(|(c, ty)| format!("    {c} {ty}")).collect();
+        let cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|(c, ty)| format!("    {c} {ty}"))
+            .collect();
         writeln!(out, "CREATE TABLE {} (\n{}\n);", t.name, cols.join(",\n"))?;
     }
     writeln!(
@@ -577,11 +618,29 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     // Chart of accounts and journals.
     copy_begin(out, &ACCOUNT)?;
     let accounts = [
-        (ACC_RECEIVABLE, "asset_receivable", "Account Receivable", "121000", true),
+        (
+            ACC_RECEIVABLE,
+            "asset_receivable",
+            "Account Receivable",
+            "121000",
+            true,
+        ),
         (ACC_INCOME, "income", "Product Sales", "400000", false),
-        (ACC_TAX, "liability_current", "Tax Received", "251000", false),
+        (
+            ACC_TAX,
+            "liability_current",
+            "Tax Received",
+            "251000",
+            false,
+        ),
         (ACC_BANK, "asset_cash", "Bank", "101401", false),
-        (ACC_PAYABLE, "liability_payable", "Account Payable", "211000", true),
+        (
+            ACC_PAYABLE,
+            "liability_payable",
+            "Account Payable",
+            "211000",
+            true,
+        ),
         (ACC_EXPENSE, "expense", "Expenses", "600000", false),
     ];
     for (id, kind, name, code, reconcile) in accounts {
@@ -798,16 +857,34 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 "2".into(),
                 "2".into(),
                 state.into(),
-                if invoiced { "invoiced" } else if confirmed { "to invoice" } else { "no" }.into(),
+                if invoiced {
+                    "invoiced"
+                } else if confirmed {
+                    "to invoice"
+                } else {
+                    "no"
+                }
+                .into(),
                 NULL.into(),
-                esc(&format!("[FURN_{product:04}] {}", PRODUCTS[(product - 1) % PRODUCTS.len()])),
+                esc(&format!(
+                    "[FURN_{product:04}] {}",
+                    PRODUCTS[(product - 1) % PRODUCTS.len()]
+                )),
                 qty.to_string(),
                 money(price),
                 discount.to_string(),
                 money(subtotal),
                 money(subtotal + tax),
-                if confirmed { qty.to_string() } else { "0".into() },
-                if invoiced { qty.to_string() } else { "0".into() },
+                if confirmed {
+                    qty.to_string()
+                } else {
+                    "0".into()
+                },
+                if invoiced {
+                    qty.to_string()
+                } else {
+                    "0".into()
+                },
                 ts(at),
                 ts(at),
                 format!("{}", tax as f64 / 100.0),
@@ -856,9 +933,20 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             "2".into(),
             format!("S{o:05}"),
             state.into(),
-            if invoiced { "invoiced" } else if confirmed { "to invoice" } else { "no" }.into(),
+            if invoiced {
+                "invoiced"
+            } else if confirmed {
+                "to invoice"
+            } else {
+                "no"
+            }
+            .into(),
             date(at + Duration::days(30)),
-            if o % 25 == 0 { esc(&g.html_note(2_500)) } else { NULL.into() },
+            if o % 25 == 0 {
+                esc(&g.html_note(2_500))
+            } else {
+                NULL.into()
+            },
             "1.0".into(),
             money(untaxed),
             money(tax_total),
@@ -960,7 +1048,12 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 money(credit.max(debit)),
                 money(credit.max(debit)),
                 "0".into(),
-                if account == ACC_RECEIVABLE && residual == 0 { "t" } else { "f" }.into(),
+                if account == ACC_RECEIVABLE && residual == 0 {
+                    "t"
+                } else {
+                    "f"
+                }
+                .into(),
                 ts(when),
                 ts(when),
             ]);
@@ -968,17 +1061,56 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         for (i, l) in order_lines.iter().enumerate() {
             let pname = format!("[FURN_{:04}] {}", l.1, PRODUCTS[(l.1 - 1) % PRODUCTS.len()]);
             push_item(
-                &mut items, inv_id, JOURNAL_SALE, 10 + i, ACC_INCOME, Some(l.1), &pname,
-                "product", 0, l.4, 0, l.2, l.3, inv_at, &inv_name,
+                &mut items,
+                inv_id,
+                JOURNAL_SALE,
+                10 + i,
+                ACC_INCOME,
+                Some(l.1),
+                &pname,
+                "product",
+                0,
+                l.4,
+                0,
+                l.2,
+                l.3,
+                inv_at,
+                &inv_name,
             );
         }
         push_item(
-            &mut items, inv_id, JOURNAL_SALE, 90, ACC_TAX, None, "Tax 15%", "tax", 0, tax_total, 0,
-            1, tax_total, inv_at, &inv_name,
+            &mut items,
+            inv_id,
+            JOURNAL_SALE,
+            90,
+            ACC_TAX,
+            None,
+            "Tax 15%",
+            "tax",
+            0,
+            tax_total,
+            0,
+            1,
+            tax_total,
+            inv_at,
+            &inv_name,
         );
         push_item(
-            &mut items, inv_id, JOURNAL_SALE, 99, ACC_RECEIVABLE, None, &inv_name,
-            "payment_term", total, 0, residual, 1, total, inv_at, &inv_name,
+            &mut items,
+            inv_id,
+            JOURNAL_SALE,
+            99,
+            ACC_RECEIVABLE,
+            None,
+            &inv_name,
+            "payment_term",
+            total,
+            0,
+            residual,
+            1,
+            total,
+            inv_at,
+            &inv_name,
         );
         if !paid {
             continue;
@@ -1020,12 +1152,38 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             ts(pay_at),
         ]);
         push_item(
-            &mut items, move_id, JOURNAL_BANK, 10, ACC_BANK, None, &pay_name, "product", total, 0,
-            0, 1, total, pay_at, &pay_name,
+            &mut items,
+            move_id,
+            JOURNAL_BANK,
+            10,
+            ACC_BANK,
+            None,
+            &pay_name,
+            "product",
+            total,
+            0,
+            0,
+            1,
+            total,
+            pay_at,
+            &pay_name,
         );
         push_item(
-            &mut items, move_id, JOURNAL_BANK, 20, ACC_RECEIVABLE, None, &pay_name, "product", 0,
-            total, 0, 1, total, pay_at, &pay_name,
+            &mut items,
+            move_id,
+            JOURNAL_BANK,
+            20,
+            ACC_RECEIVABLE,
+            None,
+            &pay_name,
+            "product",
+            0,
+            total,
+            0,
+            1,
+            total,
+            pay_at,
+            &pay_name,
         );
         payments.push(vec![
             pay_seq.to_string(),
@@ -1078,7 +1236,11 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 "1".into(),
                 "1".into(),
                 if won { "4" } else { "1" }.into(),
-                if l % 2 == 0 { (l % scale.customers + 2).to_string() } else { NULL.into() },
+                if l % 2 == 0 {
+                    (l % scale.customers + 2).to_string()
+                } else {
+                    NULL.into()
+                },
                 "2".into(),
                 "2".into(),
                 esc(&format!("{}'s opportunity", contact)),
@@ -1089,10 +1251,18 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 esc(&format!("lead{l}@example.org")),
                 esc(g.pick(CITIES)),
                 date(at + Duration::days(20)),
-                if l % 5 == 0 { esc(&g.html_note(600)) } else { NULL.into() },
+                if l % 5 == 0 {
+                    esc(&g.html_note(600))
+                } else {
+                    NULL.into()
+                },
                 money(g.rng.gen_range(1_000..5_000_000)),
                 "t".into(),
-                if won { ts(at + Duration::days(9)) } else { NULL.into() },
+                if won {
+                    ts(at + Duration::days(9))
+                } else {
+                    NULL.into()
+                },
                 ts(at),
                 ts(at),
                 if won { "100" } else { "33.5" }.into(),
@@ -1119,7 +1289,7 @@ pub fn write_workload(
     seed: u64,
     transactions: usize,
 ) -> io::Result<()> {
-    let mut g = Gen::new(scale, seed ^ 0x5eed_0dd0);
+    let mut g = Gen::new(seed ^ 0x5eed_0dd0);
     let n_partners = scale.customers + 1;
     let now = "(now() at time zone 'UTC')";
     writeln!(out, "SET client_min_messages = warning;")?;
@@ -1146,7 +1316,10 @@ pub fn write_workload(
                         "INSERT INTO sale_order_line (order_id, sequence, company_id, currency_id, order_partner_id, salesman_id, product_id, product_uom, create_uid, write_uid, state, invoice_status, name, product_uom_qty, price_unit, discount, price_subtotal, price_total, qty_delivered, qty_invoiced, create_date, write_date, price_tax, customer_lead) \
                          VALUES (currval(pg_get_serial_sequence('sale_order','id')), {seq}, 1, 1, {partner}, 2, {p}, 1, 2, 2, 'draft', 'no', {name}, {qty}, {price}, 0, {sub}, {tot}, 0, 0, {now}, {now}, {tax}, 0);",
                         seq = 10 + s,
-                        name = sql_str(&format!("[FURN_{p:04}] {}", PRODUCTS[(p - 1) % PRODUCTS.len()])),
+                        name = sql_str(&format!(
+                            "[FURN_{p:04}] {}",
+                            PRODUCTS[(p - 1) % PRODUCTS.len()]
+                        )),
                         price = money(price),
                         sub = money(sub),
                         tot = money(sub * 115 / 100),

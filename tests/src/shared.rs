@@ -10,9 +10,7 @@ use std::path::PathBuf;
 pub fn odoo18_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("MEDALLION_ODOO18_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/odoo18")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/odoo18"));
     if dir.join("base.dump").exists() {
         Some(dir)
     } else {

@@ -1,0 +1,45 @@
+# medallion — the two commands a newcomer needs:
+#   make demo   private Postgres + local lake: Odoo-shaped data → bronze, status printed
+#   make test   the whole test suite (what CI runs)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+DEMO_DIR  ?= .medallion/demo
+DEMO_SCALE ?= 1
+PGRX_TEST_DIR ?= /tmp/medallion-pgrx-test
+
+.PHONY: help setup demo test test-ext test-e2e lint fmt clean-demo
+
+help:
+	@echo "make demo   run the main job on a private Postgres and a local-directory lake"
+	@echo "make test   run the whole test suite (installs what is missing first)"
+	@echo "make lint   cargo fmt --check and cargo clippy -D warnings per crate"
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@scripts/demo.sh "$(DEMO_DIR)" "$(DEMO_SCALE)"
+
+clean-demo:
+	@scripts/pg-cluster.sh stop "$(DEMO_DIR)/pg" 2>/dev/null || true
+	rm -rf "$(DEMO_DIR)"
+
+# pgrx tests (#[pg_test], in a pgrx-managed cluster run as the postgres OS user),
+# then unit tests and the end-to-end suite against private clusters.
+test: setup test-ext test-e2e
+
+test-ext:
+	@mkdir -p "$(PGRX_TEST_DIR)" && chown postgres "$(PGRX_TEST_DIR)" 2>/dev/null || true
+	cd pg_ext && cargo pgrx test pg15 --runas postgres --pgdata "$(PGRX_TEST_DIR)/data"
+
+test-e2e:
+	cargo test -p medallion -p medallion-tests -- --test-threads=2
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy -p medallion -p medallion-tests --all-targets -- -D warnings
+	cd pg_ext && cargo clippy --features "pg15 pg_test" --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all

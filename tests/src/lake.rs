@@ -1,0 +1,214 @@
+//! Read bronze Delta tables back (as any engine would: the Delta log's active
+//! files, read with the Parquet reader) and rebuild a table's current state
+//! from its change log, to compare with the source.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Errors reading the lake back.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("delta: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Directory of a bronze table.
+pub fn bronze_dir(lake: &Path, schema: &str, table: &str) -> PathBuf {
+    lake.join("bronze").join(schema).join(table)
+}
+
+/// Every row of the table's current Delta version, one batch per file.
+pub async fn read_table(dir: &Path) -> Result<Vec<RecordBatch>, LakeError> {
+    let url = url::Url::from_directory_path(dir)
+        .map_err(|_| LakeError::Other(format!("not an absolute path: {}", dir.display())))?;
+    let table = deltalake::open_table(url).await?;
+    let mut out = Vec::new();
+    for uri in table.get_file_uris()? {
+        let path = url::Url::parse(&uri)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .unwrap_or_else(|| PathBuf::from(&uri));
+        let file = std::fs::File::open(&path)?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+        for batch in reader {
+            out.push(batch?);
+        }
+    }
+    Ok(out)
+}
+
+/// The Delta `txn` version recorded for `app_id`.
+pub async fn txn_version(dir: &Path, app_id: &str) -> Result<Option<i64>, LakeError> {
+    let url = url::Url::from_directory_path(dir)
+        .map_err(|_| LakeError::Other(format!("not an absolute path: {}", dir.display())))?;
+    let table = deltalake::open_table(url).await?;
+    Ok(table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
+}
+
+/// A value in Postgres text input format (None = NULL).
+pub fn pg_text(array: &dyn Array, row: usize) -> Option<String> {
+    if array.is_null(row) {
+        return None;
+    }
+    Some(match array.data_type() {
+        DataType::Binary => {
+            let v = array.as_binary::<i32>().value(row);
+            let mut s = String::from("\\x");
+            for b in v {
+                s.push_str(&format!("{b:02x}"));
+            }
+            s
+        }
+        DataType::Boolean => if array.as_boolean().value(row) {
+            "t"
+        } else {
+            "f"
+        }
+        .into(),
+        DataType::List(_) => {
+            let l = array.as_list::<i32>();
+            let inner = l.value(row);
+            let parts: Vec<String> = (0..inner.len())
+                .map(|i| match pg_text(inner.as_ref(), i) {
+                    None => "NULL".into(),
+                    Some(v) => format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")),
+                })
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        _ => {
+            let opts = FormatOptions::default();
+            let f = ArrayFormatter::try_new(array, &opts).ok()?;
+            f.value(row).to_string()
+        }
+    })
+}
+
+/// Rows of a change log, in (LSN, order) order, as column name → text.
+pub struct ChangeRow {
+    pub op: String,
+    pub lsn: i64,
+    pub seq: i64,
+    pub values: HashMap<String, Option<String>>,
+    pub unchanged: Vec<String>,
+}
+
+/// Flatten bronze batches into change rows sorted by (LSN, seq).
+pub fn change_rows(batches: &[RecordBatch]) -> Vec<ChangeRow> {
+    let mut out = Vec::new();
+    for b in batches {
+        let schema = b.schema();
+        let col = |name: &str| schema.index_of(name).ok().map(|i| b.column(i).clone());
+        let op = col("_mdl_op").expect("_mdl_op");
+        let lsn = col("_mdl_lsn").expect("_mdl_lsn");
+        let seq = col("_mdl_seq").expect("_mdl_seq");
+        let toast = col("_mdl_unchanged_toast");
+        for r in 0..b.num_rows() {
+            let mut values = HashMap::new();
+            for (i, f) in schema.fields().iter().enumerate() {
+                if f.name().starts_with("_mdl_") {
+                    continue;
+                }
+                values.insert(f.name().clone(), pg_text(b.column(i).as_ref(), r));
+            }
+            let unchanged = toast
+                .as_ref()
+                .filter(|t| !t.is_null(r))
+                .map(|t| {
+                    let l = t.as_list::<i32>().value(r);
+                    let s = l.as_string::<i32>();
+                    (0..s.len()).map(|i| s.value(i).to_string()).collect()
+                })
+                .unwrap_or_default();
+            out.push(ChangeRow {
+                op: op.as_string::<i32>().value(r).to_string(),
+                lsn: lsn.as_primitive::<arrow::datatypes::Int64Type>().value(r),
+                seq: seq.as_primitive::<arrow::datatypes::Int64Type>().value(r),
+                values,
+                unchanged,
+            });
+        }
+    }
+    out.sort_by_key(|c| (c.lsn, c.seq));
+    out
+}
+
+/// Number of (LSN, order) pairs that appear more than once: any is a duplicate.
+pub fn duplicate_changes(rows: &[ChangeRow]) -> usize {
+    let mut seen = HashSet::new();
+    rows.iter()
+        .filter(|r| !seen.insert((r.lsn, r.seq, r.op.clone())))
+        .count()
+}
+
+/// Rebuild the current state keyed by `keys` (last change per key wins;
+/// unchanged TOAST columns keep their previous value; truncate clears; a new
+/// snapshot generation replaces everything before it).
+pub fn current_state(
+    rows: &[ChangeRow],
+    keys: &[&str],
+) -> BTreeMap<Vec<Option<String>>, HashMap<String, Option<String>>> {
+    let mut state: BTreeMap<Vec<Option<String>>, HashMap<String, Option<String>>> = BTreeMap::new();
+    let mut snapshot_lsn = None;
+    for r in rows {
+        let key: Vec<Option<String>> = keys
+            .iter()
+            .map(|k| r.values.get(*k).cloned().flatten())
+            .collect();
+        match r.op.as_str() {
+            "snapshot" => {
+                if snapshot_lsn != Some(r.lsn) {
+                    snapshot_lsn = Some(r.lsn);
+                    state.clear();
+                }
+                state.insert(key, r.values.clone());
+            }
+            "insert" => {
+                state.insert(key, r.values.clone());
+            }
+            "update" => {
+                let mut v = r.values.clone();
+                if let Some(prev) = state.get(&key) {
+                    for c in &r.unchanged {
+                        v.insert(c.clone(), prev.get(c).cloned().flatten());
+                    }
+                }
+                state.insert(key, v);
+            }
+            "delete" => {
+                state.remove(&key);
+            }
+            "truncate" => state.clear(),
+            other => panic!("unknown op {other}"),
+        }
+    }
+    state
+}
+
+/// COPY text escaping.
+pub fn copy_escape(v: &Option<String>) -> String {
+    match v {
+        None => "\\N".into(),
+        Some(s) => s
+            .replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r"),
+    }
+}
