@@ -8,7 +8,7 @@ DEMO_DIR  ?= .medallion/demo
 DEMO_SCALE ?= 1
 PGRX_TEST_DIR ?= /tmp/medallion-pgrx-test
 
-.PHONY: help setup demo test test-ext test-e2e lint fmt clean-demo
+.PHONY: help setup demo test test-ext test-sql test-e2e lint fmt clean-demo
 
 help:
 	@echo "make demo   run the main job on a private Postgres and a local-directory lake"
@@ -25,9 +25,15 @@ clean-demo:
 	@scripts/pg-cluster.sh stop "$(DEMO_DIR)/pg" 2>/dev/null || true
 	rm -rf "$(DEMO_DIR)"
 
-# pgrx tests (#[pg_test], in a pgrx-managed cluster run as the postgres OS user),
-# then unit tests and the end-to-end suite against private clusters.
-test: setup test-ext test-e2e
+# pgrx tests (#[pg_test], in a pgrx-managed cluster run as the postgres OS user;
+# they install a test build), then the release build is installed again and the
+# SQL golden tests, unit tests and the end-to-end suite run against private clusters.
+test: setup test-ext
+	@scripts/setup.sh
+	@$(MAKE) --no-print-directory test-sql test-e2e
+
+test-sql:
+	scripts/regress.sh
 
 test-ext:
 	@mkdir -p "$(PGRX_TEST_DIR)" && chown postgres "$(PGRX_TEST_DIR)" 2>/dev/null || true

@@ -50,16 +50,19 @@ fi
 #    private clusters live in /tmp and are owned by postgres.
 id postgres >/dev/null 2>&1 || die "no 'postgres' OS user (it comes with postgresql-15)"
 
-# 5. Build pg_medallion and install it into the system Postgres 15 when it changed.
+# 5. Build pg_medallion and install it into the system Postgres 15 unless the
+#    installed files are already exactly this build.
 log "building pg_medallion"
-stamp=target/.pg_medallion.installed
-( cd pg_ext && cargo pgrx package --pg-config "$PG_CONFIG" --out-dir ../target/pg_medallion-pkg >/dev/null )
 pkg=target/pg_medallion-pkg
-sum=$(cd "$pkg" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ] || [ ! -f "$("$PG_CONFIG" --sharedir)/extension/pg_medallion.control" ]; then
+( cd pg_ext && cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "../$pkg" >/dev/null )
+same=1
+while IFS= read -r -d '' f; do
+  rel=${f#"$pkg"}
+  cmp -s "$f" "$rel" || { same=0; break; }
+done < <(find "$pkg" -type f -print0)
+if [ $same -eq 0 ]; then
   log "installing pg_medallion into $("$PG_CONFIG" --pkglibdir)"
   as_root cp -R "$pkg"/. /
-  echo "$sum" > "$stamp"
 else
   log "pg_medallion is up to date in the system Postgres 15"
 fi

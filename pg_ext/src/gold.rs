@@ -71,11 +71,21 @@ impl Visitor for Refs {
 pub(crate) fn parse_gold_query(sql: &str) -> Result<Vec<TableRef>, QueryError> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
         .map_err(|e| QueryError::Syntax(parser_message(e)))?;
-    let [Statement::Query(query)] = statements.as_slice() else {
-        return Err(QueryError::NotASelect(format!(
-            "expected exactly one SELECT statement, found {}",
-            statements.len()
-        )));
+    let query = match statements.as_slice() {
+        [Statement::Query(query)] => query,
+        [other] => {
+            let text = other.to_string();
+            let verb = text.split_whitespace().next().unwrap_or("?").to_uppercase();
+            return Err(QueryError::NotASelect(format!(
+                "expected a SELECT, found a {verb} statement"
+            )));
+        }
+        many => {
+            return Err(QueryError::NotASelect(format!(
+                "expected exactly one SELECT statement, found {}",
+                many.len()
+            )));
+        }
     };
     if !matches!(
         query.body.as_ref(),
