@@ -750,3 +750,159 @@ async fn definitions_survive_pg_dump_and_restore() {
     // The restored database works: a redefinition is still a no-op.
     assert_eq!(r("SELECT medallion.add_source('sale_order')").trim(), "f");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_migration_example_is_idempotent() {
+    let env = Env::new();
+    let mut base = Vec::new();
+    medallion_tests::odoo::write_base(&mut base, medallion_tests::odoo::Scale::new(0.05), 1)
+        .unwrap();
+    let path = env.lake.path().join("base.sql");
+    std::fs::write(&path, &base).unwrap();
+    env.cluster
+        .psql(&env.db, &["-f", path.to_str().unwrap()])
+        .expect("load demo base");
+    let migration = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sql/examples/supabase/migrations/20261125120000_medallion.sql");
+    env.cluster
+        .psql(&env.db, &["-f", migration.to_str().unwrap()])
+        .expect("first run of the migration");
+    let first = env.sql("SELECT layer, name, definition FROM medallion.pipeline ORDER BY 1, 2");
+    let stamps = env.sql("SELECT max(updated_at) FROM medallion.sources");
+    env.cluster
+        .psql(&env.db, &["-f", migration.to_str().unwrap()])
+        .expect("second run of the migration");
+    assert_eq!(
+        env.sql("SELECT layer, name, definition FROM medallion.pipeline ORDER BY 1, 2"),
+        first
+    );
+    assert_eq!(
+        env.sql("SELECT max(updated_at) FROM medallion.sources"),
+        stamps,
+        "nothing was rewritten"
+    );
+    assert!(first.contains("gold|monthly_revenue|"));
+    assert!(first.contains("silver|account_move_history|"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sidecar_picks_up_new_sources_and_resyncs() {
+    let env = Env::new();
+    env.sql("CREATE TABLE a (id int PRIMARY KEY, v text)");
+    env.sql("INSERT INTO a SELECT g, 'x' FROM generate_series(1, 100) g");
+    env.sql("SELECT medallion.add_source('a')");
+    let cfg = env.cfg();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let run_cfg = cfg.clone();
+    let runner = tokio::spawn(async move {
+        replicate::run(
+            &run_cfg,
+            RunOptions::default(),
+            stop,
+            Arc::new(Default::default()),
+        )
+        .await
+    });
+    let wait_for = |sql: String, want: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = env.sql(&sql);
+            if got.trim() == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {sql} = {want}, last {got}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for(
+        "SELECT state FROM medallion.table_status WHERE name = 'public.a'".into(),
+        "streaming",
+    );
+    // A table declared while the sidecar runs (NOTIFY medallion_config) is copied and streamed.
+    env.sql("CREATE TABLE b (id int PRIMARY KEY, v text)");
+    env.sql("INSERT INTO b SELECT g, 'y' FROM generate_series(1, 50) g");
+    env.sql("SELECT medallion.add_source('b')");
+    env.sql("INSERT INTO b VALUES (51, 'after add')");
+    wait_for(
+        "SELECT rows_total FROM medallion.table_status WHERE name = 'public.b'".into(),
+        "51",
+    );
+    // A resync copies the table again as a new snapshot generation.
+    env.sql("UPDATE a SET v = 'z' WHERE id <= 10");
+    env.sql("SELECT medallion.resync('a')");
+    let slot = cfg.slot.clone();
+    let app = format!("medallion:{slot}:public.a:resync");
+    let dir = env.bronze("public", "a");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lake::txn_version(&dir, &app).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "resync was not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shutdown.cancel();
+    runner.await.unwrap().expect("sidecar");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "a").await;
+    env.assert_bronze_matches("public", "b").await;
+    let rows = lake::change_rows(&lake::read_table(&dir).await.unwrap());
+    let generations: std::collections::BTreeSet<i64> = rows
+        .iter()
+        .filter(|r| r.op == "snapshot")
+        .map(|r| r.lsn)
+        .collect();
+    assert_eq!(generations.len(), 2, "initial copy + resync");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_or_filtered_source_retains_no_wal() {
+    let env = Env::new();
+    env.sql("CREATE TABLE watched (id int PRIMARY KEY, v int)");
+    env.sql("CREATE TABLE unwatched (id int PRIMARY KEY, v text)");
+    env.sql("SELECT medallion.add_source('watched', row_filter => 'id < 0')");
+    let cfg = env.cfg();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let run_cfg = cfg.clone();
+    let runner = tokio::spawn(async move {
+        replicate::run(
+            &run_cfg,
+            RunOptions::default(),
+            stop,
+            Arc::new(Default::default()),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Lots of WAL that the slot does not deliver (other table, filtered rows).
+    for _ in 0..5 {
+        env.sql("INSERT INTO unwatched SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g ON CONFLICT (id) DO UPDATE SET v = excluded.v");
+        env.sql("INSERT INTO watched SELECT g, g FROM generate_series(1, 5000) g ON CONFLICT (id) DO UPDATE SET v = excluded.v + 1");
+    }
+    let produced: i64 = env
+        .sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        env.sql("SELECT pg_switch_wal(); CHECKPOINT");
+        let lag: i64 = env
+            .sql("SELECT lag_bytes FROM medallion.slots() WHERE slot_name = 'medallion'")
+            .trim()
+            .parse()
+            .unwrap_or(i64::MAX);
+        if lag < 1 << 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot still {lag} bytes behind after the sidecar idled (WAL produced: {produced})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    shutdown.cancel();
+    runner.await.unwrap().expect("sidecar");
+}
