@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod metrics;
+pub mod optimize;
 pub mod replicate;
 pub mod slot;
 pub mod snapshot;

@@ -35,6 +35,18 @@ enum Command {
     Check,
     /// Print the status Postgres holds for this sidecar's slot.
     Status,
+    /// Compact small bronze files and vacuum unreferenced ones (safe while `run` runs).
+    Optimize {
+        /// Target file size in MiB.
+        #[arg(long, default_value_t = 128)]
+        target_mb: u64,
+        /// Keep files a version younger than this references (time travel window).
+        #[arg(long, default_value_t = 168)]
+        retain_hours: u64,
+        /// Compact only.
+        #[arg(long)]
+        no_vacuum: bool,
+    },
 }
 
 fn init_logging(format: &str) {
@@ -104,6 +116,31 @@ async fn main() -> anyhow::Result<()> {
             }
             if failed {
                 anyhow::bail!("medallion check found problems");
+            }
+        }
+        Command::Optimize {
+            target_mb,
+            retain_hours,
+            no_vacuum,
+        } => {
+            let reports = medallion::optimize::optimize(
+                &cfg,
+                medallion::optimize::OptimizeOptions {
+                    target_bytes: target_mb << 20,
+                    retain_hours,
+                    vacuum: !no_vacuum,
+                },
+            )
+            .await?;
+            println!(
+                "{:<48} {:>8} {:>10} {:>8} {:>9}",
+                "table", "files", "compacted", "written", "vacuumed"
+            );
+            for r in reports {
+                println!(
+                    "{:<48} {:>8} {:>10} {:>8} {:>9}",
+                    r.table, r.files_before, r.files_compacted, r.files_written, r.files_vacuumed
+                );
             }
         }
         Command::Status => {

@@ -906,3 +906,85 @@ async fn an_idle_or_filtered_source_retains_no_wal() {
     shutdown.cancel();
     runner.await.unwrap().expect("sidecar");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_compacts_and_vacuums_while_the_sidecar_runs() {
+    let env = Env::new();
+    env.sql("CREATE TABLE ev (id int PRIMARY KEY, v int)");
+    env.sql("SELECT medallion.add_source('ev')");
+    let mut cfg = env.cfg();
+    cfg.flush_interval_ms = 20;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let run_cfg = cfg.clone();
+    let runner = tokio::spawn(async move {
+        replicate::run(
+            &run_cfg,
+            RunOptions::default(),
+            stop,
+            Arc::new(Default::default()),
+        )
+        .await
+    });
+    let opts = medallion::optimize::OptimizeOptions {
+        target_bytes: 64 << 20,
+        retain_hours: 1,
+        vacuum: true,
+    };
+    // An orphan (a file a crashed sidecar staged, never committed), two days old.
+    let dir = env.bronze("public", "ev");
+    let mut compacted = 0;
+    for round in 0..6 {
+        for i in 0..10 {
+            let base = round * 1000 + i * 100;
+            env.sql(&format!(
+                "INSERT INTO ev SELECT g, g FROM generate_series({}, {}) g",
+                base + 1,
+                base + 100
+            ));
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        env.sql(&format!("UPDATE ev SET v = v + 1 WHERE id % 7 = {round}"));
+        if round == 2 {
+            std::fs::write(
+                dir.join("part-orphan-from-a-crash.parquet"),
+                b"not committed",
+            )
+            .unwrap();
+            let st = Command::new("touch")
+                .args(["-d", "2 days ago"])
+                .arg(dir.join("part-orphan-from-a-crash.parquet"))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        // Concurrent with the running sidecar's appends.
+        for r in medallion::optimize::optimize(&cfg, opts)
+            .await
+            .expect("optimize")
+        {
+            compacted += r.files_compacted;
+        }
+    }
+    shutdown.cancel();
+    runner.await.unwrap().expect("sidecar");
+    env.catch_up().await;
+    assert!(compacted > 10, "small files were compacted ({compacted})");
+    assert!(
+        !dir.join("part-orphan-from-a-crash.parquet").exists(),
+        "vacuum removed the orphan"
+    );
+    env.assert_bronze_matches("public", "ev").await;
+    let too_short = medallion::optimize::optimize(
+        &cfg,
+        medallion::optimize::OptimizeOptions {
+            retain_hours: 0,
+            ..opts
+        },
+    )
+    .await;
+    assert!(
+        too_short.is_err(),
+        "vacuum below the minimum retention is refused"
+    );
+}
