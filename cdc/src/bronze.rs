@@ -43,6 +43,7 @@ use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
+use futures::TryStreamExt;
 use sync_wrapper::SyncWrapper;
 use url::Url;
 
@@ -218,6 +219,8 @@ pub struct BronzeTable {
     writer: SyncWrapper<Option<RecordBatchWriter>>,
     /// Columns added since the last commit (the commit carries new metadata).
     schema_changed: bool,
+    /// The next commit replaces the whole table (resync after a type change).
+    replace_all: bool,
     pending_max_lsn: i64,
 }
 
@@ -287,10 +290,23 @@ impl BronzeTable {
             staged: Vec::new(),
             writer: SyncWrapper::new(None),
             schema_changed: false,
+            replace_all: false,
             pending_max_lsn: 0,
         };
         t.extend_columns(columns)?;
         Ok(t)
+    }
+
+    /// Make the next commit a new generation of the table with exactly
+    /// `columns`: every current file is removed and the schema replaced in
+    /// that same commit (resync after an incompatible type change). Older
+    /// versions stay readable by time travel until vacuumed.
+    pub fn replace_with(&mut self, columns: &[(String, Kind)]) {
+        tracing::warn!(table = %self.id, "bronze table is replaced by a new generation (column types changed)");
+        self.columns = columns.to_vec();
+        self.discard();
+        self.schema_changed = true;
+        self.replace_all = true;
     }
 
     /// The source columns bronze holds, in order.
@@ -467,6 +483,15 @@ impl BronzeTable {
             return Ok(None);
         }
         let mut actions: Vec<Action> = self.staged.iter().cloned().map(Action::Add).collect();
+        if self.replace_all {
+            let old: Vec<_> = self
+                .table
+                .get_active_add_actions_by_partitions(&[])
+                .try_collect()
+                .await
+                .map_err(Error::delta(format!("list files of bronze {}", self.id)))?;
+            actions.extend(old.iter().map(|f| Action::Remove(f.remove_action(true))));
+        }
         if self.schema_changed {
             let schema = arrow_schema(&self.columns);
             let kernel: StructType =
@@ -518,6 +543,7 @@ impl BronzeTable {
         self.table.state = Some(finalized.snapshot());
         self.staged.clear();
         self.schema_changed = false;
+        self.replace_all = false;
         self.pending_max_lsn = 0;
         Ok(Some(version as i64))
     }

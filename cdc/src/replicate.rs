@@ -452,20 +452,43 @@ impl Replicator<'_> {
         let mut work = Vec::new();
         for (t, resync_us) in jobs {
             let id = t.id.clone();
-            let Some(mut state) = self.tables.remove(&id) else {
-                // Opening failed on an incompatible column type: a resync
-                // cannot append the new type to the old table.
-                let url = bronze::table_url(&self.lake, &id)?;
-                self.status.update(&id, |s| {
-                    s.state = "failed";
-                    s.last_error = Some(format!(
-                        "resync needs a new bronze table because a column changed type: \
-                         move {url} aside (its history stays readable there), then restart medallion"
-                    ));
-                });
-                continue;
+            let mut state = match self.tables.remove(&id) {
+                Some(s) => s,
+                None => {
+                    // Opening failed on an incompatible column type: the
+                    // resync writes a new generation of the table.
+                    let kinds = self.source_kinds(&t).await?;
+                    let mut bronze = BronzeTable::open_or_create(
+                        &self.lake,
+                        &id,
+                        &[],
+                        &self.storage,
+                        self.cfg.checkpoint_interval,
+                    )
+                    .await?;
+                    bronze.replace_with(&kinds);
+                    TableState {
+                        bronze,
+                        skip_upto: 0,
+                        pending_lsn: 0,
+                        failed: None,
+                        rel_map: Vec::new(),
+                        pending_rows: 0,
+                        pending_ts_us: None,
+                    }
+                }
             };
             state.bronze.discard();
+            if resync_us.is_some() {
+                // Types may have changed since bronze was written.
+                let kinds = self.source_kinds(&t).await?;
+                if let Err(e) = state.bronze.extend_columns(&kinds) {
+                    if e.retry_policy() != RetryPolicy::NeedsOperator {
+                        return Err(e);
+                    }
+                    state.bronze.replace_with(&kinds);
+                }
+            }
             let columns = self.wire_columns(&t).await?;
             self.status.update(&id, |s| {
                 s.state = "snapshotting";

@@ -242,6 +242,16 @@ fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.1 200").then_some(out)
+}
+
 fn sigterm(child: &Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -987,4 +997,112 @@ async fn optimize_compacts_and_vacuums_while_the_sidecar_runs() {
         too_short.is_err(),
         "vacuum below the minimum retention is refused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_type_change_stops_the_table_and_resync_repairs_it() {
+    let env = Env::new();
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, code int)");
+    env.sql("CREATE TABLE other (id int PRIMARY KEY)");
+    env.sql("INSERT INTO t SELECT g, g FROM generate_series(1, 100) g");
+    env.sql("SELECT medallion.add_source('t'); SELECT medallion.add_source('other')");
+    env.catch_up().await;
+    env.sql("ALTER TABLE t ALTER COLUMN code TYPE varchar USING 'C' || code");
+    env.sql("INSERT INTO t VALUES (101, 'C101')");
+    env.sql("INSERT INTO other VALUES (1)");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "other").await;
+    let st = env.sql("SELECT state, last_error FROM medallion.status() WHERE name = 'public.t'");
+    assert!(st.starts_with("failed|"), "{st}");
+    assert!(
+        st.contains("medallion.resync('public.t')"),
+        "the error says how to repair: {st}"
+    );
+    env.sql("SELECT medallion.resync('t')");
+    env.sql("UPDATE t SET code = code || '!' WHERE id = 1");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "t").await;
+    let st = env.sql("SELECT state FROM medallion.status() WHERE name = 'public.t'");
+    assert_eq!(st.trim(), "streaming");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_is_reported_with_the_resync_path() {
+    let env = Env::with(ClusterOptions {
+        extra_conf: vec![
+            "max_slot_wal_keep_size = '1MB'".into(),
+            "wal_keep_size = 0".into(),
+            "max_wal_size = '32MB'".into(),
+            "min_wal_size = '32MB'".into(),
+        ],
+    });
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    env.sql("SELECT medallion.add_source('t')");
+    env.catch_up().await;
+    // The sidecar is down while far more WAL than max_slot_wal_keep_size is written.
+    for _ in 0..4 {
+        env.sql("INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g ON CONFLICT (id) DO UPDATE SET v = excluded.v || 'y'");
+        env.sql("SELECT pg_switch_wal(); CHECKPOINT");
+    }
+    let status =
+        env.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'medallion'");
+    assert_eq!(status.trim(), "lost", "the slot was invalidated");
+    let err = replicate::run(
+        &env.cfg(),
+        RunOptions {
+            until_caught_up: true,
+        },
+        CancellationToken::new(),
+        Arc::new(Default::default()),
+    )
+    .await
+    .expect_err("an invalidated slot is a definite error");
+    let msg = err.to_string();
+    assert!(msg.contains("invalidated"), "{msg}");
+    assert!(
+        msg.contains("pg_drop_replication_slot('medallion')"),
+        "{msg}"
+    );
+    // Following the message repairs it: every table is copied again.
+    env.sql("SELECT pg_drop_replication_slot('medallion')");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_prometheus_format() {
+    let env = Env::new();
+    env.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    env.sql("INSERT INTO t SELECT generate_series(1, 10)");
+    env.sql("SELECT medallion.add_source('t')");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = env
+        .sidecar(
+            &["run"],
+            &[("MEDALLION_METRICS_ADDR", &format!("127.0.0.1:{port}"))],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        if let Some(b) = http_get(port, "/metrics") {
+            if b.contains("medallion_changes_total 10") {
+                break b;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the 10 copied rows"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains("# TYPE medallion_changes_total counter"));
+    assert!(body.contains("medallion_errors_total{kind=\"fatal\"} 0"));
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
