@@ -233,6 +233,14 @@ pub async fn copy_table(
         .as_ref()
         .map(|f| format!(" WHERE {f}"))
         .unwrap_or_default();
+    let estimate: i64 = client
+        .query_one(
+            "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::int8::oid",
+            &[&(table.oid as i64)],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0);
     let sql = format!("COPY (SELECT {select_list} FROM {from}{filter}) TO STDOUT");
     let stream = client
         .copy_out(&sql)
@@ -250,6 +258,8 @@ pub async fn copy_table(
     let mut carry: Vec<u8> = Vec::new();
     let mut rows: u64 = 0;
     let mut staged_once = false;
+    let started = std::time::Instant::now();
+    let mut last_report = started;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(Error::pg(format!("snapshot of {id}: COPY data")))?;
         carry.extend_from_slice(&chunk);
@@ -290,6 +300,23 @@ pub async fn copy_table(
         }
         drop(fields);
         carry.drain(..start);
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = std::time::Instant::now();
+            let rate = rows as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let eta = if estimate as u64 > rows && rate > 0.0 {
+                format!("{:.0} s", (estimate as u64 - rows) as f64 / rate)
+            } else {
+                "soon".into()
+            };
+            tracing::info!(
+                table = %id,
+                rows,
+                estimated_total = estimate,
+                rows_per_s = rate as u64,
+                eta = %eta,
+                "snapshot: copying"
+            );
+        }
         if bronze.buffered_rows() >= cfg.flush_rows || bronze.buffered_bytes() >= cfg.flush_bytes {
             bronze.stage().await?;
             if !staged_once {
