@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 use deltalake::kernel::Transaction;
 use futures::StreamExt;
 use pg_walstream::{
-    LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream,
-    ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig, StreamingMode, TupleData,
+    LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream, TupleData,
 };
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +38,7 @@ use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
 use crate::error::{Error, Result, RetryPolicy};
 use crate::metrics::Metrics;
+use crate::slot::SlotCreation;
 use crate::snapshot::{self, SnapshotJob, SnapshotSource};
 use crate::spill::{Cell, Change, ChangeKind, Spill};
 use crate::status::StatusBoard;
@@ -195,29 +195,17 @@ async fn run_once(
     // The main slot: created (with an exported snapshot for the initial
     // copy of every table) on first start, validated afterwards.
     let creating = crate::slot::read(&client, &cfg.slot).await?.is_none();
-    let mut stream_cfg = ReplicationStreamConfig::new(
-        cfg.slot.clone(),
-        cfg.publication.clone(),
-        2,
-        StreamingMode::On,
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-        Duration::from_secs(60),
-        RetryConfig::default(),
+    let mut stream = crate::slot::connect_stream(
+        cfg,
+        &cfg.slot,
+        true,
+        if creating {
+            SlotCreation::ExportSnapshot
+        } else {
+            SlotCreation::None
+        },
     )
-    .with_messages(true);
-    if creating {
-        stream_cfg = stream_cfg.with_slot_options(ReplicationSlotOptions {
-            snapshot: Some("export".into()),
-            ..Default::default()
-        });
-    }
-    let mut stream = LogicalReplicationStream::new(
-        &crate::slot::replication_conninfo(&cfg.database_url),
-        stream_cfg,
-    )
-    .await
-    .map_err(Error::repl("connect replication stream"))?;
+    .await?;
     let (slot_info, exported) = if creating {
         stream
             .ensure_replication_slot()

@@ -2,7 +2,15 @@
 //! retained WAL reported; an invalidated slot is a definite error with the
 //! resync path in its message.
 
+use std::time::Duration;
+
+use pg_walstream::{
+    LogicalReplicationStream, ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig,
+    StreamingMode,
+};
 use tokio_postgres::Client;
+
+use crate::config::Config;
 
 use crate::error::{Error, Result};
 
@@ -97,6 +105,55 @@ pub async fn current_wal_lsn(client: &Client) -> Result<u64> {
         .await
         .map_err(Error::pg("read current WAL position"))?;
     Ok(parse_lsn(&row.get::<_, String>(0)))
+}
+
+/// How a replication connection creates its slot, if it has to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotCreation {
+    /// The slot exists (or is created elsewhere).
+    None,
+    /// Create it with an exported snapshot (for the initial copy).
+    ExportSnapshot,
+    /// Create a temporary slot with an exported snapshot (one table's copy).
+    TemporaryExportSnapshot,
+}
+
+/// Open a pgoutput protocol v2 replication connection for `slot`:
+/// `streaming` turns on streaming of in-progress transactions and logical
+/// messages (the main stream); a copy's temporary slot needs neither.
+pub async fn connect_stream(
+    cfg: &Config,
+    slot: &str,
+    streaming: bool,
+    creation: SlotCreation,
+) -> Result<LogicalReplicationStream> {
+    let mut stream_cfg = ReplicationStreamConfig::new(
+        slot.to_string(),
+        cfg.publication.clone(),
+        2,
+        if streaming {
+            StreamingMode::On
+        } else {
+            StreamingMode::Off
+        },
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+        RetryConfig::default(),
+    )
+    .with_messages(streaming);
+    if creation != SlotCreation::None {
+        stream_cfg = stream_cfg.with_slot_options(ReplicationSlotOptions {
+            temporary: creation == SlotCreation::TemporaryExportSnapshot,
+            snapshot: Some("export".into()),
+            ..Default::default()
+        });
+    }
+    LogicalReplicationStream::new(&replication_conninfo(&cfg.database_url), stream_cfg)
+        .await
+        .map_err(Error::repl(format!(
+            "replication connection for slot {slot}"
+        )))
 }
 
 /// A replication connection string for `url` (adds `replication=database`).

@@ -21,10 +21,6 @@ use std::time::Duration;
 
 use deltalake::kernel::Transaction;
 use futures::StreamExt;
-use pg_walstream::{
-    LogicalReplicationStream, ReplicationSlotOptions, ReplicationStreamConfig, RetryConfig,
-    StreamingMode,
-};
 
 use crate::bronze::{self, BronzeTable, Op, RowMeta, Value};
 use crate::catalog::{self, PublishedTable};
@@ -168,29 +164,13 @@ pub async fn copy_table(
                 .chars()
                 .take(63)
                 .collect();
-            let stream_cfg = ReplicationStreamConfig::new(
-                tmp_slot.clone(),
-                cfg.publication.clone(),
-                2,
-                StreamingMode::Off,
-                Duration::from_secs(10),
-                Duration::from_secs(30),
-                Duration::from_secs(60),
-                RetryConfig::default(),
+            let mut repl = crate::slot::connect_stream(
+                cfg,
+                &tmp_slot,
+                false,
+                crate::slot::SlotCreation::TemporaryExportSnapshot,
             )
-            .with_slot_options(ReplicationSlotOptions {
-                temporary: true,
-                snapshot: Some("export".into()),
-                ..Default::default()
-            });
-            let mut repl = LogicalReplicationStream::new(
-                &crate::slot::replication_conninfo(&cfg.database_url),
-                stream_cfg,
-            )
-            .await
-            .map_err(Error::repl(format!(
-                "snapshot of {id}: replication connection"
-            )))?;
+            .await?;
             repl.ensure_replication_slot()
                 .await
                 .map_err(Error::repl(format!(

@@ -1151,40 +1151,28 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             ts(pay_at),
             ts(pay_at),
         ]);
-        push_item(
-            &mut items,
-            move_id,
-            JOURNAL_BANK,
-            10,
-            ACC_BANK,
-            None,
-            &pay_name,
-            "product",
-            total,
-            0,
-            0,
-            1,
-            total,
-            pay_at,
-            &pay_name,
-        );
-        push_item(
-            &mut items,
-            move_id,
-            JOURNAL_BANK,
-            20,
-            ACC_RECEIVABLE,
-            None,
-            &pay_name,
-            "product",
-            0,
-            total,
-            0,
-            1,
-            total,
-            pay_at,
-            &pay_name,
-        );
+        // Bank debit, receivable credit.
+        for (seq, account, debit, credit) in
+            [(10, ACC_BANK, total, 0), (20, ACC_RECEIVABLE, 0, total)]
+        {
+            push_item(
+                &mut items,
+                move_id,
+                JOURNAL_BANK,
+                seq,
+                account,
+                None,
+                &pay_name,
+                "product",
+                debit,
+                credit,
+                0,
+                1,
+                total,
+                pay_at,
+                &pay_name,
+            );
+        }
         payments.push(vec![
             pay_seq.to_string(),
             move_id.to_string(),

@@ -224,6 +224,38 @@ impl Env {
     }
 }
 
+/// The sidecar running in this process (`medallion run`) until stopped.
+struct InProcess {
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<medallion::Result<RunSummary>>,
+}
+
+impl InProcess {
+    fn start(cfg: &Config) -> InProcess {
+        let shutdown = CancellationToken::new();
+        let (stop, cfg) = (shutdown.clone(), cfg.clone());
+        let handle = tokio::spawn(async move {
+            replicate::run(
+                &cfg,
+                RunOptions::default(),
+                stop,
+                Arc::new(Default::default()),
+            )
+            .await
+        });
+        InProcess { shutdown, handle }
+    }
+
+    /// SIGTERM-equivalent: finish the transaction, commit, acknowledge.
+    async fn stop(self) -> RunSummary {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .expect("sidecar task")
+            .expect("sidecar run ends cleanly")
+    }
+}
+
 fn sidecar_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_medallion-sidecar"))
 }
@@ -607,18 +639,7 @@ async fn real_odoo_18_replay_lands_exactly_once() {
     // The sidecar runs while Odoo's workload (with a module install that
     // alters tables mid-stream) replays.
     let cfg = env.cfg();
-    let shutdown = CancellationToken::new();
-    let run_cfg = cfg.clone();
-    let stop = shutdown.clone();
-    let runner = tokio::spawn(async move {
-        replicate::run(
-            &run_cfg,
-            RunOptions::default(),
-            stop,
-            Arc::new(Default::default()),
-        )
-        .await
-    });
+    let running = InProcess::start(&cfg);
     // Wait for the initial copy to finish (every source has a status row).
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -650,11 +671,7 @@ async fn real_odoo_18_replay_lands_exactly_once() {
         String::from_utf8_lossy(&replay.stderr)
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    shutdown.cancel();
-    runner
-        .await
-        .unwrap()
-        .expect("sidecar run during the replay");
+    running.stop().await;
     env.catch_up().await;
 
     // Exactly once: per table, change rows = base rows + inserts + updates + deletes of W1.
@@ -802,18 +819,7 @@ async fn a_running_sidecar_picks_up_new_sources_and_resyncs() {
     env.sql("INSERT INTO a SELECT g, 'x' FROM generate_series(1, 100) g");
     env.sql("SELECT medallion.add_source('a')");
     let cfg = env.cfg();
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let run_cfg = cfg.clone();
-    let runner = tokio::spawn(async move {
-        replicate::run(
-            &run_cfg,
-            RunOptions::default(),
-            stop,
-            Arc::new(Default::default()),
-        )
-        .await
-    });
+    let running = InProcess::start(&cfg);
     let wait_for = |sql: String, want: &'static str| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -852,8 +858,7 @@ async fn a_running_sidecar_picks_up_new_sources_and_resyncs() {
         assert!(Instant::now() < deadline, "resync was not served");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    shutdown.cancel();
-    runner.await.unwrap().expect("sidecar");
+    running.stop().await;
     env.catch_up().await;
     env.assert_bronze_matches("public", "a").await;
     env.assert_bronze_matches("public", "b").await;
@@ -873,18 +878,7 @@ async fn an_idle_or_filtered_source_retains_no_wal() {
     env.sql("CREATE TABLE unwatched (id int PRIMARY KEY, v text)");
     env.sql("SELECT medallion.add_source('watched', row_filter => 'id < 0')");
     let cfg = env.cfg();
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let run_cfg = cfg.clone();
-    let runner = tokio::spawn(async move {
-        replicate::run(
-            &run_cfg,
-            RunOptions::default(),
-            stop,
-            Arc::new(Default::default()),
-        )
-        .await
-    });
+    let running = InProcess::start(&cfg);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Lots of WAL that the slot does not deliver (other table, filtered rows).
     for _ in 0..5 {
@@ -913,8 +907,7 @@ async fn an_idle_or_filtered_source_retains_no_wal() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    shutdown.cancel();
-    runner.await.unwrap().expect("sidecar");
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -924,18 +917,7 @@ async fn optimize_compacts_and_vacuums_while_the_sidecar_runs() {
     env.sql("SELECT medallion.add_source('ev')");
     let mut cfg = env.cfg();
     cfg.flush_interval_ms = 20;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    let run_cfg = cfg.clone();
-    let runner = tokio::spawn(async move {
-        replicate::run(
-            &run_cfg,
-            RunOptions::default(),
-            stop,
-            Arc::new(Default::default()),
-        )
-        .await
-    });
+    let running = InProcess::start(&cfg);
     let opts = medallion::optimize::OptimizeOptions {
         target_bytes: 64 << 20,
         retain_hours: 1,
@@ -976,8 +958,7 @@ async fn optimize_compacts_and_vacuums_while_the_sidecar_runs() {
             compacted += r.files_compacted;
         }
     }
-    shutdown.cancel();
-    runner.await.unwrap().expect("sidecar");
+    running.stop().await;
     env.catch_up().await;
     assert!(compacted > 10, "small files were compacted ({compacted})");
     assert!(
