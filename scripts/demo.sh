@@ -30,7 +30,7 @@ log "loading Odoo-shaped demo data (scale $SCALE)"
 log "declaring the pipeline: every table of schema public, one call"
 psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "SELECT medallion.add_sources('public') AS sources"
 
-export MEDALLION_DATABASE_URL="$DB" MEDALLION_LAKE_URL="$DIR/lake" MEDALLION_LOG=warn
+export MEDALLION_DATABASE_URL="$DB" MEDALLION_LAKE_URL="$DIR/lake" MEDALLION_LOG="warn,pg_walstream=error"
 log "initial copy into bronze (medallion run --until-caught-up)"
 "$BIN/medallion" run --until-caught-up
 

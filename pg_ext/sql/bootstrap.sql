@@ -187,8 +187,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.slot_name, t.layer, t.name, t.state, t.last_lsn, t.last_commit_at,
            t.delta_version, t.rows_total,
-           CASE WHEN t.layer = 'bronze' AND s.slot_name IS NOT NULL AND t.last_lsn IS NOT NULL
-                THEN GREATEST(pg_wal_lsn_diff(pg_current_wal_lsn(), t.last_lsn), 0)::bigint
+           -- Every bronze table holds everything before the slot's confirmed
+           -- position, so its lag is the slot's distance to the WAL end.
+           CASE WHEN t.layer = 'bronze' AND s.slot_name IS NOT NULL
+                THEN GREATEST(pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn), 0)::bigint
                 ELSE t.lag_bytes END,
            t.lag_seconds, s.active, s.wal_status,
            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint,
