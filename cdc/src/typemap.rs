@@ -299,7 +299,82 @@ pub fn parse_decimal(s: &str, precision: u8, scale: i8) -> VResult<i128> {
     Ok(if neg { -v } else { v })
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    let mut v = 0u32;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as u32;
+    }
+    Some(v)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// Fast path for `YYYY-MM-DD`; None for anything else (BC, 5-digit years…).
+fn fast_date(b: &[u8]) -> Option<i64> {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (
+        digits(&b[0..4])? as i64,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    );
+    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d))
+}
+
+/// Fast path for `YYYY-MM-DD HH:MM:SS[.f{1,6}]` → µs since the epoch.
+fn fast_timestamp(b: &[u8]) -> Option<i64> {
+    if b.len() < 19 || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let days = fast_date(&b[..10])?;
+    let (h, mi, se) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    if h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    let mut us = 0i64;
+    if b.len() > 19 {
+        let frac = &b[20..];
+        if b[19] != b'.' || frac.is_empty() || frac.len() > 6 {
+            return None;
+        }
+        us = digits(frac)? as i64 * 10i64.pow(6 - frac.len() as u32);
+    }
+    Some(((days * 86_400 + (h * 3600 + mi * 60 + se) as i64) * 1_000_000) + us)
+}
+
 fn parse_date(s: &str) -> VResult<i32> {
+    if let Some(d) = fast_date(s.as_bytes()) {
+        return Ok(d as i32);
+    }
     let (s, bc) = match s.strip_suffix(" BC") {
         Some(r) => (r, true),
         None => (s, false),
@@ -341,6 +416,9 @@ fn parse_naive_ts(s: &str) -> VResult<NaiveDateTime> {
 }
 
 fn parse_timestamp(s: &str) -> VResult<i64> {
+    if let Some(us) = fast_timestamp(s.as_bytes()) {
+        return Ok(us);
+    }
     Ok(parse_naive_ts(s)?.and_utc().timestamp_micros())
 }
 
@@ -366,12 +444,14 @@ fn parse_timestamptz(s: &str) -> VResult<i64> {
             secs += n * mult;
         }
     }
-    let naive = if bc {
+    let local = if bc {
         parse_naive_ts(&format!("{ts} BC"))?
+            .and_utc()
+            .timestamp_micros()
     } else {
-        parse_naive_ts(ts)?
+        parse_timestamp(ts)?
     };
-    Ok(naive.and_utc().timestamp_micros() - sign * secs * 1_000_000)
+    Ok(local - sign * secs * 1_000_000)
 }
 
 fn parse_bytea(s: &str) -> VResult<Vec<u8>> {
@@ -739,6 +819,40 @@ mod tests {
             123_456
         );
         assert!(parse_date("0001-01-01 BC").unwrap() < parse_date("0001-01-01").unwrap());
+    }
+
+    #[test]
+    fn fast_paths_agree_with_chrono() {
+        for d in [
+            "1970-01-01",
+            "2000-02-29",
+            "1999-12-31",
+            "2025-06-15",
+            "0001-01-01",
+            "9999-12-31",
+            "1900-03-01",
+        ] {
+            let slow = (NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap()
+                - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days();
+            assert_eq!(fast_date(d.as_bytes()), Some(slow), "{d}");
+        }
+        for t in [
+            "2025-01-01 08:00:00",
+            "2025-01-01 08:00:00.5",
+            "1969-12-31 23:59:59.999999",
+            "2024-02-29 12:34:56.000123",
+        ] {
+            let slow = parse_naive_ts(t).unwrap().and_utc().timestamp_micros();
+            assert_eq!(fast_timestamp(t.as_bytes()), Some(slow), "{t}");
+        }
+        assert_eq!(
+            fast_date(b"2023-02-29"),
+            None,
+            "not a date: falls back, which errors"
+        );
+        assert!(parse_date("2023-02-29").is_err());
+        assert_eq!(fast_timestamp(b"2025-01-01 08:00:00.1234567"), None);
     }
 
     #[test]
