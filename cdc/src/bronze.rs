@@ -574,13 +574,6 @@ impl BronzeTable {
         self.table.version().map(|v| v as i64)
     }
 
-    /// Reload the table's state from the log (after another writer committed).
-    pub async fn refresh(&mut self) -> Result<()> {
-        self.table
-            .update_state()
-            .await
-            .map_err(Error::delta(format!("refresh bronze {}", self.id)))
-    }
 }
 
 fn fault_hit_before_commit() {

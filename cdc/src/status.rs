@@ -48,10 +48,6 @@ impl StatusBoard {
         s.dirty = true;
     }
 
-    pub fn get(&self, id: &TableId) -> Option<&TableStatus> {
-        self.tables.get(id)
-    }
-
     /// Write dirty rows if the interval has passed (or `force`).
     pub async fn flush(&mut self, client: &Client, force: bool) -> Result<()> {
         if !self.enabled {

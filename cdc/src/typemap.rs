@@ -745,11 +745,6 @@ pub fn value_error(table: &str, column: &str, kind: &Kind, raw: &[u8], e: ValueE
     }
 }
 
-/// Date and time helpers for tests and status.
-pub fn micros_to_naive(us: i64) -> Option<NaiveDateTime> {
-    chrono::DateTime::from_timestamp_micros(us).map(|d| d.naive_utc())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
