@@ -573,7 +573,6 @@ impl BronzeTable {
     pub fn version(&self) -> Option<i64> {
         self.table.version().map(|v| v as i64)
     }
-
 }
 
 fn fault_hit_before_commit() {

@@ -152,7 +152,7 @@ async fn compact(
             .await
             .map_err(|e| Error::Delta {
                 context: format!("optimize commit {url}"),
-                source: e.into(),
+                source: e,
             })?;
         table.state = Some(finalized.snapshot());
     }

@@ -1071,10 +1071,10 @@ async fn metrics_are_served_in_prometheus_format() {
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
-        if let Some(b) = http_get(port, "/metrics") {
-            if b.contains("medallion_changes_total 10") {
-                break b;
-            }
+        if let Some(b) = http_get(port, "/metrics")
+            && b.contains("medallion_changes_total 10")
+        {
+            break b;
         }
         assert!(
             Instant::now() < deadline,

@@ -338,15 +338,15 @@ fn rss(rows: u64) -> anyhow::Result<u64> {
     let mut child = b.sidecar(&["run", "--until-caught-up"]).spawn()?;
     let mut peak_kb = 0u64;
     loop {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
-            if let Some(l) = s.lines().find(|l| l.starts_with("VmHWM:")) {
-                let kb: u64 = l
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                peak_kb = peak_kb.max(kb);
-            }
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            && let Some(l) = s.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            let kb: u64 = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak_kb = peak_kb.max(kb);
         }
         if let Some(st) = child.try_wait()? {
             if !st.success() {
