@@ -212,3 +212,48 @@ impl Config {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> bool {
+        std::env::vars().all(|(k, _)| !k.starts_with("MEDALLION_"))
+    }
+
+    #[test]
+    fn toml_file_and_validation() {
+        if !no_env() {
+            eprintln!("SKIP: MEDALLION_* variables are set in this environment");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("medallion.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgresql://app:secret@db/odoo\"\nslot = \"staging\"\nflush_rows = 500\nnumeric_scale = 10\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg.slot, "staging");
+        assert_eq!(cfg.flush_rows, 500);
+        assert_eq!(cfg.numeric_scale, 10);
+        assert_eq!(cfg.publication, "medallion", "defaults fill the rest");
+        assert!(
+            !cfg.describe().contains("secret"),
+            "secrets are never printed"
+        );
+
+        std::fs::write(&path, "database_url = \"x\"\nslot = \"Bad-Slot\"\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("slot name"), "{e}");
+        std::fs::write(&path, "database_url = \"x\"\nunknown_key = 1\n").unwrap();
+        assert!(
+            Config::load(Some(&path)).is_err(),
+            "unknown keys are refused"
+        );
+        std::fs::write(&path, "slot = \"a\"\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("MEDALLION_DATABASE_URL"), "{e}");
+    }
+}
