@@ -32,6 +32,7 @@ SELECT medallion.define_gold('top_partners', $$
     WITH r AS (SELECT * FROM gold.revenue_by_partner) SELECT * FROM r ORDER BY revenue DESC LIMIT 10 $$,
     refresh => '15 minutes');
 SELECT name, refresh, refresh_interval FROM medallion.gold_models ORDER BY 1;
+SELECT err($$SELECT medallion.drop_source('public.sale_order')$$);
 SELECT err($$SELECT medallion.define_gold('g', 'SELEC 1')$$);
 SELECT err($$SELECT medallion.define_gold('g', 'DELETE FROM silver.sale_order')$$);
 SELECT err($$SELECT medallion.define_gold('g', 'SELECT * FROM res_partner')$$);
