@@ -413,14 +413,24 @@ impl Replicator<'_> {
                     Err(e) => return Err(e),
                 }
             }
+            // A table known before this call was copied (or found copied)
+            // already; only a resync request makes it read its log again.
             let (snap_v, resync_v) = match self.tables.get(&id) {
                 Some(s) => (
-                    s.bronze
-                        .txn_version(&bronze::snapshot_app_id(&self.cfg.slot, &id))
-                        .await?,
-                    s.bronze
-                        .txn_version(&bronze::resync_app_id(&self.cfg.slot, &id))
-                        .await?,
+                    if known {
+                        Some(0)
+                    } else {
+                        s.bronze
+                            .txn_version(&bronze::snapshot_app_id(&self.cfg.slot, &id))
+                            .await?
+                    },
+                    if resync_us.is_some() {
+                        s.bronze
+                            .txn_version(&bronze::resync_app_id(&self.cfg.slot, &id))
+                            .await?
+                    } else {
+                        None
+                    },
                 ),
                 None => (None, None),
             };
