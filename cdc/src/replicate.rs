@@ -225,7 +225,7 @@ async fn run_once(
         });
         (info, exported)
     } else {
-        (crate::slot::ensure(&client, &cfg.slot).await?.0, None)
+        (crate::slot::validate(&client, &cfg.slot).await?, None)
     };
     let slot_created = creating;
     let spill_dir = cfg
@@ -477,9 +477,9 @@ impl Replicator<'_> {
                 }
             };
             state.bronze.discard();
+            let kinds = self.source_kinds(&t).await?;
             if resync_us.is_some() {
                 // Types may have changed since bronze was written.
-                let kinds = self.source_kinds(&t).await?;
                 if let Err(e) = state.bronze.extend_columns(&kinds) {
                     if e.retry_policy() != RetryPolicy::NeedsOperator {
                         return Err(e);
@@ -487,7 +487,7 @@ impl Replicator<'_> {
                     state.bronze.replace_with(&kinds);
                 }
             }
-            let columns = self.wire_columns(&t).await?;
+            let columns = kinds.into_iter().map(|(name, _)| name).collect();
             self.status.update(&id, |s| {
                 s.state = "snapshotting";
                 s.last_error = None;
@@ -557,16 +557,6 @@ impl Replicator<'_> {
             self.remap(relid);
         }
         Ok(())
-    }
-
-    async fn wire_columns(&self, t: &PublishedTable) -> Result<Vec<String>> {
-        Ok(
-            catalog::table_columns(&self.client, t.oid, t.columns.as_deref())
-                .await?
-                .into_iter()
-                .map(|(n, _, _)| n)
-                .collect(),
-        )
     }
 
     async fn source_kinds(&mut self, t: &PublishedTable) -> Result<Vec<(String, Kind)>> {
@@ -678,15 +668,7 @@ impl Replicator<'_> {
                     seq: 0,
                 });
             }
-            M::Commit { end_lsn, .. } => {
-                self.tx = None;
-                self.last_commit_end = end_lsn;
-                if self.pending_since.is_none()
-                    && self.tables.values().any(|t| t.bronze.has_pending())
-                {
-                    self.pending_since = Some(Instant::now());
-                }
-            }
+            M::Commit { end_lsn, .. } => self.end_transaction(end_lsn),
             M::Relation {
                 relation_id,
                 namespace,
@@ -782,13 +764,7 @@ impl Replicator<'_> {
                         self.apply(ch).await?;
                     }
                 }
-                self.tx = None;
-                self.last_commit_end = end_lsn;
-                if self.pending_since.is_none()
-                    && self.tables.values().any(|t| t.bronze.has_pending())
-                {
-                    self.pending_since = Some(Instant::now());
-                }
+                self.end_transaction(end_lsn);
             }
             M::Message { .. } | M::Origin { .. } | M::Type { .. } => {}
             other => {
@@ -798,6 +774,15 @@ impl Replicator<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A transaction (streamed or not) was fully applied to the buffers.
+    fn end_transaction(&mut self, end_lsn: u64) {
+        self.tx = None;
+        self.last_commit_end = end_lsn;
+        if self.pending_since.is_none() && self.tables.values().any(|t| t.bronze.has_pending()) {
+            self.pending_since = Some(Instant::now());
+        }
     }
 
     async fn on_relation(&mut self, id: &TableId, cols: &[(String, u32, i32, bool)]) -> Result<()> {
@@ -847,12 +832,6 @@ impl Replicator<'_> {
     /// Snapshot a table the stream mentions but that was not copied yet
     /// (e.g. added to the publication while we were running).
     async fn copy_late_table(&mut self, id: &TableId) -> Result<bool> {
-        let published =
-            catalog::published_tables(&self.client, &self.cfg.publication, self.with_extension)
-                .await?;
-        if !published.iter().any(|t| &t.id == id) {
-            return Ok(false);
-        }
         self.reconcile(None).await?;
         Ok(self.tables.contains_key(id))
     }

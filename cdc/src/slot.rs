@@ -64,38 +64,29 @@ pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
     }))
 }
 
-/// Make sure the slot exists and is usable. Returns (slot, created now).
-pub async fn ensure(client: &Client, slot: &str) -> Result<(SlotInfo, bool)> {
-    if let Some(info) = read(client, slot).await? {
-        if info.wal_status.as_deref() == Some("lost") || info.restart_lsn == 0 {
-            return Err(Error::SlotLost {
-                slot: slot.to_string(),
-                state: format!(
-                    "was invalidated (wal_status = {}), probably by max_slot_wal_keep_size",
-                    info.wal_status.as_deref().unwrap_or("unknown")
-                ),
-            });
-        }
-        if let Some(pid) = info.active_pid {
-            return Err(Error::Config(format!(
-                "replication slot \"{slot}\" is in use by process {pid}: another medallion \
-                 is running with the same MEDALLION_SLOT"
-            )));
-        }
-        return Ok((info, false));
+/// Check that an existing slot is usable (not invalidated, not in use).
+/// Creating it is [`connect_stream`]'s job, with an exported snapshot.
+pub async fn validate(client: &Client, slot: &str) -> Result<SlotInfo> {
+    let info = read(client, slot).await?.ok_or_else(|| Error::SlotLost {
+        slot: slot.to_string(),
+        state: "disappeared while medallion was starting".into(),
+    })?;
+    if info.wal_status.as_deref() == Some("lost") || info.restart_lsn == 0 {
+        return Err(Error::SlotLost {
+            slot: slot.to_string(),
+            state: format!(
+                "was invalidated (wal_status = {}), probably by max_slot_wal_keep_size",
+                info.wal_status.as_deref().unwrap_or("unknown")
+            ),
+        });
     }
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await
-        .map_err(Error::pg(format!("create replication slot \"{slot}\"")))?;
-    tracing::info!(slot, "created replication slot");
-    let info = read(client, slot)
-        .await?
-        .ok_or_else(|| Error::Protocol(format!("slot {slot} vanished after creation")))?;
-    Ok((info, true))
+    if let Some(pid) = info.active_pid {
+        return Err(Error::Config(format!(
+            "replication slot \"{slot}\" is in use by process {pid}: another medallion \
+             is running with the same MEDALLION_SLOT"
+        )));
+    }
+    Ok(info)
 }
 
 /// Current WAL insert position.

@@ -831,6 +831,13 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         let confirmed = g.rng.gen_bool(0.85);
         let invoiced = confirmed && g.rng.gen_bool(0.8);
         let paid = invoiced && g.rng.gen_bool(0.7);
+        let invoice_status = if invoiced {
+            "invoiced"
+        } else if confirmed {
+            "to invoice"
+        } else {
+            "no"
+        };
         let mut untaxed = 0i64;
         let mut order_lines = Vec::new();
         for seq in 0..n_lines {
@@ -857,14 +864,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 "2".into(),
                 "2".into(),
                 state.into(),
-                if invoiced {
-                    "invoiced"
-                } else if confirmed {
-                    "to invoice"
-                } else {
-                    "no"
-                }
-                .into(),
+                invoice_status.into(),
                 NULL.into(),
                 esc(&format!(
                     "[FURN_{product:04}] {}",
@@ -933,14 +933,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             "2".into(),
             format!("S{o:05}"),
             state.into(),
-            if invoiced {
-                "invoiced"
-            } else if confirmed {
-                "to invoice"
-            } else {
-                "no"
-            }
-            .into(),
+            invoice_status.into(),
             date(at + Duration::days(30)),
             if o % 25 == 0 {
                 esc(&g.html_note(2_500))
