@@ -218,3 +218,235 @@ pub async fn connect(
 /// as pgoutput's.
 pub const SESSION_SETUP: &str = "SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; \
     SET extra_float_digits = 3; SET bytea_output = 'hex'; SET application_name = 'medallion'";
+
+/// What a silver table keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// The current state: one row per key.
+    Current,
+    /// Type-2 slowly changing dimension: one row per version.
+    Scd2,
+}
+
+/// What happens to a row that fails an expectation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnViolation {
+    Warn,
+    Drop,
+    Fail,
+}
+
+impl OnViolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnViolation::Warn => "warn",
+            OnViolation::Drop => "drop",
+            OnViolation::Fail => "fail",
+        }
+    }
+}
+
+/// A data-quality rule on a silver table or gold model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    pub name: String,
+    pub predicate: String,
+    pub on_violation: OnViolation,
+}
+
+/// A silver table definition (`medallion.silver_tables`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilverDef {
+    pub name: String,
+    pub source: TableId,
+    pub keys: Vec<String>,
+    pub history: History,
+    pub track_columns: Option<Vec<String>>,
+    pub soft_delete: bool,
+    pub expectations: Vec<Expectation>,
+    /// Publish to Postgres: (schema, table).
+    pub publish: Option<(String, String)>,
+}
+
+/// When a gold model is recomputed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// After any table it reads advances.
+    OnChange,
+    /// Only on `medallion.refresh(name)`.
+    Manual,
+    /// When its inputs advanced and the last refresh is this old.
+    Interval(std::time::Duration),
+}
+
+/// A gold model definition (`medallion.gold_models`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoldDef {
+    pub name: String,
+    pub query: String,
+    pub refresh: Refresh,
+    pub keys: Option<Vec<String>>,
+    /// Tables it reads: `silver.<name>` / `gold.<name>`.
+    pub upstream: Vec<String>,
+    pub expectations: Vec<Expectation>,
+    pub publish: Option<(String, String)>,
+}
+
+/// Every silver and gold definition, gold in dependency order.
+pub async fn refined_definitions(client: &Client) -> Result<(Vec<SilverDef>, Vec<GoldDef>)> {
+    let expectations = client
+        .query(
+            "SELECT target, name, predicate, on_violation FROM medallion.expectations ORDER BY target, name",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("read medallion.expectations"))?;
+    let mut rules: HashMap<String, Vec<Expectation>> = HashMap::new();
+    for r in expectations {
+        let on: String = r.get(3);
+        rules.entry(r.get(0)).or_default().push(Expectation {
+            name: r.get(1),
+            predicate: r.get(2),
+            on_violation: match on.as_str() {
+                "drop" => OnViolation::Drop,
+                "fail" => OnViolation::Fail,
+                _ => OnViolation::Warn,
+            },
+        });
+    }
+    let publications = client
+        .query(
+            "SELECT node, target_schema::text, target_table::text FROM medallion.publications",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("read medallion.publications"))?;
+    let mut publish: HashMap<String, (String, String)> = publications
+        .into_iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let silver = client
+        .query(
+            "SELECT name, source_schema::text, source_table::text, keys, history, track_columns, soft_delete \
+             FROM medallion.silver_tables ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("read medallion.silver_tables"))?
+        .into_iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let history: String = r.get(4);
+            SilverDef {
+                expectations: rules.remove(&format!("silver.{name}")).unwrap_or_default(),
+                publish: publish.remove(&format!("silver.{name}")),
+                source: TableId {
+                    schema: r.get(1),
+                    table: r.get(2),
+                },
+                keys: r.get(3),
+                history: if history == "scd2" {
+                    History::Scd2
+                } else {
+                    History::Current
+                },
+                track_columns: r.get(5),
+                soft_delete: r.get(6),
+                name,
+            }
+        })
+        .collect();
+    let rows = client
+        .query(
+            "SELECT g.name, g.query, g.refresh, extract(epoch FROM g.refresh_interval)::float8, g.keys, \
+                    coalesce((SELECT array_agg(d.upstream ORDER BY d.upstream) FROM medallion.dependencies d \
+                              WHERE d.downstream = 'gold.' || g.name), '{}') \
+             FROM medallion.gold_models g ORDER BY g.name",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("read medallion.gold_models"))?;
+    let mut gold: Vec<GoldDef> = rows
+        .into_iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let refresh: String = r.get(2);
+            let secs: Option<f64> = r.get(3);
+            GoldDef {
+                expectations: rules.remove(&format!("gold.{name}")).unwrap_or_default(),
+                publish: publish.remove(&format!("gold.{name}")),
+                query: r.get(1),
+                refresh: match (refresh.as_str(), secs) {
+                    ("manual", _) => Refresh::Manual,
+                    ("interval", Some(s)) => {
+                        Refresh::Interval(std::time::Duration::from_secs_f64(s.max(1.0)))
+                    }
+                    _ => Refresh::OnChange,
+                },
+                keys: r.get(4),
+                upstream: r.get(5),
+                name,
+            }
+        })
+        .collect();
+    gold = dependency_order(gold);
+    Ok((silver, gold))
+}
+
+/// Order gold models so that every model comes after the gold models it
+/// reads (the extension refuses cycles; a leftover one is appended last).
+fn dependency_order(mut models: Vec<GoldDef>) -> Vec<GoldDef> {
+    let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(models.len());
+    while !models.is_empty() {
+        let ready: Vec<usize> = (0..models.len())
+            .filter(|&i| {
+                models[i].upstream.iter().all(|u| {
+                    u.strip_prefix("gold.")
+                        .is_none_or(|g| done.contains(g) || !models.iter().any(|m| m.name == g))
+                })
+            })
+            .collect();
+        if ready.is_empty() {
+            out.append(&mut models);
+            break;
+        }
+        for i in ready.into_iter().rev() {
+            let m = models.remove(i);
+            done.insert(m.name.clone());
+            out.push(m);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod dag {
+    use super::*;
+
+    fn model(name: &str, upstream: &[&str]) -> GoldDef {
+        GoldDef {
+            name: name.into(),
+            query: String::new(),
+            refresh: Refresh::OnChange,
+            keys: None,
+            upstream: upstream.iter().map(|s| s.to_string()).collect(),
+            expectations: vec![],
+            publish: None,
+        }
+    }
+
+    #[test]
+    fn gold_models_run_after_what_they_read() {
+        let order = dependency_order(vec![
+            model("a", &["gold.b", "silver.x"]),
+            model("b", &["gold.c"]),
+            model("c", &["silver.x"]),
+            model("d", &[]),
+        ]);
+        let names: Vec<_> = order.iter().map(|m| m.name.as_str()).collect();
+        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(pos("c") < pos("b") && pos("b") < pos("a"), "{names:?}");
+        assert_eq!(names.len(), 4);
+    }
+}

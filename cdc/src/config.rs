@@ -48,6 +48,16 @@ pub struct Config {
     pub log_format: String,
     /// Minimum interval between status writes to Postgres (`MEDALLION_STATUS_INTERVAL_MS`).
     pub status_interval_ms: u64,
+    /// Silver/gold refinement: at most one cycle per interval while the
+    /// slot advances (`MEDALLION_REFINE_INTERVAL_MS`); 0 turns refinement off
+    /// in `run` (bronze only).
+    pub refine_interval_ms: u64,
+    /// Changes applied per silver MERGE (`MEDALLION_SILVER_BATCH_ROWS`);
+    /// bounds memory, never splits a source transaction.
+    pub silver_batch_rows: usize,
+    /// Where published tables go (`MEDALLION_PUBLISH_DATABASE_URL`); the
+    /// source database when unset.
+    pub publish_database_url: Option<String>,
 }
 
 impl Default for Config {
@@ -67,6 +77,9 @@ impl Default for Config {
             metrics_addr: None,
             log_format: "text".into(),
             status_interval_ms: 2000,
+            refine_interval_ms: 5000,
+            silver_batch_rows: 500_000,
+            publish_database_url: None,
         }
     }
 }
@@ -121,6 +134,11 @@ impl Config {
         )?;
         env_parse("MEDALLION_NUMERIC_SCALE", &mut cfg.numeric_scale)?;
         env_parse("MEDALLION_STATUS_INTERVAL_MS", &mut cfg.status_interval_ms)?;
+        env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
+        env_parse("MEDALLION_SILVER_BATCH_ROWS", &mut cfg.silver_batch_rows)?;
+        if let Some(v) = env("MEDALLION_PUBLISH_DATABASE_URL") {
+            cfg.publish_database_url = Some(v);
+        }
         if let Some(v) = env("MEDALLION_SPILL_DIR") {
             cfg.spill_dir = Some(v.into());
         }

@@ -88,6 +88,31 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("datafusion: {context}: {source}")]
+    DataFusion {
+        context: String,
+        #[source]
+        source: deltalake::datafusion::error::DataFusionError,
+    },
+
+    /// A `fail` expectation was violated: definite for that silver table or
+    /// gold model until the data or the expectation changes.
+    #[error(
+        "{target}: expectation \"{rule}\" failed for {failed} row(s), e.g. {example}. \
+         The table is stopped; fix the source rows, or relax the rule with \
+         SELECT medallion.expect('{target}', '{rule}', '<predicate>', on_violation => 'drop')"
+    )]
+    Expectation {
+        target: String,
+        rule: String,
+        failed: u64,
+        example: String,
+    },
+
+    /// A gold model's SQL cannot be planned or run: definite for that model.
+    #[error("gold.{model}: {message}")]
+    Model { model: String, message: String },
+
     /// A deterministic fault-injection point fired (tests only).
     #[error("fault injected at {0}")]
     Fault(String),
@@ -128,7 +153,17 @@ impl Error {
                 _ => RetryPolicy::Never,
             },
             Error::Io { .. } => RetryPolicy::RetryOnTimer,
-            Error::Value { .. } | Error::IncompatibleType { .. } => RetryPolicy::NeedsOperator,
+            Error::Value { .. }
+            | Error::IncompatibleType { .. }
+            | Error::Expectation { .. }
+            | Error::Model { .. } => RetryPolicy::NeedsOperator,
+            Error::DataFusion { source, .. } => match source {
+                deltalake::datafusion::error::DataFusionError::ObjectStore(_)
+                | deltalake::datafusion::error::DataFusionError::IoError(_) => {
+                    RetryPolicy::RetryOnTimer
+                }
+                _ => RetryPolicy::Never,
+            },
             Error::Config(_)
             | Error::Arrow { .. }
             | Error::SlotLost { .. }
@@ -161,6 +196,13 @@ impl Error {
     ) -> impl FnOnce(arrow::error::ArrowError) -> Error {
         let context = context.to_string();
         move |source| Error::Arrow { context, source }
+    }
+
+    pub(crate) fn datafusion(
+        context: impl fmt::Display,
+    ) -> impl FnOnce(deltalake::datafusion::error::DataFusionError) -> Error {
+        let context = context.to_string();
+        move |source| Error::DataFusion { context, source }
     }
 
     pub(crate) fn io(context: impl fmt::Display) -> impl FnOnce(std::io::Error) -> Error {

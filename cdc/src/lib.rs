@@ -14,7 +14,9 @@
 //! Modules follow the data: [`catalog`] (what to replicate), [`slot`],
 //! [`snapshot`] (initial copy), [`replicate`] (the stream), [`spill`]
 //! (large in-progress transactions), [`typemap`] (Postgres → Arrow),
-//! [`bronze`] (Delta tables), [`status`] and [`metrics`].
+//! [`bronze`] (Delta tables), [`status`] and [`metrics`]; then the
+//! refinement layers: [`refine`] (one watermark per cycle), [`silver`],
+//! [`gold`], [`publish`] (into Postgres), over [`lake`].
 
 pub mod bronze;
 pub mod catalog;
@@ -22,9 +24,14 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod fault;
+pub mod gold;
+pub mod lake;
 pub mod metrics;
 pub mod optimize;
+pub mod publish;
+pub mod refine;
 pub mod replicate;
+pub mod silver;
 pub mod slot;
 pub mod snapshot;
 pub mod spill;

@@ -31,6 +31,12 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Run one silver/gold cycle at the slot's confirmed position, then exit.
+    Refine {
+        /// Also recompute these (`gold.<name>` / `silver.<name>`) whatever their refresh policy.
+        #[arg(long = "force")]
+        force: Vec<String>,
+    },
     /// Validate configuration and connectivity.
     Check,
     /// Print the status Postgres holds for this sidecar's slot.
@@ -62,6 +68,60 @@ fn init_logging(format: &str) {
     }
 }
 
+/// One refinement cycle; prints what it did. Fails if a table failed.
+async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow::Result<()> {
+    let (mut client, conn) = medallion::catalog::connect(&cfg.database_url).await?;
+    tokio::spawn(conn);
+    if !medallion::catalog::extension_installed(&client).await? {
+        return Ok(());
+    }
+    let w = match at {
+        Some(w) => w,
+        None => medallion::refine::watermark(&client, &cfg.slot)
+            .await?
+            .with_context(|| {
+                format!(
+                    "replication slot {} does not exist: run `medallion run` first",
+                    cfg.slot
+                )
+            })?,
+    };
+    let forced = force.iter().cloned().collect();
+    let report = medallion::refine::cycle(cfg, &mut client, w, &forced)
+        .await
+        .context("silver/gold refinement failed")?;
+    for t in &report.tables {
+        println!(
+            "medallion: {}.{} {} rows_out={}{}",
+            t.layer,
+            t.name,
+            t.state,
+            t.rows_out,
+            t.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "medallion: silver and gold at source LSN {}",
+        pg_walstream::format_lsn(report.watermark as u64)
+    );
+    let failed = report.failures();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} table(s) failed: {}",
+            failed.len(),
+            failed
+                .iter()
+                .map(|t| format!("{}.{}", t.layer, t.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -91,9 +151,19 @@ async fn main() -> anyhow::Result<()> {
                 }
                 s.cancel();
             });
-            let summary = replicate::run(&cfg, RunOptions { until_caught_up }, shutdown, metrics)
-                .await
-                .context("medallion run failed")?;
+            let refine = (!until_caught_up && cfg.refine_interval_ms > 0).then(|| {
+                let cfg = cfg.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { medallion::refine::run_loop(&cfg, shutdown).await })
+            });
+            let summary = replicate::run(
+                &cfg,
+                RunOptions { until_caught_up },
+                shutdown.clone(),
+                metrics,
+            )
+            .await
+            .context("medallion run failed")?;
             println!(
                 "medallion: {} snapshot rows, {} changes, {} bronze commits, acknowledged {}",
                 summary.snapshot_rows,
@@ -101,6 +171,17 @@ async fn main() -> anyhow::Result<()> {
                 summary.commits,
                 pg_walstream::format_lsn(summary.acked_lsn)
             );
+            if let Some(task) = refine {
+                shutdown.cancel();
+                task.await
+                    .context("refinement task")?
+                    .context("silver/gold refinement failed")?;
+            } else if until_caught_up && cfg.refine_interval_ms > 0 {
+                refine_once(&cfg, Some(summary.acked_lsn as i64), &[]).await?;
+            }
+        }
+        Command::Refine { force } => {
+            refine_once(&cfg, None, &force).await?;
         }
         Command::Check => {
             let findings = medallion::check::run(&cfg).await;

@@ -75,6 +75,17 @@ CREATE TABLE medallion.expectations (
 );
 COMMENT ON COLUMN medallion.expectations.target IS 'silver.<name> or gold.<name>';
 
+-- Silver tables and gold models copied into Postgres after each refresh.
+CREATE TABLE medallion.publications (
+    node text PRIMARY KEY CHECK (node ~ '^(silver|gold)\.'),
+    target_schema name NOT NULL DEFAULT 'medallion_gold',
+    target_table name NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    UNIQUE (target_schema, target_table)
+);
+COMMENT ON TABLE medallion.publications IS 'Silver/gold tables the sidecar replaces atomically in Postgres after each refresh. Managed by medallion.publish/unpublish.';
+
 -- Lineage edges: downstream reads upstream.
 -- Node names: bronze.<schema>.<table>, silver.<name>, gold.<name>.
 CREATE TABLE medallion.dependencies (
@@ -124,6 +135,7 @@ SELECT pg_catalog.pg_extension_config_dump('medallion.silver_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.gold_models', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.expectations', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.dependencies', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.publications', '');
 
 -- Odoo's noise tables, excluded by default from add_sources (see docs/sql-api.md).
 CREATE FUNCTION medallion.default_excludes() RETURNS text[]

@@ -45,6 +45,8 @@ GRANT EXECUTE ON FUNCTION
     medallion.define_gold(text, text, text, text[]),
     medallion.drop_gold(text, boolean),
     medallion.refresh(text),
+    medallion.publish(text, text, text),
+    medallion.unpublish(text),
     medallion.lineage_mermaid()
 TO medallion_admin;
 GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes(),

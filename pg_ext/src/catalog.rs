@@ -220,6 +220,10 @@ pub(crate) fn delete_node(node: &str) {
         "DELETE FROM medallion.dependencies WHERE downstream = $1 OR upstream = $1",
         &[node.into()],
     );
+    exec(
+        "DELETE FROM medallion.publications WHERE node = $1",
+        &[node.into()],
+    );
 }
 
 /// Drop `node` after checking (or, with `cascade`, dropping) its dependents.

@@ -355,6 +355,98 @@ fn refresh(name: &str) {
     );
 }
 
+/// The `silver.<name>` / `gold.<name>` node a user names (bare names are
+/// looked up: silver and gold share one namespace).
+fn node_of(name: &str) -> String {
+    let (layer, bare) = match name.split_once('.') {
+        Some((l, n)) if l == "silver" || l == "gold" => (Some(l), n),
+        _ => (None, name),
+    };
+    let is_gold = crate::source::gold_exists(bare);
+    let is_silver = silver_exists(bare);
+    match (layer, is_silver, is_gold) {
+        (Some("silver"), true, _) | (None, true, _) => format!("silver.{bare}"),
+        (Some("gold"), _, true) | (None, _, true) => format!("gold.{bare}"),
+        _ => raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("\"{name}\" is not a silver table or gold model"),
+            "See SELECT layer, name FROM medallion.pipeline;",
+        ),
+    }
+}
+
+/// Copy a silver table or gold model into Postgres after each refresh,
+/// replacing the previous contents atomically (readers see the old or the
+/// new rows, never a mix).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn publish(
+    name: &str,
+    target_schema: default!(String, "'medallion_gold'"),
+    target_table: default!(Option<String>, "NULL"),
+) {
+    let node = node_of(name);
+    let table = target_table.unwrap_or_else(|| {
+        node.split_once('.')
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default()
+    });
+    names::check("target schema", &target_schema);
+    names::check("target table", &table);
+    if matches!(
+        target_schema.as_str(),
+        "medallion" | "pg_catalog" | "information_schema" | "public"
+    ) {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            format!("cannot publish into schema \"{target_schema}\""),
+            "Publish into a schema of its own (the default is medallion_gold): the sidecar replaces the table's contents on every refresh.",
+        );
+    }
+    let taken: Option<String> = catalog::one(
+        "SELECT node FROM medallion.publications WHERE target_schema = $1 AND target_table = $2 AND node <> $3",
+        &[
+            target_schema.clone().into(),
+            table.clone().into(),
+            node.clone().into(),
+        ],
+    );
+    if let Some(other) = taken {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("{target_schema}.{table} is already the publication of {other}"),
+            "Pass another target_table.",
+        );
+    }
+    catalog::exec(
+        "INSERT INTO medallion.publications (node, target_schema, target_table) VALUES ($1, $2, $3) \
+         ON CONFLICT (node) DO UPDATE SET target_schema = EXCLUDED.target_schema, \
+            target_table = EXCLUDED.target_table, updated_at = now()",
+        &[node.into(), target_schema.into(), table.into()],
+    );
+    catalog::notify_config("publish");
+}
+
+/// Stop publishing a table (the Postgres copy stays until you drop it).
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn unpublish(name: &str) {
+    let node = node_of(name);
+    let deleted: bool = catalog::one(
+        "WITH d AS (DELETE FROM medallion.publications WHERE node = $1 RETURNING 1) SELECT count(*) > 0 FROM d",
+        &[node.clone().into()],
+    )
+    .unwrap_or(false);
+    if !deleted {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("{node} is not published"),
+            "See SELECT * FROM medallion.publications;",
+        );
+    }
+    catalog::notify_config("unpublish");
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

@@ -212,3 +212,27 @@ pub fn copy_escape(v: &Option<String>) -> String {
             .replace('\r', "\\r"),
     }
 }
+
+/// Directory of a silver, gold or quarantine table.
+pub fn refined_dir(lake: &Path, layer: &str, name: &str) -> PathBuf {
+    lake.join(layer).join(name)
+}
+
+/// Every row as column name → Postgres text (None = NULL), `_mdl_` columns included.
+pub fn rows_as_text(batches: &[RecordBatch]) -> Vec<HashMap<String, Option<String>>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let schema = b.schema();
+        for r in 0..b.num_rows() {
+            out.push(
+                schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name().clone(), pg_text(b.column(i).as_ref(), r)))
+                    .collect(),
+            );
+        }
+    }
+    out
+}

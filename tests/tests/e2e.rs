@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 const DB: &str = "app";
 
+#[path = "e2e/refine.rs"]
+mod refine;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,
@@ -151,6 +154,29 @@ impl Env {
         );
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let state = lake::current_state(&rows, &key_refs);
+        self.assert_rows_equal_source(
+            &client,
+            schema,
+            table,
+            &cols,
+            state.values(),
+            "bronze's rebuilt state",
+        )
+        .await;
+        rows.len()
+    }
+
+    /// Load `rows` (column → text) into a check table with the source's
+    /// column types and compare with the source both ways (EXCEPT ALL).
+    async fn assert_rows_equal_source<'r>(
+        &self,
+        client: &tokio_postgres::Client,
+        schema: &str,
+        table: &str,
+        cols: &[(String, String)],
+        rows: impl Iterator<Item = &'r std::collections::HashMap<String, Option<String>>>,
+        label: &str,
+    ) {
         let chk = format!("chk_{schema}_{table}");
         let qcols = cols
             .iter()
@@ -176,7 +202,7 @@ impl Env {
             .expect("copy in");
         futures::pin_mut!(sink);
         let mut buf = String::new();
-        for values in state.values() {
+        for values in rows {
             let line: Vec<String> = cols
                 .iter()
                 .map(|(c, _)| lake::copy_escape(&values.get(c).cloned().flatten()))
@@ -217,10 +243,9 @@ impl Env {
             let sample: Vec<String> = diff.iter().map(|r| r.get(0)).collect();
             assert!(
                 sample.is_empty(),
-                "{schema}.{table}: rows {what} bronze's rebuilt state, e.g. {sample:#?}"
+                "{schema}.{table}: rows {what} {label}, e.g. {sample:#?}"
             );
         }
-        rows.len()
     }
 }
 

@@ -1,0 +1,365 @@
+//! Gold: SQL models on DataFusion over silver and gold tables.
+//!
+//! ```text
+//!  silver.<a> silver.<b> gold.<c>   (Delta versions pinned for this cycle)
+//!        └──────┬──────┘
+//!     DataFusion SQL (PostgreSQL dialect)
+//!               ▼
+//!  expectations ── warn · drop → quarantine/<name> · fail → not published
+//!               ▼
+//!  gold/<name>   full overwrite, or MERGE by `keys` (only changed rows rewritten)
+//!                txn(medallion:gold:<name>) = watermark
+//! ```
+//!
+//! A model is refreshed when its policy says so (`on_change`: an input's
+//! Delta version differs from the one recorded at the last refresh, under
+//! `medallion:gold:<name>:input:<table>`; `interval`: the same, at most once
+//! per interval; `manual`: on `medallion.refresh(name)`). Its watermark is the
+//! lowest watermark of its inputs, recorded as the `txn` version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use deltalake::DeltaTable;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+
+use crate::catalog::{GoldDef, OnViolation, Refresh};
+use crate::error::{Error, Result};
+use crate::lake::{self, ident};
+use crate::silver::{Refiner, RuleCount};
+
+/// An input of a gold refresh: a table at a pinned version and its watermark.
+pub struct Input {
+    pub table: DeltaTable,
+    pub watermark: i64,
+}
+
+/// What a gold refresh did.
+#[derive(Debug, Clone, Default)]
+pub struct GoldReport {
+    pub rows_out: u64,
+    pub expectations: BTreeMap<String, RuleCount>,
+    pub version: Option<i64>,
+    pub watermark: i64,
+    /// Not refreshed: why (up to date, not due).
+    pub skipped: Option<&'static str>,
+}
+
+fn app_id(name: &str) -> String {
+    format!("medallion:gold:{name}")
+}
+
+fn query_hash(def: &GoldDef) -> i64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    def.query.hash(&mut h);
+    def.keys.hash(&mut h);
+    (h.finish() & (i64::MAX as u64)) as i64
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn model_error(name: &str, e: impl std::fmt::Display) -> Error {
+    Error::Model {
+        model: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Refiner<'_> {
+    /// Refresh gold model `def` from `inputs` (keyed `silver.<n>`/`gold.<n>`)
+    /// if its policy says so, or `forced`.
+    pub async fn refresh_gold(
+        &self,
+        def: &GoldDef,
+        inputs: &HashMap<String, Input>,
+        forced: bool,
+    ) -> Result<GoldReport> {
+        let url = lake::refined_url(self.lake, "gold", &def.name)?;
+        let app = app_id(&def.name);
+        let existing = lake::open(&url, self.storage).await?;
+        let watermark = def
+            .upstream
+            .iter()
+            .filter_map(|u| inputs.get(u).map(|i| i.watermark))
+            .min()
+            .unwrap_or(0);
+        let mut report = GoldReport {
+            watermark,
+            ..GoldReport::default()
+        };
+        let fingerprint = query_hash(def);
+        if let Some(t) = &existing
+            && !forced
+            && lake::txn_version(t, &format!("{app}:query")).await? == Some(fingerprint)
+        {
+            let mut changed = false;
+            for u in &def.upstream {
+                let v = inputs
+                    .get(u)
+                    .and_then(|i| i.table.version())
+                    .map(|v| v as i64);
+                if lake::txn_version(t, &format!("{app}:input:{u}")).await? != v {
+                    changed = true;
+                }
+            }
+            if !changed {
+                report.skipped = Some("up to date");
+                report.version = t.version().map(|v| v as i64);
+                return Ok(report);
+            }
+            match def.refresh {
+                Refresh::Manual => {
+                    report.skipped = Some("manual");
+                    report.version = t.version().map(|v| v as i64);
+                    report.watermark = lake::txn_version(t, &app).await?.unwrap_or(0);
+                    return Ok(report);
+                }
+                Refresh::Interval(every) => {
+                    let last = lake::txn_version(t, &format!("{app}:refreshed_at")).await?;
+                    if last.is_some_and(|ms| now_ms() - ms < every.as_millis() as i64) {
+                        report.skipped = Some("not due");
+                        report.version = t.version().map(|v| v as i64);
+                        report.watermark = lake::txn_version(t, &app).await?.unwrap_or(0);
+                        return Ok(report);
+                    }
+                }
+                Refresh::OnChange => {}
+            }
+        }
+        let ctx = lake::session();
+        lake::ensure_layer_schemas(&ctx)?;
+        for u in &def.upstream {
+            let input = inputs.get(u).ok_or_else(|| {
+                model_error(&def.name, format!("input {u} is not available this cycle"))
+            })?;
+            lake::register(&ctx, u, &input.table).await?;
+        }
+        let df = ctx
+            .sql(&def.query)
+            .await
+            .map_err(|e| model_error(&def.name, e))?;
+        let mut txns = vec![
+            (app.clone(), watermark),
+            (format!("{app}:query"), fingerprint),
+            (format!("{app}:refreshed_at"), now_ms()),
+        ];
+        for u in &def.upstream {
+            if let Some(v) = inputs.get(u).and_then(|i| i.table.version()) {
+                txns.push((format!("{app}:input:{u}"), v as i64));
+            }
+        }
+        let props = lake::commit_properties(
+            txns,
+            vec![
+                ("medallion.kind", "gold".into()),
+                (
+                    "medallion.lsn",
+                    pg_walstream::format_lsn(watermark as u64).into(),
+                ),
+            ],
+        );
+        // Expectations need the rows; a model without any streams into the write.
+        let batches = if def.expectations.is_empty() {
+            None
+        } else {
+            let mut batches = df
+                .clone()
+                .collect()
+                .await
+                .map_err(|e| model_error(&def.name, e))?;
+            batches = self
+                .check_gold(def, &ctx, batches, watermark, &mut report)
+                .await?;
+            report.rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
+            Some(batches)
+        };
+        crate::fault::hit("before_gold_commit");
+        let table = match (&def.keys, existing) {
+            (Some(keys), Some(target)) => {
+                let source = match batches {
+                    Some(b) => ctx
+                        .read_batches(b)
+                        .map_err(Error::datafusion("gold merge source"))?,
+                    None => df,
+                };
+                let columns: Vec<String> = source
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                for k in keys {
+                    if !columns.contains(k) {
+                        return Err(model_error(
+                            &def.name,
+                            format!("key column {k} is not in the query's result"),
+                        ));
+                    }
+                }
+                let on: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("t.{} = s.{}", ident(k), ident(k)))
+                    .collect();
+                let same: Vec<String> = columns
+                    .iter()
+                    .filter(|c| !keys.contains(c))
+                    .map(|c| format!("(t.{} IS NOT DISTINCT FROM s.{})", ident(c), ident(c)))
+                    .collect();
+                let err = |e| Error::delta(format!("merge gold.{}", def.name))(e);
+                let mut merge = target
+                    .merge(source, on.join(" AND "))
+                    .with_source_alias("s")
+                    .with_target_alias("t")
+                    .with_merge_schema(true)
+                    .with_session_state(Arc::new(ctx.state()))
+                    .with_commit_properties(props);
+                if !same.is_empty() {
+                    let cols = columns.clone();
+                    merge = merge
+                        .when_matched_update(|mut u| {
+                            u = u.predicate(format!("NOT ({})", same.join(" AND ")));
+                            for c in &cols {
+                                u = u.update(c.as_str(), format!("s.{}", ident(c)));
+                            }
+                            u
+                        })
+                        .map_err(err)?;
+                }
+                let (table, metrics) = merge
+                    .when_not_matched_insert(|mut i| {
+                        for c in &columns {
+                            i = i.set(c.as_str(), format!("s.{}", ident(c)));
+                        }
+                        i
+                    })
+                    .map_err(err)?
+                    .when_not_matched_by_source_delete(|d| d)
+                    .map_err(err)?
+                    .await
+                    .map_err(err)?;
+                if batches_none(&report) {
+                    report.rows_out = (metrics.num_target_rows_inserted
+                        + metrics.num_target_rows_updated
+                        + metrics.num_target_rows_copied)
+                        as u64;
+                }
+                table
+            }
+            (_, existing) => {
+                let handle = match existing {
+                    Some(t) => t,
+                    None => lake::handle(&url, self.storage)?,
+                };
+                let builder = match batches {
+                    Some(b) => handle.write(b),
+                    None => {
+                        let (_, plan) = df.into_parts();
+                        handle
+                            .write(Vec::<RecordBatch>::new())
+                            .with_input_plan(plan)
+                            .with_session_state(Arc::new(ctx.state()))
+                    }
+                };
+                builder
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_schema_mode(SchemaMode::Overwrite)
+                    .with_table_name(format!("gold_{}", def.name))
+                    .with_description(format!("medallion gold model {}", def.name))
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(
+                        |e| match Error::delta(format!("write gold.{}", def.name))(e) {
+                            e if e.retry_policy() == crate::error::RetryPolicy::RetryOnTimer => e,
+                            e => model_error(&def.name, e),
+                        },
+                    )?
+            }
+        };
+        report.version = table.version().map(|v| v as i64);
+        if def.expectations.is_empty() && report.rows_out == 0 {
+            let count = lake::session();
+            lake::register(&count, "g", &table).await?;
+            report.rows_out =
+                crate::silver::count_of(&lake::collect(&count, "SELECT count(*) FROM g").await?);
+        }
+        Ok(report)
+    }
+
+    async fn check_gold(
+        &self,
+        def: &GoldDef,
+        ctx: &deltalake::datafusion::prelude::SessionContext,
+        batches: Vec<RecordBatch>,
+        watermark: i64,
+        report: &mut GoldReport,
+    ) -> Result<Vec<RecordBatch>> {
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => return Ok(batches),
+        };
+        let mut all =
+            arrow::compute::concat_batches(&schema, &batches).map_err(Error::arrow("gold rows"))?;
+        for e in &def.expectations {
+            let pass = crate::silver::evaluate_predicate(ctx, &all, &e.predicate)
+                .await
+                .map_err(|err| {
+                    model_error(&def.name, format!("expectation \"{}\": {err}", e.name))
+                })?;
+            let failing: Vec<usize> = (0..all.num_rows()).filter(|&i| !pass.value(i)).collect();
+            report.expectations.insert(
+                e.name.clone(),
+                RuleCount {
+                    on_violation: e.on_violation.as_str(),
+                    failed: failing.len() as u64,
+                },
+            );
+            if failing.is_empty() {
+                continue;
+            }
+            match e.on_violation {
+                OnViolation::Warn => {}
+                OnViolation::Fail => {
+                    let keys = def.keys.clone().unwrap_or_else(|| {
+                        schema
+                            .fields()
+                            .iter()
+                            .take(2)
+                            .map(|f| f.name().clone())
+                            .collect()
+                    });
+                    let idx = arrow::array::UInt32Array::from(vec![failing[0] as u32]);
+                    let ex = arrow::compute::take_record_batch(&all, &idx)
+                        .map_err(Error::arrow("example row"))?;
+                    return Err(Error::Expectation {
+                        target: format!("gold.{}", def.name),
+                        rule: e.name.clone(),
+                        failed: failing.len() as u64,
+                        example: crate::silver::describe_key(&[ex], &keys),
+                    });
+                }
+                OnViolation::Drop => {
+                    let idx = arrow::array::UInt32Array::from(
+                        failing.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    );
+                    let bad = arrow::compute::take_record_batch(&all, &idx)
+                        .map_err(Error::arrow("dropped rows"))?;
+                    self.quarantine_rows(&def.name, &e.name, vec![bad], watermark)
+                        .await?;
+                    let keep: BooleanArray = (0..pass.len()).map(|i| Some(pass.value(i))).collect();
+                    all = arrow::compute::filter_record_batch(&all, &keep)
+                        .map_err(Error::arrow("drop rows"))?;
+                }
+            }
+        }
+        Ok(vec![all])
+    }
+}
+
+fn batches_none(report: &GoldReport) -> bool {
+    report.expectations.is_empty()
+}

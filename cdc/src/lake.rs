@@ -1,0 +1,209 @@
+//! The lake as the refinement layers see it: where silver, gold and
+//! quarantine tables live, opening Delta tables, and a DataFusion session
+//! that reads them.
+//!
+//! ```text
+//!  <lake>/bronze/<schema>/<table>   change log (written by `replicate`)
+//!  <lake>/silver/<name>             current state or SCD2 history
+//!  <lake>/quarantine/<name>         rows an expectation dropped, with the rule
+//!  <lake>/gold/<name>               gold models
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::datafusion::execution::SessionStateBuilder;
+use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Encode one path segment of a table location.
+fn segment(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32)
+            }
+        })
+        .collect()
+}
+
+/// Location of a refined table: `layer` is `silver`, `gold` or `quarantine`.
+pub fn refined_url(lake: &Url, layer: &str, name: &str) -> Result<Url> {
+    lake.join(&format!("{layer}/{}/", segment(name)))
+        .map_err(|e| Error::Config(format!("lake URL {lake}: {e}")))
+}
+
+/// Open a Delta table; `None` when nothing was ever committed there.
+pub(crate) async fn open(
+    url: &Url,
+    storage: &HashMap<String, String>,
+) -> Result<Option<DeltaTable>> {
+    let mut table = DeltaTableBuilder::from_url(url.clone())
+        .map_err(Error::delta(format!("table at {url}")))?
+        .with_storage_options(storage.clone())
+        .build()
+        .map_err(Error::delta(format!("table at {url}")))?;
+    let exists = table
+        .verify_deltatable_existence()
+        .await
+        .map_err(Error::delta(format!("table at {url}")))?;
+    if !exists {
+        return Ok(None);
+    }
+    table
+        .load()
+        .await
+        .map_err(Error::delta(format!("load table at {url}")))?;
+    Ok(Some(table))
+}
+
+/// A handle for a table that may not exist yet (writes create it).
+pub(crate) fn handle(url: &Url, storage: &HashMap<String, String>) -> Result<DeltaTable> {
+    DeltaTableBuilder::from_url(url.clone())
+        .map_err(Error::delta(format!("table at {url}")))?
+        .with_storage_options(storage.clone())
+        .build()
+        .map_err(Error::delta(format!("table at {url}")))
+}
+
+/// The version recorded for `app_id` in the table's `txn` actions.
+pub(crate) async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
+    snapshot
+        .transaction_version(table.log_store().as_ref(), app_id.to_string())
+        .await
+        .map_err(Error::delta(format!("txn {app_id}")))
+}
+
+/// Commit properties carrying application transactions and `medallion.*`
+/// metadata.
+pub(crate) fn commit_properties(
+    txns: Vec<(String, i64)>,
+    info: Vec<(&str, serde_json::Value)>,
+) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transactions(
+            txns.into_iter()
+                .map(|(id, v)| Transaction::new(id, v))
+                .collect(),
+        )
+        .with_metadata(info.into_iter().map(|(k, v)| (k.to_string(), v)))
+}
+
+/// A DataFusion session with PostgreSQL SQL dialect, as gold models and
+/// expectations are written in it.
+pub(crate) fn session() -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+        .with_information_schema(false)
+        .with_default_catalog_and_schema("medallion", "public")
+        .with_create_default_catalog_and_schema(true);
+    config.options_mut().sql_parser.dialect = deltalake::datafusion::config::Dialect::PostgreSQL;
+    config.options_mut().sql_parser.enable_ident_normalization = true;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// Register a Delta table under `name` (e.g. `silver.account_move`).
+pub(crate) async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(Error::delta(format!("register {name}")))?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(Error::datafusion(format!("read {name}")))?;
+    ctx.register_table(name, provider)
+        .map_err(Error::datafusion(format!("register {name}")))?;
+    Ok(())
+}
+
+/// Run a query to completion.
+pub(crate) async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(Error::datafusion(format!("plan {sql}")))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(Error::datafusion(format!("run {sql}")))?;
+    batches.iter().map(without_views).collect()
+}
+
+/// DataFusion reads strings as view types; silver and gold keep Delta's
+/// plain `string`/`binary`.
+fn plain(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::List(f) => DataType::List(Arc::new(
+            f.as_ref().clone().with_data_type(plain(f.data_type())),
+        )),
+        other => other.clone(),
+    }
+}
+
+/// A batch with view-typed columns cast to their plain types.
+pub(crate) fn without_views(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| plain(f.data_type()) != *f.data_type())
+    {
+        return Ok(batch.clone());
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
+        .collect();
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(&fields)
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::arrow("cast view types"))?;
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(Error::arrow("cast view types"))
+}
+
+/// Quote an identifier for DataFusion SQL.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Schemas `silver` and `gold` in the session's default catalog.
+pub(crate) fn ensure_layer_schemas(ctx: &SessionContext) -> Result<()> {
+    use deltalake::datafusion::catalog::MemorySchemaProvider;
+    let catalog = ctx
+        .catalog("medallion")
+        .ok_or_else(|| Error::Protocol("DataFusion catalog missing".into()))?;
+    for layer in ["silver", "gold"] {
+        if catalog.schema(layer).is_none() {
+            catalog
+                .register_schema(layer, Arc::new(MemorySchemaProvider::new()))
+                .map_err(Error::datafusion(format!("schema {layer}")))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! Publish a silver or gold table into Postgres, for tools that do not read
+//! Delta (Superset, Power BI, PostgREST).
+//!
+//! One Postgres transaction replaces the table's contents: `DELETE` then
+//! `COPY` of the Delta table's rows, then `COMMIT`. Under MVCC a reader sees
+//! the previous contents until the commit and the new ones after it — never
+//! a half-written table — and is not blocked meanwhile. The table keeps its
+//! OID, grants and dependent views. When the columns change, the table is
+//! dropped and recreated inside the same transaction.
+
+use std::pin::pin;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Schema, TimeUnit};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use bytes::Bytes;
+use deltalake::DeltaTable;
+use futures::{SinkExt, StreamExt};
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::lake;
+
+/// The Postgres type that holds an Arrow type without loss (text otherwise).
+fn pg_type(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint".into(),
+        DataType::Int32 | DataType::UInt16 => "integer".into(),
+        DataType::Int64 | DataType::UInt32 => "bigint".into(),
+        DataType::UInt64 => "numeric(20)".into(),
+        DataType::Float16 | DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("numeric({p},{s})"),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
+        DataType::Timestamp(_, None) => "timestamp".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "time".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".into(),
+        DataType::Interval(_) | DataType::Duration(_) => "interval".into(),
+        _ => "text".into(),
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// COPY text-format escaping of one value.
+fn escape(out: &mut String, s: &str) {
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
+    let opts = FormatOptions::default().with_display_error(false);
+    let formatters: Vec<Option<ArrayFormatter>> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Binary | DataType::Boolean => None,
+            _ => ArrayFormatter::try_new(c.as_ref(), &opts).ok(),
+        })
+        .collect();
+    for r in 0..batch.num_rows() {
+        for (i, c) in batch.columns().iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            if c.is_null(r) {
+                out.push_str("\\N");
+                continue;
+            }
+            match c.data_type() {
+                DataType::Boolean => out.push(if c.as_boolean().value(r) { 't' } else { 'f' }),
+                DataType::Binary => {
+                    out.push_str("\\\\x");
+                    for b in c.as_binary::<i32>().value(r) {
+                        out.push_str(&format!("{b:02x}"));
+                    }
+                }
+                DataType::Duration(TimeUnit::Microsecond) => {
+                    let us = c
+                        .as_primitive::<arrow::datatypes::DurationMicrosecondType>()
+                        .value(r);
+                    out.push_str(&format!("{us} microseconds"));
+                }
+                _ => match &formatters[i] {
+                    Some(f) => escape(out, &f.value(r).to_string()),
+                    None => out.push_str("\\N"),
+                },
+            }
+        }
+        out.push('\n');
+    }
+    Ok(())
+}
+
+/// Replace `schema.table` in Postgres with the rows of a Delta table.
+/// Returns the number of rows published.
+pub async fn publish(
+    client: &mut Client,
+    source: &DeltaTable,
+    schema: &str,
+    table: &str,
+    comment: &str,
+) -> Result<u64> {
+    let ctx = lake::session();
+    lake::register(&ctx, "t", source).await?;
+    let df = ctx
+        .table("t")
+        .await
+        .map_err(Error::datafusion("publish source"))?;
+    let arrow_schema: Schema = df.schema().as_arrow().clone();
+    let columns: Vec<(String, String)> = arrow_schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), pg_type(f.data_type())))
+        .collect();
+    let target = format!("{}.{}", quote(schema), quote(table));
+    let tx = client
+        .transaction()
+        .await
+        .map_err(Error::pg(format!("publish {schema}.{table}: begin")))?;
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)))
+        .await
+        .map_err(Error::pg(format!(
+            "publish {schema}.{table}: create schema"
+        )))?;
+    let existing: Vec<(String, String)> = tx
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(Error::pg(format!("publish {schema}.{table}: read columns")))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let same = existing.len() == columns.len()
+        && existing.iter().zip(&columns).all(|(a, b)| {
+            a.0 == b.0
+                && (a.1 == b.1
+                    || a.1.replace(' ', "") == b.1.replace(' ', "")
+                    || (a.1 == "timestamp with time zone" && b.1 == "timestamptz")
+                    || (a.1 == "timestamp without time zone" && b.1 == "timestamp")
+                    || (a.1 == "time without time zone" && b.1 == "time"))
+        });
+    if same {
+        tx.batch_execute(&format!("DELETE FROM {target}"))
+            .await
+            .map_err(Error::pg(format!("publish {schema}.{table}: delete")))?;
+    } else {
+        let defs: Vec<String> = columns
+            .iter()
+            .map(|(n, t)| format!("{} {t}", quote(n)))
+            .collect();
+        tx.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {target}; CREATE TABLE {target} ({})",
+            defs.join(", ")
+        ))
+        .await
+        .map_err(Error::pg(format!("publish {schema}.{table}: create table")))?;
+    }
+    let names: Vec<String> = columns.iter().map(|(n, _)| quote(n)).collect();
+    let sink = tx
+        .copy_in(&format!("COPY {target} ({}) FROM STDIN", names.join(", ")))
+        .await
+        .map_err(Error::pg(format!("publish {schema}.{table}: copy")))?;
+    let mut sink = pin!(sink);
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(Error::datafusion("publish read"))?;
+    let mut buf = String::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(Error::datafusion("publish read"))?;
+        buf.clear();
+        copy_text(&batch, &mut buf)?;
+        sink.send(Bytes::from(buf.clone()))
+            .await
+            .map_err(Error::pg(format!("publish {schema}.{table}: copy data")))?;
+    }
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(Error::pg(format!("publish {schema}.{table}: copy end")))?;
+    tx.batch_execute(&format!(
+        "COMMENT ON TABLE {target} IS '{}'",
+        comment.replace('\'', "''")
+    ))
+    .await
+    .map_err(Error::pg(format!("publish {schema}.{table}: comment")))?;
+    crate::fault::hit("before_publish_commit");
+    tx.commit()
+        .await
+        .map_err(Error::pg(format!("publish {schema}.{table}: commit")))?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn copy_text_escapes_and_nulls() {
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "a",
+                Arc::new(arrow::array::StringArray::from(vec![
+                    Some("x\ty\\z\n"),
+                    None,
+                ])) as arrow::array::ArrayRef,
+            ),
+            (
+                "b",
+                Arc::new(arrow::array::BooleanArray::from(vec![
+                    Some(true),
+                    Some(false),
+                ])) as _,
+            ),
+        ])
+        .unwrap();
+        let mut out = String::new();
+        copy_text(&batch, &mut out).unwrap();
+        assert_eq!(out, "x\\ty\\\\z\\n\tt\n\\N\tf\n");
+        assert_eq!(pg_type(&DataType::Decimal128(38, 24)), "numeric(38,24)");
+        assert_eq!(
+            pg_type(&DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("UTC".into())
+            )),
+            "timestamptz"
+        );
+    }
+}

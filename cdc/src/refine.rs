@@ -1,0 +1,496 @@
+//! Refinement cycles: silver and gold brought to one watermark.
+//!
+//! ```text
+//!  W = confirmed_flush_lsn of the slot   (every transaction with commit LSN < W
+//!      │                                  is durable in bronze: acknowledged
+//!      ▼                                  only after its bronze commit)
+//!  silver tables ── each to exactly W (or waiting / failed)
+//!      ▼
+//!  gold DAG ─────── models whose inputs are all at W, in dependency order
+//!      ▼
+//!  publish ──────── optional copy into Postgres
+//!      ▼
+//!  medallion.runs, medallion.table_status
+//! ```
+//!
+//! Because every table of a cycle is cut at the same source LSN, a
+//! transaction that touched `sale_order` and `sale_order_line` is either in
+//! both silver tables and every gold model computed from them, or in none.
+//! Each Delta commit records the LSN it reflects (`txn` version and
+//! `medallion.lsn` in `commitInfo`); `medallion.status()` shows it per table.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+use crate::catalog;
+use crate::error::{Error, Result, RetryPolicy};
+use crate::gold::Input;
+use crate::lake;
+use crate::silver::{Refiner, RuleCount};
+
+/// What one cycle did to one table.
+#[derive(Debug, Clone)]
+pub struct TableOutcome {
+    pub layer: &'static str,
+    pub name: String,
+    /// `ok`, `waiting`, `blocked`, `failed` or `up to date`.
+    pub state: String,
+    pub watermark: Option<i64>,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub version: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone, Default)]
+pub struct CycleReport {
+    pub watermark: i64,
+    pub tables: Vec<TableOutcome>,
+}
+
+impl CycleReport {
+    /// Tables that failed this cycle.
+    pub fn failures(&self) -> Vec<&TableOutcome> {
+        self.tables.iter().filter(|t| t.state == "failed").collect()
+    }
+}
+
+/// The slot's confirmed position: everything before it is in bronze.
+pub async fn watermark(client: &Client, slot: &str) -> Result<Option<i64>> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg("read slot position"))?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|s| pg_walstream::parse_lsn(&s).ok())
+        .map(|l| l as i64))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    client: &Client,
+    slot: &str,
+    outcome: &TableOutcome,
+    started: chrono::DateTime<chrono::Utc>,
+    expectations: &std::collections::BTreeMap<String, RuleCount>,
+    run: bool,
+) -> Result<()> {
+    let lsn = outcome
+        .watermark
+        .map(|w| pg_walstream::format_lsn(w as u64));
+    client
+        .execute(
+            "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
+                rows_total, last_error, last_commit_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7, $8, \
+                CASE WHEN $4 = 'ok' THEN clock_timestamp() END, clock_timestamp()) \
+             ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
+                last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
+                delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
+                rows_total = CASE WHEN EXCLUDED.layer = 'gold' AND EXCLUDED.state = 'ok' THEN EXCLUDED.rows_total \
+                                  ELSE s.rows_total + EXCLUDED.rows_total END, \
+                last_error = EXCLUDED.last_error, \
+                last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
+                updated_at = EXCLUDED.updated_at",
+            &[
+                &slot,
+                &outcome.layer,
+                &outcome.name,
+                &outcome.state,
+                &lsn,
+                &outcome.version,
+                &(outcome.rows_out as i64),
+                &outcome.error,
+            ],
+        )
+        .await
+        .map_err(Error::pg("write medallion.table_status"))?;
+    if run {
+        let expectations = if expectations.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_value(expectations).unwrap_or_default())
+        };
+        client
+            .execute(
+                "INSERT INTO medallion.runs (slot_name, layer, name, started_at, finished_at, rows_in, rows_out, \
+                    expectations, watermark, status, error) \
+                 VALUES ($1, $2, $3, $4, clock_timestamp(), $5, $6, $7, $8::text::pg_lsn, $9, $10)",
+                &[
+                    &slot,
+                    &outcome.layer,
+                    &outcome.name,
+                    &started,
+                    &(outcome.rows_in as i64),
+                    &(outcome.rows_out as i64),
+                    &expectations,
+                    &lsn,
+                    &if outcome.state == "failed" { "failed" } else { "ok" },
+                    &outcome.error,
+                ],
+            )
+            .await
+            .map_err(Error::pg("write medallion.runs"))?;
+    }
+    Ok(())
+}
+
+/// Errors that stop one table, not the cycle: everything but transient ones.
+fn table_error(e: Error) -> Result<String> {
+    match e.retry_policy() {
+        RetryPolicy::RetryOnTimer => Err(e),
+        _ => Ok(e.to_string()),
+    }
+}
+
+/// Run one cycle at watermark `w`. `forced` names (`gold.<n>`/`silver.<n>`)
+/// were asked for with `medallion.refresh()`.
+pub async fn cycle(
+    cfg: &Config,
+    client: &mut Client,
+    w: i64,
+    forced: &HashSet<String>,
+) -> Result<CycleReport> {
+    let lake_url = cfg.lake_root()?;
+    let storage = HashMap::new();
+    let refiner = Refiner {
+        lake: &lake_url,
+        storage: &storage,
+        slot: &cfg.slot,
+        batch_rows: cfg.silver_batch_rows.max(1),
+    };
+    let (silver, gold) = catalog::refined_definitions(client).await?;
+    let mut report = CycleReport {
+        watermark: w,
+        tables: Vec::new(),
+    };
+    let mut inputs: HashMap<String, Input> = HashMap::new();
+    for def in &silver {
+        let started = chrono::Utc::now();
+        let clock = Instant::now();
+        let outcome = refiner.refresh(def, w).await;
+        let (out, expectations, run) = match outcome {
+            Ok(r) if r.waiting.is_some() => (
+                TableOutcome {
+                    layer: "silver",
+                    name: def.name.clone(),
+                    state: "waiting".into(),
+                    watermark: None,
+                    rows_in: 0,
+                    rows_out: 0,
+                    version: None,
+                    error: r.waiting.clone(),
+                },
+                r.expectations,
+                false,
+            ),
+            Ok(r) => {
+                if r.toast_missing > 0 {
+                    tracing::warn!(silver = %def.name, values = r.toast_missing,
+                        "unchanged TOASTed values missing from bronze and silver were written as NULL; \
+                         set REPLICA IDENTITY FULL on the source table and resync it");
+                }
+                (
+                    TableOutcome {
+                        layer: "silver",
+                        name: def.name.clone(),
+                        state: "ok".into(),
+                        watermark: Some(w),
+                        rows_in: r.rows_in,
+                        rows_out: r.rows_out,
+                        version: r.version,
+                        error: None,
+                    },
+                    r.expectations.clone(),
+                    r.changed || r.rows_in > 0,
+                )
+            }
+            Err(e) => {
+                let message = table_error(e)?;
+                tracing::error!(silver = %def.name, error = %message, "silver table stopped");
+                (
+                    TableOutcome {
+                        layer: "silver",
+                        name: def.name.clone(),
+                        state: "failed".into(),
+                        watermark: None,
+                        rows_in: 0,
+                        rows_out: 0,
+                        version: None,
+                        error: Some(message),
+                    },
+                    Default::default(),
+                    true,
+                )
+            }
+        };
+        if out.state == "ok"
+            && let Some(t) = lake::open(
+                &lake::refined_url(&lake_url, "silver", &def.name)?,
+                &storage,
+            )
+            .await?
+        {
+            inputs.insert(
+                format!("silver.{}", def.name),
+                Input {
+                    table: t,
+                    watermark: w,
+                },
+            );
+        }
+        tracing::debug!(silver = %def.name, state = %out.state, elapsed = ?clock.elapsed(), "silver run");
+        if let Some(p) = &def.publish
+            && out.state == "ok"
+            && (run
+                || forced.contains(&format!("silver.{}", def.name))
+                || !published(client, p).await?)
+            && let Some(input) = inputs.get(&format!("silver.{}", def.name))
+        {
+            publish_one(
+                cfg,
+                client,
+                &input.table,
+                p,
+                &format!("silver.{}", def.name),
+                w,
+            )
+            .await?;
+        }
+        record(client, &cfg.slot, &out, started, &expectations, run).await?;
+        report.tables.push(out);
+    }
+    for def in &gold {
+        let started = chrono::Utc::now();
+        let node = format!("gold.{}", def.name);
+        let missing: Vec<&String> = def
+            .upstream
+            .iter()
+            .filter(|u| !inputs.contains_key(*u))
+            .collect();
+        let out = if !missing.is_empty() {
+            // Read the last refresh's inputs if they exist but are behind:
+            // a model never mixes watermarks.
+            let reason = format!(
+                "waiting for {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let out = TableOutcome {
+                layer: "gold",
+                name: def.name.clone(),
+                state: "blocked".into(),
+                watermark: None,
+                rows_in: 0,
+                rows_out: 0,
+                version: None,
+                error: Some(reason),
+            };
+            record(client, &cfg.slot, &out, started, &Default::default(), false).await?;
+            report.tables.push(out);
+            continue;
+        } else {
+            refiner
+                .refresh_gold(def, &inputs, forced.contains(&node))
+                .await
+        };
+        let (out, expectations, run) = match out {
+            Ok(r) => (
+                TableOutcome {
+                    layer: "gold",
+                    name: def.name.clone(),
+                    state: if r.skipped.is_some() {
+                        "up to date".into()
+                    } else {
+                        "ok".into()
+                    },
+                    watermark: Some(r.watermark),
+                    rows_in: 0,
+                    rows_out: r.rows_out,
+                    version: r.version,
+                    error: None,
+                },
+                r.expectations,
+                r.skipped.is_none(),
+            ),
+            Err(e) => {
+                let message = table_error(e)?;
+                tracing::error!(gold = %def.name, error = %message, "gold model stopped");
+                (
+                    TableOutcome {
+                        layer: "gold",
+                        name: def.name.clone(),
+                        state: "failed".into(),
+                        watermark: None,
+                        rows_in: 0,
+                        rows_out: 0,
+                        version: None,
+                        error: Some(message),
+                    },
+                    Default::default(),
+                    true,
+                )
+            }
+        };
+        if out.state != "failed"
+            && let Some(t) =
+                lake::open(&lake::refined_url(&lake_url, "gold", &def.name)?, &storage).await?
+        {
+            let wm = out.watermark.unwrap_or(w);
+            if let Some(p) = &def.publish
+                && (run || forced.contains(&node) || !published(client, p).await?)
+            {
+                publish_one(cfg, client, &t, p, &node, wm).await?;
+            }
+            inputs.insert(
+                node.clone(),
+                Input {
+                    table: t,
+                    watermark: wm,
+                },
+            );
+        }
+        let mut out = out;
+        if out.state == "up to date" {
+            out.state = "ok".into();
+        }
+        record(client, &cfg.slot, &out, started, &expectations, run).await?;
+        report.tables.push(out);
+    }
+    Ok(report)
+}
+
+async fn published(client: &Client, target: &(String, String)) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2)",
+            &[&target.0, &target.1],
+        )
+        .await
+        .map_err(Error::pg("check published table"))?;
+    Ok(row.get(0))
+}
+
+async fn publish_one(
+    cfg: &Config,
+    client: &mut Client,
+    table: &deltalake::DeltaTable,
+    target: &(String, String),
+    node: &str,
+    w: i64,
+) -> Result<()> {
+    let comment = format!(
+        "medallion: {node} at source LSN {} (Delta version {})",
+        pg_walstream::format_lsn(w as u64),
+        table.version().map(|v| v as i64).unwrap_or(-1)
+    );
+    let rows = match &cfg.publish_database_url {
+        Some(url) => {
+            let (mut other, conn) = catalog::connect(url).await?;
+            let task = tokio::spawn(conn);
+            let r =
+                crate::publish::publish(&mut other, table, &target.0, &target.1, &comment).await;
+            task.abort();
+            r?
+        }
+        None => crate::publish::publish(client, table, &target.0, &target.1, &comment).await?,
+    };
+    tracing::info!(table = %node, target = %format!("{}.{}", target.0, target.1), rows, "published to Postgres");
+    Ok(())
+}
+
+/// Refine continuously: a cycle whenever the slot's position advanced (at
+/// most every `refine_interval`), on `medallion.refresh()` and on
+/// definition changes, until `shutdown`.
+pub async fn run_loop(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match loop_once(cfg, shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.retry_policy() == RetryPolicy::RetryOnTimer && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "refinement: transient error");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn loop_once(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
+    use futures::StreamExt;
+    let (mut client, mut conn) = catalog::connect(&cfg.database_url).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let conn_task = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    client
+        .batch_execute("SET application_name = 'medallion-refine'; LISTEN medallion_refresh; LISTEN medallion_config")
+        .await
+        .map_err(Error::pg("LISTEN"))?;
+    let interval = Duration::from_millis(cfg.refine_interval_ms.max(100));
+    let mut last_w = None;
+    let mut forced = HashSet::new();
+    let mut config_changed = true;
+    let mut last_cycle = Instant::now() - interval;
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = tokio::time::sleep(interval.saturating_sub(last_cycle.elapsed()).max(Duration::from_millis(50))) => {}
+            Some((channel, payload)) = rx.recv() => {
+                if channel == "medallion_refresh" { forced.insert(payload); } else { config_changed = true; }
+                continue;
+            }
+        }
+        while let Ok((channel, payload)) = rx.try_recv() {
+            if channel == "medallion_refresh" {
+                forced.insert(payload);
+            } else {
+                config_changed = true;
+            }
+        }
+        let Some(w) = watermark(&client, &cfg.slot).await? else {
+            continue;
+        };
+        if last_w == Some(w)
+            && forced.is_empty()
+            && !config_changed
+            && last_cycle.elapsed() < interval * 12
+        {
+            continue;
+        }
+        last_cycle = Instant::now();
+        match cycle(cfg, &mut client, w, &forced).await {
+            Ok(r) => {
+                tracing::debug!(watermark = %pg_walstream::format_lsn(w as u64), tables = r.tables.len(), "refinement cycle");
+                last_w = Some(w);
+                forced.clear();
+                config_changed = false;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    conn_task.abort();
+    result
+}
