@@ -27,20 +27,25 @@ psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "CREATE EXTENSION pg_medallion"
 log "loading Odoo-shaped demo data (scale $SCALE)"
 "$BIN/odoo-gen" base --scale "$SCALE" --seed 42 | psql "$DB" -Xq -v ON_ERROR_STOP=1 >/dev/null
 
-log "declaring the pipeline: every table of schema public, one call"
+log "declaring the pipeline: every table of schema public (bronze + current-state silver), one call"
 psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "SELECT medallion.add_sources('public') AS sources"
+log "gold models, an expectation and a publication (sql/examples/odoo_gold.sql)"
+psql "$DB" -Xq -v ON_ERROR_STOP=1 -f sql/examples/odoo_gold.sql >/dev/null
 
 export MEDALLION_DATABASE_URL="$DB" MEDALLION_LAKE_URL="$DIR/lake" MEDALLION_LOG="warn,pg_walstream=error"
-log "initial copy into bronze (medallion run --until-caught-up)"
+log "initial copy into bronze, then silver and gold (medallion run --until-caught-up)"
 "$BIN/medallion" run --until-caught-up
 
-log "a business day of Odoo-like transactions, streamed into bronze"
+log "a business day of Odoo-like transactions: streamed into bronze, merged into silver, gold refreshed"
 "$BIN/odoo-gen" workload --scale "$SCALE" --seed 42 --transactions 400 | psql "$DB" -Xq -v ON_ERROR_STOP=1 >/dev/null
 "$BIN/medallion" run --until-caught-up
 
 log "status (medallion status):"
 "$BIN/medallion" status
 echo
-log "lake: $DIR/lake/bronze/<schema>/<table> (Delta tables; read them with any Delta reader)"
-find "$DIR/lake/bronze" -maxdepth 2 -mindepth 2 -type d | sed "s|$DIR/lake/||" | sort | head -20
-log "silver and gold (issue #5) are not implemented yet: the demo ends at bronze."
+log "lake: $DIR/lake/{bronze,silver,gold}/... (Delta tables; read them with any Delta reader)"
+log "gold rows, read back from the Delta table $DIR/lake/gold/monthly_revenue:"
+"$BIN/medallion" query "SELECT customer, CAST(month AS DATE) AS month, CAST(revenue AS DECIMAL(16,2)) AS revenue, invoices FROM gold.monthly_revenue ORDER BY revenue DESC LIMIT 10"
+echo
+log "open receivables, published into Postgres (medallion_gold.open_receivables):"
+psql "$DB" -X -c "SELECT customer, open_amount::numeric(16,2), open_items, oldest_due FROM medallion_gold.open_receivables ORDER BY open_amount DESC LIMIT 10"

@@ -207,3 +207,24 @@ pub(crate) fn ensure_layer_schemas(ctx: &SessionContext) -> Result<()> {
     }
     Ok(())
 }
+
+/// Run SQL (PostgreSQL dialect, DataFusion) over the silver and gold tables
+/// of the lake, registered as `silver.<name>` and `gold.<name>`.
+pub async fn query(
+    lake: &Url,
+    storage: &HashMap<String, String>,
+    silver: &[String],
+    gold: &[String],
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
+    let ctx = session();
+    ensure_layer_schemas(&ctx)?;
+    for (layer, names) in [("silver", silver), ("gold", gold)] {
+        for name in names {
+            if let Some(t) = open(&refined_url(lake, layer, name)?, storage).await? {
+                register(&ctx, &format!("{layer}.{name}"), &t).await?;
+            }
+        }
+    }
+    collect(&ctx, sql).await
+}

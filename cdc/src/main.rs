@@ -37,6 +37,11 @@ enum Command {
         #[arg(long = "force")]
         force: Vec<String>,
     },
+    /// Run SQL over the lake's silver and gold tables (`silver.<name>`, `gold.<name>`) and print the rows.
+    Query {
+        /// A query in PostgreSQL syntax, run by DataFusion.
+        sql: String,
+    },
     /// Validate configuration and connectivity.
     Check,
     /// Print the status Postgres holds for this sidecar's slot.
@@ -179,6 +184,22 @@ async fn main() -> anyhow::Result<()> {
             } else if until_caught_up && cfg.refine_interval_ms > 0 {
                 refine_once(&cfg, Some(summary.acked_lsn as i64), &[]).await?;
             }
+        }
+        Command::Query { sql } => {
+            let (client, conn) = medallion::catalog::connect(&cfg.database_url).await?;
+            tokio::spawn(conn);
+            let (silver, gold) = medallion::catalog::refined_definitions(&client).await?;
+            let silver: Vec<String> = silver.into_iter().map(|d| d.name).collect();
+            let gold: Vec<String> = gold.into_iter().map(|d| d.name).collect();
+            let batches = medallion::lake::query(
+                &cfg.lake_root()?,
+                &Default::default(),
+                &silver,
+                &gold,
+                &sql,
+            )
+            .await?;
+            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
         }
         Command::Refine { force } => {
             refine_once(&cfg, None, &force).await?;

@@ -299,7 +299,8 @@ async fn independent_reader_agrees(env: &Env, silver: &str) {
             "-c",
             "import sys, deltalake, pyarrow.compute as pc\n\
              t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
-             print(t.num_rows, pc.sum(t.column('id')).as_py())",
+             print(t.num_rows, pc.sum(t.column('id')).as_py(), flush=True)\n\
+             import os; os._exit(0)",
             dir.to_str().unwrap(),
         ])
         .output()
@@ -481,4 +482,188 @@ async fn scd2_history_soft_delete_truncate_and_expectations() {
     assert!(r.tables.iter().any(|t| t.name == "item" && t.state == "ok"));
     let st = env.sql("SELECT state || ':' || (last_error IS NOT NULL) FROM medallion.status() WHERE layer = 'silver' AND name = 'item_soft'");
     assert_eq!(st.trim(), "failed:true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_silver_merge_gold_and_publish_then_rerun_gives_the_same_tables() {
+    let env = Env::new();
+    load_odoo(&env, 0.3, 21);
+    env.sql("SELECT medallion.add_sources('public')");
+    env.sql(&gold_examples());
+    env.catch_up().await;
+    let refine = |fault: Option<&str>| {
+        let mut c = env.sidecar(&["refine"], &[]);
+        c.env("MEDALLION_SILVER_BATCH_ROWS", "200");
+        if let Some(f) = fault {
+            c.env("MEDALLION_FAULT", f);
+        }
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        let out = c.output().expect("run medallion refine");
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // Build once so later crashes hit incremental merges.
+    let (st, err) = refine(None);
+    assert!(st.success(), "{err}");
+    let mut seed = 22;
+    for fault in [
+        "mid_silver:1",
+        "mid_silver:7",
+        "before_gold_commit:1",
+        "before_gold_commit:3",
+        "before_publish_commit:1",
+    ] {
+        odoo_workload(&env, 0.3, seed, 120);
+        seed += 1;
+        env.catch_up().await;
+        let (st, err) = refine(Some(fault));
+        assert!(
+            !st.success() && err.contains("fault injected"),
+            "{fault} did not fire: {err}"
+        );
+    }
+    let (st, err) = refine(None);
+    assert!(st.success(), "rerun after crashes: {err}");
+    for (t, _) in medallion_tests::odoo::schema() {
+        env.assert_silver_matches("public", t, t).await;
+    }
+    for m in ["monthly_revenue", "open_receivables", "general_ledger"] {
+        env.assert_gold_matches(m).await;
+    }
+    let published = env.sql("SELECT count(*) FROM medallion_gold.open_receivables");
+    assert_eq!(
+        published.trim().parse::<usize>().unwrap(),
+        env.refined_rows("gold", "open_receivables").await.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sidecar_refines_continuously_publishes_atomically_and_honours_refresh() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE acct (id int PRIMARY KEY, balance numeric NOT NULL); \
+         INSERT INTO acct SELECT g, 0 FROM generate_series(1, 200) g; \
+         SELECT medallion.add_source('acct'); \
+         SELECT medallion.define_gold('balances', 'SELECT id, balance FROM silver.acct', keys => ARRAY['id']); \
+         SELECT medallion.define_gold('acct_count', 'SELECT count(*) AS n FROM silver.acct', refresh => 'manual'); \
+         SELECT medallion.publish('balances');",
+    );
+    let child = env
+        .sidecar(&["run"], &[("MEDALLION_REFINE_INTERVAL_MS", "200")])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sidecar");
+    // Killed if the test fails, so no sidecar outlives it.
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let mut child = KillOnDrop(child);
+    // Readers never see a half-published table: 200 rows summing to 0.
+    let url = env.url();
+    let stop = CancellationToken::new();
+    let reader_stop = stop.clone();
+    let reader = tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut seen = 0u64;
+        while !reader_stop.is_cancelled() {
+            match c
+                .query_one(
+                    "SELECT count(*), coalesce(sum(balance), 0)::text FROM medallion_gold.balances",
+                    &[],
+                )
+                .await
+            {
+                Ok(r) => {
+                    let (n, s): (i64, String) = (r.get(0), r.get(1));
+                    assert_eq!(n, 200, "a reader saw a partly published table");
+                    assert_eq!(
+                        s.parse::<f64>().unwrap(),
+                        0.0,
+                        "a reader saw a torn state (sum {s})"
+                    );
+                    seen += 1;
+                }
+                Err(e) => {
+                    let msg = e
+                        .as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    assert!(msg.contains("does not exist"), "{msg}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    });
+    // Transfers keep the total at 0 in every source transaction.
+    let client = env.client().await;
+    for i in 0..300 {
+        let (a, b) = (1 + (i * 7) % 200, 1 + (i * 13 + 5) % 200);
+        if a == b {
+            continue;
+        }
+        client
+            .batch_execute(&format!(
+                "BEGIN; UPDATE acct SET balance = balance - {i} WHERE id = {a}; \
+                 UPDATE acct SET balance = balance + {i} WHERE id = {b}; COMMIT;"
+            ))
+            .await
+            .unwrap();
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // The published table converges to the source.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let diff = env.sql(
+            "SELECT count(*) FROM (SELECT id, balance FROM acct EXCEPT SELECT id, balance FROM medallion_gold.balances) d",
+        );
+        if diff.trim() == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "published gold did not converge to the source"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    let observations = reader.await.expect("reader");
+    assert!(
+        observations > 20,
+        "the reader observed the published table only {observations} times"
+    );
+    // A manual model changes only on medallion.refresh().
+    assert_eq!(count_of(&env).await, "200");
+    env.sql("INSERT INTO acct VALUES (201, 0)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count_of(&env).await,
+        "200",
+        "a manual model does not refresh on change"
+    );
+    env.sql("SELECT medallion.refresh('acct_count')");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_of(&env).await != "201" {
+        assert!(
+            Instant::now() < deadline,
+            "medallion.refresh() was not honoured"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sigterm(&child.0);
+    let status = wait_exit(&mut child.0, Duration::from_secs(60));
+    assert!(status.success(), "sidecar exit: {status}");
+}
+
+async fn count_of(env: &Env) -> String {
+    env.refined_rows("gold", "acct_count").await[0]["n"]
+        .clone()
+        .unwrap()
 }
