@@ -878,10 +878,7 @@ fn drop_rows(source: &RecordBatch, rows: &[usize], history: History) -> Result<R
         History::Scd2 => {
             let mask: BooleanArray = (0..action.len())
                 .map(|i| {
-                    Some(match action.value(i) {
-                        "insert" | "replace" if dropped.contains(&i) => false,
-                        _ => true,
-                    })
+                    Some(!(matches!(action.value(i), "insert" | "replace") && dropped.contains(&i)))
                 })
                 .collect();
             let mut out = arrow::compute::filter_record_batch(source, &mask)

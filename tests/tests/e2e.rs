@@ -697,7 +697,7 @@ async fn real_odoo_18_replay_lands_exactly_once() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     running.stop().await;
-    env.catch_up().await;
+    let caught = env.catch_up().await;
 
     // Exactly once: per table, change rows = base rows + inserts + updates + deletes of W1.
     let base: std::collections::HashMap<String, i64> =
@@ -744,6 +744,35 @@ async fn real_odoo_18_replay_lands_exactly_once() {
         if !stats.contains(&format!("\n{t}\t")) {
             env.assert_bronze_matches("public", t).await;
         }
+    }
+
+    // Silver and gold on the real replay: every silver table W1 changed
+    // equals its source; each gold model equals Postgres running its SQL.
+    env.sql(&refine::gold_examples());
+    let started = Instant::now();
+    let report = env.refine_cycle(&env.cfg(), caught.acked_lsn).await;
+    refine::assert_all_ok(&report);
+    eprintln!(
+        "real Odoo 18: silver and gold for {} tables in {:?}",
+        report.tables.len(),
+        started.elapsed()
+    );
+    let silvers: std::collections::HashSet<String> = env
+        .sql("SELECT name FROM medallion.silver_tables WHERE source_schema = 'public' AND name = source_table")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut compared = 0;
+    for line in stats.lines().skip(1) {
+        let table = line.split('\t').next().unwrap_or_default();
+        if silvers.contains(table) {
+            env.assert_silver_matches("public", table, table).await;
+            compared += 1;
+        }
+    }
+    assert!(compared > 40, "compared {compared} silver tables");
+    for m in ["monthly_revenue", "open_receivables", "general_ledger"] {
+        env.assert_gold_matches(m).await;
     }
 }
 

@@ -43,7 +43,7 @@ fn norm(v: Option<&str>) -> String {
 }
 
 impl Env {
-    async fn refine_cycle(&self, cfg: &Config, w: u64) -> refine::CycleReport {
+    pub(super) async fn refine_cycle(&self, cfg: &Config, w: u64) -> refine::CycleReport {
         let (mut client, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
             .await
             .expect("connect");
@@ -86,7 +86,7 @@ impl Env {
     }
 
     /// A current-state silver table equals its source, row for row.
-    async fn assert_silver_matches(&self, schema: &str, table: &str, silver: &str) {
+    pub(super) async fn assert_silver_matches(&self, schema: &str, table: &str, silver: &str) {
         let client = self.client().await;
         let cols = self.source_columns(schema, table).await;
         let rows = self.refined_rows("silver", silver).await;
@@ -103,7 +103,7 @@ impl Env {
 
     /// A gold model equals its SQL executed by Postgres on the source
     /// (`silver.<t>` as views over the source tables).
-    async fn assert_gold_matches(&self, model: &str) {
+    pub(super) async fn assert_gold_matches(&self, model: &str) {
         let client = self.client().await;
         let query: String = client
             .query_one(
@@ -205,7 +205,7 @@ fn odoo_workload(env: &Env, scale: f64, seed: u64, n: usize) {
         .expect("run workload");
 }
 
-fn gold_examples() -> String {
+pub(super) fn gold_examples() -> String {
     std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../sql/examples/odoo_gold.sql"
@@ -213,7 +213,7 @@ fn gold_examples() -> String {
     .expect("sql/examples/odoo_gold.sql")
 }
 
-fn assert_all_ok(r: &refine::CycleReport) {
+pub(super) fn assert_all_ok(r: &refine::CycleReport) {
     let bad: Vec<_> = r.tables.iter().filter(|t| t.state != "ok").collect();
     assert!(bad.is_empty(), "tables not ok after the cycle: {bad:#?}");
 }
@@ -504,16 +504,14 @@ async fn kill_9_during_silver_merge_gold_and_publish_then_rerun_gives_the_same_t
     // Build once so later crashes hit incremental merges.
     let (st, err) = refine(None);
     assert!(st.success(), "{err}");
-    let mut seed = 22;
-    for fault in [
+    for (seed, fault) in (22..).zip([
         "mid_silver:1",
         "mid_silver:7",
         "before_gold_commit:1",
         "before_gold_commit:3",
         "before_publish_commit:1",
-    ] {
+    ]) {
         odoo_workload(&env, 0.3, seed, 120);
-        seed += 1;
         env.catch_up().await;
         let (st, err) = refine(Some(fault));
         assert!(
