@@ -48,6 +48,18 @@ SELECT * FROM medallion.lineage ORDER BY 1, 2, 3, 4;
 SELECT medallion.lineage_mermaid();
 SELECT layer, name FROM medallion.pipeline ORDER BY 1, 2;
 
+-- publish into Postgres
+SELECT medallion.publish('revenue_by_partner');
+SELECT medallion.publish('silver.sale_order', target_schema => 'bi', target_table => 'orders_current');
+SELECT medallion.publish('revenue_by_partner', target_schema => 'bi');
+SELECT node, target_schema, target_table FROM medallion.publications ORDER BY node;
+SELECT err($$SELECT medallion.publish('nothing')$$);
+SELECT err($$SELECT medallion.publish('revenue_by_partner', target_schema => 'public')$$);
+SELECT err($$SELECT medallion.publish('revenue_by_partner', target_schema => 'bi', target_table => 'orders_current')$$);
+SELECT err($$SELECT medallion.publish('revenue_by_partner', target_table => 'Bad Name')$$);
+SELECT medallion.unpublish('silver.sale_order');
+SELECT err($$SELECT medallion.unpublish('sale_order')$$);
+
 -- refresh signals the sidecar; dependency checks on drop
 SELECT medallion.refresh('revenue_by_partner');
 SELECT err($$SELECT medallion.refresh('nothing')$$);
@@ -55,6 +67,7 @@ SELECT err($$SELECT medallion.drop_gold('revenue_by_partner')$$);
 SELECT err($$SELECT medallion.drop_silver('partners')$$);
 SELECT medallion.drop_silver('partners', cascade => true);
 SELECT name FROM medallion.gold_models ORDER BY 1;
+SELECT node FROM medallion.publications ORDER BY 1;
 SELECT err($$SELECT medallion.drop_gold('nothing')$$);
 
 -- status is readable by the reader role, the catalog is not writable by it
