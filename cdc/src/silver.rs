@@ -150,6 +150,15 @@ impl Refiner<'_> {
                 from = lake::txn_version(t, &app).await?;
             }
         }
+        // Nothing new in bronze since the silver version: done, cheaply.
+        if let (Some(v), Some(t)) = (from, &silver) {
+            let bronze_hi =
+                lake::txn_version(&bronze, &bronze::stream_app_id(self.slot, &def.source)).await?;
+            if bronze_hi.is_none_or(|hi| hi < v) {
+                report.version = t.version().map(|v| v as i64);
+                return Ok(report);
+            }
+        }
         let ctx = lake::session();
         lake::register(&ctx, "b", &bronze).await?;
         let data_columns: Vec<Field> = bronze

@@ -49,10 +49,133 @@ enum What {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
     },
+    /// Gold compute (general ledger by period) vs Postgres running the same SQL.
+    Gold {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
+    /// Silver MERGE throughput vs Postgres applying the same change log.
+    Merge {
+        #[arg(long, default_value_t = 1_000_000)]
+        changes: u64,
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+    },
     All {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
     },
+}
+
+const GL_SQL: &str = "SELECT l.account_id, date_trunc('month', l.date) AS period, \
+    sum(l.debit) AS debit, sum(l.credit) AS credit, sum(l.balance) AS balance, count(*) AS items \
+    FROM silver.account_move_line l WHERE l.parent_state = 'posted' \
+    GROUP BY l.account_id, date_trunc('month', l.date)";
+
+fn best_of(n: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..n {
+        best = best.min(f()?);
+    }
+    Ok(best)
+}
+
+fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
+    let b = Bench::new()?;
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(500_000);
+        b.sql(&insert_sql(done + 1, done + n))?;
+        done += n;
+    }
+    b.sql("VACUUM ANALYZE account_move_line")?;
+    b.sql("SELECT medallion.add_source('account_move_line')")?;
+    b.sql(&format!(
+        "SELECT medallion.define_gold('gl', $q${GL_SQL}$q$)"
+    ))?;
+    b.catch_up()?;
+    b.refine(&[])?; // silver built, gold computed once
+    // Postgres, same SQL over the source table (silver.* as a view).
+    b.sql("CREATE SCHEMA silver; CREATE VIEW silver.account_move_line AS SELECT * FROM public.account_move_line")?;
+    let baseline = best_of(3, || {
+        let t = Instant::now();
+        let st = Command::new(b.cluster.bin("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-d",
+                &b.cluster.url(DB),
+                "-o",
+                "/dev/null",
+                "-c",
+                GL_SQL,
+            ])
+            .status()?;
+        if !st.success() {
+            bail!("psql failed");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let ours = best_of(3, || Ok(b.refine(&["gold.gl"])?.as_secs_f64()))?;
+    println!(
+        "gold: general ledger by period over {rows} journal items: Postgres {baseline:.3} s, medallion gold (DataFusion, \
+         incl. Delta write) {ours:.3} s, ratio {:.2}x (target <= 0.5x)",
+        ours / baseline
+    );
+    Ok((baseline, ours))
+}
+
+fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
+    let b = Bench::new()?;
+    b.sql(&insert_sql(1, keys))?;
+    b.sql("SELECT medallion.add_source('account_move_line')")?;
+    b.catch_up()?;
+    b.refine(&[])?; // silver from the initial copy
+    // `changes` updates spread over the keys, in 1,000-row transactions.
+    let per_tx = 1000u64;
+    let mut script = String::new();
+    let mut done = 0u64;
+    let mut round = 0u64;
+    while done < changes {
+        let n = per_tx.min(changes - done);
+        let from = done % keys;
+        script.push_str(&format!(
+            "UPDATE account_move_line SET balance = balance + 1, write_date = now() at time zone 'UTC', \
+             name = 'R{round}' WHERE id > {from} AND id <= {};\n",
+            from + n
+        ));
+        done += n;
+        round += 1;
+    }
+    let path = b.dir.path().join("updates.sql");
+    std::fs::write(&path, &script)?;
+    b.cluster
+        .psql(DB, &["-f", path.to_str().context("path")?])?;
+    b.catch_up()?;
+    let ours = b.refine(&[])?.as_secs_f64();
+    // Postgres applying the same change log: last change per key wins, as a
+    // MERGE (INSERT … ON CONFLICT) into a copy of the table before the changes.
+    b.sql(&format!(
+        "CREATE UNLOGGED TABLE chg AS SELECT (g % {keys}) + 1 AS id, g AS seq, g::numeric AS balance, 'x'::varchar AS name \
+         FROM generate_series(0, {} ) g; \
+         CREATE UNLOGGED TABLE tgt AS SELECT id, balance, name FROM account_move_line; ALTER TABLE tgt ADD PRIMARY KEY (id); \
+         VACUUM ANALYZE chg; VACUUM ANALYZE tgt",
+        changes - 1
+    ))?;
+    let t = Instant::now();
+    b.sql(
+        "INSERT INTO tgt (id, balance, name) SELECT DISTINCT ON (id) id, balance, name FROM chg ORDER BY id, seq DESC \
+         ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, name = EXCLUDED.name",
+    )?;
+    let baseline = t.elapsed().as_secs_f64();
+    println!(
+        "merge: {changes} changes over {keys} keys: Postgres INSERT … ON CONFLICT of the change log {baseline:.2} s \
+         ({:.0} changes/s), medallion silver MERGE {ours:.2} s ({:.0} changes/s), ratio {:.2}x",
+        changes as f64 / baseline,
+        changes as f64 / ours,
+        ours / baseline
+    );
+    Ok((baseline, ours))
 }
 
 const DB: &str = "bench";
@@ -118,8 +241,40 @@ impl Bench {
             .env("MEDALLION_DATABASE_URL", self.cluster.url(DB))
             .env("MEDALLION_LAKE_URL", self.lake())
             .env("MEDALLION_LOG", "warn")
+            // Bronze benchmarks time bronze only; `gold` and `merge` refine explicitly.
+            .env("MEDALLION_REFINE_INTERVAL_MS", "0")
             .stdout(Stdio::null());
         c
+    }
+
+    fn config(&self) -> medallion::Config {
+        medallion::Config {
+            database_url: self.cluster.url(DB),
+            lake_url: self.lake().display().to_string(),
+            ..medallion::Config::default()
+        }
+    }
+
+    /// One refinement cycle in this process at the slot's position.
+    fn refine(&self, force: &[&str]) -> anyhow::Result<Duration> {
+        let cfg = self.config();
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async {
+            let (mut client, conn) =
+                tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let w = medallion::refine::watermark(&client, &cfg.slot)
+                .await?
+                .context("slot")?;
+            let forced = force.iter().map(|s| s.to_string()).collect();
+            let t = Instant::now();
+            let r = medallion::refine::cycle(&cfg, &mut client, w, &forced).await?;
+            let took = t.elapsed();
+            if let Some(f) = r.failures().first() {
+                bail!("{}.{} failed: {:?}", f.layer, f.name, f.error);
+            }
+            Ok(took)
+        })
     }
 
     fn catch_up(&self) -> anyhow::Result<Duration> {
@@ -371,11 +526,15 @@ fn main() -> anyhow::Result<()> {
         What::Snapshot { rows } => drop(snapshot(rows)?),
         What::Freshness { seconds, tps } => drop(freshness(seconds, tps)?),
         What::Rss { rows } => drop(rss(rows)?),
+        What::Gold { rows } => drop(gold(rows)?),
+        What::Merge { changes, keys } => drop(merge(changes, keys)?),
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;
             freshness(20, 1000)?;
             rss(rows)?;
+            gold(rows)?;
+            merge(rows, rows / 10)?;
         }
     }
     Ok(())

@@ -455,6 +455,30 @@ async fn scd2_history_soft_delete_truncate_and_expectations() {
     );
     assert_eq!(counts.trim(), "name_present=1,price_not_negative=1");
 
+    // Schema drift flows through: a column added at the source appears in silver.
+    env.sql("ALTER TABLE item ADD COLUMN color text; UPDATE item SET color = 'red' WHERE id = 2;");
+    assert_all_ok(&env.catch_up_and_refine().await);
+    let cur = env.refined_rows("silver", "item").await;
+    let two = cur
+        .iter()
+        .find(|r| r["id"].as_deref() == Some("2"))
+        .unwrap();
+    assert_eq!(
+        two.get("color").cloned().flatten().as_deref(),
+        Some("red"),
+        "{two:?}"
+    );
+    let one = cur
+        .iter()
+        .find(|r| r["id"].as_deref() == Some("1"))
+        .unwrap();
+    assert_eq!(one.get("color").cloned().flatten(), None);
+    let hist = env.refined_rows("silver", "item_hist").await;
+    assert!(
+        hist.iter()
+            .any(|r| r.get("color").cloned().flatten().as_deref() == Some("red"))
+    );
+
     // TRUNCATE then new rows, in one cycle.
     env.sql("TRUNCATE item; INSERT INTO item VALUES (7, 'after', 70, 'x');");
     assert_all_ok(&env.catch_up_and_refine().await);
