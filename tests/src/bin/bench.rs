@@ -157,11 +157,13 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
     // MERGE (INSERT … ON CONFLICT) into a copy of the table before the changes.
     b.sql(&format!(
         "CREATE UNLOGGED TABLE chg AS SELECT (g % {keys}) + 1 AS id, g AS seq, g::numeric AS balance, 'x'::varchar AS name \
-         FROM generate_series(0, {} ) g; \
-         CREATE UNLOGGED TABLE tgt AS SELECT id, balance, name FROM account_move_line; ALTER TABLE tgt ADD PRIMARY KEY (id); \
-         VACUUM ANALYZE chg; VACUUM ANALYZE tgt",
+         FROM generate_series(0, {}) g",
         changes - 1
     ))?;
+    b.sql("CREATE UNLOGGED TABLE tgt AS SELECT id, balance, name FROM account_move_line")?;
+    b.sql("ALTER TABLE tgt ADD PRIMARY KEY (id)")?;
+    b.sql("VACUUM ANALYZE chg")?;
+    b.sql("VACUUM ANALYZE tgt")?;
     let t = Instant::now();
     b.sql(
         "INSERT INTO tgt (id, balance, name) SELECT DISTINCT ON (id) id, balance, name FROM chg ORDER BY id, seq DESC \
