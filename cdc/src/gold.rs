@@ -178,6 +178,7 @@ impl Refiner<'_> {
             report.rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
             Some(batches)
         };
+        let counted = batches.is_some();
         crate::fault::hit("before_gold_commit");
         let table = match (&def.keys, existing) {
             (Some(keys), Some(target)) => {
@@ -242,7 +243,7 @@ impl Refiner<'_> {
                     .map_err(err)?
                     .await
                     .map_err(err)?;
-                if batches_none(&report) {
+                if !counted {
                     report.rows_out = (metrics.num_target_rows_inserted
                         + metrics.num_target_rows_updated
                         + metrics.num_target_rows_copied)
@@ -281,7 +282,7 @@ impl Refiner<'_> {
             }
         };
         report.version = table.version().map(|v| v as i64);
-        if def.expectations.is_empty() && report.rows_out == 0 {
+        if !counted && report.rows_out == 0 {
             let count = lake::session();
             lake::register(&count, "g", &table).await?;
             report.rows_out =
@@ -358,8 +359,4 @@ impl Refiner<'_> {
         }
         Ok(vec![all])
     }
-}
-
-fn batches_none(report: &GoldReport) -> bool {
-    report.expectations.is_empty()
 }

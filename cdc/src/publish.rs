@@ -184,9 +184,8 @@ pub async fn publish(
     let mut buf = String::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(Error::datafusion("publish read"))?;
-        buf.clear();
         copy_text(&batch, &mut buf)?;
-        sink.send(Bytes::from(buf.clone()))
+        sink.send(Bytes::from(std::mem::take(&mut buf)))
             .await
             .map_err(Error::pg(format!("publish {schema}.{table}: copy data")))?;
     }

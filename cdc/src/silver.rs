@@ -37,7 +37,7 @@ use arrow::array::{
     TimestampMicrosecondArray, new_null_array,
 };
 use arrow::compute::interleave;
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use deltalake::DeltaTable;
 use deltalake::datafusion::prelude::SessionContext;
@@ -1017,7 +1017,6 @@ struct Version {
     lsn: i64,
     ts: Option<i64>,
     to: Option<(i64, Option<i64>)>,
-    row: usize,
 }
 
 struct KeyHistory {
@@ -1401,7 +1400,6 @@ impl<'a> ChangeLog<'a> {
                     .filter(|v| v.lsn == lsn || untracked_only);
                 if let Some(v) = last {
                     v.srcs = srcs;
-                    v.row = i;
                     continue;
                 }
                 if let Some(v) = h.versions.last_mut() {
@@ -1431,7 +1429,6 @@ impl<'a> ChangeLog<'a> {
                 lsn,
                 ts,
                 to: None,
-                row: i,
             });
             h.open = true;
         }
@@ -1484,7 +1481,6 @@ impl<'a> ChangeLog<'a> {
                 from.push((Some(v.lsn), v.ts));
                 to.push(v.to.map(|(l, t)| (Some(l), t)).unwrap_or((None, None)));
                 current.push(v.to.is_none());
-                let _ = v.row;
             }
         }
         let mut fields = self.data_fields.clone();
@@ -1603,28 +1599,4 @@ fn ts_field(name: &str) -> Field {
         DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         true,
     )
-}
-
-/// The Arrow schema silver adds to the data columns (for documentation tests).
-pub fn meta_schema(history: History, soft_delete: bool) -> SchemaRef {
-    let fields = match history {
-        History::Current => {
-            let mut f = vec![
-                Field::new(COL_LSN, DataType::Int64, false),
-                ts_field(COL_COMMIT_TS),
-            ];
-            if soft_delete {
-                f.push(Field::new(COL_DELETED, DataType::Boolean, false));
-            }
-            f
-        }
-        History::Scd2 => vec![
-            ts_field(COL_VALID_FROM),
-            ts_field(COL_VALID_TO),
-            Field::new(COL_VALID_FROM_LSN, DataType::Int64, true),
-            Field::new(COL_VALID_TO_LSN, DataType::Int64, true),
-            Field::new(COL_IS_CURRENT, DataType::Boolean, true),
-        ],
-    };
-    Arc::new(Schema::new(fields))
 }
