@@ -53,6 +53,21 @@ pub struct CycleReport {
     pub tables: Vec<TableOutcome>,
 }
 
+impl TableOutcome {
+    fn failed(layer: &'static str, name: &str, message: String) -> TableOutcome {
+        TableOutcome {
+            layer,
+            name: name.to_string(),
+            state: "failed".into(),
+            watermark: None,
+            rows_in: 0,
+            rows_out: 0,
+            version: None,
+            error: Some(message),
+        }
+    }
+}
+
 impl CycleReport {
     /// Tables that failed this cycle.
     pub fn failures(&self) -> Vec<&TableOutcome> {
@@ -218,16 +233,7 @@ pub async fn cycle(
                 let message = table_error(e)?;
                 tracing::error!(silver = %def.name, error = %message, "silver table stopped");
                 (
-                    TableOutcome {
-                        layer: "silver",
-                        name: def.name.clone(),
-                        state: "failed".into(),
-                        watermark: None,
-                        rows_in: 0,
-                        rows_out: 0,
-                        version: None,
-                        error: Some(message),
-                    },
+                    TableOutcome::failed("silver", &def.name, message),
                     Default::default(),
                     true,
                 )
@@ -329,16 +335,7 @@ pub async fn cycle(
                 let message = table_error(e)?;
                 tracing::error!(gold = %def.name, error = %message, "gold model stopped");
                 (
-                    TableOutcome {
-                        layer: "gold",
-                        name: def.name.clone(),
-                        state: "failed".into(),
-                        watermark: None,
-                        rows_in: 0,
-                        rows_out: 0,
-                        version: None,
-                        error: Some(message),
-                    },
+                    TableOutcome::failed("gold", &def.name, message),
                     Default::default(),
                     true,
                 )

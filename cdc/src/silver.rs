@@ -950,18 +950,10 @@ impl Lookup {
                     .ok_or_else(|| Error::Protocol(format!("silver lacks key column {k}")))
             })
             .collect::<Result<_>>()?;
-        let conv = RowConverter::new(
-            key_cols
-                .iter()
-                .map(|a| SortField::new(a.data_type().clone()))
-                .collect(),
-        )
-        .map_err(Error::arrow("key rows"))?;
-        let rows = conv
-            .convert_columns(&key_cols)
-            .map_err(Error::arrow("key rows"))?;
-        let map = (0..batch.num_rows())
-            .map(|i| (rows.row(i).owned(), i))
+        let map = key_rows(&key_cols)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k, i))
             .collect();
         let columns = data
             .iter()
@@ -1066,17 +1058,7 @@ impl<'a> ChangeLog<'a> {
             .iter()
             .map(|&i| batch.column(data_idx[i]).clone())
             .collect();
-        let conv = RowConverter::new(
-            key_cols
-                .iter()
-                .map(|a| SortField::new(a.data_type().clone()))
-                .collect(),
-        )
-        .map_err(Error::arrow("key rows"))?;
-        let rows = conv
-            .convert_columns(&key_cols)
-            .map_err(Error::arrow("key rows"))?;
-        let key_rows = (0..batch.num_rows()).map(|i| rows.row(i).owned()).collect();
+        let key_rows = key_rows(&key_cols)?;
         let name_to_idx: HashMap<&str, usize> = data_fields
             .iter()
             .enumerate()
@@ -1591,6 +1573,21 @@ async fn add_new_columns(silver: DeltaTable, data: &[Field], name: &str) -> Resu
         .with_fields(new)
         .await
         .map_err(Error::delta(format!("silver.{name}: add columns")))
+}
+
+/// Hashable per-row keys of `key_cols`.
+fn key_rows(key_cols: &[ArrayRef]) -> Result<Vec<OwnedRow>> {
+    let conv = RowConverter::new(
+        key_cols
+            .iter()
+            .map(|a| SortField::new(a.data_type().clone()))
+            .collect(),
+    )
+    .map_err(Error::arrow("key rows"))?;
+    let rows = conv
+        .convert_columns(key_cols)
+        .map_err(Error::arrow("key rows"))?;
+    Ok((0..rows.num_rows()).map(|i| rows.row(i).owned()).collect())
 }
 
 fn ts_field(name: &str) -> Field {
