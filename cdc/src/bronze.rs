@@ -42,7 +42,7 @@ use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
+use deltalake::{DeltaTable, TableProperty};
 use futures::TryStreamExt;
 use sync_wrapper::SyncWrapper;
 use url::Url;
@@ -235,20 +235,8 @@ impl BronzeTable {
         checkpoint_interval: u64,
     ) -> Result<BronzeTable> {
         let url = table_url(lake, id)?;
-        let mut table = DeltaTableBuilder::from_url(url.clone())
-            .map_err(Error::delta(format!("bronze {id}")))?
-            .with_storage_options(storage.clone())
-            .build()
-            .map_err(Error::delta(format!("bronze {id}")))?;
-        let exists = table
-            .verify_deltatable_existence()
-            .await
-            .map_err(Error::delta(format!("bronze {id}")))?;
-        if exists {
-            table
-                .load()
-                .await
-                .map_err(Error::delta(format!("load bronze {id}")))?;
+        let table = if let Some(t) = crate::lake::open(&url, storage).await? {
+            t
         } else {
             let schema = arrow_schema(columns);
             let kernel: StructType =
@@ -259,7 +247,7 @@ impl BronzeTable {
                         context: format!("bronze {id} schema"),
                         source: e.into(),
                     })?;
-            table = CreateBuilder::new()
+            CreateBuilder::new()
                 .with_location(url.to_string())
                 .with_storage_options(storage.clone())
                 .with_table_name(format!("{}_{}", id.schema, id.table))
@@ -271,8 +259,8 @@ impl BronzeTable {
                 )
                 .with_save_mode(SaveMode::Ignore)
                 .await
-                .map_err(Error::delta(format!("create bronze {id}")))?;
-        }
+                .map_err(Error::delta(format!("create bronze {id}")))?
+        };
         let existing = source_columns_of(&table)?;
         let mut t = BronzeTable {
             id: id.clone(),

@@ -1021,6 +1021,23 @@ struct KeyHistory {
     open: bool,
 }
 
+impl KeyHistory {
+    /// Close the current silver version at (lsn, ts), keeping in-place
+    /// changes made to it earlier in the slice.
+    fn close_prior(&mut self, lsn: i64, ts: Option<i64>, row: usize) {
+        let replace = match &self.prior {
+            Prior::Replace { srcs } => Some(srcs.clone()),
+            _ => None,
+        };
+        self.prior = Prior::Close {
+            lsn,
+            ts,
+            replace,
+            row,
+        };
+    }
+}
+
 impl<'a> ChangeLog<'a> {
     fn new(batch: &'a RecordBatch, keys: &[String]) -> Result<ChangeLog<'a>> {
         let schema = batch.schema();
@@ -1356,16 +1373,7 @@ impl<'a> ChangeLog<'a> {
                     }
                     h.open = false;
                 } else if !h.prior_gone && !matches!(h.prior, Prior::Close { .. }) {
-                    let replace = match &h.prior {
-                        Prior::Replace { srcs, .. } => Some(srcs.clone()),
-                        _ => None,
-                    };
-                    h.prior = Prior::Close {
-                        lsn,
-                        ts,
-                        replace,
-                        row: i,
-                    };
+                    h.close_prior(lsn, ts, i);
                 }
                 continue;
             }
@@ -1394,16 +1402,7 @@ impl<'a> ChangeLog<'a> {
                     continue;
                 }
                 if !matches!(h.prior, Prior::Close { .. }) {
-                    let replace = match &h.prior {
-                        Prior::Replace { srcs, .. } => Some(srcs.clone()),
-                        _ => None,
-                    };
-                    h.prior = Prior::Close {
-                        lsn,
-                        ts,
-                        replace,
-                        row: i,
-                    };
+                    h.close_prior(lsn, ts, i);
                 }
             }
             h.versions.push(Version {
