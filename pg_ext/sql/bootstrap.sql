@@ -9,10 +9,13 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'medallion_reader') THEN
         CREATE ROLE medallion_reader NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'medallion_auditor') THEN
+        CREATE ROLE medallion_auditor NOLOGIN;
+    END IF;
 END
 $roles$;
 
-GRANT USAGE ON SCHEMA medallion TO medallion_admin, medallion_reader;
+GRANT USAGE ON SCHEMA medallion TO medallion_admin, medallion_reader, medallion_auditor;
 
 -- Sources: tables streamed to bronze.
 CREATE TABLE medallion.sources (
@@ -128,6 +131,86 @@ CREATE TABLE medallion.runs (
 );
 CREATE INDEX ON medallion.runs (layer, name, started_at DESC);
 
+
+-- Audit: a tamper-evident row-change trail (see docs/sql-api.md "Audit").
+-- Tables with an audit trigger (medallion.enable_audit / disable_audit).
+CREATE TABLE medallion.audit_tables (
+    table_name text PRIMARY KEY,
+    columns text[],
+    exclude_columns text[],
+    enabled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    disabled_at timestamptz
+);
+COMMENT ON TABLE medallion.audit_tables IS 'Audited tables. table_name is the quoted schema-qualified name; the trail is complete from enabled_at (until disabled_at).';
+
+-- One record per row change (and per TRUNCATE). Append-only: only
+-- medallion.audit_retention() removes records; nothing updates them.
+CREATE TABLE medallion.audit_log (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_name text NOT NULL,
+    op text NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    pk jsonb,
+    old jsonb,
+    new jsonb,
+    xid xid8 NOT NULL,
+    at timestamptz NOT NULL,
+    db_role name NOT NULL,
+    app_user text,
+    application_name text,
+    client_addr inet
+);
+COMMENT ON TABLE medallion.audit_log IS 'Row-change trail of audited tables. INSERT: new = the row; UPDATE: old/new = changed columns only; DELETE: old = the row; TRUNCATE: one record per statement. at = statement start.';
+COMMENT ON COLUMN medallion.audit_log.app_user IS 'GUC medallion.app_user, else Supabase JWT sub (request.jwt.claims), else the row''s Odoo write_uid (on DELETE: the last writer, not the deleter)';
+CREATE INDEX audit_log_row ON medallion.audit_log (table_name, pk);
+CREATE INDEX audit_log_at ON medallion.audit_log USING brin (at);
+
+-- The hash chain: one seal per record, in chain order per table.
+-- hash = sha256(previous hash || medallion.audit_canonical(record)).
+CREATE TABLE medallion.audit_seal (
+    table_name text NOT NULL,
+    seq bigint NOT NULL CHECK (seq > 0),
+    record_id bigint NOT NULL UNIQUE,
+    hash bytea NOT NULL,
+    version smallint NOT NULL DEFAULT 1,
+    PRIMARY KEY (table_name, seq)
+);
+COMMENT ON TABLE medallion.audit_seal IS 'Hash chain over medallion.audit_log per table, written by medallion.seal_audit(). Append-only.';
+
+-- Head of each chain (the last seal), and where retention cut it.
+CREATE TABLE medallion.audit_chain (
+    table_name text PRIMARY KEY,
+    seq bigint NOT NULL,
+    hash bytea NOT NULL,
+    sealed_at timestamptz NOT NULL
+);
+
+-- Signed-off checkpoints: retention removed seals 1..seq; hash is the chain
+-- hash at seq, so verification continues from it.
+CREATE TABLE medallion.audit_checkpoints (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_name text NOT NULL,
+    seq bigint NOT NULL,
+    hash bytea NOT NULL,
+    removed bigint NOT NULL,
+    removed_before timestamptz NOT NULL,
+    signed_off_by name NOT NULL,
+    signed_off_at timestamptz NOT NULL,
+    checkpoint_hash bytea NOT NULL,
+    UNIQUE (table_name, seq)
+);
+
+-- Sealer progress: every record with id <= low_water is sealed (or never
+-- committed). pending_* is the next low water, valid once every transaction
+-- older than pending_xmax has ended. Not dumped: after a restore it starts
+-- again from 0, which only makes the first seal scan longer.
+CREATE TABLE medallion.audit_sealer (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    low_water bigint NOT NULL DEFAULT 0,
+    pending_high bigint,
+    pending_xmax xid8
+);
+INSERT INTO medallion.audit_sealer DEFAULT VALUES;
+
 -- Definitions survive pg_dump/pg_restore; runtime status does not need to.
 SELECT pg_catalog.pg_extension_config_dump('medallion.sources', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.schema_sources', '');
@@ -136,6 +219,14 @@ SELECT pg_catalog.pg_extension_config_dump('medallion.gold_models', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.expectations', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.dependencies', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.publications', '');
+-- The audit trail is data, not configuration: it must survive a dump.
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_seal', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_chain', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_checkpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_checkpoints_id_seq', '');
 
 -- Odoo's noise tables, excluded by default from add_sources (see docs/sql-api.md).
 CREATE FUNCTION medallion.default_excludes() RETURNS text[]
@@ -234,6 +325,11 @@ $$;
 REVOKE ALL ON ALL TABLES IN SCHEMA medallion FROM PUBLIC;
 GRANT SELECT ON ALL TABLES IN SCHEMA medallion TO medallion_reader, medallion_admin;
 GRANT INSERT, UPDATE, DELETE ON medallion.table_status, medallion.runs TO medallion_admin;
+-- The audit trail is for auditors (and admins), not for every reader.
+REVOKE ALL ON medallion.audit_tables, medallion.audit_log, medallion.audit_seal, medallion.audit_chain,
+    medallion.audit_checkpoints, medallion.audit_sealer FROM medallion_reader;
+GRANT SELECT ON medallion.audit_tables, medallion.audit_log, medallion.audit_seal, medallion.audit_chain,
+    medallion.audit_checkpoints, medallion.audit_sealer TO medallion_auditor;
 REVOKE ALL ON FUNCTION medallion.status(), medallion.slots() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes()
     TO medallion_reader, medallion_admin;

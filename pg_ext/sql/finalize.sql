@@ -47,8 +47,23 @@ GRANT EXECUTE ON FUNCTION
     medallion.refresh(text),
     medallion.publish(text, text, text),
     medallion.unpublish(text),
-    medallion.lineage_mermaid()
+    medallion.lineage_mermaid(),
+    medallion.enable_audit(regclass, text[], text[]),
+    medallion.disable_audit(regclass),
+    medallion.audit_retention(interval)
 TO medallion_admin;
+-- Audit: auditors (and admins) read, seal and verify the trail.
+GRANT EXECUTE ON FUNCTION
+    medallion.verify_audit(regclass, timestamptz),
+    medallion.seal_audit(integer),
+    medallion.audit_history(regclass, jsonb),
+    medallion.row_as_of(regclass, jsonb, timestamptz),
+    medallion.audit_diff(regclass, jsonb, timestamptz, timestamptz),
+    medallion.audit_canonical(medallion.audit_log),
+    medallion._canon(text),
+    medallion._genesis()
+TO medallion_auditor, medallion_admin;
+GRANT SELECT ON medallion.audit_trail TO medallion_auditor, medallion_admin;
 GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes(),
     medallion.lineage_mermaid()
 TO medallion_reader;

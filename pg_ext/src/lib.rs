@@ -19,6 +19,7 @@
 
 use pgrx::prelude::*;
 
+mod audit;
 mod catalog;
 mod gold;
 mod lineage;

@@ -65,3 +65,8 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }
+
+/// Quote an SQL string literal (standard_conforming_strings).
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -42,3 +42,15 @@ EXCEPTION WHEN OTHERS THEN
     RETURN s || ': ' || m || E'\nHINT: ' || coalesce(h, '');
 END $$;
 GRANT EXECUTE ON FUNCTION public.err(text) TO PUBLIC;
+
+-- Audit: an auditor and an application role with no rights on medallion.
+CREATE ROLE medallion_test_auditor LOGIN;
+GRANT medallion_auditor TO medallion_test_auditor;
+CREATE ROLE medallion_test_app LOGIN;
+CREATE TABLE public.account_move (id int PRIMARY KEY, name varchar, state varchar, amount_total numeric,
+    date date, invoice_date timestamp, write_date timestamptz, narration text, payload jsonb, tags text[],
+    write_uid int);
+-- Stored out of line and uncompressed: every narration over ~2 kB is TOASTed.
+ALTER TABLE public.account_move ALTER COLUMN narration SET STORAGE EXTERNAL;
+CREATE TABLE public.move_tag_rel (move_id int, tag_id int, note text, PRIMARY KEY (move_id, tag_id));
+GRANT ALL ON public.account_move, public.move_tag_rel TO medallion_test_app;
