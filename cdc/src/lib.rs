@@ -18,6 +18,7 @@
 //! refinement layers: [`refine`] (one watermark per cycle), [`silver`],
 //! [`gold`], [`publish`] (into Postgres), over [`lake`].
 
+pub mod audit;
 pub mod bronze;
 pub mod catalog;
 pub mod check;

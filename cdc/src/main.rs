@@ -80,6 +80,12 @@ async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow:
     if !medallion::catalog::extension_installed(&client).await? {
         return Ok(());
     }
+    let sealed = medallion::audit::seal(&client)
+        .await
+        .context("sealing audit records failed")?;
+    if sealed > 0 {
+        println!("medallion: sealed {sealed} audit records");
+    }
     let w = match at {
         Some(w) => w,
         None => medallion::refine::watermark(&client, &cfg.slot)

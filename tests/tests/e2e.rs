@@ -19,6 +19,9 @@ const DB: &str = "app";
 #[path = "e2e/refine.rs"]
 mod refine;
 
+#[path = "e2e/audit.rs"]
+mod audit;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,

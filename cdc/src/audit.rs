@@ -1,0 +1,37 @@
+//! Sealing the audit trail (`pg_medallion` audit functions).
+//!
+//! Audited writes append records to `medallion.audit_log` without waiting
+//! for the hash chain; `medallion.seal_audit()` chains committed records.
+//! The refinement loop calls it every tick so records are sealed within
+//! `MEDALLION_REFINE_INTERVAL_MS` while the sidecar runs (without a sidecar,
+//! pg_cron or `verify_audit` seal instead: docs/sql-api.md).
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+
+/// Seal every committed audit record; returns how many were sealed. Does
+/// nothing (0) when no table was ever audited or the extension predates audit.
+pub async fn seal(client: &Client) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('medallion.audit_tables') IS NOT NULL \
+               AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                           WHERE n.nspname = 'medallion' AND p.proname = '_seal_all')",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("check audit functions"))?;
+    if !row.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM medallion.audit_tables) \
+                    THEN medallion._seal_all() ELSE 0 END",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("seal audit records (medallion.seal_audit)"))?;
+    Ok(row.get(0))
+}
