@@ -471,7 +471,9 @@ async fn loop_once(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
         match crate::audit::seal(&client).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(sealed = n, "audit records sealed"),
-            Err(e) => tracing::warn!(error = %e, "audit sealing failed; records stay unsealed until it succeeds"),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit sealing failed; records stay unsealed until it succeeds")
+            }
         }
         let Some(w) = watermark(&client, &cfg.slot).await? else {
             continue;

@@ -9,21 +9,20 @@
 --   application_name, client_addr::text.
 -- jsonb::text is Postgres' normalised rendering (sorted keys), so the form
 -- does not depend on the session (TimeZone, DateStyle).
+-- The UTF-8 form of one field (used by checkpoints, and by anyone who wants
+-- to recompute the canonical form in plain SQL).
 CREATE FUNCTION medallion._canon(v text) RETURNS bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN v IS NULL THEN '\x7c2d'::bytea
              ELSE pg_catalog.convert_to('|' || pg_catalog.octet_length(pg_catalog.convert_to(v, 'UTF8'))::text || ':', 'UTF8')
                   || pg_catalog.convert_to(v, 'UTF8') END $$;
 
+-- medallion._canonical_v1 (Rust) concatenates the fields as above.
 CREATE FUNCTION medallion.audit_canonical(r medallion.audit_log) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT pg_catalog.convert_to('medallion-audit-v1', 'UTF8')
-    || medallion._canon(r.id::text) || medallion._canon(r.table_name) || medallion._canon(r.op)
-    || medallion._canon(r.pk::text) || medallion._canon(r.old::text) || medallion._canon(r.new::text)
-    || medallion._canon(r.xid::text)
-    || medallion._canon(pg_catalog.to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-    || medallion._canon(r.db_role::text) || medallion._canon(r.app_user)
-    || medallion._canon(r.application_name) || medallion._canon(r.client_addr::text) $$;
+AS $$ SELECT medallion._canonical_v1(ARRAY[r.id::text, r.table_name, r.op, r.pk::text, r.old::text,
+    r.new::text, r.xid::text, pg_catalog.to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    r.db_role::text, r.app_user, r.application_name, r.client_addr::text]) $$;
 COMMENT ON FUNCTION medallion.audit_canonical(medallion.audit_log) IS
     'Canonical form v1 of an audit record; seal hash = sha256(previous hash || this). The first previous hash of a chain is 32 zero bytes.';
 
@@ -31,10 +30,8 @@ CREATE FUNCTION medallion._genesis() RETURNS bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex') $$;
 
--- Running chain hash as a window aggregate: the first row starts from prev.
-CREATE FUNCTION medallion._chain_step(state bytea, prev bytea, canonical bytea) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT pg_catalog.sha256(COALESCE(state, prev) || canonical) $$;
+-- Running chain hash as a window aggregate: the first row starts from prev
+-- (medallion._chain_step is sha256(COALESCE(state, prev) || canonical)).
 CREATE AGGREGATE medallion._chain(bytea, bytea) (SFUNC = medallion._chain_step, STYPE = bytea);
 
 -- Seal committed records: append them to their table's chain in id order.
@@ -205,6 +202,7 @@ BEGIN
         WINDOW w AS (ORDER BY s.seq)) x
      WHERE x.seq <> x.prev_seq + 1 OR x.lid IS NULL OR x.ltable <> t
         OR x.hash <> sha256(x.prev_hash || medallion.audit_canonical(x.rec))
+        OR (x.rec).row_key IS DISTINCT FROM medallion._row_key(t, (x.rec).pk)
      ORDER BY x.seq LIMIT 1;
     broken := FOUND;
     SELECT count(*) INTO n FROM medallion.audit_seal s WHERE s.table_name = t AND s.seq >= start_seq;
@@ -225,9 +223,12 @@ BEGIN
         ELSIF bad.ltable <> t THEN
             broken_seq := bad.seq; record_id := bad.rid;
             problem := format('record %s now names table %s', bad.rid, bad.ltable);
-        ELSE
+        ELSIF bad.hash <> sha256(bad.prev_hash || medallion.audit_canonical(bad.rec)) THEN
             broken_seq := bad.seq; record_id := bad.rid;
             problem := format('record %s or its seal was altered: hash does not match', bad.rid);
+        ELSE
+            broken_seq := bad.seq; record_id := bad.rid;
+            problem := format('record %s has an altered row_key (it would be hidden from its row''s history)', bad.rid);
         END IF;
         RETURN NEXT; RETURN;
     END IF;
@@ -373,7 +374,8 @@ BEGIN
         SELECT l.id, l.op, l.at, l.xid, l.db_role, l.app_user, l.application_name, l.client_addr,
                l.old, l.new, s.seq
           FROM medallion.audit_log l LEFT JOIN medallion.audit_seal s ON s.record_id = l.id
-         WHERE l.table_name = a.table_name AND (l.pk = key OR (l.pk IS NULL AND l.op = 'TRUNCATE'))
+         WHERE (l.row_key = medallion._row_key(a.table_name, key) AND l.table_name = a.table_name AND l.pk = key)
+            OR (l.row_key = medallion._row_key(a.table_name, NULL) AND l.table_name = a.table_name AND l.op = 'TRUNCATE')
          ORDER BY l.id;
 END
 $$;
@@ -426,10 +428,12 @@ BEGIN
         RAISE EXCEPTION 'the trail of % is complete only from %', a.table_name, complete_from USING ERRCODE = '22023',
             HINT = 'Ask for an instant at or after that (audit was enabled or retention removed earlier records).';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM medallion.audit_log l WHERE l.table_name = a.table_name AND l.op = 'TRUNCATE' AND l.at > row_as_of.at) THEN
+    IF NOT EXISTS (SELECT 1 FROM medallion.audit_log l WHERE l.row_key = medallion._row_key(a.table_name, NULL)
+                      AND l.table_name = a.table_name AND l.op = 'TRUNCATE' AND l.at > row_as_of.at) THEN
         state := medallion._live_row(tbl, key, a);
         FOR r IN SELECT l.op, l.old FROM medallion.audit_log l
-                  WHERE l.table_name = a.table_name AND l.pk = key AND l.at > row_as_of.at ORDER BY l.id DESC LOOP
+                  WHERE l.row_key = medallion._row_key(a.table_name, key) AND l.table_name = a.table_name
+                    AND l.pk = key AND l.at > row_as_of.at ORDER BY l.id DESC LOOP
             CASE r.op
                 WHEN 'INSERT' THEN state := NULL;
                 WHEN 'UPDATE' THEN state := COALESCE(state, '{}'::jsonb) || r.old;
@@ -441,7 +445,8 @@ BEGIN
     -- Replay forward from the row's INSERT (a TRUNCATE left no row image).
     state := NULL;
     FOR r IN SELECT l.op, l.new FROM medallion.audit_log l
-              WHERE l.table_name = a.table_name AND (l.pk = key OR (l.pk IS NULL AND l.op = 'TRUNCATE'))
+              WHERE ((l.row_key = medallion._row_key(a.table_name, key) AND l.table_name = a.table_name AND l.pk = key)
+                     OR (l.row_key = medallion._row_key(a.table_name, NULL) AND l.table_name = a.table_name AND l.op = 'TRUNCATE'))
                 AND l.at <= row_as_of.at ORDER BY l.id LOOP
         CASE r.op
             WHEN 'INSERT' THEN state := r.new;

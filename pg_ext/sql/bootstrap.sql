@@ -135,7 +135,7 @@ CREATE INDEX ON medallion.runs (layer, name, started_at DESC);
 -- Audit: a tamper-evident row-change trail (see docs/sql-api.md "Audit").
 -- Tables with an audit trigger (medallion.enable_audit / disable_audit).
 CREATE TABLE medallion.audit_tables (
-    table_name text PRIMARY KEY,
+    table_name text COLLATE "C" PRIMARY KEY,
     columns text[],
     exclude_columns text[],
     enabled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -147,9 +147,13 @@ COMMENT ON TABLE medallion.audit_tables IS 'Audited tables. table_name is the qu
 -- medallion.audit_retention() removes records; nothing updates them.
 CREATE TABLE medallion.audit_log (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    table_name text NOT NULL,
-    op text NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    table_name text COLLATE "C" NOT NULL,
+    -- INSERT, UPDATE, DELETE or TRUNCATE. Written only by the capture
+    -- trigger (no CHECK constraint: it would be re-parsed on every insert).
+    op text NOT NULL,
     pk jsonb,
+    -- Lookup key of the row: medallion._row_key(table_name, pk).
+    row_key bigint,
     old jsonb,
     new jsonb,
     xid xid8 NOT NULL,
@@ -161,13 +165,23 @@ CREATE TABLE medallion.audit_log (
 );
 COMMENT ON TABLE medallion.audit_log IS 'Row-change trail of audited tables. INSERT: new = the row; UPDATE: old/new = changed columns only; DELETE: old = the row; TRUNCATE: one record per statement. at = statement start.';
 COMMENT ON COLUMN medallion.audit_log.app_user IS 'GUC medallion.app_user, else Supabase JWT sub (request.jwt.claims), else the row''s Odoo write_uid (on DELETE: the last writer, not the deleter)';
-CREATE INDEX audit_log_row ON medallion.audit_log (table_name, pk);
+CREATE INDEX audit_log_row ON medallion.audit_log (row_key);
 CREATE INDEX audit_log_at ON medallion.audit_log USING brin (at);
+
+-- The row lookup key: a hash of the table and the key, or of the table alone
+-- for TRUNCATE records (Postgres' own jsonb
+-- and text hash functions, stable across versions as hash partitioning
+-- relies on them). Not part of the hashed canonical form; verify_audit
+-- checks it.
+CREATE FUNCTION medallion._row_key(t text, pk jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT COALESCE(pg_catalog.jsonb_hash_extended(pk, pg_catalog.hashtextextended(t, 0)),
+                      pg_catalog.hashtextextended(t, 1)) $$;
 
 -- The hash chain: one seal per record, in chain order per table.
 -- hash = sha256(previous hash || medallion.audit_canonical(record)).
 CREATE TABLE medallion.audit_seal (
-    table_name text NOT NULL,
+    table_name text COLLATE "C" NOT NULL,
     seq bigint NOT NULL CHECK (seq > 0),
     record_id bigint NOT NULL UNIQUE,
     hash bytea NOT NULL,
@@ -178,7 +192,7 @@ COMMENT ON TABLE medallion.audit_seal IS 'Hash chain over medallion.audit_log pe
 
 -- Head of each chain (the last seal), and where retention cut it.
 CREATE TABLE medallion.audit_chain (
-    table_name text PRIMARY KEY,
+    table_name text COLLATE "C" PRIMARY KEY,
     seq bigint NOT NULL,
     hash bytea NOT NULL,
     sealed_at timestamptz NOT NULL
@@ -188,7 +202,7 @@ CREATE TABLE medallion.audit_chain (
 -- hash at seq, so verification continues from it.
 CREATE TABLE medallion.audit_checkpoints (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    table_name text NOT NULL,
+    table_name text COLLATE "C" NOT NULL,
     seq bigint NOT NULL,
     hash bytea NOT NULL,
     removed bigint NOT NULL,

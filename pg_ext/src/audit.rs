@@ -23,6 +23,7 @@
 //! valid chain. The SQL half (canonical form, sealing, verification and the
 //! query functions) is in `sql/audit.sql`.
 
+mod append;
 mod capture;
 
 use std::cell::Cell;
@@ -36,7 +37,13 @@ use crate::raise;
 extension_sql_file!(
     "../sql/audit.sql",
     name = "audit",
-    requires = ["bootstrap", audit_guard, capture::audit_capture]
+    requires = [
+        "bootstrap",
+        audit_guard,
+        capture::audit_capture,
+        _canonical_v1,
+        _chain_step
+    ]
 );
 
 thread_local! {
@@ -71,6 +78,38 @@ fn audit_guard<'a>(
 /// The name a table's records carry: `schema.table`, quoted where needed.
 fn trail_name(oid: pg_sys::Oid) -> String {
     catalog::one("SELECT medallion._audit_name($1)", &[oid.into()]).unwrap_or_default()
+}
+
+/// Canonical form v1 of an audit record from its fields as text, in the
+/// documented order (see `medallion.audit_canonical`): the version tag, then
+/// per field `|<byte length>:<bytes>` or `|-` for NULL.
+#[pg_extern(immutable, parallel_safe)]
+fn _canonical_v1(fields: Vec<Option<String>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"medallion-audit-v1");
+    for f in &fields {
+        match f {
+            None => out.extend_from_slice(b"|-"),
+            Some(v) => {
+                out.push(b'|');
+                out.extend_from_slice(v.len().to_string().as_bytes());
+                out.push(b':');
+                out.extend_from_slice(v.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// One link of the chain: `sha256(previous ‖ canonical)`, where previous is
+/// the running state or, on the first row, `prev`.
+#[pg_extern(immutable, parallel_safe)]
+fn _chain_step(state: Option<&[u8]>, prev: Option<&[u8]>, canonical: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(state.or(prev).unwrap_or(&[0u8; 32]));
+    h.update(canonical);
+    h.finalize().to_vec()
 }
 
 fn json_list(v: &Option<Vec<String>>) -> String {
@@ -118,7 +157,9 @@ fn enable_audit(
         raise::error(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("cannot audit {name}: it has no primary key"),
-            format!("Audit records identify rows by primary key: ALTER TABLE {name} ADD PRIMARY KEY (...)."),
+            format!(
+                "Audit records identify rows by primary key: ALTER TABLE {name} ADD PRIMARY KEY (...)."
+            ),
         );
     }
     if columns.is_some() && exclude_columns.is_some() {
@@ -191,11 +232,7 @@ fn enable_audit(
             exclude_columns = EXCLUDED.exclude_columns, disabled_at = NULL, \
             enabled_at = CASE WHEN audit_tables.disabled_at IS NULL THEN audit_tables.enabled_at \
                               ELSE pg_catalog.now() END",
-        &[
-            name.into(),
-            columns.into(),
-            exclude_columns.into(),
-        ],
+        &[name.into(), columns.into(), exclude_columns.into()],
     );
     true
 }
@@ -246,11 +283,8 @@ fn audit_retention(
         name!(checkpoint_hash, String),
     ),
 > {
-    let negative: bool = catalog::one(
-        "SELECT $1 < pg_catalog.make_interval()",
-        &[keep.into()],
-    )
-    .unwrap_or(true);
+    let negative: bool =
+        catalog::one("SELECT $1 < pg_catalog.make_interval()", &[keep.into()]).unwrap_or(true);
     if negative {
         raise::error(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -318,7 +352,7 @@ fn audit_retention(
             )
         });
         RETENTION.with(|r| r.set(true));
-        let deleted = PgTryBuilder::new(|| {
+        PgTryBuilder::new(|| {
             catalog::exec(
                 "DELETE FROM medallion.audit_log l USING medallion.audit_seal s \
                  WHERE s.table_name = $1 AND s.seq <= $2 AND l.id = s.record_id",
@@ -331,8 +365,66 @@ fn audit_retention(
         })
         .finally(|| RETENTION.with(|r| r.set(false)))
         .execute();
-        let () = deleted;
         out.push((t, removed, cut, hash));
     }
     TableIterator::new(out)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// The Rust canonical form is byte for byte the documented one, which
+    /// anyone can rebuild in plain SQL with `medallion._canon`.
+    #[pg_test]
+    fn canonical_form_matches_the_documented_sql() {
+        let same: Option<bool> = Spi::get_one(
+            "SELECT medallion._canonical_v1(ARRAY['42', NULL, 'Facture é', '']) = \
+                convert_to('medallion-audit-v1', 'UTF8') || medallion._canon('42') || medallion._canon(NULL) \
+                || medallion._canon('Facture é') || medallion._canon('')",
+        )
+        .unwrap();
+        assert_eq!(same, Some(true));
+        let text: Option<String> = Spi::get_one(
+            "SELECT convert_from(medallion._canonical_v1(ARRAY['42', NULL, 'é']), 'UTF8')",
+        )
+        .unwrap();
+        assert_eq!(text.as_deref(), Some("medallion-audit-v1|2:42|-|2:é"));
+    }
+
+    /// A chain step is sha256(previous || canonical); the first starts from prev.
+    #[pg_test]
+    fn chain_step_is_sha256_of_previous_and_record() {
+        let ok: Option<bool> = Spi::get_one(
+            "SELECT medallion._chain_step(NULL, '\\x01'::bytea, '\\x02'::bytea) = sha256('\\x0102'::bytea) \
+               AND medallion._chain_step('\\x03'::bytea, '\\x01'::bytea, '\\x02'::bytea) = sha256('\\x0302'::bytea)",
+        )
+        .unwrap();
+        assert_eq!(ok, Some(true));
+    }
+
+    /// The capture trigger renders values exactly as to_jsonb does, so the
+    /// trail and a live row compare directly.
+    #[pg_test]
+    fn captured_values_render_like_to_jsonb() {
+        Spi::run(
+            "CREATE TABLE public.render_check (id int PRIMARY KEY, n numeric, f float8, d date, \
+                ts timestamp, tz timestamptz, j jsonb, a int[], b bool, t text, i interval, u uuid); \
+             SELECT medallion.enable_audit('public.render_check'); \
+             INSERT INTO public.render_check VALUES (1, 1.50, 'NaN', '2024-02-29', '2024-01-01 10:00:00.5', \
+                '2024-01-01 10:00:00+02', '{\"a\": [1, 2]}', '{1,NULL}', true, 'quote \" and \\\\ back', \
+                '1 day 2 hours', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'); \
+             INSERT INTO public.render_check VALUES (2, 'Infinity', -0.0, 'infinity', NULL, NULL, 'null', '{}', \
+                false, '', NULL, NULL)",
+        )
+        .unwrap();
+        let differ: Option<i64> = Spi::get_one(
+            "SELECT count(*) FROM public.render_check r JOIN medallion.audit_log l \
+               ON l.table_name = 'public.render_check' AND l.pk = jsonb_build_object('id', r.id) \
+             WHERE l.new IS DISTINCT FROM to_jsonb(r)",
+        )
+        .unwrap();
+        assert_eq!(differ, Some(0));
+    }
 }

@@ -31,8 +31,9 @@ use crate::raise;
 const VARTAG_ONDISK: u8 = 18;
 
 const INSERT_RECORD: &str = "INSERT INTO medallion.audit_log \
-    (table_name, op, pk, old, new, xid, at, db_role, app_user, application_name, client_addr) \
-    VALUES ($1, $2, $3::pg_catalog.jsonb, $4::pg_catalog.jsonb, $5::pg_catalog.jsonb, \
+    (table_name, op, pk, row_key, old, new, xid, at, db_role, app_user, application_name, client_addr) \
+    VALUES ($1, $2, $3::pg_catalog.jsonb, medallion._row_key($1, $3::pg_catalog.jsonb), \
+            $4::pg_catalog.jsonb, $5::pg_catalog.jsonb, \
             pg_catalog.pg_current_xact_id(), pg_catalog.statement_timestamp(), $6::pg_catalog.name, $7, \
             pg_catalog.current_setting('application_name'), pg_catalog.inet_client_addr())";
 
@@ -44,6 +45,13 @@ enum Render {
     Bool,
     /// text / varchar: a JSON string of the value.
     Text,
+    /// numeric, float4, float8: the output text as a JSON number (NaN and
+    /// infinities as strings), as `to_jsonb` does.
+    Number(pg_sys::Oid),
+    /// date, timestamp, timestamptz: ISO 8601 through Postgres' own encoder.
+    DateTime(pg_sys::Oid),
+    /// jsonb: embedded as is.
+    Jsonb,
     /// Anything else: Postgres' `to_jsonb` for that type.
     ToJsonb(*mut pg_sys::FmgrInfo),
 }
@@ -179,15 +187,14 @@ fn trigger_args(t: &pg_sys::Trigger) -> Vec<String> {
 /// table's columns changed.
 unsafe fn plan_for(rel: pg_sys::Relation, args: &[String]) -> Rc<Plan> {
     let relid = unsafe { (*rel).rd_id };
-    let signature = unsafe { signature(rel) };
     let cached = BACKEND.with(|b| b.borrow().plans.get(&relid).cloned());
     if let Some(p) = cached
         && p.args == args
-        && p.signature == signature
+        && unsafe { same_signature(rel, &p.signature) }
     {
         return p;
     }
-    let plan = Rc::new(unsafe { build_plan(rel, args, signature) });
+    let plan = Rc::new(unsafe { build_plan(rel, args, signature(rel)) });
     BACKEND.with(|b| b.borrow_mut().plans.insert(relid, plan.clone()));
     plan
 }
@@ -208,6 +215,20 @@ unsafe fn signature(rel: pg_sys::Relation) -> Vec<(pg_sys::Oid, bool, String)> {
                 )
             })
             .collect()
+    }
+}
+
+/// Whether the relation's columns are still those the plan was built for.
+unsafe fn same_signature(rel: pg_sys::Relation, sig: &[(pg_sys::Oid, bool, String)]) -> bool {
+    unsafe {
+        let tupdesc = (*rel).rd_att;
+        let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
+        attrs.len() == sig.len()
+            && attrs.iter().zip(sig).all(|(a, (typid, dropped, name))| {
+                a.atttypid == *typid
+                    && a.attisdropped == *dropped
+                    && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+            })
     }
 }
 
@@ -264,7 +285,9 @@ unsafe fn build_plan(
             write_uid = Some(i);
         }
         let wanted = is_key
-            || (include.as_ref().is_none_or(|inc| inc.iter().any(|c| c == name))
+            || (include
+                .as_ref()
+                .is_none_or(|inc| inc.iter().any(|c| c == name))
                 && !exclude.iter().any(|c| c == name));
         if !wanted {
             continue;
@@ -301,8 +324,20 @@ fn render_for(typid: pg_sys::Oid) -> Render {
         pg_sys::INT8OID => Render::Int8,
         pg_sys::BOOLOID => Render::Bool,
         pg_sys::TEXTOID | pg_sys::VARCHAROID => Render::Text,
+        pg_sys::NUMERICOID | pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => {
+            Render::Number(output_fn(typid))
+        }
+        pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => Render::DateTime(typid),
+        pg_sys::JSONBOID => Render::Jsonb,
         other => Render::ToJsonb(to_jsonb_for(other)),
     }
+}
+
+fn output_fn(typid: pg_sys::Oid) -> pg_sys::Oid {
+    let (mut out, mut varlena) = (pg_sys::InvalidOid, false);
+    // SAFETY: a plain catalog lookup of an existing type.
+    unsafe { pg_sys::getTypeOutputInfo(typid, &mut out, &mut varlena) };
+    out
 }
 
 /// An `FmgrInfo` for `to_jsonb` whose call expression names `typid`, as the
@@ -311,7 +346,8 @@ fn to_jsonb_for(typid: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
     // SAFETY: allocations in TopMemoryContext outlive the cache entry.
     unsafe {
         let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-        let finfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
+        let finfo =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
         pg_sys::fmgr_info_cxt(
             pg_sys::Oid::from(pg_sys::F_TO_JSONB),
             finfo,
@@ -451,9 +487,35 @@ fn push_value(out: &mut String, c: &Column, v: pg_sys::Datum, null: bool) {
                 let s = String::from_datum(v, false).unwrap_or_default();
                 out.push_str(&serde_json::Value::String(s).to_string());
             }
+            Render::Number(out_fn) => {
+                let text = pg_sys::OidOutputFunctionCall(*out_fn, v);
+                let t = CStr::from_ptr(text).to_string_lossy();
+                if matches!(&*t, "NaN" | "Infinity" | "-Infinity") {
+                    out.push('"');
+                    out.push_str(&t);
+                    out.push('"');
+                } else {
+                    out.push_str(&t);
+                }
+                pg_sys::pfree(text.cast());
+            }
+            Render::DateTime(typid) => {
+                let text =
+                    pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), v, *typid, std::ptr::null());
+                out.push('"');
+                out.push_str(&CStr::from_ptr(text).to_string_lossy());
+                out.push('"');
+                pg_sys::pfree(text.cast());
+            }
+            Render::Jsonb => {
+                let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), v);
+                out.push_str(&CStr::from_ptr(text).to_string_lossy());
+                pg_sys::pfree(text.cast());
+            }
             Render::ToJsonb(finfo) => {
                 let jb = pg_sys::FunctionCall1Coll(*finfo, pg_sys::InvalidOid, v);
-                let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), jb);
+                let text =
+                    pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), jb);
                 out.push_str(&CStr::from_ptr(text).to_string_lossy());
                 pg_sys::pfree(text.cast());
             }
@@ -497,7 +559,10 @@ fn app_user_from_settings() -> Option<String> {
         return Some(sub);
     }
     let claims = setting(c"request.jwt.claims")?;
-    match serde_json::from_str::<serde_json::Value>(&claims).ok()?.get("sub")? {
+    match serde_json::from_str::<serde_json::Value>(&claims)
+        .ok()?
+        .get("sub")?
+    {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Null => None,
         other => Some(other.to_string()),
@@ -551,11 +616,21 @@ fn write_record(
     // SAFETY: switched back below; an ERROR in between is undone by the
     // (sub)transaction abort, which restores the user and security context.
     unsafe {
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        )
+        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32)
     };
+    let direct = super::append::append(&super::append::Record {
+        table_name,
+        op,
+        pk: pk.as_deref(),
+        old: old.as_deref(),
+        new: new.as_deref(),
+        db_role: &db_role,
+        app_user: app_user.as_deref(),
+    });
+    if direct {
+        unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+        return;
+    }
     let args: [DatumWithOid; 7] = [
         table_name.into(),
         op.into(),

@@ -61,6 +61,17 @@ enum What {
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
     },
+    /// Audit trigger cost: pgbench updates of an account_move-shaped table
+    /// without a trigger, with the medallion trigger (sealer running) and
+    /// with a PL/pgSQL jsonb-diff trigger (the supa_audit style baseline).
+    Audit {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        clients: u64,
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+    },
     All {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
@@ -521,6 +532,227 @@ fn rss(rows: u64) -> anyhow::Result<u64> {
     Ok(peak_kb / 1024)
 }
 
+/// The baseline: a PL/pgSQL trigger that diffs `to_jsonb(OLD)` and
+/// `to_jsonb(NEW)` (supa_audit / pgMemento style) into a table with the same
+/// columns and indexes as `medallion.audit_log`.
+const PLPGSQL_AUDIT: &str = r#"
+CREATE SCHEMA bench_audit;
+CREATE TABLE bench_audit.record_version (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, table_name text NOT NULL, op text NOT NULL,
+    pk jsonb, old jsonb, new jsonb, xid xid8 NOT NULL, at timestamptz NOT NULL, db_role name NOT NULL,
+    app_user text, application_name text, client_addr inet);
+CREATE INDEX ON bench_audit.record_version (table_name, pk);
+CREATE INDEX ON bench_audit.record_version USING brin (at);
+CREATE FUNCTION bench_audit.capture() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    o jsonb;
+    n jsonb;
+    od jsonb;
+    nd jsonb;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        o := to_jsonb(OLD);
+        n := to_jsonb(NEW);
+        SELECT jsonb_object_agg(e.key, e.value) INTO od FROM jsonb_each(o) e WHERE n -> e.key IS DISTINCT FROM e.value;
+        IF od IS NULL THEN
+            RETURN NULL;
+        END IF;
+        SELECT jsonb_object_agg(e.key, e.value) INTO nd FROM jsonb_each(n) e WHERE o -> e.key IS DISTINCT FROM e.value;
+    ELSIF TG_OP = 'INSERT' THEN
+        n := to_jsonb(NEW);
+        nd := n;
+    ELSE
+        o := to_jsonb(OLD);
+        od := o;
+    END IF;
+    INSERT INTO bench_audit.record_version (table_name, op, pk, old, new, xid, at, db_role, app_user,
+        application_name, client_addr)
+    VALUES (format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), TG_OP,
+        jsonb_build_object('id', COALESCE(n, o) -> 'id'), od, nd, pg_current_xact_id(), statement_timestamp(),
+        current_user, COALESCE(current_setting('medallion.app_user', true), COALESCE(n, o) ->> 'write_uid'),
+        current_setting('application_name'), inet_client_addr());
+    RETURN NULL;
+END $$;
+"#;
+
+/// tps of one pgbench run of `script`.
+fn pgbench_tps(
+    cluster: &PgCluster,
+    script: &Path,
+    seconds: u64,
+    clients: u64,
+) -> anyhow::Result<(f64, u64)> {
+    cluster.sql(DB, "CHECKPOINT")?;
+    let out = Command::new(cluster.bin("pgbench"))
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+        ])
+        .args(["-T", &seconds.to_string(), "-f"])
+        .arg(script)
+        .arg(cluster.url(DB))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("pgbench printed no tps")?;
+    let txns = text
+        .lines()
+        .find(|l| l.starts_with("number of transactions actually processed"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().split('/').next())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .context("pgbench printed no transaction count")?;
+    Ok((tps, txns))
+}
+
+fn audit(seconds: u64, clients: u64, rows: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let cluster = PgCluster::start_with(ClusterOptions {
+        extra_conf: vec![
+            "synchronous_commit = off".into(),
+            "max_wal_size = '4GB'".into(),
+        ],
+    })?;
+    cluster.create_db(DB)?;
+    cluster.sql(DB, "CREATE EXTENSION pg_medallion")?;
+    let (_, cols) = medallion_tests::odoo::schema()
+        .into_iter()
+        .find(|(t, _)| *t == "account_move")
+        .context("account_move in the generator schema")?;
+    let ddl: Vec<String> = cols
+        .iter()
+        .map(|(c, ty)| {
+            if *c == "id" {
+                "id serial PRIMARY KEY".to_string()
+            } else {
+                format!("{c} {ty}")
+            }
+        })
+        .collect();
+    cluster.sql(
+        DB,
+        &format!(
+            "CREATE TABLE account_move ({}); \
+             INSERT INTO account_move (journal_id, company_id, partner_id, commercial_partner_id, currency_id, \
+                create_uid, write_uid, sequence_prefix, name, ref, state, move_type, auto_post, payment_state, \
+                invoice_origin, date, invoice_date, invoice_date_due, narration, amount_untaxed, amount_tax, \
+                amount_total, amount_residual, amount_total_signed, amount_residual_signed, create_date, write_date) \
+             SELECT 1, 1, g % 5000, g % 5000, 1, 2, 2, 'INV/2026/', 'INV/2026/' || g, 'REF' || g, 'posted', \
+                'out_invoice', 'no', 'not_paid', 'SO' || g, date '2026-01-01' + g % 300, date '2026-01-01' + g % 300, \
+                date '2026-02-01' + g % 300, 'Payment terms: 30 days', 100 + g % 900, 21, 121 + g % 900, 121 + g % 900, \
+                121 + g % 900, 121 + g % 900, now(), now() \
+             FROM generate_series(1, {rows}) g",
+            ddl.join(", ")
+        ),
+    )?;
+    cluster.sql(DB, "VACUUM ANALYZE account_move")?;
+    cluster.sql(DB, PLPGSQL_AUDIT)?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("update.sql");
+    // Odoo's write(): a few columns plus write_uid/write_date.
+    std::fs::write(
+        &script,
+        format!(
+            "\\set id random(1, {rows})\n\
+             UPDATE account_move SET payment_state = CASE WHEN payment_state = 'paid' THEN 'not_paid' ELSE 'paid' END, \
+             amount_residual = amount_residual + 1, write_uid = :client_id + 2, write_date = now() WHERE id = :id;\n"
+        ),
+    )?;
+    let none = "DROP TRIGGER IF EXISTS plpgsql_audit ON account_move; \
+                SELECT medallion.disable_audit('account_move') WHERE EXISTS (SELECT 1 FROM medallion.audit_tables)";
+    let medallion_on = "DROP TRIGGER IF EXISTS plpgsql_audit ON account_move; \
+                        SELECT medallion.enable_audit('account_move')";
+    let plpgsql_on = "SELECT medallion.disable_audit('account_move') WHERE EXISTS (SELECT 1 FROM medallion.audit_tables); \
+                      CREATE TRIGGER plpgsql_audit AFTER INSERT OR UPDATE OR DELETE ON account_move \
+                      FOR EACH ROW EXECUTE FUNCTION bench_audit.capture()";
+    let mut best = [0f64; 3];
+    let mut records = (0u64, 0u64);
+    for round in 0..2 {
+        for (i, setup) in [none, medallion_on, plpgsql_on].iter().enumerate() {
+            cluster.sql(DB, setup)?;
+            cluster.sql(DB, "VACUUM account_move")?;
+            let before: u64 = cluster
+                .sql(DB, "SELECT count(*) FROM medallion.audit_log")?
+                .trim()
+                .parse()?;
+            // The medallion chain is sealed while the benchmark runs, as the
+            // sidecar does (every second here).
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sealer = (i == 1).then(|| {
+                let stop = stop.clone();
+                let url = cluster.url(DB);
+                let psql = cluster.bin("psql");
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = Command::new(&psql)
+                            .arg(&url)
+                            .args(["-X", "-q", "-c", "SELECT medallion.seal_audit()"])
+                            .stdout(Stdio::null())
+                            .status();
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })
+            });
+            let (tps, txns) = pgbench_tps(&cluster, &script, seconds, clients)?;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(s) = sealer {
+                let _ = s.join();
+            }
+            if i == 1 {
+                let after: u64 = cluster
+                    .sql(DB, "SELECT count(*) FROM medallion.audit_log")?
+                    .trim()
+                    .parse()?;
+                records.0 += after - before;
+                records.1 += txns;
+            }
+            println!(
+                "audit round {round}: {} {tps:.0} tps",
+                ["no trigger", "medallion trigger", "PL/pgSQL jsonb diff"][i]
+            );
+            best[i] = best[i].max(tps);
+        }
+    }
+    let verify = cluster.sql(
+        DB,
+        "SELECT status || ' records=' || records || ' unsealed=' || unsealed FROM medallion.verify_audit('account_move')",
+    )?;
+    if records.0 != records.1 {
+        bail!(
+            "medallion trigger wrote {} records for {} transactions",
+            records.0,
+            records.1
+        );
+    }
+    let added = |tps: f64| (1.0 / tps - 1.0 / best[0]) * 1e6;
+    let (ours, baseline) = (added(best[1]), added(best[2]));
+    println!(
+        "audit: {clients} clients updating an account_move-shaped table ({rows} rows), best of 2 x {seconds} s: \
+         no trigger {:.0} tps, medallion {:.0} tps ({:.0}%), PL/pgSQL jsonb diff {:.0} tps ({:.0}%); \
+         added cost per audited row: medallion {ours:.1} us, PL/pgSQL {baseline:.1} us, ratio {:.2} (target <= 0.5); \
+         chain after the runs: {}",
+        best[0],
+        best[1],
+        100.0 * best[1] / best[0],
+        best[2],
+        100.0 * best[2] / best[0],
+        ours / baseline,
+        verify.trim()
+    );
+    Ok((best[0], best[1], best[2]))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.what {
@@ -530,6 +762,11 @@ fn main() -> anyhow::Result<()> {
         What::Rss { rows } => drop(rss(rows)?),
         What::Gold { rows } => drop(gold(rows)?),
         What::Merge { changes, keys } => drop(merge(changes, keys)?),
+        What::Audit {
+            seconds,
+            clients,
+            rows,
+        } => drop(audit(seconds, clients, rows)?),
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;
@@ -537,6 +774,7 @@ fn main() -> anyhow::Result<()> {
             rss(rows)?;
             gold(rows)?;
             merge(rows, rows / 10)?;
+            audit(20, 8, 100_000)?;
         }
     }
     Ok(())

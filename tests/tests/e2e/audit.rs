@@ -93,12 +93,14 @@ async fn parallel_writers_yield_one_valid_chain() {
     }
     stop.cancel();
     let (sealed_live, rounds) = sealer.await.unwrap();
-    assert!(rounds > 3, "the sealer ran while writers wrote ({rounds} rounds)");
+    assert!(
+        rounds > 3,
+        "the sealer ran while writers wrote ({rounds} rounds)"
+    );
     assert!(sealed_live > 0, "records were sealed while writers wrote");
 
-    let verify = env.sql(
-        "SELECT status, records, unsealed FROM medallion.verify_audit('public.account_move')",
-    );
+    let verify = env
+        .sql("SELECT status, records, unsealed FROM medallion.verify_audit('public.account_move')");
     // Two records (UPDATE + INSERT) per committed transaction, none of the
     // rolled-back ones, every one sealed exactly once in one gapless chain.
     let expected = 2 * committed;
@@ -205,7 +207,9 @@ async fn real_odoo_18_audit_trail_matches_the_source() {
     let work = env.lake.path();
     replay(&env, work, &first, "w1a.sql");
     for t in tables {
-        env.sql(&format!("CREATE TABLE public.snap_{t} AS SELECT * FROM public.{t}"));
+        env.sql(&format!(
+            "CREATE TABLE public.snap_{t} AS SELECT * FROM public.{t}"
+        ));
     }
     let t_mid = env.sql("SELECT clock_timestamp()").trim().to_string();
     replay(&env, work, &second, "w1b.sql");
@@ -218,19 +222,18 @@ async fn real_odoo_18_audit_trail_matches_the_source() {
         "public.account_move OK 0\npublic.account_move_line OK 0\npublic.res_partner OK 0"
     );
 
-    let stats: HashMap<String, (i64, i64, i64)> =
-        std::fs::read_to_string(dir.join("stats_w1.tsv"))
-            .unwrap()
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                Some((
-                    f[0].to_string(),
-                    (f[1].parse().ok()?, f[2].parse().ok()?, f[3].parse().ok()?),
-                ))
-            })
-            .collect();
+    let stats: HashMap<String, (i64, i64, i64)> = std::fs::read_to_string(dir.join("stats_w1.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Some((
+                f[0].to_string(),
+                (f[1].parse().ok()?, f[2].parse().ok()?, f[3].parse().ok()?),
+            ))
+        })
+        .collect();
     for t in tables {
         let (ins, upd, del) = stats[t];
         let counts = env.sql(&format!(
@@ -289,14 +292,24 @@ async fn real_odoo_18_audit_trail_matches_the_source() {
         ));
         let p: Vec<i64> = past.trim().split('|').map(|x| x.parse().unwrap()).collect();
         assert!(p[0] > 0, "{t}: snapshot has rows");
-        assert_eq!(p[1], 0, "{t}: row_as_of(mid-day) equals the mid-day snapshot");
+        assert_eq!(
+            p[1], 0,
+            "{t}: row_as_of(mid-day) equals the mid-day snapshot"
+        );
         let later = env.sql(&format!(
             "SELECT count(*), count(*) FILTER (WHERE medallion.row_as_of('public.{t}', \
                     jsonb_build_object('id', x.id), '{t_mid}') IS NOT NULL) \
              FROM public.{t} x WHERE x.id NOT IN (SELECT id FROM public.snap_{t})"
         ));
-        let l: Vec<i64> = later.trim().split('|').map(|x| x.parse().unwrap()).collect();
-        assert_eq!(l[1], 0, "{t}: rows created after mid-day did not exist then");
+        let l: Vec<i64> = later
+            .trim()
+            .split('|')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(
+            l[1], 0,
+            "{t}: rows created after mid-day did not exist then"
+        );
         eprintln!(
             "real Odoo 18 audit: {t}: {} rows as of mid-day and {} later rows checked",
             p[0], l[0]
