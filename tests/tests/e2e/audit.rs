@@ -326,3 +326,50 @@ async fn real_odoo_18_audit_trail_matches_the_source() {
         "W1's 10 partner e-mail edits are in the trail ({edits})"
     );
 }
+
+/// The trail as a bronze source: long-term retention in the lake. Records
+/// removed by audit_retention stay in bronze as their INSERT change rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_streams_to_bronze_and_outlives_retention() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE public.res_partner (id int PRIMARY KEY, name varchar, email varchar, write_uid int); \
+         SELECT medallion.enable_audit('public.res_partner'); \
+         SELECT medallion.add_source('medallion.audit_log', silver => 'none'); \
+         SELECT medallion.add_source('medallion.audit_seal', silver => 'none');",
+    );
+    env.catch_up().await;
+    env.sql(
+        "INSERT INTO public.res_partner SELECT g, 'Partner ' || g, 'p' || g || '@example.com', 2 \
+            FROM generate_series(1, 50) g; \
+         UPDATE public.res_partner SET email = 'new' || id || '@example.com', write_uid = 6 WHERE id <= 10; \
+         DELETE FROM public.res_partner WHERE id = 50;",
+    );
+    env.sql("SELECT count(*) FROM medallion.verify_audit()");
+    env.catch_up().await;
+    // Bronze equals Postgres row for row (jsonb, xid8, inet, bytea included).
+    env.assert_bronze_matches("medallion", "audit_log").await;
+    env.assert_bronze_matches("medallion", "audit_seal").await;
+    // Retention removes every record from Postgres; bronze keeps them.
+    assert_eq!(
+        env.sql("SELECT sum(removed) FROM medallion.audit_retention(interval '0')")
+            .trim(),
+        "61"
+    );
+    assert_eq!(
+        env.sql("SELECT count(*) FROM medallion.audit_log").trim(),
+        "0"
+    );
+    env.catch_up().await;
+    let batches = lake::read_table(&env.bronze("medallion", "audit_log"))
+        .await
+        .unwrap();
+    let rows = lake::change_rows(&batches);
+    let inserts = rows.iter().filter(|r| r.op == "insert").count();
+    let deletes = rows.iter().filter(|r| r.op == "delete").count();
+    assert_eq!(
+        (inserts, deletes),
+        (61, 61),
+        "bronze keeps all 61 records and the retention deletes"
+    );
+}
