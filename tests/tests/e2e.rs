@@ -853,9 +853,28 @@ async fn supabase_migration_example_is_idempotent() {
         .expect("first run of the migration");
     let first = env.sql("SELECT layer, name, definition FROM medallion.pipeline ORDER BY 1, 2");
     let stamps = env.sql("SELECT max(updated_at) FROM medallion.sources");
+    let audited = env.sql("SELECT table_name, enabled_at FROM medallion.audit_tables ORDER BY 1");
     env.cluster
         .psql(&env.db, &["-f", migration.to_str().unwrap()])
         .expect("second run of the migration");
+    assert_eq!(
+        env.sql("SELECT table_name, enabled_at FROM medallion.audit_tables ORDER BY 1"),
+        audited,
+        "enable_audit is idempotent"
+    );
+    assert_eq!(audited.lines().count(), 3);
+    // A request through PostgREST: the JWT subject is the application user.
+    env.sql(
+        "BEGIN; SET LOCAL request.jwt.claims = '{\"sub\": \"9f0c7d2e-0d5b-4b8a-a0b4-3c2f9a6d1e77\", \"role\": \"authenticated\"}'; \
+         UPDATE res_partner SET email = 'changed@example.com' WHERE id = (SELECT min(id) FROM res_partner); COMMIT;",
+    );
+    assert_eq!(
+        env.sql(
+            "SELECT op || ' ' || app_user || ' ' || (new ->> 'email') FROM medallion.audit_log"
+        )
+        .trim(),
+        "UPDATE 9f0c7d2e-0d5b-4b8a-a0b4-3c2f9a6d1e77 changed@example.com"
+    );
     assert_eq!(
         env.sql("SELECT layer, name, definition FROM medallion.pipeline ORDER BY 1, 2"),
         first

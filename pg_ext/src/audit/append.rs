@@ -48,8 +48,11 @@ struct Target {
     natts: usize,
     /// Position in the tuple of each of `COLUMNS`.
     positions: [usize; 13],
-    /// Index OIDs and their (backend-lifetime) IndexInfo.
-    indexes: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
+    /// Index OIDs (all plain-column, no predicate). Their IndexInfo is built
+    /// per record: an index AM may cache relcache pointers in it (BRIN's
+    /// `ii_AmCache` holds the index's tuple descriptor), which an
+    /// invalidation can free between statements.
+    indexes: Vec<pg_sys::Oid>,
     client_addr: Option<CString>,
 }
 
@@ -115,18 +118,15 @@ unsafe fn describe(
             return None;
         }
         let mut indexes = Vec::new();
-        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         for oid in index_oids(rel) {
             let irel = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as i32);
             let info = pg_sys::BuildIndexInfo(irel);
             pg_sys::index_close(irel, pg_sys::NoLock as i32);
             if !(*info).ii_Expressions.is_null() || !(*info).ii_Predicate.is_null() {
-                pg_sys::MemoryContextSwitchTo(old);
                 return None;
             }
-            indexes.push((oid, info));
+            indexes.push(oid);
         }
-        pg_sys::MemoryContextSwitchTo(old);
         Some(Target {
             relid,
             seq,
@@ -183,9 +183,7 @@ pub(super) fn append(rec: &Record) -> bool {
             let t = slot.as_ref().expect("described above");
             let rel = pg_sys::table_open(t.relid, pg_sys::RowExclusiveLock as i32);
             // The table or its indexes changed since: describe again next time.
-            if (*(*rel).rd_att).natts as usize != t.natts
-                || index_oids(rel) != t.indexes.iter().map(|(o, _)| *o).collect::<Vec<_>>()
-            {
+            if (*(*rel).rd_att).natts as usize != t.natts || index_oids(rel) != t.indexes {
                 pg_sys::table_close(rel, pg_sys::NoLock as i32);
                 *slot = None;
                 return false;
@@ -261,13 +259,15 @@ pub(super) fn append(rec: &Record) -> bool {
             let tuple =
                 pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::simple_heap_insert(rel, tuple);
-            for (oid, info) in &t.indexes {
+            for oid in &t.indexes {
                 let irel = pg_sys::index_open(*oid, pg_sys::RowExclusiveLock as i32);
-                let n = (**info).ii_NumIndexAttrs as usize;
+                // In the trigger's per-row memory context: freed after the row.
+                let info = pg_sys::BuildIndexInfo(irel);
+                let n = (*info).ii_NumIndexAttrs as usize;
                 let mut iv = vec![pg_sys::Datum::from(0usize); n];
                 let mut inull = vec![true; n];
                 for i in 0..n {
-                    let attnum = (**info).ii_IndexAttrNumbers[i] as usize;
+                    let attnum = (*info).ii_IndexAttrNumbers[i] as usize;
                     iv[i] = values[attnum - 1];
                     inull[i] = nulls[attnum - 1];
                 }
@@ -284,7 +284,7 @@ pub(super) fn append(rec: &Record) -> bool {
                         pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
                     },
                     false,
-                    *info,
+                    info,
                 );
                 pg_sys::index_close(irel, pg_sys::NoLock as i32);
             }

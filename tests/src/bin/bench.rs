@@ -599,7 +599,11 @@ fn pgbench_tps(
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pgbench failed: {}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.log_tail()
+        );
     }
     let tps = text
         .lines()

@@ -81,6 +81,14 @@ async fn parallel_writers_yield_one_valid_chain() {
                 .await
                 .expect("seal while writers run");
             rounds += 1;
+            // VACUUM/ANALYZE invalidate the log's relcache entry under the
+            // writers' feet (autovacuum does the same in production).
+            if rounds % 5 == 0 {
+                sealer_client
+                    .batch_execute("VACUUM ANALYZE medallion.audit_log")
+                    .await
+                    .expect("vacuum the audit log while writers run");
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         (sealed, rounds)

@@ -34,3 +34,12 @@ SELECT medallion.define_gold('monthly_revenue', $$
      WHERE m.move_type = 'out_invoice' AND m.state = 'posted'
      GROUP BY 1, 2
 $$, keys => ARRAY['month', 'customer']);
+
+-- Audit: who changed invoices, journal items and partners. On Supabase the
+-- application user recorded is auth.uid() (the JWT subject of the request);
+-- write_date changes on every Odoo write and is left out of the trail.
+SELECT medallion.enable_audit('public.account_move', exclude_columns => ARRAY['write_date']);
+SELECT medallion.enable_audit('public.account_move_line', exclude_columns => ARRAY['write_date']);
+SELECT medallion.enable_audit('public.res_partner', exclude_columns => ARRAY['write_date']);
+-- Without a running sidecar, seal the chain every minute with pg_cron:
+--   SELECT cron.schedule('medallion-seal', '* * * * *', 'SELECT medallion.seal_audit()');
