@@ -62,6 +62,7 @@ GRANT EXECUTE ON FUNCTION
     medallion.audit_canonical(medallion.audit_log),
     medallion._canon(text),
     medallion._canonical_v1(text[]),
+    medallion._row_key(text, jsonb),
     medallion._genesis()
 TO medallion_auditor, medallion_admin;
 GRANT SELECT ON medallion.audit_trail TO medallion_auditor, medallion_admin;

@@ -45,6 +45,9 @@ const COLUMNS: [&str; 13] = [
 struct Target {
     relid: pg_sys::Oid,
     seq: pg_sys::Oid,
+    /// False when the log has a shape this writer does not handle: SPI
+    /// writes, and the shape is only looked at again when it changes.
+    usable: bool,
     natts: usize,
     /// Position in the tuple of each of `COLUMNS`.
     positions: [usize; 13],
@@ -90,19 +93,21 @@ unsafe fn index_oids(rel: pg_sys::Relation) -> Vec<pg_sys::Oid> {
     }
 }
 
-/// Build the target description for the open `rel`; None when it does not
-/// have the shape this writer handles.
+/// Describe the open `rel`: where each column is, its indexes, and whether
+/// this writer can fill it (every column known, every index plain).
 unsafe fn describe(
     rel: pg_sys::Relation,
     relid: pg_sys::Oid,
     seq: pg_sys::Oid,
     addr: Option<String>,
-) -> Option<Target> {
+) -> Target {
     unsafe {
         let tupdesc = (*rel).rd_att;
         let natts = (*tupdesc).natts as usize;
         let attrs = (*tupdesc).attrs.as_slice(natts);
         let mut positions = [usize::MAX; 13];
+        // A column this writer does not know: SPI fills its default.
+        let mut usable = true;
         for (i, a) in attrs.iter().enumerate() {
             if a.attisdropped {
                 continue;
@@ -110,31 +115,26 @@ unsafe fn describe(
             let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
             match COLUMNS.iter().position(|c| c.as_bytes() == name) {
                 Some(k) => positions[k] = i,
-                // A column this writer does not know: let SPI fill defaults.
-                None => return None,
+                None => usable = false,
             }
         }
-        if positions.contains(&usize::MAX) {
-            return None;
-        }
-        let mut indexes = Vec::new();
-        for oid in index_oids(rel) {
-            let irel = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as i32);
+        usable &= !positions.contains(&usize::MAX);
+        let indexes = index_oids(rel);
+        for oid in &indexes {
+            let irel = pg_sys::index_open(*oid, pg_sys::RowExclusiveLock as i32);
             let info = pg_sys::BuildIndexInfo(irel);
             pg_sys::index_close(irel, pg_sys::NoLock as i32);
-            if !(*info).ii_Expressions.is_null() || !(*info).ii_Predicate.is_null() {
-                return None;
-            }
-            indexes.push(oid);
+            usable &= (*info).ii_Expressions.is_null() && (*info).ii_Predicate.is_null();
         }
-        Some(Target {
+        Target {
             relid,
             seq,
+            usable,
             natts,
             positions,
             indexes,
             client_addr: addr.and_then(|a| CString::new(a).ok()),
-        })
+        }
     }
 }
 
@@ -173,19 +173,23 @@ pub(super) fn append(rec: &Record) -> bool {
                     return false;
                 };
                 let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
-                let target = describe(rel, relid, seq, addr);
+                *slot = Some(describe(rel, relid, seq, addr));
                 pg_sys::table_close(rel, pg_sys::NoLock as i32);
-                let Some(target) = target else {
-                    return false;
-                };
-                *slot = Some(target);
             }
             let t = slot.as_ref().expect("described above");
             let rel = pg_sys::table_open(t.relid, pg_sys::RowExclusiveLock as i32);
-            // The table or its indexes changed since: describe again next time.
+            // The table or its indexes changed since: describe it again.
             if (*(*rel).rd_att).natts as usize != t.natts || index_oids(rel) != t.indexes {
+                let (relid, seq) = (t.relid, t.seq);
+                let addr = t
+                    .client_addr
+                    .as_ref()
+                    .map(|a| a.to_string_lossy().into_owned());
+                *slot = Some(describe(rel, relid, seq, addr));
+            }
+            let t = slot.as_ref().expect("described above");
+            if !t.usable {
                 pg_sys::table_close(rel, pg_sys::NoLock as i32);
-                *slot = None;
                 return false;
             }
             let mut values = vec![pg_sys::Datum::from(0usize); t.natts];

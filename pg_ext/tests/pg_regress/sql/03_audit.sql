@@ -136,6 +136,22 @@ SELECT * FROM medallion.verify_audit();
 SELECT op, old, new, seq FROM medallion.audit_history('public.account_move', '{"id": 1}');
 SELECT regexp_replace(err(format($$SELECT medallion.row_as_of('public.account_move', '{"id": 1}', %L)$$, :'t_insert')), ' from .* 20\d\d \w+', ' from <retention cut>');
 
+-- An index with an expression on the log: records go through SPI instead
+-- of the direct append, with the same content.
+\c - postgres
+CREATE INDEX audit_log_app_user_lower ON medallion.audit_log (lower(app_user));
+\c - medallion_test_app
+BEGIN;
+SET LOCAL medallion.app_user = 'Carol';
+UPDATE account_move SET state = 'cancel' WHERE id = 1;
+UPDATE account_move SET state = 'posted' WHERE id = 1;
+COMMIT;
+\c - medallion_test_auditor
+SELECT op, old, new, app_user, row_key = medallion._row_key(table_name, pk) AS key_ok
+  FROM medallion.audit_log WHERE lower(app_user) = 'carol' ORDER BY id;
+\c - postgres
+DROP INDEX medallion.audit_log_app_user_lower;
+
 -- Tamper evidence: a superuser who bypasses the guard is caught.
 \c - medallion_test_app
 UPDATE account_move SET state = 'draft' WHERE id = 1;
