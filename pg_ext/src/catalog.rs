@@ -117,13 +117,7 @@ pub(crate) fn table_info(oid: pg_sys::Oid) -> TableInfo {
         &[oid.into()],
     )
     .unwrap_or_default();
-    let pk = texts(
-        "SELECT a.attname::text FROM pg_catalog.pg_index i \
-         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
-        &[oid.into()],
-    );
+    let pk = primary_key(oid);
     let identity_columns = texts(
         "SELECT a.attname::text FROM pg_catalog.pg_index i \
          JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
@@ -147,6 +141,17 @@ pub(crate) fn table_info(oid: pg_sys::Oid) -> TableInfo {
         identity_columns,
         columns,
     }
+}
+
+/// The primary key columns of a table, in key order (empty without one).
+pub(crate) fn primary_key(oid: pg_sys::Oid) -> Vec<String> {
+    texts(
+        "SELECT a.attname::text FROM pg_catalog.pg_index i \
+         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+        &[oid.into()],
+    )
 }
 
 /// Raise 42703 unless every name in `cols` is a column of `info`.

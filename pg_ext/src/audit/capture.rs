@@ -109,10 +109,9 @@ fn audit_capture<'a>(
         );
     }
     let td = trigger.trigger_data();
-    let args = trigger_args(trigger.trigger());
     // SAFETY: Postgres passes a valid open relation with its tuple descriptor.
     let rel = td.tg_relation;
-    let plan = unsafe { plan_for(rel, &args) };
+    let plan = unsafe { plan_for(rel, trigger.trigger()) };
     if trigger.event().fired_by_truncate() {
         let app_user = app_user_from_settings();
         write_record(&plan.table_name, "TRUNCATE", None, None, None, app_user);
@@ -172,6 +171,16 @@ impl std::fmt::Display for AuditTriggerError {
 
 impl std::error::Error for AuditTriggerError {}
 
+/// Whether the trigger's arguments are still `cached` (no allocation: this
+/// runs for every row).
+fn same_args(t: &pg_sys::Trigger, cached: &[String]) -> bool {
+    t.tgnargs as usize == cached.len()
+        && cached.iter().enumerate().all(|(i, c)| {
+            // SAFETY: tgargs holds tgnargs NUL-terminated strings.
+            unsafe { CStr::from_ptr(*t.tgargs.add(i)) }.to_bytes() == c.as_bytes()
+        })
+}
+
 fn trigger_args(t: &pg_sys::Trigger) -> Vec<String> {
     (0..t.tgnargs as usize)
         .map(|i| {
@@ -185,16 +194,16 @@ fn trigger_args(t: &pg_sys::Trigger) -> Vec<String> {
 
 /// The cached plan for `rel`, rebuilt when the trigger's arguments or the
 /// table's columns changed.
-unsafe fn plan_for(rel: pg_sys::Relation, args: &[String]) -> Rc<Plan> {
+unsafe fn plan_for(rel: pg_sys::Relation, trigger: &pg_sys::Trigger) -> Rc<Plan> {
     let relid = unsafe { (*rel).rd_id };
     let cached = BACKEND.with(|b| b.borrow().plans.get(&relid).cloned());
     if let Some(p) = cached
-        && p.args == args
+        && same_args(trigger, &p.args)
         && unsafe { same_signature(rel, &p.signature) }
     {
         return p;
     }
-    let plan = Rc::new(unsafe { build_plan(rel, args, signature(rel)) });
+    let plan = Rc::new(unsafe { build_plan(rel, &trigger_args(trigger), signature(rel)) });
     BACKEND.with(|b| b.borrow_mut().plans.insert(relid, plan.clone()));
     plan
 }
@@ -261,13 +270,7 @@ unsafe fn build_plan(
         &[relid.into()],
     )
     .unwrap_or_default();
-    let key_names = crate::catalog::texts(
-        "SELECT a.attname::text FROM pg_catalog.pg_index i \
-         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
-        &[relid.into()],
-    );
+    let key_names = crate::catalog::primary_key(relid);
     let mut audited = Vec::new();
     let mut key = Vec::new();
     let mut write_uid = None;
@@ -588,13 +591,9 @@ fn log_owner() -> pg_sys::Oid {
     if let Some(o) = BACKEND.with(|b| b.borrow().log_owner) {
         return o;
     }
-    let owner: pg_sys::Oid = crate::catalog::one(
-        // By name through pg_catalog: the writer may have no USAGE on medallion.
-        "SELECT c.relowner FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = 'medallion' AND c.relname = 'audit_log'",
-        &[],
-    )
-    .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into());
+    let owner = super::append::log_relation()
+        .map(|(_, owner)| owner)
+        .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into());
     BACKEND.with(|b| b.borrow_mut().log_owner = Some(owner));
     owner
 }
