@@ -360,6 +360,14 @@ BEGIN
 END
 $$;
 
+-- Every record of one row, plus its table's TRUNCATEs (inlined by the
+-- planner, so both branches use the row_key index).
+CREATE FUNCTION medallion._row_records(t text, key jsonb) RETURNS SETOF medallion.audit_log
+LANGUAGE sql STABLE
+AS $$ SELECT l.* FROM medallion.audit_log l
+       WHERE (l.row_key = medallion._row_key(t, key) AND l.table_name = t AND l.pk = key)
+          OR (l.row_key = medallion._row_key(t, NULL) AND l.table_name = t AND l.op = 'TRUNCATE') $$;
+
 CREATE FUNCTION medallion.audit_history(tbl regclass, pk jsonb)
 RETURNS TABLE (id bigint, op text, at timestamptz, xid xid8, db_role name, app_user text,
                application_name text, client_addr inet, old jsonb, new jsonb, seq bigint)
@@ -373,9 +381,7 @@ BEGIN
     RETURN QUERY
         SELECT l.id, l.op, l.at, l.xid, l.db_role, l.app_user, l.application_name, l.client_addr,
                l.old, l.new, s.seq
-          FROM medallion.audit_log l LEFT JOIN medallion.audit_seal s ON s.record_id = l.id
-         WHERE (l.row_key = medallion._row_key(a.table_name, key) AND l.table_name = a.table_name AND l.pk = key)
-            OR (l.row_key = medallion._row_key(a.table_name, NULL) AND l.table_name = a.table_name AND l.op = 'TRUNCATE')
+          FROM medallion._row_records(a.table_name, key) l LEFT JOIN medallion.audit_seal s ON s.record_id = l.id
          ORDER BY l.id;
 END
 $$;
@@ -431,9 +437,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM medallion.audit_log l WHERE l.row_key = medallion._row_key(a.table_name, NULL)
                       AND l.table_name = a.table_name AND l.op = 'TRUNCATE' AND l.at > row_as_of.at) THEN
         state := medallion._live_row(tbl, key, a);
-        FOR r IN SELECT l.op, l.old FROM medallion.audit_log l
-                  WHERE l.row_key = medallion._row_key(a.table_name, key) AND l.table_name = a.table_name
-                    AND l.pk = key AND l.at > row_as_of.at ORDER BY l.id DESC LOOP
+        FOR r IN SELECT l.op, l.old FROM medallion._row_records(a.table_name, key) l
+                  WHERE l.op <> 'TRUNCATE' AND l.at > row_as_of.at ORDER BY l.id DESC LOOP
             CASE r.op
                 WHEN 'INSERT' THEN state := NULL;
                 WHEN 'UPDATE' THEN state := COALESCE(state, '{}'::jsonb) || r.old;
@@ -444,10 +449,8 @@ BEGIN
     END IF;
     -- Replay forward from the row's INSERT (a TRUNCATE left no row image).
     state := NULL;
-    FOR r IN SELECT l.op, l.new FROM medallion.audit_log l
-              WHERE ((l.row_key = medallion._row_key(a.table_name, key) AND l.table_name = a.table_name AND l.pk = key)
-                     OR (l.row_key = medallion._row_key(a.table_name, NULL) AND l.table_name = a.table_name AND l.op = 'TRUNCATE'))
-                AND l.at <= row_as_of.at ORDER BY l.id LOOP
+    FOR r IN SELECT l.op, l.new FROM medallion._row_records(a.table_name, key) l
+              WHERE l.at <= row_as_of.at ORDER BY l.id LOOP
         CASE r.op
             WHEN 'INSERT' THEN state := r.new;
             WHEN 'UPDATE' THEN

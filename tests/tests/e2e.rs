@@ -50,6 +50,35 @@ impl Env {
         }
     }
 
+    /// A private cluster with the real Odoo 18 base restored into database
+    /// `odoo` (collation C, as Odoo creates it) and pg_medallion installed.
+    fn real_odoo(dir: &std::path::Path) -> Env {
+        let cluster = PgCluster::start().expect("start private Postgres cluster");
+        cluster
+            .create_db("odoo")
+            .expect("create odoo database (collation C)");
+        let restore = Command::new(cluster.bin("pg_restore"))
+            .args(["--no-owner", "--no-privileges", "-d", &cluster.url("odoo")])
+            .arg(dir.join("base.dump"))
+            .output()
+            .expect("pg_restore");
+        assert!(
+            restore.status.success(),
+            "{}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+        let env = Env {
+            cluster,
+            lake: tempfile::Builder::new()
+                .prefix("medallion-lake-")
+                .tempdir()
+                .unwrap(),
+            db: "odoo".into(),
+        };
+        env.sql("CREATE EXTENSION pg_medallion");
+        env
+    }
+
     fn url(&self) -> String {
         self.cluster.url(&self.db)
     }
@@ -625,29 +654,7 @@ async fn real_odoo_18_replay_lands_exactly_once() {
     let Some(dir) = medallion_tests::shared::odoo18_dir() else {
         return;
     };
-    let cluster = PgCluster::start().expect("start private Postgres cluster");
-    cluster
-        .create_db("odoo")
-        .expect("create odoo database (collation C)");
-    let restore = Command::new(cluster.bin("pg_restore"))
-        .args(["--no-owner", "--no-privileges", "-d", &cluster.url("odoo")])
-        .arg(dir.join("base.dump"))
-        .output()
-        .expect("pg_restore");
-    assert!(
-        restore.status.success(),
-        "{}",
-        String::from_utf8_lossy(&restore.stderr)
-    );
-    let env = Env {
-        cluster,
-        lake: tempfile::Builder::new()
-            .prefix("medallion-lake-")
-            .tempdir()
-            .unwrap(),
-        db: "odoo".into(),
-    };
-    env.sql("CREATE EXTENSION pg_medallion");
+    let env = Env::real_odoo(&dir);
     let n: i32 = env
         .sql("SELECT medallion.add_sources('public')")
         .trim()

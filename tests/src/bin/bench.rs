@@ -212,6 +212,20 @@ fn insert_sql(from: u64, to: u64) -> String {
     )
 }
 
+/// A private cluster tuned for throughput (no commit flush wait), with
+/// database `DB` and pg_medallion.
+fn bench_cluster() -> anyhow::Result<PgCluster> {
+    let cluster = PgCluster::start_with(ClusterOptions {
+        extra_conf: vec![
+            "synchronous_commit = off".into(),
+            "max_wal_size = '4GB'".into(),
+        ],
+    })?;
+    cluster.create_db(DB)?;
+    cluster.sql(DB, "CREATE EXTENSION pg_medallion")?;
+    Ok(cluster)
+}
+
 struct Bench {
     cluster: PgCluster,
     dir: tempfile::TempDir,
@@ -220,14 +234,7 @@ struct Bench {
 
 impl Bench {
     fn new() -> anyhow::Result<Bench> {
-        let cluster = PgCluster::start_with(ClusterOptions {
-            extra_conf: vec![
-                "synchronous_commit = off".into(),
-                "max_wal_size = '4GB'".into(),
-            ],
-        })?;
-        cluster.create_db(DB)?;
-        cluster.sql(DB, "CREATE EXTENSION pg_medallion")?;
+        let cluster = bench_cluster()?;
         cluster.sql(DB, TABLE_DDL)?;
         let exe = std::env::current_exe()?;
         let sidecar = exe.with_file_name("medallion-sidecar");
@@ -622,14 +629,7 @@ fn pgbench_tps(
 }
 
 fn audit(seconds: u64, clients: u64, rows: u64) -> anyhow::Result<(f64, f64, f64)> {
-    let cluster = PgCluster::start_with(ClusterOptions {
-        extra_conf: vec![
-            "synchronous_commit = off".into(),
-            "max_wal_size = '4GB'".into(),
-        ],
-    })?;
-    cluster.create_db(DB)?;
-    cluster.sql(DB, "CREATE EXTENSION pg_medallion")?;
+    let cluster = bench_cluster()?;
     let (_, cols) = medallion_tests::odoo::schema()
         .into_iter()
         .find(|(t, _)| *t == "account_move")

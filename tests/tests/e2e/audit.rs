@@ -180,27 +180,7 @@ async fn real_odoo_18_audit_trail_matches_the_source() {
     let Some(dir) = medallion_tests::shared::odoo18_dir() else {
         return;
     };
-    let cluster = PgCluster::start().expect("start private Postgres cluster");
-    cluster.create_db("odoo").expect("create odoo database");
-    let restore = Command::new(cluster.bin("pg_restore"))
-        .args(["--no-owner", "--no-privileges", "-d", &cluster.url("odoo")])
-        .arg(dir.join("base.dump"))
-        .output()
-        .expect("pg_restore");
-    assert!(
-        restore.status.success(),
-        "{}",
-        String::from_utf8_lossy(&restore.stderr)
-    );
-    let env = Env {
-        cluster,
-        lake: tempfile::Builder::new()
-            .prefix("medallion-audit-")
-            .tempdir()
-            .unwrap(),
-        db: "odoo".into(),
-    };
-    env.sql("CREATE EXTENSION pg_medallion");
+    let env = Env::real_odoo(&dir);
     let tables = ["account_move", "account_move_line", "res_partner"];
     for t in tables {
         assert_eq!(
