@@ -157,7 +157,15 @@ fn text_datum(s: &str) -> pg_sys::Datum {
 }
 
 fn jsonb_datum(s: &str) -> pg_sys::Datum {
-    let c = CString::new(s).expect("JSON text has no NUL");
+    // Postgres text never holds NUL and jsonb escapes it, so this is a bug
+    // if it ever fires: say so instead of panicking.
+    let c = CString::new(s).unwrap_or_else(|_| {
+        crate::raise::error(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "medallion audit record JSON contains a NUL byte",
+            "This is a bug in pg_medallion; please report it with the table's definition.",
+        )
+    });
     // SAFETY: jsonb_in parses a C string; errors are Postgres ERRORs.
     unsafe {
         pg_sys::OidFunctionCall1Coll(
