@@ -8,7 +8,7 @@ DEMO_DIR  ?= .medallion/demo
 DEMO_SCALE ?= 1
 PGRX_TEST_DIR ?= /tmp/medallion-pgrx-test
 
-.PHONY: help setup demo test test-ext test-sql test-e2e lint fmt clean-demo
+.PHONY: help setup setup-tests demo test test-ext test-sql test-e2e lint fmt clean-demo
 
 help:
 	@echo "make demo   run the main job on a private Postgres and a local-directory lake"
@@ -17,6 +17,9 @@ help:
 
 setup:
 	@scripts/setup.sh
+
+setup-tests:
+	@scripts/setup.sh --tests
 
 demo: setup
 	@scripts/demo.sh "$(DEMO_DIR)" "$(DEMO_SCALE)"
@@ -28,7 +31,7 @@ clean-demo:
 # pgrx tests (#[pg_test], in a pgrx-managed cluster run as the postgres OS user;
 # they install a test build), then the release build is installed again and the
 # SQL golden tests, unit tests and the end-to-end suite run against private clusters.
-test: setup test-ext
+test: setup-tests test-ext
 	@scripts/setup.sh
 	@$(MAKE) --no-print-directory test-sql test-e2e
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One idempotent setup path for a fresh Debian 12 machine with Rust 1.95.
+# One idempotent setup path for a fresh Debian 12 machine with Rust 1.95
+# (`scripts/setup.sh --tests` adds what the test suite needs).
 # Installs what is missing, builds pg_medallion and installs it into the system
 # Postgres 15. A second run installs nothing and only re-copies the extension
 # when its build changed. Used by `make demo` and `make test`.
@@ -9,6 +10,12 @@ cd "$(dirname "$0")/.."
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=0.18.0
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev cmake sudo pkg-config make)
+# `--tests`: also what the test suite needs — a one-node Ceph cluster whose
+# RADOS Gateway is the real S3-compatible server the object-store tests use,
+# and curl to create its bucket.
+if [ "${1:-}" = "--tests" ]; then
+  APT_PACKAGES+=(ceph-mon ceph-osd radosgw ceph-common curl)
+fi
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }

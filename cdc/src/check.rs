@@ -20,6 +20,67 @@ fn f(name: &'static str, ok: bool, message: impl Into<String>) -> Finding {
     }
 }
 
+/// Write, read back and delete a probe object under the lake root, then
+/// check that a second create-only put of it is refused: Delta commits rely
+/// on that (`If-None-Match: *` on S3) to never overwrite a log entry.
+async fn probe_object_store(root: &url::Url, cfg: &Config) -> Result<(), String> {
+    use object_store::{ObjectStoreExt, PutMode, PutPayload, path::Path};
+    let store = crate::lake::store(root, &cfg.storage.to_map()).map_err(|e| e.to_string())?;
+    let path = Path::from(format!(
+        ".medallion-write-probe-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    ));
+    let hint = "check the credentials (AWS_*/AZURE_*/GOOGLE_* or [storage]), the endpoint and \
+                that the bucket exists";
+    store
+        .put_opts(
+            &path,
+            PutPayload::from_static(b"ok"),
+            PutMode::Create.into(),
+        )
+        .await
+        .map_err(|e| format!("cannot write: {e}; {hint}"))?;
+    let second = store
+        .put_opts(
+            &path,
+            PutPayload::from_static(b"no"),
+            PutMode::Create.into(),
+        )
+        .await;
+    let read = store
+        .get(&path)
+        .await
+        .map_err(|e| format!("cannot read back: {e}"));
+    let read = match read {
+        Ok(r) => r
+            .bytes()
+            .await
+            .map_err(|e| format!("cannot read back: {e}")),
+        Err(e) => Err(e),
+    };
+    store
+        .delete(&path)
+        .await
+        .map_err(|e| format!("cannot delete: {e}; the sidecar needs delete for vacuum"))?;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Ok(_) => {
+            return Err(
+                "the store accepted a create-only put over an existing object: it \
+                        ignores If-None-Match, and Delta commits would not be atomic; use a \
+                        store with conditional put"
+                    .into(),
+            );
+        }
+        Err(e) => return Err(format!("conditional put failed: {e}")),
+    }
+    if read?.as_ref() != b"ok" {
+        return Err("the probe read back differs from what was written".into());
+    }
+    Ok(())
+}
+
 /// Run every check; a failed connection stops the database checks.
 pub async fn run(cfg: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -43,14 +104,17 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
                     },
                 ));
             } else {
-                out.push(f(
-                    "lake",
-                    false,
-                    format!(
-                        "{}: only local-directory lakes are supported by this build",
-                        scrub_url(root.as_str())
+                let (ok, message) = match probe_object_store(&root, cfg).await {
+                    Ok(()) => (
+                        true,
+                        format!(
+                            "{} is writable (put, read, delete) and honours conditional put",
+                            scrub_url(root.as_str())
+                        ),
                     ),
-                ));
+                    Err(e) => (false, format!("{}: {e}", scrub_url(root.as_str()))),
+                };
+                out.push(f("lake", ok, message));
             }
         }
         Err(e) => out.push(f("lake", false, e.to_string())),

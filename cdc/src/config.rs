@@ -1,6 +1,7 @@
 //! Configuration: an optional TOML file, overridden by `MEDALLION_*`
 //! environment variables. Secrets are never printed (see [`Config::describe`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,8 +17,17 @@ pub struct Config {
     /// REPLICATION and membership in `medallion_admin`.
     pub database_url: String,
     /// Where the lake lives (`MEDALLION_LAKE_URL`): a local directory (default
-    /// `./lake`) or an object-store URL.
+    /// `./lake`) or an object-store URL: `s3://bucket/prefix` (AWS or any
+    /// S3-compatible server), `az://container/prefix` or
+    /// `abfss://container@account.dfs.core.windows.net/prefix` (Azure),
+    /// `gs://bucket/prefix` (Google Cloud Storage).
     pub lake_url: String,
+    /// Object-store options (the `[storage]` table of the TOML file), e.g.
+    /// `aws_endpoint_url`, `aws_region`, `aws_allow_http`. The object-store
+    /// layer also reads the usual `AWS_*`, `AZURE_*` and `GOOGLE_*`
+    /// environment variables; an option given here wins over the environment.
+    /// Values are never printed.
+    pub storage: StorageOptions,
     /// Replication slot (`MEDALLION_SLOT`). Two sidecars following one
     /// database (e.g. staging and production lakes) use two slots.
     pub slot: String,
@@ -60,11 +70,35 @@ pub struct Config {
     pub publish_database_url: Option<String>,
 }
 
+/// URL schemes of the object stores this build writes to.
+pub const OBJECT_STORE_SCHEMES: &[&str] =
+    &["s3", "s3a", "az", "adl", "azure", "abfs", "abfss", "gs"];
+
+/// Object-store options passed to Delta. `Debug` prints keys only: values
+/// may be credentials.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct StorageOptions(pub BTreeMap<String, String>);
+
+impl StorageOptions {
+    /// The options as Delta's builders take them.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        self.0.clone().into_iter().collect()
+    }
+}
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             database_url: String::new(),
             lake_url: "./lake".into(),
+            storage: StorageOptions::default(),
             slot: "medallion".into(),
             publication: "medallion".into(),
             flush_rows: 100_000,
@@ -193,11 +227,44 @@ impl Config {
         Ok(())
     }
 
-    /// The lake root as a URL (`file://` for a local directory, created if missing).
+    /// The lake root as a URL ending in `/` (`file://` for a local
+    /// directory, created if missing). Object-store schemes are registered
+    /// with Delta on first use.
     pub fn lake_root(&self) -> Result<url::Url> {
         if self.lake_url.contains("://") {
-            return url::Url::parse(&self.lake_url)
-                .map_err(|e| Error::Config(format!("MEDALLION_LAKE_URL: {e}")));
+            let mut url = url::Url::parse(&self.lake_url).map_err(|e| {
+                Error::Config(format!(
+                    "MEDALLION_LAKE_URL {}: {e}",
+                    scrub_url(&self.lake_url)
+                ))
+            })?;
+            if url.query().is_some() {
+                url.set_query(None);
+                return Err(Error::Config(format!(
+                    "MEDALLION_LAKE_URL {}?...: put object-store options in the [storage] table \
+                     or the environment, not in the URL's query",
+                    scrub_url(url.as_str())
+                )));
+            }
+            if !OBJECT_STORE_SCHEMES.contains(&url.scheme()) && url.scheme() != "file" {
+                return Err(Error::Config(format!(
+                    "MEDALLION_LAKE_URL {}: unsupported scheme {:?}; use a local directory, \
+                     file://, {}",
+                    scrub_url(&self.lake_url),
+                    url.scheme(),
+                    OBJECT_STORE_SCHEMES
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            crate::lake::register_object_stores();
+            return Ok(url);
         }
         let path = PathBuf::from(&self.lake_url);
         std::fs::create_dir_all(&path).map_err(|e| {
@@ -220,9 +287,10 @@ impl Config {
     /// A printable summary with secrets scrubbed.
     pub fn describe(&self) -> String {
         format!(
-            "database={} lake={} slot={} publication={} flush_rows={} flush_interval={}ms",
+            "database={} lake={} storage={:?} slot={} publication={} flush_rows={} flush_interval={}ms",
             scrub_url(&self.database_url),
             scrub_url(&self.lake_url),
+            self.storage,
             self.slot,
             self.publication,
             self.flush_rows,
@@ -249,7 +317,8 @@ mod tests {
         let path = dir.path().join("medallion.toml");
         std::fs::write(
             &path,
-            "database_url = \"postgresql://app:secret@db/odoo\"\nslot = \"staging\"\nflush_rows = 500\nnumeric_scale = 10\n",
+            "database_url = \"postgresql://app:db-pw-42@db/odoo\"\nslot = \"staging\"\nflush_rows = 500\nnumeric_scale = 10\n\
+             [storage]\naws_region = \"eu-west-1\"\naws_secret_access_key = \"hunter2\"\n",
         )
         .unwrap();
         let cfg = Config::load(Some(&path)).unwrap();
@@ -258,9 +327,20 @@ mod tests {
         assert_eq!(cfg.numeric_scale, 10);
         assert_eq!(cfg.publication, "medallion", "defaults fill the rest");
         assert!(
-            !cfg.describe().contains("secret"),
+            !cfg.describe().contains("db-pw-42"),
             "secrets are never printed"
         );
+        assert_eq!(
+            cfg.storage.0.get("aws_region").map(String::as_str),
+            Some("eu-west-1")
+        );
+        for printed in [cfg.describe(), format!("{cfg:?}")] {
+            assert!(printed.contains("aws_secret_access_key"), "{printed}");
+            assert!(
+                !printed.contains("hunter2"),
+                "storage values are never printed: {printed}"
+            );
+        }
 
         std::fs::write(&path, "database_url = \"x\"\nslot = \"Bad-Slot\"\n").unwrap();
         let e = Config::load(Some(&path)).unwrap_err().to_string();
@@ -273,5 +353,33 @@ mod tests {
         std::fs::write(&path, "slot = \"a\"\n").unwrap();
         let e = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("MEDALLION_DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn object_store_lake_urls() {
+        let cfg = |url: &str| Config {
+            database_url: "x".into(),
+            lake_url: url.into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg("s3://bucket/lake").lake_root().unwrap().as_str(),
+            "s3://bucket/lake/",
+            "the root is a directory, so bronze/... joins below it"
+        );
+        assert_eq!(
+            cfg("gs://bucket/").lake_root().unwrap().as_str(),
+            "gs://bucket/"
+        );
+        let e = cfg("hdfs://nn/lake").lake_root().unwrap_err().to_string();
+        assert!(
+            e.contains("unsupported scheme") && e.contains("s3://"),
+            "{e}"
+        );
+        let e = cfg("s3://bucket/lake?aws_secret_access_key=hunter2")
+            .lake_root()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[storage]") && !e.contains("hunter2"), "{e}");
     }
 }

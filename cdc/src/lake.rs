@@ -23,6 +23,29 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+/// Register Delta's object stores (S3 and S3-compatible, Azure, GCS) for
+/// their URL schemes; idempotent. Commits use conditional put
+/// (`If-None-Match: *`), so concurrent writers to one table cannot overwrite
+/// each other's log entry and no external lock is needed.
+pub(crate) fn register_object_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        deltalake::aws::register_handlers(None);
+        deltalake::azure::register_handlers(None);
+        deltalake::gcp::register_handlers(None);
+    });
+}
+
+/// The object store rooted at `url` (any scheme the lake may use).
+pub(crate) fn store(
+    url: &Url,
+    storage: &HashMap<String, String>,
+) -> Result<deltalake::logstore::ObjectStoreRef> {
+    register_object_stores();
+    deltalake::logstore::store_for(url, storage.clone())
+        .map_err(Error::delta(format!("object store at {url}")))
+}
+
 /// Encode one path segment of a table location.
 fn segment(s: &str) -> String {
     s.chars()

@@ -199,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
             let gold: Vec<String> = gold.into_iter().map(|d| d.name).collect();
             let batches = medallion::lake::query(
                 &cfg.lake_root()?,
-                &Default::default(),
+                &cfg.storage.to_map(),
                 &silver,
                 &gold,
                 &sql,

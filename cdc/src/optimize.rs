@@ -8,16 +8,17 @@
 //! Vacuum then deletes files that no version within the retention period
 //! references, including files a crashed sidecar staged but never committed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, new_null_array};
 use arrow::datatypes::{Schema, SchemaRef};
+use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableBuilder};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -65,6 +66,7 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 async fn compact(
     table: &mut DeltaTable,
     url: &Url,
+    storage: &HashMap<String, String>,
     opts: &OptimizeOptions,
 ) -> Result<(usize, usize, usize)> {
     let files: Vec<_> = table
@@ -95,8 +97,9 @@ async fn compact(
         let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
         let schema: SchemaRef =
             Arc::new(Schema::clone(snapshot.snapshot().arrow_schema().as_ref()));
-        let mut writer = RecordBatchWriter::try_new(url.as_str(), schema.clone(), None, None)
-            .map_err(Error::delta("optimize writer"))?;
+        let mut writer =
+            RecordBatchWriter::try_new(url.as_str(), schema.clone(), None, Some(storage.clone()))
+                .map_err(Error::delta("optimize writer"))?;
         let store = table.object_store();
         for f in &bin {
             let path = deltalake::Path::from_url_path(f.path().as_ref())
@@ -159,6 +162,44 @@ async fn compact(
     Ok((before, compacted, written))
 }
 
+/// `(schema, table)` of every directory under `<lake>/bronze/` that holds a
+/// Delta log, on any object store.
+async fn bronze_tables(
+    root: &Url,
+    storage: &HashMap<String, String>,
+) -> Result<Vec<(String, String)>> {
+    let store = crate::lake::store(root, storage)?;
+    let listing = |prefix: deltalake::Path| {
+        let store = store.clone();
+        async move {
+            store
+                .list_with_delimiter(Some(&prefix))
+                .await
+                .map_err(|e| Error::Delta {
+                    context: format!("list {prefix}"),
+                    source: e.into(),
+                })
+        }
+    };
+    let mut out = Vec::new();
+    for schema in listing(deltalake::Path::from("bronze"))
+        .await?
+        .common_prefixes
+    {
+        for table in listing(schema.clone()).await?.common_prefixes {
+            let has_log = listing(table.clone())
+                .await?
+                .common_prefixes
+                .iter()
+                .any(|p| p.filename() == Some("_delta_log"));
+            if let (true, Some(s), Some(t)) = (has_log, schema.filename(), table.filename()) {
+                out.push((s.to_string(), t.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Compact and vacuum every bronze table of the lake.
 pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableReport>> {
     if opts.vacuum && opts.retain_hours < MIN_RETAIN_HOURS {
@@ -168,33 +209,18 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
         )));
     }
     let root = cfg.lake_root()?;
-    let dir = root
-        .to_file_path()
-        .map_err(|_| Error::Config("optimize needs a local-directory lake".into()))?
-        .join("bronze");
-    let mut tables = Vec::new();
-    if let Ok(schemas) = std::fs::read_dir(&dir) {
-        for s in schemas.flatten() {
-            if let Ok(ts) = std::fs::read_dir(s.path()) {
-                for t in ts.flatten() {
-                    if t.path().join("_delta_log").is_dir() {
-                        tables.push(t.path());
-                    }
-                }
-            }
-        }
-    }
+    let storage = cfg.storage.to_map();
+    let mut tables = bronze_tables(&root, &storage).await?;
     tables.sort();
     let mut out = Vec::new();
-    for path in tables {
-        let url = Url::from_directory_path(&path)
-            .map_err(|_| Error::Config(format!("bad table path {}", path.display())))?;
-        let mut table = DeltaTableBuilder::from_url(url.clone())
-            .map_err(Error::delta(format!("open {url}")))?
-            .load()
-            .await
-            .map_err(Error::delta(format!("load {url}")))?;
-        let (before, compacted, written) = compact(&mut table, &url, &opts).await?;
+    for (schema, name) in tables {
+        let url = root
+            .join(&format!("bronze/{schema}/{name}/"))
+            .map_err(|e| Error::Config(format!("bronze table {schema}.{name}: {e}")))?;
+        let Some(mut table) = crate::lake::open(&url, &storage).await? else {
+            continue;
+        };
+        let (before, compacted, written) = compact(&mut table, &url, &storage, &opts).await?;
         let mut vacuumed = 0;
         if opts.vacuum {
             let (_, metrics) = table
@@ -206,16 +232,7 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
                 .map_err(Error::delta(format!("vacuum {url}")))?;
             vacuumed = metrics.files_deleted.len();
         }
-        let name = format!(
-            "{}.{}",
-            path.parent()
-                .and_then(|p| p.file_name())
-                .map(|s| s.to_string_lossy())
-                .unwrap_or_default(),
-            path.file_name()
-                .map(|s| s.to_string_lossy())
-                .unwrap_or_default()
-        );
+        let name = format!("{schema}.{name}");
         tracing::info!(table = %name, before, compacted, written, vacuumed, "optimized");
         out.push(TableReport {
             table: name,

@@ -176,7 +176,7 @@ pub async fn cycle(
     forced: &HashSet<String>,
 ) -> Result<CycleReport> {
     let lake_url = cfg.lake_root()?;
-    let storage = HashMap::new();
+    let storage = cfg.storage.to_map();
     let refiner = Refiner {
         lake: &lake_url,
         storage: &storage,

@@ -233,10 +233,11 @@ async fn run_once(
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("medallion-spill-{}", cfg.slot)));
 
+    let storage = cfg.storage.to_map();
     let mut r = Replicator {
         cfg,
         lake,
-        storage: HashMap::new(),
+        storage,
         client,
         with_extension,
         types: TypeResolver::default(),

@@ -258,7 +258,7 @@ fn run(cmd: &mut Command) -> Result<(), HarnessError> {
     }
 }
 
-fn free_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
     // Bind to port 0, read the port, release it. A tiny race with another
     // process is possible; pg_ctl start then fails loudly rather than silently.
     let l = TcpListener::bind("127.0.0.1:0")?;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Errors reading the lake back.
@@ -34,15 +35,43 @@ pub fn bronze_dir(lake: &Path, schema: &str, table: &str) -> PathBuf {
 pub async fn read_table(dir: &Path) -> Result<Vec<RecordBatch>, LakeError> {
     let url = url::Url::from_directory_path(dir)
         .map_err(|_| LakeError::Other(format!("not an absolute path: {}", dir.display())))?;
-    let table = deltalake::open_table(url).await?;
+    read_table_url(&url, &HashMap::new()).await
+}
+
+/// Location of a bronze table under a lake root URL (any object store).
+pub fn bronze_url(lake: &url::Url, schema: &str, table: &str) -> url::Url {
+    let mut root = lake.clone();
+    if !root.path().ends_with('/') {
+        root.set_path(&format!("{}/", root.path()));
+    }
+    root.join(&format!("bronze/{schema}/{table}/"))
+        .expect("bronze table URL")
+}
+
+/// [`read_table`] on any object store: the active files are fetched through
+/// the table's own object store and decoded with the Parquet reader.
+pub async fn read_table_url(
+    url: &url::Url,
+    storage: &HashMap<String, String>,
+) -> Result<Vec<RecordBatch>, LakeError> {
+    deltalake::aws::register_handlers(None);
+    let table = deltalake::open_table_with_storage_options(url.clone(), storage.clone()).await?;
+    let store = table.object_store();
+    let root = table.table_url().to_string();
     let mut out = Vec::new();
-    for uri in table.get_file_uris()? {
-        let path = url::Url::parse(&uri)
-            .ok()
-            .and_then(|u| u.to_file_path().ok())
-            .unwrap_or_else(|| PathBuf::from(&uri));
-        let file = std::fs::File::open(&path)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    let uris: Vec<String> = table.get_file_uris()?.collect();
+    for uri in uris {
+        let rel = uri.strip_prefix(&root).unwrap_or(&uri);
+        let path = deltalake::Path::from_url_path(rel)
+            .map_err(|e| LakeError::Other(format!("file {uri}: {e}")))?;
+        let bytes = store
+            .get(&path)
+            .await
+            .map_err(|e| LakeError::Other(format!("read {uri}: {e}")))?
+            .bytes()
+            .await
+            .map_err(|e| LakeError::Other(format!("read {uri}: {e}")))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
         for batch in reader {
             out.push(batch?);
         }

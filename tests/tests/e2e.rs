@@ -22,10 +22,16 @@ mod refine;
 #[path = "e2e/audit.rs"]
 mod audit;
 
+#[path = "e2e/object_store.rs"]
+mod object_store;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,
     db: String,
+    /// When set, the lake is `s3://medallion/lake` on this server instead of
+    /// the local directory `lake`.
+    s3: Option<medallion_tests::s3::CephS3>,
 }
 
 impl Env {
@@ -47,6 +53,7 @@ impl Env {
             cluster,
             lake,
             db: DB.into(),
+            s3: None,
         }
     }
 
@@ -74,6 +81,7 @@ impl Env {
                 .tempdir()
                 .unwrap(),
             db: "odoo".into(),
+            s3: None,
         };
         env.sql("CREATE EXTENSION pg_medallion");
         env
@@ -89,10 +97,40 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"))
     }
 
+    /// A private cluster whose lake lives on a private S3-compatible server.
+    fn on_s3() -> Env {
+        let mut env = Env::new();
+        env.s3 = Some(
+            medallion_tests::s3::CephS3::start("medallion")
+                .expect("start the private S3 server (Ceph RGW)"),
+        );
+        env
+    }
+
+    fn lake_url(&self) -> String {
+        match &self.s3 {
+            Some(s3) => s3.url("lake"),
+            None => self.lake.path().display().to_string(),
+        }
+    }
+
+    /// The lake root URL (`file://…/` or `s3://medallion/lake/`).
+    fn lake_root(&self) -> url::Url {
+        self.cfg().lake_root().expect("lake root")
+    }
+
+    fn storage(&self) -> std::collections::HashMap<String, String> {
+        self.s3
+            .as_ref()
+            .map(|s3| s3.storage_options())
+            .unwrap_or_default()
+    }
+
     fn cfg(&self) -> Config {
         Config {
             database_url: self.url(),
-            lake_url: self.lake.path().display().to_string(),
+            lake_url: self.lake_url(),
+            storage: medallion::config::StorageOptions(self.storage().into_iter().collect()),
             flush_interval_ms: 200,
             status_interval_ms: 100,
             ..Config::default()
@@ -125,14 +163,35 @@ impl Env {
         let mut c = Command::new(sidecar_bin());
         c.args(args)
             .env("MEDALLION_DATABASE_URL", self.url())
-            .env("MEDALLION_LAKE_URL", self.lake.path())
+            .env("MEDALLION_LAKE_URL", self.lake_url())
             .env("MEDALLION_FLUSH_INTERVAL_MS", "200")
             .env("MEDALLION_LOG", "warn")
             .stdin(Stdio::null());
+        for (k, v) in self.s3.iter().flat_map(|s3| s3.env()) {
+            c.env(k, v);
+        }
         for (k, v) in env {
             c.env(k, v);
         }
         c
+    }
+
+    /// `medallion run --until-caught-up` as a process that must die at the
+    /// fault-injection point `point` (`name:n`), flushing every `flush_rows`.
+    fn run_to_fault(&self, point: &str, flush_rows: &str) {
+        let mut child = self
+            .sidecar(
+                &["run", "--until-caught-up"],
+                &[
+                    ("MEDALLION_FAULT", point),
+                    ("MEDALLION_FLUSH_ROWS", flush_rows),
+                ],
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sidecar");
+        let st = wait_exit(&mut child, Duration::from_secs(180));
+        assert!(!st.success(), "fault point {point} was never reached");
     }
 
     async fn client(&self) -> tokio_postgres::Client {
@@ -175,9 +234,12 @@ impl Env {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let batches = lake::read_table(&self.bronze(schema, table))
-            .await
-            .unwrap_or_else(|e| panic!("read bronze {schema}.{table}: {e}"));
+        let batches = lake::read_table_url(
+            &lake::bronze_url(&self.lake_root(), schema, table),
+            &self.storage(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read bronze {schema}.{table}: {e}"));
         let rows = lake::change_rows(&batches);
         assert_eq!(
             lake::duplicate_changes(&rows),
@@ -491,18 +553,7 @@ async fn kill_9_at_every_fault_point_gives_the_same_lake() {
         env.sql("CREATE TABLE partner (id int PRIMARY KEY, email text)");
         env.sql("INSERT INTO partner SELECT g, 'p' || g FROM generate_series(1, 50) g");
         env.sql("SELECT medallion.add_source('ledger'); SELECT medallion.add_source('partner')");
-        let faulty = |env: &Env| {
-            let mut child = env
-                .sidecar(
-                    &["run", "--until-caught-up"],
-                    &[("MEDALLION_FAULT", point), ("MEDALLION_FLUSH_ROWS", "500")],
-                )
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn sidecar");
-            let st = wait_exit(&mut child, Duration::from_secs(120));
-            assert!(!st.success(), "fault point {point} was never reached");
-        };
+        let faulty = |env: &Env| env.run_to_fault(point, "500");
         if in_copy {
             faulty(&env);
         } else {

@@ -79,7 +79,11 @@ impl Env {
     }
 
     async fn refined_rows(&self, layer: &str, name: &str) -> Vec<HashMap<String, Option<String>>> {
-        let batches = lake::read_table(&lake::refined_dir(self.lake.path(), layer, name))
+        let url = self
+            .lake_root()
+            .join(&format!("{layer}/{name}/"))
+            .expect("refined table URL");
+        let batches = lake::read_table_url(&url, &self.storage())
             .await
             .unwrap_or_else(|e| panic!("read {layer}.{name}: {e}"));
         lake::rows_as_text(&batches)
@@ -178,7 +182,7 @@ impl Env {
     }
 }
 
-fn load_odoo(env: &Env, scale: f64, seed: u64) {
+pub(super) fn load_odoo(env: &Env, scale: f64, seed: u64) {
     let mut base = Vec::new();
     medallion_tests::odoo::write_base(&mut base, medallion_tests::odoo::Scale::new(scale), seed)
         .unwrap();
@@ -189,7 +193,7 @@ fn load_odoo(env: &Env, scale: f64, seed: u64) {
         .expect("load demo base");
 }
 
-fn odoo_workload(env: &Env, scale: f64, seed: u64, n: usize) {
+pub(super) fn odoo_workload(env: &Env, scale: f64, seed: u64, n: usize) {
     let mut wl = Vec::new();
     medallion_tests::odoo::write_workload(
         &mut wl,
