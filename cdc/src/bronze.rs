@@ -222,6 +222,9 @@ pub struct BronzeTable {
     /// The next commit replaces the whole table (resync after a type change).
     replace_all: bool,
     pending_max_lsn: i64,
+    /// Columns added to an existing table's schema since last taken (see
+    /// [`BronzeTable::take_added_columns`]).
+    added_columns: Vec<String>,
 }
 
 impl BronzeTable {
@@ -280,6 +283,7 @@ impl BronzeTable {
             schema_changed: false,
             replace_all: false,
             pending_max_lsn: 0,
+            added_columns: Vec::new(),
         };
         t.extend_columns(columns)?;
         Ok(t)
@@ -324,8 +328,12 @@ impl BronzeTable {
         if added.is_empty() {
             return Ok(());
         }
+        let existed = !self.columns.is_empty();
         for (name, kind) in added {
             tracing::info!(table = %self.id, column = %name, "bronze schema evolves: new column");
+            if existed {
+                self.added_columns.push(name.clone());
+            }
             let mut b = ColumnBuilder::new(&kind);
             for _ in 0..self.rows {
                 b.append_null();
@@ -338,6 +346,12 @@ impl BronzeTable {
         // (Delta reads their missing columns as NULL), new ones get the new one.
         *self.writer.get_mut() = None;
         Ok(())
+    }
+
+    /// Columns that evolved the schema of a table that already had columns
+    /// (not the first schema of a new table), since the last call.
+    pub fn take_added_columns(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.added_columns)
     }
 
     /// Index of a source column in bronze order.

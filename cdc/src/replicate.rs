@@ -402,8 +402,11 @@ impl Replicator<'_> {
             let known = self.tables.contains_key(&id);
             if !known {
                 match self.open_table(&t).await {
-                    Ok(state) => {
+                    Ok(mut state) => {
+                        // Columns added while the sidecar was not running.
+                        let added = state.bronze.take_added_columns();
                         self.tables.insert(id.clone(), state);
+                        self.resync_if_backfilled(&id, &added).await?;
                     }
                     Err(e) if e.retry_policy() == RetryPolicy::NeedsOperator => {
                         self.fail_table_unopened(&id, &e);
@@ -487,6 +490,8 @@ impl Replicator<'_> {
                     }
                     state.bronze.replace_with(&kinds);
                 }
+                // The copy gives every row its current values.
+                state.bronze.take_added_columns();
             }
             let columns = kinds.into_iter().map(|(name, _)| name).collect();
             self.status.update(&id, |s| {
@@ -817,6 +822,57 @@ impl Replicator<'_> {
             }
             return Err(e);
         }
+        let added = state.bronze.take_added_columns();
+        self.resync_if_backfilled(id, &added).await
+    }
+
+    /// A column added with a default (`ADD COLUMN c int DEFAULT 0`, or a
+    /// volatile default that rewrote the table) gives the rows that existed
+    /// before it their value without a WAL change: the stream never says so.
+    /// Such a table is copied again (a resync: a new bronze generation that
+    /// holds every row with the value), so bronze keeps equalling the source.
+    /// A column added without a default needs nothing: old rows are NULL.
+    async fn resync_if_backfilled(&mut self, id: &TableId, columns: &[String]) -> Result<()> {
+        if columns.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) \
+                   AND a.attname = ANY($3::text[]) AND NOT a.attisdropped \
+                   AND (a.atthasmissing OR a.atthasdef)",
+                &[&id.schema, &id.table, &columns],
+            )
+            .await
+            .map_err(Error::pg("columns added with a default"))?;
+        let backfilled: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if backfilled.is_empty() {
+            return Ok(());
+        }
+        if !self.with_extension {
+            tracing::warn!(
+                table = %id,
+                columns = ?backfilled,
+                "columns added with a default: rows older than them read NULL in bronze; \
+                 install pg_medallion so the sidecar can resync the table, or resync it"
+            );
+            return Ok(());
+        }
+        tracing::warn!(
+            table = %id,
+            columns = ?backfilled,
+            "columns added with a default fill older rows without WAL: copying the table again"
+        );
+        self.client
+            .execute(
+                "SELECT medallion.resync(format('%I.%I', $1::text, $2::text)::regclass)",
+                &[&id.schema, &id.table],
+            )
+            .await
+            .map_err(Error::pg(format!("resync {id}")))?;
+        self.config_changed = true;
         Ok(())
     }
 

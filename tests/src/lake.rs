@@ -57,11 +57,23 @@ pub async fn read_table_url(
     deltalake::aws::register_handlers(None);
     let table = deltalake::open_table_with_storage_options(url.clone(), storage.clone()).await?;
     let store = table.object_store();
-    let root = table.table_url().to_string();
+    // File URIs are full URLs on object stores and plain paths locally.
+    let roots = [
+        Some(table.table_url().to_string()),
+        table
+            .table_url()
+            .to_file_path()
+            .ok()
+            .map(|p| format!("{}/", p.display().to_string().trim_end_matches('/'))),
+    ];
     let mut out = Vec::new();
     let uris: Vec<String> = table.get_file_uris()?.collect();
     for uri in uris {
-        let rel = uri.strip_prefix(&root).unwrap_or(&uri);
+        let rel = roots
+            .iter()
+            .flatten()
+            .find_map(|r| uri.strip_prefix(r.as_str()))
+            .ok_or_else(|| LakeError::Other(format!("file {uri} is outside its table")))?;
         let path = deltalake::Path::from_url_path(rel)
             .map_err(|e| LakeError::Other(format!("file {uri}: {e}")))?;
         let bytes = store

@@ -1115,6 +1115,69 @@ async fn optimize_compacts_and_vacuums_while_the_sidecar_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_with_a_default_is_backfilled_by_a_resync() {
+    // `ADD COLUMN … DEFAULT` gives existing rows the value without a WAL
+    // change (a stored missing value, or a rewrite for a volatile default):
+    // the sidecar copies such a table again; a column without a default
+    // needs no copy (older rows are NULL in the source too).
+    let env = Env::new();
+    env.sql("CREATE TABLE acct (id int PRIMARY KEY, name text)");
+    env.sql("INSERT INTO acct SELECT g, 'a' || g FROM generate_series(1, 300) g");
+    env.sql("CREATE TABLE plain (id int PRIMARY KEY, name text)");
+    env.sql("INSERT INTO plain SELECT g, 'p' || g FROM generate_series(1, 100) g");
+    env.sql("SELECT medallion.add_source('acct'); SELECT medallion.add_source('plain')");
+    env.catch_up().await;
+    env.sql("ALTER TABLE acct ADD COLUMN status text NOT NULL DEFAULT 'active'");
+    env.sql("INSERT INTO acct (id, name) VALUES (301, 'new')");
+    env.sql("ALTER TABLE plain ADD COLUMN note text");
+    env.sql("INSERT INTO plain VALUES (101, 'p101', 'noted')");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "acct").await;
+    assert_eq!(
+        env.assert_bronze_matches("public", "plain").await,
+        101,
+        "a column without a default is not a reason to copy the table again"
+    );
+    // A volatile default rewrites the table: same outcome.
+    env.sql("ALTER TABLE acct ADD COLUMN stamp timestamptz DEFAULT clock_timestamp()");
+    env.sql("UPDATE acct SET name = 'changed' WHERE id = 7");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "acct").await;
+    let st = env.sql("SELECT state FROM medallion.status() WHERE name = 'public.acct'");
+    assert_eq!(st.trim(), "streaming");
+
+    // While the sidecar streams: it reads the ADD COLUMN from the Relation
+    // message and copies the table again without being restarted.
+    let running = InProcess::start(&env.cfg());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.sql("ALTER TABLE plain ADD COLUMN flag bool NOT NULL DEFAULT true");
+    env.sql("INSERT INTO plain (id, name) VALUES (102, 'p102')");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = lake::change_rows(
+            &lake::read_table(&env.bronze("public", "plain"))
+                .await
+                .unwrap(),
+        );
+        let state = lake::current_state(&rows, &["id"]);
+        let filled = state.len() == 102
+            && state
+                .values()
+                .all(|r| r.get("flag").cloned().flatten().is_some());
+        if filled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running sidecar did not copy `plain` again after ADD COLUMN … DEFAULT"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    running.stop().await;
+    env.assert_bronze_matches("public", "plain").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incompatible_type_change_stops_the_table_and_resync_repairs_it() {
     let env = Env::new();
     env.sql("CREATE TABLE t (id int PRIMARY KEY, code int)");
