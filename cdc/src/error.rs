@@ -150,6 +150,7 @@ impl Error {
                 deltalake::DeltaTableError::ObjectStore { .. }
                 | deltalake::DeltaTableError::VersionAlreadyExists(_)
                 | deltalake::DeltaTableError::Io { .. } => RetryPolicy::RetryOnTimer,
+                other if object_store_failure(other) => RetryPolicy::RetryOnTimer,
                 _ => RetryPolicy::Never,
             },
             Error::Io { .. } => RetryPolicy::RetryOnTimer,
@@ -215,6 +216,27 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Remove the password from a connection string before it reaches a message.
+/// A Delta error that is an object-store failure underneath (the store
+/// unreachable, throttling, 5xx after the client's own retries), however
+/// Delta wrapped it: the kernel's log replay reports them as
+/// `KernelError(ObjectStore(..))`, which has no variant of its own here.
+fn object_store_failure(e: &deltalake::DeltaTableError) -> bool {
+    if matches!(e, deltalake::DeltaTableError::KernelError(k) if format!("{k:?}").starts_with("ObjectStore("))
+    {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(x) = cur {
+        if x.downcast_ref::<object_store::Error>().is_some()
+            || x.downcast_ref::<std::io::Error>().is_some()
+        {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
 pub fn scrub_url(url: &str) -> String {
     if let Ok(mut u) = url::Url::parse(url) {
         if u.password().is_some() {
