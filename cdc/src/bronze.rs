@@ -138,21 +138,23 @@ pub fn resync_app_id(slot: &str, id: &TableId) -> String {
     format!("medallion:{slot}:{id}:resync")
 }
 
-/// Location of a bronze table under the lake root.
+/// Location of a bronze table under the lake root:
+/// `bronze/<schema>/<table>/`, each name encoded by [`crate::lake::segment`].
 pub fn table_url(lake: &Url, id: &TableId) -> Result<Url> {
-    let enc = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c.to_string()
-                } else {
-                    format!("%{:02X}", c as u32)
-                }
-            })
-            .collect::<String>()
-    };
-    lake.join(&format!("bronze/{}/{}/", enc(&id.schema), enc(&id.table)))
-        .map_err(|e| Error::Config(format!("lake URL {lake}: {e}")))
+    let path = format!(
+        "bronze/{}/{}/",
+        crate::lake::segment(&id.schema)?,
+        crate::lake::segment(&id.table)?
+    );
+    let url = lake
+        .join(&path)
+        .map_err(|e| Error::Config(format!("lake URL {lake}: {e}")))?;
+    if !url.as_str().starts_with(lake.as_str()) {
+        return Err(Error::Config(format!(
+            "bronze location of {id} resolves outside the lake ({url})"
+        )));
+    }
+    Ok(url)
 }
 
 struct MetaBuilders {
@@ -468,7 +470,7 @@ impl BronzeTable {
             .await
             .map_err(Error::delta(format!("flush bronze {}", self.id)))?;
         self.staged.extend(adds);
-        crate::fault::hit("mid_transaction");
+        crate::fault::hit(crate::fault::MID_TRANSACTION);
         Ok(())
     }
 
@@ -537,10 +539,7 @@ impl BronzeTable {
                 },
             )
             .await
-            .map_err(|e| Error::Delta {
-                context: format!("commit bronze {}", self.id),
-                source: e,
-            })?;
+            .map_err(|e| commit_error(&self.id, e))?;
         let version = finalized.version();
         self.table.state = Some(finalized.snapshot());
         self.staged.clear();
@@ -577,8 +576,26 @@ impl BronzeTable {
     }
 }
 
+/// A commit that lost to another writer's commit is not a storage fault:
+/// the caller must re-read the table (the change may be there already).
+fn commit_error(id: &TableId, e: deltalake::DeltaTableError) -> Error {
+    use deltalake::kernel::transaction::TransactionError as T;
+    match e {
+        deltalake::DeltaTableError::Transaction {
+            source: source @ (T::CommitConflict(_) | T::MaxCommitAttempts(_)),
+        } => Error::ConcurrentWriter {
+            table: id.to_string(),
+            detail: source.to_string(),
+        },
+        e => Error::Delta {
+            context: format!("commit bronze {id}"),
+            source: e,
+        },
+    }
+}
+
 fn fault_hit_before_commit() {
-    crate::fault::hit("before_bronze_commit");
+    crate::fault::hit(crate::fault::BEFORE_BRONZE_COMMIT);
 }
 
 fn arrow_schema(columns: &[(String, Kind)]) -> SchemaRef {

@@ -198,20 +198,56 @@ pub async fn table_columns(
         .collect())
 }
 
-/// Connect a regular (non-replication) session with stable output formats.
+/// Settings pinned at connection start on every sidecar session, whatever
+/// the database's or role's defaults say (`ALTER DATABASE … SET
+/// search_path` is a database owner's to set, and would otherwise decide
+/// which function an unqualified name in the sidecar's SQL runs): names
+/// resolve in `pg_catalog` only (temporary objects last), and no
+/// row-level-security policy filters a read silently — a copy that RLS would
+/// filter fails with 42501 instead of losing rows.
+pub(crate) const PINNED_OPTIONS: &str =
+    "-c search_path=pg_catalog,pg_temp -c row_security=off -c standard_conforming_strings=on";
+
+/// Connect a regular (non-replication) session with stable output formats
+/// and [`PINNED_OPTIONS`].
 pub async fn connect(
     url: &str,
 ) -> Result<(
     Client,
     tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
 )> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let mut config: tokio_postgres::Config = url.parse().map_err(Error::pg(format!(
+        "connection string {}",
+        crate::error::describe_conninfo(url)
+    )))?;
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {PINNED_OPTIONS}"),
+        _ => PINNED_OPTIONS.to_string(),
+    };
+    config.options(&options);
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(Error::pg(format!(
             "connect to {}",
-            crate::error::scrub_url(url)
+            crate::error::describe_conninfo(url)
         )))?;
     Ok((client, conn))
+}
+
+/// A session of its own for one job (a copy, the lease): connected with
+/// [`connect`], its connection driven by a task, [`SESSION_SETUP`] applied.
+/// Dropping the client ends the session; abort the task to stop at once.
+pub(crate) async fn session(url: &str, job: &str) -> Result<(Client, tokio::task::JoinHandle<()>)> {
+    let (client, conn) = connect(url).await?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+        .batch_execute(SESSION_SETUP)
+        .await
+        .map_err(Error::pg(format!("{job} session setup")))?;
+    Ok((client, task))
 }
 
 /// Settings every medallion session uses so text output parses the same way

@@ -130,7 +130,10 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
     out.push(f(
         "connect",
         true,
-        format!("connected to {}", scrub_url(&cfg.database_url)),
+        format!(
+            "connected to {}",
+            crate::error::describe_conninfo(&cfg.database_url)
+        ),
     ));
     let q = |sql: &'static str| {
         let client = &client;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result, scrub_url};
+use crate::error::{Error, Result, describe_conninfo, scrub_url};
 
-/// Sidecar configuration.
-#[derive(Debug, Clone, Deserialize)]
+/// Sidecar configuration. `Debug` prints connection strings without their
+/// passwords and storage options without their values.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Postgres connection URL (`MEDALLION_DATABASE_URL`). The role needs
@@ -68,6 +69,10 @@ pub struct Config {
     /// Where published tables go (`MEDALLION_PUBLISH_DATABASE_URL`); the
     /// source database when unset.
     pub publish_database_url: Option<String>,
+    /// How long a starting sidecar waits for another one that holds the
+    /// same slot's writer lease to stop (`MEDALLION_LEASE_TIMEOUT_MS`,
+    /// default 10 minutes; 0 waits for ever).
+    pub lease_timeout_ms: u64,
 }
 
 /// URL schemes of the object stores this build writes to.
@@ -93,6 +98,35 @@ impl std::fmt::Debug for StorageOptions {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &describe_conninfo(&self.database_url))
+            .field("lake_url", &scrub_url(&self.lake_url))
+            .field("storage", &self.storage)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("flush_rows", &self.flush_rows)
+            .field("flush_bytes", &self.flush_bytes)
+            .field("flush_interval_ms", &self.flush_interval_ms)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("snapshot_parallelism", &self.snapshot_parallelism)
+            .field("numeric_scale", &self.numeric_scale)
+            .field("spill_dir", &self.spill_dir)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("log_format", &self.log_format)
+            .field("status_interval_ms", &self.status_interval_ms)
+            .field("refine_interval_ms", &self.refine_interval_ms)
+            .field("silver_batch_rows", &self.silver_batch_rows)
+            .field(
+                "publish_database_url",
+                &self.publish_database_url.as_deref().map(describe_conninfo),
+            )
+            .field("lease_timeout_ms", &self.lease_timeout_ms)
+            .finish()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -114,6 +148,7 @@ impl Default for Config {
             refine_interval_ms: 5000,
             silver_batch_rows: 500_000,
             publish_database_url: None,
+            lease_timeout_ms: 600_000,
         }
     }
 }
@@ -138,8 +173,19 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+                // The error's own rendering quotes the offending line, which
+                // may hold a password: only its message and position.
+                toml::from_str(&text).map_err(|e: toml::de::Error| {
+                    let line = e
+                        .span()
+                        .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+                    Error::Config(format!(
+                        "{}{}: {}",
+                        path.display(),
+                        line.map(|l| format!(" line {l}")).unwrap_or_default(),
+                        e.message()
+                    ))
+                })?
             }
             None => Config::default(),
         };
@@ -170,6 +216,7 @@ impl Config {
         env_parse("MEDALLION_STATUS_INTERVAL_MS", &mut cfg.status_interval_ms)?;
         env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
         env_parse("MEDALLION_SILVER_BATCH_ROWS", &mut cfg.silver_batch_rows)?;
+        env_parse("MEDALLION_LEASE_TIMEOUT_MS", &mut cfg.lease_timeout_ms)?;
         if let Some(v) = env("MEDALLION_PUBLISH_DATABASE_URL") {
             cfg.publish_database_url = Some(v);
         }
@@ -288,7 +335,7 @@ impl Config {
     pub fn describe(&self) -> String {
         format!(
             "database={} lake={} storage={:?} slot={} publication={} flush_rows={} flush_interval={}ms",
-            scrub_url(&self.database_url),
+            describe_conninfo(&self.database_url),
             scrub_url(&self.lake_url),
             self.storage,
             self.slot,
@@ -335,6 +382,7 @@ mod tests {
             Some("eu-west-1")
         );
         for printed in [cfg.describe(), format!("{cfg:?}")] {
+            assert!(!printed.contains("db-pw-42"), "{printed}");
             assert!(printed.contains("aws_secret_access_key"), "{printed}");
             assert!(
                 !printed.contains("hunter2"),
@@ -342,6 +390,14 @@ mod tests {
             );
         }
 
+        // A syntax error on the line holding the password names the line, not its text.
+        std::fs::write(
+            &path,
+            "slot = \"a\"\ndatabase_url = \"postgresql://app:db-pw-42@db/odoo\" oops\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("line 2") && !e.contains("db-pw-42"), "{e}");
         std::fs::write(&path, "database_url = \"x\"\nslot = \"Bad-Slot\"\n").unwrap();
         let e = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("slot name"), "{e}");

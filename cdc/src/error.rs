@@ -113,9 +113,59 @@ pub enum Error {
     #[error("gold.{model}: {message}")]
     Model { model: String, message: String },
 
-    /// A deterministic fault-injection point fired (tests only).
-    #[error("fault injected at {0}")]
-    Fault(String),
+    /// The table's shape changed between the copy's snapshot and the moment
+    /// the copy locked it (a rewrite or type change an old snapshot cannot
+    /// read): the copy is taken again from a newer snapshot.
+    #[error(
+        "snapshot of {table}: {what} changed after the snapshot was taken; copying again from a new snapshot"
+    )]
+    ShapeChanged { table: String, what: String },
+
+    /// The sidecar's role may not read a table the way a copy must (no
+    /// SELECT, or row-level security would filter it): definite for that
+    /// table, never a copy with rows silently missing.
+    #[error(
+        "snapshot of {table}: {message}. Give the sidecar's role SELECT on the table (and, when \
+         row-level security is enabled on it, BYPASSRLS or the table's ownership), then \
+         SELECT medallion.resync('{table}');"
+    )]
+    TableAccess { table: String, message: String },
+
+    /// A source whose name cannot be a lake location (`.`, `..`): definite
+    /// for that table.
+    #[error("{name}: {reason}")]
+    TableName { name: String, reason: String },
+
+    /// Shutdown was requested during work that commits nothing until it is
+    /// complete (a copy): nothing was written, the work is redone at the
+    /// next start.
+    #[error("interrupted by shutdown")]
+    Interrupted,
+
+    /// Another process committed to a table this sidecar writes.
+    #[error(
+        "another writer is writing {table}: {detail}. Only one medallion may write a slot's \
+         lake; this one re-reads the table and resumes from what it holds"
+    )]
+    ConcurrentWriter { table: String, detail: String },
+
+    /// Another sidecar holds this slot's writer lease for longer than the
+    /// configured wait.
+    #[error(
+        "{what} of slot \"{slot}\" is held by another medallion ({holder}) for more than {waited_s} s. \
+         Stop it, or give this one another MEDALLION_SLOT; MEDALLION_LEASE_TIMEOUT_MS sets how long to wait"
+    )]
+    LeaseHeld {
+        what: String,
+        slot: String,
+        holder: String,
+        waited_s: u64,
+    },
+
+    /// The session holding the writer lease ended: stop writing, reconnect,
+    /// take the lease again.
+    #[error("lost the writer lease of slot \"{slot}\" (its session ended)")]
+    LeaseLost { slot: String },
 }
 
 impl Error {
@@ -127,16 +177,12 @@ impl Error {
                     .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
                 if source.is_closed() || io {
                     RetryPolicy::RetryOnTimer
-                } else if source.as_db_error().is_none() {
-                    RetryPolicy::Never
+                } else if let Some(code) = source.code() {
+                    sqlstate_policy(code.code())
                 } else {
-                    let code = source.code().map(|c| c.code()).unwrap_or("");
-                    // 57P01 admin shutdown, 57P03 cannot connect now, 08xxx connection
-                    if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
-                        RetryPolicy::RetryOnTimer
-                    } else {
-                        RetryPolicy::Never
-                    }
+                    // No SQLSTATE and no I/O: the client refused something
+                    // (a malformed connection string, a type it cannot map).
+                    RetryPolicy::Never
                 }
             }
             Error::Replication { source, .. } => {
@@ -153,8 +199,13 @@ impl Error {
                 other if object_store_failure(other) => RetryPolicy::RetryOnTimer,
                 _ => RetryPolicy::Never,
             },
-            Error::Io { .. } => RetryPolicy::RetryOnTimer,
+            Error::Io { .. }
+            | Error::ShapeChanged { .. }
+            | Error::ConcurrentWriter { .. }
+            | Error::LeaseLost { .. } => RetryPolicy::RetryOnTimer,
             Error::Value { .. }
+            | Error::TableAccess { .. }
+            | Error::TableName { .. }
             | Error::IncompatibleType { .. }
             | Error::Expectation { .. }
             | Error::Model { .. } => RetryPolicy::NeedsOperator,
@@ -169,7 +220,8 @@ impl Error {
             | Error::Arrow { .. }
             | Error::SlotLost { .. }
             | Error::Protocol(_)
-            | Error::Fault(_) => RetryPolicy::Never,
+            | Error::Interrupted
+            | Error::LeaseHeld { .. } => RetryPolicy::Never,
         }
     }
 
@@ -212,10 +264,29 @@ impl Error {
     }
 }
 
+/// What an SQLSTATE says about retrying, following "indefinite unless
+/// proven definite": only classes that the same statement would meet again
+/// unchanged stop the sidecar — data exceptions (22), integrity (23),
+/// authorization (28, 42501), syntax and undefined objects (42), an unknown
+/// database or schema (3D, 3F), features Postgres does not support (0A),
+/// program limits (54), errors raised by routines (38, 39, 2F) and WITH CHECK
+/// violations (44). Everything else — connection loss (08), serialization
+/// failures and deadlocks (40), insufficient resources (53), a statement
+/// cancelled by a DBA or `statement_timeout` (57014), an object not in the
+/// required state such as a lock not available (55), system and internal
+/// errors (58, XX) and classes not listed — is retried with backoff.
+pub(crate) fn sqlstate_policy(code: &str) -> RetryPolicy {
+    match code.get(..2).unwrap_or("") {
+        "0A" | "22" | "23" | "28" | "2F" | "38" | "39" | "3D" | "3F" | "42" | "44" | "54" => {
+            RetryPolicy::Never
+        }
+        _ => RetryPolicy::RetryOnTimer,
+    }
+}
+
 /// Result alias of the sidecar.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Remove the password from a connection string before it reaches a message.
 /// A Delta error that is an object-store failure underneath (the store
 /// unreachable, throttling, 5xx after the client's own retries), however
 /// Delta wrapped it: the kernel's log replay reports them as
@@ -237,24 +308,59 @@ fn object_store_failure(e: &deltalake::DeltaTableError) -> bool {
     false
 }
 
-pub fn scrub_url(url: &str) -> String {
-    if let Ok(mut u) = url::Url::parse(url) {
-        if u.password().is_some() {
-            let _ = u.set_password(Some("*****"));
-        }
-        return u.to_string();
-    }
-    // key=value form
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=*****"
-            } else {
-                kv
+/// A Postgres connection string (URL or `key=value` form) as it may be
+/// printed: parsed by the driver's own parser and rebuilt from user, hosts,
+/// ports and database only — never the text itself, so no spelling of a
+/// password (`password = x`, quoted, `?password=`, `sslpassword`) survives.
+pub fn describe_conninfo(conninfo: &str) -> String {
+    let Ok(cfg) = conninfo.parse::<tokio_postgres::Config>() else {
+        return "<a connection string that does not parse>".into();
+    };
+    let user = cfg.get_user().unwrap_or("");
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            match cfg.get_ports().get(i).or(cfg.get_ports().first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
             }
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    format!(
+        "postgresql://{}{}/{}",
+        if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        },
+        hosts.join(","),
+        cfg.get_dbname().unwrap_or("")
+    )
+}
+
+/// A URL (lake root, object store) as it may be printed: no password, no
+/// query string (where signed URLs and keys travel).
+pub fn scrub_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("*****"));
+            }
+            if u.query().is_some() {
+                u.set_query(Some("*****"));
+            }
+            u.to_string()
+        }
+        // Not a URL: a local path, or a key=value connection string.
+        Err(_) if url.contains('=') => describe_conninfo(url),
+        Err(_) => url.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -263,15 +369,101 @@ mod tests {
 
     #[test]
     fn secrets_are_scrubbed() {
+        for (conninfo, shown) in [
+            (
+                "postgresql://app:s3cret@db:5432/odoo",
+                "postgresql://app@db:5432/odoo",
+            ),
+            (
+                "postgresql://app@db/odoo?password=s3cret&sslmode=require",
+                "postgresql://app@db:5432/odoo",
+            ),
+            (
+                "host=db user=app password=s3cret dbname=odoo",
+                "postgresql://app@db/odoo",
+            ),
+            (
+                "host=db port=6432 user=app password = s3cret dbname=odoo",
+                "postgresql://app@db:6432/odoo",
+            ),
+            (
+                "host=db user=app password='s3 cret' dbname=odoo",
+                "postgresql://app@db/odoo",
+            ),
+            ("postgresql://db/odoo", "postgresql://db:5432/odoo"),
+        ] {
+            let got = describe_conninfo(conninfo);
+            assert_eq!(got, shown, "{conninfo}");
+            assert!(!got.contains("s3"), "{got}");
+            assert!(!scrub_url(conninfo).contains("s3"), "{conninfo}");
+        }
+        assert!(!describe_conninfo("host='db password=s3cret").contains("s3"));
         assert_eq!(
-            scrub_url("postgresql://app:s3cret@db:5432/odoo"),
-            "postgresql://app:*****@db:5432/odoo"
+            scrub_url("s3://key:s3cret@bucket/lake?X-Amz-Signature=s3cret"),
+            "s3://key:*****@bucket/lake?*****"
         );
-        assert_eq!(
-            scrub_url("host=db user=app password=s3cret dbname=odoo"),
-            "host=db user=app password=***** dbname=odoo"
-        );
-        assert_eq!(scrub_url("postgresql://db/odoo"), "postgresql://db/odoo");
+        assert_eq!(scrub_url("/srv/lake"), "/srv/lake");
+    }
+
+    #[test]
+    fn sqlstates_are_retried_unless_proven_definite() {
+        use RetryPolicy::*;
+        for (code, want) in [
+            ("00000", RetryOnTimer),
+            ("01000", RetryOnTimer),
+            ("03000", RetryOnTimer),
+            ("08006", RetryOnTimer),
+            ("08P01", RetryOnTimer),
+            ("09000", RetryOnTimer),
+            ("0A000", Never),
+            ("0B000", RetryOnTimer),
+            ("0L000", RetryOnTimer),
+            ("0P000", RetryOnTimer),
+            ("0Z000", RetryOnTimer),
+            ("20000", RetryOnTimer),
+            ("21000", RetryOnTimer),
+            ("22003", Never),
+            ("22P02", Never),
+            ("23505", Never),
+            ("24000", RetryOnTimer),
+            ("25006", RetryOnTimer),
+            ("26000", RetryOnTimer),
+            ("27000", RetryOnTimer),
+            ("28P01", Never),
+            ("2B000", RetryOnTimer),
+            ("2D000", RetryOnTimer),
+            ("2F005", Never),
+            ("34000", RetryOnTimer),
+            ("38001", Never),
+            ("39004", Never),
+            ("3B000", RetryOnTimer),
+            ("3D000", Never),
+            ("3F000", Never),
+            ("40001", RetryOnTimer),
+            ("40P01", RetryOnTimer),
+            ("42501", Never),
+            ("42601", Never),
+            ("42P01", Never),
+            ("44000", Never),
+            ("53100", RetryOnTimer),
+            ("53300", RetryOnTimer),
+            ("54001", Never),
+            ("55000", RetryOnTimer),
+            ("55P03", RetryOnTimer),
+            ("57014", RetryOnTimer),
+            ("57P01", RetryOnTimer),
+            ("57P03", RetryOnTimer),
+            ("58030", RetryOnTimer),
+            ("72000", RetryOnTimer),
+            ("F0000", RetryOnTimer),
+            ("HV000", RetryOnTimer),
+            ("P0001", RetryOnTimer),
+            ("XX000", RetryOnTimer),
+            ("XX001", RetryOnTimer),
+            ("", RetryOnTimer),
+        ] {
+            assert_eq!(sqlstate_policy(code), want, "SQLSTATE {code}");
+        }
     }
 
     #[test]

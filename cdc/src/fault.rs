@@ -1,53 +1,113 @@
-//! Deterministic fault-injection points for crash tests.
+//! Deterministic fault-injection and pause points for crash and race tests.
 //!
-//! With the `fault-injection` feature, `MEDALLION_FAULT=<point>[:<n>]` makes
-//! the process exit abruptly (like `kill -9`: no flush, no ack, no cleanup)
-//! the n-th time (default 1st) it reaches `<point>`. Points:
+//! With the `fault-injection` feature:
 //!
-//! - `after_bronze_commit`: a bronze Delta commit is durable, its LSN not yet acknowledged.
-//! - `mid_snapshot`: some snapshot files are written to the lake, not committed.
-//! - `mid_transaction`: part of a large transaction is staged, not committed.
-//! - `before_bronze_commit`: files written, commit not attempted.
+//! - `MEDALLION_FAULT=<point>[:<n>]` makes the process exit abruptly (like
+//!   `kill -9`: no flush, no ack, no cleanup) the n-th time (default 1st) it
+//!   reaches `<point>`.
+//! - `MEDALLION_PAUSE=<point>[:<n>]` with `MEDALLION_PAUSE_DIR=<dir>` makes
+//!   the n-th arrival at `<point>` write `<dir>/<point>.paused` and wait
+//!   until `<dir>/<point>.resume` exists, so a test can change the database
+//!   at exactly that instant (a DDL racing a copy) and then let it go on.
 //!
-//! Without the feature, [`hit`] compiles to nothing.
+//! Points (the tests import these constants):
+//!
+//! - [`AFTER_BRONZE_COMMIT`]: a bronze Delta commit is durable, its LSN not yet acknowledged.
+//! - [`MID_SNAPSHOT`]: some snapshot files are written to the lake, not committed.
+//! - [`MID_TRANSACTION`]: part of a large transaction is staged, not committed.
+//! - [`BEFORE_BRONZE_COMMIT`]: files written, commit not attempted.
+//! - [`COPY_PLANNED`]: a copy is planned (its table chosen), its snapshot
+//!   not taken yet (for the exported snapshot of the initial copy: taken,
+//!   not imported yet).
+//! - [`MID_SILVER`], [`BEFORE_GOLD_COMMIT`], [`BEFORE_PUBLISH_COMMIT`]: see
+//!   [`crate::refine`].
+//!
+//! Without the feature, [`hit`] and [`pause`] compile to nothing.
+
+pub const AFTER_BRONZE_COMMIT: &str = "after_bronze_commit";
+pub const MID_SNAPSHOT: &str = "mid_snapshot";
+pub const MID_TRANSACTION: &str = "mid_transaction";
+pub const BEFORE_BRONZE_COMMIT: &str = "before_bronze_commit";
+pub const COPY_PLANNED: &str = "copy_planned";
+pub const MID_SILVER: &str = "mid_silver";
+pub const BEFORE_GOLD_COMMIT: &str = "before_gold_commit";
+pub const BEFORE_PUBLISH_COMMIT: &str = "before_publish_commit";
 
 #[cfg(feature = "fault-injection")]
 mod imp {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    static SPEC: Mutex<Option<(String, u64)>> = Mutex::new(None);
-    static LOADED: std::sync::Once = std::sync::Once::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
+    struct Spec {
+        point: String,
+        nth: u64,
+        count: AtomicU64,
+    }
+
+    fn parse(var: &str) -> Option<Spec> {
+        let v = std::env::var(var).ok()?;
+        let (point, nth) = match v.split_once(':') {
+            Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+            None => (v, 1),
+        };
+        Some(Spec {
+            point,
+            nth,
+            count: AtomicU64::new(0),
+        })
+    }
+
+    fn arrived(spec: &Mutex<Option<Option<Spec>>>, var: &str, point: &str) -> bool {
+        let Ok(mut s) = spec.lock() else {
+            return false;
+        };
+        let s = s.get_or_insert_with(|| parse(var));
+        match s {
+            Some(spec) if spec.point == point => {
+                spec.count.fetch_add(1, Ordering::SeqCst) + 1 == spec.nth
+            }
+            _ => false,
+        }
+    }
+
+    static FAULT: Mutex<Option<Option<Spec>>> = Mutex::new(None);
+    static PAUSE: Mutex<Option<Option<Spec>>> = Mutex::new(None);
 
     pub fn hit(point: &str) {
-        LOADED.call_once(|| {
-            if let Ok(v) = std::env::var("MEDALLION_FAULT") {
-                let (p, n) = match v.split_once(':') {
-                    Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
-                    None => (v, 1),
-                };
-                if let Ok(mut s) = SPEC.lock() {
-                    *s = Some((p, n));
-                }
-            }
-        });
-        let target = SPEC.lock().ok().and_then(|s| s.clone());
-        if let Some((p, n)) = target
-            && p == point
-            && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == n
-        {
+        if arrived(&FAULT, "MEDALLION_FAULT", point) {
             eprintln!("medallion: fault injected at {point} (simulated kill -9)");
             // SIGKILL-like: no destructors, no flush.
             std::process::abort();
         }
     }
+
+    pub async fn pause(point: &str) {
+        if !arrived(&PAUSE, "MEDALLION_PAUSE", point) {
+            return;
+        }
+        let Some(dir) = std::env::var_os("MEDALLION_PAUSE_DIR") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let resume = dir.join(format!("{point}.resume"));
+        eprintln!("medallion: paused at {point}");
+        let _ = std::fs::write(dir.join(format!("{point}.paused")), b"");
+        while !resume.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        eprintln!("medallion: resumed at {point}");
+    }
 }
 
 #[cfg(feature = "fault-injection")]
-pub use imp::hit;
+pub use imp::{hit, pause};
 
 /// No-op without the `fault-injection` feature.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn hit(_point: &str) {}
+
+/// No-op without the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub async fn pause(_point: &str) {}

@@ -179,7 +179,7 @@ impl Refiner<'_> {
             Some(batches)
         };
         let counted = batches.is_some();
-        crate::fault::hit("before_gold_commit");
+        crate::fault::hit(crate::fault::BEFORE_GOLD_COMMIT);
         let table = match (&def.keys, existing) {
             (Some(keys), Some(target)) => {
                 let source = match batches {

@@ -46,22 +46,34 @@ pub(crate) fn store(
         .map_err(Error::delta(format!("object store at {url}")))
 }
 
-/// Encode one path segment of a table location.
-fn segment(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c.to_string()
-            } else {
-                format!("%{:02X}", c as u32)
-            }
-        })
-        .collect()
+/// Encode a Postgres name (schema, table, model) as one path segment of a
+/// table location, injectively: `[A-Za-z0-9_-]` stay, every other UTF-8
+/// byte becomes `~XX` (hex). `~` is unreserved in URLs and literal in every
+/// object store and file system, so — unlike `%XX`, which the file-URL to
+/// path conversion decodes back into `/` and `..` — no encoded name can hold
+/// a separator or be a `.`/`..` segment: every name stays one directory
+/// inside its layer. Only the empty name is refused.
+pub(crate) fn segment(s: &str) -> Result<String> {
+    if s.is_empty() {
+        return Err(Error::TableName {
+            name: "\"\"".into(),
+            reason: "an empty name cannot be a lake location".into(),
+        });
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("~{b:02X}"));
+        }
+    }
+    Ok(out)
 }
 
 /// Location of a refined table: `layer` is `silver`, `gold` or `quarantine`.
 pub fn refined_url(lake: &Url, layer: &str, name: &str) -> Result<Url> {
-    lake.join(&format!("{layer}/{}/", segment(name)))
+    lake.join(&format!("{layer}/{}/", segment(name)?))
         .map_err(|e| Error::Config(format!("lake URL {lake}: {e}")))
 }
 
@@ -250,4 +262,69 @@ pub async fn query(
         }
     }
     collect(&ctx, sql).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bronze::{TableId, table_url};
+
+    #[test]
+    fn names_map_to_lake_paths_injectively_and_inside_the_lake() {
+        let lake = Url::parse("file:///srv/lake/").unwrap();
+        let names = [
+            "sale_order",
+            "Sale Order",
+            "a.b",
+            "a%2Eb",
+            "...",
+            "a/b",
+            "a\\b",
+            "\"q\"",
+            "ä",
+            "\u{4E2D}",
+            "\u{04E2}D",
+            "%2E%2E",
+            "~2E",
+            ".",
+            "..",
+            "o/../..",
+            &"x".repeat(63),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for n in names {
+            let seg = segment(n).unwrap();
+            assert!(
+                seg.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-~".contains(&b)),
+                "{n:?} → {seg}"
+            );
+            assert!(seen.insert(seg.clone()), "{n:?} collides as {seg}");
+            let id = TableId {
+                schema: n.into(),
+                table: n.into(),
+            };
+            let url = table_url(&lake, &id).unwrap();
+            assert!(
+                url.as_str().starts_with("file:///srv/lake/bronze/"),
+                "{n:?} → {url}"
+            );
+            assert_eq!(url.path_segments().unwrap().count(), 6, "{n:?} → {url}");
+            // What Delta and object_store make of it: the URL decoded to a path.
+            let path = url.to_file_path().unwrap();
+            assert!(
+                path.starts_with("/srv/lake/bronze"),
+                "{n:?} → {}",
+                path.display()
+            );
+            assert_eq!(path.components().count(), 6, "{n:?} → {}", path.display());
+        }
+        assert!(segment("").is_err(), "the empty name is accepted");
+        let id = TableId {
+            schema: String::new(),
+            table: "t".into(),
+        };
+        assert!(table_url(&lake, &id).is_err());
+        assert!(refined_url(&lake, "silver", "").is_err());
+    }
 }

@@ -27,6 +27,7 @@ pub mod error;
 pub mod fault;
 pub mod gold;
 pub mod lake;
+pub mod lease;
 pub mod metrics;
 pub mod optimize;
 pub mod publish;

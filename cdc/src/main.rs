@@ -80,6 +80,10 @@ async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow:
     if !medallion::catalog::extension_installed(&client).await? {
         return Ok(());
     }
+    // One silver/gold writer per slot: not while a `medallion run` refines.
+    let _lease = medallion::lease::Lease::try_acquire(cfg, medallion::lease::LeaseKind::Refine)
+        .await
+        .context("a running `medallion run` refines this slot; ask it with SELECT medallion.refresh(...)")?;
     let sealed = medallion::audit::seal(&client)
         .await
         .context("sealing audit records failed")?;

@@ -200,7 +200,7 @@ pub async fn publish(
     ))
     .await
     .map_err(Error::pg(format!("publish {schema}.{table}: comment")))?;
-    crate::fault::hit("before_publish_commit");
+    crate::fault::hit(crate::fault::BEFORE_PUBLISH_COMMIT);
     tx.commit()
         .await
         .map_err(Error::pg(format!("publish {schema}.{table}: commit")))?;

@@ -415,7 +415,15 @@ async fn publish_one(
 pub async fn run_loop(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
-        match loop_once(cfg, shutdown.clone()).await {
+        let res =
+            match crate::lease::Lease::acquire(cfg, crate::lease::LeaseKind::Refine, &shutdown)
+                .await
+            {
+                Ok(lease) => loop_once(cfg, shutdown.clone(), &lease).await,
+                Err(Error::Interrupted) => return Ok(()),
+                Err(e) => Err(e),
+            };
+        match res {
             Ok(()) => return Ok(()),
             Err(e) if e.retry_policy() == RetryPolicy::RetryOnTimer && !shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "refinement: transient error");
@@ -430,7 +438,11 @@ pub async fn run_loop(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
     }
 }
 
-async fn loop_once(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
+async fn loop_once(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    lease: &crate::lease::Lease,
+) -> Result<()> {
     use futures::StreamExt;
     let (mut client, mut conn) = catalog::connect(&cfg.database_url).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
@@ -466,6 +478,9 @@ async fn loop_once(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
             } else {
                 config_changed = true;
             }
+        }
+        if let Err(e) = lease.check() {
+            break Err(e);
         }
         // Audit records are sealed every tick, whether or not the lake moved.
         match crate::audit::seal(&client).await {

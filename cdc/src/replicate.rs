@@ -37,6 +37,7 @@ use crate::bronze::{self, BronzeTable, Op, RowMeta, TableId, Value};
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
 use crate::error::{Error, Result, RetryPolicy};
+use crate::lease::{Lease, LeaseKind};
 use crate::metrics::Metrics;
 use crate::slot::SlotCreation;
 use crate::snapshot::{self, SnapshotJob, SnapshotSource};
@@ -76,6 +77,14 @@ pub async fn run(
     loop {
         match run_once(cfg, opts, shutdown.clone(), metrics.clone()).await {
             Ok(s) => return Ok(s),
+            // Stopped while copying or waiting for the lease: nothing was
+            // half-written (an interrupted copy commits nothing).
+            Err(Error::Interrupted) if shutdown.is_cancelled() => {
+                tracing::info!(
+                    "stopped before streaming; interrupted copies are redone at the next start"
+                );
+                return Ok(RunSummary::default());
+            }
             Err(e) if e.retry_policy() == RetryPolicy::RetryOnTimer && !shutdown.is_cancelled() => {
                 metrics.error(&e);
                 tracing::warn!(error = %e, retry_in = ?backoff, "transient error; reconnecting");
@@ -145,6 +154,7 @@ struct Replicator<'a> {
     /// Tables stopped by a definite error before they could be opened or
     /// copied (until a resync).
     failed: HashMap<TableId, String>,
+    shutdown: CancellationToken,
 }
 
 fn lsn_text(lsn: u64) -> String {
@@ -158,6 +168,8 @@ async fn run_once(
     metrics: Arc<Metrics>,
 ) -> Result<RunSummary> {
     let lake = cfg.lake_root()?;
+    // One writer per slot: wait here while another sidecar still writes.
+    let lease = Lease::acquire(cfg, LeaseKind::Bronze, &shutdown).await?;
     let (client, mut conn) = catalog::connect(&cfg.database_url).await?;
     let (notify_tx, mut notify_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let conn_task = tokio::spawn(async move {
@@ -260,6 +272,7 @@ async fn run_once(
         config_changed: false,
         slot_recreated: slot_created,
         failed: HashMap::new(),
+        shutdown: shutdown.clone(),
     };
     r.reconcile(exported).await?;
     r.status.flush(&r.client, true).await?;
@@ -324,6 +337,7 @@ async fn run_once(
             Err(e) if e.is_cancelled() => {}
             Err(e) => return Err(Error::repl("replication stream")(e)),
         }
+        lease.check()?;
         while let Ok(n) = notify_rx.try_recv() {
             tracing::debug!(notification = %n, "configuration notification");
             r.config_changed = true;
@@ -359,6 +373,7 @@ async fn run_once(
     r.wait_confirmed(r.acked).await?;
     let _ = stream.stop().await;
     conn_task.abort();
+    drop(lease);
     let mut summary = r.summary.clone();
     summary.acked_lsn = r.acked;
     tracing::info!(
@@ -454,58 +469,28 @@ impl Replicator<'_> {
         let mut work = Vec::new();
         for (t, resync_us) in jobs {
             let id = t.id.clone();
-            let mut state = match self.tables.remove(&id) {
-                Some(s) => s,
+            let mut bronze = match self.tables.remove(&id) {
+                Some(s) => s.bronze,
+                // Opening failed on an incompatible column type: the copy
+                // writes a new generation of the table (see copy_table).
                 None => {
-                    // Opening failed on an incompatible column type: the
-                    // resync writes a new generation of the table.
-                    let kinds = self.source_kinds(&t).await?;
-                    let mut bronze = BronzeTable::open_or_create(
+                    BronzeTable::open_or_create(
                         &self.lake,
                         &id,
                         &[],
                         &self.storage,
                         self.cfg.checkpoint_interval,
                     )
-                    .await?;
-                    bronze.replace_with(&kinds);
-                    TableState {
-                        bronze,
-                        skip_upto: 0,
-                        pending_lsn: 0,
-                        failed: None,
-                        rel_map: Vec::new(),
-                        pending_rows: 0,
-                        pending_ts_us: None,
-                    }
+                    .await?
                 }
             };
-            state.bronze.discard();
-            let kinds = self.source_kinds(&t).await?;
-            if resync_us.is_some() {
-                // Types may have changed since bronze was written.
-                if let Err(e) = state.bronze.extend_columns(&kinds) {
-                    if e.retry_policy() != RetryPolicy::NeedsOperator {
-                        return Err(e);
-                    }
-                    state.bronze.replace_with(&kinds);
-                }
-                // The copy gives every row its current values.
-                state.bronze.take_added_columns();
-            }
-            let columns = kinds.into_iter().map(|(name, _)| name).collect();
+            // The copy decides the columns, inside its snapshot.
+            bronze.discard();
             self.status.update(&id, |s| {
                 s.state = "snapshotting";
                 s.last_error = None;
             });
-            work.push((
-                SnapshotJob {
-                    table: t,
-                    bronze: state.bronze,
-                    columns,
-                },
-                resync_us,
-            ));
+            work.push((SnapshotJob { table: t, bronze }, resync_us));
         }
         self.status.flush(&self.client, true).await?;
         let cfg = self.cfg;
@@ -518,7 +503,13 @@ impl Replicator<'_> {
                     (Some(e), None) => e.clone(),
                     _ => SnapshotSource::TemporarySlot,
                 };
-                async move { (id, snapshot::copy_table(cfg, job, source, resync).await) }
+                let shutdown = &self.shutdown;
+                async move {
+                    (
+                        id,
+                        snapshot::copy_table(cfg, job, source, resync, shutdown).await,
+                    )
+                }
             })
             .buffer_unordered(cfg.snapshot_parallelism)
             .collect()
@@ -1034,7 +1025,7 @@ impl Replicator<'_> {
                     ],
                 )
                 .await?;
-            crate::fault::hit("after_bronze_commit");
+            crate::fault::hit(crate::fault::AFTER_BRONZE_COMMIT);
             state.skip_upto = state.skip_upto.max(lsn);
             state.pending_lsn = 0;
             let rows = std::mem::take(&mut state.pending_rows);

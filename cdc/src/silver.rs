@@ -203,7 +203,7 @@ impl Refiner<'_> {
                 silver = self
                     .apply_slice(def, &ctx, silver, lo, hi, &mut report)
                     .await?;
-                crate::fault::hit("mid_silver");
+                crate::fault::hit(crate::fault::MID_SILVER);
             }
         }
         report.version = silver.version().map(|v| v as i64);

@@ -67,10 +67,18 @@ pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
 /// Check that an existing slot is usable (not invalidated, not in use).
 /// Creating it is [`connect_stream`]'s job, with an exported snapshot.
 pub async fn validate(client: &Client, slot: &str) -> Result<SlotInfo> {
-    let info = read(client, slot).await?.ok_or_else(|| Error::SlotLost {
+    let lost = || Error::SlotLost {
         slot: slot.to_string(),
         state: "disappeared while medallion was starting".into(),
-    })?;
+    };
+    let mut info = read(client, slot).await?.ok_or_else(lost)?;
+    // A sidecar that just handed over the writer lease may still be
+    // closing its replication connection: give its walsender a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while info.active_pid.is_some() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        info = read(client, slot).await?.ok_or_else(lost)?;
+    }
     if info.wal_status.as_deref() == Some("lost") || info.restart_lsn == 0 {
         return Err(Error::SlotLost {
             slot: slot.to_string(),
@@ -87,15 +95,6 @@ pub async fn validate(client: &Client, slot: &str) -> Result<SlotInfo> {
         )));
     }
     Ok(info)
-}
-
-/// Current WAL insert position.
-pub async fn current_wal_lsn(client: &Client) -> Result<u64> {
-    let row = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(Error::pg("read current WAL position"))?;
-    Ok(parse_lsn(&row.get::<_, String>(0)))
 }
 
 /// How a replication connection creates its slot, if it has to.

@@ -29,6 +29,21 @@ CREATE EVENT TRIGGER medallion_new_tables ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION medallion._on_ddl_command_end();
 
+-- Every SECURITY DEFINER function tokenizes SQL text one way, whatever the
+-- caller set: with standard_conforming_strings off, a backslash would escape
+-- a quote and text checked as one expression could end a statement.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'medallion'::regnamespace AND p.prosecdef
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET standard_conforming_strings = on', f);
+    END LOOP;
+END
+$$;
+
 -- Privileges: the API is for medallion_admin; nothing is executable by PUBLIC.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA medallion FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

@@ -6,8 +6,16 @@ use pgrx::prelude::*;
 
 use crate::raise;
 
-/// Run a statement; SPI-level failures become an internal error.
+/// Run one statement; SPI-level failures become an internal error. Text
+/// that Postgres parses as more than one statement is never run.
 pub(crate) fn exec(sql: &str, args: &[DatumWithOid]) {
+    if let Err(e) = crate::expression::single_statement(sql) {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            format!("medallion refused to run a statement that {e}"),
+            "A definition's text reached a statement it may not change; check the values passed.",
+        );
+    }
     if let Err(e) = Spi::run_with_args(sql, args) {
         raise::error(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

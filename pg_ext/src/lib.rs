@@ -21,6 +21,7 @@ use pgrx::prelude::*;
 
 mod audit;
 mod catalog;
+mod expression;
 mod gold;
 mod lineage;
 mod names;

@@ -85,6 +85,15 @@ fn validate(
         }
     }
     if let Some(filter) = row_filter {
+        // Postgres' own parser first: the text is spliced into ALTER
+        // PUBLICATION, so it must be exactly one expression to Postgres.
+        crate::expression::single_expression(filter).map_err(|msg| {
+            (
+                PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                format!("invalid row_filter: {msg}"),
+                "row_filter is one boolean SQL expression over the table's columns, e.g. 'company_id = 1'.".into(),
+            )
+        })?;
         let idents = gold::predicate_identifiers(filter).map_err(|(msg, _)| {
             (
                 PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
@@ -175,7 +184,9 @@ fn publish(info: &TableInfo, columns: &Option<Vec<String>>, row_filter: &Option<
         .unwrap_or_default();
     let filter = row_filter
         .as_ref()
-        .map(|f| format!(" WHERE ({f})"))
+        // A newline before the closing parenthesis: a trailing `--`
+        // comment in the filter cannot swallow it.
+        .map(|f| format!(" WHERE ({f}\n)"))
         .unwrap_or_default();
     catalog::exec(
         &format!(

@@ -38,14 +38,21 @@ pub async fn read_table(dir: &Path) -> Result<Vec<RecordBatch>, LakeError> {
     read_table_url(&url, &HashMap::new()).await
 }
 
-/// Location of a bronze table under a lake root URL (any object store).
+/// Location of a bronze table under a lake root URL (any object store), as
+/// the sidecar encodes it.
 pub fn bronze_url(lake: &url::Url, schema: &str, table: &str) -> url::Url {
     let mut root = lake.clone();
     if !root.path().ends_with('/') {
         root.set_path(&format!("{}/", root.path()));
     }
-    root.join(&format!("bronze/{schema}/{table}/"))
-        .expect("bronze table URL")
+    medallion::bronze::table_url(
+        &root,
+        &medallion::bronze::TableId {
+            schema: schema.into(),
+            table: table.into(),
+        },
+    )
+    .expect("bronze table URL")
 }
 
 /// [`read_table`] on any object store: the active files are fetched through

@@ -25,6 +25,12 @@ mod audit;
 #[path = "e2e/object_store.rs"]
 mod object_store;
 
+#[path = "e2e/copy_race.rs"]
+mod copy_race;
+
+#[path = "e2e/sidecar_security.rs"]
+mod sidecar_security;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,
@@ -271,27 +277,26 @@ impl Env {
         rows: impl Iterator<Item = &'r std::collections::HashMap<String, Option<String>>>,
         label: &str,
     ) {
-        let chk = format!("chk_{schema}_{table}");
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let chk = q(&format!("chk_{schema}_{table}"));
         let qcols = cols
             .iter()
-            .map(|(c, _)| format!("\"{c}\""))
+            .map(|(c, _)| q(c))
             .collect::<Vec<_>>()
             .join(", ");
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS medallion_check; DROP TABLE IF EXISTS medallion_check.\"{chk}\"; \
-                 CREATE TABLE medallion_check.\"{chk}\" ({})",
+                "CREATE SCHEMA IF NOT EXISTS medallion_check; DROP TABLE IF EXISTS medallion_check.{chk}; \
+                 CREATE TABLE medallion_check.{chk} ({})",
                 cols.iter()
-                    .map(|(c, t)| format!("\"{c}\" {t}"))
+                    .map(|(c, t)| format!("{} {t}", q(c)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
             .await
             .expect("create check table");
         let sink = client
-            .copy_in(&format!(
-                "COPY medallion_check.\"{chk}\" ({qcols}) FROM STDIN"
-            ))
+            .copy_in(&format!("COPY medallion_check.{chk} ({qcols}) FROM STDIN"))
             .await
             .expect("copy in");
         futures::pin_mut!(sink);
@@ -315,15 +320,15 @@ impl Env {
             .iter()
             .map(|(c, t)| {
                 if t == "json" || t == "xml" || t.starts_with("point") {
-                    format!("\"{c}\"::text")
+                    format!("{}::text", q(c))
                 } else {
-                    format!("\"{c}\"")
+                    q(c)
                 }
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let src = format!("ONLY \"{schema}\".\"{table}\"");
-        let dst = format!("medallion_check.\"{chk}\"");
+        let src = format!("ONLY {}.{}", q(schema), q(table));
+        let dst = format!("medallion_check.{chk}");
         for (a, b, what) in [(&src, &dst, "missing from"), (&dst, &src, "extra in")] {
             let diff = client
                 .query(
@@ -372,6 +377,18 @@ impl InProcess {
             .await
             .expect("sidecar task")
             .expect("sidecar run ends cleanly")
+    }
+}
+
+/// Poll `condition` until it holds; fail naming `what` after `timeout`.
+fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

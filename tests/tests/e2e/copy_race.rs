@@ -1,0 +1,451 @@
+//! Copies that race schema changes and other writers.
+//!
+//! The sidecar binary runs with `MEDALLION_PAUSE=<point>`: it stops at the
+//! point, the test changes the database at exactly that instant (a module
+//! install's `ALTER TABLE … ADD COLUMN` + `UPDATE`, or a type change), then
+//! lets it go on. Every test checks that the pause really happened, then
+//! that bronze and silver equal the source, with the expected number of
+//! snapshot generations.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+
+use medallion::fault;
+
+use super::*;
+
+/// A sidecar process that will stop at a pause point.
+struct Paused {
+    child: Child,
+    dir: tempfile::TempDir,
+    point: &'static str,
+}
+
+impl Paused {
+    fn stderr_path(dir: &Path) -> PathBuf {
+        dir.join("stderr.log")
+    }
+
+    /// What the process printed on stderr so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(Self::stderr_path(self.dir.path())).unwrap_or_default()
+    }
+
+    /// Wait until the process is paused at its point.
+    fn wait_paused(&mut self) {
+        let flag = self.dir.path().join(format!("{}.paused", self.point));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !flag.exists() {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                panic!(
+                    "sidecar exited ({st}) before reaching {}:\n{}",
+                    self.point,
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sidecar never reached {}:\n{}",
+                self.point,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            self.stderr()
+                .contains(&format!("medallion: paused at {}", self.point)),
+            "pause flag without the pause message"
+        );
+    }
+
+    fn resume(&self) {
+        std::fs::write(self.dir.path().join(format!("{}.resume", self.point)), b"")
+            .expect("resume flag");
+    }
+
+    /// Wait for the process to exit; returns its status and stderr.
+    fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
+        let start = Instant::now();
+        let st = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("sidecar did not exit within {limit:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let err = self.stderr();
+        assert!(
+            err.contains(&format!("medallion: resumed at {}", self.point)),
+            "the sidecar was never resumed at {}:\n{err}",
+            self.point
+        );
+        (st, err)
+    }
+}
+
+impl Env {
+    /// Start the sidecar with `args`, pausing at the `nth` arrival at `point`.
+    fn paused_sidecar(
+        &self,
+        args: &[&str],
+        point: &'static str,
+        nth: u32,
+        env: &[(&str, &str)],
+    ) -> Paused {
+        let dir = tempfile::Builder::new()
+            .prefix("medallion-pause-")
+            .tempdir()
+            .expect("pause dir");
+        let spec = format!("{point}:{nth}");
+        let log = File::create(Paused::stderr_path(dir.path())).expect("stderr file");
+        let mut all: Vec<(&str, &str)> = vec![
+            ("MEDALLION_PAUSE", &spec),
+            (
+                "MEDALLION_PAUSE_DIR",
+                dir.path().to_str().expect("utf-8 path"),
+            ),
+            ("MEDALLION_REFINE_INTERVAL_MS", "0"),
+        ];
+        all.extend_from_slice(env);
+        let child = self
+            .sidecar(args, &all)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn sidecar");
+        Paused { child, dir, point }
+    }
+
+    /// Distinct snapshot LSNs in a bronze table's current version.
+    async fn snapshot_generations(&self, schema: &str, table: &str) -> usize {
+        let batches = lake::read_table_url(
+            &lake::bronze_url(&self.lake_root(), schema, table),
+            &self.storage(),
+        )
+        .await
+        .expect("read bronze");
+        lake::change_rows(&batches)
+            .iter()
+            .filter(|r| r.op == "snapshot")
+            .map(|r| r.lsn)
+            .collect::<BTreeSet<i64>>()
+            .len()
+    }
+
+    /// Stream what is left, refine once, and compare bronze and silver of
+    /// `public.<table>` with the source.
+    async fn assert_lake_equals_source(&self, table: &str, generations: usize) {
+        let cfg = self.cfg();
+        let s = self.catch_up_with(&cfg).await;
+        let r = self.refine_cycle(&cfg, s.acked_lsn).await;
+        refine::assert_all_ok(&r);
+        self.assert_bronze_matches("public", table).await;
+        self.assert_silver_matches("public", table, table).await;
+        assert_eq!(
+            self.snapshot_generations("public", table).await,
+            generations,
+            "snapshot generations of public.{table}"
+        );
+    }
+}
+
+const JOURNALS: &str = "CREATE TABLE account_journal (id int PRIMARY KEY, name text, code int); \
+    INSERT INTO account_journal SELECT g, 'Journal ' || g, g FROM generate_series(1, 2000) g; \
+    CREATE TABLE res_partner (id int PRIMARY KEY, name text); \
+    INSERT INTO res_partner SELECT g, 'Partner ' || g FROM generate_series(1, 50) g";
+
+/// What `account_debit_note`'s install does to `account_journal`.
+const MODULE_INSTALL: &str = "ALTER TABLE account_journal ADD COLUMN debit_sequence bool; \
+    UPDATE account_journal SET debit_sequence = (id % 3 = 0)";
+
+/// An incompatible type change (a table rewrite).
+const TYPE_CHANGE: &str =
+    "ALTER TABLE account_journal ALTER COLUMN code TYPE varchar USING 'J' || code";
+
+/// The source really holds what the race must preserve (so comparing the
+/// lake with it is not comparing NULL with NULL).
+fn assert_source_changed(env: &Env, ddl: &str) {
+    if ddl == MODULE_INSTALL {
+        assert_eq!(
+            env.sql("SELECT count(*) FROM account_journal WHERE debit_sequence")
+                .trim(),
+            "666"
+        );
+    } else {
+        assert_eq!(
+            env.sql("SELECT count(*) FROM account_journal WHERE code LIKE 'J%'")
+                .trim(),
+            "2000"
+        );
+    }
+}
+
+/// Which copy races the DDL.
+#[derive(Clone, Copy, Debug)]
+enum CopyPath {
+    /// The initial copy, from the main slot's exported snapshot.
+    Initial,
+    /// A copy again after kill -9 interrupted the initial one (temporary slot).
+    AfterKill9,
+    /// `medallion.resync()` (temporary slot).
+    Resync,
+}
+
+async fn race(path: CopyPath, ddl: &str) -> (Env, String) {
+    let env = Env::new();
+    env.sql(JOURNALS);
+    env.sql("SELECT medallion.add_source('account_journal'); SELECT medallion.add_source('res_partner')");
+    match path {
+        CopyPath::Initial => {}
+        CopyPath::AfterKill9 => env.run_to_fault(&format!("{}:1", fault::MID_SNAPSHOT), "500"),
+        CopyPath::Resync => {
+            env.catch_up().await;
+            env.sql("UPDATE account_journal SET name = name || '.' WHERE id <= 10");
+            env.sql("SELECT medallion.resync('account_journal')");
+        }
+    }
+    // One copy at a time, tables in name order: the first copy to reach the
+    // point is account_journal's.
+    let mut p = env.paused_sidecar(
+        &["run", "--until-caught-up"],
+        fault::COPY_PLANNED,
+        1,
+        &[
+            ("MEDALLION_SNAPSHOT_PARALLELISM", "1"),
+            ("MEDALLION_FLUSH_ROWS", "500"),
+            ("MEDALLION_LOG", "warn,medallion::snapshot=info"),
+        ],
+    );
+    p.wait_paused();
+    assert!(
+        p.stderr().contains("account_journal"),
+        "the paused copy is account_journal's:\n{}",
+        p.stderr()
+    );
+    env.sql(ddl);
+    p.resume();
+    let (st, err) = p.finish(Duration::from_secs(180));
+    assert!(st.success(), "{path:?}: {err}");
+    assert_source_changed(&env, ddl);
+    (env, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_copy_keeps_a_column_added_and_filled_under_it() {
+    let (env, _) = race(CopyPath::Initial, MODULE_INSTALL).await;
+    env.assert_lake_equals_source("account_journal", 1).await;
+    env.assert_lake_equals_source("res_partner", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_again_after_kill_9_keeps_a_column_added_and_filled_under_it() {
+    let (env, err) = race(CopyPath::AfterKill9, MODULE_INSTALL).await;
+    assert!(
+        err.contains("temporary") || err.contains("TemporarySlot"),
+        "{err}"
+    );
+    env.assert_lake_equals_source("account_journal", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_keeps_a_column_added_and_filled_under_it() {
+    let (env, _) = race(CopyPath::Resync, MODULE_INSTALL).await;
+    env.assert_lake_equals_source("account_journal", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_change_under_the_initial_copy_makes_it_copy_again_from_a_new_snapshot() {
+    let (env, err) = race(CopyPath::Initial, TYPE_CHANGE).await;
+    // The exported snapshot predates the rewrite: the copy must notice and
+    // take a new one, never copy an empty or wrongly typed table.
+    assert!(
+        err.contains("changed after the snapshot was taken"),
+        "the drift check fired:\n{err}"
+    );
+    env.assert_lake_equals_source("account_journal", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_change_before_a_copy_again_gives_a_new_generation_of_the_new_type() {
+    let (env, err) = race(CopyPath::AfterKill9, TYPE_CHANGE).await;
+    assert!(err.contains("new generation"), "{err}");
+    env.assert_lake_equals_source("account_journal", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_table_keeps_a_column_added_and_filled_under_its_copy() {
+    let env = Env::new();
+    env.sql("CREATE TABLE res_partner (id int PRIMARY KEY, name text)");
+    env.sql("INSERT INTO res_partner SELECT g, 'p' || g FROM generate_series(1, 50) g");
+    env.sql("SELECT medallion.add_source('res_partner')");
+    // The first copy (res_partner) runs through; the second is the late table's.
+    let mut p = env.paused_sidecar(
+        &["run"],
+        fault::COPY_PLANNED,
+        2,
+        &[("MEDALLION_LOG", "warn,medallion::snapshot=info")],
+    );
+    wait_until(Duration::from_secs(60), "res_partner streams", || {
+        env.sql("SELECT state FROM medallion.table_status WHERE name = 'public.res_partner'")
+            .trim()
+            == "streaming"
+    });
+    // A module install creates its table, and alters and fills it at once.
+    env.sql("CREATE TABLE account_journal (id int PRIMARY KEY, name text, code int)");
+    env.sql(
+        "INSERT INTO account_journal SELECT g, 'Journal ' || g, g FROM generate_series(1, 2000) g",
+    );
+    env.sql("SELECT medallion.add_source('account_journal')");
+    p.wait_paused();
+    env.sql(MODULE_INSTALL);
+    env.sql("INSERT INTO account_journal VALUES (2002, 'after', 1, false)");
+    p.resume();
+    let snap_app = format!(
+        "medallion:{}:public.account_journal:snapshot",
+        env.cfg().slot
+    );
+    let dir = env.bronze("public", "account_journal");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lake::txn_version(&dir, &snap_app)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "late table never copied:\n{}",
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sigterm(&p.child);
+    let (st, err) = p.finish(Duration::from_secs(150));
+    assert!(st.success(), "{err}");
+    assert_source_changed(&env, MODULE_INSTALL);
+    env.assert_lake_equals_source("account_journal", 1).await;
+    env.assert_lake_equals_source("res_partner", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_copy_stops_at_once_and_commits_nothing() {
+    let env = Env::new();
+    env.sql(JOURNALS);
+    env.sql("SELECT medallion.add_source('account_journal')");
+    let mut p = env.paused_sidecar(
+        &["run"],
+        fault::MID_SNAPSHOT,
+        1,
+        &[
+            ("MEDALLION_FLUSH_ROWS", "500"),
+            ("MEDALLION_LOG", "warn,medallion::snapshot=info"),
+        ],
+    );
+    p.wait_paused();
+    sigterm(&p.child);
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    p.resume();
+    let (st, err) = p.finish(Duration::from_secs(30));
+    let took = stopping.elapsed();
+    assert!(st.success(), "a stop during a copy is a clean stop: {err}");
+    assert!(err.contains("interrupted by shutdown"), "{err}");
+    assert!(
+        took < Duration::from_secs(5),
+        "stopping took {took:?}: {err}"
+    );
+    let snap_app = format!(
+        "medallion:{}:public.account_journal:snapshot",
+        env.cfg().slot
+    );
+    assert_eq!(
+        lake::txn_version(&env.bronze("public", "account_journal"), &snap_app)
+            .await
+            .ok()
+            .flatten(),
+        None,
+        "the interrupted copy committed"
+    );
+    env.assert_lake_equals_source("account_journal", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
+    let env = Env::new();
+    env.sql(JOURNALS);
+    env.sql("SELECT medallion.add_source('account_journal'); SELECT medallion.add_source('res_partner')");
+    // A holds the lease and is mid-copy.
+    let mut a = env.paused_sidecar(
+        &["run"],
+        fault::COPY_PLANNED,
+        1,
+        &[("MEDALLION_LOG", "warn,medallion::snapshot=info")],
+    );
+    a.wait_paused();
+    // B starts (a rolling restart) and waits.
+    let b = env.paused_sidecar(
+        &["run"],
+        fault::COPY_PLANNED,
+        1000,
+        &[("MEDALLION_LOG", "info")],
+    );
+    wait_until(Duration::from_secs(60), "B waits for A's lease", || {
+        b.stderr()
+            .contains("waiting for the medallion holding slot \\\"medallion\\\"")
+            || b.stderr()
+                .contains("waiting for the medallion holding slot \"medallion\"")
+    });
+    assert!(
+        b.stderr().contains("pid "),
+        "the holder is named: {}",
+        b.stderr()
+    );
+    // A copies and streams; B still waits and writes nothing.
+    a.resume();
+    env.sql(
+        "INSERT INTO account_journal SELECT g, 'A ' || g, g FROM generate_series(3001, 3100) g",
+    );
+    wait_until(Duration::from_secs(60), "A streams", || {
+        env.sql("SELECT coalesce(sum(rows_total), 0) FROM medallion.table_status WHERE name = 'public.account_journal'")
+            .trim()
+            == "2100"
+    });
+    assert!(
+        !b.stderr().contains("snapshot: starting copy"),
+        "{}",
+        b.stderr()
+    );
+    // A stops (SIGTERM); B takes over without copying again.
+    sigterm(&a.child);
+    let (st, err) = a.finish(Duration::from_secs(30));
+    assert!(st.success(), "{err}");
+    env.sql(
+        "INSERT INTO account_journal SELECT g, 'B ' || g, g FROM generate_series(3101, 3200) g",
+    );
+    env.sql("UPDATE res_partner SET name = 'B' WHERE id <= 5");
+    wait_until(Duration::from_secs(60), "B streams", || {
+        env.sql("SELECT coalesce(sum(rows_total), 0) FROM medallion.table_status WHERE name = 'public.account_journal'")
+            .trim()
+            == "2200"
+    });
+    let err_b = b.stderr();
+    assert!(err_b.contains("took over the writer lease"), "{err_b}");
+    assert!(
+        !err_b.contains("snapshot: starting copy"),
+        "B copied again: {err_b}"
+    );
+    let mut child_b = b.child;
+    sigterm(&child_b);
+    let st = wait_exit(&mut child_b, Duration::from_secs(30));
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(Paused::stderr_path(b.dir.path())).unwrap_or_default()
+    );
+    env.assert_lake_equals_source("account_journal", 1).await;
+    env.assert_lake_equals_source("res_partner", 1).await;
+}

@@ -1,0 +1,170 @@
+//! The sidecar's side of the trust boundary: its sessions run nobody
+//! else's code, read tables whole or not at all, and write only inside the
+//! lake, whatever the names.
+
+use super::*;
+
+impl Env {
+    /// A login role the way the README deploys the sidecar: REPLICATION and
+    /// medallion_admin, no superuser, no BYPASSRLS.
+    fn sidecar_role(&self) -> String {
+        self.sql(
+            "CREATE ROLE sidecar LOGIN REPLICATION; GRANT medallion_admin TO sidecar; \
+             GRANT USAGE ON SCHEMA public TO sidecar; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO sidecar",
+        );
+        self.url().replace("postgres@", "sidecar@")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_under_row_level_security_fails_alone_instead_of_losing_rows() {
+    let env = Env::new();
+    env.sql("CREATE TABLE open_t (id int PRIMARY KEY, v text)");
+    env.sql("CREATE TABLE guarded (id int PRIMARY KEY, v text)");
+    env.sql("INSERT INTO open_t SELECT g, 'o' FROM generate_series(1, 20) g");
+    env.sql("INSERT INTO guarded SELECT g, 'g' FROM generate_series(1, 20) g");
+    env.sql(
+        "ALTER TABLE guarded ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY few ON guarded USING (id <= 5)",
+    );
+    env.sql("SELECT medallion.add_source('open_t'); SELECT medallion.add_source('guarded')");
+    let url = env.sidecar_role();
+    // The policy is real: the sidecar's role sees 5 of 20 rows by default.
+    let seen = env
+        .cluster
+        .psql(
+            &env.db,
+            &["-c", "SET ROLE sidecar; SELECT count(*) FROM guarded"],
+        )
+        .expect("count as sidecar");
+    assert_eq!(seen.trim(), "5");
+    let cfg = Config {
+        database_url: url.clone(),
+        ..env.cfg()
+    };
+    env.catch_up_with(&cfg).await;
+    env.assert_bronze_matches("public", "open_t").await;
+    let st = env.sql("SELECT state || '|' || coalesce(last_error, '') FROM medallion.status() WHERE name = 'public.guarded'");
+    assert!(st.starts_with("failed|"), "{st}");
+    assert!(
+        st.contains("row-level security") && st.contains("BYPASSRLS"),
+        "the error names the cause and the fix: {st}"
+    );
+    // The fix the error names works.
+    env.sql("ALTER ROLE sidecar BYPASSRLS; SELECT medallion.resync('guarded')");
+    env.catch_up_with(&cfg).await;
+    assert_eq!(env.assert_bronze_matches("public", "guarded").await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_owners_search_path_runs_nothing_in_the_sidecar() {
+    let env = Env::new();
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    env.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20) g");
+    env.sql("SELECT medallion.add_source('t')");
+    // A database owner's trap: a better-matching format() in a schema the
+    // database's default search_path puts first.
+    env.sql(
+        "CREATE SCHEMA evil; CREATE TABLE evil.calls (who text); \
+         GRANT ALL ON SCHEMA evil TO PUBLIC; GRANT ALL ON evil.calls TO PUBLIC; \
+         CREATE FUNCTION evil.format(text, text, text) RETURNS text LANGUAGE sql AS \
+           $$ INSERT INTO evil.calls VALUES (current_user); SELECT pg_catalog.format($1, $2, $3) $$; \
+         CREATE FUNCTION evil.to_regclass(text) RETURNS regclass LANGUAGE sql AS \
+           $$ INSERT INTO evil.calls VALUES (current_user); SELECT pg_catalog.to_regclass($1) $$; \
+         ALTER DATABASE app SET search_path = evil, public",
+    );
+    // The trap is real for an ordinary session.
+    env.sql("SELECT format('%I.%I', 'a'::text, 'b'::text)");
+    assert_eq!(env.sql("SELECT count(*) FROM evil.calls").trim(), "1");
+    env.sql("TRUNCATE evil.calls");
+    // Copy, stream, a column added with a default (a resync), and a re-copy.
+    env.catch_up().await;
+    env.sql("ALTER TABLE t ADD COLUMN d int DEFAULT 7; INSERT INTO t VALUES (21, 'y', 1)");
+    env.catch_up().await;
+    env.catch_up().await;
+    let calls = env.sql("SELECT count(*) FROM evil.calls");
+    env.sql("ALTER DATABASE app RESET search_path");
+    assert_eq!(calls.trim(), "0", "the sidecar ran the owner's functions");
+    env.assert_bronze_matches("public", "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_name_gets_its_own_bronze_table_inside_the_lake() {
+    let env = Env::new();
+    let names = [
+        "a.b",
+        "a/b",
+        "a\\b",
+        "q\"x",
+        "ä",
+        "中",
+        "...",
+        "%2E%2E",
+        "Mixed Case",
+    ];
+    let long = "x".repeat(63);
+    let mut all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    all.push(long);
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    env.sql("CREATE SCHEMA \"..\"; CREATE SCHEMA \"o/../..\"");
+    for (i, n) in all.iter().enumerate() {
+        env.sql(&format!(
+            "CREATE TABLE public.{t} (id int PRIMARY KEY, v text); \
+             INSERT INTO public.{t} SELECT g, '{i}' FROM generate_series(1, {}) g",
+            i + 1,
+            t = q(n)
+        ));
+    }
+    env.sql(
+        "CREATE TABLE \"..\".\"..\" (id int PRIMARY KEY); INSERT INTO \"..\".\"..\" VALUES (1)",
+    );
+    env.sql(
+        "CREATE TABLE \"o/../..\".t (id int PRIMARY KEY); INSERT INTO \"o/../..\".t VALUES (1)",
+    );
+    // Published directly (whatever add_source accepts), as any publication may hold them.
+    let mut list: Vec<String> = all.iter().map(|n| format!("public.{}", q(n))).collect();
+    list.push("\"..\".\"..\"".into());
+    list.push("\"o/../..\".t".into());
+    env.sql(&format!(
+        "CREATE PUBLICATION raw FOR TABLE {}",
+        list.join(", ")
+    ));
+    let cfg = Config {
+        publication: "raw".into(),
+        ..env.cfg()
+    };
+    env.catch_up_with(&cfg).await;
+    for (i, n) in all.iter().enumerate() {
+        assert_eq!(
+            env.assert_bronze_matches("public", n).await,
+            i + 1,
+            "public.{n}"
+        );
+    }
+    // `..` and `o/../..` are names like any other: one directory each.
+    assert_eq!(env.assert_bronze_matches("..", "..").await, 1);
+    assert_eq!(env.assert_bronze_matches("o/../..", "t").await, 1);
+    // Nothing was written outside the lake's bronze directory.
+    let lake = env.lake.path();
+    for entry in std::fs::read_dir(lake).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert!(
+            ["bronze", "_medallion"].contains(&name.to_str().unwrap()),
+            "unexpected {name:?} in the lake root"
+        );
+    }
+    let parent = lake.parent().unwrap();
+    assert!(
+        !parent.join("_delta_log").exists(),
+        "a Delta table was written at the lake's parent"
+    );
+    for entry in std::fs::read_dir(parent).unwrap() {
+        let p = entry.unwrap().path();
+        assert!(
+            !p.join("_delta_log").exists(),
+            "a Delta table was written next to the lake: {}",
+            p.display()
+        );
+    }
+}
