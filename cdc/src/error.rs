@@ -166,6 +166,33 @@ pub enum Error {
     /// take the lease again.
     #[error("lost the writer lease of slot \"{slot}\" (its session ended)")]
     LeaseLost { slot: String },
+
+    /// A publish target that is not the sidecar's own: definite for that
+    /// model's publication.
+    #[error(
+        "cannot publish into {target}: {reason}. The sidecar (role \"{role}\") publishes only into a \
+         schema it owns and tables it created: pick another target_schema with \
+         SELECT medallion.publish(name, target_schema => ...), or give the schema to that role"
+    )]
+    PublishTarget {
+        target: String,
+        reason: String,
+        role: String,
+    },
+
+    /// The lake is claimed by another server, database or slot: its `txn`
+    /// versions are another WAL's positions, so writing it would skip or
+    /// duplicate changes.
+    #[error(
+        "the lake at {lake} is written by {owner}; this sidecar is {me}. One lake holds one \
+         slot's changes: give this sidecar its own lake_url, or — after moving the other \
+         sidecar away and deleting its bronze tables — delete {lake}_medallion/owner.json"
+    )]
+    LakeOwned {
+        lake: String,
+        owner: String,
+        me: String,
+    },
 }
 
 impl Error {
@@ -208,7 +235,8 @@ impl Error {
             | Error::TableName { .. }
             | Error::IncompatibleType { .. }
             | Error::Expectation { .. }
-            | Error::Model { .. } => RetryPolicy::NeedsOperator,
+            | Error::Model { .. }
+            | Error::PublishTarget { .. } => RetryPolicy::NeedsOperator,
             Error::DataFusion { source, .. } => match source {
                 deltalake::datafusion::error::DataFusionError::ObjectStore(_)
                 | deltalake::datafusion::error::DataFusionError::IoError(_) => {
@@ -221,7 +249,8 @@ impl Error {
             | Error::SlotLost { .. }
             | Error::Protocol(_)
             | Error::Interrupted
-            | Error::LeaseHeld { .. } => RetryPolicy::Never,
+            | Error::LeaseHeld { .. }
+            | Error::LakeOwned { .. } => RetryPolicy::Never,
         }
     }
 

@@ -18,6 +18,15 @@
 //! stops writing ([`Error::LeaseLost`], retried: reconnect, take it again).
 //! Delta's own commit protocol is the second line: a commit that loses to
 //! another writer is [`Error::ConcurrentWriter`], never data written twice.
+//!
+//! The advisory lock lives in one database; a lake on an object store can be
+//! reached from several. So the lake itself names its writer: the first
+//! lease holder writes `<lake>/_medallion/owner.json` (the Postgres system
+//! identifier, database and slot) with a create-only put, and every later
+//! holder checks it ([`claim_lake`]). A sidecar of another database, another
+//! server (whose LSNs mean nothing to the lake's `txn` versions) or another
+//! slot is refused with [`Error::LakeOwned`] before it writes anything, so
+//! together the lock and the claim make one writer per lake.
 
 use std::time::{Duration, Instant};
 
@@ -106,6 +115,7 @@ impl Lease {
                 if last_log.is_some() {
                     tracing::info!(slot = %cfg.slot, lease = kind.what(), waited = ?started.elapsed(), "took over the writer lease");
                 }
+                claim_lake(cfg, &client).await?;
                 return Ok(Lease {
                     client,
                     conn,
@@ -179,9 +189,135 @@ impl Lease {
     }
 }
 
+/// Who writes a lake: the contents of `<lake>/_medallion/owner.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct LakeOwner {
+    /// `pg_control_system().system_identifier`: LSNs are only comparable
+    /// within one server's WAL history.
+    system_identifier: String,
+    database: String,
+    slot: String,
+}
+
+impl LakeOwner {
+    fn same_writer(&self, other: &LakeOwner) -> bool {
+        self == other
+    }
+}
+
+impl std::fmt::Display for LakeOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "slot \"{}\" of database \"{}\" on the Postgres server with system identifier {}",
+            self.slot, self.database, self.system_identifier
+        )
+    }
+}
+
+/// Where the claim lives, relative to the lake root.
+const OWNER_PATH: &str = "_medallion/owner.json";
+
+/// Make sure the lake is this slot's: claim it if nobody has (create-only
+/// put, so two first claimants cannot both win), refuse it if another
+/// server, database or slot has.
+async fn claim_lake(cfg: &Config, client: &Client) -> Result<()> {
+    use object_store::{ObjectStoreExt, PutMode, PutPayload, path::Path};
+    let row = client
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system())::text, \
+                    pg_catalog.current_database()::text",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("read the server's system identifier"))?;
+    let me = LakeOwner {
+        system_identifier: row.get(0),
+        database: row.get(1),
+        slot: cfg.slot.clone(),
+    };
+    let root = cfg.lake_root()?;
+    let store = crate::lake::store(&root, &cfg.storage.to_map())?;
+    let path = Path::from(OWNER_PATH);
+    let body = serde_json::to_vec_pretty(&me)
+        .map_err(|e| Error::Config(format!("lake owner claim: {e}")))?;
+    let lake = crate::error::scrub_url(root.as_str());
+    match store
+        .put_opts(&path, PutPayload::from(body), PutMode::Create.into())
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(lake = %lake, owner = %me, "claimed the lake");
+            return Ok(());
+        }
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(e) => {
+            return Err(Error::Delta {
+                context: format!("claim the lake at {lake}"),
+                source: deltalake::DeltaTableError::ObjectStore { source: e },
+            });
+        }
+    }
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|e| Error::Delta {
+            context: format!("read the lake's owner at {lake}"),
+            source: deltalake::DeltaTableError::ObjectStore { source: e },
+        })?
+        .bytes()
+        .await
+        .map_err(|e| Error::Delta {
+            context: format!("read the lake's owner at {lake}"),
+            source: deltalake::DeltaTableError::ObjectStore { source: e },
+        })?;
+    let owner: LakeOwner = serde_json::from_slice(&bytes).map_err(|e| Error::LakeOwned {
+        lake: lake.clone(),
+        owner: format!("an unreadable claim ({e})"),
+        me: me.to_string(),
+    })?;
+    if owner.same_writer(&me) {
+        Ok(())
+    } else {
+        Err(Error::LakeOwned {
+            lake,
+            owner: owner.to_string(),
+            me: me.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_names_server_database_and_slot() {
+        let a = LakeOwner {
+            system_identifier: "7714585689148847963".into(),
+            database: "odoo".into(),
+            slot: "medallion".into(),
+        };
+        let json = serde_json::to_string(&a).unwrap();
+        let back: LakeOwner = serde_json::from_str(&json).unwrap();
+        assert!(back.same_writer(&a));
+        for other in [
+            LakeOwner {
+                system_identifier: "1".into(),
+                ..a.clone()
+            },
+            LakeOwner {
+                database: "odoo2".into(),
+                ..a.clone()
+            },
+            LakeOwner {
+                slot: "medallion2".into(),
+                ..a.clone()
+            },
+        ] {
+            assert!(!other.same_writer(&a), "{other} must not pass for {a}");
+        }
+    }
 
     #[test]
     fn each_writer_has_its_own_key() {

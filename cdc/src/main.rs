@@ -81,9 +81,14 @@ async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow:
         return Ok(());
     }
     // One silver/gold writer per slot: not while a `medallion run` refines.
-    let _lease = medallion::lease::Lease::try_acquire(cfg, medallion::lease::LeaseKind::Refine)
+    let _lease = match medallion::lease::Lease::try_acquire(cfg, medallion::lease::LeaseKind::Refine)
         .await
-        .context("a running `medallion run` refines this slot; ask it with SELECT medallion.refresh(...)")?;
+    {
+        Err(e @ medallion::Error::LeaseHeld { .. }) => Err(anyhow::Error::new(e).context(
+            "a running `medallion run` refines this slot; ask it with SELECT medallion.refresh(...)",
+        )),
+        other => other.map_err(anyhow::Error::new),
+    }?;
     let sealed = medallion::audit::seal(&client)
         .await
         .context("sealing audit records failed")?;

@@ -103,6 +103,71 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
     Ok(())
 }
 
+/// What a published table's comment starts with: the mark that it is ours.
+const MARK: &str = "medallion: ";
+
+/// Refuse to write into anything that is not the sidecar's own: the schema
+/// must be owned by the sidecar's role (it creates it), and an existing
+/// table must be an ordinary table owned by that role and marked as a
+/// medallion publication. Otherwise the sidecar would delete another role's
+/// rows with its own privileges, or fire the triggers a squatter put on a
+/// table it prepared in advance.
+async fn check_target(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> Result<()> {
+    let row = tx
+        .query_one(
+            "SELECT n.nspowner = r.oid, pg_catalog.pg_get_userbyid(n.nspowner)::text, \
+                    c.oid IS NOT NULL, c.relkind::text, c.relowner = r.oid, \
+                    pg_catalog.pg_get_userbyid(c.relowner)::text, \
+                    COALESCE(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), $3), false), \
+                    r.rolname::text \
+             FROM pg_catalog.pg_namespace n \
+             JOIN pg_catalog.pg_roles r ON r.rolname = pg_catalog.current_user() \
+             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = $2 \
+             WHERE n.nspname = $1",
+            &[&schema, &table, &MARK],
+        )
+        .await
+        .map_err(Error::pg(format!("publish {schema}.{table}: check target")))?;
+    let me: String = row.get(7);
+    let refuse = |reason: String| Error::PublishTarget {
+        target: format!("{schema}.{table}"),
+        reason,
+        role: me.clone(),
+    };
+    if !row.get::<_, bool>(0) {
+        return Err(refuse(format!(
+            "schema \"{schema}\" is owned by role \"{}\"",
+            row.get::<_, String>(1)
+        )));
+    }
+    if row.get::<_, bool>(2) {
+        let kind: String = row.get(3);
+        if kind != "r" {
+            return Err(refuse(format!(
+                "it exists and is not a table (relkind {kind})"
+            )));
+        }
+        if !row.get::<_, bool>(4) {
+            return Err(refuse(format!(
+                "the table exists and is owned by role \"{}\"",
+                row.get::<_, String>(5)
+            )));
+        }
+        if !row.get::<_, bool>(6) {
+            return Err(refuse(
+                "the table exists and is not a medallion publication (its comment does not start \
+                 with \"medallion: \")"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Replace `schema.table` in Postgres with the rows of a Delta table.
 /// Returns the number of rows published.
 pub async fn publish(
@@ -134,6 +199,7 @@ pub async fn publish(
         .map_err(Error::pg(format!(
             "publish {schema}.{table}: create schema"
         )))?;
+    check_target(&tx, schema, table).await?;
     let existing: Vec<(String, String)> = tx
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \

@@ -167,6 +167,19 @@ fn table_error(e: Error) -> Result<String> {
     }
 }
 
+/// A table or model whose publication failed definitely fails alone (the
+/// lake table is written; its Postgres copy is not): visible in
+/// `medallion.status()`, everything else goes on.
+fn publish_failed(out: TableOutcome, e: Error) -> Result<TableOutcome> {
+    let message = table_error(e)?;
+    tracing::error!(layer = out.layer, name = %out.name, error = %message, "publication stopped");
+    Ok(TableOutcome::failed(
+        out.layer,
+        &out.name,
+        format!("publish: {message}"),
+    ))
+}
+
 /// Run one cycle at watermark `w`. `forced` names (`gold.<n>`/`silver.<n>`)
 /// were asked for with `medallion.refresh()`.
 pub async fn cycle(
@@ -193,7 +206,7 @@ pub async fn cycle(
         let started = chrono::Utc::now();
         let clock = Instant::now();
         let outcome = refiner.refresh(def, w).await;
-        let (out, expectations, run) = match outcome {
+        let (mut out, expectations, run) = match outcome {
             Ok(r) if r.waiting.is_some() => (
                 TableOutcome {
                     layer: "silver",
@@ -262,15 +275,10 @@ pub async fn cycle(
                 || !published(client, p).await?)
             && let Some(input) = inputs.get(&format!("silver.{}", def.name))
         {
-            publish_one(
-                cfg,
-                client,
-                &input.table,
-                p,
-                &format!("silver.{}", def.name),
-                w,
-            )
-            .await?;
+            let node = format!("silver.{}", def.name);
+            if let Err(e) = publish_one(cfg, client, &input.table, p, &node, w).await {
+                out = publish_failed(out, e)?;
+            }
         }
         record(client, &cfg.slot, &out, started, &expectations, run).await?;
         report.tables.push(out);
@@ -312,7 +320,7 @@ pub async fn cycle(
                 .refresh_gold(def, &inputs, forced.contains(&node))
                 .await
         };
-        let (out, expectations, run) = match out {
+        let (mut out, expectations, run) = match out {
             Ok(r) => (
                 TableOutcome {
                     layer: "gold",
@@ -348,8 +356,9 @@ pub async fn cycle(
             let wm = out.watermark.unwrap_or(w);
             if let Some(p) = &def.publish
                 && (run || forced.contains(&node) || !published(client, p).await?)
+                && let Err(e) = publish_one(cfg, client, &t, p, &node, wm).await
             {
-                publish_one(cfg, client, &t, p, &node, wm).await?;
+                out = publish_failed(out, e)?;
             }
             inputs.insert(
                 node.clone(),
@@ -359,7 +368,6 @@ pub async fn cycle(
                 },
             );
         }
-        let mut out = out;
         if out.state == "up to date" {
             out.state = "ok".into();
         }
@@ -369,11 +377,15 @@ pub async fn cycle(
     Ok(report)
 }
 
+/// Whether the target holds a publication of ours (a table someone else put
+/// there is not one: publishing is tried again, and fails visibly again).
 async fn published(client: &Client, target: &(String, String)) -> Result<bool> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2)",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 \
+               AND pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'medallion: '))",
             &[&target.0, &target.1],
         )
         .await

@@ -296,6 +296,24 @@ BEGIN
 END
 $$;
 
+-- Row data is returned only to a caller who may SELECT its table. The
+-- functions that call this are SECURITY INVOKER: current_user is the
+-- effective caller (after SET ROLE, inside an outer definer function), and
+-- the live table is read with the caller's own privileges, so its domain
+-- checks, casts and policies never run as the extension owner.
+CREATE FUNCTION medallion._require_select(tbl regclass) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT has_table_privilege(tbl, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied to read the rows of %: role "%" may not SELECT it', tbl::text, current_user
+            USING ERRCODE = '42501',
+            HINT = format('GRANT SELECT ON %s TO %I; the trail itself is readable through medallion.audit_trail.', tbl::text, current_user);
+    END IF;
+END
+$$;
+
 -- The audited table's configuration, or an error naming what to do.
 CREATE FUNCTION medallion._audited(tbl regclass) RETURNS medallion.audit_tables
 LANGUAGE plpgsql STABLE
@@ -371,13 +389,15 @@ AS $$ SELECT l.* FROM medallion.audit_log l
 CREATE FUNCTION medallion.audit_history(tbl regclass, pk jsonb)
 RETURNS TABLE (id bigint, op text, at timestamptz, xid xid8, db_role name, app_user text,
                application_name text, client_addr inet, old jsonb, new jsonb, seq bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     a medallion.audit_tables := medallion._audited(tbl);
-    key jsonb := medallion._audit_key(tbl, pk);
+    key jsonb;
 BEGIN
+    PERFORM medallion._require_select(tbl);
+    key := medallion._audit_key(tbl, pk);
     RETURN QUERY
         SELECT l.id, l.op, l.at, l.xid, l.db_role, l.app_user, l.application_name, l.client_addr,
                l.old, l.new, s.seq
@@ -412,16 +432,18 @@ $$;
 -- Rewinds the live row through the trail; across a TRUNCATE it replays
 -- forward from the row's INSERT.
 CREATE FUNCTION medallion.row_as_of(tbl regclass, pk jsonb, at timestamptz) RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     a medallion.audit_tables := medallion._audited(tbl);
-    key jsonb := medallion._audit_key(tbl, pk);
+    key jsonb;
     complete_from timestamptz;
     state jsonb;
     r record;
 BEGIN
+    PERFORM medallion._require_select(tbl);
+    key := medallion._audit_key(tbl, pk);
     IF at IS NULL THEN
         RAISE EXCEPTION 'at must not be NULL' USING ERRCODE = '22004', HINT = 'Pass a past instant, e.g. now() - interval ''1 day''.';
     END IF;
@@ -471,7 +493,7 @@ $$;
 -- JSON null: the column was NULL).
 CREATE FUNCTION medallion.audit_diff(tbl regclass, pk jsonb, from_at timestamptz, to_at timestamptz)
 RETURNS TABLE (column_name text, from_value jsonb, to_value jsonb)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

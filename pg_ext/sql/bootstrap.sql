@@ -38,6 +38,9 @@ CREATE TABLE medallion.schema_sources (
     include text NOT NULL DEFAULT '%',
     exclude text[] NOT NULL,
     silver text NOT NULL DEFAULT 'current' CHECK (silver IN ('none', 'current', 'scd2')),
+    -- Who declared it: a table that appears later is replicated only if
+    -- this role may SELECT it.
+    declared_by regrole NOT NULL,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

@@ -29,7 +29,9 @@ CREATE EVENT TRIGGER medallion_new_tables ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION medallion._on_ddl_command_end();
 
--- Every SECURITY DEFINER function tokenizes SQL text one way, whatever the
+-- Every SECURITY DEFINER function — and every invoker function that pins
+-- its search_path (the API functions that check the caller, then act as the
+-- extension owner) — tokenizes SQL text one way, whatever the
 -- caller set: with standard_conforming_strings off, a backslash would escape
 -- a quote and text checked as one expression could end a statement.
 DO $$
@@ -37,7 +39,8 @@ DECLARE
     f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-             WHERE p.pronamespace = 'medallion'::regnamespace AND p.prosecdef
+             WHERE p.pronamespace = 'medallion'::regnamespace
+               AND (p.prosecdef OR p.proconfig IS NOT NULL)
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET standard_conforming_strings = on', f);
     END LOOP;
@@ -80,6 +83,17 @@ GRANT EXECUTE ON FUNCTION
     medallion._row_key(text, jsonb),
     medallion._genesis()
 TO medallion_auditor, medallion_admin;
+GRANT EXECUTE ON FUNCTION
+    medallion._require_select(regclass),
+    medallion._audited(regclass),
+    medallion._audit_name(regclass),
+    medallion._key_columns(regclass),
+    medallion._audit_key(regclass, jsonb),
+    medallion._row_records(text, jsonb),
+    medallion._live_row(regclass, jsonb, medallion.audit_tables)
+TO medallion_auditor, medallion_admin;
+-- Auditors read the whole trail (it holds the audited columns an admin who
+-- may read the table chose); live rows only with their own SELECT.
 GRANT SELECT ON medallion.audit_trail TO medallion_auditor, medallion_admin;
 GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes(),
     medallion.lineage_mermaid()

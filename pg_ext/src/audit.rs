@@ -120,8 +120,10 @@ fn json_list(v: &Option<Vec<String>>) -> String {
 }
 
 /// Start auditing a table (idempotent; changed column lists update it).
-/// Returns whether anything changed.
-#[pg_extern(security_definer)]
+/// Returns whether anything changed. SECURITY INVOKER: the trail holds the
+/// table's rows, so only a caller who may SELECT the table may start one;
+/// the triggers and the catalog row are then written as the extension owner.
+#[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn enable_audit(
     tbl: PgRelation,
@@ -130,7 +132,18 @@ fn enable_audit(
 ) -> bool {
     let oid = tbl.oid();
     drop(tbl);
+    let caller = catalog::Caller::current();
+    catalog::as_extension_owner(|| enable_audit_as_owner(oid, columns, exclude_columns, caller))
+}
+
+fn enable_audit_as_owner(
+    oid: pg_sys::Oid,
+    columns: Option<Vec<String>>,
+    exclude_columns: Option<Vec<String>>,
+    caller: catalog::Caller,
+) -> bool {
     let info = catalog::table_info(oid);
+    caller.require_select(&info, oid, "audit");
     let qualified = info.qualified();
     let name = trail_name(oid);
     if info.schema == "medallion" {

@@ -179,24 +179,106 @@ pub(crate) fn check_columns(info: &TableInfo, what: &str, cols: &[String]) {
     }
 }
 
-/// Whether the calling role (the session user: API functions run as the
-/// extension owner) may read `oid`.
-pub(crate) fn check_caller_can_read(info: &TableInfo, oid: pg_sys::Oid) {
-    let ok: bool = one(
-        "SELECT pg_catalog.has_table_privilege(session_user, $1, 'SELECT')",
-        &[oid.into()],
-    )
-    .unwrap_or(false);
-    if !ok {
-        raise::error(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied to replicate {}", info.qualified()),
-            format!(
-                "GRANT SELECT ON {} TO the role that declares the pipeline.",
-                info.qualified()
-            ),
-        );
+/// The role whose privileges decide what a call may reach: the effective
+/// role of the calling statement — `current_user` after `SET ROLE` (poolers,
+/// PostgREST) and inside any outer SECURITY DEFINER function — never
+/// `session_user`. API functions that check it are SECURITY INVOKER, read it
+/// on entry, and only then do their catalog work [`as_extension_owner`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller(pg_sys::Oid);
+
+impl Caller {
+    /// The current effective role (call before any identity switch).
+    pub(crate) fn current() -> Caller {
+        // SAFETY: a plain read of the backend's current user.
+        Caller(unsafe { pg_sys::GetUserId() })
     }
+
+    /// A role recorded in the catalog (a whole-schema source's declarer).
+    pub(crate) fn role(oid: pg_sys::Oid) -> Caller {
+        Caller(oid)
+    }
+
+    pub(crate) fn oid(self) -> pg_sys::Oid {
+        self.0
+    }
+
+    /// Whether this role may SELECT `oid` (every column, as a copy reads).
+    pub(crate) fn can_select(self, oid: pg_sys::Oid) -> bool {
+        one(
+            "SELECT pg_catalog.has_table_privilege($1, $2, 'SELECT')",
+            &[self.0.into(), oid.into()],
+        )
+        .unwrap_or(false)
+    }
+
+    /// The role's name for messages.
+    pub(crate) fn name(self) -> String {
+        one(
+            "SELECT COALESCE(pg_catalog.pg_get_userbyid($1)::text, $1::text)",
+            &[self.0.into()],
+        )
+        .unwrap_or_default()
+    }
+
+    /// Refuse with 42501 unless this role may read `info`'s table.
+    pub(crate) fn require_select(self, info: &TableInfo, oid: pg_sys::Oid, doing: &str) {
+        if !self.can_select(oid) {
+            raise::error(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied to {doing} {}: role \"{}\" may not SELECT it",
+                    info.qualified(),
+                    self.name()
+                ),
+                format!(
+                    "GRANT SELECT ON {} TO the role that calls this (checked as current_user, \
+                     after SET ROLE).",
+                    info.qualified()
+                ),
+            );
+        }
+    }
+}
+
+/// Puts the caller's identity back when dropped (also on a Rust unwind; an
+/// ERROR's (sub)transaction abort restores it as well).
+struct Restore {
+    user: pg_sys::Oid,
+    sec: i32,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // SAFETY: restores exactly what was read before the switch.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec) };
+    }
+}
+
+/// Run `f` as the owner of the extension (the role a SECURITY DEFINER
+/// function would run as), after the caller's privileges were checked.
+/// `SET ROLE` is refused inside (`SECURITY_LOCAL_USERID_CHANGE`), as in a
+/// definer function.
+pub(crate) fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner: pg_sys::Oid = one(
+        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'pg_medallion'",
+        &[],
+    )
+    .unwrap_or_else(|| {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_medallion is not installed in this database",
+            "CREATE EXTENSION pg_medallion;",
+        )
+    });
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0);
+    // SAFETY: plain reads of the backend's user state, restored by `Restore`.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let _restore = Restore { user, sec };
+    f()
 }
 
 /// Downstream objects (transitively) of a lineage node, nearest first.

@@ -403,6 +403,40 @@ fn publish(
             "Publish into a schema of its own (the default is medallion_gold): the sidecar replaces the table's contents on every refresh.",
         );
     }
+    // Only into what the pipeline owns: the sidecar replaces the table's
+    // rows with its own privileges on every refresh.
+    let schema_owner: Option<(bool, String)> = Spi::get_two_with_args::<bool, String>(
+        "SELECT pg_catalog.pg_has_role(n.nspowner, 'medallion_admin', 'MEMBER'), \
+                pg_catalog.pg_get_userbyid(n.nspowner)::text \
+         FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+        &[target_schema.clone().into()],
+    )
+    .ok()
+    .and_then(|(a, b)| Some((a?, b?)));
+    if let Some((false, owner)) = schema_owner {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "cannot publish into schema \"{target_schema}\": it is owned by role \"{owner}\", who is not a pipeline role"
+            ),
+            "Publish into a schema the sidecar creates and owns (the default medallion_gold, or a new name); a schema owned by another role could hold its triggers and rules.",
+        );
+    }
+    let foreign: bool = catalog::one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+            WHERE n.nspname = $1 AND c.relname = $2 \
+              AND NOT COALESCE(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'medallion: '), false) \
+              AND NOT EXISTS (SELECT 1 FROM medallion.publications p WHERE p.target_schema = $1 AND p.target_table = $2))",
+        &[target_schema.clone().into(), table.clone().into()],
+    )
+    .unwrap_or(true);
+    if foreign {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+            format!("{target_schema}.{table} exists and is not a medallion publication"),
+            "Pass another target_table (or target_schema): the sidecar would replace that table's rows.",
+        );
+    }
     let taken: Option<String> = catalog::one(
         "SELECT node FROM medallion.publications WHERE target_schema = $1 AND target_table = $2 AND node <> $3",
         &[

@@ -3,6 +3,7 @@
 use pgrx::PgRelation;
 use pgrx::prelude::*;
 
+use crate::catalog::Caller;
 use crate::catalog::{self, TableInfo};
 use crate::{gold, names, raise};
 
@@ -316,10 +317,28 @@ fn add_one(
     row_filter: Option<String>,
     silver: &str,
     schema_source: Option<&str>,
+    reader: Caller,
 ) -> Result<bool, (PgSqlErrorCode, String, String)> {
     check_silver_option(silver);
     let info = catalog::table_info(oid);
-    catalog::check_caller_can_read(&info, oid);
+    // The lake holds what bronze copies: only a role that may read the
+    // table may put it there.
+    if schema_source.is_some() && !reader.can_select(oid) {
+        return Err((
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "{}: role \"{}\", who declared the schema source, may not SELECT it",
+                info.qualified(),
+                reader.name()
+            ),
+            format!(
+                "GRANT SELECT ON {} TO that role, then SELECT medallion.add_source('{}');",
+                info.qualified(),
+                info.qualified()
+            ),
+        ));
+    }
+    reader.require_select(&info, oid, "replicate");
     validate(&info, &columns, &row_filter, schema_source.is_none())?;
     let changed: bool = catalog::one(
         "INSERT INTO medallion.sources (source_schema, source_table, columns, row_filter, silver, schema_source) \
@@ -348,7 +367,9 @@ fn add_one(
 }
 
 /// Declare a table as a bronze source (idempotent; changed arguments update it).
-#[pg_extern(security_definer)]
+/// SECURITY INVOKER: the caller's own SELECT on the table is checked, then
+/// the catalog work runs as the extension owner.
+#[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn add_source(
     tbl: PgRelation,
@@ -358,31 +379,46 @@ fn add_source(
 ) -> bool {
     let oid = tbl.oid();
     drop(tbl);
-    match add_one(oid, columns, row_filter, &silver, None) {
-        Ok(changed) => {
-            if changed {
-                catalog::notify_config("source");
+    let caller = Caller::current();
+    catalog::as_extension_owner(
+        || match add_one(oid, columns, row_filter, &silver, None, caller) {
+            Ok(changed) => {
+                if changed {
+                    catalog::notify_config("source");
+                }
+                changed
             }
-            changed
-        }
-        Err((code, msg, hint)) => raise::error(code, msg, hint),
-    }
+            Err((code, msg, hint)) => raise::error(code, msg, hint),
+        },
+    )
 }
 
 fn transient_tables(schema: &str) -> Vec<String> {
-    let has_ir_model: bool = catalog::one(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = 'ir_model' AND a.attname = 'transient' AND NOT a.attisdropped)",
+    // Read as the extension owner from a relation the application's schema
+    // owner controls: only an ordinary table whose two columns have the
+    // built-in types, and only it (ONLY: no inheritance child, which could
+    // be a foreign table), so reading it runs nobody's code — not a view's
+    // function, not a cast or operator of a user type. Anything else is
+    // treated as "no wizard models known".
+    let plain_ir_model: bool = catalog::one(
+        "SELECT c.relkind = 'r' \
+            AND (SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid \
+                  AND a.attname = 'model' AND NOT a.attisdropped) \
+                IN ('pg_catalog.varchar'::pg_catalog.regtype, 'pg_catalog.text'::pg_catalog.regtype) \
+            AND (SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid \
+                  AND a.attname = 'transient' AND NOT a.attisdropped) = 'pg_catalog.bool'::pg_catalog.regtype \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = 'ir_model'",
         &[schema.into()],
     )
     .unwrap_or(false);
-    if !has_ir_model {
+    if !plain_ir_model {
         return Vec::new();
     }
     catalog::texts(
         &format!(
-            "SELECT pg_catalog.replace(model, '.', '_') FROM {}.ir_model WHERE transient",
+            "SELECT pg_catalog.replace(m.model::pg_catalog.text, '.', '_') FROM ONLY {}.ir_model m \
+             WHERE m.transient",
             names::quote_ident(schema)
         ),
         &[],
@@ -391,8 +427,13 @@ fn transient_tables(schema: &str) -> Vec<String> {
 
 /// Add one table of a whole-schema source (event trigger path). Tables that
 /// cannot be replicated are skipped with a WARNING.
-pub(crate) fn add_schema_table(oid: pg_sys::Oid, schema: &str, silver: &str) -> bool {
-    match add_one(oid, None, None, silver, Some(schema)) {
+pub(crate) fn add_schema_table(
+    oid: pg_sys::Oid,
+    schema: &str,
+    silver: &str,
+    reader: Caller,
+) -> bool {
+    match add_one(oid, None, None, silver, Some(schema), reader) {
         Ok(changed) => changed,
         Err((_, msg, hint)) => {
             raise::warning(format!("medallion: skipping {msg}"), hint);
@@ -402,13 +443,26 @@ pub(crate) fn add_schema_table(oid: pg_sys::Oid, schema: &str, silver: &str) -> 
 }
 
 /// Replicate every table of a schema (Odoo: one call), now and as tables appear.
-#[pg_extern(security_definer)]
+/// SECURITY INVOKER: tables are added only if the caller may SELECT them —
+/// now, and when they appear later (checked against the declaring role).
+#[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn add_sources(
     schema: &str,
     include: default!(String, "'%'"),
     exclude: default!(Option<Vec<String>>, "NULL"),
     silver: default!(String, "'current'"),
+) -> i32 {
+    let caller = Caller::current();
+    catalog::as_extension_owner(|| add_sources_as_owner(schema, include, exclude, silver, caller))
+}
+
+fn add_sources_as_owner(
+    schema: &str,
+    include: String,
+    exclude: Option<Vec<String>>,
+    silver: String,
+    caller: Caller,
 ) -> i32 {
     check_silver_option(&silver);
     let exists: bool = catalog::one(
@@ -426,16 +480,18 @@ fn add_sources(
     let exclude = exclude
         .unwrap_or_else(|| catalog::texts("SELECT unnest(medallion.default_excludes())", &[]));
     catalog::exec(
-        "INSERT INTO medallion.schema_sources (schema_name, include, exclude, silver) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO medallion.schema_sources (schema_name, include, exclude, silver, declared_by) \
+         VALUES ($1, $2, $3, $4, $5::pg_catalog.oid::pg_catalog.regrole) \
          ON CONFLICT (schema_name) DO UPDATE SET include = EXCLUDED.include, exclude = EXCLUDED.exclude, \
-            silver = EXCLUDED.silver, updated_at = now() \
-         WHERE (schema_sources.include, schema_sources.exclude, schema_sources.silver) \
-            IS DISTINCT FROM (EXCLUDED.include, EXCLUDED.exclude, EXCLUDED.silver)",
+            silver = EXCLUDED.silver, declared_by = EXCLUDED.declared_by, updated_at = now() \
+         WHERE (schema_sources.include, schema_sources.exclude, schema_sources.silver, schema_sources.declared_by) \
+            IS DISTINCT FROM (EXCLUDED.include, EXCLUDED.exclude, EXCLUDED.silver, EXCLUDED.declared_by)",
         &[
             schema.into(),
             include.clone().into(),
             exclude.clone().into(),
             silver.clone().into(),
+            caller.oid().into(),
         ],
     );
     let transient = transient_tables(schema);
@@ -457,7 +513,7 @@ fn add_sources(
     let mut changed = false;
     for oid in &oids {
         let oid: u32 = oid.parse().unwrap_or(0);
-        changed |= add_schema_table(pg_sys::Oid::from(oid), schema, &silver);
+        changed |= add_schema_table(pg_sys::Oid::from(oid), schema, &silver, caller);
     }
     if changed {
         catalog::notify_config("sources");
@@ -474,7 +530,8 @@ fn add_sources(
 #[search_path(pg_catalog, pg_temp)]
 fn _on_table_ddl(relid: pg_sys::Oid) -> bool {
     let row = Spi::get_three_with_args::<String, String, String>(
-        "SELECT ss.schema_name::text, ss.silver, c.relname::text FROM medallion.schema_sources ss \
+        "SELECT ss.schema_name::text, ss.silver, c.relname::text \
+         FROM medallion.schema_sources ss \
          JOIN pg_catalog.pg_namespace n ON n.nspname = ss.schema_name \
          JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid \
          WHERE c.oid = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
@@ -485,10 +542,16 @@ fn _on_table_ddl(relid: pg_sys::Oid) -> bool {
     let Ok((Some(schema), Some(silver), Some(table))) = row else {
         return false;
     };
+    let Some(declared_by) = catalog::one::<pg_sys::Oid>(
+        "SELECT declared_by::pg_catalog.oid FROM medallion.schema_sources WHERE schema_name = $1",
+        &[schema.clone().into()],
+    ) else {
+        return false;
+    };
     if transient_tables(&schema).contains(&table) {
         return false;
     }
-    let changed = add_schema_table(relid, &schema, &silver);
+    let changed = add_schema_table(relid, &schema, &silver, Caller::role(declared_by));
     if changed {
         catalog::notify_config("new table");
     }

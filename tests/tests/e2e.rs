@@ -164,6 +164,18 @@ impl Env {
         self.catch_up_with(&self.cfg()).await
     }
 
+    /// psql replaying the real Odoo 18 W1 workload (`w1.sql.gz` in `dir`).
+    fn w1_replay(&self, dir: &std::path::Path) -> Command {
+        let mut c = Command::new("bash");
+        c.arg("-c").arg(format!(
+            "set -o pipefail; gunzip -c '{}' | PGCLIENTENCODING=UTF8 '{}' -X -q -v ON_ERROR_STOP=1 -d '{}' -f - > /dev/null",
+            dir.join("w1.sql.gz").display(),
+            self.cluster.bin("psql").display(),
+            self.url()
+        ));
+        c
+    }
+
     /// The sidecar binary as a separate process (to kill it).
     fn sidecar(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut c = Command::new(sidecar_bin());
@@ -758,16 +770,7 @@ async fn real_odoo_18_replay_lands_exactly_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let replay = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "set -o pipefail; gunzip -c '{}' | PGCLIENTENCODING=UTF8 '{}' -X -q -v ON_ERROR_STOP=1 -d '{}' -f - > /dev/null",
-            dir.join("w1.sql.gz").display(),
-            env.cluster.bin("psql").display(),
-            env.url()
-        ))
-        .output()
-        .expect("replay w1");
+    let replay = env.w1_replay(&dir).output().expect("replay w1");
     assert!(
         replay.status.success(),
         "{}",

@@ -323,9 +323,13 @@ async fn a_late_table_keeps_a_column_added_and_filled_under_its_copy() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sigterm(&p.child);
-    let (st, err) = p.finish(Duration::from_secs(150));
-    assert!(st.success(), "{err}");
+    // kill -9 once the late table is copied: what is committed must be
+    // exactly what the stream resumes from (a clean stop is tested below).
+    let err = p.stderr();
+    assert!(err.contains("medallion: resumed at copy_planned"), "{err}");
+    let mut child = p.child;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
     assert_source_changed(&env, MODULE_INSTALL);
     env.assert_lake_equals_source("account_journal", 1).await;
     env.assert_lake_equals_source("res_partner", 1).await;
@@ -448,4 +452,167 @@ async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
     );
     env.assert_lake_equals_source("account_journal", 1).await;
     env.assert_lake_equals_source("res_partner", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_odoo_w1_replay_during_an_initial_copy_killed_again_and_again() {
+    let Some(dir) = medallion_tests::shared::odoo18_dir() else {
+        return;
+    };
+    let env = Env::real_odoo(&dir);
+    env.sql("SELECT medallion.add_sources('public')");
+    // W1 (with its sale_margin install: ADD COLUMN + back-fill) replays while
+    // the initial copy is killed at different commits and started again.
+    let mut replay = env
+        .w1_replay(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("replay w1");
+    let mut kills = 0;
+    for k in [7, 60, 25, 140, 90, 40, 200, 15] {
+        let out = env
+            .sidecar(
+                &["run", "--until-caught-up"],
+                &[
+                    (
+                        "MEDALLION_FAULT",
+                        &format!("{}:{k}", fault::AFTER_BRONZE_COMMIT),
+                    ),
+                    ("MEDALLION_REFINE_INTERVAL_MS", "0"),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("sidecar");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("fault injected at after_bronze_commit") {
+            assert!(!out.status.success());
+            kills += 1;
+        } else {
+            assert!(out.status.success(), "{err}");
+        }
+    }
+    let st = replay.wait().expect("replay");
+    assert!(st.success(), "W1 replay failed");
+    assert!(kills >= 5, "the fault fired {kills} times");
+    let cfg = env.cfg();
+    let caught = env.catch_up_with(&cfg).await;
+    // The module install really added and filled columns the copies raced.
+    assert_ne!(
+        env.sql("SELECT count(*) FROM sale_order_line WHERE purchase_price IS NOT NULL")
+            .trim(),
+        "0"
+    );
+    let sources: Vec<String> = env
+        .sql("SELECT source_table FROM medallion.sources ORDER BY 1")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(sources.len() > 400, "{} sources", sources.len());
+    let mut copied = 0;
+    for t in &sources {
+        env.assert_bronze_matches("public", t).await;
+        // An empty table's copy has no rows to count a generation by.
+        let empty = env.sql(&format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM ONLY public.\"{t}\")"
+        ));
+        let want = if empty.trim() == "t" { 0 } else { 1 };
+        copied += want;
+        assert_eq!(
+            env.snapshot_generations("public", t).await,
+            want,
+            "public.{t}: one snapshot generation"
+        );
+    }
+    assert!(copied > 100, "{copied} tables with rows copied");
+    let report = env.refine_cycle(&cfg, caught.acked_lsn).await;
+    refine::assert_all_ok(&report);
+    for t in [
+        "sale_order",
+        "sale_order_line",
+        "account_move",
+        "account_move_line",
+        "stock_move",
+    ] {
+        env.assert_silver_matches("public", t, t).await;
+    }
+}
+
+/// Entries in a Delta table's log: a refused writer must add none.
+fn log_entries(table: &Path) -> usize {
+    std::fs::read_dir(table.join("_delta_log"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_database_or_slot_is_refused_the_lake() {
+    let env = Env::new();
+    env.sql(JOURNALS);
+    env.sql("SELECT medallion.add_source('account_journal')");
+    env.catch_up().await;
+    // The first writer claimed the lake.
+    let claim = std::fs::read_to_string(env.lake.path().join("_medallion/owner.json"))
+        .expect("the lake names its writer");
+    let claim: serde_json::Value = serde_json::from_str(&claim).expect("claim is JSON");
+    assert_eq!(claim["slot"], "medallion", "{claim}");
+    assert_eq!(claim["database"], DB, "{claim}");
+    let sysid = env.sql("SELECT system_identifier FROM pg_control_system()");
+    assert_eq!(claim["system_identifier"], sysid.trim(), "{claim}");
+    let bronze = env.bronze("public", "account_journal");
+    let before = log_entries(&bronze);
+    assert!(before > 0);
+
+    // The same database under another slot, and another database with the
+    // same source, each pointed at this lake.
+    env.cluster.create_db("second").unwrap();
+    env.cluster
+        .sql(
+            "second",
+            &format!("CREATE EXTENSION pg_medallion; {JOURNALS}; SELECT medallion.add_source('account_journal')"),
+        )
+        .unwrap();
+    let second_url = env.cluster.url("second");
+    for (what, vars) in [
+        ("another slot", vec![("MEDALLION_SLOT", "medallion_b")]),
+        (
+            "another database",
+            vec![("MEDALLION_DATABASE_URL", second_url.as_str())],
+        ),
+    ] {
+        for args in [&["run", "--until-caught-up"][..], &["refine"][..]] {
+            let out = env.sidecar(args, &vars).output().expect("run the sidecar");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{what} {args:?} wrote the lake: {err}"
+            );
+            assert!(
+                err.contains(&format!(
+                    "is written by slot \"medallion\" of database \"{DB}\""
+                )),
+                "{what} {args:?}: {err}"
+            );
+            assert!(err.contains("owner.json"), "the fix is named: {err}");
+        }
+        assert_eq!(log_entries(&bronze), before, "{what} committed to bronze");
+    }
+    // Refused before creating a slot: no WAL retained for a writer that
+    // may not write.
+    for db in [DB, "second"] {
+        assert_eq!(
+            env.cluster
+                .sql(db, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'medallion_b' OR database = 'second'")
+                .unwrap()
+                .trim(),
+            "0"
+        );
+    }
+    // The owner goes on as before.
+    env.sql(
+        "INSERT INTO account_journal SELECT g, 'later ' || g, g FROM generate_series(5001, 5010) g",
+    );
+    env.catch_up().await;
+    env.assert_lake_equals_source("account_journal", 1).await;
 }

@@ -54,7 +54,7 @@ impl Env {
     }
 
     /// Catch up bronze, then one refinement cycle at the caught-up position.
-    async fn catch_up_and_refine(&self) -> refine::CycleReport {
+    pub(super) async fn catch_up_and_refine(&self) -> refine::CycleReport {
         let cfg = self.cfg();
         let s = self.catch_up_with(&cfg).await;
         let r = self.refine_cycle(&cfg, s.acked_lsn).await;
@@ -78,7 +78,11 @@ impl Env {
             .collect()
     }
 
-    async fn refined_rows(&self, layer: &str, name: &str) -> Vec<HashMap<String, Option<String>>> {
+    pub(super) async fn refined_rows(
+        &self,
+        layer: &str,
+        name: &str,
+    ) -> Vec<HashMap<String, Option<String>>> {
         let url = self
             .lake_root()
             .join(&format!("{layer}/{name}/"))

@@ -168,3 +168,70 @@ async fn any_name_gets_its_own_bronze_table_inside_the_lake() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_publish_schema_fails_its_model_alone_and_runs_nothing() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE acct (id int PRIMARY KEY, balance numeric NOT NULL); \
+         INSERT INTO acct SELECT g, g FROM generate_series(1, 20) g; \
+         SELECT medallion.add_source('acct'); \
+         SELECT medallion.define_gold('balances', 'SELECT id, balance FROM silver.acct', keys => ARRAY['id']); \
+         SELECT medallion.define_gold('acct_count', 'SELECT count(*) AS n FROM silver.acct'); \
+         SELECT medallion.publish('balances'); \
+         SELECT medallion.publish('acct_count', target_schema => 'reports')",
+    );
+    // After the declaration (which checked the target), before the sidecar's
+    // first publication: another role prepares the default schema and a
+    // table of the right shape with a trigger that records who fires it.
+    env.sql(
+        "CREATE TABLE public.calls (who text); GRANT ALL ON public.calls TO PUBLIC; \
+         CREATE ROLE squatter; CREATE SCHEMA medallion_gold AUTHORIZATION squatter; \
+         SET ROLE squatter; \
+         CREATE TABLE medallion_gold.balances (id int, balance numeric(38,24)); \
+         INSERT INTO medallion_gold.balances VALUES (-1, -1); \
+         CREATE FUNCTION medallion_gold.record() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO public.calls VALUES (current_user); RETURN NULL; END $$; \
+         CREATE TRIGGER t AFTER DELETE OR INSERT ON medallion_gold.balances \
+           FOR EACH STATEMENT EXECUTE FUNCTION medallion_gold.record(); \
+         RESET ROLE",
+    );
+    // The trap is real: a write to the table fires it.
+    env.sql("INSERT INTO medallion_gold.balances VALUES (-2, -2); DELETE FROM medallion_gold.balances WHERE id = -2");
+    assert_eq!(env.sql("SELECT count(*) FROM public.calls").trim(), "2");
+    env.sql("TRUNCATE public.calls");
+
+    env.catch_up_and_refine().await;
+    let st = env.sql(
+        "SELECT state || '|' || coalesce(last_error, '') FROM medallion.status() \
+         WHERE layer = 'gold' AND name = 'balances'",
+    );
+    assert!(st.starts_with("failed|"), "{st}");
+    assert!(
+        st.contains("cannot publish into medallion_gold.balances")
+            && st.contains("schema \"medallion_gold\" is owned by role \"squatter\""),
+        "the error names the owner and the fix: {st}"
+    );
+    assert_eq!(
+        env.sql("SELECT count(*) FROM public.calls").trim(),
+        "0",
+        "the squatter's trigger ran"
+    );
+    assert_eq!(
+        env.sql("SELECT string_agg(id::text, ',') FROM medallion_gold.balances")
+            .trim(),
+        "-1",
+        "the squatter's rows were replaced"
+    );
+    // Everything else went on: the other model is published, and the failed
+    // model's lake table is written.
+    assert_eq!(env.sql("SELECT n FROM reports.acct_count").trim(), "20");
+    assert_eq!(
+        env.sql(
+            "SELECT state FROM medallion.status() WHERE layer = 'gold' AND name = 'acct_count'"
+        )
+        .trim(),
+        "ok"
+    );
+    assert_eq!(env.refined_rows("gold", "balances").await.len(), 20);
+}

@@ -30,6 +30,8 @@ CREATE TABLE odoo.mail_message (id int PRIMARY KEY, body text);
 CREATE TABLE odoo.rel_no_key (a int, b int);
 GRANT USAGE ON SCHEMA odoo TO medallion_test_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA odoo TO medallion_test_admin;
+-- Tables created there later (module installs) are readable by the admin too.
+ALTER DEFAULT PRIVILEGES IN SCHEMA odoo GRANT SELECT ON TABLES TO medallion_test_admin;
 
 -- Shows SQLSTATE, message and hint of a failing statement.
 CREATE FUNCTION public.err(sql text) RETURNS text LANGUAGE plpgsql AS $$
@@ -54,3 +56,5 @@ CREATE TABLE public.account_move (id int PRIMARY KEY, name varchar, state varcha
 ALTER TABLE public.account_move ALTER COLUMN narration SET STORAGE EXTERNAL;
 CREATE TABLE public.move_tag_rel (move_id int, tag_id int, note text, PRIMARY KEY (move_id, tag_id));
 GRANT ALL ON public.account_move, public.move_tag_rel TO medallion_test_app;
+-- Whoever audits or reads a trail's rows may read the table.
+GRANT SELECT ON public.account_move, public.move_tag_rel TO medallion_test_admin, medallion_test_auditor;
