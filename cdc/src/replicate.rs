@@ -41,7 +41,7 @@ use crate::lease::{Lease, LeaseKind};
 use crate::metrics::Metrics;
 use crate::slot::SlotCreation;
 use crate::snapshot::{self, SnapshotJob, SnapshotSource};
-use crate::spill::{Cell, Change, ChangeKind, Spill};
+use crate::spill::{Cell, Change, ChangeKind, RelationShape, Spill, Spilled};
 use crate::status::StatusBoard;
 use crate::typemap::Kind;
 
@@ -673,23 +673,26 @@ impl Replicator<'_> {
                 columns,
                 ..
             } => {
-                let id = TableId {
+                let shape = RelationShape {
+                    relid: relation_id,
                     schema: namespace.to_string(),
                     table: relation_name.to_string(),
+                    columns: columns
+                        .iter()
+                        .map(|c| (c.name.to_string(), c.type_id, c.type_modifier, c.is_key()))
+                        .collect(),
                 };
-                let cols: Vec<(String, u32, i32, bool)> = columns
-                    .iter()
-                    .map(|c| (c.name.to_string(), c.type_id, c.type_modifier, c.is_key()))
-                    .collect();
-                self.relations.insert(
-                    relation_id,
-                    RelInfo {
-                        id: id.clone(),
-                        columns: cols.clone(),
-                    },
-                );
-                self.on_relation(&id, &cols).await?;
-                self.remap(relation_id);
+                if is_streaming {
+                    // The shape of an uncommitted transaction: it applies to
+                    // the changes after it in that transaction, at its commit.
+                    let top = self.stream_xid.ok_or_else(|| {
+                        Error::Protocol("streamed Relation outside a stream block".into())
+                    })?;
+                    self.spill
+                        .append_relation(top, msg_xid.unwrap_or(top), &shape)?;
+                } else {
+                    self.apply_relation(shape, true).await?;
+                }
             }
             M::Insert { relation_id, tuple } => {
                 let ch = Change {
@@ -757,8 +760,15 @@ impl Replicator<'_> {
                         ts_us: timestamp + PG_EPOCH_US,
                         seq: 0,
                     });
-                    while let Some(ch) = reader.next_change()? {
-                        self.apply(ch).await?;
+                    while let Some(record) = reader.next_record()? {
+                        match record {
+                            Spilled::Change(ch) => self.apply(ch).await?,
+                            // A rolled-back subtransaction's shape only maps
+                            // what follows; the table itself is not evolved.
+                            Spilled::Relation { shape, aborted } => {
+                                self.apply_relation(shape, !aborted).await?
+                            }
+                        }
                     }
                 }
                 self.end_transaction(end_lsn);
@@ -780,6 +790,27 @@ impl Replicator<'_> {
         if self.pending_since.is_none() && self.tables.values().any(|t| t.bronze.has_pending()) {
             self.pending_since = Some(Instant::now());
         }
+    }
+
+    /// A relation's shape from now on in the stream: remembered, mapped to
+    /// bronze, and (`evolve`) the bronze table evolved to it.
+    async fn apply_relation(&mut self, shape: RelationShape, evolve: bool) -> Result<()> {
+        let id = TableId {
+            schema: shape.schema,
+            table: shape.table,
+        };
+        self.relations.insert(
+            shape.relid,
+            RelInfo {
+                id: id.clone(),
+                columns: shape.columns.clone(),
+            },
+        );
+        if evolve {
+            self.on_relation(&id, &shape.columns).await?;
+        }
+        self.remap(shape.relid);
+        Ok(())
     }
 
     async fn on_relation(&mut self, id: &TableId, cols: &[(String, u32, i32, bool)]) -> Result<()> {

@@ -47,6 +47,31 @@ pub struct Change {
     pub new: Option<Vec<Cell>>,
 }
 
+/// A relation's shape as a Relation message described it: column name,
+/// type OID, typmod and whether it is part of the replica identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelationShape {
+    pub relid: u32,
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<(String, u32, i32, bool)>,
+}
+
+/// One record of a streamed transaction, in stream order. A DDL statement
+/// inside the transaction makes Postgres send a new Relation message
+/// between its changes; replaying the shapes in order maps every change
+/// with the shape it was decoded with, never a later one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spilled {
+    Change(Change),
+    /// `aborted` when it was sent by a subtransaction that rolled back: its
+    /// changes are skipped, but later changes may still rely on it.
+    Relation {
+        shape: RelationShape,
+        aborted: bool,
+    },
+}
+
 struct Open {
     path: PathBuf,
     writer: BufWriter<File>,
@@ -80,6 +105,18 @@ fn put_cells(w: &mut impl Write, cells: &Option<Vec<Cell>>) -> std::io::Result<(
             Ok(())
         }
     }
+}
+
+fn put_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    w.write_all(&(s.len() as u32).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+fn get_str(r: &mut impl Read) -> std::io::Result<String> {
+    let len = get_u32(r)? as usize;
+    let mut v = vec![0u8; len];
+    r.read_exact(&mut v)?;
+    String::from_utf8(v).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 fn get_u32(r: &mut impl Read) -> std::io::Result<u32> {
@@ -134,6 +171,46 @@ impl Spill {
 
     /// Append a change of (sub)transaction `subxid` of top-level `xid`.
     pub fn append(&mut self, xid: u32, subxid: u32, change: &Change) -> Result<()> {
+        self.write(xid, subxid, |w| {
+            w.write_all(&[match change.kind {
+                ChangeKind::Insert => b'I',
+                ChangeKind::Update => b'U',
+                ChangeKind::Delete => b'D',
+                ChangeKind::Truncate => b'T',
+            }])?;
+            w.write_all(&(change.relids.len() as u32).to_le_bytes())?;
+            for r in &change.relids {
+                w.write_all(&r.to_le_bytes())?;
+            }
+            put_cells(w, &change.old)?;
+            put_cells(w, &change.new)
+        })
+    }
+
+    /// Append a Relation message sent inside the stream of `xid`.
+    pub fn append_relation(&mut self, xid: u32, subxid: u32, shape: &RelationShape) -> Result<()> {
+        self.write(xid, subxid, |w| {
+            w.write_all(b"R")?;
+            w.write_all(&shape.relid.to_le_bytes())?;
+            put_str(w, &shape.schema)?;
+            put_str(w, &shape.table)?;
+            w.write_all(&(shape.columns.len() as u32).to_le_bytes())?;
+            for (name, type_id, typmod, key) in &shape.columns {
+                put_str(w, name)?;
+                w.write_all(&type_id.to_le_bytes())?;
+                w.write_all(&typmod.to_le_bytes())?;
+                w.write_all(&[u8::from(*key)])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn write(
+        &mut self,
+        xid: u32,
+        subxid: u32,
+        body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+    ) -> Result<()> {
         if !self.open.contains_key(&xid) {
             let path = self.dir.join(format!("{xid}.spill"));
             let f = File::create(&path).map_err(Error::io(format!("create {}", path.display())))?;
@@ -149,21 +226,7 @@ impl Spill {
         }
         let o = self.open.get_mut(&xid).expect("inserted above");
         let w = &mut o.writer;
-        let res = (|| -> std::io::Result<()> {
-            w.write_all(&subxid.to_le_bytes())?;
-            w.write_all(&[match change.kind {
-                ChangeKind::Insert => b'I',
-                ChangeKind::Update => b'U',
-                ChangeKind::Delete => b'D',
-                ChangeKind::Truncate => b'T',
-            }])?;
-            w.write_all(&(change.relids.len() as u32).to_le_bytes())?;
-            for r in &change.relids {
-                w.write_all(&r.to_le_bytes())?;
-            }
-            put_cells(w, &change.old)?;
-            put_cells(w, &change.new)
-        })();
+        let res = w.write_all(&subxid.to_le_bytes()).and_then(|_| body(w));
         res.map_err(Error::io("write spill file"))?;
         o.records += 1;
         Ok(())
@@ -216,14 +279,41 @@ pub struct SpillReader {
 }
 
 impl SpillReader {
-    /// The next change, or None at the end.
-    pub fn next_change(&mut self) -> Result<Option<Change>> {
+    /// The next record, or None at the end.
+    pub fn next_record(&mut self) -> Result<Option<Spilled>> {
         while self.remaining > 0 {
             self.remaining -= 1;
             let r = &mut self.reader;
-            let res = (|| -> std::io::Result<(u32, Change)> {
+            let res = (|| -> std::io::Result<(u32, Spilled)> {
                 let subxid = get_u32(r)?;
                 let kind = match get_u8(r)? {
+                    b'R' => {
+                        let relid = get_u32(r)?;
+                        let schema = get_str(r)?;
+                        let table = get_str(r)?;
+                        let n = get_u32(r)? as usize;
+                        let mut columns = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            let name = get_str(r)?;
+                            let type_id = get_u32(r)?;
+                            let typmod = get_u32(r)? as i32;
+                            let key = get_u8(r)? != 0;
+                            columns.push((name, type_id, typmod, key));
+                        }
+                        let shape = RelationShape {
+                            relid,
+                            schema,
+                            table,
+                            columns,
+                        };
+                        return Ok((
+                            subxid,
+                            Spilled::Relation {
+                                shape,
+                                aborted: false,
+                            },
+                        ));
+                    }
                     b'I' => ChangeKind::Insert,
                     b'U' => ChangeKind::Update,
                     b'D' => ChangeKind::Delete,
@@ -238,17 +328,22 @@ impl SpillReader {
                 let new = get_cells(r)?;
                 Ok((
                     subxid,
-                    Change {
+                    Spilled::Change(Change {
                         kind,
                         relids,
                         old,
                         new,
-                    },
+                    }),
                 ))
             })();
-            let (subxid, change) = res.map_err(Error::io("read spill file"))?;
-            if !self.aborted.contains(&subxid) {
-                return Ok(Some(change));
+            let (subxid, record) = res.map_err(Error::io("read spill file"))?;
+            let aborted = self.aborted.contains(&subxid);
+            match record {
+                Spilled::Change(c) if !aborted => return Ok(Some(Spilled::Change(c))),
+                Spilled::Change(_) => {}
+                Spilled::Relation { shape, .. } => {
+                    return Ok(Some(Spilled::Relation { shape, aborted }));
+                }
             }
         }
         Ok(None)
@@ -290,14 +385,57 @@ mod tests {
         s.abort(20, 20);
         assert!(s.take(20).unwrap().is_none(), "aborted top-level is gone");
         let mut r = s.take(10).unwrap().unwrap();
-        assert_eq!(r.next_change().unwrap(), Some(change("a")));
-        assert_eq!(r.next_change().unwrap(), Some(change("c")));
-        assert_eq!(r.next_change().unwrap(), None);
+        assert_eq!(r.next_record().unwrap(), Some(Spilled::Change(change("a"))));
+        assert_eq!(r.next_record().unwrap(), Some(Spilled::Change(change("c"))));
+        assert_eq!(r.next_record().unwrap(), None);
         drop(r);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,
             "files removed"
+        );
+    }
+
+    #[test]
+    fn relation_shapes_replay_in_stream_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spill::new(dir.path()).unwrap();
+        let shape = |cols: &[&str]| RelationShape {
+            relid: 42,
+            schema: "public".into(),
+            table: "t é".into(),
+            columns: cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.to_string(), 25, -1, i == 0))
+                .collect(),
+        };
+        s.append_relation(10, 10, &shape(&["id", "mid", "v"]))
+            .unwrap();
+        s.append(10, 10, &change("a")).unwrap();
+        s.append_relation(10, 11, &shape(&["id", "v"])).unwrap();
+        s.append(10, 11, &change("b")).unwrap();
+        s.abort(10, 11);
+        let mut r = s.take(10).unwrap().unwrap();
+        assert_eq!(
+            r.next_record().unwrap(),
+            Some(Spilled::Relation {
+                shape: shape(&["id", "mid", "v"]),
+                aborted: false
+            })
+        );
+        assert_eq!(r.next_record().unwrap(), Some(Spilled::Change(change("a"))));
+        assert_eq!(
+            r.next_record().unwrap(),
+            Some(Spilled::Relation {
+                shape: shape(&["id", "v"]),
+                aborted: true
+            })
+        );
+        assert_eq!(
+            r.next_record().unwrap(),
+            None,
+            "the aborted change is skipped"
         );
     }
 }
