@@ -20,7 +20,7 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
-    #[error("postgres: {context}: {source}")]
+    #[error("postgres: {context}: {}", pg_text(source))]
     Postgres {
         context: String,
         #[source]
@@ -311,6 +311,29 @@ pub(crate) fn sqlstate_policy(code: &str) -> RetryPolicy {
         }
         _ => RetryPolicy::RetryOnTimer,
     }
+}
+
+/// A Postgres error as an operator needs it: the server's message, SQLSTATE,
+/// detail and hint (the driver's own `Display` says only "db error"), or
+/// the client-side cause.
+pub(crate) fn pg_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            out.push_str(&format!("; detail: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            out.push_str(&format!("; hint: {h}"));
+        }
+        return out;
+    }
+    let mut out = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        out.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    out
 }
 
 /// Result alias of the sidecar.

@@ -176,14 +176,35 @@ async fn main() -> anyhow::Result<()> {
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move { medallion::refine::run_loop(&cfg, shutdown).await })
             });
-            let summary = replicate::run(
+            let run = replicate::run(
                 &cfg,
                 RunOptions { until_caught_up },
                 shutdown.clone(),
                 metrics,
-            )
-            .await
-            .context("medallion run failed")?;
+            );
+            let (summary, refine) = match refine {
+                None => (run.await, None),
+                Some(mut task) => {
+                    tokio::pin!(run);
+                    tokio::select! {
+                        summary = &mut run => (summary, Some(task)),
+                        // The refiner only ends early on an error it cannot
+                        // retry: say so now and stop, never a silent stall.
+                        ended = &mut task => {
+                            let why = match ended {
+                                Ok(Ok(())) => "it ended".to_string(),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(e) => format!("it panicked: {e}"),
+                            };
+                            tracing::error!(error = %why, "silver/gold refinement stopped; stopping medallion");
+                            shutdown.cancel();
+                            let _ = run.await;
+                            anyhow::bail!("silver/gold refinement stopped: {why}");
+                        }
+                    }
+                }
+            };
+            let summary = summary.context("medallion run failed")?;
             println!(
                 "medallion: {} snapshot rows, {} changes, {} bronze commits, acknowledged {}",
                 summary.snapshot_rows,

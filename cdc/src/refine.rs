@@ -427,6 +427,7 @@ async fn publish_one(
 pub async fn run_loop(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
+        let started = Instant::now();
         let res =
             match crate::lease::Lease::acquire(cfg, crate::lease::LeaseKind::Refine, &shutdown)
                 .await
@@ -437,8 +438,29 @@ pub async fn run_loop(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
             };
         match res {
             Ok(()) => return Ok(()),
-            Err(e) if e.retry_policy() == RetryPolicy::RetryOnTimer && !shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "refinement: transient error");
+            Err(_) if shutdown.is_cancelled() => return Ok(()),
+            // A cycle-level failure (objects fail alone inside a cycle): the
+            // refiner keeps trying — logged now, never a silent stall — so a
+            // fixed grant or a store that is back resumes it without a restart.
+            // Only a wrong configuration or a lake that is not this
+            // slot's is final; a denied grant or a broken definition is
+            // fixed by an operator while bronze goes on.
+            Err(e)
+                if !matches!(
+                    e,
+                    Error::Config(_) | Error::LakeOwned { .. } | Error::LeaseHeld { .. }
+                ) =>
+            {
+                // A failure after a long healthy stretch starts over.
+                if started.elapsed() > Duration::from_secs(300) {
+                    backoff = Duration::from_secs(1);
+                }
+                if e.retry_policy() == RetryPolicy::RetryOnTimer {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "refinement: transient error");
+                } else {
+                    tracing::error!(error = %e, retry_in = ?backoff,
+                        "silver/gold refinement failed; retrying (bronze goes on)");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return Ok(()),

@@ -200,7 +200,8 @@ async fn run_once(
                 .map_err(Error::pg("medallion.sync_publication()"))?;
         }
         client
-            .batch_execute("LISTEN medallion_config; LISTEN medallion_refresh")
+            // Definitions and resyncs only: refresh() is the refiner's.
+            .batch_execute("LISTEN medallion_config")
             .await
             .map_err(Error::pg("LISTEN"))?;
     }

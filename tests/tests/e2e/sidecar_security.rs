@@ -169,14 +169,17 @@ async fn any_name_gets_its_own_bronze_table_inside_the_lake() {
     }
 }
 
+/// Twenty accounts, replicated.
+const ACCT: &str = "CREATE TABLE acct (id int PRIMARY KEY, balance numeric NOT NULL); \
+    INSERT INTO acct SELECT g, g FROM generate_series(1, 20) g; \
+    SELECT medallion.add_source('acct')";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_squatted_publish_schema_fails_its_model_alone_and_runs_nothing() {
     let env = Env::new();
+    env.sql(ACCT);
     env.sql(
-        "CREATE TABLE acct (id int PRIMARY KEY, balance numeric NOT NULL); \
-         INSERT INTO acct SELECT g, g FROM generate_series(1, 20) g; \
-         SELECT medallion.add_source('acct'); \
-         SELECT medallion.define_gold('balances', 'SELECT id, balance FROM silver.acct', keys => ARRAY['id']); \
+        "SELECT medallion.define_gold('balances', 'SELECT id, balance FROM silver.acct', keys => ARRAY['id']); \
          SELECT medallion.define_gold('acct_count', 'SELECT count(*) AS n FROM silver.acct'); \
          SELECT medallion.publish('balances'); \
          SELECT medallion.publish('acct_count', target_schema => 'reports')",
@@ -234,4 +237,96 @@ async fn a_squatted_publish_schema_fails_its_model_alone_and_runs_nothing() {
         "ok"
     );
     assert_eq!(env.refined_rows("gold", "balances").await.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refinement_that_cannot_record_its_runs_is_logged_at_once_and_resumes() {
+    let env = Env::new();
+    env.sql(ACCT);
+    let url = env.sidecar_role();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = env
+        .sidecar(
+            &["run"],
+            &[
+                ("MEDALLION_DATABASE_URL", url.as_str()),
+                ("MEDALLION_REFINE_INTERVAL_MS", "200"),
+                ("MEDALLION_LOG", "warn"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start sidecar");
+    struct KillOnDrop<'a>(&'a mut Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let guard = KillOnDrop(&mut child);
+    let silver_rows = || {
+        env.sql("SELECT count(*) FROM medallion.runs WHERE layer = 'silver' AND name = 'acct'")
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while silver_rows() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "silver never refreshed: {}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            env.sql("SELECT layer, name, state, last_error FROM medallion.status()")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // An operator's mistake: the pipeline role may no longer record runs.
+    env.sql("REVOKE INSERT ON medallion.runs FROM medallion_admin");
+    env.sql("UPDATE acct SET balance = balance + 1 WHERE id <= 5");
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !stderr().contains("silver/gold refinement failed; retrying") {
+        assert!(
+            Instant::now() < deadline,
+            "the failure was not logged while running: {}\n{}",
+            stderr(),
+            env.sql("SELECT layer, name, state, last_error FROM medallion.status()")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(stderr().contains("permission denied"), "{}", stderr());
+    assert!(
+        guard.0.try_wait().unwrap().is_none(),
+        "run stopped: {}",
+        stderr()
+    );
+    // Bronze goes on meanwhile.
+    env.sql("INSERT INTO acct VALUES (21, 21)");
+    wait_until(Duration::from_secs(180), "bronze streams on", || {
+        env.sql("SELECT rows_total FROM medallion.table_status WHERE name = 'public.acct'")
+            .trim()
+            == "26"
+    });
+    // The fix resumes refinement without a restart.
+    let fixed_at = env.sql("GRANT INSERT ON medallion.runs TO medallion_admin; SELECT now()");
+    let fixed_at = fixed_at
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    wait_until(Duration::from_secs(180), "refinement resumed", || {
+        env.sql(&format!(
+            "SELECT count(*) FROM medallion.runs WHERE layer = 'silver' AND name = 'acct' \
+             AND started_at > '{fixed_at}'"
+        ))
+        .trim()
+            != "0"
+    });
+    let rows = env.refined_rows("silver", "acct").await;
+    drop(guard);
+    assert_eq!(rows.len(), 21, "silver caught up after the fix");
+    env.assert_bronze_matches("public", "acct").await;
 }
