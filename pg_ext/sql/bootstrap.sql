@@ -216,6 +216,14 @@ CREATE TABLE medallion.audit_checkpoints (
     UNIQUE (table_name, seq)
 );
 
+-- Audit settings only a superuser changes: no role is granted write access
+-- (the extension owner is a superuser). No row means the defaults.
+CREATE TABLE medallion.audit_settings (
+    singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    -- audit_retention never removes records younger than this.
+    min_retention interval NOT NULL CHECK (min_retention >= interval '0')
+);
+
 -- Sealer progress: every record with id <= low_water is sealed (or never
 -- committed). pending_* is the next low water, valid once every transaction
 -- older than pending_xmax has ended. Not dumped: after a restore it starts
@@ -238,6 +246,7 @@ SELECT pg_catalog.pg_extension_config_dump('medallion.dependencies', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.publications', '');
 -- The audit trail is data, not configuration: it must survive a dump.
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_seal', '');

@@ -305,6 +305,25 @@ fn audit_retention(
             "Pass how long records are kept, e.g. interval '7 years'.",
         );
     }
+    // A minimum window that only a superuser lowers: an admin cannot empty
+    // the trail with audit_retention('0').
+    let (too_short, min): (bool, String) = Spi::get_two_with_args::<bool, String>(
+        "SELECT $1 < m, m::text FROM (SELECT COALESCE((SELECT s.min_retention \
+            FROM medallion.audit_settings s), interval '1 year') AS m) x",
+        &[keep.into()],
+    )
+    .ok()
+    .and_then(|(a, b)| Some((a?, b?)))
+    .unwrap_or((true, "unknown".into()));
+    if too_short {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("keep must be at least the minimum audit retention ({min})"),
+            "Records younger than medallion.audit_settings.min_retention are never removed; a superuser \
+             may change it: INSERT INTO medallion.audit_settings (min_retention) VALUES ('…') \
+             ON CONFLICT (singleton) DO UPDATE SET min_retention = EXCLUDED.min_retention.",
+        );
+    }
     catalog::exec("SELECT medallion._seal_all()", &[]);
     let chains = catalog::texts(
         "SELECT table_name FROM medallion.audit_chain ORDER BY table_name",
@@ -313,9 +332,11 @@ fn audit_retention(
     let mut out = Vec::new();
     for t in chains {
         let cut: i64 = catalog::one(
-            "SELECT COALESCE((SELECT min(s.seq) FROM medallion.audit_seal s \
+            // The newest record always stays: a trail is never emptied, it
+            // ends in a record anyone can see and verify from the checkpoint.
+            "SELECT LEAST(COALESCE((SELECT min(s.seq) FROM medallion.audit_seal s \
                 JOIN medallion.audit_log l ON l.id = s.record_id \
-                WHERE s.table_name = $1 AND l.at >= pg_catalog.now() - $2), h.seq + 1) - 1 \
+                WHERE s.table_name = $1 AND l.at >= pg_catalog.now() - $2), h.seq + 1), h.seq) - 1 \
              FROM medallion.audit_chain h WHERE h.table_name = $1",
             &[t.clone().into(), keep.into()],
         )

@@ -124,7 +124,16 @@ SELECT medallion.enable_audit('public.move_tag_rel');
 -- Retention keeps the chain verifiable through a signed-off checkpoint.
 SELECT err($$SELECT * FROM medallion.audit_retention(interval '-1 day')$$);
 SELECT * FROM medallion.audit_retention(interval '10 years');
+-- An admin cannot empty the trail: a minimum window (1 year by default)
+-- that only a superuser lowers.
+SELECT err($$SELECT * FROM medallion.audit_retention(interval '0')$$);
+SELECT err($$INSERT INTO medallion.audit_settings (min_retention) VALUES ('0')$$);
+\c - postgres
+INSERT INTO medallion.audit_settings (min_retention) VALUES ('0');
+\c - medallion_test_admin
+-- Even then the newest record of each trail stays.
 SELECT table_name, removed, checkpoint_seq FROM medallion.audit_retention(interval '0');
+SELECT table_name, count(*) AS kept FROM medallion.audit_log GROUP BY 1 ORDER BY 1;
 SELECT table_name, seq, removed, signed_off_by, length(checkpoint_hash) AS hash_bytes FROM medallion.audit_checkpoints ORDER BY 1;
 \c - postgres
 SELECT err($$UPDATE medallion.audit_checkpoints SET removed = 0$$);
