@@ -265,6 +265,116 @@ BEGIN
 END
 $$;
 
+-- The capture trigger arguments enable_audit gives (pg_trigger.tgargs:
+-- each argument NUL-terminated).
+CREATE FUNCTION medallion._capture_args(a medallion.audit_tables) RETURNS bytea
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT convert_to(COALESCE(to_json(a.columns)::text, ''), 'UTF8') || '\x00'::bytea
+          || convert_to(COALESCE(to_json(a.exclude_columns)::text, ''), 'UTF8') || '\x00'::bytea $$;
+
+-- What is wrong with a table's capture triggers (NULL: both present,
+-- ENABLE ALWAYS, calling medallion.audit_capture with enable_audit's
+-- arguments, or the table no longer exists).
+CREATE FUNCTION medallion._capture_problem(a medallion.audit_tables) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT string_agg(n.tgname || ' ' || n.problem, '; ' ORDER BY n.tgname)
+        FROM (SELECT x.tgname,
+                     CASE WHEN t.oid IS NULL THEN 'is missing'
+                          WHEN t.tgenabled = 'D' THEN 'is disabled'
+                          WHEN t.tgenabled <> 'A' THEN 'no longer fires in every session (ENABLE ALWAYS was changed)'
+                          WHEN t.tgfoid <> 'medallion.audit_capture'::regproc
+                               OR t.tgargs <> medallion._capture_args(a) THEN 'was altered'
+                     END AS problem
+                FROM (VALUES ('medallion_audit'), ('medallion_audit_truncate')) x(tgname)
+                LEFT JOIN pg_trigger t ON t.tgrelid = to_regclass(a.table_name) AND t.tgname = x.tgname
+               WHERE to_regclass(a.table_name) IS NOT NULL) n
+       WHERE n.problem IS NOT NULL $$;
+
+-- Compare a table's capture triggers with its last known state and record
+-- a change in audit_gaps (called by the event trigger and enable_audit).
+CREATE FUNCTION medallion._check_capture(t text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a medallion.audit_tables;
+    problem text;
+BEGIN
+    SELECT * INTO a FROM medallion.audit_tables x WHERE x.table_name = t AND x.disabled_at IS NULL;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    problem := medallion._capture_problem(a);
+    IF problem IS NOT NULL AND a.capture_intact THEN
+        INSERT INTO medallion.audit_gaps (table_name, event, detail) VALUES (t, 'capture stopped', problem);
+        UPDATE medallion.audit_tables SET capture_intact = false WHERE table_name = t;
+        RAISE WARNING 'medallion: the audit trail of % is not captured from now on: %', t, problem
+            USING HINT = format('verify_audit reports the gap; SELECT medallion.enable_audit(%L) restores capture.', t);
+    ELSIF problem IS NULL AND NOT a.capture_intact THEN
+        INSERT INTO medallion.audit_gaps (table_name, event, detail)
+            VALUES (t, 'capture restored', 'medallion_audit and medallion_audit_truncate are intact');
+        UPDATE medallion.audit_tables SET capture_intact = true WHERE table_name = t;
+    END IF;
+END
+$$;
+
+-- Trigger DDL on audited tables is recorded as it happens, whoever runs it;
+-- enable_audit's and disable_audit's own trigger DDL is not a gap. Never
+-- fails the user's DDL.
+CREATE FUNCTION medallion._on_audit_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t text;
+BEGIN
+    IF medallion._audit_maintaining() THEN
+        RETURN;
+    END IF;
+    FOR t IN SELECT a.table_name FROM medallion.audit_tables a WHERE a.disabled_at IS NULL LOOP
+        BEGIN
+            PERFORM medallion._check_capture(t);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'medallion: could not check the capture triggers of %: %', t, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER medallion_audit_capture ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TRIGGER', 'DROP TRIGGER', 'ALTER TRIGGER')
+    EXECUTE FUNCTION medallion._on_audit_ddl();
+
+-- The stretches a trail was not captured (since `since`), and the current
+-- state when capture is stopped now: NULL when there is none.
+CREATE FUNCTION medallion._capture_gaps(t text, since timestamptz) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT NULLIF(concat_ws('; ',
+        (SELECT string_agg(format('%s at %s by %s (%s)', g.event,
+                        to_char(g.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), g.by_role, g.detail), '; ' ORDER BY g.id)
+           FROM medallion.audit_gaps g
+          WHERE g.table_name = t AND (since IS NULL OR g.at >= since)
+            AND g.at >= (SELECT a.enabled_at FROM medallion.audit_tables a WHERE a.table_name = t)),
+        (SELECT 'not captured now: ' || medallion._capture_problem(a)
+           FROM medallion.audit_tables a WHERE a.table_name = t AND a.disabled_at IS NULL)), '') $$;
+
+-- A chain's verification, with GAP instead of OK when capture stopped:
+-- an intact chain of an incomplete trail is not OK.
+CREATE FUNCTION medallion._verify_with_gaps(t text, since timestamptz)
+RETURNS TABLE (table_name text, status text, records bigint, unsealed bigint,
+               broken_seq bigint, record_id bigint, problem text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT v.table_name,
+             CASE WHEN v.status = 'OK' AND g.gaps IS NOT NULL THEN 'GAP' ELSE v.status END,
+             v.records, v.unsealed, v.broken_seq, v.record_id,
+             CASE WHEN v.status = 'OK' THEN g.gaps ELSE v.problem END
+        FROM medallion._verify_chain(t, since) v
+        LEFT JOIN LATERAL (SELECT medallion._capture_gaps(t, since) AS gaps) g ON true $$;
+
 CREATE FUNCTION medallion.verify_audit(tbl regclass DEFAULT NULL, since timestamptz DEFAULT NULL)
 RETURNS TABLE (table_name text, status text, records bigint, unsealed bigint,
                broken_seq bigint, record_id bigint, problem text)
@@ -286,12 +396,12 @@ BEGIN
             RAISE EXCEPTION 'table % is not audited', t USING ERRCODE = '42704',
                 HINT = format('Start its trail with SELECT medallion.enable_audit(%L).', t);
         END IF;
-        RETURN QUERY SELECT * FROM medallion._verify_chain(t, since);
+        RETURN QUERY SELECT * FROM medallion._verify_with_gaps(t, since);
         RETURN;
     END IF;
     FOR t IN SELECT a.table_name FROM medallion.audit_tables a
              UNION SELECT h.table_name FROM medallion.audit_chain h ORDER BY 1 LOOP
-        RETURN QUERY SELECT * FROM medallion._verify_chain(t, since);
+        RETURN QUERY SELECT * FROM medallion._verify_with_gaps(t, since);
     END LOOP;
 END
 $$;
@@ -526,5 +636,9 @@ CREATE TRIGGER medallion_append_only_truncate BEFORE TRUNCATE ON medallion.audit
     FOR EACH STATEMENT EXECUTE FUNCTION medallion.audit_guard();
 CREATE TRIGGER medallion_append_only BEFORE UPDATE OR DELETE ON medallion.audit_checkpoints
     FOR EACH ROW EXECUTE FUNCTION medallion.audit_guard();
+CREATE TRIGGER medallion_append_only BEFORE UPDATE OR DELETE ON medallion.audit_gaps
+    FOR EACH ROW EXECUTE FUNCTION medallion.audit_guard();
+CREATE TRIGGER medallion_append_only_truncate BEFORE TRUNCATE ON medallion.audit_gaps
+    FOR EACH STATEMENT EXECUTE FUNCTION medallion.audit_guard();
 CREATE TRIGGER medallion_append_only_truncate BEFORE TRUNCATE ON medallion.audit_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION medallion.audit_guard();

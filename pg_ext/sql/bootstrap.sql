@@ -142,7 +142,10 @@ CREATE TABLE medallion.audit_tables (
     columns text[],
     exclude_columns text[],
     enabled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    disabled_at timestamptz
+    disabled_at timestamptz,
+    -- Last known state of the capture triggers (kept by the event trigger
+    -- medallion_audit_capture; a change is recorded in audit_gaps).
+    capture_intact boolean NOT NULL DEFAULT true
 );
 COMMENT ON TABLE medallion.audit_tables IS 'Audited tables. table_name is the quoted schema-qualified name; the trail is complete from enabled_at (until disabled_at).';
 
@@ -216,6 +219,18 @@ CREATE TABLE medallion.audit_checkpoints (
     UNIQUE (table_name, seq)
 );
 
+-- Stretches in which a trail was not captured: the table's owner disabled,
+-- dropped or altered a capture trigger, and when capture was restored.
+-- Append-only (guard trigger); verify_audit reports them as GAP.
+CREATE TABLE medallion.audit_gaps (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_name text COLLATE "C" NOT NULL,
+    at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    event text NOT NULL CHECK (event IN ('capture stopped', 'capture restored')),
+    detail text NOT NULL,
+    by_role name NOT NULL DEFAULT session_user
+);
+
 -- Audit settings only a superuser changes: no role is granted write access
 -- (the extension owner is a superuser). No row means the defaults.
 CREATE TABLE medallion.audit_settings (
@@ -247,6 +262,7 @@ SELECT pg_catalog.pg_extension_config_dump('medallion.publications', '');
 -- The audit trail is data, not configuration: it must survive a dump.
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('medallion.audit_gaps', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('medallion.audit_seal', '');
@@ -353,9 +369,9 @@ GRANT SELECT ON ALL TABLES IN SCHEMA medallion TO medallion_reader, medallion_ad
 GRANT INSERT, UPDATE, DELETE ON medallion.table_status, medallion.runs TO medallion_admin;
 -- The audit trail is for auditors (and admins), not for every reader.
 REVOKE ALL ON medallion.audit_tables, medallion.audit_log, medallion.audit_seal, medallion.audit_chain,
-    medallion.audit_checkpoints, medallion.audit_sealer FROM medallion_reader;
+    medallion.audit_checkpoints, medallion.audit_sealer, medallion.audit_gaps FROM medallion_reader;
 GRANT SELECT ON medallion.audit_tables, medallion.audit_log, medallion.audit_seal, medallion.audit_chain,
-    medallion.audit_checkpoints, medallion.audit_sealer TO medallion_auditor;
+    medallion.audit_checkpoints, medallion.audit_sealer, medallion.audit_gaps TO medallion_auditor;
 REVOKE ALL ON FUNCTION medallion.status(), medallion.slots() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes()
     TO medallion_reader, medallion_admin;

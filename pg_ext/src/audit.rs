@@ -42,13 +42,32 @@ extension_sql_file!(
         audit_guard,
         capture::audit_capture,
         _canonical_v1,
-        _chain_step
+        _chain_step,
+        _audit_maintaining
     ]
 );
 
 thread_local! {
     /// Set only while `audit_retention` deletes: the guard lets those through.
     static RETENTION: Cell<bool> = const { Cell::new(false) };
+    /// Set only while enable_audit/disable_audit change the capture
+    /// triggers: that trigger DDL is not a gap in the trail.
+    static MAINTAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this backend is inside enable_audit/disable_audit's own trigger
+/// DDL (read by the event trigger `medallion_audit_capture`).
+#[pg_extern(stable)]
+fn _audit_maintaining() -> bool {
+    MAINTAINING.with(Cell::get)
+}
+
+/// Run trigger DDL of the extension's own, unseen by the gap recorder.
+fn maintaining(f: impl FnOnce()) {
+    MAINTAINING.with(|m| m.set(true));
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .finally(|| MAINTAINING.with(|m| m.set(false)))
+        .execute();
 }
 
 /// Keeps the trail append-only: refuses UPDATE, DELETE and TRUNCATE on the
@@ -210,33 +229,41 @@ fn enable_audit_as_owner(
     let current: Option<bool> = catalog::one(
         "SELECT a.disabled_at IS NULL AND a.columns IS NOT DISTINCT FROM $2 \
             AND a.exclude_columns IS NOT DISTINCT FROM $3 \
-            AND (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $4 \
-                 AND t.tgname IN ('medallion_audit', 'medallion_audit_truncate')) = 2 \
+            AND medallion._capture_problem(a) IS NULL \
          FROM medallion.audit_tables a WHERE a.table_name = $1",
         &[
             name.clone().into(),
             columns.clone().into(),
             exclude_columns.clone().into(),
-            oid.into(),
         ],
     );
     if current == Some(true) {
         return false;
     }
-    catalog::exec(
-        &format!(
-            "CREATE OR REPLACE TRIGGER medallion_audit AFTER INSERT OR UPDATE OR DELETE ON {qualified} \
-             FOR EACH ROW EXECUTE FUNCTION medallion.audit_capture({args})"
-        ),
-        &[],
-    );
-    catalog::exec(
-        &format!(
-            "CREATE OR REPLACE TRIGGER medallion_audit_truncate AFTER TRUNCATE ON {qualified} \
-             FOR EACH STATEMENT EXECUTE FUNCTION medallion.audit_capture({args})"
-        ),
-        &[],
-    );
+    maintaining(|| {
+        catalog::exec(
+            &format!(
+                "CREATE OR REPLACE TRIGGER medallion_audit AFTER INSERT OR UPDATE OR DELETE ON {qualified} \
+                 FOR EACH ROW EXECUTE FUNCTION medallion.audit_capture({args})"
+            ),
+            &[],
+        );
+        catalog::exec(
+            &format!(
+                "CREATE OR REPLACE TRIGGER medallion_audit_truncate AFTER TRUNCATE ON {qualified} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION medallion.audit_capture({args})"
+            ),
+            &[],
+        );
+        // Fire in every session, session_replication_role = replica included.
+        catalog::exec(
+            &format!(
+                "ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER medallion_audit, \
+                 ENABLE ALWAYS TRIGGER medallion_audit_truncate"
+            ),
+            &[],
+        );
+    });
     // The trail is complete from enabled_at: a re-enable after a disable
     // starts a new complete stretch.
     catalog::exec(
@@ -245,8 +272,10 @@ fn enable_audit_as_owner(
             exclude_columns = EXCLUDED.exclude_columns, disabled_at = NULL, \
             enabled_at = CASE WHEN audit_tables.disabled_at IS NULL THEN audit_tables.enabled_at \
                               ELSE pg_catalog.now() END",
-        &[name.into(), columns.into(), exclude_columns.into()],
+        &[name.clone().into(), columns.into(), exclude_columns.into()],
     );
+    // Capture restored after a gap is recorded as such.
+    catalog::exec("SELECT medallion._check_capture($1)", &[name.into()]);
     true
 }
 
@@ -265,12 +294,14 @@ fn disable_audit(tbl: PgRelation) -> bool {
     )
     .unwrap_or(0);
     if triggers > 0 {
-        for trigger in ["medallion_audit", "medallion_audit_truncate"] {
-            catalog::exec(
-                &format!("DROP TRIGGER IF EXISTS {trigger} ON {qualified}"),
-                &[],
-            );
-        }
+        maintaining(|| {
+            for trigger in ["medallion_audit", "medallion_audit_truncate"] {
+                catalog::exec(
+                    &format!("DROP TRIGGER IF EXISTS {trigger} ON {qualified}"),
+                    &[],
+                );
+            }
+        });
     }
     let marked: Option<String> = catalog::one(
         "UPDATE medallion.audit_tables SET disabled_at = pg_catalog.now() \

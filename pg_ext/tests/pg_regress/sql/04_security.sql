@@ -134,3 +134,43 @@ SELECT err($$SELECT medallion.publish('pub_probe', target_schema => 'reporting',
 SELECT medallion.publish('pub_probe', target_schema => 'reporting');
 SELECT node, target_schema, target_table FROM medallion.publications WHERE node = 'gold.pub_probe';
 SELECT medallion.drop_gold('pub_probe');
+
+-- Bypassing the trail: the table's owner disables the capture trigger,
+-- changes a row and enables it again. The event trigger records both
+-- moments; verify_audit says GAP (not OK) and names who and when.
+\c - postgres
+CREATE TABLE public.ledger (id int PRIMARY KEY, amount numeric);
+ALTER TABLE public.ledger OWNER TO medallion_test_app;
+GRANT SELECT ON public.ledger TO medallion_test_admin, medallion_test_auditor;
+\c - medallion_test_admin
+SELECT medallion.enable_audit('public.ledger');
+SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'public.ledger'::regclass ORDER BY 1;
+\c - medallion_test_app
+INSERT INTO public.ledger VALUES (1, 100);
+ALTER TABLE public.ledger DISABLE TRIGGER medallion_audit;
+UPDATE public.ledger SET amount = 1 WHERE id = 1;
+ALTER TABLE public.ledger ENABLE TRIGGER medallion_audit;
+\c - medallion_test_auditor
+SELECT table_name, status, records,
+       regexp_replace(problem, '\d{4}-\d\d-\d\dT[0-9:.]+Z', '<at>', 'g') AS problem
+  FROM medallion.verify_audit('public.ledger');
+SELECT event, by_role, detail FROM medallion.audit_gaps WHERE table_name = 'public.ledger' ORDER BY id;
+-- The owner cannot erase the record of it.
+\c - medallion_test_app
+SELECT err($$DELETE FROM medallion.audit_gaps$$);
+\c - postgres
+SELECT err($$DELETE FROM medallion.audit_gaps$$);
+-- An admin restores capture: recorded, and the gap stays reported.
+\c - medallion_test_admin
+SELECT medallion.enable_audit('public.ledger');
+\c - medallion_test_app
+DROP TRIGGER medallion_audit_truncate ON public.ledger;
+\c - medallion_test_auditor
+SELECT event, by_role, detail FROM medallion.audit_gaps WHERE table_name = 'public.ledger' ORDER BY id;
+SELECT status, regexp_replace(problem, '\d{4}-\d\d-\d\dT[0-9:.]+Z', '<at>', 'g') AS problem
+  FROM medallion.verify_audit('public.ledger');
+-- Changes of column lists by enable_audit itself are not gaps.
+\c - medallion_test_admin
+SELECT medallion.enable_audit('public.ledger', exclude_columns => ARRAY['amount']);
+SELECT medallion.disable_audit('public.ledger');
+SELECT event, by_role, detail FROM medallion.audit_gaps WHERE table_name = 'public.ledger' ORDER BY id;
