@@ -225,10 +225,14 @@ impl Kind {
             DataType::Int64 => Kind::Int64,
             DataType::Float32 => Kind::Float32,
             DataType::Float64 => Kind::Float64,
-            DataType::Decimal128(p, s) => Kind::Decimal {
-                precision: *p,
-                scale: *s,
-            },
+            // A Delta table someone else wrote may hold any decimal; only
+            // one Arrow can build is a kind (never a panic later).
+            DataType::Decimal128(p, s) if (1..=38).contains(p) && *s >= 0 && (*s as u8) <= *p => {
+                Kind::Decimal {
+                    precision: *p,
+                    scale: *s,
+                }
+            }
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Kind::Text,
             DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Kind::Binary,
             DataType::Date32 => Kind::Date,
@@ -436,11 +440,15 @@ fn parse_timestamptz(s: &str) -> VResult<i64> {
     let sign = if off.starts_with('-') { -1 } else { 1 };
     let mut parts = off[1..].split(':');
     let mut secs = 0i64;
-    for mult in [3600, 60, 1] {
+    for (mult, max) in [(3600, 15), (60, 59), (1, 59)] {
         if let Some(p) = parts.next() {
+            // Postgres offsets are within ±15:59:59: anything else is an
+            // error, never an overflow.
             let n: i64 = p
                 .parse()
-                .map_err(|_| ValueError(format!("{s:?}: bad offset")))?;
+                .ok()
+                .filter(|n| (0..=max).contains(n))
+                .ok_or_else(|| ValueError(format!("{s:?}: bad offset")))?;
             secs += n * mult;
         }
     }
@@ -451,7 +459,9 @@ fn parse_timestamptz(s: &str) -> VResult<i64> {
     } else {
         parse_timestamp(ts)?
     };
-    Ok(local - sign * secs * 1_000_000)
+    local
+        .checked_sub(sign * secs * 1_000_000)
+        .ok_or_else(|| ValueError(format!("{s:?} is out of range")))
 }
 
 fn parse_bytea(s: &str) -> VResult<Vec<u8>> {
@@ -461,11 +471,16 @@ fn parse_bytea(s: &str) -> VResult<Vec<u8>> {
     if hex.len() % 2 != 0 {
         return Err(ValueError("odd-length hex bytea".into()));
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&hex[i..i + 2], 16)
-                .map_err(|_| ValueError("bad hex in bytea".into()))
+    fn nibble(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    // Bytes, not chars: text that is not ASCII is an error, never a slice
+    // through a UTF-8 sequence.
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(h), Some(l)) => Ok(h << 4 | l),
+            _ => Err(ValueError("bad hex in bytea".into())),
         })
         .collect()
 }
@@ -894,5 +909,28 @@ mod tests {
             bb.finish().as_binary::<i32>().value(0),
             &[0xde, 0xad, 0xbe, 0xef]
         );
+    }
+
+    #[test]
+    fn bad_input_is_an_error_never_a_panic() {
+        // Non-ASCII where hex digits belong: two bytes of 'é' at an odd offset.
+        assert!(parse_bytea("\\xaéb").is_err());
+        assert!(parse_bytea("\\xéa").is_err());
+        assert!(parse_bytea("\\xzz").is_err());
+        assert_eq!(parse_bytea("\\xDEad").unwrap(), vec![0xde, 0xad]);
+        // Offsets Postgres never prints, and ones that would overflow.
+        assert!(parse_timestamptz("2025-01-01 00:00:00+99999999999999999").is_err());
+        assert!(parse_timestamptz("2025-01-01 00:00:00+16").is_err());
+        assert!(parse_timestamptz("2025-01-01 00:00:00+05:99").is_err());
+        assert_eq!(
+            parse_timestamptz("1970-01-01 00:00:00+15:59:59").unwrap(),
+            -(15 * 3600 + 59 * 60 + 59) * 1_000_000
+        );
+        // A stored decimal Arrow cannot build is not a kind.
+        assert!(Kind::from_arrow(&DataType::Decimal128(5, 7)).is_none());
+        assert!(Kind::from_arrow(&DataType::Decimal128(0, 0)).is_none());
+        assert!(Kind::from_arrow(&DataType::Decimal128(39, 2)).is_none());
+        assert!(Kind::from_arrow(&DataType::Decimal128(10, -1)).is_none());
+        assert!(Kind::from_arrow(&DataType::Decimal128(38, 24)).is_some());
     }
 }
