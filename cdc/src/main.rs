@@ -142,6 +142,19 @@ async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow:
     Ok(())
 }
 
+/// Why the refinement task ended, unless it ended because of the shutdown.
+fn refiner_failure(
+    ended: Result<medallion::Result<()>, tokio::task::JoinError>,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    match ended {
+        Ok(Ok(())) if shutdown.is_cancelled() => None,
+        Ok(Ok(())) => Some("it ended".into()),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("it panicked: {e}")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -174,7 +187,10 @@ async fn main() -> anyhow::Result<()> {
             let refine = (!until_caught_up && cfg.refine_interval_ms > 0).then(|| {
                 let cfg = cfg.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move { medallion::refine::run_loop(&cfg, shutdown).await })
+                let metrics = metrics.clone();
+                tokio::spawn(
+                    async move { medallion::refine::run_loop(&cfg, shutdown, metrics).await },
+                )
             });
             let run = replicate::run(
                 &cfg,
@@ -190,17 +206,15 @@ async fn main() -> anyhow::Result<()> {
                         summary = &mut run => (summary, Some(task)),
                         // The refiner only ends early on an error it cannot
                         // retry: say so now and stop, never a silent stall.
-                        ended = &mut task => {
-                            let why = match ended {
-                                Ok(Ok(())) => "it ended".to_string(),
-                                Ok(Err(e)) => e.to_string(),
-                                Err(e) => format!("it panicked: {e}"),
-                            };
-                            tracing::error!(error = %why, "silver/gold refinement stopped; stopping medallion");
-                            shutdown.cancel();
-                            let _ = run.await;
-                            anyhow::bail!("silver/gold refinement stopped: {why}");
-                        }
+                        ended = &mut task => match refiner_failure(ended, &shutdown) {
+                            None => (run.await, None),
+                            Some(why) => {
+                                tracing::error!(error = %why, "silver/gold refinement stopped; stopping medallion");
+                                shutdown.cancel();
+                                let _ = run.await;
+                                anyhow::bail!("silver/gold refinement stopped: {why}");
+                            }
+                        },
                     }
                 }
             };

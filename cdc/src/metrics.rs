@@ -17,6 +17,9 @@ pub struct Metrics {
     errors_transient: AtomicU64,
     errors_table: AtomicU64,
     errors_fatal: AtomicU64,
+    failed_silver: AtomicU64,
+    failed_gold: AtomicU64,
+    refine_success_unix: AtomicU64,
 }
 
 impl Metrics {
@@ -43,6 +46,18 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A refinement cycle finished: how many silver tables and gold models
+    /// are failed (publication included), and when.
+    pub fn refine_cycle(&self, failed_silver: u64, failed_gold: u64) {
+        self.failed_silver.store(failed_silver, Ordering::Relaxed);
+        self.failed_gold.store(failed_gold, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.refine_success_unix.store(now, Ordering::Relaxed);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -57,7 +72,12 @@ impl Metrics {
              # TYPE medallion_acked_lsn gauge\nmedallion_acked_lsn {}\n\
              # HELP medallion_errors_total Errors by kind.\n\
              # TYPE medallion_errors_total counter\n\
-             medallion_errors_total{{kind=\"transient\"}} {}\nmedallion_errors_total{{kind=\"table\"}} {}\nmedallion_errors_total{{kind=\"fatal\"}} {}\n",
+             medallion_errors_total{{kind=\"transient\"}} {}\nmedallion_errors_total{{kind=\"table\"}} {}\nmedallion_errors_total{{kind=\"fatal\"}} {}\n\
+             # HELP medallion_refine_failed_objects Silver tables and gold models failed in the last refinement cycle.\n\
+             # TYPE medallion_refine_failed_objects gauge\n\
+             medallion_refine_failed_objects{{layer=\"silver\"}} {}\nmedallion_refine_failed_objects{{layer=\"gold\"}} {}\n\
+             # HELP medallion_refine_last_cycle_timestamp_seconds When the last refinement cycle finished (0: none yet); alert on its age.\n\
+             # TYPE medallion_refine_last_cycle_timestamp_seconds gauge\nmedallion_refine_last_cycle_timestamp_seconds {}\n",
             g(&self.changes),
             g(&self.commits),
             g(&self.commit_micros) as f64 / 1e6,
@@ -66,6 +86,9 @@ impl Metrics {
             g(&self.errors_transient),
             g(&self.errors_table),
             g(&self.errors_fatal),
+            g(&self.failed_silver),
+            g(&self.failed_gold),
+            g(&self.refine_success_unix),
         )
     }
 }

@@ -424,7 +424,11 @@ async fn publish_one(
 /// Refine continuously: a cycle whenever the slot's position advanced (at
 /// most every `refine_interval`), on `medallion.refresh()` and on
 /// definition changes, until `shutdown`.
-pub async fn run_loop(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_loop(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
@@ -432,7 +436,7 @@ pub async fn run_loop(cfg: &Config, shutdown: CancellationToken) -> Result<()> {
             match crate::lease::Lease::acquire(cfg, crate::lease::LeaseKind::Refine, &shutdown)
                 .await
             {
-                Ok(lease) => loop_once(cfg, shutdown.clone(), &lease).await,
+                Ok(lease) => loop_once(cfg, shutdown.clone(), &lease, &metrics).await,
                 Err(Error::Interrupted) => return Ok(()),
                 Err(e) => Err(e),
             };
@@ -476,6 +480,7 @@ async fn loop_once(
     cfg: &Config,
     shutdown: CancellationToken,
     lease: &crate::lease::Lease,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<()> {
     use futures::StreamExt;
     let (mut client, mut conn) = catalog::connect(&cfg.database_url).await?;
@@ -538,6 +543,13 @@ async fn loop_once(
         match cycle(cfg, &mut client, w, &forced).await {
             Ok(r) => {
                 tracing::debug!(watermark = %pg_walstream::format_lsn(w as u64), tables = r.tables.len(), "refinement cycle");
+                let failed = |layer: &str| {
+                    r.tables
+                        .iter()
+                        .filter(|t| t.layer == layer && t.state == "failed")
+                        .count() as u64
+                };
+                metrics.refine_cycle(failed("silver"), failed("gold"));
                 last_w = Some(w);
                 forced.clear();
                 config_changed = false;

@@ -1354,6 +1354,39 @@ async fn metrics_are_served_in_prometheus_format() {
     };
     assert!(body.contains("# TYPE medallion_changes_total counter"));
     assert!(body.contains("medallion_errors_total{kind=\"fatal\"} 0"));
+    // Refinement reports its health: a cycle ran, and one gold model whose
+    // SQL fails at refresh is counted as failed.
+    env.sql(
+        "SELECT medallion.define_gold('broken', 'SELECT id / (id - id) AS boom FROM silver.t')",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        if let Some(b) = http_get(port, "/metrics")
+            && b.contains("medallion_refine_failed_objects{layer=\"gold\"} 1")
+        {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed model never showed in /metrics: {:?}",
+            http_get(port, "/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains("medallion_refine_failed_objects{layer=\"silver\"} 0"));
+    let last: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("medallion_refine_last_cycle_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("last cycle gauge");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        last > 0 && last <= now && now - last < 120,
+        "last cycle at {last}, now {now}"
+    );
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
