@@ -61,14 +61,19 @@ fn escape(out: &mut String, s: &str) {
 
 fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
     let opts = FormatOptions::default().with_display_error(false);
+    // A column no formatter can render is an error: never published as NULL.
     let formatters: Vec<Option<ArrayFormatter>> = batch
         .columns()
         .iter()
-        .map(|c| match c.data_type() {
-            DataType::Binary | DataType::Boolean => None,
-            _ => ArrayFormatter::try_new(c.as_ref(), &opts).ok(),
+        .zip(batch.schema().fields())
+        .map(|(c, f)| match c.data_type() {
+            DataType::Binary | DataType::Boolean => Ok(None),
+            DataType::Duration(TimeUnit::Microsecond) => Ok(None),
+            _ => ArrayFormatter::try_new(c.as_ref(), &opts)
+                .map(Some)
+                .map_err(Error::arrow(format!("publish column {}", f.name()))),
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for r in 0..batch.num_rows() {
         for (i, c) in batch.columns().iter().enumerate() {
             if i > 0 {
@@ -93,8 +98,20 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
                     out.push_str(&format!("{us} microseconds"));
                 }
                 _ => match &formatters[i] {
-                    Some(f) => escape(out, &f.value(r).to_string()),
-                    None => out.push_str("\\N"),
+                    Some(f) => {
+                        let v = f.value(r).try_to_string().map_err(Error::arrow(format!(
+                            "publish column {} row {r}",
+                            batch.schema().field(i).name()
+                        )))?;
+                        escape(out, &v)
+                    }
+                    None => {
+                        return Err(Error::Protocol(format!(
+                            "publish column {}: no text form for {}",
+                            batch.schema().field(i).name(),
+                            c.data_type()
+                        )));
+                    }
                 },
             }
         }
