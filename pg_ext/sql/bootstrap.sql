@@ -12,6 +12,12 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'medallion_auditor') THEN
         CREATE ROLE medallion_auditor NOLOGIN;
     END IF;
+    -- The identity the audit capture trigger appends records as: no login,
+    -- no superuser, no membership, INSERT on the log and nothing else.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'medallion_audit_writer') THEN
+        CREATE ROLE medallion_audit_writer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
+            NOREPLICATION NOBYPASSRLS;
+    END IF;
 END
 $roles$;
 
@@ -372,6 +378,12 @@ REVOKE ALL ON medallion.audit_tables, medallion.audit_log, medallion.audit_seal,
     medallion.audit_checkpoints, medallion.audit_sealer, medallion.audit_gaps FROM medallion_reader;
 GRANT SELECT ON medallion.audit_tables, medallion.audit_log, medallion.audit_seal, medallion.audit_chain,
     medallion.audit_checkpoints, medallion.audit_sealer, medallion.audit_gaps TO medallion_auditor;
+-- The capture trigger appends as medallion_audit_writer: it may add records
+-- and do nothing else (no SELECT, UPDATE, DELETE, no other table).
+GRANT USAGE ON SCHEMA medallion TO medallion_audit_writer;
+GRANT INSERT ON medallion.audit_log TO medallion_audit_writer;
+GRANT USAGE ON SEQUENCE medallion.audit_log_id_seq TO medallion_audit_writer;
+GRANT EXECUTE ON FUNCTION medallion._row_key(text, jsonb) TO medallion_audit_writer;
 REVOKE ALL ON FUNCTION medallion.status(), medallion.slots() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes()
     TO medallion_reader, medallion_admin;

@@ -29,6 +29,25 @@ CREATE EVENT TRIGGER medallion_new_tables ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION medallion._on_ddl_command_end();
 
+-- Every trigger and event-trigger function resolves names and operators in
+-- pg_catalog only: a writer's (or a role's, or the database's) search_path
+-- never decides which operator a trigger's lookup calls.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'medallion'::regnamespace
+               AND p.prorettype IN ('pg_catalog.trigger'::pg_catalog.regtype,
+                                    'pg_catalog.event_trigger'::pg_catalog.regtype)
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c
+                               WHERE c LIKE 'search_path=%')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END
+$$;
+
 -- Every SECURITY DEFINER function — and every invoker function that pins
 -- its search_path (the API functions that check the caller, then act as the
 -- extension owner) — tokenizes SQL text one way, whatever the

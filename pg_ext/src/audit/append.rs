@@ -63,20 +63,18 @@ thread_local! {
     static TARGET: RefCell<Option<Target>> = const { RefCell::new(None) };
 }
 
-/// `medallion.audit_log`'s OID and owner, looked up by name through
-/// pg_catalog (the writer may have no USAGE on schema medallion).
-pub(super) fn log_relation() -> Option<(pg_sys::Oid, pg_sys::Oid)> {
-    Spi::get_two::<pg_sys::Oid, pg_sys::Oid>(
-        "SELECT c.oid, c.relowner FROM pg_catalog.pg_class c \
+/// `medallion.audit_log`'s OID, looked up by name through pg_catalog.
+fn log_relation() -> Option<pg_sys::Oid> {
+    crate::catalog::one(
+        "SELECT c.oid FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = 'medallion' AND c.relname = 'audit_log'",
+        &[],
     )
-    .ok()
-    .and_then(|(a, b)| Some((a?, b?)))
 }
 
 fn lookup() -> Option<(pg_sys::Oid, pg_sys::Oid, Option<String>)> {
-    let (relid, _) = log_relation()?;
+    let relid = log_relation()?;
     let seq: pg_sys::Oid = crate::catalog::one(
         "SELECT d.objid FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid \
          WHERE d.refobjid = $1 AND d.refobjsubid = 1 AND c.relkind = 'S' AND d.deptype IN ('i', 'a')",
@@ -177,7 +175,8 @@ fn jsonb_datum(s: &str) -> pg_sys::Datum {
 }
 
 /// Append `rec`. Returns false (nothing written) when the direct path does
-/// not apply; the caller then inserts through SPI. Runs as the log's owner.
+/// not apply; the caller then inserts through SPI. Runs as the audit writer
+/// role (`nextval` needs its USAGE on the log's sequence).
 pub(super) fn append(rec: &Record) -> bool {
     TARGET.with(|cell| {
         let mut slot = cell.borrow_mut();

@@ -8,9 +8,16 @@
 //!                         │   (unchanged TOAST pointers compare without detoasting);
 //!                         │   nothing audited changed ─► no record
 //!                         ▼
-//!                 INSERT INTO medallion.audit_log (saved SPI plan, run as the
-//!                 log's owner so writers need no privilege on it)
+//!                 append to medallion.audit_log as the role
+//!                 `medallion_audit_writer` (no login, not a superuser, INSERT
+//!                 on the log and nothing else), so writers need no privilege
+//!                 on it and no writer's code ever runs with more than that
 //! ```
+//!
+//! The function pins `search_path = pg_catalog, pg_temp` (its `proconfig`):
+//! every lookup it makes through SPI resolves names and operators in
+//! `pg_catalog` only, whatever search path the writer, the role or the
+//! database set. Values are rendered as the writer, before the switch.
 //!
 //! Values are JSON exactly as `to_jsonb(value)` renders them (Postgres'
 //! own function is called per column type), so a live row's `to_jsonb` and
@@ -80,7 +87,7 @@ struct Plan {
 struct Backend {
     plans: HashMap<pg_sys::Oid, Rc<Plan>>,
     insert: Option<OwnedPreparedStatement>,
-    log_owner: Option<pg_sys::Oid>,
+    writer: Option<pg_sys::Oid>,
     role_names: HashMap<pg_sys::Oid, String>,
 }
 
@@ -88,7 +95,7 @@ thread_local! {
     static BACKEND: RefCell<Backend> = RefCell::new(Backend {
         plans: HashMap::new(),
         insert: None,
-        log_owner: None,
+        writer: None,
         role_names: HashMap::new(),
     });
 }
@@ -587,18 +594,33 @@ fn role_name(oid: pg_sys::Oid) -> String {
     name
 }
 
-fn log_owner() -> pg_sys::Oid {
-    if let Some(o) = BACKEND.with(|b| b.borrow().log_owner) {
+/// The role records are appended as.
+const WRITER_ROLE: &CStr = c"medallion_audit_writer";
+
+/// The OID of [`WRITER_ROLE`]. Never falls back to another identity: without
+/// the role no audited change can be made (the trail fails closed).
+fn writer_role() -> pg_sys::Oid {
+    if let Some(o) = BACKEND.with(|b| b.borrow().writer) {
         return o;
     }
-    let owner = super::append::log_relation()
-        .map(|(_, owner)| owner)
-        .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into());
-    BACKEND.with(|b| b.borrow_mut().log_owner = Some(owner));
-    owner
+    // SAFETY: a syscache lookup by name; missing_ok returns InvalidOid.
+    let oid = unsafe { pg_sys::get_role_oid(WRITER_ROLE.as_ptr(), true) };
+    if oid == pg_sys::InvalidOid {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "role \"medallion_audit_writer\" does not exist: audited changes cannot be recorded",
+            "The change was not made. Re-create it as a superuser: CREATE ROLE medallion_audit_writer NOLOGIN; \
+             GRANT USAGE ON SCHEMA medallion TO medallion_audit_writer; \
+             GRANT INSERT ON medallion.audit_log TO medallion_audit_writer; \
+             GRANT USAGE ON SEQUENCE medallion.audit_log_id_seq TO medallion_audit_writer; \
+             GRANT EXECUTE ON FUNCTION medallion._row_key(text, jsonb) TO medallion_audit_writer.",
+        );
+    }
+    BACKEND.with(|b| b.borrow_mut().writer = Some(oid));
+    oid
 }
 
-/// Append one record, as the owner of `medallion.audit_log`.
+/// Append one record, as [`WRITER_ROLE`] in a restricted security context.
 fn write_record(
     table_name: &str,
     op: &str,
@@ -611,11 +633,17 @@ fn write_record(
     // SAFETY: plain reads of the backend's user state.
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
     let db_role = role_name(user);
-    let owner = log_owner();
+    let writer = writer_role();
     // SAFETY: switched back below; an ERROR in between is undone by the
     // (sub)transaction abort, which restores the user and security context.
+    // Restricted as Postgres restricts index expressions during maintenance:
+    // no SET ROLE, no temporary objects, nothing that outlives the call.
     unsafe {
-        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32)
+        pg_sys::SetUserIdAndSecContext(
+            writer,
+            sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                as i32,
+        )
     };
     let direct = super::append::append(&super::append::Record {
         table_name,

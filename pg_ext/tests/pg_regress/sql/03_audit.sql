@@ -147,19 +147,30 @@ SELECT regexp_replace(err(format($$SELECT medallion.row_as_of('public.account_mo
 
 -- An index with an expression on the log: records go through SPI instead
 -- of the direct append, with the same content.
+-- The expression runs as the role records are appended as, never as the
+-- extension owner or the writer.
 \c - postgres
-CREATE INDEX audit_log_app_user_lower ON medallion.audit_log (lower(app_user));
+CREATE FUNCTION public.lower_noted(v text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+BEGIN
+    IF current_setting('medallion.test_note', true) = 'on' THEN
+        RAISE NOTICE 'index expression runs as %', current_user;
+    END IF;
+    RETURN lower(v);
+END $$;
+CREATE INDEX audit_log_app_user_lower ON medallion.audit_log (public.lower_noted(app_user));
 \c - medallion_test_app
 BEGIN;
 SET LOCAL medallion.app_user = 'Carol';
+SET LOCAL medallion.test_note = 'on';
 UPDATE account_move SET state = 'cancel' WHERE id = 1;
 UPDATE account_move SET state = 'posted' WHERE id = 1;
 COMMIT;
 \c - medallion_test_auditor
-SELECT op, old, new, app_user, row_key = medallion._row_key(table_name, pk) AS key_ok
+SELECT op, old, new, app_user, db_role, row_key = medallion._row_key(table_name, pk) AS key_ok
   FROM medallion.audit_log WHERE lower(app_user) = 'carol' ORDER BY id;
 \c - postgres
 DROP INDEX medallion.audit_log_app_user_lower;
+DROP FUNCTION public.lower_noted(text);
 
 -- Tamper evidence: a superuser who bypasses the guard is caught.
 \c - medallion_test_app

@@ -23,6 +23,15 @@ SELECT p.proname, p.prosecdef FROM pg_proc p
 SELECT p.oid::regprocedure AS public_function FROM pg_proc p
  WHERE p.pronamespace = 'medallion'::regnamespace AND has_function_privilege('public', p.oid, 'EXECUTE');
 
+-- Every trigger and event-trigger function resolves names and operators in
+-- pg_catalog only, whatever search_path its caller runs with.
+SELECT p.oid::regprocedure AS unpinned_trigger_function FROM pg_proc p
+ WHERE p.pronamespace = 'medallion'::regnamespace
+   AND p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)
+   AND NOT coalesce(p.proconfig, '{}') @> ARRAY['search_path=pg_catalog, pg_temp'];
+SELECT count(*) > 2 AS trigger_functions FROM pg_proc
+ WHERE pronamespace = 'medallion'::regnamespace AND prorettype IN ('trigger'::regtype, 'event_trigger'::regtype);
+
 -- The tokenizer attack: under standard_conforming_strings = off a backslash
 -- escapes a quote, so this filter would end ALTER PUBLICATION's WHERE clause
 -- and run DROP TABLE as the extension owner. Inside add_source the setting
@@ -174,3 +183,62 @@ SELECT status, regexp_replace(problem, '\d{4}-\d\d-\d\dT[0-9:.]+Z', '<at>', 'g')
 SELECT medallion.enable_audit('public.ledger', exclude_columns => ARRAY['amount']);
 SELECT medallion.disable_audit('public.ledger');
 SELECT event, by_role, detail FROM medallion.audit_gaps WHERE table_name = 'public.ledger' ORDER BY id;
+
+-- Operator shadowing: a writer who may create objects in its own schema
+-- shadows `=` for every type the capture trigger's catalog lookups compare
+-- (and unnest of an int2vector), puts its schema before pg_catalog and
+-- writes audited rows from a fresh backend, so every lookup runs. Its
+-- functions would record who ran them; none of them runs at all, and the
+-- records are written as medallion_audit_writer, which is no superuser.
+\c - postgres
+CREATE SCHEMA app_own AUTHORIZATION medallion_test_app;
+CREATE TABLE public.shadow_target (id int PRIMARY KEY, v text);
+GRANT ALL ON public.shadow_target TO medallion_test_app;
+GRANT SELECT ON public.shadow_target TO medallion_test_admin;
+\c - medallion_test_admin
+SELECT medallion.enable_audit('public.shadow_target');
+\c - medallion_test_app
+CREATE TABLE app_own.calls (who name, what text);
+GRANT INSERT ON app_own.calls TO PUBLIC;
+GRANT USAGE ON SCHEMA app_own TO PUBLIC;
+CREATE FUNCTION app_own.noted(what text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO app_own.calls VALUES (current_user, what); END $$;
+CREATE FUNCTION app_own.eq(oid, oid) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN PERFORM app_own.noted('oid'); RETURN pg_catalog.oideq($1, $2); END $$;
+CREATE FUNCTION app_own.eq(name, name) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN PERFORM app_own.noted('name'); RETURN pg_catalog.nameeq($1, $2); END $$;
+CREATE FUNCTION app_own.eq("char", "char") RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN PERFORM app_own.noted('char'); RETURN pg_catalog.chareq($1, $2); END $$;
+CREATE FUNCTION app_own.eq(int2, int2) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN PERFORM app_own.noted('int2'); RETURN pg_catalog.int2eq($1, $2); END $$;
+CREATE FUNCTION app_own.eq(int4, int4) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN PERFORM app_own.noted('int4'); RETURN pg_catalog.int4eq($1, $2); END $$;
+CREATE FUNCTION app_own.unnest(int2vector) RETURNS SETOF int2 LANGUAGE plpgsql AS $$
+BEGIN PERFORM app_own.noted('unnest'); RETURN QUERY SELECT pg_catalog.unnest($1::int2[]); END $$;
+CREATE OPERATOR app_own.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = app_own.eq);
+CREATE OPERATOR app_own.= (LEFTARG = name, RIGHTARG = name, FUNCTION = app_own.eq);
+CREATE OPERATOR app_own.= (LEFTARG = "char", RIGHTARG = "char", FUNCTION = app_own.eq);
+CREATE OPERATOR app_own.= (LEFTARG = int2, RIGHTARG = int2, FUNCTION = app_own.eq);
+CREATE OPERATOR app_own.= (LEFTARG = int4, RIGHTARG = int4, FUNCTION = app_own.eq);
+-- The shadows work: the writer's own query under that path calls them.
+SET search_path = app_own, pg_catalog, public;
+SELECT 'pg_class'::name = 'pg_class'::name AS own_query;
+SELECT who, what FROM app_own.calls;
+TRUNCATE app_own.calls;
+\c - medallion_test_app
+SET search_path = app_own, pg_catalog, public;
+INSERT INTO public.shadow_target VALUES (1, 'a'), (2, 'b');
+UPDATE public.shadow_target SET v = 'c' WHERE id OPERATOR(pg_catalog.=) 1;
+DELETE FROM public.shadow_target WHERE id OPERATOR(pg_catalog.=) 2;
+RESET search_path;
+SELECT count(*) AS shadow_calls FROM app_own.calls;
+\c - medallion_test_auditor
+SELECT op, pk, old, new, db_role FROM medallion.audit_log
+ WHERE table_name = 'public.shadow_target' ORDER BY id;
+SELECT rolsuper, rolcanlogin, rolinherit, rolcreaterole, rolbypassrls FROM pg_roles
+ WHERE rolname = 'medallion_audit_writer';
+-- The writer role holds INSERT on the log and nothing else in the schema.
+SELECT c.relname, p.privilege_type FROM pg_class c,
+       LATERAL aclexplode(c.relacl) p
+ WHERE c.relnamespace = 'medallion'::regnamespace
+   AND p.grantee = 'medallion_audit_writer'::regrole ORDER BY 1, 2;
