@@ -31,6 +31,9 @@ mod copy_race;
 #[path = "e2e/sidecar_security.rs"]
 mod sidecar_security;
 
+#[path = "e2e/definition_fuzz.rs"]
+mod definition_fuzz;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,
