@@ -29,39 +29,34 @@ CREATE EVENT TRIGGER medallion_new_tables ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION medallion._on_ddl_command_end();
 
--- Every trigger and event-trigger function resolves names and operators in
--- pg_catalog only: a writer's (or a role's, or the database's) search_path
--- never decides which operator a trigger's lookup calls.
+-- Pinned settings, in one pass over the schema's functions:
+-- * every trigger and event-trigger function resolves names and operators in
+--   pg_catalog only: a writer's (or a role's, or the database's) search_path
+--   never decides which operator a trigger's lookup calls;
+-- * every SECURITY DEFINER function, and every function that pins its
+--   search_path (the triggers, and the API functions that check the caller,
+--   then act as the extension owner), tokenizes SQL text one way whatever the
+--   caller set: with standard_conforming_strings off, a backslash would
+--   escape a quote and text checked as one expression could end a statement.
 DO $$
 DECLARE
-    f regprocedure;
+    f record;
 BEGIN
-    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-             WHERE p.pronamespace = 'medallion'::regnamespace
-               AND p.prorettype IN ('pg_catalog.trigger'::pg_catalog.regtype,
-                                    'pg_catalog.event_trigger'::pg_catalog.regtype)
-               AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c
-                               WHERE c LIKE 'search_path=%')
+    FOR f IN SELECT p.oid::regprocedure AS fn,
+                    p.prorettype IN ('pg_catalog.trigger'::pg_catalog.regtype,
+                                     'pg_catalog.event_trigger'::pg_catalog.regtype)
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) c
+                                    WHERE c LIKE 'search_path=%') AS unpinned_trigger
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'medallion'::regnamespace
     LOOP
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
-    END LOOP;
-END
-$$;
-
--- Every SECURITY DEFINER function — and every invoker function that pins
--- its search_path (the API functions that check the caller, then act as the
--- extension owner) — tokenizes SQL text one way, whatever the
--- caller set: with standard_conforming_strings off, a backslash would escape
--- a quote and text checked as one expression could end a statement.
-DO $$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-             WHERE p.pronamespace = 'medallion'::regnamespace
-               AND (p.prosecdef OR p.proconfig IS NOT NULL)
-    LOOP
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET standard_conforming_strings = on', f);
+        IF f.unpinned_trigger THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f.fn);
+        END IF;
+        IF f.unpinned_trigger OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                                          WHERE p.oid = f.fn AND (p.prosecdef OR p.proconfig IS NOT NULL)) THEN
+            EXECUTE pg_catalog.format('ALTER FUNCTION %s SET standard_conforming_strings = on', f.fn);
+        END IF;
     END LOOP;
 END
 $$;
