@@ -14,7 +14,7 @@ APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev cmake sudo pkg
 # RADOS Gateway is the real S3-compatible server the object-store tests use,
 # and curl to create its bucket.
 if [ "${1:-}" = "--tests" ]; then
-  APT_PACKAGES+=(ceph-mon ceph-osd radosgw ceph-common curl)
+  APT_PACKAGES+=(ceph-mon ceph-osd radosgw ceph-common curl openssl)
 fi
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }

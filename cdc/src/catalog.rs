@@ -208,29 +208,37 @@ pub async fn table_columns(
 pub(crate) const PINNED_OPTIONS: &str =
     "-c search_path=pg_catalog,pg_temp -c row_security=off -c standard_conforming_strings=on";
 
+/// The connection half of a regular session: TLS by [`crate::tls`] when the
+/// URL's `sslmode` asks for it (or the server offers it under `prefer`).
+pub type SessionConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream,
+>;
+
 /// Connect a regular (non-replication) session with stable output formats
-/// and [`PINNED_OPTIONS`].
-pub async fn connect(
-    url: &str,
-) -> Result<(
-    Client,
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-)> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(Error::pg(format!(
+/// and [`PINNED_OPTIONS`], honouring `sslmode`/`sslrootcert` as libpq and the
+/// replication connection do.
+pub async fn connect(url: &str) -> Result<(Client, SessionConnection)> {
+    let split = crate::tls::split(url)?;
+    let mut config: tokio_postgres::Config = split.rest.parse().map_err(Error::pg(format!(
         "connection string {}",
         crate::error::describe_conninfo(url)
     )))?;
+    config.ssl_mode(crate::tls::driver_mode(split.policy.mode));
     let options = match config.get_options() {
         Some(o) if !o.is_empty() => format!("{o} {PINNED_OPTIONS}"),
         _ => PINNED_OPTIONS.to_string(),
     };
     config.options(&options);
     let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(crate::tls::connector(&split.policy)?)
         .await
         .map_err(Error::pg(format!(
-            "connect to {}",
-            crate::error::describe_conninfo(url)
+            "connect to {} ({})",
+            crate::error::describe_conninfo(url),
+            split.policy
         )))?;
     Ok((client, conn))
 }

@@ -135,6 +135,38 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
             crate::error::describe_conninfo(&cfg.database_url)
         ),
     ));
+    // What the session really negotiated, not what the URL asked for: under
+    // `prefer` a server without TLS gives a plaintext session.
+    let policy = crate::tls::split(&cfg.database_url)
+        .map(|s| s.policy.to_string())
+        .unwrap_or_default();
+    match client
+        .query_opt(
+            "SELECT ssl, coalesce(version, ''), coalesce(cipher, '') FROM pg_catalog.pg_stat_ssl \
+             WHERE pid = pg_catalog.pg_backend_pid()",
+            &[],
+        )
+        .await
+    {
+        Ok(Some(row)) if row.get::<_, bool>(0) => out.push(f(
+            "tls",
+            true,
+            format!(
+                "session encrypted ({}, {}), {policy}",
+                row.get::<_, String>(1),
+                row.get::<_, String>(2)
+            ),
+        )),
+        Ok(_) => out.push(f(
+            "tls",
+            true,
+            format!(
+                "session NOT encrypted ({policy}): to require TLS and check the server, add \
+                 sslmode=verify-full&sslrootcert=<CA file> to the database URL"
+            ),
+        )),
+        Err(e) => out.push(f("tls", false, format!("cannot read pg_stat_ssl: {e}"))),
+    }
     let q = |sql: &'static str| {
         let client = &client;
         async move {

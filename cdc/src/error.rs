@@ -365,7 +365,10 @@ fn object_store_failure(e: &deltalake::DeltaTableError) -> bool {
 /// ports and database only — never the text itself, so no spelling of a
 /// password (`password = x`, quoted, `?password=`, `sslpassword`) survives.
 pub fn describe_conninfo(conninfo: &str) -> String {
-    let Ok(cfg) = conninfo.parse::<tokio_postgres::Config>() else {
+    let Some(cfg) = crate::tls::split(conninfo)
+        .ok()
+        .and_then(|s| s.rest.parse::<tokio_postgres::Config>().ok())
+    else {
         return "<a connection string that does not parse>".into();
     };
     let user = cfg.get_user().unwrap_or("");
@@ -432,6 +435,14 @@ mod tests {
             ),
             (
                 "host=db user=app password=s3cret dbname=odoo",
+                "postgresql://app@db/odoo",
+            ),
+            (
+                "postgresql://app:s3cret@db/odoo?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+                "postgresql://app@db:5432/odoo",
+            ),
+            (
+                "host=db user=app password=s3cret dbname=odoo sslmode=verify-ca",
                 "postgresql://app@db/odoo",
             ),
             (

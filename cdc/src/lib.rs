@@ -38,6 +38,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod spill;
 pub mod status;
+pub mod tls;
 pub mod typemap;
 
 pub use config::Config;

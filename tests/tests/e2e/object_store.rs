@@ -6,7 +6,7 @@
 use super::refine::{gold_examples, load_odoo, odoo_workload};
 use super::*;
 
-fn output_text(out: &std::process::Output) -> String {
+pub(super) fn output_text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -330,3 +330,188 @@ async fn a_refinement_that_cannot_record_its_runs_is_logged_at_once_and_resumes(
     assert_eq!(rows.len(), 21, "silver caught up after the fix");
     env.assert_bronze_matches("public", "acct").await;
 }
+
+/// A CA, and a server certificate it signed for the name `localhost` only.
+struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    fn issue() -> TestCerts {
+        let dir = tempfile::tempdir().expect("cert dir");
+        let sh = |script: &str| {
+            let out = Command::new("bash")
+                .arg("-ec")
+                .arg(script)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (scripts/setup.sh --tests installs it)");
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=medallion-test-ca \
+              -keyout ca.key -out ca.crt 2>/dev/null
+            openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca \
+              -keyout other.key -out other.crt 2>/dev/null
+            openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+              -keyout server.key -out server.csr 2>/dev/null
+            printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+              -days 2 -extfile ext.cnf -out server.crt 2>/dev/null
+            chmod 0755 .; chmod 0644 *.crt; chmod 0600 server.key",
+        );
+        TestCerts { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// `medallion check` as `url`: success, and its printed text.
+fn check_as(env: &Env, url: &str) -> (bool, String) {
+    let out = env
+        .sidecar(&["check"], &[("MEDALLION_DATABASE_URL", url)])
+        .output()
+        .expect("medallion check");
+    (out.status.success(), super::object_store::output_text(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sidecar_session_uses_tls_as_the_url_asks() {
+    let env = Env::new();
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    env.sql("INSERT INTO t SELECT g, 'x' || g FROM generate_series(1, 50) g");
+    env.sql("SELECT medallion.add_source('t')");
+    env.sql("SELECT medallion.define_gold('t_total', 'SELECT count(*) AS n, sum(id) AS s FROM silver.t')");
+    env.sql("SELECT medallion.publish('t_total')");
+    let plain = env.sidecar_role();
+    // Publishing creates its schema: the one more privilege it needs.
+    env.sql(&format!("GRANT CREATE ON DATABASE {DB} TO sidecar"));
+
+    // The server: TLS on with a certificate for `localhost`, and an hba that
+    // refuses the sidecar's role any session without TLS (regular and
+    // replication); the harness's own superuser sessions stay plaintext.
+    let certs = TestCerts::issue();
+    let key = env.cluster.dir().join("server.key");
+    std::fs::copy(certs.path("server.key"), &key).expect("copy key");
+    let owner = Command::new("chown")
+        .arg("postgres:")
+        .arg(&key)
+        .status()
+        .expect("chown");
+    assert!(owner.success());
+    let hba = env.cluster.dir().join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        format!(
+            "hostnossl all sidecar 0.0.0.0/0 reject\nhostnossl replication sidecar 0.0.0.0/0 reject\n{rules}"
+        ),
+    )
+    .expect("write pg_hba.conf");
+    for setting in [
+        "ssl = on".to_string(),
+        format!("ssl_cert_file = '{}'", certs.path("server.crt")),
+        format!("ssl_key_file = '{}'", key.display()),
+    ] {
+        env.sql(&format!("ALTER SYSTEM SET {setting}"));
+    }
+    assert_eq!(env.sql("SELECT pg_reload_conf()").trim(), "t");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        env.sql("SHOW ssl").trim(),
+        "on",
+        "{}",
+        env.cluster.log_tail()
+    );
+
+    // The refusal is real: plaintext is turned away for the sidecar's role.
+    let (ok, text) = check_as(&env, &format!("{plain}?sslmode=disable"));
+    assert!(
+        !ok && text.contains("no encryption"),
+        "a plaintext sidecar session must be refused: {text}"
+    );
+
+    let ca = certs.path("ca.crt");
+    let port = env.cluster.port();
+    let full =
+        format!("postgresql://sidecar@localhost:{port}/{DB}?sslmode=verify-full&sslrootcert={ca}");
+    // verify-full: the chain and the name; check reports what was negotiated.
+    let (ok, text) = check_as(&env, &full);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("session encrypted (TLSv1.3") && text.contains("sslmode=verify-full"),
+        "{text}"
+    );
+    // A certificate from another CA is refused, naming the cause.
+    let other = full.replace(&ca, &certs.path("other.crt"));
+    let (ok, text) = check_as(&env, &other);
+    assert!(
+        !ok && text.contains("UnknownIssuer"),
+        "a server certificate from an untrusted CA must be refused: {text}"
+    );
+    // The host name is checked under verify-full, not under verify-ca.
+    let by_ip =
+        format!("postgresql://sidecar@127.0.0.1:{port}/{DB}?sslmode=verify-full&sslrootcert={ca}");
+    let (ok, text) = check_as(&env, &by_ip);
+    assert!(
+        !ok && text.contains("not valid for name"),
+        "verify-full must compare the certificate's name with the host: {text}"
+    );
+    let (ok, text) = check_as(&env, &by_ip.replace("verify-full", "verify-ca"));
+    assert!(ok, "verify-ca checks the chain only: {text}");
+    // The key=value form means the same.
+    let kv = format!(
+        "host=localhost port={port} user=sidecar dbname={DB} sslmode=verify-full sslrootcert='{ca}'"
+    );
+    let (ok, text) = check_as(&env, &kv);
+    assert!(ok && text.contains("session encrypted"), "{text}");
+
+    // The whole pipeline over TLS only: copy, stream, status, the lease,
+    // silver, gold and publish — every session of the sidecar's role must
+    // pass the hba rule above.
+    let log_before = std::fs::read_to_string(env.cluster.log_path())
+        .unwrap_or_default()
+        .len();
+    let cfg = Config {
+        database_url: full.clone(),
+        publish_database_url: Some(full.clone()),
+        ..env.cfg()
+    };
+    env.catch_up_with(&cfg).await;
+    env.sql(
+        "INSERT INTO t SELECT g, 'y' FROM generate_series(51, 80) g; DELETE FROM t WHERE id <= 5",
+    );
+    let s = env.catch_up_with(&cfg).await;
+    // 50 copied, 30 inserted and 5 deleted: each change exactly once.
+    assert_eq!(env.assert_bronze_matches("public", "t").await, 85);
+    let (mut client, conn) = medallion::catalog::connect(&full)
+        .await
+        .expect("a TLS session");
+    tokio::spawn(conn);
+    let r = medallion::refine::cycle(
+        &cfg,
+        &mut client,
+        s.acked_lsn as i64,
+        &std::collections::HashSet::new(),
+    )
+    .await
+    .expect("refinement cycle over TLS");
+    super::refine::assert_all_ok(&r);
+    assert_eq!(
+        env.sql("SELECT n || '|' || s FROM medallion_gold.t_total")
+            .trim(),
+        env.sql("SELECT count(*) || '|' || sum(id) FROM t").trim()
+    );
+    let log = std::fs::read_to_string(env.cluster.log_path()).unwrap_or_default();
+    let during = log.get(log_before..).unwrap_or("");
+    assert!(
+        !during.contains("no encryption"),
+        "a sidecar session tried plaintext: {during}"
+    );
+}
