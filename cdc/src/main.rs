@@ -97,14 +97,18 @@ async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow:
     }
     let w = match at {
         Some(w) => w,
-        None => medallion::refine::watermark(&client, &cfg.slot)
-            .await?
-            .with_context(|| {
-                format!(
-                    "replication slot {} does not exist: run `medallion run` first",
-                    cfg.slot
-                )
-            })?,
+        None => {
+            let (silver, _) = medallion::catalog::refined_definitions(&client).await?;
+            let floor = medallion::refine::refined_floor(cfg, &silver).await?;
+            medallion::refine::watermark(&client, &cfg.slot, floor)
+                .await?
+                .with_context(|| {
+                    format!(
+                        "replication slot {} does not exist: run `medallion run` first",
+                        cfg.slot
+                    )
+                })?
+        }
     };
     let forced = force.iter().cloned().collect();
     let report = medallion::refine::cycle(cfg, &mut client, w, &forced)

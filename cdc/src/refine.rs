@@ -75,19 +75,70 @@ impl CycleReport {
     }
 }
 
-/// The slot's confirmed position: everything before it is in bronze.
-pub async fn watermark(client: &Client, slot: &str) -> Result<Option<i64>> {
+/// The watermark to refine to: the slot's confirmed position (everything
+/// before it is durable in every bronze table), never below `floor`.
+///
+/// Postgres 15 writes a slot's `confirmed_flush_lsn` to disk only at a
+/// checkpoint or when its restart point moves, so after a crash of Postgres
+/// the slot can report a position older than one silver already reflects.
+/// `floor` is such a position (see [`refined_floor`]): one the slot once
+/// confirmed, so durable in bronze, and silver and gold never go back to
+/// an older one. A floor beyond the server's flushed WAL (a cluster restored
+/// from an older backup) is not one this server confirmed: it is ignored,
+/// with a warning.
+pub async fn watermark(client: &Client, slot: &str, floor: Option<i64>) -> Result<Option<i64>> {
     let row = client
         .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT confirmed_flush_lsn::text, pg_catalog.pg_current_wal_flush_lsn()::text \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
         .map_err(Error::pg("read slot position"))?;
-    Ok(row
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .and_then(|s| pg_walstream::parse_lsn(&s).ok())
-        .map(|l| l as i64))
+    let Some(row) = row else { return Ok(None) };
+    let lsn = |i: usize| {
+        row.get::<_, Option<String>>(i)
+            .and_then(|s| pg_walstream::parse_lsn(&s).ok())
+            .map(|l| l as i64)
+    };
+    let (confirmed, flushed) = (lsn(0), lsn(1));
+    Ok(match (confirmed, floor) {
+        (Some(c), Some(f)) if f > c && flushed.is_some_and(|w| f <= w) => {
+            tracing::debug!(slot_position = %pg_walstream::format_lsn(c as u64),
+                refined = %pg_walstream::format_lsn(f as u64),
+                "the slot reports an older position than silver reflects (Postgres restarted); refining from the newer");
+            Some(f)
+        }
+        (Some(c), Some(f)) if f > c => {
+            tracing::warn!(refined = %pg_walstream::format_lsn(f as u64),
+                "silver reflects a position beyond this server's WAL (restored from a backup?): \
+                 ignored; resync the sources to rebuild the lake from this server");
+            Some(c)
+        }
+        (c, _) => c,
+    })
+}
+
+/// The highest position a silver table of this slot's lake already reflects:
+/// the floor [`watermark`] never goes below (read once when a refiner starts;
+/// a running refiner raises it with every cycle).
+pub async fn refined_floor(
+    cfg: &Config,
+    silver: &[crate::catalog::SilverDef],
+) -> Result<Option<i64>> {
+    let lake_url = cfg.lake_root()?;
+    let storage = cfg.storage.to_map();
+    let refiner = Refiner::new(cfg, &lake_url, &storage);
+    let mut floor = None;
+    for def in silver {
+        match refiner.reflected(&def.name).await {
+            Ok(v) => floor = floor.max(v),
+            // A table that cannot be read fails alone in the cycle; the
+            // floor comes from the others.
+            Err(e) => tracing::debug!(silver = %def.name, error = %e, "no refined position"),
+        }
+    }
+    Ok(floor)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -190,12 +241,7 @@ pub async fn cycle(
 ) -> Result<CycleReport> {
     let lake_url = cfg.lake_root()?;
     let storage = cfg.storage.to_map();
-    let refiner = Refiner {
-        lake: &lake_url,
-        storage: &storage,
-        slot: &cfg.slot,
-        batch_rows: cfg.silver_batch_rows.max(1),
-    };
+    let refiner = Refiner::new(cfg, &lake_url, &storage);
     let (silver, gold) = catalog::refined_definitions(client).await?;
     let mut report = CycleReport {
         watermark: w,
@@ -498,6 +544,8 @@ async fn loop_once(
         .await
         .map_err(Error::pg("LISTEN"))?;
     let interval = Duration::from_millis(cfg.refine_interval_ms.max(100));
+    let (silver, _) = catalog::refined_definitions(&client).await?;
+    let mut floor = refined_floor(cfg, &silver).await?;
     let mut last_w = None;
     let mut forced = HashSet::new();
     let mut config_changed = true;
@@ -529,7 +577,7 @@ async fn loop_once(
                 tracing::warn!(error = %e, "audit sealing failed; records stay unsealed until it succeeds")
             }
         }
-        let Some(w) = watermark(&client, &cfg.slot).await? else {
+        let Some(w) = watermark(&client, &cfg.slot, floor).await? else {
             continue;
         };
         if last_w == Some(w)
@@ -551,6 +599,7 @@ async fn loop_once(
                 };
                 metrics.refine_cycle(failed("silver"), failed("gold"));
                 last_w = Some(w);
+                floor = floor.max(Some(w));
                 forced.clear();
                 config_changed = false;
             }

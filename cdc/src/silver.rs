@@ -112,7 +112,31 @@ fn lsn_text(lsn: i64) -> String {
     pg_walstream::format_lsn(lsn as u64)
 }
 
-impl Refiner<'_> {
+impl<'a> Refiner<'a> {
+    /// The refiner `cfg` describes, over its lake root and storage options.
+    pub fn new(
+        cfg: &'a crate::Config,
+        lake: &'a Url,
+        storage: &'a HashMap<String, String>,
+    ) -> Self {
+        Refiner {
+            lake,
+            storage,
+            slot: &cfg.slot,
+            batch_rows: cfg.silver_batch_rows.max(1),
+        }
+    }
+
+    /// The position silver table `name` reflects (its `txn` version: every
+    /// source transaction below it applied), if it was written.
+    pub async fn reflected(&self, name: &str) -> Result<Option<i64>> {
+        let url = lake::refined_url(self.lake, "silver", name)?;
+        match lake::open(&url, self.storage).await? {
+            Some(t) => lake::txn_version(&t, &app_id(name)).await,
+            None => Ok(None),
+        }
+    }
+
     /// Bring silver table `def` to watermark `w`: every source transaction
     /// with commit LSN `< w` applied, nothing after.
     pub async fn refresh(&self, def: &SilverDef, w: i64) -> Result<SilverReport> {

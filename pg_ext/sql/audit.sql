@@ -36,9 +36,12 @@ CREATE AGGREGATE medallion._chain(bytea, bytea) (SFUNC = medallion._chain_step, 
 
 -- Seal committed records: append them to their table's chain in id order.
 -- One sealer at a time; writers never wait for it.
+-- work_mem: one call sorts up to max_records canonical forms by table; in
+-- memory that costs a tenth of an external merge.
 CREATE FUNCTION medallion.seal_audit(max_records integer DEFAULT 100000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
 AS $$
 DECLARE
     st medallion.audit_sealer;
@@ -73,16 +76,18 @@ BEGIN
          LIMIT max_records
     ), chained AS (
         SELECT c.table_name, COALESCE(h.seq, 0) + row_number() OVER w AS seq, c.id AS record_id,
-               medallion._chain(COALESCE(h.hash, medallion._genesis()), medallion.audit_canonical(c.rec)) OVER w AS hash
+               medallion._chain(COALESCE(h.hash, medallion._genesis()), medallion.audit_canonical(c.rec)) OVER w AS hash,
+               -- the last link of each table's run is its new head (no second sort)
+               row_number() OVER w = count(*) OVER (PARTITION BY c.table_name) AS head
           FROM cand c LEFT JOIN medallion.audit_chain h ON h.table_name = c.table_name
         WINDOW w AS (PARTITION BY c.table_name ORDER BY c.id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     ), ins AS (
         INSERT INTO medallion.audit_seal (table_name, seq, record_id, hash)
         SELECT table_name, seq, record_id, hash FROM chained
-        RETURNING table_name, seq, record_id, hash
+        RETURNING record_id
     ), heads AS (
         INSERT INTO medallion.audit_chain AS h (table_name, seq, hash, sealed_at)
-        SELECT DISTINCT ON (table_name) table_name, seq, hash, now() FROM ins ORDER BY table_name, seq DESC
+        SELECT table_name, seq, hash, now() FROM chained WHERE head
         ON CONFLICT (table_name) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, sealed_at = EXCLUDED.sealed_at
     )
     SELECT count(*), max(record_id) INTO sealed, top FROM ins;

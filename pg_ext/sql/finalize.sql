@@ -38,6 +38,10 @@ CREATE EVENT TRIGGER medallion_new_tables ON ddl_command_end
 --   then act as the extension owner), tokenizes SQL text one way whatever the
 --   caller set: with standard_conforming_strings off, a backslash would
 --   escape a quote and text checked as one expression could end a statement.
+--   The row triggers written in Rust (audit_capture, audit_guard), which are
+--   not definer functions and run only fixed SQL texts without a backslash,
+--   pin search_path alone: every pinned setting is saved and restored once
+--   per audited row.
 DO $$
 DECLARE
     f record;
@@ -53,8 +57,11 @@ BEGIN
         IF f.unpinned_trigger THEN
             EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f.fn);
         END IF;
-        IF f.unpinned_trigger OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-                                          WHERE p.oid = f.fn AND (p.prosecdef OR p.proconfig IS NOT NULL)) THEN
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                    WHERE p.oid = f.fn AND (p.prosecdef OR p.proconfig IS NOT NULL)
+                      AND NOT (p.prolang = (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c')
+                               AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+                               AND NOT p.prosecdef)) THEN
             EXECUTE pg_catalog.format('ALTER FUNCTION %s SET standard_conforming_strings = on', f.fn);
         END IF;
     END LOOP;

@@ -283,7 +283,7 @@ impl Bench {
             let (mut client, conn) =
                 tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls).await?;
             tokio::spawn(conn);
-            let w = medallion::refine::watermark(&client, &cfg.slot)
+            let w = medallion::refine::watermark(&client, &cfg.slot, None)
                 .await?
                 .context("slot")?;
             let forced = force.iter().map(|s| s.to_string()).collect();

@@ -31,6 +31,11 @@ SELECT p.oid::regprocedure AS unpinned_trigger_function FROM pg_proc p
    AND NOT coalesce(p.proconfig, '{}') @> ARRAY['search_path=pg_catalog, pg_temp'];
 SELECT count(*) > 2 AS trigger_functions FROM pg_proc
  WHERE pronamespace = 'medallion'::regnamespace AND prorettype IN ('trigger'::regtype, 'event_trigger'::regtype);
+-- The Rust row triggers (invoker, fixed SQL texts only) pin exactly that:
+-- one setting saved and restored per audited row.
+SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p
+ WHERE p.pronamespace = 'medallion'::regnamespace AND p.proname IN ('audit_capture', 'audit_guard')
+ ORDER BY 1;
 
 -- The tokenizer attack: under standard_conforming_strings = off a backslash
 -- escapes a quote, so this filter would end ALTER PUBLICATION's WHERE clause
