@@ -44,7 +44,8 @@ enum Command {
     },
     /// Validate configuration and connectivity.
     Check,
-    /// Print the status Postgres holds for this sidecar's slot.
+    /// Print the status Postgres holds for this sidecar's slot, then a
+    /// summary; exits 1 when degraded (an object failed, the slot is missing or lost).
     Status,
     /// Compact small bronze files and vacuum unreferenced ones (safe while `run` runs).
     Optimize {
@@ -327,6 +328,13 @@ async fn main() -> anyhow::Result<()> {
                     r.get::<_, String>(6),
                     r.get::<_, String>(7)
                 );
+            }
+            // The summary last, and the exit code: 1 when degraded, so a
+            // cron job or an n8n node can alert on it.
+            let health = medallion::status::health(&client, &cfg.slot).await?;
+            println!("medallion: {health}");
+            if health.degraded() {
+                std::process::exit(1);
             }
         }
     }

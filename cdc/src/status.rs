@@ -97,3 +97,161 @@ impl StatusBoard {
         Ok(())
     }
 }
+
+/// How a slot's pipeline is doing, as `medallion status` summarises it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// The slot exists, is held by a sidecar, and its WAL is kept.
+    pub slot: Option<SlotHealth>,
+    /// Objects per layer and state: `(layer, state) → names`.
+    pub objects: BTreeMap<(String, String), Vec<String>>,
+    /// Seconds since silver or gold last finished a table in a good state
+    /// (`ok` or `up to date`); `None` before the first cycle.
+    pub refined_ago_s: Option<f64>,
+}
+
+/// The slot as Postgres reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotHealth {
+    pub active: bool,
+    pub wal_status: String,
+    pub lag_bytes: i64,
+}
+
+impl Health {
+    /// Failed objects, `layer.name`.
+    pub fn failed(&self) -> Vec<String> {
+        self.objects
+            .iter()
+            .filter(|((_, state), _)| state == "failed")
+            .flat_map(|((layer, _), names)| names.iter().map(move |n| format!("{layer}.{n}")))
+            .collect()
+    }
+
+    /// Degraded: an object failed, or the slot is missing or lost its WAL.
+    pub fn degraded(&self) -> bool {
+        !self.failed().is_empty() || self.slot.as_ref().is_none_or(|s| s.wal_status == "lost")
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let failed = self.failed();
+        if self.degraded() {
+            write!(f, "DEGRADED")?;
+        } else {
+            write!(f, "healthy")?;
+        }
+        match &self.slot {
+            None => write!(f, "; slot missing: `medallion run` creates it")?,
+            Some(s) => write!(
+                f,
+                "; slot {} ({}), {} bytes behind",
+                if s.active {
+                    "streaming"
+                } else {
+                    "idle: no sidecar holds it"
+                },
+                s.wal_status,
+                s.lag_bytes
+            )?,
+        }
+        if !failed.is_empty() {
+            write!(f, "; failed: {}", failed.join(", "))?;
+        }
+        for ((layer, state), names) in &self.objects {
+            if state != "failed" && state != "ok" && state != "up to date" {
+                write!(f, "; {layer} {state}: {}", names.len())?;
+            }
+        }
+        match self.refined_ago_s {
+            Some(s) => write!(f, "; last refined {s:.0} s ago"),
+            None => write!(f, "; not refined yet"),
+        }
+    }
+}
+
+/// Read [`Health`] for `slot` from `medallion.status()`.
+pub async fn health(client: &Client, slot: &str) -> Result<Health> {
+    let mut health = Health::default();
+    for r in client
+        .query(
+            "SELECT layer, name, state FROM medallion.status() WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg("read medallion.status()"))?
+    {
+        health
+            .objects
+            .entry((r.get(0), r.get(2)))
+            .or_default()
+            .push(r.get::<_, String>(1));
+    }
+    health.slot = client
+        .query_opt(
+            "SELECT active, coalesce(wal_status, ''), \
+                    coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn), 0)::int8 \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg("read the slot"))?
+        .map(|r| SlotHealth {
+            active: r.get(0),
+            wal_status: r.get(1),
+            lag_bytes: r.get(2),
+        });
+    health.refined_ago_s = client
+        .query_one(
+            "SELECT extract(epoch FROM pg_catalog.clock_timestamp() - max(updated_at))::float8 \
+             FROM medallion.table_status WHERE slot_name = $1 AND layer IN ('silver', 'gold') \
+               AND state IN ('ok', 'up to date')",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::pg("read medallion.table_status"))?
+        .get(0);
+    Ok(health)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_degraded_by_a_failed_object_or_a_lost_slot() {
+        let mut h = Health {
+            slot: Some(SlotHealth {
+                active: true,
+                wal_status: "reserved".into(),
+                lag_bytes: 120,
+            }),
+            refined_ago_s: Some(3.2),
+            ..Default::default()
+        };
+        h.objects
+            .insert(("silver".into(), "ok".into()), vec!["a".into(), "b".into()]);
+        assert!(!h.degraded());
+        assert_eq!(
+            h.to_string(),
+            "healthy; slot streaming (reserved), 120 bytes behind; last refined 3 s ago"
+        );
+        h.objects
+            .insert(("gold".into(), "failed".into()), vec!["m".into()]);
+        h.objects
+            .insert(("gold".into(), "blocked".into()), vec!["n".into()]);
+        assert!(h.degraded());
+        assert_eq!(
+            h.to_string(),
+            "DEGRADED; slot streaming (reserved), 120 bytes behind; failed: gold.m; gold blocked: 1; \
+             last refined 3 s ago"
+        );
+        h.objects.clear();
+        h.slot.as_mut().expect("slot").wal_status = "lost".into();
+        assert!(h.degraded());
+        h.slot = None;
+        assert!(h.degraded());
+        assert!(h.to_string().contains("slot missing"));
+    }
+}

@@ -703,6 +703,20 @@ async fn count_of(env: &Env) -> String {
         .unwrap()
 }
 
+/// gold.t_sum (`count(*) AS n, sum(v) AS s` over silver.t) equals Postgres.
+async fn assert_t_sum_equals_postgres(env: &Env) {
+    let gold = env.refined_rows("gold", "t_sum").await;
+    assert_eq!(gold.len(), 1, "{gold:?}");
+    assert_eq!(
+        format!(
+            "{}|{}",
+            gold[0]["n"].as_deref().unwrap_or(""),
+            gold[0]["s"].as_deref().unwrap_or("")
+        ),
+        env.sql("SELECT count(*) || '|' || sum(v) FROM t").trim()
+    );
+}
+
 /// The slot's confirmed position as a number.
 fn slot_position(env: &Env) -> i64 {
     env.sql(
@@ -804,13 +818,73 @@ async fn the_refine_watermark_never_goes_back_when_postgres_forgets_the_slot_pos
     assert!(r.watermark > refined_at);
     env.assert_bronze_matches("public", "t").await;
     env.assert_silver_matches("public", "t", "t").await;
-    let gold = env.refined_rows("gold", "t_sum").await;
+    assert_t_sum_equals_postgres(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_model_fails_alone_and_medallion_status_says_degraded() {
+    let env = Env::new();
+    env.sql("CREATE TABLE t (id int PRIMARY KEY, v int)");
+    env.sql("INSERT INTO t SELECT g, g FROM generate_series(1, 30) g");
+    env.sql("SELECT medallion.add_source('t')");
+    env.sql(
+        "SELECT medallion.define_gold('t_sum', 'SELECT count(*) AS n, sum(v) AS s FROM silver.t')",
+    );
+    assert_all_ok(&env.catch_up_and_refine().await);
+    let status = |env: &Env| {
+        let out = env
+            .sidecar(&["status"], &[])
+            .output()
+            .expect("medallion status");
+        (out.status.code(), super::object_store::output_text(&out))
+    };
+    let (code, text) = status(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("medallion: healthy; slot idle") && text.contains("s ago"),
+        "{text}"
+    );
+
+    // A model that fails when it runs (not when it is defined), beside two
+    // that work; its dependant is blocked naming it.
+    env.sql(
+        "SELECT medallion.define_gold('bad', 'SELECT CAST(''x'' || v AS int) AS n FROM silver.t')",
+    );
+    env.sql("SELECT medallion.define_gold('on_bad', 'SELECT count(*) AS c FROM gold.bad')");
+    env.sql("SELECT medallion.define_gold('t_max', 'SELECT max(v) AS m FROM silver.t')");
+    env.sql("UPDATE t SET v = v + 1 WHERE id = 1");
+    let r = env.catch_up_and_refine().await;
+    let state = |name: &str| {
+        r.tables
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.state.clone())
+            .unwrap_or_default()
+    };
     assert_eq!(
-        format!(
-            "{}|{}",
-            gold[0]["n"].as_deref().unwrap_or(""),
-            gold[0]["s"].as_deref().unwrap_or("")
+        (
+            state("t").as_str(),
+            state("t_sum").as_str(),
+            state("t_max").as_str(),
+            state("bad").as_str(),
+            state("on_bad").as_str()
         ),
-        env.sql("SELECT count(*) || '|' || sum(v) FROM t").trim()
+        ("ok", "ok", "ok", "failed", "blocked"),
+        "{:#?}",
+        r.tables
+    );
+    assert_t_sum_equals_postgres(&env).await;
+    let (code, text) = status(&env);
+    assert_eq!(code, Some(1), "a failed model makes status exit 1: {text}");
+    assert!(
+        text.contains("medallion: DEGRADED")
+            && text.contains("failed: gold.bad")
+            && text.contains("gold blocked: 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gold") && l.contains("bad") && l.contains("failed")),
+        "the table names the failed model: {text}"
     );
 }
