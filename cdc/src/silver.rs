@@ -840,6 +840,18 @@ pub(crate) async fn evaluate_predicate(
     };
     let all = arrow::compute::cast(&all, &DataType::Boolean)
         .map_err(Error::arrow("expectation result"))?;
+    // An aggregate (`count(*) > 0`) or a set-returning function gives
+    // another number of values than rows: refuse it instead of reading past
+    // the end or judging the wrong rows.
+    if all.len() != batch.num_rows() {
+        return Err(Error::Config(format!(
+            "{predicate:?} gives {} values for {} rows: an expectation is a condition on each \
+             row (no aggregate, window or set-returning function); fix it with \
+             medallion.expect(...)",
+            all.len(),
+            batch.num_rows()
+        )));
+    }
     Ok(all.as_boolean().clone())
 }
 
@@ -1619,4 +1631,43 @@ fn ts_field(name: &str) -> Field {
         DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         true,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_expectation_gives_one_value_per_row_or_an_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![Some(1), None, Some(3)]))],
+        )
+        .expect("batch");
+        let ctx = lake::session();
+        let pass = evaluate_predicate(&ctx, &batch, "v > 1")
+            .await
+            .expect("a condition on each row");
+        // NULL passes (SQL CHECK semantics).
+        assert_eq!(
+            pass.iter().collect::<Vec<_>>(),
+            vec![Some(false), Some(true), Some(true)]
+        );
+        // Aggregates and set-returning functions are no condition on each
+        // row: DataFusion 55 refuses them when planning, and a result of
+        // another length is refused after evaluation (never indexed).
+        for bad in [
+            "count(*) > 0",
+            "sum(v) > 1",
+            "max(v) = v",
+            "unnest(make_array(v, v)) > 1",
+        ] {
+            let e = evaluate_predicate(&ctx, &batch, bad)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted as a row condition"));
+            assert!(!e.to_string().is_empty());
+        }
+    }
 }
