@@ -316,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
                 "{:<7} {:<40} {:<12} {:<14} {:>10} {:>10} {:>12}  error",
                 "layer", "name", "state", "last_lsn", "rows", "lag_bytes", "retained_wal"
             );
-            for r in rows {
+            for r in &rows {
                 println!(
                     "{:<7} {:<40} {:<12} {:<14} {:>10} {:>10} {:>12}  {}",
                     r.get::<_, String>(0),
@@ -331,7 +331,8 @@ async fn main() -> anyhow::Result<()> {
             }
             // The summary last, and the exit code: 1 when degraded, so a
             // cron job or an n8n node can alert on it.
-            let health = medallion::status::health(&client, &cfg.slot).await?;
+            let objects = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2)));
+            let health = medallion::status::health(&client, &cfg.slot, objects).await?;
             println!("medallion: {health}");
             if health.degraded() {
                 std::process::exit(1);

@@ -171,22 +171,17 @@ impl std::fmt::Display for Health {
     }
 }
 
-/// Read [`Health`] for `slot` from `medallion.status()`.
-pub async fn health(client: &Client, slot: &str) -> Result<Health> {
+/// [`Health`] for `slot`: its objects as `(layer, name, state)` — the rows
+/// of `medallion.status()` the caller already read — then the slot and the
+/// time of the last refresh.
+pub async fn health(
+    client: &Client,
+    slot: &str,
+    objects: impl IntoIterator<Item = (String, String, String)>,
+) -> Result<Health> {
     let mut health = Health::default();
-    for r in client
-        .query(
-            "SELECT layer, name, state FROM medallion.status() WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(Error::pg("read medallion.status()"))?
-    {
-        health
-            .objects
-            .entry((r.get(0), r.get(2)))
-            .or_default()
-            .push(r.get::<_, String>(1));
+    for (layer, name, state) in objects {
+        health.objects.entry((layer, state)).or_default().push(name);
     }
     health.slot = client
         .query_opt(
