@@ -8,12 +8,13 @@ DEMO_DIR  ?= .medallion/demo
 DEMO_SCALE ?= 1
 PGRX_TEST_DIR ?= /tmp/medallion-pgrx-test
 
-.PHONY: help setup setup-tests demo test test-ext test-sql test-e2e lint fmt clean-demo
+.PHONY: help setup setup-tests demo test test-ext test-sql test-e2e fuzz lint fmt clean-demo
 
 help:
 	@echo "make demo   run the main job on a private Postgres and a local-directory lake"
 	@echo "make test   run the whole test suite (installs what is missing first)"
 	@echo "make lint   cargo fmt --check and cargo clippy -D warnings per crate"
+	@echo "make fuzz   longer property and definition fuzz runs (FUZZ_CASES=20000)"
 
 setup:
 	@scripts/setup.sh
@@ -44,6 +45,16 @@ test-ext:
 
 test-e2e:
 	cargo test -p medallion -p medallion-tests -- --test-threads=2
+
+# Longer property/fuzz runs than `make test` (which runs 256 cases per
+# property and 2,000 definition texts): the conversions, pgoutput handling and
+# spill file (cdc/tests/properties), then the definition validators in a real
+# Postgres with a fresh seed. Failures are saved in cdc/tests/properties/regressions.
+FUZZ_CASES ?= 20000
+fuzz: setup-tests
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test -p medallion --test properties
+	MEDALLION_FUZZ_CASES=$(FUZZ_CASES) MEDALLION_FUZZ_SEED=$$(date +%s) \
+	  cargo test -p medallion-tests --test e2e -- definition_fuzz --nocapture
 
 lint:
 	cargo fmt --all -- --check

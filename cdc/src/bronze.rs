@@ -197,6 +197,7 @@ impl MetaBuilders {
 }
 
 /// One value of a row being appended: `None` = NULL, `Unchanged` = TOAST not sent.
+#[derive(Debug)]
 pub enum Value<'a> {
     Null,
     Text(&'a [u8]),

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Modules follow the data: [`catalog`] (what to replicate), [`slot`],
-//! [`snapshot`] (initial copy), [`replicate`] (the stream), [`spill`]
+//! [`snapshot`] (initial copy), [`replicate`] (the stream), [`decode`]
+//! (pgoutput messages into changes and bronze rows), [`spill`]
 //! (large in-progress transactions), [`typemap`] (Postgres → Arrow),
 //! [`bronze`] (Delta tables), [`status`] and [`metrics`]; then the
 //! refinement layers: [`refine`] (one watermark per cycle), [`silver`],
@@ -23,6 +24,7 @@ pub mod bronze;
 pub mod catalog;
 pub mod check;
 pub mod config;
+pub mod decode;
 pub mod error;
 pub mod fault;
 pub mod gold;

@@ -316,10 +316,10 @@ pub async fn cycle(
         tracing::debug!(silver = %def.name, state = %out.state, elapsed = ?clock.elapsed(), "silver run");
         if let Some(p) = &def.publish
             && out.state == "ok"
+            && let Some(input) = inputs.get(&format!("silver.{}", def.name))
             && (run
                 || forced.contains(&format!("silver.{}", def.name))
-                || !published(client, p).await?)
-            && let Some(input) = inputs.get(&format!("silver.{}", def.name))
+                || !published_current(cfg, client, p, &input.table).await?)
         {
             let node = format!("silver.{}", def.name);
             if let Err(e) = publish_one(cfg, client, &input.table, p, &node, w).await {
@@ -401,7 +401,7 @@ pub async fn cycle(
         {
             let wm = out.watermark.unwrap_or(w);
             if let Some(p) = &def.publish
-                && (run || forced.contains(&node) || !published(client, p).await?)
+                && (run || forced.contains(&node) || !published_current(cfg, client, p, &t).await?)
                 && let Err(e) = publish_one(cfg, client, &t, p, &node, wm).await
             {
                 out = publish_failed(out, e)?;
@@ -423,20 +423,41 @@ pub async fn cycle(
     Ok(report)
 }
 
-/// Whether the target holds a publication of ours (a table someone else put
-/// there is not one: publishing is tried again, and fails visibly again).
-async fn published(client: &Client, target: &(String, String)) -> Result<bool> {
-    let row = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
-                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 \
-               AND pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'medallion: '))",
-            &[&target.0, &target.1],
-        )
-        .await
-        .map_err(Error::pg("check published table"))?;
-    Ok(row.get(0))
+/// Whether the target holds our publication of `table`'s current Delta
+/// version (its comment names the version). Anything else is published
+/// again: no table yet, someone else's table (which fails visibly again), or
+/// an older version — a crash between the gold commit and the publish
+/// commit leaves the previous contents, and the next cycle must not take
+/// them for current. Read where the tables are published
+/// (`publish_database_url`, else the catalog database).
+async fn published_current(
+    cfg: &Config,
+    client: &Client,
+    target: &(String, String),
+    table: &deltalake::DeltaTable,
+) -> Result<bool> {
+    const COMMENT: &str = "SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2";
+    let row = match &cfg.publish_database_url {
+        Some(url) => {
+            let (other, conn) = catalog::connect(url).await?;
+            let task = tokio::spawn(conn);
+            let r = other.query_opt(COMMENT, &[&target.0, &target.1]).await;
+            task.abort();
+            r
+        }
+        None => client.query_opt(COMMENT, &[&target.0, &target.1]).await,
+    }
+    .map_err(Error::pg("check published table"))?;
+    let comment: Option<String> = row.and_then(|r| r.get(0));
+    Ok(comment.is_some_and(|c| {
+        c.starts_with("medallion: ")
+            && c.ends_with(&format!("(Delta version {})", delta_version(table)))
+    }))
+}
+
+fn delta_version(table: &deltalake::DeltaTable) -> i64 {
+    table.version().map(|v| v as i64).unwrap_or(-1)
 }
 
 async fn publish_one(
@@ -450,7 +471,7 @@ async fn publish_one(
     let comment = format!(
         "medallion: {node} at source LSN {} (Delta version {})",
         pg_walstream::format_lsn(w as u64),
-        table.version().map(|v| v as i64).unwrap_or(-1)
+        delta_version(table)
     );
     let rows = match &cfg.publish_database_url {
         Some(url) => {

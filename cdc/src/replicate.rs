@@ -26,22 +26,21 @@ use std::time::{Duration, Instant};
 
 use deltalake::kernel::Transaction;
 use futures::StreamExt;
-use pg_walstream::{
-    LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream, TupleData,
-};
+use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, LogicalReplicationStream};
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::bronze::{self, BronzeTable, Op, RowMeta, TableId, Value};
+use crate::bronze::{self, BronzeTable, RowMeta, TableId};
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
+use crate::decode::{self, Change};
 use crate::error::{Error, Result, RetryPolicy};
 use crate::lease::{Lease, LeaseKind};
 use crate::metrics::Metrics;
 use crate::slot::SlotCreation;
 use crate::snapshot::{self, SnapshotJob, SnapshotSource};
-use crate::spill::{Cell, Change, ChangeKind, RelationShape, Spill, Spilled};
+use crate::spill::{RelationShape, Spill, Spilled};
 use crate::status::StatusBoard;
 use crate::typemap::Kind;
 
@@ -386,17 +385,6 @@ async fn run_once(
     Ok(summary)
 }
 
-fn cells(t: TupleData) -> Vec<Cell> {
-    t.columns
-        .into_iter()
-        .map(|c| match c.data_type {
-            b'n' => Cell::Null,
-            b'u' => Cell::Unchanged,
-            _ => Cell::Text(c.into_bytes()),
-        })
-        .collect()
-}
-
 impl Replicator<'_> {
     /// Bring tables in line with the publication: open bronze tables, copy
     /// the ones without a snapshot (or with a pending resync).
@@ -653,6 +641,10 @@ impl Replicator<'_> {
         msg_xid: Option<u32>,
     ) -> Result<()> {
         use LogicalReplicationMessage as M;
+        let msg = match decode::change(msg) {
+            Ok(ch) => return self.route(ch, is_streaming, msg_xid).await,
+            Err(other) => other,
+        };
         match msg {
             M::Begin {
                 final_lsn,
@@ -694,51 +686,6 @@ impl Replicator<'_> {
                 } else {
                     self.apply_relation(shape, true).await?;
                 }
-            }
-            M::Insert { relation_id, tuple } => {
-                let ch = Change {
-                    kind: ChangeKind::Insert,
-                    relids: vec![relation_id],
-                    old: None,
-                    new: Some(cells(tuple)),
-                };
-                self.route(ch, is_streaming, msg_xid).await?;
-            }
-            M::Update {
-                relation_id,
-                old_tuple,
-                new_tuple,
-                ..
-            } => {
-                let ch = Change {
-                    kind: ChangeKind::Update,
-                    relids: vec![relation_id],
-                    old: old_tuple.map(cells),
-                    new: Some(cells(new_tuple)),
-                };
-                self.route(ch, is_streaming, msg_xid).await?;
-            }
-            M::Delete {
-                relation_id,
-                old_tuple,
-                ..
-            } => {
-                let ch = Change {
-                    kind: ChangeKind::Delete,
-                    relids: vec![relation_id],
-                    old: Some(cells(old_tuple)),
-                    new: None,
-                };
-                self.route(ch, is_streaming, msg_xid).await?;
-            }
-            M::Truncate { relation_ids, .. } => {
-                let ch = Change {
-                    kind: ChangeKind::Truncate,
-                    relids: relation_ids,
-                    old: None,
-                    new: None,
-                };
-                self.route(ch, is_streaming, msg_xid).await?;
             }
             M::StreamStart { xid, .. } => self.stream_xid = Some(xid),
             M::StreamStop => self.stream_xid = None,
@@ -944,37 +891,9 @@ impl Replicator<'_> {
                 continue;
             }
             let ncols = state.bronze.columns().len();
-            let mut rows: Vec<(Op, &Vec<Cell>)> = Vec::with_capacity(2);
-            let empty: Vec<Cell> = Vec::new();
-            match ch.kind {
-                ChangeKind::Insert => rows.push((Op::Insert, ch.new.as_ref().unwrap_or(&empty))),
-                ChangeKind::Update => {
-                    let new = ch.new.as_ref().unwrap_or(&empty);
-                    if let Some(old) = &ch.old {
-                        // The key changed: the old key leaves, the new row arrives.
-                        let key_changed = rel.columns.iter().enumerate().any(|(i, c)| {
-                            c.3 && matches!((old.get(i), new.get(i)), (Some(Cell::Text(a)), Some(Cell::Text(b))) if a != b)
-                        });
-                        if key_changed {
-                            rows.push((Op::Delete, old));
-                        }
-                    }
-                    rows.push((Op::Update, new));
-                }
-                ChangeKind::Delete => rows.push((Op::Delete, ch.old.as_ref().unwrap_or(&empty))),
-                ChangeKind::Truncate => rows.push((Op::Truncate, &empty)),
-            }
-            for (op, tuple) in rows {
-                let mut values: Vec<Value> = (0..ncols).map(|_| Value::Null).collect();
-                for (i, cell) in tuple.iter().enumerate() {
-                    if let Some(Some(b)) = state.rel_map.get(i) {
-                        values[*b] = match cell {
-                            Cell::Null => Value::Null,
-                            Cell::Unchanged => Value::Unchanged,
-                            Cell::Text(t) => Value::Text(t.as_ref()),
-                        };
-                    }
-                }
+            let key: Vec<bool> = rel.columns.iter().map(|c| c.3).collect();
+            for (op, tuple) in decode::row_images(&ch, &key) {
+                let values = decode::bronze_values(&state.rel_map, tuple, ncols);
                 let seq = match &mut self.tx {
                     Some(tx) => {
                         tx.seq += 1;
@@ -1042,7 +961,12 @@ impl Replicator<'_> {
         for id in ids {
             let started = Instant::now();
             let state = self.tables.get_mut(&id).expect("listed above");
-            let lsn = state.pending_lsn;
+            // The table's stream position never goes back: a commit with no
+            // row (only a schema change, a Relation message inside a
+            // transaction) carries the position already committed. A lower
+            // version (0) would make a restart apply again every change
+            // bronze holds above the slot's confirmed position.
+            let lsn = state.pending_lsn.max(state.skip_upto);
             let version = state
                 .bronze
                 .commit(

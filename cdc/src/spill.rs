@@ -15,37 +15,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::decode::{Cell, Change, ChangeKind};
 use crate::error::{Error, Result};
-
-/// One column value of a decoded tuple.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Null,
-    /// An unchanged TOAST value that pgoutput did not send.
-    Unchanged,
-    Text(Bytes),
-}
-
-/// What a change did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-}
-
-/// A decoded row change (or truncate), independent of the wire format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    pub kind: ChangeKind,
-    /// Relation OIDs (one, or several for TRUNCATE).
-    pub relids: Vec<u32>,
-    /// Old key or old row (UPDATE with a changed key / REPLICA IDENTITY FULL, DELETE).
-    pub old: Option<Vec<Cell>>,
-    /// New row (INSERT, UPDATE).
-    pub new: Option<Vec<Cell>>,
-}
 
 /// A relation's shape as a Relation message described it: column name,
 /// type OID, typmod and whether it is part of the replica identity.

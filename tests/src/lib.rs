@@ -1,12 +1,13 @@
 //! Test support for medallion: a private Postgres cluster per test
 //! ([`cluster`]), the Odoo-shaped data generator ([`odoo`]), helpers that read
 //! Delta tables back ([`lake`]) and locate the real Odoo 18 facts in
-//! `../shared/odoo18` ([`shared`]), and a private S3-compatible server
-//! (Ceph RGW, [`s3`]).
+//! `../shared/odoo18` ([`shared`]), comparisons with Postgres itself
+//! ([`oracle`]), and a private S3-compatible server (Ceph RGW, [`s3`]).
 
 pub mod cluster;
 pub mod lake;
 pub mod odoo;
+pub mod oracle;
 pub mod s3;
 pub mod shared;
 

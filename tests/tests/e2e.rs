@@ -7,7 +7,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::SinkExt;
 use medallion::Config;
 use medallion::replicate::{self, RunOptions, RunSummary};
 use medallion_tests::cluster::{ClusterOptions, PgCluster};
@@ -33,6 +32,9 @@ mod sidecar_security;
 
 #[path = "e2e/definition_fuzz.rs"]
 mod definition_fuzz;
+
+#[path = "e2e/cli.rs"]
+mod cli;
 
 struct Env {
     cluster: PgCluster,
@@ -199,7 +201,10 @@ impl Env {
 
     /// `medallion run --until-caught-up` as a process that must die at the
     /// fault-injection point `point` (`name:n`), flushing every `flush_rows`.
+    /// Fails unless the process stopped there: its stderr names the point
+    /// (a crash anywhere else, or a clean exit, proves nothing).
     fn run_to_fault(&self, point: &str, flush_rows: &str) {
+        let log = tempfile::NamedTempFile::new().expect("stderr file");
         let mut child = self
             .sidecar(
                 &["run", "--until-caught-up"],
@@ -208,11 +213,52 @@ impl Env {
                     ("MEDALLION_FLUSH_ROWS", flush_rows),
                 ],
             )
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log.reopen().expect("stderr file")))
             .spawn()
             .expect("spawn sidecar");
         let st = wait_exit(&mut child, Duration::from_secs(180));
-        assert!(!st.success(), "fault point {point} was never reached");
+        let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+        let name = point.split(':').next().unwrap_or(point);
+        assert!(
+            !st.success() && err.contains(&format!("fault injected at {name} ")),
+            "fault point {point} was never reached ({st}): {err}"
+        );
+    }
+
+    /// Distinct snapshot LSNs in a bronze table's current version.
+    async fn snapshot_generations(&self, schema: &str, table: &str) -> usize {
+        self.bronze_rows(schema, table)
+            .await
+            .iter()
+            .filter(|r| r.op == "snapshot")
+            .map(|r| r.lsn)
+            .collect::<std::collections::BTreeSet<i64>>()
+            .len()
+    }
+
+    /// The change rows of a bronze table's current version.
+    async fn bronze_rows(&self, schema: &str, table: &str) -> Vec<lake::ChangeRow> {
+        let batches = lake::read_table_url(
+            &lake::bronze_url(&self.lake_root(), schema, table),
+            &self.storage(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read bronze {schema}.{table}: {e}"));
+        lake::change_rows(&batches)
+    }
+
+    /// Change rows of a bronze table by operation, e.g. `snapshot=3000
+    /// insert=2000 delete=200` (operations in name order, zero counts left out).
+    async fn bronze_op_counts(&self, schema: &str, table: &str) -> String {
+        let mut by_op = std::collections::BTreeMap::<String, usize>::new();
+        for r in self.bronze_rows(schema, table).await {
+            *by_op.entry(r.op).or_default() += 1;
+        }
+        by_op
+            .iter()
+            .map(|(op, n)| format!("{op}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     async fn client(&self) -> tokio_postgres::Client {
@@ -292,73 +338,10 @@ impl Env {
         rows: impl Iterator<Item = &'r std::collections::HashMap<String, Option<String>>>,
         label: &str,
     ) {
-        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let chk = q(&format!("chk_{schema}_{table}"));
-        let qcols = cols
-            .iter()
-            .map(|(c, _)| q(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS medallion_check; DROP TABLE IF EXISTS medallion_check.{chk}; \
-                 CREATE TABLE medallion_check.{chk} ({})",
-                cols.iter()
-                    .map(|(c, t)| format!("{} {t}", q(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .await
-            .expect("create check table");
-        let sink = client
-            .copy_in(&format!("COPY medallion_check.{chk} ({qcols}) FROM STDIN"))
-            .await
-            .expect("copy in");
-        futures::pin_mut!(sink);
-        let mut buf = String::new();
-        for values in rows {
-            let line: Vec<String> = cols
-                .iter()
-                .map(|(c, _)| lake::copy_escape(&values.get(c).cloned().flatten()))
-                .collect();
-            buf.push_str(&line.join("\t"));
-            buf.push('\n');
-            if buf.len() > 1 << 20 {
-                sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
-                    .await
-                    .expect("copy data");
-            }
-        }
-        sink.send(bytes::Bytes::from(buf)).await.expect("copy data");
-        sink.finish().await.expect("copy finish");
-        let comparable = cols
-            .iter()
-            .map(|(c, t)| {
-                if t == "json" || t == "xml" || t.starts_with("point") {
-                    format!("{}::text", q(c))
-                } else {
-                    q(c)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let src = format!("ONLY {}.{}", q(schema), q(table));
-        let dst = format!("medallion_check.{chk}");
-        for (a, b, what) in [(&src, &dst, "missing from"), (&dst, &src, "extra in")] {
-            let diff = client
-                .query(
-                    &format!(
-                        "SELECT ({comparable})::text FROM (SELECT {comparable} FROM {a} EXCEPT ALL SELECT {comparable} FROM {b}) d LIMIT 5"
-                    ),
-                    &[],
-                )
-                .await
-                .expect("compare");
-            let sample: Vec<String> = diff.iter().map(|r| r.get(0)).collect();
-            assert!(
-                sample.is_empty(),
-                "{schema}.{table}: rows {what} {label}, e.g. {sample:#?}"
-            );
+        if let Err(e) =
+            medallion_tests::oracle::rows_equal_source(client, schema, table, cols, rows).await
+        {
+            panic!("{schema}.{table}: {e} ({label})");
         }
     }
 }
@@ -622,15 +605,25 @@ async fn a_streamed_transaction_that_changes_its_tables_shape_keeps_every_value(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_every_fault_point_gives_the_same_lake() {
-    // (fault point, crash during the initial copy rather than the stream)
-    for (point, in_copy) in [
-        ("mid_snapshot:1", true),
-        ("after_bronze_commit:1", true),
-        ("before_bronze_commit:2", true),
-        ("mid_transaction:1", false),
-        ("before_bronze_commit:1", false),
-        ("after_bronze_commit:1", false),
-        ("after_bronze_commit:2", false),
+    use medallion::fault::{
+        AFTER_BRONZE_COMMIT, BEFORE_BRONZE_COMMIT, MID_SNAPSHOT, MID_TRANSACTION,
+    };
+    // Exactly what bronze must hold afterwards: one snapshot generation per
+    // table and every change once. A copy the crash interrupted before its
+    // commit is taken again later, so it already holds the changes.
+    const LEDGER_THEN_CHANGES: &str = "delete=500 insert=2000 snapshot=3000";
+    const LEDGER_COPIED_LATER: &str = "snapshot=4500";
+    const PARTNER_THEN_CHANGES: &str = "snapshot=50 update=16";
+    const PARTNER_COPIED_LATER: &str = "snapshot=50";
+    // (fault point, n-th arrival, crash during the initial copy rather than the stream)
+    for (point, n, in_copy) in [
+        (MID_SNAPSHOT, 1, true),
+        (AFTER_BRONZE_COMMIT, 1, true),
+        (BEFORE_BRONZE_COMMIT, 2, true),
+        (MID_TRANSACTION, 1, false),
+        (BEFORE_BRONZE_COMMIT, 1, false),
+        (AFTER_BRONZE_COMMIT, 1, false),
+        (AFTER_BRONZE_COMMIT, 2, false),
     ] {
         let env = Env::new();
         env.sql("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric, note text)");
@@ -638,7 +631,7 @@ async fn kill_9_at_every_fault_point_gives_the_same_lake() {
         env.sql("CREATE TABLE partner (id int PRIMARY KEY, email text)");
         env.sql("INSERT INTO partner SELECT g, 'p' || g FROM generate_series(1, 50) g");
         env.sql("SELECT medallion.add_source('ledger'); SELECT medallion.add_source('partner')");
-        let faulty = |env: &Env| env.run_to_fault(point, "500");
+        let faulty = |env: &Env| env.run_to_fault(&format!("{point}:{n}"), "500");
         if in_copy {
             faulty(&env);
         } else {
@@ -653,7 +646,64 @@ async fn kill_9_at_every_fault_point_gives_the_same_lake() {
         env.catch_up().await;
         env.assert_bronze_matches("public", "ledger").await;
         env.assert_bronze_matches("public", "partner").await;
+        for (table, then, later) in [
+            ("ledger", LEDGER_THEN_CHANGES, LEDGER_COPIED_LATER),
+            ("partner", PARTNER_THEN_CHANGES, PARTNER_COPIED_LATER),
+        ] {
+            assert_eq!(
+                env.snapshot_generations("public", table).await,
+                1,
+                "{point}:{n}: public.{table} was copied more than once"
+            );
+            let got = env.bronze_op_counts("public", table).await;
+            let allowed: &[&str] = if in_copy { &[then, later] } else { &[then] };
+            assert!(
+                allowed.contains(&got.as_str()),
+                "{point}:{n}: public.{table} holds {got}, expected one of {allowed:?}"
+            );
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_a_streamed_transaction_gives_the_same_lake() {
+    // Postgres streams the transaction before its commit (64kB of decoding
+    // memory): the sidecar spills it, and dies while staging its replay.
+    let env = Env::with(ClusterOptions {
+        extra_conf: vec!["logical_decoding_work_mem = '64kB'".into()],
+    });
+    env.sql("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric, note text)");
+    env.sql("INSERT INTO ledger SELECT g, g, 'base' FROM generate_series(1, 1000) g");
+    env.sql("SELECT medallion.add_source('ledger')");
+    env.catch_up().await;
+    let streamed = || {
+        env.sql(
+            "SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots WHERE slot_name = 'medallion'",
+        )
+        .trim()
+        .parse::<i64>()
+        .unwrap()
+    };
+    let before = streamed();
+    env.sql(
+        "BEGIN; INSERT INTO ledger SELECT g, g, 'big ' || g FROM generate_series(1001, 21000) g; \
+         SAVEPOINT s; DELETE FROM ledger WHERE id <= 100; ROLLBACK TO s; \
+         UPDATE ledger SET amount = amount + 1 WHERE id % 4 = 0; COMMIT",
+    );
+    env.run_to_fault(&format!("{}:3", medallion::fault::MID_TRANSACTION), "2000");
+    env.catch_up().await;
+    wait_until(
+        Duration::from_secs(30),
+        "the transaction is counted as streamed",
+        || streamed() > before,
+    );
+    env.assert_bronze_matches("public", "ledger").await;
+    assert_eq!(env.snapshot_generations("public", "ledger").await, 1);
+    assert_eq!(
+        env.bronze_op_counts("public", "ledger").await,
+        "insert=20000 snapshot=1000 update=5250",
+        "every change of the streamed transaction once, none of its rolled-back part"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,6 +713,7 @@ async fn kill_9_at_random_instants_while_streaming() {
     env.sql("SELECT medallion.add_source('ev')");
     env.catch_up().await;
     let mut next = 1;
+    let mut updates = 0;
     for delay_ms in [150u64, 420, 900, 60] {
         let mut child = env
             .sidecar(&["run"], &[])
@@ -676,12 +727,18 @@ async fn kill_9_at_random_instants_while_streaming() {
                 next + 199
             ));
             next += 200;
+            updates += (next - 1) / 5;
         }
         child.kill().expect("kill -9");
         let _ = child.wait();
     }
     env.catch_up().await;
     env.assert_bronze_matches("public", "ev").await;
+    // Empty when added: no snapshot rows; every change exactly once.
+    assert_eq!(
+        env.bronze_op_counts("public", "ev").await,
+        format!("insert={} update={updates}", next - 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

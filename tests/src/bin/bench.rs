@@ -14,6 +14,9 @@
 //! 3. freshness: source commit → visible in bronze (the Delta commit's
 //!    timestamp) p50/p99 at a steady ~1,000 tps.
 //! 4. peak RSS of the sidecar while it replicates one large transaction.
+//!
+//! `chaos` and `soak` are not speed figures but robustness runs that print
+//! counts and samples (see their module docs).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,6 +25,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use medallion_tests::cluster::{ClusterOptions, PgCluster};
+
+#[path = "bench/chaos.rs"]
+mod chaos;
+#[path = "bench/soak.rs"]
+mod soak;
 
 #[derive(Parser)]
 struct Cli {
@@ -75,6 +83,28 @@ enum What {
         /// the per-round ratios.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Kill -9 the sidecar, crash Postgres and stop the object store under
+    /// an Odoo-shaped workload; then bronze, silver and gold must equal Postgres.
+    Chaos {
+        #[arg(long, default_value_t = 50)]
+        kills: usize,
+        #[arg(long, default_value_t = 5)]
+        pg_restarts: usize,
+        #[arg(long, default_value_t = 2)]
+        outages: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// A steady load for N minutes with optimize on a timer: RSS, open
+    /// files, bronze files and lag must stay flat.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        #[arg(long, default_value_t = 1000)]
+        tps: u64,
+        #[arg(long, default_value_t = 120)]
+        optimize_every_s: u64,
     },
     All {
         #[arg(long, default_value_t = 1_000_000)]
@@ -797,6 +827,17 @@ fn main() -> anyhow::Result<()> {
             rows,
             rounds,
         } => drop(audit(seconds, clients, rows, rounds)?),
+        What::Chaos {
+            kills,
+            pg_restarts,
+            outages,
+            seed,
+        } => chaos::chaos(kills, pg_restarts, outages, seed)?,
+        What::Soak {
+            minutes,
+            tps,
+            optimize_every_s,
+        } => soak::soak(minutes, tps, optimize_every_s)?,
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;

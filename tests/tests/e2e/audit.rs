@@ -107,11 +107,37 @@ async fn parallel_writers_yield_one_valid_chain() {
     );
     assert!(sealed_live > 0, "records were sealed while writers wrote");
 
+    assert!(committed > 0, "writers committed transactions");
+    // One more change after the sealer stopped: a read-only verification
+    // (which cannot seal) must report it unsealed, then verify_audit seals it.
+    env.sql("UPDATE public.account_move SET amount_total = amount_total + 1, write_uid = 9 WHERE id = 1");
+    let client = env.client().await;
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let ro = client
+        .query_one(
+            "SELECT status, unsealed FROM medallion.verify_audit('public.account_move')",
+            &[],
+        )
+        .await
+        .expect("read-only verify_audit");
+    client.batch_execute("COMMIT").await.unwrap();
+    let direct = env.sql(
+        "SELECT count(*) FROM medallion.audit_log l LEFT JOIN medallion.audit_seal s ON s.record_id = l.id \
+          WHERE l.table_name = 'public.account_move' AND s.record_id IS NULL",
+    );
+    let (ro_status, ro_unsealed): (String, i64) = (ro.get(0), ro.get(1));
+    assert_eq!(ro_status, "OK");
+    assert!(
+        ro_unsealed >= 1,
+        "the last change is unsealed before verify seals"
+    );
+    assert_eq!(ro_unsealed.to_string(), direct.trim(), "unsealed count");
     let verify = env
         .sql("SELECT status, records, unsealed FROM medallion.verify_audit('public.account_move')");
-    // Two records (UPDATE + INSERT) per committed transaction, none of the
-    // rolled-back ones, every one sealed exactly once in one gapless chain.
-    let expected = 2 * committed;
+    // Two records (UPDATE + INSERT) per committed transaction and the last
+    // UPDATE, none of the rolled-back ones, every one sealed exactly once in
+    // one gapless chain.
+    let expected = 2 * committed + 1;
     assert_eq!(verify.trim(), format!("OK|{expected}|0"), "verify_audit");
     assert_eq!(
         env.sql(
@@ -120,7 +146,7 @@ async fn parallel_writers_yield_one_valid_chain() {
              WHERE l.table_name = 'public.account_move'"
         )
         .trim(),
-        format!("{expected}|{committed}|1|{expected}|{expected}")
+        format!("{expected}|{}|1|{expected}|{expected}", committed + 1)
     );
     assert_eq!(
         env.sql(
@@ -141,14 +167,11 @@ async fn parallel_writers_yield_one_valid_chain() {
         .trim(),
         "0"
     );
-    // Records of one transaction are contiguous in the chain only if sealed
-    // together; the chain order is the seal order, never a fork.
+    // The chain's head is the last seal: one chain, never a fork or a gap.
     assert_eq!(
-        env.sql(
-            "SELECT count(*) FROM (SELECT table_name, count(*) FROM medallion.audit_chain GROUP BY 1) x"
-        )
-        .trim(),
-        "1"
+        env.sql("SELECT seq FROM medallion.audit_chain WHERE table_name = 'public.account_move'")
+            .trim(),
+        expected.to_string()
     );
 }
 
@@ -202,6 +225,30 @@ async fn real_odoo_18_audit_trail_matches_the_source() {
     let t_mid = env.sql("SELECT clock_timestamp()").trim().to_string();
     replay(&env, work, &second, "w1b.sql");
 
+    // Nothing sealed the trail yet: a read-only verification reports every
+    // record unsealed; verify_audit then seals them all.
+    let client = env.client().await;
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let ro = client
+        .query(
+            "SELECT v.table_name, v.status, v.unsealed, \
+                    (SELECT count(*) FROM medallion.audit_log l WHERE l.table_name = v.table_name) \
+               FROM medallion.verify_audit() v ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("read-only verify_audit");
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(ro.len(), 3);
+    for r in &ro {
+        let (t, st, unsealed, records): (String, String, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert_eq!(st, "OK", "{t}");
+        assert!(
+            records > 0 && unsealed == records,
+            "{t}: {unsealed} of {records} unsealed"
+        );
+    }
     let verify = env.sql(
         "SELECT table_name || ' ' || status || ' ' || unsealed FROM medallion.verify_audit() ORDER BY 1",
     );

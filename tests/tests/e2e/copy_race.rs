@@ -7,7 +7,6 @@
 //! that bronze and silver equal the source, with the expected number of
 //! snapshot generations.
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 
@@ -118,22 +117,6 @@ impl Env {
             .spawn()
             .expect("spawn sidecar");
         Paused { child, dir, point }
-    }
-
-    /// Distinct snapshot LSNs in a bronze table's current version.
-    async fn snapshot_generations(&self, schema: &str, table: &str) -> usize {
-        let batches = lake::read_table_url(
-            &lake::bronze_url(&self.lake_root(), schema, table),
-            &self.storage(),
-        )
-        .await
-        .expect("read bronze");
-        lake::change_rows(&batches)
-            .iter()
-            .filter(|r| r.op == "snapshot")
-            .map(|r| r.lsn)
-            .collect::<BTreeSet<i64>>()
-            .len()
     }
 
     /// Stream what is left, refine once, and compare bronze and silver of

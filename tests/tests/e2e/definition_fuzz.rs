@@ -88,9 +88,18 @@ async fn fuzzed_filters_predicates_and_models_never_run_a_second_statement() {
         .await
         .expect("connect as fuzzer");
     tokio::spawn(conn);
-    let mut rng = ChaCha8Rng::seed_from_u64(0x6d65_6461_6c6c);
+    // `make fuzz` sets MEDALLION_FUZZ_CASES (and a seed per run) for a longer run.
+    let seed = std::env::var("MEDALLION_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6d65_6461_6c6c);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut outcomes: BTreeMap<(&str, String), usize> = BTreeMap::new();
-    let cases = 2000;
+    let cases: usize = std::env::var("MEDALLION_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    eprintln!("definition fuzz: {cases} cases, seed {seed}");
     for i in 0..cases {
         let text = random_text(&mut rng);
         for scs in ["on", "off"] {

@@ -78,26 +78,65 @@ impl Env {
             .collect()
     }
 
+    pub(super) async fn refined_batches(
+        &self,
+        layer: &str,
+        name: &str,
+    ) -> Vec<arrow::record_batch::RecordBatch> {
+        let url = self
+            .lake_root()
+            .join(&format!("{layer}/{name}/"))
+            .expect("refined table URL");
+        lake::read_table_url(&url, &self.storage())
+            .await
+            .unwrap_or_else(|e| panic!("read {layer}.{name}: {e}"))
+    }
+
     pub(super) async fn refined_rows(
         &self,
         layer: &str,
         name: &str,
     ) -> Vec<HashMap<String, Option<String>>> {
-        let url = self
-            .lake_root()
-            .join(&format!("{layer}/{name}/"))
-            .expect("refined table URL");
-        let batches = lake::read_table_url(&url, &self.storage())
-            .await
-            .unwrap_or_else(|e| panic!("read {layer}.{name}: {e}"));
-        lake::rows_as_text(&batches)
+        lake::rows_as_text(&self.refined_batches(layer, name).await)
     }
 
-    /// A current-state silver table equals its source, row for row.
+    /// A current-state silver table equals its source, row for row, and
+    /// each column has the Arrow type the type map gives its Postgres type
+    /// (timestamptz stays UTC-adjusted, numeric a decimal of its scale, text
+    /// text): a text rendering alone would hide a lossy type.
     pub(super) async fn assert_silver_matches(&self, schema: &str, table: &str, silver: &str) {
         let client = self.client().await;
         let cols = self.source_columns(schema, table).await;
-        let rows = self.refined_rows("silver", silver).await;
+        let batches = self.refined_batches("silver", silver).await;
+        let types = client
+            .query(
+                "SELECT attname::text, atttypid::int8, atttypmod FROM pg_attribute \
+                 WHERE attrelid = format('%I.%I', $1::text, $2::text)::regclass AND attnum > 0 \
+                   AND NOT attisdropped ORDER BY attnum",
+                &[&schema, &table],
+            )
+            .await
+            .expect("column types");
+        if let Some(b) = batches.first() {
+            let numeric_scale = self.cfg().numeric_scale;
+            for r in &types {
+                let (name, oid, typmod): (String, i64, i32) = (r.get(0), r.get(1), r.get(2));
+                let expected = medallion::typemap::map_type(oid as u32, typmod, numeric_scale)
+                    .kind
+                    .arrow_type();
+                let field = b
+                    .schema()
+                    .field_with_name(&name)
+                    .unwrap_or_else(|_| panic!("silver.{silver} has no column {name}"))
+                    .clone();
+                assert_eq!(
+                    stored(field.data_type()),
+                    expected,
+                    "silver.{silver}.{name}: Arrow type"
+                );
+            }
+        }
+        let rows = lake::rows_as_text(&batches);
         self.assert_rows_equal_source(
             &client,
             schema,
@@ -107,6 +146,34 @@ impl Env {
             &format!("silver.{silver}"),
         )
         .await;
+    }
+
+    /// A published gold model (`medallion_gold.<model>`) equals the model's
+    /// SQL run by Postgres on the source, row for row, both ways.
+    pub(super) async fn assert_published_matches(&self, model: &str) {
+        self.assert_gold_matches(model).await; // also creates the silver.* oracle views
+        let query = self.sql(&format!(
+            "SELECT query FROM medallion.gold_models WHERE name = '{model}'"
+        ));
+        let published = format!("SELECT * FROM medallion_gold.\"{model}\"");
+        let n = self.sql(&format!("SELECT count(*) FROM ({published}) p"));
+        assert!(
+            n.trim().parse::<i64>().unwrap() > 0,
+            "medallion_gold.{model} is empty: the comparison would prove nothing"
+        );
+        for (a, b, what) in [
+            (&query, &published, "missing from"),
+            (&published, &query, "extra in"),
+        ] {
+            let diff = self.sql(&format!(
+                "SET TimeZone = 'UTC'; SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) d"
+            ));
+            assert_eq!(
+                diff.trim().lines().last().unwrap_or_default(),
+                "0",
+                "rows {what} medallion_gold.{model} (compared with Postgres running its SQL)"
+            );
+        }
     }
 
     /// A gold model equals its SQL executed by Postgres on the source
@@ -151,7 +218,43 @@ impl Env {
                 );
             }
         }
-        let rows = self.refined_rows("gold", model).await;
+        let batches = self.refined_batches("gold", model).await;
+        // Each column's Arrow type is the one Postgres gives the same SQL.
+        let described = client.prepare(&query).await.expect("describe oracle query");
+        if let Some(b) = batches.first() {
+            for c in described.columns() {
+                let field = b
+                    .schema()
+                    .field_with_name(c.name())
+                    .unwrap_or_else(|_| panic!("gold.{model} has no column {}", c.name()))
+                    .clone();
+                // Known gap (#14, gold SQL compatibility): date_trunc on a
+                // date gives Postgres a timestamptz, DataFusion a timestamp
+                // (the values agree: midnight UTC). Listed exactly, so the
+                // fix must remove the entry.
+                let known_gap = KNOWN_TIMESTAMP_GAPS.contains(&(model, c.name()));
+                if known_gap {
+                    assert!(
+                        *c.type_() == tokio_postgres::types::Type::TIMESTAMPTZ
+                            && matches!(
+                                field.data_type(),
+                                arrow::datatypes::DataType::Timestamp(_, None)
+                            ),
+                        "gold.{model}.{}: the known timestamp gap is gone; remove it from KNOWN_TIMESTAMP_GAPS",
+                        c.name()
+                    );
+                    continue;
+                }
+                assert!(
+                    same_type(c.type_(), field.data_type()),
+                    "gold.{model}.{}: Postgres gives {}, gold holds {}",
+                    c.name(),
+                    c.type_(),
+                    field.data_type()
+                );
+            }
+        }
+        let rows = lake::rows_as_text(&batches);
         let mut actual: Vec<String> = rows
             .iter()
             .map(|r| {
@@ -183,6 +286,50 @@ impl Env {
             diff.is_empty(),
             "gold.{model} differs from Postgres (gold, postgres): {diff:#?}"
         );
+    }
+}
+
+/// Gold columns whose type differs from Postgres' today: `date_trunc` over
+/// a date column (timestamptz in Postgres, timestamp in DataFusion).
+const KNOWN_TIMESTAMP_GAPS: &[(&str, &str)] =
+    &[("monthly_revenue", "month"), ("general_ledger", "period")];
+
+/// The Delta storage type of what a reader returned: readers may hand
+/// strings and binaries back as view or large types; Delta stores one
+/// `string` / `binary`.
+fn stored(dt: &arrow::datatypes::DataType) -> arrow::datatypes::DataType {
+    use arrow::datatypes::{DataType as D, Field};
+    match dt {
+        D::Utf8View | D::LargeUtf8 => D::Utf8,
+        D::BinaryView | D::LargeBinary => D::Binary,
+        D::List(f) | D::LargeList(f) | D::ListView(f) => D::List(std::sync::Arc::new(Field::new(
+            "element",
+            stored(f.data_type()),
+            true,
+        ))),
+        other => other.clone(),
+    }
+}
+
+/// Whether an Arrow type holds a Postgres type without loss of kind.
+fn same_type(pg: &tokio_postgres::types::Type, dt: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::{DataType as D, TimeUnit};
+    use tokio_postgres::types::Type as T;
+    match *pg {
+        T::BOOL => dt == &D::Boolean,
+        T::INT2 => dt == &D::Int16,
+        T::INT4 => dt == &D::Int32,
+        T::INT8 => dt == &D::Int64,
+        T::FLOAT4 => dt == &D::Float32,
+        T::FLOAT8 => dt == &D::Float64,
+        T::NUMERIC => matches!(dt, D::Decimal128(..)),
+        T::TEXT | T::VARCHAR | T::BPCHAR | T::NAME => {
+            matches!(dt, D::Utf8 | D::LargeUtf8 | D::Utf8View)
+        }
+        T::DATE => dt == &D::Date32,
+        T::TIMESTAMP => matches!(dt, D::Timestamp(TimeUnit::Microsecond, None)),
+        T::TIMESTAMPTZ => matches!(dt, D::Timestamp(TimeUnit::Microsecond, Some(_))),
+        _ => true,
     }
 }
 
@@ -263,12 +410,8 @@ async fn silver_and_gold_equal_postgres_on_the_odoo_workload() {
         "1",
         "every silver and gold table at one watermark"
     );
-    // Published into Postgres, equal to the gold table.
-    let published = env.sql("SELECT count(*) FROM medallion_gold.open_receivables");
-    assert_eq!(
-        published.trim().parse::<usize>().unwrap(),
-        env.refined_rows("gold", "open_receivables").await.len()
-    );
+    // Published into Postgres, equal to Postgres running the model's SQL.
+    env.assert_published_matches("open_receivables").await;
     // A second cycle with nothing new changes nothing.
     let before = env.sql("SELECT count(*) FROM medallion.runs");
     let r = env.catch_up_and_refine().await;
@@ -401,8 +544,8 @@ async fn scd2_history_soft_delete_truncate_and_expectations() {
             .any(|v| norm(v.0.as_deref()) == norm(Some("32")) && v.2 == "t")
     );
     assert!(
-        versions(&hist, "4").iter().all(|v| v.2 == "f"),
-        "a deleted key has no current version"
+        !versions(&hist, "4").is_empty() && versions(&hist, "4").iter().all(|v| v.2 == "f"),
+        "a deleted key keeps its history and has no current version"
     );
     assert_eq!(
         versions(&hist, "5").len(),
@@ -430,10 +573,17 @@ async fn scd2_history_soft_delete_truncate_and_expectations() {
         }
     }
     // The TOASTed note kept its value through updates that did not send it.
+    let two: Vec<_> = hist
+        .iter()
+        .filter(|r| r["id"].as_deref() == Some("2"))
+        .collect();
     assert!(
-        hist.iter()
-            .filter(|r| r["id"].as_deref() == Some("2"))
-            .all(|r| r["note"].as_deref().is_some_and(|n| n.len() == 3000))
+        two.len() >= 2
+            && two
+                .iter()
+                .all(|r| r["note"].as_deref().is_some_and(|n| n.len() == 3000)),
+        "id 2's versions keep the TOASTed note: {} versions",
+        two.len()
     );
     // track_columns: the rename of id 1 changed no tracked column: one version.
     let tracked = env.refined_rows("silver", "item_tracked").await;
@@ -559,11 +709,7 @@ async fn kill_9_during_silver_merge_gold_and_publish_then_rerun_gives_the_same_t
     for m in ["monthly_revenue", "open_receivables", "general_ledger"] {
         env.assert_gold_matches(m).await;
     }
-    let published = env.sql("SELECT count(*) FROM medallion_gold.open_receivables");
-    assert_eq!(
-        published.trim().parse::<usize>().unwrap(),
-        env.refined_rows("gold", "open_receivables").await.len()
-    );
+    env.assert_published_matches("open_receivables").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,7 +769,12 @@ async fn a_running_sidecar_refines_continuously_publishes_atomically_and_honours
                         .as_db_error()
                         .map(|d| d.message().to_string())
                         .unwrap_or_else(|| e.to_string());
-                    assert!(msg.contains("does not exist"), "{msg}");
+                    // Only before the first publish: once there, the table
+                    // never disappears (a swap is one transaction).
+                    assert!(
+                        seen == 0 && msg.contains("does not exist"),
+                        "a reader failed after {seen} good reads: {msg}"
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,0 +1,248 @@
+//! `medallion-bench soak --minutes N`: a steady write load (pgbench at a
+//! fixed rate) for N minutes against `medallion run` (bronze, silver, gold),
+//! with `medallion optimize` on a timer. Every 10 s it samples the
+//! sidecar's RSS and open files, the files of the bronze tables' current
+//! versions and on disk, and the slot's lag; it prints first/last/max of
+//! each and fails if one grows: the mean of the last third of the samples
+//! above 1.5× the mean of the middle third (lag: above 64 MiB).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use medallion_tests::cluster::{ClusterOptions, PgCluster};
+
+const DB: &str = "soak";
+
+const SCHEMA: &str = "
+CREATE TABLE account_move (id bigint PRIMARY KEY, state text NOT NULL, amount_total numeric(16,2) NOT NULL);
+CREATE TABLE account_move_line (id bigserial PRIMARY KEY, move_id bigint NOT NULL, debit numeric(16,2), name text);
+INSERT INTO account_move SELECT g, 'posted', 0 FROM generate_series(1, 100000) g;
+SELECT medallion.add_source('account_move'); SELECT medallion.add_source('account_move_line');
+SELECT medallion.define_gold('by_state', $$SELECT state, count(*) AS moves, sum(amount_total) AS total
+    FROM silver.account_move GROUP BY state$$);
+";
+
+const SCRIPT: &str = "\\set id random(1, 100000)
+BEGIN;
+UPDATE account_move SET amount_total = amount_total + 1 WHERE id = :id;
+INSERT INTO account_move_line (move_id, debit, name) VALUES (:id, 1, 'soak');
+END;
+";
+
+#[derive(Default)]
+struct Series {
+    name: &'static str,
+    unit: &'static str,
+    values: Vec<f64>,
+}
+
+impl Series {
+    fn third_means(&self) -> (f64, f64) {
+        let n = self.values.len();
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+        (
+            mean(&self.values[n / 3..2 * n / 3]),
+            mean(&self.values[2 * n / 3..]),
+        )
+    }
+
+    fn report(&self) -> String {
+        let max = self.values.iter().cloned().fold(f64::MIN, f64::max);
+        let (mid, last) = self.third_means();
+        format!(
+            "{:<22} first {:>10.1} last {:>10.1} max {:>10.1} {} (last third / middle third {:.2})",
+            self.name,
+            self.values.first().copied().unwrap_or(0.0),
+            self.values.last().copied().unwrap_or(0.0),
+            max,
+            self.unit,
+            if mid > 0.0 { last / mid } else { 0.0 }
+        )
+    }
+}
+
+fn proc_kb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn files_on_disk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()> {
+    let bin = std::env::current_exe()?.with_file_name("medallion-sidecar");
+    if !bin.exists() {
+        bail!(
+            "{} missing: cargo build -p medallion-tests --bins",
+            bin.display()
+        );
+    }
+    let cluster = PgCluster::start_with(ClusterOptions {
+        extra_conf: vec!["max_wal_size = '4GB'".into()],
+    })?;
+    cluster.create_db(DB)?;
+    cluster.sql(DB, "CREATE EXTENSION pg_medallion")?;
+    cluster.psql(DB, &["-q", "-c", SCHEMA])?;
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let sidecar = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.args(args)
+            .env("MEDALLION_DATABASE_URL", cluster.url(DB))
+            .env("MEDALLION_LAKE_URL", &lake)
+            .env("MEDALLION_REFINE_INTERVAL_MS", "2000")
+            .env("MEDALLION_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c
+    };
+    let mut run = sidecar(&["run"]).spawn()?;
+    let script = dir.path().join("soak.sql");
+    std::fs::write(&script, SCRIPT)?;
+    let seconds = minutes * 60;
+    let pgbench = Command::new(cluster.bin("pgbench"))
+        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2"])
+        .args(["-R", &tps.to_string(), "-T", &seconds.to_string(), "-f"])
+        .arg(&script)
+        .arg(cluster.url(DB))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut series = [
+        Series {
+            name: "sidecar RSS",
+            unit: "MiB",
+            ..Default::default()
+        },
+        Series {
+            name: "sidecar open files",
+            unit: "",
+            ..Default::default()
+        },
+        Series {
+            name: "bronze files (current)",
+            unit: "",
+            ..Default::default()
+        },
+        Series {
+            name: "bronze files on disk",
+            unit: "",
+            ..Default::default()
+        },
+        Series {
+            name: "slot lag",
+            unit: "MiB",
+            ..Default::default()
+        },
+    ];
+    let start = Instant::now();
+    let mut last_optimize = Instant::now();
+    let mut optimizes = 0;
+    let tables = ["account_move", "account_move_line"];
+    while start.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_secs(10));
+        if let Some(st) = run.try_wait()? {
+            bail!("the sidecar stopped during the soak: {st}");
+        }
+        if last_optimize.elapsed() >= Duration::from_secs(optimize_every_s) {
+            let st = sidecar(&["optimize", "--retain-hours", "1"]).status()?;
+            if !st.success() {
+                bail!("medallion optimize failed: {st}");
+            }
+            optimizes += 1;
+            last_optimize = Instant::now();
+        }
+        let pid = run.id();
+        series[0].values.push(proc_kb(pid, "VmRSS:") / 1024.0);
+        series[1]
+            .values
+            .push(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64);
+        let (current, disk) = rt.block_on(async {
+            let mut current = 0usize;
+            let mut disk = 0usize;
+            for t in tables {
+                let path = medallion_tests::lake::bronze_dir(&lake, "public", t);
+                disk += files_on_disk(&path);
+                if let Ok(table) = deltalake::open_table(
+                    url::Url::from_directory_path(&path).map_err(|_| anyhow::anyhow!("path"))?,
+                )
+                .await
+                {
+                    current += table.get_file_uris()?.count();
+                }
+            }
+            anyhow::Ok((current, disk))
+        })?;
+        series[2].values.push(current as f64);
+        series[3].values.push(disk as f64);
+        let lag: f64 = cluster
+            .sql(
+                DB,
+                "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0) \
+                 FROM pg_replication_slots WHERE slot_name = 'medallion'",
+            )?
+            .trim()
+            .parse()
+            .context("slot lag")?;
+        series[4].values.push(lag / (1 << 20) as f64);
+    }
+    let out = pgbench.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let achieved = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("?")
+        .to_string();
+    sigterm(run.id());
+    let st = run.wait()?;
+    println!(
+        "soak: {minutes} min at {tps} tps asked ({achieved} tps achieved), optimize every {optimize_every_s} s ({optimizes} runs), {} samples",
+        series[0].values.len()
+    );
+    let mut grew = Vec::new();
+    for s in &series {
+        println!("soak: {}", s.report());
+        let (mid, last) = s.third_means();
+        let limit = if s.name == "slot lag" {
+            64.0
+        } else {
+            1.5 * mid.max(1.0)
+        };
+        // Files on disk wait for the retention window (1 h) before vacuum.
+        if s.name != "bronze files on disk" && last > limit {
+            grew.push(s.name);
+        }
+    }
+    if !st.success() {
+        bail!("the sidecar did not stop cleanly on SIGTERM: {st}");
+    }
+    if !grew.is_empty() {
+        bail!("soak: not flat: {grew:?}");
+    }
+    println!("soak: OK: flat");
+    Ok(())
+}
+
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
