@@ -379,44 +379,50 @@ fn parse_date(s: &str) -> VResult<i32> {
     if let Some(d) = fast_date(s.as_bytes()) {
         return Ok(d as i32);
     }
-    let (s, bc) = match s.strip_suffix(" BC") {
-        Some(r) => (r, true),
-        None => (s, false),
-    };
-    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+    let text = astronomical(s);
+    let d = NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
         ValueError(format!(
             "{s:?} is not an ISO date (infinity has no Delta date)"
         ))
     })?;
-    let d = if bc {
-        // Year 1 BC is astronomical year 0.
-        use chrono::Datelike;
-        d.with_year(1 - d.year())
-            .ok_or_else(|| ValueError(format!("{s} BC is out of range")))?
-    } else {
-        d
-    };
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
     Ok((d - epoch).num_days() as i32)
 }
 
 fn parse_naive_ts(s: &str) -> VResult<NaiveDateTime> {
-    let (s, bc) = match s.strip_suffix(" BC") {
-        Some(r) => (r, true),
-        None => (s, false),
-    };
-    let ts = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| {
+    let text = astronomical(s);
+    NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| {
         ValueError(format!(
             "{s:?} is not an ISO timestamp (infinity has no Delta timestamp)"
         ))
-    })?;
-    if bc {
-        use chrono::Datelike;
-        return ts
-            .with_year(1 - ts.year())
-            .ok_or_else(|| ValueError(format!("{s} BC is out of range")));
+    })
+}
+
+/// Postgres prints years before 1 AD as `YYYY-… BC`; year 1 BC is
+/// astronomical year 0, 2 BC is -1. The year is rewritten before parsing,
+/// so a BC leap day (29 February 2941 BC: astronomical -2940, a leap year)
+/// is read in its own calendar year, not in the AD year of the same number.
+fn astronomical(s: &str) -> std::borrow::Cow<'_, str> {
+    let Some(ad) = s.strip_suffix(" BC") else {
+        return s.into();
+    };
+    match ad.split_once('-') {
+        Some((year, rest)) if !year.is_empty() && year.bytes().all(|b| b.is_ascii_digit()) => {
+            match year.parse::<i64>() {
+                Ok(y) if y >= 1 => {
+                    let a = 1 - y;
+                    if a < 0 {
+                        format!("-{:04}-{rest}", -a).into()
+                    } else {
+                        format!("{a:04}-{rest}").into()
+                    }
+                }
+                // Year 0 BC does not exist: let the parser refuse it.
+                _ => format!("x{ad}").into(),
+            }
+        }
+        _ => format!("x{ad}").into(),
     }
-    Ok(ts)
 }
 
 fn parse_timestamp(s: &str) -> VResult<i64> {
