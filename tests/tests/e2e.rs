@@ -378,6 +378,15 @@ impl InProcess {
     }
 }
 
+/// A sidecar process killed when dropped, so a failing test leaves none behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
 /// Poll `condition` until it holds; fail naming `what` after `timeout`.
 fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

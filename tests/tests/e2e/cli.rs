@@ -168,12 +168,6 @@ async fn an_interval_model_refreshes_at_most_once_per_interval() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start sidecar");
-    struct KillOnDrop(Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-        }
-    }
     let mut child = KillOnDrop(child);
     async fn count(env: &Env, name: &str) -> String {
         let rows = env.refined_rows("gold", name).await;

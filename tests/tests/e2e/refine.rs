@@ -728,13 +728,6 @@ async fn a_running_sidecar_refines_continuously_publishes_atomically_and_honours
         .stdout(Stdio::null())
         .spawn()
         .expect("start sidecar");
-    // Killed if the test fails, so no sidecar outlives it.
-    struct KillOnDrop(Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-        }
-    }
     let mut child = KillOnDrop(child);
     // Readers never see a half-published table: 200 rows summing to 0.
     let url = env.url();
