@@ -8,6 +8,7 @@
 
 use tokio_postgres::Client;
 
+use crate::catalog::Field;
 use crate::error::{Error, Result};
 
 /// Seal every committed audit record; returns how many were sealed. Does
@@ -22,7 +23,7 @@ pub async fn seal(client: &Client) -> Result<i64> {
         )
         .await
         .map_err(Error::pg("check audit functions"))?;
-    if !row.get::<_, bool>(0) {
+    if !row.field::<bool>(0)? {
         return Ok(0);
     }
     let row = client
@@ -33,5 +34,5 @@ pub async fn seal(client: &Client) -> Result<i64> {
         )
         .await
         .map_err(Error::pg("seal audit records (medallion.seal_audit)"))?;
-    Ok(row.get(0))
+    row.field(0)
 }

@@ -3,11 +3,34 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::Client;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{Client, Row};
 
 use crate::bronze::TableId;
 use crate::error::{Error, Result};
 use crate::typemap::{self, Kind};
+
+/// Reading a column of a row the sidecar queried.
+pub trait Field {
+    /// Column `idx` as `T`. A NULL where `T` is not an `Option`, or another
+    /// type than the query promises (an extension of another version, a
+    /// catalog row edited by hand), is an error naming the column — never a
+    /// panic.
+    fn field<'a, T: FromSql<'a>>(&'a self, idx: usize) -> Result<T>;
+}
+
+impl Field for Row {
+    fn field<'a, T: FromSql<'a>>(&'a self, idx: usize) -> Result<T> {
+        self.try_get(idx).map_err(|source| Error::RowValue {
+            column: self
+                .columns()
+                .get(idx)
+                .map(|c| c.name().to_string())
+                .unwrap_or_else(|| format!("column {idx}")),
+            source,
+        })
+    }
+}
 
 /// A published table as the sidecar sees it.
 #[derive(Debug, Clone)]
@@ -32,7 +55,7 @@ pub async fn extension_installed(client: &Client) -> Result<bool> {
         )
         .await
         .map_err(Error::pg("check extension"))?;
-    Ok(row.get(0))
+    row.field(0)
 }
 
 /// The tables of `publication`, with resync requests when the extension is present.
@@ -48,7 +71,7 @@ pub async fn published_tables(
         )
         .await
         .map_err(Error::pg("check publication"))?;
-    if !exists.get::<_, bool>(0) {
+    if !exists.field::<bool>(0)? {
         return Err(Error::Config(format!(
             "publication \"{publication}\" does not exist. Declare sources with \
              SELECT medallion.add_source('schema.table'); (it creates the publication), \
@@ -74,26 +97,25 @@ pub async fn published_tables(
         .query(&sql, &[&publication])
         .await
         .map_err(Error::pg("list publication tables"))?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
-            let attnames: Option<Vec<String>> = r.get(4);
-            let ncols: i64 = r.get(7);
+            let attnames: Option<Vec<String>> = r.field(4)?;
+            let ncols: i64 = r.field(7)?;
             // PG15 lists all columns when there is no column list.
             let columns = attnames.filter(|a| a.len() as i64 != ncols);
-            PublishedTable {
+            Ok(PublishedTable {
                 id: TableId {
-                    schema: r.get(0),
-                    table: r.get(1),
+                    schema: r.field(0)?,
+                    table: r.field(1)?,
                 },
-                oid: r.get::<_, i64>(2) as u32,
-                partitioned: r.get(3),
+                oid: r.field::<i64>(2)? as u32,
+                partitioned: r.field(3)?,
                 columns,
-                row_filter: r.get(5),
-                resync_requested_us: r.get(6),
-            }
+                row_filter: r.field(5)?,
+                resync_requested_us: r.field(6)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Resolves type OIDs (domains to their base type, enums) for the type map.
@@ -134,10 +156,10 @@ impl TypeResolver {
                     .map_err(Error::pg("look up column type"))?;
                 let v = match row {
                     Some(r) => {
-                        let t: String = r.get(0);
+                        let t: String = r.field(0)?;
                         (
-                            r.get::<_, i64>(1) as u32,
-                            r.get::<_, i32>(2),
+                            r.field::<i64>(1)? as u32,
+                            r.field::<i32>(2)?,
                             t.chars().next().unwrap_or('b'),
                         )
                     }
@@ -185,17 +207,18 @@ pub async fn table_columns(
         )
         .await
         .map_err(Error::pg("read table columns"))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                r.get::<_, i64>(1) as u32,
-                r.get::<_, i32>(2),
-            )
-        })
-        .filter(|(n, _, _)| only.is_none_or(|cols| cols.iter().any(|c| c == n)))
-        .collect())
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let column = (
+            r.field::<String>(0)?,
+            r.field::<i64>(1)? as u32,
+            r.field::<i32>(2)?,
+        );
+        if only.is_none_or(|cols| cols.contains(&column.0)) {
+            out.push(column);
+        }
+    }
+    Ok(out)
 }
 
 /// Settings pinned at connection start on every sidecar session, whatever
@@ -347,10 +370,10 @@ pub async fn refined_definitions(client: &Client) -> Result<(Vec<SilverDef>, Vec
         .map_err(Error::pg("read medallion.expectations"))?;
     let mut rules: HashMap<String, Vec<Expectation>> = HashMap::new();
     for r in expectations {
-        let on: String = r.get(3);
-        rules.entry(r.get(0)).or_default().push(Expectation {
-            name: r.get(1),
-            predicate: r.get(2),
+        let on: String = r.field(3)?;
+        rules.entry(r.field(0)?).or_default().push(Expectation {
+            name: r.field(1)?,
+            predicate: r.field(2)?,
             on_violation: match on.as_str() {
                 "drop" => OnViolation::Drop,
                 "fail" => OnViolation::Fail,
@@ -367,8 +390,8 @@ pub async fn refined_definitions(client: &Client) -> Result<(Vec<SilverDef>, Vec
         .map_err(Error::pg("read medallion.publications"))?;
     let mut publish: HashMap<String, (String, String)> = publications
         .into_iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
+        .map(|r| Ok((r.field(0)?, (r.field(1)?, r.field(2)?))))
+        .collect::<Result<_>>()?;
     let silver = client
         .query(
             "SELECT name, source_schema::text, source_table::text, keys, history, track_columns, soft_delete \
@@ -379,27 +402,27 @@ pub async fn refined_definitions(client: &Client) -> Result<(Vec<SilverDef>, Vec
         .map_err(Error::pg("read medallion.silver_tables"))?
         .into_iter()
         .map(|r| {
-            let name: String = r.get(0);
-            let history: String = r.get(4);
-            SilverDef {
+            let name: String = r.field(0)?;
+            let history: String = r.field(4)?;
+            Ok(SilverDef {
                 expectations: rules.remove(&format!("silver.{name}")).unwrap_or_default(),
                 publish: publish.remove(&format!("silver.{name}")),
                 source: TableId {
-                    schema: r.get(1),
-                    table: r.get(2),
+                    schema: r.field(1)?,
+                    table: r.field(2)?,
                 },
-                keys: r.get(3),
+                keys: r.field(3)?,
                 history: if history == "scd2" {
                     History::Scd2
                 } else {
                     History::Current
                 },
-                track_columns: r.get(5),
-                soft_delete: r.get(6),
+                track_columns: r.field(5)?,
+                soft_delete: r.field(6)?,
                 name,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let rows = client
         .query(
             "SELECT g.name, g.query, g.refresh, extract(epoch FROM g.refresh_interval)::float8, g.keys, \
@@ -413,13 +436,13 @@ pub async fn refined_definitions(client: &Client) -> Result<(Vec<SilverDef>, Vec
     let mut gold: Vec<GoldDef> = rows
         .into_iter()
         .map(|r| {
-            let name: String = r.get(0);
-            let refresh: String = r.get(2);
-            let secs: Option<f64> = r.get(3);
-            GoldDef {
+            let name: String = r.field(0)?;
+            let refresh: String = r.field(2)?;
+            let secs: Option<f64> = r.field(3)?;
+            Ok(GoldDef {
                 expectations: rules.remove(&format!("gold.{name}")).unwrap_or_default(),
                 publish: publish.remove(&format!("gold.{name}")),
-                query: r.get(1),
+                query: r.field(1)?,
                 refresh: match (refresh.as_str(), secs) {
                     ("manual", _) => Refresh::Manual,
                     ("interval", Some(s)) => {
@@ -427,12 +450,12 @@ pub async fn refined_definitions(client: &Client) -> Result<(Vec<SilverDef>, Vec
                     }
                     _ => Refresh::OnChange,
                 },
-                keys: r.get(4),
-                upstream: r.get(5),
+                keys: r.field(4)?,
+                upstream: r.field(5)?,
                 name,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     gold = dependency_order(gold);
     Ok((silver, gold))
 }

@@ -1,7 +1,9 @@
 //! `medallion check`: configuration and connectivity, with actionable messages.
 
 use crate::catalog;
+use crate::catalog::Field;
 use crate::config::Config;
+use crate::error::Error;
 use crate::error::scrub_url;
 
 /// One check's outcome.
@@ -148,13 +150,13 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
         )
         .await
     {
-        Ok(Some(row)) if row.get::<_, bool>(0) => out.push(f(
+        Ok(Some(row)) if row.field::<bool>(0).unwrap_or(false) => out.push(f(
             "tls",
             true,
             format!(
                 "session encrypted ({}, {}), {policy}",
-                row.get::<_, String>(1),
-                row.get::<_, String>(2)
+                row.field::<String>(1).unwrap_or_default(),
+                row.field::<String>(2).unwrap_or_default()
             ),
         )),
         Ok(_) => out.push(f(
@@ -173,7 +175,8 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
             client
                 .query_one(sql, &[])
                 .await
-                .map(|r| r.get::<_, String>(0))
+                .map_err(Error::pg(sql))
+                .and_then(|r| r.field::<String>(0))
                 .unwrap_or_else(|e| format!("error: {e}"))
         }
     };

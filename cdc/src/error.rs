@@ -58,6 +58,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A column of a Delta table medallion reads holds another type than the
+    /// one medallion writes (the table was written or altered by another
+    /// program): definite for that table, never a panic.
+    #[error(
+        "{table}: column {column} is {found} in the lake, medallion expects {expected}. The Delta \
+         table was written by another program or an incompatible medallion: move it away and \
+         copy the source again with SELECT medallion.resync('<schema>.<table>');"
+    )]
+    ColumnType {
+        table: String,
+        column: String,
+        expected: String,
+        found: String,
+    },
+
     /// A column changed type incompatibly: definite for that table.
     #[error(
         "{table}.{column} changed type from {from} to {to}; bronze keeps the old type. \
@@ -77,6 +92,18 @@ pub enum Error {
          every source is copied again (resync)"
     )]
     SlotLost { slot: String, state: String },
+
+    /// A row the sidecar read from Postgres does not hold what its query
+    /// promises (a NULL, another type): definite.
+    #[error(
+        "reading {column} from Postgres: {source}. Check that pg_medallion and the sidecar are \
+         the same version (SELECT extversion FROM pg_extension WHERE extname = 'pg_medallion')"
+    )]
+    RowValue {
+        column: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
 
     #[error("protocol: {0}")]
     Protocol(String),
@@ -234,6 +261,7 @@ impl Error {
             | Error::TableAccess { .. }
             | Error::TableName { .. }
             | Error::IncompatibleType { .. }
+            | Error::ColumnType { .. }
             | Error::Expectation { .. }
             | Error::Model { .. }
             | Error::PublishTarget { .. } => RetryPolicy::NeedsOperator,
@@ -248,6 +276,7 @@ impl Error {
             | Error::Arrow { .. }
             | Error::SlotLost { .. }
             | Error::Protocol(_)
+            | Error::RowValue { .. }
             | Error::Interrupted
             | Error::LeaseHeld { .. }
             | Error::LakeOwned { .. } => RetryPolicy::Never,

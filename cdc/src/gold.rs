@@ -286,7 +286,7 @@ impl Refiner<'_> {
             let count = lake::session();
             lake::register(&count, "g", &table).await?;
             report.rows_out =
-                crate::silver::count_of(&lake::collect(&count, "SELECT count(*) FROM g").await?);
+                crate::silver::count_of(&lake::collect(&count, "SELECT count(*) FROM g").await?)?;
         }
         Ok(report)
     }

@@ -153,7 +153,9 @@ pub(crate) fn session() -> SessionContext {
         .with_default_features()
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    crate::pg_sql::register(&ctx);
+    ctx
 }
 
 /// Register a Delta table under `name` (e.g. `silver.account_move`).
@@ -220,6 +222,61 @@ pub(crate) fn without_views(batch: &RecordBatch) -> Result<RecordBatch> {
         .map_err(Error::arrow("cast view types"))?;
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .map_err(Error::arrow("cast view types"))
+}
+
+/// Column `column` of a batch read from `table`, as the Arrow array type `A`
+/// medallion writes (`expected` names it for the message). A Delta table
+/// another program wrote may declare other types: that is an error naming
+/// the table, the column and both types, never a panic.
+pub(crate) fn typed_column<'a, A: arrow::array::Array + 'static>(
+    batch: &'a RecordBatch,
+    index: usize,
+    table: &str,
+    expected: &str,
+) -> Result<&'a A> {
+    let schema = batch.schema_ref();
+    let column = schema
+        .fields()
+        .get(index)
+        .map(|f| f.name().clone())
+        .unwrap_or_else(|| format!("#{index}"));
+    let array = batch
+        .columns()
+        .get(index)
+        .ok_or_else(|| Error::ColumnType {
+            table: table.into(),
+            column: column.clone(),
+            expected: expected.into(),
+            found: "missing".into(),
+        })?;
+    array
+        .as_any()
+        .downcast_ref::<A>()
+        .ok_or_else(|| Error::ColumnType {
+            table: table.into(),
+            column,
+            expected: expected.into(),
+            found: array.data_type().to_string(),
+        })
+}
+
+/// [`typed_column`] by name.
+pub(crate) fn named_column<'a, A: arrow::array::Array + 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    table: &str,
+    expected: &str,
+) -> Result<&'a A> {
+    let index = batch
+        .schema_ref()
+        .index_of(name)
+        .map_err(|_| Error::ColumnType {
+            table: table.into(),
+            column: name.into(),
+            expected: expected.into(),
+            found: "missing".into(),
+        })?;
+    typed_column(batch, index, table, expected)
 }
 
 /// Quote an identifier for DataFusion SQL.

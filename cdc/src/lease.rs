@@ -34,6 +34,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog;
+use crate::catalog::Field;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -111,7 +112,7 @@ impl Lease {
                 )
                 .await
                 .map_err(Error::pg("take the writer lease"))?;
-            if row.get::<_, bool>(0) {
+            if row.field::<bool>(0)? {
                 if last_log.is_some() {
                     tracing::info!(slot = %cfg.slot, lease = kind.what(), waited = ?started.elapsed(), "took over the writer lease");
                 }
@@ -169,9 +170,9 @@ impl Lease {
         match row {
             Ok(Some(r)) => format!(
                 "pid {}, application {:?}, client {}",
-                r.get::<_, i32>(0),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2)
+                r.field::<i32>(0).unwrap_or_default(),
+                r.field::<String>(1).unwrap_or_default(),
+                r.field::<String>(2).unwrap_or_default()
             ),
             _ => "pid unknown".into(),
         }
@@ -232,8 +233,8 @@ async fn claim_lake(cfg: &Config, client: &Client) -> Result<()> {
         .await
         .map_err(Error::pg("read the server's system identifier"))?;
     let me = LakeOwner {
-        system_identifier: row.get(0),
-        database: row.get(1),
+        system_identifier: row.field(0)?,
+        database: row.field(1)?,
         slot: cfg.slot.clone(),
     };
     let root = cfg.lake_root()?;

@@ -32,6 +32,7 @@ pub mod lake;
 pub mod lease;
 pub mod metrics;
 pub mod optimize;
+mod pg_sql;
 pub mod publish;
 pub mod refine;
 pub mod replicate;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use medallion::Config;
+use medallion::catalog::Field;
 use medallion::replicate::{self, RunOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -319,19 +320,22 @@ async fn main() -> anyhow::Result<()> {
             for r in &rows {
                 println!(
                     "{:<7} {:<40} {:<12} {:<14} {:>10} {:>10} {:>12}  {}",
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1),
-                    r.get::<_, String>(2),
-                    r.get::<_, String>(3),
-                    r.get::<_, i64>(4),
-                    r.get::<_, String>(5),
-                    r.get::<_, String>(6),
-                    r.get::<_, String>(7)
+                    r.field::<String>(0)?,
+                    r.field::<String>(1)?,
+                    r.field::<String>(2)?,
+                    r.field::<String>(3)?,
+                    r.field::<i64>(4)?,
+                    r.field::<String>(5)?,
+                    r.field::<String>(6)?,
+                    r.field::<String>(7)?
                 );
             }
             // The summary last, and the exit code: 1 when degraded, so a
             // cron job or an n8n node can alert on it.
-            let objects = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2)));
+            let mut objects = Vec::with_capacity(rows.len());
+            for r in &rows {
+                objects.push((r.field(0)?, r.field(1)?, r.field(2)?));
+            }
             let health = medallion::status::health(&client, &cfg.slot, objects).await?;
             println!("medallion: {health}");
             if health.degraded() {

@@ -18,6 +18,7 @@ use deltalake::DeltaTable;
 use futures::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
+use crate::catalog::Field;
 use crate::error::{Error, Result};
 use crate::lake;
 
@@ -149,32 +150,32 @@ async fn check_target(
         )
         .await
         .map_err(Error::pg(format!("publish {schema}.{table}: check target")))?;
-    let me: String = row.get(7);
+    let me: String = row.field(7)?;
     let refuse = |reason: String| Error::PublishTarget {
         target: format!("{schema}.{table}"),
         reason,
         role: me.clone(),
     };
-    if !row.get::<_, bool>(0) {
+    if !row.field::<bool>(0)? {
         return Err(refuse(format!(
             "schema \"{schema}\" is owned by role \"{}\"",
-            row.get::<_, String>(1)
+            row.field::<String>(1)?
         )));
     }
-    if row.get::<_, bool>(2) {
-        let kind: String = row.get(3);
+    if row.field::<bool>(2)? {
+        let kind: String = row.field(3)?;
         if kind != "r" {
             return Err(refuse(format!(
                 "it exists and is not a table (relkind {kind})"
             )));
         }
-        if !row.get::<_, bool>(4) {
+        if !row.field::<bool>(4)? {
             return Err(refuse(format!(
                 "the table exists and is owned by role \"{}\"",
-                row.get::<_, String>(5)
+                row.field::<String>(5)?
             )));
         }
-        if !row.get::<_, bool>(6) {
+        if !row.field::<bool>(6)? {
             return Err(refuse(
                 "the table exists and is not a medallion publication (its comment does not start \
                  with \"medallion: \")"
@@ -227,8 +228,8 @@ pub async fn publish(
         .await
         .map_err(Error::pg(format!("publish {schema}.{table}: read columns")))?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.field(0)?, r.field(1)?)))
+        .collect::<Result<_>>()?;
     let same = existing.len() == columns.len()
         && existing.iter().zip(&columns).all(|(a, b)| {
             a.0 == b.0
@@ -317,6 +318,20 @@ mod tests {
         let mut out = String::new();
         copy_text(&batch, &mut out).unwrap();
         assert_eq!(out, "x\\ty\\\\z\\n\tt\n\\N\tf\n");
+
+        // A value its formatter cannot render fails the publication; it is
+        // never written as NULL or as an empty string.
+        let batch = RecordBatch::try_from_iter(vec![(
+            "at",
+            Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![
+                Some(0),
+                Some(i64::MAX),
+            ])) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let mut out = String::new();
+        let e = copy_text(&batch, &mut out).expect_err("an unrenderable timestamp");
+        assert!(e.to_string().contains("publish column at row 1"), "{e}");
         assert_eq!(pg_type(&DataType::Decimal128(38, 24)), "numeric(38,24)");
         assert_eq!(
             pg_type(&DataType::Timestamp(

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::catalog;
+use crate::catalog::Field;
 use crate::error::{Error, Result, RetryPolicy};
 use crate::gold::Input;
 use crate::lake;
@@ -449,7 +450,10 @@ async fn published_current(
         None => client.query_opt(COMMENT, &[&target.0, &target.1]).await,
     }
     .map_err(Error::pg("check published table"))?;
-    let comment: Option<String> = row.and_then(|r| r.get(0));
+    let comment: Option<String> = match row {
+        Some(r) => r.field(0)?,
+        None => None,
+    };
     Ok(comment.is_some_and(|c| {
         c.starts_with("medallion: ")
             && c.ends_with(&format!("(Delta version {})", delta_version(table)))

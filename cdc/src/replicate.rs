@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::bronze::{self, BronzeTable, RowMeta, TableId};
+use crate::catalog::Field;
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
 use crate::decode::{self, Change};
@@ -287,7 +288,7 @@ async fn run_once(
             )
             .await
             .map_err(Error::pg("emit caught-up marker"))?;
-        Some(pg_walstream::parse_lsn(&row.get::<_, String>(0)).unwrap_or(0))
+        Some(pg_walstream::parse_lsn(&row.field::<String>(0)?).unwrap_or(0))
     } else {
         None
     };
@@ -817,7 +818,7 @@ impl Replicator<'_> {
             )
             .await
             .map_err(Error::pg("columns added with a default"))?;
-        let backfilled: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let backfilled: Vec<String> = rows.iter().map(|r| r.field(0)).collect::<Result<_>>()?;
         if backfilled.is_empty() {
             return Ok(());
         }

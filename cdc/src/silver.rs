@@ -33,11 +33,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
     TimestampMicrosecondArray, new_null_array,
 };
 use arrow::compute::interleave;
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use deltalake::DeltaTable;
 use deltalake::datafusion::prelude::SessionContext;
@@ -223,7 +223,8 @@ impl<'a> Refiner<'a> {
         };
         let mut silver = silver.ok_or_else(|| Error::Protocol("silver table missing".into()))?;
         if from < w {
-            for (lo, hi) in self.slices(&ctx, from, w).await? {
+            let bronze = format!("bronze {}", def.source);
+            for (lo, hi) in self.slices(&ctx, &bronze, from, w).await? {
                 silver = self
                     .apply_slice(def, &ctx, silver, lo, hi, &mut report)
                     .await?;
@@ -236,7 +237,13 @@ impl<'a> Refiner<'a> {
 
     /// Split `[from, w)` into slices of about `batch_rows` changes, never
     /// splitting a transaction, with every TRUNCATE starting a slice.
-    async fn slices(&self, ctx: &SessionContext, from: i64, w: i64) -> Result<Vec<(i64, i64)>> {
+    async fn slices(
+        &self,
+        ctx: &SessionContext,
+        bronze: &str,
+        from: i64,
+        w: i64,
+    ) -> Result<Vec<(i64, i64)>> {
         let sql = format!(
             "SELECT {COL_LSN}, count(*), bool_or({COL_OP} = 'truncate') FROM b \
              WHERE {COL_LSN} >= {from} AND {COL_LSN} < {w} AND {COL_OP} <> 'snapshot' \
@@ -246,9 +253,9 @@ impl<'a> Refiner<'a> {
         let mut lo = None;
         let mut acc = 0usize;
         for b in lake::collect(ctx, &sql).await? {
-            let lsn = b.column(0).as_primitive::<Int64Type>();
-            let n = b.column(1).as_primitive::<Int64Type>();
-            let t = b.column(2).as_boolean();
+            let lsn = lake::typed_column::<Int64Array>(&b, 0, bronze, "Int64")?;
+            let n = lake::typed_column::<Int64Array>(&b, 1, bronze, "Int64")?;
+            let t = lake::typed_column::<BooleanArray>(&b, 2, bronze, "Boolean")?;
             for i in 0..b.num_rows() {
                 let (l, n, t) = (lsn.value(i), n.value(i) as usize, t.value(i));
                 match lo {
@@ -305,7 +312,7 @@ impl<'a> Refiner<'a> {
             None => select,
         };
         let n = lake::collect(ctx, &format!("SELECT count(*) {rows}")).await?;
-        report.rows_in += count_of(&n);
+        report.rows_in += count_of(&n)?;
         let df = ctx
             .sql(&sql)
             .await
@@ -364,7 +371,7 @@ impl<'a> Refiner<'a> {
             let failed = lake::collect(ctx, &format!("SELECT count(*) {rows} AND NOT {pass}"))
                 .await
                 .map_err(|err| rule_error(&def.name, e, err))?;
-            let failed = count_of(&failed);
+            let failed = count_of(&failed)?;
             counts.insert(
                 e.name.clone(),
                 RuleCount {
@@ -485,7 +492,7 @@ impl<'a> Refiner<'a> {
             .map_err(Error::arrow("concat changes"))?;
         drop(batches);
         report.rows_in += changes.num_rows() as u64;
-        let log = ChangeLog::new(&changes, &def.keys)?;
+        let log = ChangeLog::new(&changes, &def.keys, &format!("bronze {}", def.source))?;
         let lookup = if log.needs_lookup(def) {
             Some(self.lookup(def, &silver, &log).await?)
         } else {
@@ -781,12 +788,11 @@ fn rule_error(name: &str, e: &Expectation, err: Error) -> Error {
     ))
 }
 
-pub(crate) fn count_of(batches: &[RecordBatch]) -> u64 {
-    batches
-        .first()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
-        .unwrap_or(0)
+pub(crate) fn count_of(batches: &[RecordBatch]) -> Result<u64> {
+    match batches.iter().find(|b| b.num_rows() > 0) {
+        Some(b) => Ok(lake::typed_column::<Int64Array>(b, 0, "count(*)", "Int64")?.value(0) as u64),
+        None => Ok(0),
+    }
 }
 
 /// `k=v, …` of the first row, for messages.
@@ -1075,21 +1081,19 @@ impl KeyHistory {
 }
 
 impl<'a> ChangeLog<'a> {
-    fn new(batch: &'a RecordBatch, keys: &[String]) -> Result<ChangeLog<'a>> {
+    fn new(batch: &'a RecordBatch, keys: &[String], table: &str) -> Result<ChangeLog<'a>> {
         let schema = batch.schema();
-        let col = |n: &str| {
-            batch
-                .column_by_name(n)
-                .ok_or_else(|| Error::Protocol(format!("bronze column {n} missing")))
+        let op = lake::named_column::<StringArray>(batch, COL_OP, table, "Utf8")?;
+        let lsn = lake::named_column::<Int64Array>(batch, COL_LSN, table, "Int64")?;
+        let ts = match schema.index_of(COL_COMMIT_TS) {
+            Ok(i) => Some(lake::typed_column::<TimestampMicrosecondArray>(
+                batch,
+                i,
+                table,
+                "Timestamp(µs, UTC)",
+            )?),
+            Err(_) => None,
         };
-        let op = col(COL_OP)?
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| Error::Protocol("_mdl_op is not a string".into()))?;
-        let lsn = col(COL_LSN)?.as_primitive::<Int64Type>();
-        let ts = batch
-            .column_by_name(COL_COMMIT_TS)
-            .and_then(|a| a.as_any().downcast_ref::<TimestampMicrosecondArray>());
         let mut data_fields = Vec::new();
         let mut data_idx = Vec::new();
         for (i, f) in schema.fields().iter().enumerate() {
@@ -1117,23 +1121,33 @@ impl<'a> ChangeLog<'a> {
             .enumerate()
             .map(|(i, f)| (f.name().as_str(), i))
             .collect();
-        let unchanged = match batch.column_by_name(COL_UNCHANGED_TOAST) {
-            Some(t) => {
-                let list = t.as_list::<i32>();
+        let unchanged = match schema.index_of(COL_UNCHANGED_TOAST) {
+            Ok(i) => {
+                let list = lake::typed_column::<ListArray>(batch, i, table, "List(Utf8)")?;
+                let names = list
+                    .values()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| Error::ColumnType {
+                        table: table.into(),
+                        column: COL_UNCHANGED_TOAST.into(),
+                        expected: "List(Utf8)".into(),
+                        found: list.data_type().to_string(),
+                    })?;
+                let offsets = list.value_offsets();
                 (0..batch.num_rows())
                     .map(|r| {
                         if list.is_null(r) {
                             return Vec::new();
                         }
-                        let v = list.value(r);
-                        let s = v.as_string::<i32>();
-                        (0..s.len())
-                            .filter_map(|i| name_to_idx.get(s.value(i)).copied())
+                        (offsets[r] as usize..offsets[r + 1] as usize)
+                            .filter(|&i| names.is_valid(i))
+                            .filter_map(|i| name_to_idx.get(names.value(i)).copied())
                             .collect()
                     })
                     .collect()
             }
-            None => vec![Vec::new(); batch.num_rows()],
+            Err(_) => vec![Vec::new(); batch.num_rows()],
         };
         Ok(ChangeLog {
             batch,
@@ -1669,5 +1683,105 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad} was accepted as a row condition"));
             assert!(!e.to_string().is_empty());
         }
+    }
+
+    /// A bronze table someone else wrote (or rewrote) with other column
+    /// types is refused with the table, the column and both types — the
+    /// checked accessors, not a panicking cast.
+    #[test]
+    fn a_bronze_table_of_other_types_is_an_error_naming_the_column() {
+        use arrow::array::{Int32Array, ListBuilder, StringBuilder};
+        let op = || Arc::new(StringArray::from(vec!["insert"])) as ArrayRef;
+        let id = || Arc::new(Int64Array::from(vec![1])) as ArrayRef;
+        let make = |cols: Vec<(&str, ArrayRef)>| RecordBatch::try_from_iter(cols).expect("batch");
+        let keys = vec!["id".to_string()];
+
+        let ok = make(vec![
+            (COL_OP, op()),
+            (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+            ("id", id()),
+        ]);
+        assert!(ChangeLog::new(&ok, &keys, "bronze s.t").is_ok());
+
+        let cases: Vec<(RecordBatch, &str, &str)> = vec![
+            (
+                make(vec![
+                    (COL_OP, op()),
+                    (COL_LSN, Arc::new(Int32Array::from(vec![7])) as ArrayRef),
+                    ("id", id()),
+                ]),
+                COL_LSN,
+                "Int32",
+            ),
+            (
+                make(vec![
+                    (COL_OP, Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+                    (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+                    ("id", id()),
+                ]),
+                COL_OP,
+                "Int64",
+            ),
+            (
+                make(vec![
+                    (COL_OP, op()),
+                    (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+                    (
+                        COL_COMMIT_TS,
+                        Arc::new(Int64Array::from(vec![0])) as ArrayRef,
+                    ),
+                    ("id", id()),
+                ]),
+                COL_COMMIT_TS,
+                "Int64",
+            ),
+            (
+                make(vec![
+                    (COL_OP, op()),
+                    (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+                    (
+                        COL_UNCHANGED_TOAST,
+                        Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
+                    ),
+                    ("id", id()),
+                ]),
+                COL_UNCHANGED_TOAST,
+                "Utf8",
+            ),
+            (make(vec![(COL_OP, op()), ("id", id())]), COL_LSN, "missing"),
+        ];
+        for (batch, column, found) in cases {
+            let e = ChangeLog::new(&batch, &keys, "bronze s.t")
+                .err()
+                .unwrap_or_else(|| panic!("{column} as {found} was accepted"));
+            assert!(
+                matches!(&e, Error::ColumnType { table, column: c, found: f, .. }
+                    if table == "bronze s.t" && c == column && f == found),
+                "{e:?}"
+            );
+            assert_eq!(e.retry_policy(), crate::error::RetryPolicy::NeedsOperator);
+        }
+
+        // Unchanged-TOAST names are read through the list's offsets (a
+        // sliced list, NULL entries) without reading past an entry.
+        let mut toast = ListBuilder::new(StringBuilder::new());
+        toast.values().append_value("id");
+        toast.values().append_null();
+        toast.append(true);
+        toast.append_null();
+        let batch = make(vec![
+            (
+                COL_OP,
+                Arc::new(StringArray::from(vec!["update", "insert"])) as ArrayRef,
+            ),
+            (COL_LSN, Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef),
+            (COL_UNCHANGED_TOAST, Arc::new(toast.finish()) as ArrayRef),
+            ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+        ]);
+        let log = ChangeLog::new(&batch, &keys, "bronze s.t").expect("change log");
+        assert_eq!(log.unchanged, vec![vec![0], vec![]]);
+        let sliced = batch.slice(1, 1);
+        let log = ChangeLog::new(&sliced, &keys, "bronze s.t").expect("sliced change log");
+        assert_eq!(log.unchanged, vec![Vec::<usize>::new()]);
     }
 }

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 
+use crate::catalog::Field;
 use crate::error::{Error, Result};
 
 /// What Postgres says about our slot.
@@ -41,8 +42,8 @@ pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
         .await
         .map_err(Error::pg("read replication slot"))?;
     let Some(r) = row else { return Ok(None) };
-    let plugin: Option<String> = r.get(5);
-    let same_db: Option<bool> = r.get(6);
+    let plugin: Option<String> = r.field(5)?;
+    let same_db: Option<bool> = r.field(6)?;
     if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
         return Err(Error::Config(format!(
             "replication slot \"{slot}\" exists but is not a pgoutput slot of this database; \
@@ -58,9 +59,9 @@ pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
             .get::<_, Option<String>>(1)
             .map(|s| parse_lsn(&s))
             .unwrap_or(0),
-        wal_status: r.get(2),
-        active_pid: r.get(3),
-        retained_bytes: r.get::<_, Option<i64>>(4).unwrap_or(0),
+        wal_status: r.field(2)?,
+        active_pid: r.field(3)?,
+        retained_bytes: r.field::<Option<i64>>(4)?.unwrap_or(0),
     }))
 }
 

@@ -48,6 +48,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::bronze::{self, BronzeTable, Op, RowMeta, TableId, Value};
+use crate::catalog::Field;
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
 use crate::error::{Error, Result, RetryPolicy};
@@ -315,10 +316,10 @@ async fn read_shape(client: &Client, cfg: &Config, table: &PublishedTable) -> Re
         )
         .await
         .map_err(Error::pg(format!("snapshot of {id}: compare catalogs")))?;
-    if !now.get::<_, bool>(0) {
+    if !now.field::<bool>(0)? {
         return Err(changed("the table was dropped or renamed"));
     }
-    let (leaves, same): (i64, i64) = (now.get(1), now.get(2));
+    let (leaves, same): (i64, i64) = (now.field(1)?, now.field(2)?);
     if leaves != same {
         return Err(changed(
             "the table was rewritten (ALTER COLUMN … TYPE, VACUUM FULL, TRUNCATE, a partition attached)",
@@ -340,7 +341,7 @@ async fn read_shape(client: &Client, cfg: &Config, table: &PublishedTable) -> Re
         .await
         .map_err(Error::pg(format!("snapshot of {id}: publication entry")))?;
     let (row_filter, only): (Option<String>, Option<Vec<String>>) = match listed {
-        Some(r) => (r.get(0), r.get(1)),
+        Some(r) => (r.field(0)?, r.field(1)?),
         None => (table.row_filter.clone(), table.columns.clone()),
     };
     let columns: Vec<(String, u32, i32)> =
@@ -442,7 +443,8 @@ pub async fn copy_table(
             &[&(table.oid as i64)],
         )
         .await
-        .map(|r| r.get(0))
+        .ok()
+        .and_then(|r| r.field(0).ok())
         .unwrap_or(0);
     let sql = format!("COPY ({}) TO STDOUT", select_sql(&table, &shape));
     let stream = client

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::bronze::TableId;
+use crate::catalog::Field;
 use crate::error::{Error, Result};
 
 /// State of one bronze table as shown in `medallion.status()`.
@@ -192,11 +193,14 @@ pub async fn health(
         )
         .await
         .map_err(Error::pg("read the slot"))?
-        .map(|r| SlotHealth {
-            active: r.get(0),
-            wal_status: r.get(1),
-            lag_bytes: r.get(2),
-        });
+        .map(|r| {
+            Ok::<_, Error>(SlotHealth {
+                active: r.field(0)?,
+                wal_status: r.field(1)?,
+                lag_bytes: r.field(2)?,
+            })
+        })
+        .transpose()?;
     health.refined_ago_s = client
         .query_one(
             "SELECT extract(epoch FROM pg_catalog.clock_timestamp() - max(updated_at))::float8 \

@@ -228,23 +228,6 @@ impl Env {
                     .field_with_name(c.name())
                     .unwrap_or_else(|_| panic!("gold.{model} has no column {}", c.name()))
                     .clone();
-                // Known gap (#14, gold SQL compatibility): date_trunc on a
-                // date gives Postgres a timestamptz, DataFusion a timestamp
-                // (the values agree: midnight UTC). Listed exactly, so the
-                // fix must remove the entry.
-                let known_gap = KNOWN_TIMESTAMP_GAPS.contains(&(model, c.name()));
-                if known_gap {
-                    assert!(
-                        *c.type_() == tokio_postgres::types::Type::TIMESTAMPTZ
-                            && matches!(
-                                field.data_type(),
-                                arrow::datatypes::DataType::Timestamp(_, None)
-                            ),
-                        "gold.{model}.{}: the known timestamp gap is gone; remove it from KNOWN_TIMESTAMP_GAPS",
-                        c.name()
-                    );
-                    continue;
-                }
                 assert!(
                     same_type(c.type_(), field.data_type()),
                     "gold.{model}.{}: Postgres gives {}, gold holds {}",
@@ -288,11 +271,6 @@ impl Env {
         );
     }
 }
-
-/// Gold columns whose type differs from Postgres' today: `date_trunc` over
-/// a date column (timestamptz in Postgres, timestamp in DataFusion).
-const KNOWN_TIMESTAMP_GAPS: &[(&str, &str)] =
-    &[("monthly_revenue", "month"), ("general_ledger", "period")];
 
 /// The Delta storage type of what a reader returned: readers may hand
 /// strings and binaries back as view or large types; Delta stores one
