@@ -715,6 +715,37 @@ async fn kill_9_inside_a_streamed_transaction_gives_the_same_lake() {
     );
 }
 
+/// A sidecar that starts after a column was added evolves bronze from the
+/// catalog before it streams: a commit that then carries only the schema
+/// (no row above the table's position) must keep the table's stream
+/// position. With position 0, a kill before the acknowledgement made the
+/// next start apply every change above the slot's position again (found by
+/// `medallion-bench chaos`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_only_commit_keeps_the_stream_position() {
+    use medallion::fault::AFTER_BRONZE_COMMIT;
+    let env = Env::new();
+    env.sql("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric)");
+    env.sql("INSERT INTO ledger SELECT g, g FROM generate_series(1, 100) g");
+    env.sql("SELECT medallion.add_source('ledger')");
+    env.catch_up().await;
+    // Bronze holds these, the slot is not told.
+    env.sql("INSERT INTO ledger SELECT g, g FROM generate_series(101, 200) g");
+    env.run_to_fault(&format!("{AFTER_BRONZE_COMMIT}:1"), "100000");
+    // The next start opens ledger with the new column and commits just
+    // that (its replayed rows are skipped), then dies before acknowledging.
+    env.sql("ALTER TABLE ledger ADD COLUMN tag jsonb");
+    env.run_to_fault(&format!("{AFTER_BRONZE_COMMIT}:1"), "100000");
+    env.sql(r#"INSERT INTO ledger SELECT g, g, '{"a": 1}' FROM generate_series(201, 300) g"#);
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "ledger").await;
+    assert_eq!(
+        env.bronze_op_counts("public", "ledger").await,
+        "insert=200 snapshot=100",
+        "every change once after a kill behind a schema-only commit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_instants_while_streaming() {
     let env = Env::new();
