@@ -66,12 +66,13 @@ fn init_logging(format: &str) {
     // delta-rs 1.1 warns on every MERGE that its own scan metrics lack a
     // name ("Missing target skipped-file metric"): noise once per silver
     // refresh, so its merge module logs errors only by default.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDALLION_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,deltalake=warn,deltalake_core=warn,deltalake_core::operations::merge=error,\
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MEDALLION_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,deltalake=warn,deltalake_core=warn,deltalake_core::operations::merge=error,\
              buoyant_kernel=warn,delta_kernel=warn,pg_walstream=error",
-        )
-    });
+            )
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
