@@ -275,6 +275,62 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
         }
         Err(e) => out.push(f("slot", false, e.to_string())),
     }
+    if ext {
+        out.extend(gold_plans(&client, cfg).await);
+    }
     task.abort();
+    out
+}
+
+/// Plan every gold model against the lake's current silver and gold
+/// tables (nothing runs): each model gold cannot run is listed with why,
+/// then one line counts those that plan and those waiting for an input.
+async fn gold_plans(client: &tokio_postgres::Client, cfg: &Config) -> Vec<Finding> {
+    let gold = match catalog::refined_definitions(client).await {
+        Ok((_, gold)) => gold,
+        Err(e) => {
+            return vec![f(
+                "gold",
+                false,
+                format!("cannot read the gold models: {e}"),
+            )];
+        }
+    };
+    if gold.is_empty() {
+        return Vec::new();
+    }
+    let root = match cfg.lake_root() {
+        Ok(r) => r,
+        Err(e) => return vec![f("gold", false, e.to_string())],
+    };
+    let storage = cfg.storage.to_map();
+    let mut out = Vec::new();
+    let (mut plans, mut waiting) = (0, Vec::new());
+    for def in &gold {
+        match crate::gold::plan_against_lake(&root, &storage, def, cfg.numeric_scale).await {
+            Ok(None) => plans += 1,
+            Ok(Some(input)) => waiting.push(format!("{} (waits for {input})", def.name)),
+            Err(e) => out.push(f("gold", false, format!("cannot run: {e}"))),
+        }
+    }
+    let failed = out.len();
+    out.push(f(
+        "gold",
+        failed == 0,
+        format!(
+            "{plans} of {} gold model(s) plan against the lake{}{}",
+            gold.len(),
+            if failed > 0 {
+                format!(", {failed} cannot run (listed above)")
+            } else {
+                String::new()
+            },
+            if waiting.is_empty() {
+                String::new()
+            } else {
+                format!("; not built yet: {}", waiting.join(", "))
+            }
+        ),
+    ));
     out
 }

@@ -139,8 +139,7 @@ impl Refiner<'_> {
             })?;
             lake::register(&ctx, u, &input.table).await?;
         }
-        let df = ctx
-            .sql(&def.query)
+        let df = crate::pg_sql::plan(&ctx, &def.query, self.numeric_scale)
             .await
             .map_err(|e| model_error(&def.name, e))?;
         let mut txns = vec![
@@ -359,4 +358,36 @@ impl Refiner<'_> {
         }
         Ok(vec![all])
     }
+}
+
+/// Whether gold model `def` can be planned against the lake as it is now
+/// (nothing runs, nothing is written): `Ok(None)` plans; `Ok(Some(input))`
+/// waits for an input that is not in the lake yet; `Err` names what gold
+/// cannot run (an unsupported construct, an unknown column, a type error).
+pub(crate) async fn plan_against_lake(
+    lake_url: &url::Url,
+    storage: &HashMap<String, String>,
+    def: &GoldDef,
+    numeric_scale: i8,
+) -> Result<Option<String>> {
+    let ctx = lake::session();
+    lake::ensure_layer_schemas(&ctx)?;
+    for u in &def.upstream {
+        let Some((layer, name)) = u.split_once('.') else {
+            return Err(model_error(&def.name, format!("input {u} names no layer")));
+        };
+        match lake::open(&lake::refined_url(lake_url, layer, name)?, storage).await? {
+            Some(t) => lake::register(&ctx, u, &t).await?,
+            None => return Ok(Some(u.clone())),
+        }
+    }
+    // Physical planning too: some constructs pass the logical planner and
+    // are refused only there (a correlated reference it cannot decorrelate).
+    crate::pg_sql::plan(&ctx, &def.query, numeric_scale)
+        .await
+        .map_err(|e| model_error(&def.name, e))?
+        .create_physical_plan()
+        .await
+        .map_err(|e| model_error(&def.name, e))?;
+    Ok(None)
 }

@@ -148,14 +148,15 @@ pub(crate) fn session() -> SessionContext {
         .with_create_default_catalog_and_schema(true);
     config.options_mut().sql_parser.dialect = deltalake::datafusion::config::Dialect::PostgreSQL;
     config.options_mut().sql_parser.enable_ident_normalization = true;
-    let state = SessionStateBuilder::new()
+    // `1.5` is a numeric in Postgres, not a float.
+    config.options_mut().sql_parser.parse_float_as_decimal = true;
+    let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
         .build();
-    let ctx = SessionContext::new_with_state(state);
-    crate::pg_sql::register(&ctx);
-    ctx
+    crate::pg_sql::register(&mut state);
+    SessionContext::new_with_state(state)
 }
 
 /// Register a Delta table under `name` (e.g. `silver.account_move`).
@@ -308,6 +309,7 @@ pub async fn query(
     silver: &[String],
     gold: &[String],
     sql: &str,
+    numeric_scale: i8,
 ) -> Result<Vec<RecordBatch>> {
     let ctx = session();
     ensure_layer_schemas(&ctx)?;
@@ -318,7 +320,13 @@ pub async fn query(
             }
         }
     }
-    collect(&ctx, sql).await
+    let batches = crate::pg_sql::plan(&ctx, sql, numeric_scale)
+        .await
+        .map_err(Error::datafusion(format!("plan {sql}")))?
+        .collect()
+        .await
+        .map_err(Error::datafusion(format!("run {sql}")))?;
+    batches.iter().map(without_views).collect()
 }
 
 #[cfg(test)]

@@ -261,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
                 &silver,
                 &gold,
                 &sql,
+                cfg.numeric_scale,
             )
             .await?;
             println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);

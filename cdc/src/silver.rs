@@ -66,6 +66,9 @@ pub struct Refiner<'a> {
     pub slot: &'a str,
     /// Changes applied per MERGE (bounds memory; one transaction is never split).
     pub batch_rows: usize,
+    /// Scale of unconstrained `numeric` (`MEDALLION_NUMERIC_SCALE`): gold
+    /// reads a bare `::numeric` with it, as silver stores such columns.
+    pub numeric_scale: i8,
 }
 
 /// Violations of one expectation in one run.
@@ -124,6 +127,7 @@ impl<'a> Refiner<'a> {
             storage,
             slot: &cfg.slot,
             batch_rows: cfg.silver_batch_rows.max(1),
+            numeric_scale: cfg.numeric_scale,
         }
     }
 

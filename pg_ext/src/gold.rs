@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use pgrx::prelude::*;
-use sqlparser::ast::{Expr, ObjectNamePart, Query, SetExpr, Statement, Visit, Visitor};
+use sqlparser::ast::{
+    Expr, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::Token;
@@ -38,6 +40,9 @@ fn parser_message(e: ParserError) -> String {
 struct Refs {
     ctes: BTreeSet<String>,
     relations: Vec<Vec<String>>,
+    /// The next relation name is a table function's (`FROM
+    /// generate_series(…) AS g`): it reads no table.
+    function_name_next: bool,
 }
 
 impl Visitor for Refs {
@@ -52,7 +57,15 @@ impl Visitor for Refs {
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        self.function_name_next = matches!(factor, TableFactor::Table { args: Some(_), .. });
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_relation(&mut self, relation: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
+        if std::mem::take(&mut self.function_name_next) {
+            return ControlFlow::Continue(());
+        }
         let parts = relation
             .0
             .iter()
@@ -509,6 +522,27 @@ mod unit {
                     name: "res_partner".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn table_functions_read_no_table() {
+        // A set-returning function in FROM is a function call, not a
+        // relation; the tables joined to it are still found and checked.
+        assert_eq!(
+            parse_gold_query(
+                "SELECT g, l.id FROM generate_series(1, 3) AS g, silver.sale_order_line l, \
+                 jsonb_each(l.analytic_distribution) AS d, unnest(ARRAY['a']) AS s(state)"
+            )
+            .unwrap(),
+            vec![TableRef {
+                layer: "silver".into(),
+                name: "sale_order_line".into()
+            }]
+        );
+        assert_eq!(
+            parse_gold_query("SELECT * FROM generate_series(1, 3) AS g, res_partner"),
+            Err(QueryError::Unqualified("res_partner".into()))
         );
     }
 

@@ -135,7 +135,7 @@ pub fn pg_text(array: &dyn Array, row: usize) -> Option<String> {
             let parts: Vec<String> = (0..inner.len())
                 .map(|i| match pg_text(inner.as_ref(), i) {
                     None => "NULL".into(),
-                    Some(v) => format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")),
+                    Some(v) => array_element(v),
                 })
                 .collect();
             format!("{{{}}}", parts.join(","))
@@ -146,6 +146,21 @@ pub fn pg_text(array: &dyn Array, row: usize) -> Option<String> {
             f.value(row).to_string()
         }
     })
+}
+
+/// An array element as Postgres prints it: quoted (with `\` and `"`
+/// escaped) only when empty, `NULL`, or holding a delimiter, brace, quote,
+/// backslash or white space.
+fn array_element(v: String) -> String {
+    let quote = v.is_empty()
+        || v.eq_ignore_ascii_case("null")
+        || v.chars()
+            .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace());
+    if quote {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        v
+    }
 }
 
 /// Rows of a change log, in (LSN, order) order, as column name → text.

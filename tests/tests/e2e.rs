@@ -36,6 +36,9 @@ mod definition_fuzz;
 #[path = "e2e/cli.rs"]
 mod cli;
 
+#[path = "e2e/gold_sql.rs"]
+mod gold_sql;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,
@@ -1008,6 +1011,21 @@ async fn real_odoo_18_replay_lands_exactly_once() {
     for m in ["monthly_revenue", "open_receivables", "general_ledger"] {
         env.assert_gold_matches(m).await;
     }
+
+    // The gold SQL corpus on the real Odoo 18 tables after W1: each model
+    // equals Postgres running its SQL (values and types), each refused one
+    // fails alone naming its construct.
+    let cases = gold_sql::corpus();
+    gold_sql::define_corpus(&env, &cases);
+    let report = env.refine_cycle(&env.cfg(), caught.acked_lsn).await;
+    let problems = gold_sql::corpus_problems(&env, &cases, &report.tables).await;
+    assert!(
+        problems.is_empty(),
+        "real Odoo 18: {} of {} corpus models are wrong:\n{}",
+        problems.len(),
+        cases.len(),
+        problems.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -268,3 +268,87 @@ async fn a_catalog_column_of_another_type_is_an_error_naming_it() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `medallion check` plans every gold model against the lake: a model gold
+/// cannot run is a FAIL line naming it and why (before any refresh tried
+/// it), a model whose input is not built yet is counted as waiting, and the
+/// refine cycle marks each such model `failed` with the same reason while
+/// the good model refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_the_gold_models_gold_cannot_run() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, d date, v numeric); \
+         INSERT INTO t SELECT g, DATE '2025-01-01' + g, g FROM generate_series(1, 10) g; \
+         SELECT medallion.add_source('t');",
+    );
+    let (st, _, err) = command(&env, &["run", "--until-caught-up"]);
+    assert!(st.success(), "run: {err}");
+    let (st, out, err) = command(&env, &["refine"]);
+    assert!(st.success(), "refine: {out}{err}");
+    env.sql(
+        "CREATE TABLE u (id int PRIMARY KEY); SELECT medallion.add_source('u'); \
+         SELECT medallion.define_gold('good', 'SELECT id, d - DATE ''2025-01-01'' AS days, v * v AS sq FROM silver.t'); \
+         SELECT medallion.define_gold('uses_age', 'SELECT id, age(d) AS a FROM silver.t'); \
+         SELECT medallion.define_gold('unknown_column', 'SELECT id, nope FROM silver.t'); \
+         SELECT medallion.define_gold('waits', 'SELECT id FROM silver.u');",
+    );
+    let (st, out, err) = command(&env, &["check"]);
+    assert!(
+        !st.success(),
+        "check must fail with unrunnable models: {out}{err}"
+    );
+    let fails: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(
+        fails.len(),
+        3,
+        "two models and the gold summary fail:\n{out}"
+    );
+    assert!(
+        fails
+            .iter()
+            .any(|l| l.contains("uses_age") && l.contains("age() is not supported")),
+        "{out}"
+    );
+    assert!(
+        fails
+            .iter()
+            .any(|l| l.contains("unknown_column") && l.contains("nope")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("1 of 4 gold model(s) plan")
+            && l.contains("2 cannot run")
+            && l.contains("waits (waits for silver.u)")),
+        "{out}"
+    );
+
+    // One refine cycle: each unrunnable model is failed with its reason in
+    // medallion.table_status; the good one refreshed.
+    let (st, out, err) = command(&env, &["refine"]);
+    assert!(
+        !st.success(),
+        "refine exits non-zero when a model failed: {out}{err}"
+    );
+    assert!(
+        err.contains("2 table(s) failed: gold.uses_age, gold.unknown_column"),
+        "{err}"
+    );
+    let states = env.sql(
+        "SELECT name || '=' || state || ':' || coalesce(last_error, '') FROM medallion.table_status \
+         WHERE layer = 'gold' ORDER BY name",
+    );
+    let line = |name: &str| {
+        states
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no status for {name}:\n{states}"))
+            .to_string()
+    };
+    assert!(line("good").starts_with("good=ok"), "{states}");
+    assert!(
+        line("uses_age").contains("=failed:") && line("uses_age").contains("age()"),
+        "{states}"
+    );
+    assert!(line("unknown_column").contains("=failed:"), "{states}");
+}

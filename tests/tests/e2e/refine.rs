@@ -179,6 +179,14 @@ impl Env {
     /// A gold model equals its SQL executed by Postgres on the source
     /// (`silver.<t>` as views over the source tables).
     pub(super) async fn assert_gold_matches(&self, model: &str) {
+        if let Err(e) = self.gold_differences(model).await {
+            panic!("{e}");
+        }
+    }
+
+    /// What differs between a gold model and Postgres running its SQL over
+    /// the source tables: column types, row count, rows. `Err` names it.
+    pub(super) async fn gold_differences(&self, model: &str) -> Result<(), String> {
         let client = self.client().await;
         let query: String = client
             .query_one(
@@ -223,18 +231,17 @@ impl Env {
         let described = client.prepare(&query).await.expect("describe oracle query");
         if let Some(b) = batches.first() {
             for c in described.columns() {
-                let field = b
-                    .schema()
-                    .field_with_name(c.name())
-                    .unwrap_or_else(|_| panic!("gold.{model} has no column {}", c.name()))
-                    .clone();
-                assert!(
-                    same_type(c.type_(), field.data_type()),
-                    "gold.{model}.{}: Postgres gives {}, gold holds {}",
-                    c.name(),
-                    c.type_(),
-                    field.data_type()
-                );
+                let Ok(field) = b.schema().field_with_name(c.name()).cloned() else {
+                    return Err(format!("gold.{model} has no column {}", c.name()));
+                };
+                if !same_type(c.type_(), field.data_type()) {
+                    return Err(format!(
+                        "gold.{model}.{}: Postgres gives {}, gold holds {}",
+                        c.name(),
+                        c.type_(),
+                        field.data_type()
+                    ));
+                }
             }
         }
         let rows = lake::rows_as_text(&batches);
@@ -250,25 +257,31 @@ impl Env {
             .collect();
         expected.sort();
         actual.sort();
-        assert!(
-            !expected.is_empty(),
-            "gold.{model}: the oracle query returned no rows; the test would prove nothing"
-        );
-        assert_eq!(
-            actual.len(),
-            expected.len(),
-            "gold.{model}: row count differs from Postgres"
-        );
+        if expected.is_empty() {
+            return Err(format!(
+                "gold.{model}: the oracle query returned no rows; the test would prove nothing"
+            ));
+        }
+        if actual.len() != expected.len() {
+            return Err(format!(
+                "gold.{model}: {} rows, Postgres gives {}",
+                actual.len(),
+                expected.len()
+            ));
+        }
         let diff: Vec<_> = actual
             .iter()
             .zip(&expected)
             .filter(|(a, e)| a != e)
             .take(5)
             .collect();
-        assert!(
-            diff.is_empty(),
-            "gold.{model} differs from Postgres (gold, postgres): {diff:#?}"
-        );
+        if diff.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "gold.{model} differs from Postgres (gold, postgres): {diff:#?}"
+            ))
+        }
     }
 }
 

@@ -1,23 +1,15 @@
-//! Postgres semantics for gold SQL where DataFusion's differ.
+//! `date_trunc` with Postgres' result types.
 //!
-//! Gold models are written in PostgreSQL syntax and are checked against
-//! Postgres running the same query (values *and* types). Where DataFusion
-//! 55 answers with another type, this module registers a function of the
-//! same name that gives Postgres' type, delegating the work to DataFusion's
-//! own implementation:
-//!
-//! | construct                  | Postgres                | DataFusion 55   | gold                    |
-//! |----------------------------|-------------------------|-----------------|-------------------------|
-//! | `date_trunc(unit, date)`   | `timestamptz`           | `timestamp(ns)` | `timestamptz` (µs, UTC) |
-//! | `date_trunc(unit, 'text')` | `timestamptz`           | `timestamp(ns)` | `timestamptz` (µs, UTC) |
+//! | argument        | Postgres      | DataFusion 55   | gold                    |
+//! |-----------------|---------------|-----------------|-------------------------|
+//! | `date`          | `timestamptz` | `timestamp(ns)` | `timestamptz` (µs, UTC) |
+//! | untyped `'text'`| `timestamptz` | `timestamp(ns)` | `timestamptz` (µs, UTC) |
+//! | timestamp(tz)   | same type     | same type       | same type and unit      |
 //!
 //! The sidecar's sessions run in UTC, so a date truncates to midnight UTC,
-//! what Postgres gives with `TimeZone = 'UTC'`. Timestamps keep their own
-//! unit and zone. Delta stores microseconds: a nanosecond result would be
-//! converted with a "lossy timestamp conversion" warning for every model.
-//!
-//! The rest of the Postgres compatibility work (jsonb operators, numeric
-//! scale, rewrites) is tracked in issue #14 and belongs here too.
+//! what Postgres gives with `TimeZone = 'UTC'`. Delta stores microseconds:
+//! a nanosecond result would be converted with a "lossy timestamp
+//! conversion" warning for every model. The truncation is DataFusion's.
 
 use arrow::datatypes::{DataType, FieldRef, TimeUnit};
 use deltalake::datafusion::common::{Result as DfResult, internal_err, plan_err};
@@ -26,12 +18,10 @@ use deltalake::datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
 };
-use deltalake::datafusion::prelude::SessionContext;
 
-/// Register the Postgres-typed functions in `ctx` (replacing DataFusion's
-/// functions of the same names).
-pub(crate) fn register(ctx: &SessionContext) {
-    ctx.register_udf(ScalarUDF::new_from_impl(DateTrunc::new()));
+/// `date_trunc` with Postgres' result types, as a UDF replacing DataFusion's.
+pub(super) fn udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(DateTrunc::new())
 }
 
 /// The type a date or an untyped literal becomes for `date_trunc`:
@@ -115,6 +105,7 @@ impl ScalarUDFImpl for DateTrunc {
 mod tests {
     use super::*;
     use arrow::array::{Array, Date32Array, RecordBatch, TimestampMicrosecondArray};
+    use deltalake::datafusion::prelude::SessionContext;
     use std::sync::Arc;
 
     async fn one(ctx: &SessionContext, sql: &str) -> (DataType, String) {

@@ -1,0 +1,108 @@
+//! Postgres semantics for gold SQL where DataFusion's differ.
+//!
+//! Gold models are written in PostgreSQL syntax, run by DataFusion 55 over
+//! the silver and gold Delta tables, and checked against Postgres running
+//! the same query (values *and* types; `docs/gold-sql.md` lists what is
+//! supported). A query goes through three stages:
+//!
+//! ```text
+//!  query text ──parse (PostgreSQL dialect)──▶ AST
+//!     AST ──rewrite::apply──▶ AST          (Postgres readings of the text)
+//!     AST ──plan (session: JSON operators, date_trunc, wide products)──▶ plan
+//!     plan ──read-only check, stored types──▶ DataFrame
+//! ```
+//!
+//! - [`rewrite`]: rewrites on the parsed AST, each with a test, and the
+//!   constructs refused with what to write instead.
+//! - JSON: `->`, `->>`, `#>`, `#>>`, `?` over JSON text (silver keeps
+//!   `json`/`jsonb` as Postgres' text) by `datafusion-functions-json`.
+//! - [`date_trunc`]: Postgres' result types.
+//! - [`date_diff`]: `date - date` is an `int4` number of days.
+//! - [`numeric`]: products of unconstrained `numeric` columns.
+//! - Stored types: a JSON value (`j -> 'k'`) is stored as its JSON text, as
+//!   Postgres prints `jsonb`; nanosecond timestamps as microseconds (Delta's
+//!   unit, and Postgres').
+
+mod date_diff;
+mod date_trunc;
+mod numeric;
+mod rewrite;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, TimeUnit};
+use deltalake::datafusion::common::{Column, Result as DfResult, plan_err};
+use deltalake::datafusion::config::Dialect;
+use deltalake::datafusion::dataframe::DataFrame;
+use deltalake::datafusion::execution::FunctionRegistry;
+use deltalake::datafusion::execution::context::SQLOptions;
+use deltalake::datafusion::execution::session_state::SessionState;
+use deltalake::datafusion::logical_expr::{Expr, ExprSchemable};
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::datafusion::sql::parser::Statement as DfStatement;
+
+/// Register the Postgres-typed functions and operators in a session's
+/// state (replacing DataFusion's functions of the same names).
+pub(crate) fn register(state: &mut SessionState) {
+    // Registering into a `SessionState` cannot fail: its registry methods
+    // only insert (the `Result` is the `FunctionRegistry` trait's).
+    let _ = datafusion_functions_json::register_all(state);
+    let _ = state.register_udf(Arc::new(date_trunc::udf()));
+    let _ = state.register_expr_planner(Arc::new(numeric::WideProduct));
+    let _ = state.register_expr_planner(Arc::new(date_diff::DateDifference));
+    for udf in numeric::integer_casts() {
+        let _ = state.register_udf(Arc::new(udf));
+    }
+}
+
+/// Plan one read-only query written in PostgreSQL syntax, with the lake's
+/// scale for unconstrained `numeric` (`MEDALLION_NUMERIC_SCALE`).
+pub(crate) async fn plan(
+    ctx: &SessionContext,
+    sql: &str,
+    numeric_scale: i8,
+) -> DfResult<DataFrame> {
+    let state = ctx.state();
+    let mut statement = state.sql_to_statement(sql, &Dialect::PostgreSQL)?;
+    match &mut statement {
+        DfStatement::Statement(s) => rewrite::apply(s, numeric_scale)?,
+        _ => return plan_err!("a gold query is one SELECT statement"),
+    }
+    let plan = state.statement_to_plan(statement).await?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)?;
+    stored_types(ctx.execute_logical_plan(plan).await?)
+}
+
+/// Project the columns Delta cannot store as they are to what Postgres
+/// would print: JSON values to JSON text, nanoseconds to microseconds.
+fn stored_types(df: DataFrame) -> DfResult<DataFrame> {
+    let schema = df.schema().clone();
+    let mut changed = false;
+    let mut exprs = Vec::with_capacity(schema.fields().len());
+    for (qualifier, field) in schema.iter() {
+        let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+        let stored = match field.data_type() {
+            t if datafusion_functions_json::JSON_UNION_DATA_TYPE.eq(t) => Some(
+                datafusion_functions_json::udfs::json_union_to_text_udf()
+                    .call(vec![column.clone()]),
+            ),
+            DataType::Timestamp(TimeUnit::Nanosecond, tz) => Some(column.clone().cast_to(
+                &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+                &schema,
+            )?),
+            _ => None,
+        };
+        match stored {
+            Some(e) => {
+                changed = true;
+                exprs.push(e.alias(field.name()));
+            }
+            None => exprs.push(column),
+        }
+    }
+    if changed { df.select(exprs) } else { Ok(df) }
+}
