@@ -211,19 +211,14 @@ impl Env {
             ));
         }
         client.batch_execute(&ddl).await.expect("oracle views");
-        let mut expected: Vec<String> = Vec::new();
+        let mut expected: Vec<Vec<Option<String>>> = Vec::new();
         let mut names: Vec<String> = Vec::new();
         for m in client.simple_query(&query).await.expect("oracle query") {
             if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
                 if names.is_empty() {
                     names = r.columns().iter().map(|c| c.name().to_string()).collect();
                 }
-                expected.push(
-                    (0..r.len())
-                        .map(|i| norm(r.get(i)))
-                        .collect::<Vec<_>>()
-                        .join("|"),
-                );
+                expected.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
             }
         }
         let batches = self.refined_batches("gold", model).await;
@@ -244,19 +239,26 @@ impl Env {
                 }
             }
         }
-        let rows = lake::rows_as_text(&batches);
-        let mut actual: Vec<String> = rows
+        let types: Vec<tokio_postgres::types::Type> = described
+            .columns()
             .iter()
-            .map(|r| {
-                names
-                    .iter()
-                    .map(|n| norm(r.get(n).cloned().flatten().as_deref()))
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
+            .map(|c| c.type_().clone())
             .collect();
-        expected.sort();
-        actual.sort();
+        let rows = lake::rows_as_text(&batches);
+        let mut actual: Vec<Vec<Option<String>>> = rows
+            .iter()
+            .map(|r| names.iter().map(|n| r.get(n).cloned().flatten()).collect())
+            .collect();
+        // Rows are paired in the order of their coarse text (numbers to 6
+        // decimals), then compared cell by cell exactly (`same_value`).
+        let coarse = |row: &Vec<Option<String>>| {
+            row.iter()
+                .map(|v| norm(v.as_deref()))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        expected.sort_by_cached_key(coarse);
+        actual.sort_by_cached_key(coarse);
         if expected.is_empty() {
             return Err(format!(
                 "gold.{model}: the oracle query returned no rows; the test would prove nothing"
@@ -272,7 +274,13 @@ impl Env {
         let diff: Vec<_> = actual
             .iter()
             .zip(&expected)
-            .filter(|(a, e)| a != e)
+            .filter(|(a, e)| {
+                a.iter()
+                    .zip(e.iter())
+                    .zip(&types)
+                    .any(|((a, e), t)| !same_value(t, a.as_deref(), e.as_deref()))
+            })
+            .map(|(a, e)| (coarse(a), coarse(e)))
             .take(5)
             .collect();
         if diff.is_empty() {
@@ -283,6 +291,107 @@ impl Env {
             ))
         }
     }
+}
+
+/// Whether gold's value equals Postgres' for a column of Postgres type
+/// `t`. A `numeric` is compared exactly at the scale Postgres printed:
+/// gold's value rounded half away from zero to Postgres' decimals (gold's
+/// `1.2345` equals Postgres' `1.235`, never `1.24`; gold's `1.2` does not
+/// equal Postgres' `1.2345`: fewer digits than Postgres is a loss); integers, text, dates and
+/// timestamps compare as text (normalised by `norm`); floating point to 6
+/// decimals.
+fn same_value(t: &tokio_postgres::types::Type, gold: Option<&str>, pg: Option<&str>) -> bool {
+    match (gold, pg) {
+        (None, None) => true,
+        (Some(g), Some(p)) if *t == tokio_postgres::types::Type::NUMERIC => {
+            match (Decimal::parse(g), Decimal::parse(p)) {
+                (Some(g), Some(p)) => g.rounded(p.frac.len()) == p.rounded(p.frac.len()),
+                _ => g == p,
+            }
+        }
+        (g, p) => norm(g) == norm(p),
+    }
+}
+
+/// A decimal number as printed by Postgres or Arrow (no exponent), digits
+/// kept exactly.
+#[derive(Debug, PartialEq)]
+struct Decimal {
+    negative: bool,
+    int: String,
+    frac: String,
+}
+
+impl Decimal {
+    fn parse(s: &str) -> Option<Decimal> {
+        let s = s.trim();
+        let (negative, s) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        if int.is_empty() && frac.is_empty()
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        Some(Decimal {
+            negative,
+            int: int.to_string(),
+            frac: frac.to_string(),
+        })
+    }
+
+    /// Rounded half away from zero to `scale` decimals, in a canonical form.
+    fn rounded(&self, scale: usize) -> Decimal {
+        let mut digits: Vec<u8> = self.int.bytes().collect();
+        let frac = self.frac.as_bytes();
+        digits.extend((0..scale).map(|i| frac.get(i).copied().unwrap_or(b'0')));
+        if frac.get(scale).is_some_and(|d| *d >= b'5') {
+            let mut i = digits.len();
+            loop {
+                if i == 0 {
+                    digits.insert(0, b'1');
+                    break;
+                }
+                i -= 1;
+                if digits[i] == b'9' {
+                    digits[i] = b'0';
+                } else {
+                    digits[i] += 1;
+                    break;
+                }
+            }
+        }
+        let split = digits.len() - scale;
+        let int = String::from_utf8_lossy(&digits[..split])
+            .trim_start_matches('0')
+            .to_string();
+        let frac = String::from_utf8_lossy(&digits[split..]).to_string();
+        let zero = int.is_empty() && frac.bytes().all(|b| b == b'0');
+        Decimal {
+            negative: self.negative && !zero,
+            int: if int.is_empty() { "0".into() } else { int },
+            frac,
+        }
+    }
+}
+
+#[test]
+fn decimals_compare_at_the_scale_postgres_printed() {
+    let same =
+        |g: &str, p: &str| same_value(&tokio_postgres::types::Type::NUMERIC, Some(g), Some(p));
+    assert!(same("1.234500000000000000000000", "1.2345"));
+    assert!(same("1.5", "1.500"));
+    assert!(!same("1.2", "1.2345"));
+    assert!(same("1.234500000000000000000000", "1.235"));
+    assert!(!same("1.234400000000000000000000", "1.235"));
+    assert!(!same("1.234500000000000000000000", "1.24"));
+    assert!(same("-0.000000000000000000000001", "0.00"));
+    assert!(same("99.995", "100.00"));
+    assert!(same("12345678901234567890.5", "12345678901234567891"));
+    assert!(!same("12345678901234567890.1", "12345678901234567891"));
+    assert!(!same("2.000000000000000000000000", "-2.00"));
 }
 
 /// The Delta storage type of what a reader returned: readers may hand
@@ -314,6 +423,10 @@ fn same_type(pg: &tokio_postgres::types::Type, dt: &arrow::datatypes::DataType) 
         T::FLOAT4 => dt == &D::Float32,
         T::FLOAT8 => dt == &D::Float64,
         T::NUMERIC => matches!(dt, D::Decimal128(..)),
+        T::JSON | T::JSONB => matches!(dt, D::Utf8 | D::LargeUtf8 | D::Utf8View),
+        T::TEXT_ARRAY | T::VARCHAR_ARRAY => {
+            matches!(dt, D::List(f) if matches!(f.data_type(), D::Utf8 | D::LargeUtf8 | D::Utf8View))
+        }
         T::TEXT | T::VARCHAR | T::BPCHAR | T::NAME => {
             matches!(dt, D::Utf8 | D::LargeUtf8 | D::Utf8View)
         }
