@@ -39,8 +39,55 @@ fn pg_type(t: &DataType) -> String {
         DataType::Time32(_) | DataType::Time64(_) => "time".into(),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".into(),
         DataType::Interval(_) | DataType::Duration(_) => "interval".into(),
+        // `array_agg(…)` and other lists: a Postgres array of the element's
+        // type, as Postgres gives the same query (`text[]`, `integer[]`, …).
+        DataType::List(f) | DataType::LargeList(f) if !f.data_type().is_nested() => {
+            format!("{}[]", pg_type(f.data_type()))
+        }
         _ => "text".into(),
     }
+}
+
+/// One list value as a Postgres array literal: elements in their text form,
+/// quoted (with `\` and `"` escaped) when Postgres would quote them, NULL
+/// elements as `NULL`.
+fn array_literal(values: &dyn Array, opts: &FormatOptions) -> Result<String> {
+    let f = ArrayFormatter::try_new(values, opts).map_err(Error::arrow("publish array"))?;
+    let mut out = String::from("{");
+    for i in 0..values.len() {
+        if i > 0 {
+            out.push(',');
+        }
+        if values.is_null(i) {
+            out.push_str("NULL");
+            continue;
+        }
+        let v = match values.data_type() {
+            DataType::Boolean => (if values.as_boolean().value(i) {
+                "t"
+            } else {
+                "f"
+            })
+            .into(),
+            _ => f
+                .value(i)
+                .try_to_string()
+                .map_err(Error::arrow("publish array element"))?,
+        };
+        let quote = v.is_empty()
+            || v.eq_ignore_ascii_case("null")
+            || v.chars()
+                .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace());
+        if quote {
+            out.push('"');
+            out.push_str(&v.replace('\\', "\\\\").replace('"', "\\\""));
+            out.push('"');
+        } else {
+            out.push_str(&v);
+        }
+    }
+    out.push('}');
+    Ok(out)
 }
 
 fn quote(ident: &str) -> String {
@@ -69,6 +116,7 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
         .zip(batch.schema().fields())
         .map(|(c, f)| match c.data_type() {
             DataType::Binary | DataType::Boolean => Ok(None),
+            DataType::List(_) | DataType::LargeList(_) => Ok(None),
             DataType::Duration(TimeUnit::Microsecond) => Ok(None),
             _ => ArrayFormatter::try_new(c.as_ref(), &opts)
                 .map(Some)
@@ -91,6 +139,14 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
                     for b in c.as_binary::<i32>().value(r) {
                         out.push_str(&format!("{b:02x}"));
                     }
+                }
+                DataType::List(_) => {
+                    let v = array_literal(c.as_list::<i32>().value(r).as_ref(), &opts)?;
+                    escape(out, &v)
+                }
+                DataType::LargeList(_) => {
+                    let v = array_literal(c.as_list::<i64>().value(r).as_ref(), &opts)?;
+                    escape(out, &v)
                 }
                 DataType::Duration(TimeUnit::Microsecond) => {
                     let us = c
@@ -333,6 +389,25 @@ mod tests {
         let e = copy_text(&batch, &mut out).expect_err("an unrenderable timestamp");
         assert!(e.to_string().contains("publish column at row 1"), "{e}");
         assert_eq!(pg_type(&DataType::Decimal128(38, 24)), "numeric(38,24)");
+
+        // A list is a Postgres array: elements quoted only where Postgres
+        // quotes them.
+        let mut names = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+        names.values().append_value("S001");
+        names.values().append_value("a b");
+        names.values().append_null();
+        names.values().append_value("q\"\\");
+        names.values().append_value("");
+        names.append(true);
+        names.append(false);
+        let names = names.finish();
+        assert_eq!(pg_type(names.data_type()), "text[]");
+        let batch =
+            RecordBatch::try_from_iter(vec![("n", Arc::new(names) as arrow::array::ArrayRef)])
+                .unwrap();
+        let mut out = String::new();
+        copy_text(&batch, &mut out).unwrap();
+        assert_eq!(out, "{S001,\"a b\",NULL,\"q\\\\\"\\\\\\\\\",\"\"}\n\\N\n");
         assert_eq!(
             pg_type(&DataType::Timestamp(
                 TimeUnit::Microsecond,

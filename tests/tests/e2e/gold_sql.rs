@@ -108,6 +108,17 @@ async fn the_gold_sql_corpus_equals_postgres_or_is_refused_with_a_hint() {
     load_odoo(&env, 0.3, 11);
     env.sql("SELECT medallion.add_sources('public')");
     define_corpus(&env, &cases);
+    // Published into Postgres for BI tools: arrays, dates, integers and
+    // money keep the types Postgres gives the same SQL.
+    const PUBLISHED: [&str; 4] = [
+        "sql_array_agg",
+        "sql_dates",
+        "sql_money_arithmetic",
+        "report_aging_buckets",
+    ];
+    for m in PUBLISHED {
+        env.sql(&format!("SELECT medallion.publish('{m}')"));
+    }
     let r = env.catch_up_and_refine().await;
     let problems = corpus_problems(&env, &cases, &r.tables).await;
     // Silver is untouched by the failing models.
@@ -124,4 +135,28 @@ async fn the_gold_sql_corpus_equals_postgres_or_is_refused_with_a_hint() {
         cases.len(),
         problems.join("\n")
     );
+    for m in PUBLISHED {
+        env.assert_published_matches(m).await;
+        // Column by column, the published type is Postgres' own for the
+        // query (typmods aside: numeric(38,24) is a numeric; Arrow has one
+        // string type, so varchar is published as text).
+        let query = cases.iter().find(|c| c.name == m).unwrap().query.as_str();
+        let types = |relation: &str| {
+            env.sql(&format!(
+                "SELECT string_agg(attname || ' ' || replace(atttypid::regtype::text, \
+                 'character varying', 'text'), ', ' ORDER BY attnum) \
+                 FROM pg_attribute WHERE attrelid = '{relation}'::regclass AND attnum > 0"
+            ))
+        };
+        env.sql(&format!(
+            "SET TimeZone = 'UTC'; CREATE OR REPLACE VIEW public.oracle_{m} AS {query}"
+        ));
+        let published = types(&format!("medallion_gold.{m}"));
+        assert!(published.contains(' '), "no columns read for {m}");
+        assert_eq!(
+            published,
+            types(&format!("public.oracle_{m}")),
+            "medallion_gold.{m}: published column types"
+        );
+    }
 }
