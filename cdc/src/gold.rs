@@ -59,6 +59,17 @@ fn query_hash(def: &GoldDef) -> i64 {
     (h.finish() & (i64::MAX as u64)) as i64
 }
 
+/// The type Delta stores for an Arrow type: one string and one binary type
+/// whatever the reader's view or large variant.
+fn storage_type(t: &arrow::datatypes::DataType) -> arrow::datatypes::DataType {
+    use arrow::datatypes::DataType as D;
+    match t {
+        D::Utf8View | D::LargeUtf8 => D::Utf8,
+        D::BinaryView | D::LargeBinary => D::Binary,
+        other => other.clone(),
+    }
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -179,8 +190,32 @@ impl Refiner<'_> {
         };
         let counted = batches.is_some();
         crate::fault::hit(crate::fault::BEFORE_GOLD_COMMIT);
+        // A keyed model MERGEs into its table while the result has the
+        // table's column types; when they changed (a redefinition, a sum now
+        // typed wider), the table is rewritten whole instead.
+        let result_schema = match &batches {
+            Some(b) => b.first().map(|b| b.schema()),
+            None => Some(Arc::new(df.schema().as_arrow().clone())),
+        };
+        let same_types = |target: &DeltaTable| -> bool {
+            let (Ok(snapshot), Some(result)) = (target.snapshot(), &result_schema) else {
+                return false;
+            };
+            let stored = snapshot.snapshot().arrow_schema();
+            result.fields().iter().all(|f| {
+                stored
+                    .field_with_name(f.name())
+                    .is_ok_and(|s| storage_type(s.data_type()) == storage_type(f.data_type()))
+            })
+        };
+        if def.keys.is_some()
+            && let Some(target) = &existing
+            && !same_types(target)
+        {
+            tracing::warn!(gold = %def.name, "column types changed: the keyed model's table is rewritten whole");
+        }
         let table = match (&def.keys, existing) {
-            (Some(keys), Some(target)) => {
+            (Some(keys), Some(target)) if same_types(&target) => {
                 let source = match batches {
                     Some(b) => ctx
                         .read_batches(b)

@@ -19,6 +19,7 @@
 //! - [`date_trunc`]: Postgres' result types.
 //! - [`date_diff`]: `date - date` is an `int4` number of days.
 //! - [`numeric`]: products of unconstrained `numeric` columns.
+//! - [`sums`]: `sum`/`avg` of decimals in 256 bits (never wrap).
 //! - Stored types: a JSON value (`j -> 'k'`) is stored as its JSON text, as
 //!   Postgres prints `jsonb`; nanosecond timestamps as microseconds (Delta's
 //!   unit, and Postgres').
@@ -27,6 +28,7 @@ mod date_diff;
 mod date_trunc;
 mod numeric;
 mod rewrite;
+mod sums;
 
 use std::sync::Arc;
 
@@ -50,6 +52,9 @@ pub(crate) fn register(state: &mut SessionState) {
     let _ = state.register_udf(Arc::new(date_trunc::udf()));
     let _ = state.register_expr_planner(Arc::new(numeric::WideProduct));
     let _ = state.register_expr_planner(Arc::new(date_diff::DateDifference));
+    for udaf in sums::udafs() {
+        let _ = state.register_udaf(Arc::new(udaf));
+    }
     for udf in numeric::integer_casts() {
         let _ = state.register_udf(Arc::new(udf));
     }
@@ -74,12 +79,13 @@ pub(crate) async fn plan(
         .with_allow_dml(false)
         .with_allow_statements(false)
         .verify_plan(&plan)?;
-    stored_types(ctx.execute_logical_plan(plan).await?)
+    stored_types(ctx.execute_logical_plan(plan).await?, numeric_scale)
 }
 
 /// Project the columns Delta cannot store as they are to what Postgres
-/// would print: JSON values to JSON text, nanoseconds to microseconds.
-fn stored_types(df: DataFrame) -> DfResult<DataFrame> {
+/// would print: JSON values to JSON text, nanoseconds to microseconds,
+/// 256-bit decimals to `decimal(38, s)` with at most the lake's scale.
+fn stored_types(df: DataFrame, numeric_scale: i8) -> DfResult<DataFrame> {
     let schema = df.schema().clone();
     let mut changed = false;
     let mut exprs = Vec::with_capacity(schema.fields().len());
@@ -89,6 +95,13 @@ fn stored_types(df: DataFrame) -> DfResult<DataFrame> {
             t if datafusion_functions_json::JSON_UNION_DATA_TYPE.eq(t) => Some(
                 datafusion_functions_json::udfs::json_union_to_text_udf()
                     .call(vec![column.clone()]),
+            ),
+            // A 256-bit sum or average: back to what Delta stores, by a
+            // checked cast (a value that does not fit is an error).
+            DataType::Decimal256(_, s) => Some(
+                column
+                    .clone()
+                    .cast_to(&DataType::Decimal128(38, (*s).min(numeric_scale)), &schema)?,
             ),
             DataType::Timestamp(TimeUnit::Nanosecond, tz) => Some(column.clone().cast_to(
                 &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
@@ -105,4 +118,62 @@ fn stored_types(df: DataFrame) -> DfResult<DataFrame> {
         }
     }
     if changed { df.select(exprs) } else { Ok(df) }
+}
+
+#[cfg(test)]
+mod tests {
+    async fn run(sql: &str) -> Result<Vec<String>, String> {
+        let ctx = crate::lake::session();
+        let df = super::plan(&ctx, sql, 24)
+            .await
+            .map_err(|e| e.to_string())?;
+        let batches = df.collect().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let opts = arrow::util::display::FormatOptions::default();
+            let f = arrow::util::display::ArrayFormatter::try_new(b.column(0).as_ref(), &opts)
+                .map_err(|e| e.to_string())?;
+            for i in 0..b.num_rows() {
+                out.push(f.value(i).to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn numbers_that_do_not_fit_are_errors_never_wrong_values() {
+        // A product of two lake-scale numerics that fits: exact.
+        let product = run("SELECT CAST(12345678.123456 AS numeric) * CAST(1000.5 AS numeric)")
+            .await
+            .unwrap();
+        assert_eq!(product, vec!["12351850962.517728000000000000000000"]);
+        // Beyond 14 integer digits: an error naming the type.
+        let e = run("SELECT CAST(99999999999 AS numeric) * CAST(99999999999 AS numeric)")
+            .await
+            .unwrap_err();
+        assert!(e.contains("Decimal128(38, 24)"), "{e}");
+        // A sum that fits 38 digits only in 256 bits is exact in the query
+        // and an error where it is stored, never a wrapped value.
+        let values =
+            "(VALUES (CAST(90000000000000 AS numeric)), (CAST(90000000000000 AS numeric))) v(x)";
+        let e = run(&format!("SELECT sum(x) FROM {values}"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("Decimal128(38, 24)"), "{e}");
+        let halved = run(&format!("SELECT sum(x) / 2 AS s FROM {values}"))
+            .await
+            .unwrap();
+        assert_eq!(halved, vec!["90000000000000.000000000000000000000000"]);
+        let avg = run(&format!("SELECT avg(x) FROM {values}")).await.unwrap();
+        assert_eq!(avg, vec!["90000000000000.000000000000000000000000"]);
+        // Division: by zero an error, otherwise rounded at the lake scale.
+        let e = run("SELECT CAST(10 AS numeric) / CAST(0 AS numeric)")
+            .await
+            .unwrap_err();
+        assert!(e.contains("division by zero"), "{e}");
+        let third = run("SELECT CAST(2 AS numeric) / CAST(3 AS numeric)")
+            .await
+            .unwrap();
+        assert_eq!(third, vec!["0.666666666666666666666667"]);
+    }
 }

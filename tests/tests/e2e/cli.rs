@@ -291,7 +291,8 @@ async fn check_lists_the_gold_models_gold_cannot_run() {
          SELECT medallion.define_gold('good', 'SELECT id, d - DATE ''2025-01-01'' AS days, v * v AS sq FROM silver.t'); \
          SELECT medallion.define_gold('uses_age', 'SELECT id, age(d) AS a FROM silver.t'); \
          SELECT medallion.define_gold('unknown_column', 'SELECT id, nope FROM silver.t'); \
-         SELECT medallion.define_gold('waits', 'SELECT id FROM silver.u');",
+         SELECT medallion.define_gold('waits', 'SELECT id FROM silver.u'); \
+         SELECT medallion.define_gold('keyed_sum', 'SELECT id, sum(v) AS s FROM silver.t GROUP BY id', keys => ARRAY['id']);",
     );
     let (st, out, err) = command(&env, &["check"]);
     assert!(
@@ -317,7 +318,7 @@ async fn check_lists_the_gold_models_gold_cannot_run() {
         "{out}"
     );
     assert!(
-        out.lines().any(|l| l.contains("1 of 4 gold model(s) plan")
+        out.lines().any(|l| l.contains("2 of 5 gold model(s) plan")
             && l.contains("2 cannot run")
             && l.contains("waits (waits for silver.u)")),
         "{out}"
@@ -351,4 +352,28 @@ async fn check_lists_the_gold_models_gold_cannot_run() {
         "{states}"
     );
     assert!(line("unknown_column").contains("=failed:"), "{states}");
+    assert!(line("keyed_sum").starts_with("keyed_sum=ok"), "{states}");
+
+    // A keyed model MERGEs while its column types hold (a 256-bit sum is
+    // stored as decimal(38, s) every time), and rewrites its table when a
+    // redefinition changes them.
+    env.sql("UPDATE t SET v = v + 1000 WHERE id = 1");
+    command(&env, &["run", "--until-caught-up"]);
+    let (_, _, err) = command(&env, &["refine"]);
+    assert!(!err.contains("column types changed"), "{err}");
+    let (_, out, _) = command(
+        &env,
+        &["query", "SELECT s FROM gold.keyed_sum WHERE id = 1"],
+    );
+    assert!(first_row(&out)[0].starts_with("1001."), "{out}");
+    env.sql(
+        "SELECT medallion.define_gold('keyed_sum', 'SELECT id, sum(v)::text AS s FROM silver.t GROUP BY id', keys => ARRAY['id'])",
+    );
+    let (_, _, err) = command(&env, &["refine"]);
+    assert!(err.contains("column types changed"), "{err}");
+    let (_, out, _) = command(
+        &env,
+        &["query", "SELECT s FROM gold.keyed_sum WHERE id = 1"],
+    );
+    assert!(first_row(&out)[0].starts_with("1001"), "{out}");
 }
