@@ -17,6 +17,7 @@
 //! - JSON: `->`, `->>`, `#>`, `#>>`, `?` over JSON text (silver keeps
 //!   `json`/`jsonb` as Postgres' text) by `datafusion-functions-json`.
 //! - [`date_trunc`]: Postgres' result types.
+//! - [`jsonb_each`]: `FROM t, jsonb_each(t.j) AS d` as an unnest of the keys.
 //! - [`date_diff`]: `date - date` is an `int4` number of days.
 //! - [`numeric`]: products of unconstrained `numeric` columns.
 //! - [`sums`]: `sum`/`avg` of decimals in 256 bits (never wrap).
@@ -26,6 +27,7 @@
 
 mod date_diff;
 mod date_trunc;
+mod jsonb_each;
 mod numeric;
 mod rewrite;
 mod sums;

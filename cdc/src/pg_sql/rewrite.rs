@@ -9,7 +9,8 @@
 //! | [`set_returning_select_item`] | `SELECT generate_series(…)`, `SELECT jsonb_object_keys(j)` | `unnest(generate_series(…))`, `unnest(json_object_keys(j))` | a set-returning function in the select list returns rows in Postgres, one list per row in DataFusion |
 //! | [`json_cast`] | `x::jsonb`, `CAST(x AS json)` | `x::text` | silver keeps `json`/`jsonb` as Postgres' text, which the JSON operators read; the text is not re-normalised |
 //! | [`like_any`] | `x LIKE ANY (ARRAY['a%', 'b%'])` | `(x LIKE 'a%' OR x LIKE 'b%')` | DataFusion does not implement `ANY` in `LIKE`/`ILIKE` |
-//! | [`refused`] | `FROM jsonb_each(j)`, `age(…)`, `LATERAL (… LIMIT n)` | — | not supported: refused at planning with what to write instead |
+//! | `jsonb_each` | `FROM t AS a, jsonb_each(a.j) AS d` | an unnest of the keys in `t`'s select list | see `super::jsonb_each` |
+//! | [`refused`] | other `jsonb_each(j)`, `age(…)`, `LATERAL (… LIMIT n)` | — | not supported: refused at planning with what to write instead |
 //!
 //! Each rewrite is a function over one node, so each has its own test.
 
@@ -44,6 +45,7 @@ impl VisitorMut for Rewriter {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        super::jsonb_each::apply(query);
         set_returning_select_items(&mut query.body);
         ControlFlow::Continue(())
     }
@@ -315,11 +317,11 @@ fn call_of(name: &str, args: Vec<Expr>) -> Expr {
 const REFUSED_TABLE_FUNCTIONS: &[(&str, &str)] = &[
     (
         "jsonb_each",
-        "jsonb_each is not supported in gold: read the keys with unnest(json_object_keys(j)) AS k in a subquery and the values with j ->> k",
+        "jsonb_each is supported in gold only as FROM t AS a, jsonb_each(a.j) AS d (one table's column, an alias, d.key and d.value qualified): otherwise select jsonb_object_keys(j) AS k in a subquery and read the values with j -> k",
     ),
     (
         "jsonb_each_text",
-        "jsonb_each_text is not supported in gold: read the keys with unnest(json_object_keys(j)) AS k in a subquery and the values with j ->> k",
+        "jsonb_each_text is supported in gold only as FROM t AS a, jsonb_each_text(a.j) AS d (one table's column, an alias, d.key and d.value qualified): otherwise select jsonb_object_keys(j) AS k in a subquery and read the values with j ->> k",
     ),
     (
         "jsonb_object_keys",
@@ -469,8 +471,8 @@ mod tests {
         // A LATERAL subquery without LIMIT is left to the planner.
         rewritten("SELECT p.id, t.n FROM p CROSS JOIN LATERAL (SELECT count(*) AS n FROM o WHERE o.p = p.id) t")
             .unwrap();
-        let e = rewritten("SELECT k.key FROM t, jsonb_each(t.j) AS k").unwrap_err();
-        assert!(e.to_string().contains("json_object_keys"), "{e}");
+        let e = rewritten("SELECT key FROM t, u, jsonb_each(t.j || u.j)").unwrap_err();
+        assert!(e.to_string().contains("jsonb_object_keys"), "{e}");
         let e = rewritten("SELECT age(a, b) FROM t").unwrap_err();
         assert!(e.to_string().contains("date arithmetic"), "{e}");
     }
