@@ -193,12 +193,10 @@ impl Refiner<'_> {
         // A keyed model MERGEs into its table while the result has the
         // table's column types; when they changed (a redefinition, a sum now
         // typed wider), the table is rewritten whole instead.
-        let result_schema = match &batches {
-            Some(b) => b.first().map(|b| b.schema()),
-            None => Some(Arc::new(df.schema().as_arrow().clone())),
-        };
+        // (The collected batches, when there are any, have the plan's schema.)
+        let result_schema = df.schema().as_arrow().clone();
         let same_types = |target: &DeltaTable| -> bool {
-            let (Ok(snapshot), Some(result)) = (target.snapshot(), &result_schema) else {
+            let (Ok(snapshot), result) = (target.snapshot(), &result_schema) else {
                 return false;
             };
             let stored = snapshot.snapshot().arrow_schema();

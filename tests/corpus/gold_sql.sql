@@ -50,6 +50,17 @@ SELECT id,
 FROM silver.account_move
 WHERE invoice_date IS NOT NULL
 
+-- model: sql_age
+-- age() inside expressions (Postgres' symbolic months and days), extract as numeric.
+SELECT id,
+       extract(year FROM invoice_date) AS year,
+       extract(month FROM age(invoice_date_due, invoice_date)) AS months_to_pay,
+       extract(day FROM age(invoice_date_due, invoice_date)) AS extra_days,
+       age(invoice_date_due, invoice_date) > interval '1 month' AS over_a_month,
+       age(invoice_date) > interval '30 days' AS older_than_30_days
+FROM silver.account_move
+WHERE invoice_date IS NOT NULL
+
 -- model: sql_month_series
 -- a set-returning function in the select list: one row per month.
 SELECT generate_series(date '2025-01-01', date '2025-12-01', interval '1 month')::date AS month
@@ -259,8 +270,8 @@ FROM (SELECT l.id, l.price_subtotal,
 SELECT l.id, d.key
 FROM silver.sale_order_line l, silver.sale_order o, jsonb_each(l.analytic_distribution || o.analytic_json) AS d
 
--- model: sql_refused_age
--- refused: age(
+-- model: sql_refused_interval
+-- refused: is an interval
 SELECT id, age(date_order) AS order_age FROM silver.sale_order
 
 -- model: sql_refused_lateral_limit

@@ -18,6 +18,7 @@
 //!   `json`/`jsonb` as Postgres' text) by `datafusion-functions-json`.
 //! - [`date_trunc`]: Postgres' result types.
 //! - [`jsonb_each`]: `FROM t, jsonb_each(t.j) AS d` as an unnest of the keys.
+//! - [`age`]: Postgres' symbolic `age()`; an interval is never a stored column.
 //! - [`date_diff`]: `date - date` is an `int4` number of days.
 //! - [`numeric`]: products of unconstrained `numeric` columns.
 //! - [`sums`]: `sum`/`avg` of decimals in 256 bits (never wrap).
@@ -25,6 +26,7 @@
 //!   Postgres prints `jsonb`; nanosecond timestamps as microseconds (Delta's
 //!   unit, and Postgres').
 
+mod age;
 mod date_diff;
 mod date_trunc;
 mod jsonb_each;
@@ -52,6 +54,7 @@ pub(crate) fn register(state: &mut SessionState) {
     // only insert (the `Result` is the `FunctionRegistry` trait's).
     let _ = datafusion_functions_json::register_all(state);
     let _ = state.register_udf(Arc::new(date_trunc::udf()));
+    let _ = state.register_udf(Arc::new(age::udf()));
     let _ = state.register_expr_planner(Arc::new(numeric::WideProduct));
     let _ = state.register_expr_planner(Arc::new(date_diff::DateDifference));
     for udaf in sums::udafs() {
@@ -105,6 +108,12 @@ fn stored_types(df: DataFrame, numeric_scale: i8) -> DfResult<DataFrame> {
                     .clone()
                     .cast_to(&DataType::Decimal128(38, (*s).min(numeric_scale)), &schema)?,
             ),
+            DataType::Interval(_) | DataType::Duration(_) => {
+                return plan_err!(
+                    "column {} is an interval, which a gold table cannot store (Delta has no interval type): store a number instead, e.g. extract(year FROM age(d)) or d2 - d1 for days",
+                    field.name()
+                );
+            }
             DataType::Timestamp(TimeUnit::Nanosecond, tz) => Some(column.clone().cast_to(
                 &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
                 &schema,

@@ -7,10 +7,11 @@
 //! | [`integer_cast`] | `x::int`, `CAST(x AS bigint)` | `pg_int4(x)`, `pg_int8(x)` | Postgres rounds numeric and floats to the nearest integer, DataFusion truncates (see `numeric`) |
 //! | [`json_path_literal`] | `j #>> '{a,b}'` | `j #>> ARRAY['a', 'b']` | the JSON functions take a path as an array; the string gave NULL |
 //! | [`set_returning_select_item`] | `SELECT generate_series(…)`, `SELECT jsonb_object_keys(j)` | `unnest(generate_series(…))`, `unnest(json_object_keys(j))` | a set-returning function in the select list returns rows in Postgres, one list per row in DataFusion |
+//! | [`extract_numeric`] | `extract(year FROM d)` | `extract(year FROM d)::numeric(38, S)` | Postgres 14+ returns `numeric`, DataFusion an integer or float |
 //! | [`json_cast`] | `x::jsonb`, `CAST(x AS json)` | `x::text` | silver keeps `json`/`jsonb` as Postgres' text, which the JSON operators read; the text is not re-normalised |
 //! | [`like_any`] | `x LIKE ANY (ARRAY['a%', 'b%'])` | `(x LIKE 'a%' OR x LIKE 'b%')` | DataFusion does not implement `ANY` in `LIKE`/`ILIKE` |
 //! | `jsonb_each` | `FROM t AS a, jsonb_each(a.j) AS d` | an unnest of the keys in `t`'s select list | see `super::jsonb_each` |
-//! | [`refused`] | other `jsonb_each(j)`, `age(…)`, `LATERAL (… LIMIT n)` | — | not supported: refused at planning with what to write instead |
+//! | [`refused`] | other `jsonb_each(j)`, `LATERAL (… LIMIT n)` | — | not supported: refused at planning with what to write instead |
 //!
 //! Each rewrite is a function over one node, so each has its own test.
 
@@ -63,6 +64,7 @@ impl VisitorMut for Rewriter {
             self.refused.get_or_insert(msg);
             return ControlFlow::Break(());
         }
+        extract_numeric(expr, self.numeric_scale);
         numeric_cast(expr, self.numeric_scale);
         json_cast(expr);
         integer_cast(expr);
@@ -81,6 +83,21 @@ fn numeric_cast(expr: &mut Expr, scale: i8) {
         )
     {
         *data_type = DataType::Numeric(ExactNumberInfo::PrecisionAndScale(38, i64::from(scale)));
+    }
+}
+
+/// `extract(f FROM x)` → `CAST(extract(f FROM x) AS numeric(38, scale))`:
+/// Postgres 14+ gives extract's result as `numeric` (`2025`, `12.5`).
+fn extract_numeric(expr: &mut Expr, scale: i8) {
+    if matches!(expr, Expr::Extract { .. }) {
+        let inner = std::mem::replace(expr, Expr::value(Value::Null));
+        *expr = Expr::Cast {
+            kind: deltalake::datafusion::sql::sqlparser::ast::CastKind::DoubleColon,
+            expr: Box::new(inner),
+            data_type: DataType::Numeric(ExactNumberInfo::PrecisionAndScale(38, i64::from(scale))),
+            array: false,
+            format: None,
+        };
     }
 }
 
@@ -361,17 +378,10 @@ fn refused_lateral(factor: &TableFactor) -> Option<String> {
     }
 }
 
-/// Functions gold refuses, with what to write instead.
-fn refused(expr: &Expr) -> Option<String> {
-    let Expr::Function(f) = expr else {
-        return None;
-    };
-    match f.name.to_string().to_ascii_lowercase().as_str() {
-        "age" => Some(
-            "age() is not supported in gold (an interval cannot be stored in Delta): use date arithmetic, e.g. d2 - d1 for days or extract(year FROM d2) - extract(year FROM d1)".into(),
-        ),
-        _ => None,
-    }
+/// Functions gold refuses, with what to write instead (none today: the
+/// hook stays for constructs DataFusion cannot run).
+fn refused(_expr: &Expr) -> Option<String> {
+    None
 }
 
 #[cfg(test)]
@@ -440,6 +450,14 @@ mod tests {
     }
 
     #[test]
+    fn extract_is_numeric() {
+        assert_eq!(
+            rewritten("SELECT extract(year FROM d), extract(month FROM d)::int FROM t").unwrap(),
+            "SELECT EXTRACT(YEAR FROM d)::NUMERIC(38,24), pg_int4(EXTRACT(MONTH FROM d)::NUMERIC(38,24)) FROM t"
+        );
+    }
+
+    #[test]
     fn a_json_cast_is_a_text_cast() {
         assert_eq!(
             rewritten("SELECT x::jsonb, CAST(y AS json), z::text FROM t").unwrap(),
@@ -473,7 +491,5 @@ mod tests {
             .unwrap();
         let e = rewritten("SELECT key FROM t, u, jsonb_each(t.j || u.j)").unwrap_err();
         assert!(e.to_string().contains("jsonb_object_keys"), "{e}");
-        let e = rewritten("SELECT age(a, b) FROM t").unwrap_err();
-        assert!(e.to_string().contains("date arithmetic"), "{e}");
     }
 }
