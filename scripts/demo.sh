@@ -47,5 +47,8 @@ log "lake: $DIR/lake/{bronze,silver,gold}/... (Delta tables; read them with any 
 log "gold rows, read back from the Delta table $DIR/lake/gold/monthly_revenue:"
 "$BIN/medallion" query "SELECT customer, CAST(month AS DATE) AS month, CAST(revenue AS DECIMAL(16,2)) AS revenue, invoices FROM gold.monthly_revenue ORDER BY revenue DESC LIMIT 10"
 echo
+log "account balances (Odoo's jsonb account names and codes), from gold.account_balances:"
+"$BIN/medallion" query "SELECT month, code, account, CAST(net_change AS DECIMAL(16,2)) AS net_change, CAST(closing_balance AS DECIMAL(16,2)) AS closing_balance FROM gold.account_balances ORDER BY month DESC, code LIMIT 8"
+echo
 log "open receivables, published into Postgres (medallion_gold.open_receivables):"
 psql "$DB" -X -c "SELECT customer, open_amount::numeric(16,2), open_items, oldest_due FROM medallion_gold.open_receivables ORDER BY open_amount DESC LIMIT 10"

@@ -41,6 +41,25 @@ SELECT medallion.define_gold('general_ledger', $$
      GROUP BY l.account_id, date_trunc('month', l.date)
 $$);
 
+-- Account balances by month with Odoo's translated account name and the
+-- company's account code (both jsonb), and the closing balance to date.
+SELECT medallion.define_gold('account_balances', $$
+    WITH months AS (
+        SELECT l.company_id, l.account_id, date_trunc('month', l.date)::date AS month,
+               sum(l.balance) AS net_change
+          FROM silver.account_move_line l
+         WHERE l.parent_state = 'posted'
+         GROUP BY 1, 2, 3
+    )
+    SELECT m.company_id, m.month,
+           a.code_store ->> m.company_id::text AS code,
+           a.name ->> 'en_US' AS account,
+           m.net_change,
+           sum(m.net_change) OVER (PARTITION BY m.company_id, m.account_id ORDER BY m.month) AS closing_balance
+      FROM months m
+      JOIN silver.account_account a ON a.id = m.account_id
+$$);
+
 -- A data-quality rule: posted moves must balance.
 SELECT medallion.expect('silver.account_move', 'total_not_negative_for_invoices',
     $$move_type <> 'out_invoice' OR amount_total >= 0$$, on_violation => 'warn');

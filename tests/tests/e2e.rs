@@ -1008,7 +1008,12 @@ async fn real_odoo_18_replay_lands_exactly_once() {
         }
     }
     assert!(compared > 40, "compared {compared} silver tables");
-    for m in ["monthly_revenue", "open_receivables", "general_ledger"] {
+    for m in [
+        "monthly_revenue",
+        "open_receivables",
+        "general_ledger",
+        "account_balances",
+    ] {
         env.assert_gold_matches(m).await;
     }
 

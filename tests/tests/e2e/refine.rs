@@ -495,7 +495,12 @@ async fn silver_and_gold_equal_postgres_on_the_odoo_workload() {
     for (t, _) in medallion_tests::odoo::schema() {
         env.assert_silver_matches("public", t, t).await;
     }
-    for m in ["monthly_revenue", "open_receivables", "general_ledger"] {
+    for m in [
+        "monthly_revenue",
+        "open_receivables",
+        "general_ledger",
+        "account_balances",
+    ] {
         env.assert_gold_matches(m).await;
     }
     // Run history and status carry the watermark.
