@@ -215,6 +215,13 @@ fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
         GOLD_MODELS.len(),
         ours_total / baseline_total
     );
+    // What each figure above includes besides the model: a refine cycle's
+    // fixed cost (watermark, reading the definitions, checking silver and
+    // the other models up to date, recording status).
+    let idle = best_of(3, || Ok(b.refine(&[])?.as_secs_f64()))?;
+    println!(
+        "gold: a refine cycle with nothing to refresh: {idle:.3} s (included in each model's figure)"
+    );
     Ok((baseline_total, ours_total))
 }
 
