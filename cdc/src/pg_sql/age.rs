@@ -53,6 +53,14 @@ fn days_in_month(year: i32, month: u32) -> i64 {
         .map_or(31, |last| i64::from(last.day()))
 }
 
+/// While `low` is negative, borrow one `high` unit worth `base` lows.
+fn borrow(low: &mut i64, high: &mut i64, base: i64) {
+    while *low < 0 {
+        *low += base;
+        *high -= 1;
+    }
+}
+
 /// Postgres' symbolic difference `t1 - t2` (`timestamp_age`).
 fn age(t1: NaiveDateTime, t2: NaiveDateTime) -> IntervalMonthDayNano {
     let field = |a: i64, b: i64| a - b;
@@ -72,22 +80,10 @@ fn age(t1: NaiveDateTime, t2: NaiveDateTime) -> IntervalMonthDayNano {
             *f = -*f;
         }
     }
-    while usec < 0 {
-        usec += 1_000_000;
-        sec -= 1;
-    }
-    while sec < 0 {
-        sec += 60;
-        min -= 1;
-    }
-    while min < 0 {
-        min += 60;
-        hour -= 1;
-    }
-    while hour < 0 {
-        hour += 24;
-        mday -= 1;
-    }
+    borrow(&mut usec, &mut sec, 1_000_000);
+    borrow(&mut sec, &mut min, 60);
+    borrow(&mut min, &mut hour, 60);
+    borrow(&mut hour, &mut mday, 24);
     while mday < 0 {
         // The days of the earlier timestamp's month (Postgres borrows those).
         let earlier = if flip { t1 } else { t2 };
@@ -95,10 +91,7 @@ fn age(t1: NaiveDateTime, t2: NaiveDateTime) -> IntervalMonthDayNano {
         mday += days_in_month(y, m);
         mon -= 1;
     }
-    while mon < 0 {
-        mon += 12;
-        year -= 1;
-    }
+    borrow(&mut mon, &mut year, 12);
     let sign = if flip { -1 } else { 1 };
     let nanos = ((hour * 60 + min) * 60 + sec) * 1_000_000_000 + usec * 1000;
     IntervalMonthDayNano::new(
