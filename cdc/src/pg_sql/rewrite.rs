@@ -11,7 +11,7 @@
 //! | [`json_cast`] | `x::jsonb`, `CAST(x AS json)` | `x::text` | silver keeps `json`/`jsonb` as Postgres' text, which the JSON operators read; the text is not re-normalised |
 //! | [`like_any`] | `x LIKE ANY (ARRAY['a%', 'b%'])` | `(x LIKE 'a%' OR x LIKE 'b%')` | DataFusion does not implement `ANY` in `LIKE`/`ILIKE` |
 //! | `jsonb_each` | `FROM t AS a, jsonb_each(a.j) AS d` | an unnest of the keys in `t`'s select list | see `super::jsonb_each` |
-//! | [`refused`] | other `jsonb_each(j)`, `LATERAL (… LIMIT n)` | — | not supported: refused at planning with what to write instead |
+//! | [`refused_table_function`], [`refused_lateral`] | other `jsonb_each(j)`, `LATERAL (… LIMIT n)` | — | not supported: refused at planning with what to write instead |
 //!
 //! Each rewrite is a function over one node, so each has its own test.
 
@@ -60,10 +60,6 @@ impl VisitorMut for Rewriter {
     }
 
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-        if let Some(msg) = refused(expr) {
-            self.refused.get_or_insert(msg);
-            return ControlFlow::Break(());
-        }
         extract_numeric(expr, self.numeric_scale);
         numeric_cast(expr, self.numeric_scale);
         json_cast(expr);
@@ -376,12 +372,6 @@ fn refused_lateral(factor: &TableFactor) -> Option<String> {
         ),
         _ => None,
     }
-}
-
-/// Functions gold refuses, with what to write instead (none today: the
-/// hook stays for constructs DataFusion cannot run).
-fn refused(_expr: &Expr) -> Option<String> {
-    None
 }
 
 #[cfg(test)]
