@@ -29,8 +29,8 @@ log "loading Odoo-shaped demo data (scale $SCALE)"
 
 log "declaring the pipeline: every table of schema public (bronze + current-state silver), one call"
 psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "SELECT medallion.add_sources('public') AS sources"
-log "gold models, an expectation and a publication (sql/examples/odoo_gold.sql)"
-psql "$DB" -Xq -v ON_ERROR_STOP=1 -f sql/examples/odoo_gold.sql >/dev/null
+log "the Odoo package: general ledger, trial balance, P&L, balance sheet, aged receivable/payable, invoices (sql/packages/odoo)"
+psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "SELECT state, count(*) AS objects, string_agg(object, ', ' ORDER BY object) AS which FROM medallion.install_package('odoo') GROUP BY state"
 
 export MEDALLION_DATABASE_URL="$DB" MEDALLION_LAKE_URL="$DIR/lake" MEDALLION_LOG="warn,pg_walstream=error"
 log "initial copy into bronze, then silver and gold (medallion run --until-caught-up)"
@@ -44,11 +44,11 @@ log "status (medallion status):"
 "$BIN/medallion" status
 echo
 log "lake: $DIR/lake/{bronze,silver,gold}/... (Delta tables; read them with any Delta reader)"
-log "gold rows, read back from the Delta table $DIR/lake/gold/monthly_revenue:"
-"$BIN/medallion" query "SELECT customer, CAST(month AS DATE) AS month, CAST(revenue AS DECIMAL(16,2)) AS revenue, invoices FROM gold.monthly_revenue ORDER BY revenue DESC LIMIT 10"
+log "profit and loss by month, read back from the Delta table $DIR/lake/gold/odoo_profit_and_loss:"
+"$BIN/medallion" query "SELECT CAST(month AS DATE) AS month, section, CAST(sum(amount) AS DECIMAL(16,2)) AS amount FROM gold.odoo_profit_and_loss GROUP BY month, section, section_order ORDER BY month DESC, section_order LIMIT 8"
 echo
-log "account balances (Odoo's jsonb account names and codes), from gold.account_balances:"
-"$BIN/medallion" query "SELECT month, code, account, CAST(net_change AS DECIMAL(16,2)) AS net_change, CAST(closing_balance AS DECIMAL(16,2)) AS closing_balance FROM gold.account_balances ORDER BY month DESC, code LIMIT 8"
+log "the books balance: assets = liabilities + equity at each month end (gold.odoo_balance_sheet):"
+"$BIN/medallion" query "SELECT CAST(month_end AS DATE) AS month_end, CAST(sum(CASE WHEN section = 'Assets' THEN amount ELSE 0 END) AS DECIMAL(16,2)) AS assets, CAST(sum(CASE WHEN section <> 'Assets' THEN amount ELSE 0 END) AS DECIMAL(16,2)) AS liabilities_and_equity FROM gold.odoo_balance_sheet GROUP BY month_end ORDER BY month_end DESC LIMIT 4"
 echo
-log "open receivables, published into Postgres (medallion_gold.open_receivables):"
-psql "$DB" -X -c "SELECT customer, open_amount::numeric(16,2), open_items, oldest_due FROM medallion_gold.open_receivables ORDER BY open_amount DESC LIMIT 10"
+log "aged receivable, published into Postgres (odoo_gold.aged_receivable):"
+psql "$DB" -X -c "SELECT partner_name, sum(residual)::numeric(16,2) AS due, sum(not_due)::numeric(16,2) AS not_due, sum(days_1_30)::numeric(16,2) AS \"1-30\", sum(days_31_60)::numeric(16,2) AS \"31-60\", sum(days_61_90 + days_91_120 + older)::numeric(16,2) AS \"61+\" FROM odoo_gold.aged_receivable GROUP BY partner_name ORDER BY due DESC LIMIT 10"

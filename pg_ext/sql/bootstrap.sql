@@ -98,6 +98,20 @@ CREATE TABLE medallion.publications (
 );
 COMMENT ON TABLE medallion.publications IS 'Silver/gold tables the sidecar replaces atomically in Postgres after each refresh. Managed by medallion.publish/unpublish.';
 
+-- Installed packages (medallion.install_package): which version, with which
+-- options, the gold models it defined and the sources it added.
+CREATE TABLE medallion.packages (
+    name text PRIMARY KEY,
+    version text NOT NULL,
+    options jsonb NOT NULL DEFAULT '{}',
+    models text[] NOT NULL DEFAULT '{}',
+    sources text[] NOT NULL DEFAULT '{}',
+    skipped text[] NOT NULL DEFAULT '{}',
+    installed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE medallion.packages IS 'Packages installed with medallion.install_package: models it defines, sources it added (public tables), models skipped because their tables are missing.';
+
 -- Lineage edges: downstream reads upstream.
 -- Node names: bronze.<schema>.<table>, silver.<name>, gold.<name>.
 CREATE TABLE medallion.dependencies (

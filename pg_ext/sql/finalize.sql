@@ -89,7 +89,11 @@ GRANT EXECUTE ON FUNCTION
     medallion.lineage_mermaid(),
     medallion.enable_audit(regclass, text[], text[]),
     medallion.disable_audit(regclass),
-    medallion.audit_retention(interval)
+    medallion.audit_retention(interval),
+    medallion.install_package(text, jsonb),
+    medallion.upgrade_package(text),
+    medallion.uninstall_package(text, boolean),
+    medallion.package_files(text)
 TO medallion_admin;
 -- Audit: auditors (and admins) read, seal and verify the trail.
 GRANT EXECUTE ON FUNCTION
@@ -117,5 +121,5 @@ TO medallion_auditor, medallion_admin;
 -- may read the table chose); live rows only with their own SELECT.
 GRANT SELECT ON medallion.audit_trail TO medallion_auditor, medallion_admin;
 GRANT EXECUTE ON FUNCTION medallion.status(), medallion.slots(), medallion.default_excludes(),
-    medallion.lineage_mermaid()
+    medallion.lineage_mermaid(), medallion.package_files(text)
 TO medallion_reader;

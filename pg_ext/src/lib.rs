@@ -8,6 +8,7 @@
 //!  define_silver ─────────────► medallion.silver_tables      │ (pgoutput)
 //!  expect ────────────────────► medallion.expectations       ▼
 //!  define_gold ───────────────► medallion.gold_models     sidecar ──► Delta lake
+//!  install_package ──► (add_source, define_gold, publish) ──► medallion.packages
 //!                               medallion.dependencies       │
 //!  status() / slots() ◄──────── medallion.table_status ◄─────┘ (writes status)
 //! ```
@@ -25,6 +26,7 @@ mod expression;
 mod gold;
 mod lineage;
 mod names;
+mod package;
 mod raise;
 mod silver;
 mod source;

@@ -370,7 +370,40 @@ const LEAD: TableDef = TableDef {
     ],
 };
 
+const COMPANY: TableDef = TableDef {
+    name: "res_company",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("name", "character varying NOT NULL"),
+        ("partner_id", "integer NOT NULL"),
+        ("currency_id", "integer NOT NULL"),
+        ("fiscalyear_last_day", "integer NOT NULL"),
+        ("fiscalyear_last_month", "character varying NOT NULL"),
+        ("create_date", "timestamp without time zone"),
+        ("write_date", "timestamp without time zone"),
+    ],
+};
+
+const PARTIAL_RECONCILE: TableDef = TableDef {
+    name: "account_partial_reconcile",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("debit_move_id", "integer NOT NULL"),
+        ("credit_move_id", "integer NOT NULL"),
+        ("debit_currency_id", "integer"),
+        ("credit_currency_id", "integer"),
+        ("company_id", "integer"),
+        ("max_date", "date"),
+        ("amount", "numeric"),
+        ("debit_amount_currency", "numeric"),
+        ("credit_amount_currency", "numeric"),
+        ("create_date", "timestamp without time zone"),
+        ("write_date", "timestamp without time zone"),
+    ],
+};
+
 const TABLES: &[&TableDef] = &[
+    &COMPANY,
     &PARTNER,
     &PRODUCT_TEMPLATE,
     &PRODUCT,
@@ -381,6 +414,7 @@ const TABLES: &[&TableDef] = &[
     &MOVE,
     &MOVE_LINE,
     &PAYMENT,
+    &PARTIAL_RECONCILE,
     &STOCK_MOVE,
     &LEAD,
 ];
@@ -417,6 +451,7 @@ const ACC_EXPENSE: i64 = 6;
 /// Journal ids.
 const JOURNAL_SALE: i64 = 1;
 const JOURNAL_BANK: i64 = 2;
+const JOURNAL_PURCHASE: i64 = 3;
 
 /// Size of the generated history.
 #[derive(Debug, Clone, Copy)]
@@ -615,6 +650,24 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     )?;
     let t0 = ts(g.start);
 
+    // The company: its partner is partner 1; fiscal years end on 31 March.
+    copy_begin(out, &COMPANY)?;
+    copy_row(
+        out,
+        &COMPANY,
+        &[
+            "1".into(),
+            "YourCompany".into(),
+            "1".into(),
+            "1".into(),
+            "31".into(),
+            "3".into(),
+            t0.clone(),
+            t0.clone(),
+        ],
+    )?;
+    copy_end(out)?;
+
     // Chart of accounts and journals.
     copy_begin(out, &ACCOUNT)?;
     let accounts = [
@@ -668,6 +721,13 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     for (id, acc, code, kind, name) in [
         (JOURNAL_SALE, ACC_INCOME, "INV", "sale", "Customer Invoices"),
         (JOURNAL_BANK, ACC_BANK, "BNK1", "bank", "Bank"),
+        (
+            JOURNAL_PURCHASE,
+            ACC_EXPENSE,
+            "BILL",
+            "purchase",
+            "Vendor Bills",
+        ),
     ] {
         copy_row(
             out,
@@ -817,6 +877,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     let mut moves = Vec::new();
     let mut items = Vec::new();
     let mut payments = Vec::new();
+    let mut reconciles = Vec::new();
     let mut stock = Vec::new();
     let mut line_id = 0usize;
     let mut move_id = 0usize;
@@ -1105,6 +1166,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             inv_at,
             &inv_name,
         );
+        let invoice_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
         if !paid {
             continue;
         }
@@ -1166,6 +1228,21 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 &pay_name,
             );
         }
+        let payment_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
+        reconciles.push(vec![
+            (reconciles.len() + 1).to_string(),
+            invoice_receivable,
+            payment_receivable,
+            "1".into(),
+            "1".into(),
+            "1".into(),
+            date(pay_at),
+            money(total),
+            money(total),
+            money(total),
+            ts(pay_at),
+            ts(pay_at),
+        ]);
         payments.push(vec![
             pay_seq.to_string(),
             move_id.to_string(),
@@ -1188,12 +1265,239 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             ts(pay_at),
         ]);
     }
+    // Vendor bills (expense debit, payable credit), about 60% paid by a bank
+    // payment reconciled with the bill's payable line.
+    let n_bills = (scale.orders / 5).max(2);
+    let mut bill_seq = 0usize;
+    for b in 1..=n_bills {
+        let vendor = g.rng.gen_range(2..=n_partners);
+        let at = g.start + Duration::minutes((b * span_minutes / n_bills) as i64 + 600);
+        let total: i64 = g.rng.gen_range(100..5000) * 100;
+        let paid = g.rng.gen_bool(0.6);
+        let residual = if paid { 0 } else { total };
+        move_id += 1;
+        bill_seq += 1;
+        let bill_id = move_id;
+        let bill_name = format!("BILL/{}/{bill_seq:05}", at.format("%Y"));
+        let mut item = |items: &mut Vec<Vec<String>>,
+                        move_id: usize,
+                        journal: i64,
+                        seq: usize,
+                        account: i64,
+                        debit: i64,
+                        credit: i64,
+                        residual: i64,
+                        when: NaiveDateTime,
+                        move_name: &str| {
+            item_id += 1;
+            items.push(vec![
+                item_id.to_string(),
+                move_id.to_string(),
+                journal.to_string(),
+                "1".into(),
+                "1".into(),
+                seq.to_string(),
+                account.to_string(),
+                "1".into(),
+                vendor.to_string(),
+                NULL.into(),
+                "2".into(),
+                "2".into(),
+                move_name.into(),
+                "posted".into(),
+                esc(move_name),
+                if account == ACC_EXPENSE {
+                    "product"
+                } else {
+                    "payment_term"
+                }
+                .into(),
+                date(when),
+                date(when),
+                date(when + Duration::days(30)),
+                money(debit),
+                money(credit),
+                money(debit - credit),
+                money(debit - credit),
+                money(residual),
+                "1".into(),
+                money(total),
+                money(total),
+                money(total),
+                "0".into(),
+                if account == ACC_PAYABLE && residual == 0 {
+                    "t"
+                } else {
+                    "f"
+                }
+                .into(),
+                ts(when),
+                ts(when),
+            ]);
+            item_id
+        };
+        moves.push(vec![
+            bill_id.to_string(),
+            bill_seq.to_string(),
+            JOURNAL_PURCHASE.to_string(),
+            "1".into(),
+            vendor.to_string(),
+            vendor.to_string(),
+            "1".into(),
+            "2".into(),
+            "2".into(),
+            "2".into(),
+            format!("BILL/{}/", at.format("%Y")),
+            bill_name.clone(),
+            format!("INV-{b:04}"),
+            "posted".into(),
+            "in_invoice".into(),
+            "no".into(),
+            if paid { "paid" } else { "not_paid" }.into(),
+            NULL.into(),
+            date(at),
+            date(at),
+            date(at + Duration::days(30)),
+            NULL.into(),
+            money(total),
+            "0".into(),
+            money(total),
+            money(residual),
+            money(-total),
+            money(-residual),
+            ts(at),
+            ts(at),
+        ]);
+        item(
+            &mut items,
+            bill_id,
+            JOURNAL_PURCHASE,
+            10,
+            ACC_EXPENSE,
+            total,
+            0,
+            0,
+            at,
+            &bill_name,
+        );
+        let bill_payable = item(
+            &mut items,
+            bill_id,
+            JOURNAL_PURCHASE,
+            99,
+            ACC_PAYABLE,
+            0,
+            total,
+            -residual,
+            at,
+            &bill_name,
+        );
+        if !paid {
+            continue;
+        }
+        move_id += 1;
+        pay_seq += 1;
+        let pay_at = at + Duration::days(g.rng.gen_range(5..45));
+        let pay_name = format!("PBNK1/{}/{pay_seq:05}", pay_at.format("%Y"));
+        moves.push(vec![
+            move_id.to_string(),
+            pay_seq.to_string(),
+            JOURNAL_BANK.to_string(),
+            "1".into(),
+            vendor.to_string(),
+            vendor.to_string(),
+            "1".into(),
+            NULL.into(),
+            "2".into(),
+            "2".into(),
+            format!("PBNK1/{}/", pay_at.format("%Y")),
+            pay_name.clone(),
+            esc(&bill_name),
+            "posted".into(),
+            "entry".into(),
+            "no".into(),
+            "not_paid".into(),
+            NULL.into(),
+            date(pay_at),
+            NULL.into(),
+            NULL.into(),
+            NULL.into(),
+            "0".into(),
+            "0".into(),
+            money(total),
+            "0".into(),
+            money(total),
+            "0".into(),
+            ts(pay_at),
+            ts(pay_at),
+        ]);
+        let payment_payable = item(
+            &mut items,
+            move_id,
+            JOURNAL_BANK,
+            10,
+            ACC_PAYABLE,
+            total,
+            0,
+            0,
+            pay_at,
+            &pay_name,
+        );
+        item(
+            &mut items,
+            move_id,
+            JOURNAL_BANK,
+            20,
+            ACC_BANK,
+            0,
+            total,
+            0,
+            pay_at,
+            &pay_name,
+        );
+        reconciles.push(vec![
+            (reconciles.len() + 1).to_string(),
+            payment_payable.to_string(),
+            bill_payable.to_string(),
+            "1".into(),
+            "1".into(),
+            "1".into(),
+            date(pay_at),
+            money(total),
+            money(total),
+            money(total),
+            ts(pay_at),
+            ts(pay_at),
+        ]);
+        payments.push(vec![
+            pay_seq.to_string(),
+            move_id.to_string(),
+            JOURNAL_BANK.to_string(),
+            "1".into(),
+            "1".into(),
+            vendor.to_string(),
+            "2".into(),
+            "2".into(),
+            pay_name,
+            "paid".into(),
+            "outbound".into(),
+            "supplier".into(),
+            esc(&bill_name),
+            date(pay_at),
+            money(total),
+            "t".into(),
+            "t".into(),
+            ts(pay_at),
+            ts(pay_at),
+        ]);
+    }
     for (t, rows) in [
         (&SALE_ORDER, &orders),
         (&SALE_ORDER_LINE, &lines),
         (&MOVE, &moves),
         (&MOVE_LINE, &items),
         (&PAYMENT, &payments),
+        (&PARTIAL_RECONCILE, &reconciles),
         (&STOCK_MOVE, &stock),
     ] {
         copy_begin(out, t)?;

@@ -39,6 +39,9 @@ mod cli;
 #[path = "e2e/gold_sql.rs"]
 mod gold_sql;
 
+#[path = "e2e/odoo_package.rs"]
+mod odoo_package;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,
@@ -1031,6 +1034,15 @@ async fn real_odoo_18_replay_lands_exactly_once() {
         cases.len(),
         problems.join("\n")
     );
+
+    // The Odoo package on the real books after W1: every model equals
+    // Postgres, the books balance, aged items and invoices agree with
+    // Odoo's stored residuals and payment states.
+    let defined =
+        env.sql("SELECT count(*) FROM medallion.install_package('odoo') WHERE state = 'defined'");
+    assert_eq!(defined.trim(), odoo_package::MODELS.len().to_string());
+    let report = env.refine_cycle(&env.cfg(), caught.acked_lsn).await;
+    odoo_package::assert_package_right(&env, &report.tables).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,10 @@ pub(crate) async fn plan(
         .with_allow_dml(false)
         .with_allow_statements(false)
         .verify_plan(&plan)?;
+    // Analyzed first, so the schema is the one execution produces: a UNION
+    // of a lake numeric and a 256-bit sum is typed by the first branch
+    // until type coercion widens it, and the stored types follow from it.
+    let plan = state.optimize(&plan)?;
     stored_types(ctx.execute_logical_plan(plan).await?, numeric_scale)
 }
 
@@ -186,5 +190,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(third, vec!["0.666666666666666666666667"]);
+    }
+
+    #[tokio::test]
+    async fn a_union_of_a_numeric_and_a_sum_is_stored_as_its_schema_says() {
+        // The second branch is a 256-bit sum: the union's type is only
+        // settled by type coercion, and what is written must be what the
+        // schema declares (it once wrote Decimal256 under a Decimal128
+        // schema).
+        let ctx = crate::lake::session();
+        let df = super::plan(
+            &ctx,
+            "WITH v(x) AS (VALUES (CAST(1.5 AS numeric)), (CAST(2 AS numeric))), \
+             e AS (SELECT -sum(x) AS s FROM v) SELECT x FROM v UNION ALL SELECT s FROM e",
+            24,
+        )
+        .await
+        .unwrap();
+        let declared = df.schema().field(0).data_type().clone();
+        assert_eq!(declared, arrow::datatypes::DataType::Decimal128(38, 24));
+        let batches = df.collect().await.unwrap();
+        assert!(!batches.is_empty());
+        for b in &batches {
+            assert_eq!(b.schema().field(0).data_type(), &declared);
+        }
     }
 }

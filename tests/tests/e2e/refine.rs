@@ -184,6 +184,42 @@ impl Env {
         }
     }
 
+    /// `gold.<m>` as views running every gold model's SQL in Postgres (over
+    /// the `silver.*` oracle views), created in dependency order: a model
+    /// that reads other models is compared with Postgres running the whole
+    /// chain over the source tables.
+    async fn gold_oracle_views(&self, client: &tokio_postgres::Client) {
+        let models: Vec<(String, String)> = client
+            .query(
+                "SELECT name, query FROM medallion.gold_models ORDER BY name",
+                &[],
+            )
+            .await
+            .expect("gold models")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        client
+            .batch_execute("DROP SCHEMA IF EXISTS gold CASCADE; CREATE SCHEMA gold")
+            .await
+            .expect("oracle gold schema");
+        let mut pending = models;
+        loop {
+            let before = pending.len();
+            let mut next = Vec::new();
+            for (name, query) in pending {
+                let ddl = format!("CREATE VIEW gold.\"{name}\" AS {query}");
+                if client.batch_execute(&ddl).await.is_err() {
+                    next.push((name, query));
+                }
+            }
+            pending = next;
+            if pending.is_empty() || pending.len() == before {
+                break;
+            }
+        }
+    }
+
     /// What differs between a gold model and Postgres running its SQL over
     /// the source tables: column types, row count, rows. `Err` names it.
     pub(super) async fn gold_differences(&self, model: &str) -> Result<(), String> {
@@ -211,6 +247,9 @@ impl Env {
             ));
         }
         client.batch_execute(&ddl).await.expect("oracle views");
+        if query.contains("gold.") {
+            self.gold_oracle_views(&client).await;
+        }
         let mut expected: Vec<Vec<Option<String>>> = Vec::new();
         let mut names: Vec<String> = Vec::new();
         for m in client.simple_query(&query).await.expect("oracle query") {

@@ -11,13 +11,15 @@ SELECT count(*) > 20 AS definer_functions FROM pg_proc
 SELECT p.oid::regprocedure AS unpinned FROM pg_proc p
  WHERE p.pronamespace = 'medallion'::regnamespace
    AND (p.prosecdef OR p.proname IN ('add_source', 'add_sources', 'enable_audit', 'row_as_of',
-                                     'audit_history', 'audit_diff'))
+                                     'audit_history', 'audit_diff', 'install_package',
+                                     'upgrade_package', 'uninstall_package'))
    AND NOT (coalesce(p.proconfig, '{}') @> ARRAY['standard_conforming_strings=on']
             AND EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%'));
 -- Those read their caller: they are not definer functions.
 SELECT p.proname, p.prosecdef FROM pg_proc p
  WHERE p.pronamespace = 'medallion'::regnamespace
-   AND p.proname IN ('add_source', 'add_sources', 'enable_audit', 'row_as_of', 'audit_history', 'audit_diff')
+   AND p.proname IN ('add_source', 'add_sources', 'enable_audit', 'row_as_of', 'audit_history', 'audit_diff',
+                     'install_package', 'upgrade_package', 'uninstall_package')
  ORDER BY 1;
 -- Nothing in the schema is executable by PUBLIC.
 SELECT p.oid::regprocedure AS public_function FROM pg_proc p

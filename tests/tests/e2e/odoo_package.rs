@@ -1,0 +1,275 @@
+//! The Odoo package (`medallion.install_package('odoo')`, the model files in
+//! `sql/packages/odoo/`): every model equals Postgres running the same SQL
+//! over the source tables (values and column types), the accounting
+//! invariants hold on the published tables, and the package installs,
+//! re-installs, upgrades and uninstalls cleanly.
+
+use super::refine::load_odoo;
+use super::*;
+
+/// The models the package defines when every Odoo table it reads exists.
+pub(super) const MODELS: [&str; 9] = [
+    "odoo_gl_journal_items",
+    "odoo_gl_by_period",
+    "odoo_trial_balance",
+    "odoo_profit_and_loss",
+    "odoo_balance_sheet",
+    "odoo_partner_ledger",
+    "odoo_aged_receivable",
+    "odoo_aged_payable",
+    "odoo_invoices",
+];
+
+/// One number from a query printing one value.
+fn number(env: &Env, sql: &str) -> f64 {
+    let out = env.sql(sql);
+    out.trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {out:?} from {sql}"))
+}
+
+/// Each model refreshed, equals Postgres, and its published copy equals the
+/// lake's; then the accounting invariants on the published tables.
+pub(super) async fn assert_package_right(env: &Env, tables: &[medallion::refine::TableOutcome]) {
+    let mut problems: Vec<String> = Vec::new();
+    for m in MODELS {
+        match tables.iter().find(|t| t.layer == "gold" && t.name == m) {
+            None => problems.push(format!("{m}: not refreshed by the cycle")),
+            Some(t) if t.state != "ok" => problems.push(format!("{m}: {} {:?}", t.state, t.error)),
+            Some(_) => {
+                if let Err(e) = env.gold_differences(m).await {
+                    problems.push(e);
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} package models are wrong:\n{}",
+        problems.len(),
+        MODELS.len(),
+        problems.join("\n")
+    );
+    for m in MODELS {
+        let table = m.strip_prefix("odoo_").unwrap();
+        let lake = env.refined_rows("gold", m).await.len() as f64;
+        assert!(
+            lake > 0.0,
+            "gold.{m} is empty: comparing it would prove nothing"
+        );
+        assert_eq!(
+            number(env, &format!("SELECT count(*) FROM odoo_gold.{table}")),
+            lake,
+            "odoo_gold.{table} holds the lake's rows"
+        );
+    }
+    // Trial balance: per company and month end, closing balances sum to zero.
+    let (groups, unbalanced) = (
+        number(
+            env,
+            "SELECT count(DISTINCT (company_id, month_end)) FROM odoo_gold.trial_balance",
+        ),
+        number(
+            env,
+            "SELECT count(*) FROM (SELECT company_id, month_end FROM odoo_gold.trial_balance \
+             GROUP BY 1, 2 HAVING sum(closing_balance) <> 0 OR sum(debit) - sum(credit) <> 0) x",
+        ),
+    );
+    assert!(
+        groups >= 1.0 && unbalanced == 0.0,
+        "trial balance: {unbalanced} of {groups} month ends do not sum to zero"
+    );
+    // Balance sheet: assets = liabilities + equity at every month end, and
+    // something is on it.
+    let (ends, off) = (
+        number(
+            env,
+            "SELECT count(DISTINCT (company_id, month_end)) FROM odoo_gold.balance_sheet WHERE section = 'Assets' AND amount <> 0",
+        ),
+        number(
+            env,
+            "SELECT count(*) FROM (SELECT company_id, month_end FROM odoo_gold.balance_sheet GROUP BY 1, 2 \
+             HAVING sum(amount) FILTER (WHERE section = 'Assets') \
+                    IS DISTINCT FROM sum(amount) FILTER (WHERE section <> 'Assets')) x",
+        ),
+    );
+    assert!(
+        ends >= 1.0 && off == 0.0,
+        "balance sheet: {off} of {ends} month ends do not balance"
+    );
+    // The profit and loss of the fiscal year to date equals the balance
+    // sheet's current-year earnings line at every month end.
+    let (lines, wrong, nonzero) = {
+        let q = "WITH fy AS (SELECT DISTINCT company_id, month_end, fiscal_year FROM odoo_gold.trial_balance), \
+                 pl AS (SELECT f.company_id, f.month_end, sum(p.net_profit) AS profit FROM fy f \
+                        JOIN odoo_gold.profit_and_loss p ON p.company_id = f.company_id AND p.fiscal_year = f.fiscal_year \
+                         AND p.month <= f.month_end GROUP BY 1, 2), \
+                 e AS (SELECT b.amount, COALESCE(pl.profit, 0) AS profit FROM odoo_gold.balance_sheet b \
+                        LEFT JOIN pl ON pl.company_id = b.company_id AND pl.month_end = b.month_end \
+                        WHERE b.account_type = 'current_year_earnings') ";
+        (
+            number(env, &format!("{q} SELECT count(*) FROM e")),
+            number(
+                env,
+                &format!("{q} SELECT count(*) FROM e WHERE amount <> profit"),
+            ),
+            number(
+                env,
+                &format!("{q} SELECT count(*) FROM e WHERE amount <> 0"),
+            ),
+        )
+    };
+    assert!(
+        lines >= 1.0 && nonzero >= 1.0 && wrong == 0.0,
+        "current-year earnings: {wrong} of {lines} month ends differ from the profit and loss ({nonzero} non-zero)"
+    );
+    // Aged receivable: the residuals equal Odoo's amount_residual of the open
+    // posted receivable items, and the buckets add up to them.
+    let odoo = number(
+        env,
+        "SELECT COALESCE(sum(l.amount_residual), 0) FROM public.account_move_line l \
+         JOIN public.account_account a ON a.id = l.account_id \
+         WHERE a.account_type = 'asset_receivable' AND l.parent_state = 'posted'",
+    );
+    let aged = number(env, "SELECT sum(residual) FROM odoo_gold.aged_receivable");
+    let buckets = number(
+        env,
+        "SELECT count(*) FROM odoo_gold.aged_receivable \
+         WHERE not_due + days_1_30 + days_31_60 + days_61_90 + days_91_120 + older <> residual",
+    );
+    assert!(
+        odoo > 0.0 && (aged - odoo).abs() < 1e-6 && buckets == 0.0,
+        "aged receivable {aged} vs Odoo {odoo}; {buckets} rows whose buckets do not add up"
+    );
+    // Invoices: payment state and residual are Odoo's stored fields; every
+    // paid invoice has a payment date.
+    let (invoices, differ, unpaid_dates) = (
+        number(env, "SELECT count(*) FROM odoo_gold.invoices"),
+        number(
+            env,
+            "SELECT count(*) FROM odoo_gold.invoices i JOIN public.account_move m ON m.id = i.id \
+             WHERE (i.payment_state, i.amount_residual) IS DISTINCT FROM (m.payment_state, m.amount_residual)",
+        ),
+        number(
+            env,
+            "SELECT count(*) FROM odoo_gold.invoices WHERE payment_state = 'paid' AND first_payment_date IS NULL",
+        ),
+    );
+    assert!(
+        invoices >= 1.0 && differ == 0.0 && unpaid_dates == 0.0,
+        "invoices: {differ} of {invoices} differ from Odoo's fields, {unpaid_dates} paid without a payment date"
+    );
+    // Partner ledger: each partner's last running balance is its receivable
+    // and payable balance in Odoo.
+    let (partners, wrong) = {
+        let q = "WITH last AS (SELECT DISTINCT ON (company_id, partner_id) company_id, partner_id, running_balance \
+                   FROM odoo_gold.partner_ledger ORDER BY company_id, partner_id, date DESC, move_id DESC, id DESC), \
+                 odoo AS (SELECT l.company_id, l.partner_id, sum(l.balance) AS balance FROM public.account_move_line l \
+                   JOIN public.account_account a ON a.id = l.account_id \
+                   WHERE a.account_type IN ('asset_receivable', 'liability_payable') AND l.parent_state = 'posted' \
+                   GROUP BY 1, 2) ";
+        (
+            number(env, &format!("{q} SELECT count(*) FROM odoo")),
+            number(
+                env,
+                &format!(
+                    "{q} SELECT count(*) FROM odoo FULL JOIN last USING (company_id, partner_id) \
+                     WHERE odoo.balance IS DISTINCT FROM last.running_balance"
+                ),
+            ),
+        )
+    };
+    assert!(
+        partners >= 1.0 && wrong == 0.0,
+        "partner ledger: {wrong} of {partners} partners end on another balance"
+    );
+}
+
+fn states(env: &Env, sql: &str) -> Vec<(String, String)> {
+    env.sql(sql)
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_odoo_package_installs_and_equals_postgres_with_balanced_books() {
+    let env = Env::new();
+    load_odoo(&env, 0.3, 11);
+    // One source the user declared before: the package keeps it as it is.
+    env.sql("SELECT medallion.add_source('res_partner')");
+    let first = states(
+        &env,
+        "SELECT object, state FROM medallion.install_package('odoo')",
+    );
+    for m in MODELS {
+        assert!(
+            first.contains(&(format!("gold.{m}"), "defined".to_string())),
+            "{m} not defined: {first:?}"
+        );
+    }
+    let added: Vec<&str> = first
+        .iter()
+        .filter(|(_, s)| s == "added")
+        .map(|(o, _)| o.as_str())
+        .collect();
+    assert!(
+        added.contains(&"bronze.public.account_move_line"),
+        "{added:?}"
+    );
+    assert!(!added.contains(&"bronze.public.res_partner"), "{added:?}");
+    // Installing again changes nothing.
+    let again = states(
+        &env,
+        "SELECT object, state FROM medallion.install_package('odoo')",
+    );
+    assert_eq!(again.len(), MODELS.len(), "{again:?}");
+    assert!(again.iter().all(|(_, s)| s == "unchanged"), "{again:?}");
+    assert_eq!(
+        env.sql("SELECT version || ' ' || array_length(models, 1) || ' ' || (options->>'lang') FROM medallion.packages WHERE name = 'odoo'").trim(),
+        "1.0.0 9 en_US"
+    );
+
+    let r = env.catch_up_and_refine().await;
+    assert_package_right(&env, &r.tables).await;
+
+    // A model of the user's reading a package model keeps uninstall from
+    // dropping it, unless cascade.
+    env.sql(
+        "SELECT medallion.define_gold('overdue_customers', $$SELECT partner_id, sum(residual) AS due \
+         FROM gold.odoo_aged_receivable GROUP BY partner_id$$)",
+    );
+    let refused = env
+        .cluster
+        .sql(&env.db, "SELECT * FROM medallion.uninstall_package('odoo')")
+        .expect_err("uninstall with a dependant");
+    assert!(
+        refused.to_string().contains("overdue_customers"),
+        "{refused}"
+    );
+    let gone = states(
+        &env,
+        "SELECT object, state FROM medallion.uninstall_package('odoo', cascade => true)",
+    );
+    assert!(
+        gone.contains(&("bronze.public.account_move_line".into(), "dropped".into())),
+        "{gone:?}"
+    );
+    assert!(
+        !gone.iter().any(|(o, _)| o == "bronze.public.res_partner"),
+        "the user's own source is not the package's to drop: {gone:?}"
+    );
+    assert_eq!(
+        env.sql(
+            "SELECT (SELECT count(*) FROM medallion.gold_models) || ' ' || \
+             (SELECT count(*) FROM medallion.packages) || ' ' || \
+             (SELECT string_agg(source_table, ',') FROM medallion.sources)"
+        )
+        .trim(),
+        "0 0 res_partner"
+    );
+}
