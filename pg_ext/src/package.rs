@@ -60,6 +60,14 @@ const PACKAGES: &[Package] = &[Package {
         package_file!("odoo", "07_aged_receivable.sql"),
         package_file!("odoo", "08_aged_payable.sql"),
         package_file!("odoo", "09_invoices.sql"),
+        package_file!("odoo", "10_executive_summary.sql"),
+        package_file!("odoo", "11_cash_flow.sql"),
+        package_file!("odoo", "12_invoice_lines.sql"),
+        package_file!("odoo", "13_sales_order_lines.sql"),
+        package_file!("odoo", "14_crm_pipeline.sql"),
+        package_file!("odoo", "15_stock_moves.sql"),
+        package_file!("odoo", "16_inventory_valuation.sql"),
+        package_file!("odoo", "17_purchase_order_lines.sql"),
     ],
 }];
 
@@ -375,17 +383,22 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
             .cloned()
             .collect();
         if !missing.is_empty() {
-            let why = missing
-                .iter()
-                .map(|m| {
-                    if m.starts_with("gold.") {
-                        format!("{m} (skipped)")
-                    } else {
-                        format!("public.{m} (is its Odoo module installed?)")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let (models, tables): (Vec<&String>, Vec<&String>) =
+                missing.iter().partition(|m| m.starts_with("gold."));
+            let mut why: Vec<String> = Vec::new();
+            if !tables.is_empty() {
+                let names: Vec<String> = tables.iter().map(|t| format!("public.{t}")).collect();
+                why.push(format!(
+                    "{} (is the Odoo module that creates {} installed?)",
+                    names.join(", "),
+                    if names.len() == 1 { "it" } else { "them" }
+                ));
+            }
+            if !models.is_empty() {
+                let names: Vec<&str> = models.iter().map(|m| m.as_str()).collect();
+                why.push(format!("{} (skipped)", names.join(", ")));
+            }
+            let why = why.join("; ");
             out.push((
                 format!("gold.{}", f.model),
                 "skipped".into(),

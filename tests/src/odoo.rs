@@ -402,7 +402,65 @@ const PARTIAL_RECONCILE: TableDef = TableDef {
     ],
 };
 
+const UOM: TableDef = TableDef {
+    name: "uom_uom",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("category_id", "integer NOT NULL"),
+        ("uom_type", "character varying NOT NULL"),
+        ("name", "jsonb NOT NULL"),
+        ("factor", "numeric NOT NULL"),
+        ("rounding", "numeric NOT NULL"),
+        ("active", "boolean"),
+    ],
+};
+
+const CRM_STAGE: TableDef = TableDef {
+    name: "crm_stage",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("sequence", "integer"),
+        ("name", "jsonb NOT NULL"),
+        ("is_won", "boolean"),
+        ("fold", "boolean"),
+    ],
+};
+
+const LOCATION: TableDef = TableDef {
+    name: "stock_location",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("location_id", "integer"),
+        ("company_id", "integer"),
+        ("name", "character varying NOT NULL"),
+        ("complete_name", "character varying"),
+        ("usage", "character varying NOT NULL"),
+        ("active", "boolean"),
+    ],
+};
+
+const VALUATION_LAYER: TableDef = TableDef {
+    name: "stock_valuation_layer",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("company_id", "integer NOT NULL"),
+        ("product_id", "integer NOT NULL"),
+        ("stock_move_id", "integer"),
+        ("description", "character varying"),
+        ("quantity", "numeric"),
+        ("unit_cost", "numeric"),
+        ("value", "numeric"),
+        ("remaining_qty", "numeric"),
+        ("remaining_value", "numeric"),
+        ("create_date", "timestamp without time zone"),
+        ("write_date", "timestamp without time zone"),
+    ],
+};
+
 const TABLES: &[&TableDef] = &[
+    &UOM,
+    &CRM_STAGE,
+    &LOCATION,
     &COMPANY,
     &PARTNER,
     &PRODUCT_TEMPLATE,
@@ -416,6 +474,7 @@ const TABLES: &[&TableDef] = &[
     &PAYMENT,
     &PARTIAL_RECONCILE,
     &STOCK_MOVE,
+    &VALUATION_LAYER,
     &LEAD,
 ];
 
@@ -668,6 +727,84 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     )?;
     copy_end(out)?;
 
+    // Units of measure, CRM stages and stock locations (Odoo's default ids).
+    copy_begin(out, &UOM)?;
+    for (id, kind, name, factor) in [
+        (1, "reference", "Units", "1.0"),
+        (2, "bigger", "Dozens", "0.08333333333333333"),
+    ] {
+        copy_row(
+            out,
+            &UOM,
+            &[
+                id.to_string(),
+                "1".into(),
+                kind.into(),
+                esc(&translated(name)),
+                factor.into(),
+                "0.01".into(),
+                "t".into(),
+            ],
+        )?;
+    }
+    copy_end(out)?;
+    copy_begin(out, &CRM_STAGE)?;
+    for (id, name, won) in [
+        (1, "New", false),
+        (2, "Qualified", false),
+        (3, "Proposition", false),
+        (4, "Won", true),
+    ] {
+        copy_row(
+            out,
+            &CRM_STAGE,
+            &[
+                id.to_string(),
+                id.to_string(),
+                esc(&translated(name)),
+                if won { "t" } else { "f" }.into(),
+                "f".into(),
+            ],
+        )?;
+    }
+    copy_end(out)?;
+    copy_begin(out, &LOCATION)?;
+    for (id, parent, name, full, usage) in [
+        (1, NULL, "Physical Locations", "Physical Locations", "view"),
+        (2, NULL, "Partners", "Partners", "view"),
+        (4, "2", "Vendors", "Partners/Vendors", "supplier"),
+        (5, "2", "Customers", "Partners/Customers", "customer"),
+        (7, "1", "WH", "WH", "view"),
+        (8, "7", "Stock", "WH/Stock", "internal"),
+        (
+            14,
+            NULL,
+            "Inventory adjustment",
+            "Virtual Locations/Inventory adjustment",
+            "inventory",
+        ),
+    ] {
+        copy_row(
+            out,
+            &LOCATION,
+            &[
+                id.to_string(),
+                parent.into(),
+                if usage == "internal" || usage == "view" {
+                    "1"
+                } else {
+                    NULL
+                }
+                .into(),
+                name.into(),
+                full.into(),
+                usage.into(),
+                "t".into(),
+            ],
+        )?;
+    }
+    copy_end(out)?;
+
     // Chart of accounts and journals.
     copy_begin(out, &ACCOUNT)?;
     let accounts = [
@@ -879,6 +1016,50 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     let mut payments = Vec::new();
     let mut reconciles = Vec::new();
     let mut stock = Vec::new();
+    let mut layers: Vec<Vec<String>> = Vec::new();
+    // Opening stock: 1,000 units of each product counted into WH/Stock.
+    for p in 1..=scale.products {
+        let cost = Gen::price(p) * 6 / 10;
+        stock.push(vec![
+            (stock.len() + 1).to_string(),
+            "1".into(),
+            p.to_string(),
+            "1".into(),
+            "14".into(),
+            "8".into(),
+            NULL.into(),
+            "2".into(),
+            "2".into(),
+            esc(&format!("Opening stock: FURN_{p:04}")),
+            "done".into(),
+            NULL.into(),
+            format!("WH/INV/{p:05}"),
+            "make_to_stock".into(),
+            "1000".into(),
+            "1000".into(),
+            "1000".into(),
+            "t".into(),
+            t0.clone(),
+            t0.clone(),
+            t0.clone(),
+            format!("{}", cost as f64 / 100.0),
+            NULL.into(),
+        ]);
+        layers.push(vec![
+            (layers.len() + 1).to_string(),
+            "1".into(),
+            p.to_string(),
+            stock.len().to_string(),
+            esc(&format!("Opening stock: FURN_{p:04}")),
+            "1000".into(),
+            money(cost),
+            money(cost * 1000),
+            "1000".into(),
+            money(cost * 1000),
+            t0.clone(),
+            t0.clone(),
+        ]);
+    }
     let mut line_id = 0usize;
     let mut move_id = 0usize;
     let mut item_id = 0usize;
@@ -976,6 +1157,21 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                     ts(at + Duration::hours(4)),
                     format!("{}", price as f64 * 0.006),
                     line_id.to_string(),
+                ]);
+                let cost = Gen::price(product) * 6 / 10;
+                layers.push(vec![
+                    (layers.len() + 1).to_string(),
+                    "1".into(),
+                    product.to_string(),
+                    stock.len().to_string(),
+                    esc(&format!("WH/OUT/{o:05}")),
+                    format!("-{qty}"),
+                    money(cost),
+                    money(-cost * qty),
+                    "0".into(),
+                    "0".into(),
+                    ts(at + Duration::hours(4)),
+                    ts(at + Duration::hours(4)),
                 ]);
             }
         }
@@ -1499,6 +1695,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         (&PAYMENT, &payments),
         (&PARTIAL_RECONCILE, &reconciles),
         (&STOCK_MOVE, &stock),
+        (&VALUATION_LAYER, &layers),
     ] {
         copy_begin(out, t)?;
         for r in rows {

@@ -1040,9 +1040,14 @@ async fn real_odoo_18_replay_lands_exactly_once() {
     // Odoo's stored residuals and payment states.
     let defined =
         env.sql("SELECT count(*) FROM medallion.install_package('odoo') WHERE state = 'defined'");
-    assert_eq!(defined.trim(), odoo_package::MODELS.len().to_string());
+    let models: Vec<&str> = odoo_package::MODELS
+        .iter()
+        .chain(odoo_package::PURCHASE_MODELS.iter())
+        .copied()
+        .collect();
+    assert_eq!(defined.trim(), models.len().to_string());
     let report = env.refine_cycle(&env.cfg(), caught.acked_lsn).await;
-    odoo_package::assert_package_right(&env, &report.tables).await;
+    odoo_package::assert_package_right(&env, &models, &report.tables).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

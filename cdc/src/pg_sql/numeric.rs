@@ -37,9 +37,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, PrimitiveArray};
+use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Decimal256Array, PrimitiveArray};
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, Decimal128Type, Float32Type, Float64Type, Int64Type, i256};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int64Type, i256,
+};
 use deltalake::datafusion::common::{
     DFSchema, Result as DfResult, exec_err, internal_err, plan_err,
 };
@@ -72,6 +74,7 @@ fn wide_product(left: &DataType, right: &DataType) -> Option<(i8, i8, i8)> {
 fn as_decimal(t: &DataType) -> Option<(u8, i8)> {
     match t {
         DataType::Decimal128(p, s) if *s >= 0 => Some((*p, *s)),
+        DataType::Decimal256(p, s) if *s >= 0 => Some((*p, *s)),
         t if t.is_integer() => Some((20, 0)),
         _ => None,
     }
@@ -124,7 +127,7 @@ impl Default for NumericDiv {
 
 fn decimal_scale(t: &DataType) -> DfResult<i8> {
     match t {
-        DataType::Decimal128(_, s) => Ok(*s),
+        DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => Ok(*s),
         other => plan_err!("numeric division of {other}"),
     }
 }
@@ -149,10 +152,12 @@ impl ScalarUDFImpl for NumericDiv {
         let [a, b] = args else {
             return plan_err!("numeric_div takes two decimals");
         };
-        Ok(DataType::Decimal128(
-            38,
-            decimal_scale(a)?.max(decimal_scale(b)?),
-        ))
+        let scale = decimal_scale(a)?.max(decimal_scale(b)?);
+        Ok(if is256(a) || is256(b) {
+            DataType::Decimal256(76, scale)
+        } else {
+            DataType::Decimal128(38, scale)
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
@@ -164,32 +169,67 @@ impl ScalarUDFImpl for NumericDiv {
         let scale = s1.max(s2);
         // a / b at `scale`: (a · 10^(scale - s1 + s2)) / b, all integers.
         let factor = pow10((i16::from(scale) - i16::from(s1) + i16::from(s2)) as u32);
-        let limit = pow10(38);
-        let (a, b) = (
-            a.as_primitive::<Decimal128Type>(),
-            b.as_primitive::<Decimal128Type>(),
-        );
-        let mut out = Vec::with_capacity(a.len());
-        for i in 0..a.len() {
-            if a.is_null(i) || b.is_null(i) {
+        let wide = is256(a.data_type()) || is256(b.data_type());
+        let (digits, limit) = if wide {
+            (76, pow10(76))
+        } else {
+            (38, pow10(38))
+        };
+        let (a, b) = (values_i256(a)?, values_i256(b)?);
+        let out_of_range = || {
+            exec_err!(
+                "numeric value out of range: a quotient does not fit decimal({digits}, {scale}) (lower MEDALLION_NUMERIC_SCALE or cast to a narrower numeric)"
+            )
+        };
+        let mut out: Vec<Option<i256>> = Vec::with_capacity(a.len());
+        for (x, y) in a.into_iter().zip(b) {
+            let (Some(x), Some(d)) = (x, y) else {
                 out.push(None);
                 continue;
-            }
-            let d = i256::from_i128(b.value(i));
+            };
             if d == i256::ZERO {
                 return exec_err!("division by zero");
             }
-            let q = div_round(i256::from_i128(a.value(i)).wrapping_mul(factor), d);
+            let Some(scaled) = x.checked_mul(factor) else {
+                return out_of_range();
+            };
+            let q = div_round(scaled, d);
             if q.wrapping_abs() >= limit {
-                return exec_err!(
-                    "numeric value out of range: a quotient does not fit decimal(38, {scale}) (lower MEDALLION_NUMERIC_SCALE or cast to a narrower numeric)"
-                );
+                return out_of_range();
             }
-            out.push(q.to_i128());
+            out.push(Some(q));
         }
-        let array = Decimal128Array::from(out).with_precision_and_scale(38, scale)?;
-        Ok(ColumnarValue::Array(Arc::new(array)))
+        let array: ArrayRef = if wide {
+            Arc::new(Decimal256Array::from(out).with_precision_and_scale(76, scale)?)
+        } else {
+            Arc::new(
+                Decimal128Array::from(
+                    out.into_iter()
+                        .map(|q| q.and_then(|q| q.to_i128()))
+                        .collect::<Vec<_>>(),
+                )
+                .with_precision_and_scale(38, scale)?,
+            )
+        };
+        Ok(ColumnarValue::Array(array))
     }
+}
+
+fn is256(t: &DataType) -> bool {
+    matches!(t, DataType::Decimal256(..))
+}
+
+/// A decimal column's values as 256-bit integers.
+fn values_i256(a: &ArrayRef) -> DfResult<Vec<Option<i256>>> {
+    Ok(match a.data_type() {
+        DataType::Decimal128(..) => a
+            .as_primitive::<Decimal128Type>()
+            .iter()
+            .map(|v| v.map(i256::from_i128))
+            .collect(),
+        DataType::Decimal256(..) => a.as_primitive::<Decimal256Type>().iter().collect(),
+        other => return internal_err!("numeric_div of {other}"),
+    })
 }
 
 /// The integer types a cast can name, by the function that casts to them.
@@ -308,18 +348,46 @@ impl ExprPlanner for WideProduct {
         let (Ok(l), Ok(r)) = (expr.left.get_type(schema), expr.right.get_type(schema)) else {
             return Ok(PlannerResult::Original(expr));
         };
+        // A 256-bit sum or average as an operand stays exact in 256 bits:
+        // its products are brought back to the larger scale (as below), its
+        // quotients are `numeric_div` in 256 bits.
+        let has256 = matches!(l, DataType::Decimal256(..)) || matches!(r, DataType::Decimal256(..));
         if expr.op == BinaryOperator::Divide {
-            if !wide_quotient(&l, &r) {
+            if !has256 && !wide_quotient(&l, &r) {
+                return Ok(PlannerResult::Original(expr));
+            }
+            if !(as_decimal(&l).is_some() && as_decimal(&r).is_some()) {
                 return Ok(PlannerResult::Original(expr));
             }
             let decimal = |e: Expr, t: &DataType| match t {
-                DataType::Decimal128(..) => e,
+                DataType::Decimal128(..) | DataType::Decimal256(..) => e,
                 _ => Expr::Cast(Cast::new(Box::new(e), DataType::Decimal128(20, 0))),
             };
             let div = ScalarUDF::new_from_impl(NumericDiv::default());
             return Ok(PlannerResult::Planned(
                 div.call(vec![decimal(expr.left, &l), decimal(expr.right, &r)]),
             ));
+        }
+        if has256 {
+            let (Some((_, s1)), Some((_, s2))) = (as_decimal(&l), as_decimal(&r)) else {
+                return Ok(PlannerResult::Original(expr));
+            };
+            if i16::from(s1) + i16::from(s2) > 76 {
+                return plan_err!(
+                    "a product of numerics with {s1} and {s2} decimal places exceeds 76 digits of scale"
+                );
+            }
+            let wide =
+                |e: Expr, s: i8| Expr::Cast(Cast::new(Box::new(e), DataType::Decimal256(76, s)));
+            let product = binary_expr(
+                wide(expr.left, s1),
+                Operator::Multiply,
+                wide(expr.right, s2),
+            );
+            return Ok(PlannerResult::Planned(Expr::Cast(Cast::new(
+                Box::new(product),
+                DataType::Decimal256(76, s1.max(s2)),
+            ))));
         }
         let Some((s1, s2, scale)) = wide_product(&l, &r) else {
             return Ok(PlannerResult::Original(expr));
@@ -356,6 +424,28 @@ mod tests {
         assert!(wide_quotient(&DataType::Int32, &d(38, 24)));
         assert!(!wide_quotient(&DataType::Int64, &DataType::Int64));
         assert!(!wide_quotient(&d(38, 24), &DataType::Float64));
+    }
+
+    #[tokio::test]
+    async fn products_and_quotients_of_sums_are_planned_as_stored_numerics() {
+        // sum() is 256-bit; sum * sum / sum once overflowed in DataFusion's
+        // 256-bit division: the sums are narrowed to decimal(38, 24) first.
+        let ctx = crate::lake::session();
+        let df = super::super::plan(
+            &ctx,
+            "WITH v(q, c) AS (VALUES (CAST(1000 AS numeric), CAST(13550.0465 AS numeric)), \
+             (CAST(-10 AS numeric), CAST(1.5 AS numeric))) \
+             SELECT round(sum(c) * sum(q) / sum(q), 2) AS v, sum(c) / 3 AS third FROM v",
+            24,
+        )
+        .await
+        .unwrap();
+        let batches = df.collect().await.unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("13551.55"), "{text}");
+        assert!(text.contains("4517.182166666666666666666667"), "{text}");
     }
 
     #[test]

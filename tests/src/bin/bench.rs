@@ -64,6 +64,13 @@ enum What {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
     },
+    /// The Odoo package (`install_package('odoo')`) over generated Odoo
+    /// books with about `rows` journal items: each model's refresh vs
+    /// Postgres materializing the same SQL over the same inputs.
+    Package {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
     /// Silver MERGE throughput vs Postgres applying the same change log.
     Merge {
         #[arg(long, default_value_t = 1_000_000)]
@@ -221,6 +228,89 @@ fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
     let idle = best_of(3, || Ok(b.refine(&[])?.as_secs_f64()))?;
     println!(
         "gold: a refine cycle with nothing to refresh: {idle:.3} s (included in each model's figure)"
+    );
+    Ok((baseline_total, ours_total))
+}
+
+/// The Odoo package's refresh, model by model, against Postgres running the
+/// same SQL: `CREATE TABLE gold.<m> AS <query>` over views of the source
+/// tables for `silver.*` and the tables it made before for `gold.*` (each
+/// side reads the upstream models it already materialized).
+fn package(rows: u64) -> anyhow::Result<(f64, f64)> {
+    let b = Bench::new()?;
+    b.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")?;
+    // Scale 1 writes about 2,500 journal items.
+    let scale = medallion_tests::odoo::Scale::new((rows as f64 / 2500.0).max(0.01));
+    let path = b.dir.path().join("odoo.sql");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    medallion_tests::odoo::write_base(&mut out, scale, 42)?;
+    drop(out);
+    let st = Command::new(b.cluster.bin("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d"])
+        .arg(b.cluster.url(DB))
+        .arg("-f")
+        .arg(&path)
+        .status()?;
+    if !st.success() {
+        bail!("loading the generated Odoo books failed");
+    }
+    b.sql("VACUUM ANALYZE")?;
+    let items = b.sql("SELECT count(*) FROM account_move_line")?;
+    b.sql("SELECT count(*) FROM medallion.install_package('odoo')")?;
+    let models: Vec<String> = b
+        .sql("SELECT unnest(models) FROM medallion.packages WHERE name = 'odoo'")?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    b.catch_up()?;
+    b.refine(&[])?; // silver built, every model computed once
+    let mut views = String::from(
+        "SET client_min_messages = warning; CREATE SCHEMA silver; CREATE SCHEMA gold;",
+    );
+    for t in b.sql("SELECT source_table FROM medallion.sources")?.lines() {
+        views.push_str(&format!(
+            "CREATE VIEW silver.{t} AS SELECT * FROM public.{t};"
+        ));
+    }
+    b.sql(&views)?;
+    let (mut baseline_total, mut ours_total) = (0.0, 0.0);
+    for name in &models {
+        let query = b.sql(&format!(
+            "SELECT query FROM medallion.gold_models WHERE name = '{name}'"
+        ))?;
+        let baseline = best_of(3, || {
+            let t = Instant::now();
+            let st = Command::new(b.cluster.bin("psql"))
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d"])
+                .arg(b.cluster.url(DB))
+                .args([
+                    "-c",
+                    "SET TimeZone = 'UTC'; SET client_min_messages = warning",
+                    "-c",
+                    &format!(
+                        "DROP TABLE IF EXISTS gold.{name}; CREATE TABLE gold.{name} AS {query}"
+                    ),
+                ])
+                .status()?;
+            if !st.success() {
+                bail!("psql failed on {name}");
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+        let model = format!("gold.{name}");
+        let ours = best_of(3, || Ok(b.refine(&[model.as_str()])?.as_secs_f64()))?;
+        println!(
+            "package: {name}: Postgres {baseline:.3} s, medallion gold {ours:.3} s, ratio {:.2}x",
+            ours / baseline
+        );
+        baseline_total += baseline;
+        ours_total += ours;
+    }
+    println!(
+        "package: all {} models over {items} journal items: Postgres {baseline_total:.3} s, \
+         medallion gold (DataFusion, incl. Delta write) {ours_total:.3} s, ratio {:.2}x (target <= 0.5x)",
+        models.len(),
+        ours_total / baseline_total
     );
     Ok((baseline_total, ours_total))
 }
@@ -875,6 +965,7 @@ fn main() -> anyhow::Result<()> {
         What::Freshness { seconds, tps } => drop(freshness(seconds, tps)?),
         What::Rss { rows } => drop(rss(rows)?),
         What::Gold { rows } => drop(gold(rows)?),
+        What::Package { rows } => drop(package(rows)?),
         What::Merge { changes, keys } => drop(merge(changes, keys)?),
         What::Audit {
             seconds,
