@@ -68,6 +68,7 @@ const PACKAGES: &[Package] = &[Package {
         package_file!("odoo", "15_stock_moves.sql"),
         package_file!("odoo", "16_inventory_valuation.sql"),
         package_file!("odoo", "17_purchase_order_lines.sql"),
+        package_file!("odoo", "18_tax_report.sql"),
     ],
 }];
 

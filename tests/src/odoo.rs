@@ -284,6 +284,29 @@ const MOVE_LINE: TableDef = TableDef {
         ("reconciled", "boolean"),
         ("create_date", "timestamp without time zone"),
         ("write_date", "timestamp without time zone"),
+        ("tax_line_id", "integer"),
+    ],
+};
+
+const TAX: TableDef = TableDef {
+    name: "account_tax",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("company_id", "integer NOT NULL"),
+        ("type_tax_use", "character varying NOT NULL"),
+        ("amount_type", "character varying NOT NULL"),
+        ("name", "jsonb NOT NULL"),
+        ("amount", "numeric NOT NULL"),
+        ("active", "boolean"),
+    ],
+};
+
+/// Taxes of a journal item (many2many; its primary key is both columns).
+const LINE_TAX: TableDef = TableDef {
+    name: "account_move_line_account_tax_rel",
+    columns: &[
+        ("account_move_line_id", "integer NOT NULL"),
+        ("account_tax_id", "integer NOT NULL"),
     ],
 };
 
@@ -471,6 +494,8 @@ const TABLES: &[&TableDef] = &[
     &SALE_ORDER_LINE,
     &MOVE,
     &MOVE_LINE,
+    &TAX,
+    &LINE_TAX,
     &PAYMENT,
     &PARTIAL_RECONCILE,
     &STOCK_MOVE,
@@ -705,7 +730,8 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     writeln!(
         out,
         "CREATE INDEX ON account_move_line (move_id);\nCREATE INDEX ON sale_order_line (order_id);\n\
-         CREATE INDEX ON account_move (partner_id);"
+         CREATE INDEX ON account_move (partner_id);\n\
+         ALTER TABLE account_move_line_account_tax_rel ADD PRIMARY KEY (account_move_line_id, account_tax_id);"
     )?;
     let t0 = ts(g.start);
 
@@ -890,6 +916,25 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     }
     copy_end(out)?;
 
+    // Taxes: 15% on sales (invoice lines carry it) and on purchases.
+    copy_begin(out, &TAX)?;
+    for (id, kind) in [(1, "sale"), (2, "purchase")] {
+        copy_row(
+            out,
+            &TAX,
+            &[
+                id.to_string(),
+                "1".into(),
+                kind.into(),
+                "percent".into(),
+                esc(&translated("15%")),
+                "15.0".into(),
+                "t".into(),
+            ],
+        )?;
+    }
+    copy_end(out)?;
+
     // Partners: the company itself (1), then customers.
     copy_begin(out, &PARTNER)?;
     let n_partners = scale.customers + 1;
@@ -1015,6 +1060,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     let mut items = Vec::new();
     let mut payments = Vec::new();
     let mut reconciles = Vec::new();
+    let mut line_taxes: Vec<Vec<String>> = Vec::new();
     let mut stock = Vec::new();
     let mut layers: Vec<Vec<String>> = Vec::new();
     // Opening stock: 1,000 units of each product counted into WH/Stock.
@@ -1306,6 +1352,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 .into(),
                 ts(when),
                 ts(when),
+                if account == ACC_TAX { "1" } else { NULL }.into(),
             ]);
         };
         for (i, l) in order_lines.iter().enumerate() {
@@ -1327,6 +1374,9 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 inv_at,
                 &inv_name,
             );
+            if let Some(row) = items.last() {
+                line_taxes.push(vec![row[0].clone(), "1".into()]);
+            }
         }
         push_item(
             &mut items,
@@ -1529,6 +1579,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 .into(),
                 ts(when),
                 ts(when),
+                NULL.into(),
             ]);
             item_id
         };
@@ -1692,6 +1743,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         (&SALE_ORDER_LINE, &lines),
         (&MOVE, &moves),
         (&MOVE_LINE, &items),
+        (&LINE_TAX, &line_taxes),
         (&PAYMENT, &payments),
         (&PARTIAL_RECONCILE, &reconciles),
         (&STOCK_MOVE, &stock),
@@ -1752,7 +1804,10 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         )?;
     }
     copy_end(out)?;
-    for t in TABLES {
+    for t in TABLES
+        .iter()
+        .filter(|t| t.columns[0].1.starts_with("serial"))
+    {
         writeln!(
             out,
             "SELECT setval(pg_get_serial_sequence('{0}', 'id'), coalesce(max(id), 0) + 1, false) FROM {0};",

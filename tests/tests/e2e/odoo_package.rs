@@ -9,7 +9,7 @@ use super::*;
 
 /// The models the package defines over the synthetic Odoo database (every
 /// table they read exists there).
-pub(super) const MODELS: [&str; 16] = [
+pub(super) const MODELS: [&str; 17] = [
     "odoo_gl_journal_items",
     "odoo_gl_by_period",
     "odoo_trial_balance",
@@ -26,6 +26,7 @@ pub(super) const MODELS: [&str; 16] = [
     "odoo_crm_pipeline",
     "odoo_stock_moves",
     "odoo_inventory_valuation",
+    "odoo_tax_report",
 ];
 
 /// Defined only where Odoo's purchase module is installed (the real
@@ -228,6 +229,24 @@ pub(super) async fn assert_package_right(
     assert!(
         months >= 1.0 && wrong == 0.0,
         "cash flow: {wrong} months differ from the change in cash ({months} with cash moving)"
+    );
+    // Tax report: the tax collected equals the balance of the tax lines on
+    // the sales tax accounts in Odoo.
+    let (collected, odoo) = (
+        number(
+            env,
+            "SELECT COALESCE(sum(tax_amount), 0) FROM odoo_gold.tax_report WHERE type_tax_use = 'sale'",
+        ),
+        number(
+            env,
+            "SELECT COALESCE(-sum(l.balance), 0) FROM public.account_move_line l \
+             JOIN public.account_tax t ON t.id = l.tax_line_id \
+             WHERE t.type_tax_use = 'sale' AND l.parent_state = 'posted'",
+        ),
+    );
+    assert!(
+        collected > 0.0 && (collected - odoo).abs() < 1e-6,
+        "tax report: {collected} collected, Odoo's tax lines {odoo}"
     );
     // Executive summary: each month's net profit is the profit and loss's.
     let (months, wrong) = (
