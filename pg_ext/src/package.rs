@@ -69,6 +69,7 @@ const PACKAGES: &[Package] = &[Package {
         package_file!("odoo", "16_inventory_valuation.sql"),
         package_file!("odoo", "17_purchase_order_lines.sql"),
         package_file!("odoo", "18_tax_report.sql"),
+        package_file!("odoo", "19_aged_receivable_history.sql"),
     ],
 }];
 

@@ -9,7 +9,7 @@ use super::*;
 
 /// The models the package defines over the synthetic Odoo database (every
 /// table they read exists there).
-pub(super) const MODELS: [&str; 17] = [
+pub(super) const MODELS: [&str; 18] = [
     "odoo_gl_journal_items",
     "odoo_gl_by_period",
     "odoo_trial_balance",
@@ -27,6 +27,7 @@ pub(super) const MODELS: [&str; 17] = [
     "odoo_stock_moves",
     "odoo_inventory_valuation",
     "odoo_tax_report",
+    "odoo_aged_receivable_history",
 ];
 
 /// Defined only where Odoo's purchase module is installed (the real
@@ -160,6 +161,24 @@ pub(super) async fn assert_package_right(
     assert!(
         odoo > 0.0 && (aged - odoo).abs() < 1e-6 && buckets == 0.0,
         "aged receivable {aged} vs Odoo {odoo}; {buckets} rows whose buckets do not add up"
+    );
+    // Aged receivable history: at the last month end, what the
+    // reconciliations left open is Odoo's amount_residual; earlier month
+    // ends have more open (payments came later).
+    let (last, earlier) = (
+        number(
+            env,
+            "SELECT sum(residual) FROM odoo_gold.aged_receivable_history \
+             WHERE month_end = (SELECT max(month_end) FROM odoo_gold.aged_receivable_history)",
+        ),
+        number(
+            env,
+            "SELECT count(DISTINCT month_end) FROM odoo_gold.aged_receivable_history",
+        ),
+    );
+    assert!(
+        (last - odoo).abs() < 1e-6 && earlier >= 2.0,
+        "aged receivable history: {last} open at the last month end, Odoo {odoo} ({earlier} month ends)"
     );
     // Invoices: payment state and residual are Odoo's stored fields; every
     // paid invoice has a payment date.
