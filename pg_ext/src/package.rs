@@ -211,11 +211,21 @@ impl Options {
     }
 }
 
-/// Fill a model's template: `{{lang}}` becomes a string literal, and
+/// Types an optional column may be typed as when it is missing.
+const OPTIONAL_TYPES: [&str; 6] = ["numeric", "integer", "bigint", "text", "date", "boolean"];
+
+/// Fill a model's template: `{{lang}}` becomes a string literal,
 /// `{{company_filter(alias.column)}}` a predicate on that column (`true`
-/// for every company). Values were checked by [`parse_options`]; the
-/// column is an identifier the package itself wrote.
-fn render(template: &str, o: &Options) -> Result<String, String> {
+/// for every company), and `{{column(table.column, alias.column, type)}}`
+/// the column where `public.table` has it (a module added it: e.g.
+/// `sale_margin`'s `sale_order_line.margin`), a typed NULL otherwise. Values
+/// were checked by [`parse_options`]; columns and types are identifiers the
+/// package itself wrote, checked again here.
+fn render(
+    template: &str,
+    o: &Options,
+    has_column: &dyn Fn(&str, &str) -> bool,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -229,6 +239,31 @@ fn render(template: &str, o: &Options) -> Result<String, String> {
             out.push('\'');
             out.push_str(&o.lang);
             out.push('\'');
+        } else if let Some(args) = tag
+            .strip_prefix("column(")
+            .and_then(|c| c.strip_suffix(')'))
+        {
+            let parts: Vec<&str> = args.split(',').map(str::trim).collect();
+            let [source, expr, ty] = parts.as_slice() else {
+                return Err(format!(
+                    "{{{{{tag}}}}} takes table.column, alias.column, type"
+                ));
+            };
+            let (table, column) = source
+                .split_once('.')
+                .ok_or_else(|| format!("{{{{{tag}}}}}: {source} is not table.column"))?;
+            let identifiers = [table, column]
+                .into_iter()
+                .chain(expr.split('.'))
+                .all(names::is_valid);
+            if !identifiers || !OPTIONAL_TYPES.contains(ty) {
+                return Err(format!("invalid {{{{{tag}}}}}"));
+            }
+            if has_column(table, column) {
+                out.push_str(expr);
+            } else {
+                out.push_str(&format!("CAST(NULL AS {ty})"));
+            }
         } else if let Some(col) = tag
             .strip_prefix("company_filter(")
             .and_then(|c| c.strip_suffix(')'))
@@ -287,6 +322,16 @@ fn table_exists(table: &str) -> bool {
     catalog::one(
         "SELECT pg_catalog.to_regclass(pg_catalog.format('public.%I', $1::text)) IS NOT NULL",
         &[table.into()],
+    )
+    .unwrap_or(false)
+}
+
+fn column_exists(table: &str, column: &str) -> bool {
+    catalog::one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+           WHERE attrelid = pg_catalog.to_regclass(pg_catalog.format('public.%I', $1::text)) \
+             AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+        &[table.into(), column.into()],
     )
     .unwrap_or(false)
 }
@@ -428,7 +473,7 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
                 Some("declared as a source with a current-state silver table".into()),
             ));
         }
-        let query = render(&f.query, o).unwrap_or_else(|e| {
+        let query = render(&f.query, o, &column_exists).unwrap_or_else(|e| {
             raise::error(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                 format!("package {}: {}: {e}", p.name, f.model),
@@ -740,7 +785,9 @@ mod unit {
                         );
                     }
                 }
-                let q = render(&f.query, &defaults()).unwrap();
+                let q = render(&f.query, &defaults(), &|_, _| false).unwrap();
+                let with = render(&f.query, &defaults(), &|_, _| true).unwrap();
+                crate::gold::parse_gold_query(&with).unwrap_or_else(|e| panic!("{file}: {e:?}"));
                 assert!(!q.contains("{{"), "{file}");
                 crate::gold::parse_gold_query(&q).unwrap_or_else(|e| panic!("{file}: {e:?}"));
                 seen.push(f.model);
@@ -756,11 +803,19 @@ mod unit {
         .unwrap();
         assert_eq!(o.companies, vec![1, 2]);
         assert_eq!(
-            render("x ->> {{lang}} AND {{company_filter(l.company_id)}}", &o).unwrap(),
+            render(
+                "x ->> {{lang}} AND {{company_filter(l.company_id)}}",
+                &o,
+                &|_, _| false
+            )
+            .unwrap(),
             "x ->> 'fr_BE' AND l.company_id IN (1, 2)"
         );
         assert_eq!(
-            render("{{ company_filter(company_id) }}", &defaults()).unwrap(),
+            render("{{ company_filter(company_id) }}", &defaults(), &|_, _| {
+                false
+            })
+            .unwrap(),
             "true"
         );
         for bad in [
@@ -775,8 +830,28 @@ mod unit {
             assert!(parse_options(&bad).is_err(), "{bad}");
         }
         assert!(is_lang("sr@latin") && is_lang("en_US") && is_lang("es_419"));
-        assert!(render("{{company_filter(x; y)}}", &defaults()).is_err());
-        assert!(render("{{nope}}", &defaults()).is_err());
-        assert!(render("{{lang", &defaults()).is_err());
+        let none = |_: &str, _: &str| false;
+        assert!(render("{{company_filter(x; y)}}", &defaults(), &none).is_err());
+        assert!(render("{{nope}}", &defaults(), &none).is_err());
+        assert!(render("{{lang", &defaults(), &none).is_err());
+        let margin = "{{column(sale_order_line.margin, l.margin, numeric)}}";
+        assert_eq!(
+            render(margin, &defaults(), &|t, c| t == "sale_order_line"
+                && c == "margin")
+            .unwrap(),
+            "l.margin"
+        );
+        assert_eq!(
+            render(margin, &defaults(), &none).unwrap(),
+            "CAST(NULL AS numeric)"
+        );
+        for bad in [
+            "{{column(sale_order_line.margin, l.margin, numeric); DROP)}}",
+            "{{column(sale_order_line.margin, l.margin)}}",
+            "{{column(margin, l.margin, numeric)}}",
+            "{{column(sale_order_line.margin, l.margin + 1, numeric)}}",
+        ] {
+            assert!(render(bad, &defaults(), &none).is_err(), "{bad}");
+        }
     }
 }

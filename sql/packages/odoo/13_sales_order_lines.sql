@@ -7,7 +7,9 @@
 -- Quantities in the product's unit of measure (the line's unit converted
 -- through uom_uom.factor, as sale.report does); untaxed and total amounts
 -- in the order's currency, and untaxed in company currency through the
--- order's currency_rate.
+-- order's currency_rate. margin: the line's margin where Odoo's sale_margin
+-- module is installed (NULL otherwise; install the package again after
+-- installing the module).
 SELECT l.id,
        l.order_id,
        o.name AS order_name,
@@ -30,6 +32,7 @@ SELECT l.id,
        l.discount,
        l.price_subtotal AS untaxed_amount,
        l.price_total AS total_amount,
+       {{column(sale_order_line.margin, l.margin, numeric)}} AS margin,
        o.currency_id,
        l.price_subtotal / CASE WHEN COALESCE(o.currency_rate, 0) = 0 THEN 1 ELSE o.currency_rate END
          AS untaxed_amount_company
