@@ -239,12 +239,18 @@ fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
 fn package(rows: u64) -> anyhow::Result<(f64, f64)> {
     let b = Bench::new()?;
     b.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")?;
-    // Scale 1 writes about 2,500 journal items.
-    let scale = medallion_tests::odoo::Scale::new((rows as f64 / 2500.0).max(0.01));
+    // Scale 1 writes about 2,500 journal items. The generator runs as its
+    // own process (it holds the whole history in memory while writing it),
+    // so this process' memory is the refinement's.
+    let scale = (rows as f64 / 2500.0).max(0.01);
     let path = b.dir.path().join("odoo.sql");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    medallion_tests::odoo::write_base(&mut out, scale, 42)?;
-    drop(out);
+    let st = Command::new(std::env::current_exe()?.with_file_name("odoo-gen"))
+        .args(["base", "--scale", &scale.to_string(), "--seed", "42"])
+        .stdout(std::fs::File::create(&path)?)
+        .status()?;
+    if !st.success() {
+        bail!("odoo-gen failed: {st}");
+    }
     let st = Command::new(b.cluster.bin("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d"])
         .arg(b.cluster.url(DB))
@@ -263,7 +269,13 @@ fn package(rows: u64) -> anyhow::Result<(f64, f64)> {
         .map(str::to_string)
         .collect();
     b.catch_up()?;
-    b.refine(&[])?; // silver built, every model computed once
+    let first = b.refine(&[])?; // silver built, every model computed once
+    println!(
+        "package: first refine (silver of every source, then all {} models): {:.1} s, peak RSS of the refining process {:.0} MiB",
+        models.len(),
+        first.as_secs_f64(),
+        peak_rss_kb() / 1024.0
+    );
     let mut views = String::from(
         "SET client_min_messages = warning; CREATE SCHEMA silver; CREATE SCHEMA gold;",
     );
@@ -995,4 +1007,17 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// This process' peak resident set (VmHWM), in KiB.
+fn peak_rss_kb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
 }

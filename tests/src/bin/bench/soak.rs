@@ -4,7 +4,8 @@
 //! sidecar's RSS and open files, the files of the bronze tables' current
 //! versions and on disk, and the slot's lag; it prints first/last/max of
 //! each and fails if one grows: the mean of the last third of the samples
-//! above 1.5× the mean of the middle third (lag: above 64 MiB).
+//! above 1.5× the mean of the middle third (lag: above 64 MiB). A sample
+//! line a minute shows the curve of each measure.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -202,6 +203,19 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
             .parse()
             .context("slot lag")?;
         series[4].values.push(lag / (1 << 20) as f64);
+        // One line a minute: the curve, not only first/last/max, says
+        // whether a rising measure levels off.
+        if series[0].values.len().is_multiple_of(6) {
+            println!(
+                "soak: sample t={}s rss={:.1}MiB files={} current={} on_disk={} lag={:.2}MiB",
+                start.elapsed().as_secs(),
+                series[0].values.last().unwrap_or(&0.0),
+                series[1].values.last().unwrap_or(&0.0),
+                current,
+                disk,
+                lag / (1 << 20) as f64
+            );
+        }
     }
     let out = pgbench.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
