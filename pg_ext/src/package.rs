@@ -289,6 +289,17 @@ fn render(
     Ok(out)
 }
 
+/// [`parse_options`], or 22023 with the options' hint.
+fn checked_options(name: &str, value: &serde_json::Value, what: &str) -> Options {
+    parse_options(value).unwrap_or_else(|e| {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("package {name}: {what}{e}"),
+            OPTION_HINT,
+        )
+    })
+}
+
 fn package(name: &str) -> &'static Package {
     PACKAGES.iter().find(|p| p.name == name).unwrap_or_else(|| {
         let known: Vec<&str> = PACKAGES.iter().map(|p| p.name).collect();
@@ -598,13 +609,7 @@ fn install_package(
     ),
 > {
     let p = package(name);
-    let o = parse_options(&options.0).unwrap_or_else(|e| {
-        raise::error(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("package {name}: {e}"),
-            OPTION_HINT,
-        )
-    });
+    let o = checked_options(name, &options.0, "");
     TableIterator::new(apply(p, &o))
 }
 
@@ -630,13 +635,7 @@ fn upgrade_package(
             format!("SELECT * FROM medallion.install_package('{name}');"),
         );
     };
-    let o = parse_options(&options).unwrap_or_else(|e| {
-        raise::error(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("package {name}: stored options: {e}"),
-            OPTION_HINT,
-        )
-    });
+    let o = checked_options(name, &options, "stored options: ");
     TableIterator::new(apply(p, &o))
 }
 
