@@ -379,31 +379,31 @@ fn require_current_silver(table: &str) {
     }
 }
 
-fn installed(name: &str) -> Option<(String, serde_json::Value, Vec<String>, Vec<String>)> {
-    let rows = Spi::connect(|client| {
-        let mut out = Vec::new();
-        for r in client.select(
-            "SELECT version, options, models, sources FROM medallion.packages WHERE name = $1",
-            None,
-            &[name.into()],
-        )? {
-            out.push((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<JsonB>(2)?.map(|j| j.0).unwrap_or_default(),
-                r.get::<Vec<String>>(3)?.unwrap_or_default(),
-                r.get::<Vec<String>>(4)?.unwrap_or_default(),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_else(|e| {
-        raise::error(
+/// What `medallion.packages` records of an installed package.
+struct Installed {
+    options: serde_json::Value,
+    models: Vec<String>,
+    /// Sources the package added (table names in `public`).
+    sources: Vec<String>,
+}
+
+fn installed(name: &str) -> Option<Installed> {
+    match Spi::get_three_with_args::<JsonB, Vec<String>, Vec<String>>(
+        "SELECT options, models, sources FROM medallion.packages WHERE name = $1",
+        &[name.into()],
+    ) {
+        Ok((options, models, sources)) => Some(Installed {
+            options: options.map(|j| j.0).unwrap_or_default(),
+            models: models.unwrap_or_default(),
+            sources: sources.unwrap_or_default(),
+        }),
+        Err(pgrx::spi::Error::InvalidPosition) => None,
+        Err(e) => raise::error(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("medallion catalog query failed: {e}"),
             "This is a bug in pg_medallion; please report it.",
-        )
-    });
-    rows.into_iter().next()
+        ),
+    }
 }
 
 /// Call one API function as the caller (its own checks apply).
@@ -428,7 +428,7 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
     let mut skipped: Vec<String> = Vec::new();
     let mut added: Vec<String> = previous
         .as_ref()
-        .map(|(_, _, _, s)| s.clone())
+        .map(|i| i.sources.clone())
         .unwrap_or_default();
     for f in &files {
         let missing: Vec<String> = f
@@ -503,15 +503,17 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
         )
         .unwrap_or(false);
         let existed = crate::source::gold_exists(&f.model);
-        call(
-            "SELECT medallion.define_gold($1, $2, $3, $4)",
-            &[
-                f.model.as_str().into(),
-                query.as_str().into(),
-                f.refresh.clone().into(),
-                f.keys.clone().into(),
-            ],
-        );
+        if !same {
+            call(
+                "SELECT medallion.define_gold($1, $2, $3, $4)",
+                &[
+                    f.model.as_str().into(),
+                    query.as_str().into(),
+                    f.refresh.clone().into(),
+                    f.keys.clone().into(),
+                ],
+            );
+        }
         defined.push(f.model.clone());
         let mut state = if same {
             "unchanged"
@@ -554,8 +556,13 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
     }
     // Models of the previous install that this version or these options no
     // longer define (dependants first).
-    if let Some((_, _, models, _)) = &previous {
-        for m in models.iter().rev().filter(|m| !defined.contains(m)) {
+    if let Some(previous) = &previous {
+        for m in previous
+            .models
+            .iter()
+            .rev()
+            .filter(|m| !defined.contains(m))
+        {
             if crate::source::gold_exists(m) {
                 call(
                     "SELECT medallion.drop_gold($1, false)",
@@ -569,7 +576,6 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
             }
         }
     }
-    let defined_copy = defined.clone();
     let options = o.to_json();
     catalog::as_extension_owner(|| {
         catalog::exec(
@@ -584,7 +590,7 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
                 p.name.into(),
                 p.version.into(),
                 JsonB(options).into(),
-                defined_copy.into(),
+                defined.into(),
                 added.into(),
                 skipped.into(),
             ],
@@ -628,7 +634,7 @@ fn upgrade_package(
     ),
 > {
     let p = package(name);
-    let Some((_, options, _, _)) = installed(name) else {
+    let Some(Installed { options, .. }) = installed(name) else {
         raise::error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("package \"{name}\" is not installed"),
@@ -654,7 +660,10 @@ fn uninstall_package(
         name!(detail, Option<String>),
     ),
 > {
-    let Some((_, _, models, sources)) = installed(name) else {
+    let Some(Installed {
+        models, sources, ..
+    }) = installed(name)
+    else {
         raise::error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("package \"{name}\" is not installed"),

@@ -368,7 +368,9 @@ impl ExprPlanner for WideProduct {
                 div.call(vec![decimal(expr.left, &l), decimal(expr.right, &r)]),
             ));
         }
-        if has256 {
+        // Computed in `decimal(76, s1 + s2)`, then brought back to the larger
+        // scale: 256-bit where an operand is, what Delta stores otherwise.
+        let (s1, s2, target) = if has256 {
             let (Some((_, s1)), Some((_, s2))) = (as_decimal(&l), as_decimal(&r)) else {
                 return Ok(PlannerResult::Original(expr));
             };
@@ -377,20 +379,12 @@ impl ExprPlanner for WideProduct {
                     "a product of numerics with {s1} and {s2} decimal places exceeds 76 digits of scale"
                 );
             }
-            let wide =
-                |e: Expr, s: i8| Expr::Cast(Cast::new(Box::new(e), DataType::Decimal256(76, s)));
-            let product = binary_expr(
-                wide(expr.left, s1),
-                Operator::Multiply,
-                wide(expr.right, s2),
-            );
-            return Ok(PlannerResult::Planned(Expr::Cast(Cast::new(
-                Box::new(product),
-                DataType::Decimal256(76, s1.max(s2)),
-            ))));
-        }
-        let Some((s1, s2, scale)) = wide_product(&l, &r) else {
-            return Ok(PlannerResult::Original(expr));
+            (s1, s2, DataType::Decimal256(76, s1.max(s2)))
+        } else {
+            let Some((s1, s2, scale)) = wide_product(&l, &r) else {
+                return Ok(PlannerResult::Original(expr));
+            };
+            (s1, s2, DataType::Decimal128(38, scale))
         };
         let wide = |e: Expr, s: i8| Expr::Cast(Cast::new(Box::new(e), DataType::Decimal256(76, s)));
         let product = binary_expr(
@@ -400,7 +394,7 @@ impl ExprPlanner for WideProduct {
         );
         Ok(PlannerResult::Planned(Expr::Cast(Cast::new(
             Box::new(product),
-            DataType::Decimal128(38, scale),
+            target,
         ))))
     }
 }

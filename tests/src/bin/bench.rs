@@ -184,27 +184,7 @@ fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
     let (mut baseline_total, mut ours_total) = (0.0, 0.0);
     for (name, sql) in GOLD_MODELS {
         let baseline = best_of(3, || {
-            let t = Instant::now();
-            let st = Command::new(b.cluster.bin("psql"))
-                .args([
-                    "-X",
-                    "-q",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-d",
-                    &b.cluster.url(DB),
-                    "-o",
-                    "/dev/null",
-                    "-c",
-                    "SET TimeZone = 'UTC'",
-                    "-c",
-                    sql,
-                ])
-                .status()?;
-            if !st.success() {
-                bail!("psql failed on {name}");
-            }
-            Ok(t.elapsed().as_secs_f64())
+            b.psql(&["-c", "SET TimeZone = 'UTC'", "-c", sql], name)
         })?;
         let model = format!("gold.{name}");
         let ours = best_of(3, || Ok(b.refine(&[model.as_str()])?.as_secs_f64()))?;
@@ -251,15 +231,10 @@ fn package(rows: u64) -> anyhow::Result<(f64, f64)> {
     if !st.success() {
         bail!("odoo-gen failed: {st}");
     }
-    let st = Command::new(b.cluster.bin("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d"])
-        .arg(b.cluster.url(DB))
-        .arg("-f")
-        .arg(&path)
-        .status()?;
-    if !st.success() {
-        bail!("loading the generated Odoo books failed");
-    }
+    b.psql(
+        &["-f", &path.display().to_string()],
+        "loading the generated Odoo books",
+    )?;
     b.sql("VACUUM ANALYZE")?;
     let items = b.sql("SELECT count(*) FROM account_move_line")?;
     b.sql("SELECT count(*) FROM medallion.install_package('odoo')")?;
@@ -290,24 +265,18 @@ fn package(rows: u64) -> anyhow::Result<(f64, f64)> {
         let query = b.sql(&format!(
             "SELECT query FROM medallion.gold_models WHERE name = '{name}'"
         ))?;
+        let materialize =
+            format!("DROP TABLE IF EXISTS gold.{name}; CREATE TABLE gold.{name} AS {query}");
         let baseline = best_of(3, || {
-            let t = Instant::now();
-            let st = Command::new(b.cluster.bin("psql"))
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d"])
-                .arg(b.cluster.url(DB))
-                .args([
+            b.psql(
+                &[
                     "-c",
                     "SET TimeZone = 'UTC'; SET client_min_messages = warning",
                     "-c",
-                    &format!(
-                        "DROP TABLE IF EXISTS gold.{name}; CREATE TABLE gold.{name} AS {query}"
-                    ),
-                ])
-                .status()?;
-            if !st.success() {
-                bail!("psql failed on {name}");
-            }
-            Ok(t.elapsed().as_secs_f64())
+                    &materialize,
+                ],
+                name,
+            )
         })?;
         let model = format!("gold.{name}");
         let ours = best_of(3, || Ok(b.refine(&[model.as_str()])?.as_secs_f64()))?;
@@ -495,6 +464,21 @@ impl Bench {
             bail!("sidecar failed: {st}");
         }
         Ok(t.elapsed())
+    }
+
+    /// Run `psql` with `args` against the bench database, output discarded;
+    /// the wall time in seconds. `what` names it in the error.
+    fn psql(&self, args: &[&str], what: &str) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let st = Command::new(self.cluster.bin("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d"])
+            .arg(self.cluster.url(DB))
+            .args(args)
+            .status()?;
+        if !st.success() {
+            bail!("psql failed: {what}");
+        }
+        Ok(t.elapsed().as_secs_f64())
     }
 
     fn sql(&self, sql: &str) -> anyhow::Result<String> {
