@@ -15,7 +15,7 @@ DIR=$(cd "$DIR" && pwd)
 
 log "building the sidecar and the demo data generator"
 cargo build -q -p medallion -p medallion-tests --bins
-BIN=target/debug
+BIN=${CARGO_TARGET_DIR:-target}/debug
 
 log "starting a private Postgres 15 (wal_level = logical) in $DIR/pg"
 URL=$(scripts/pg-cluster.sh start "$DIR/pg")
