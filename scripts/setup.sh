@@ -75,11 +75,13 @@ else
 fi
 
 # 6. An independent Delta reader for the tests (proves other engines read
-#    what medallion writes): the Python deltalake package in a private venv.
+#    what medallion writes): the Python deltalake package in a private venv,
+#    with the real clients of the API tests (the MCP Python SDK, schemathesis).
 PY=.medallion/py
-if ! "$PY/bin/python" -c "import deltalake, pyarrow" 2>/dev/null; then
+if ! "$PY/bin/python" -c "import deltalake, pyarrow, mcp, schemathesis" 2>/dev/null; then
   command -v python3 >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
   log "installing the Python deltalake reader into $PY"
   python3 -m venv "$PY" 2>/dev/null || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$PY"; }
-  "$PY/bin/pip" install -q --disable-pip-version-check "deltalake>=1.1,<2" "pyarrow>=15"
+  "$PY/bin/pip" install -q --disable-pip-version-check "deltalake>=1.1,<2" "pyarrow>=15" \
+    "mcp>=1.20,<2" "schemathesis>=4,<5"
 fi

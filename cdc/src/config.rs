@@ -73,6 +73,134 @@ pub struct Config {
     /// same slot's writer lease to stop (`MEDALLION_LEASE_TIMEOUT_MS`,
     /// default 10 minutes; 0 waits for ever).
     pub lease_timeout_ms: u64,
+    /// The HTTP API and MCP server (the `[api]` table).
+    pub api: ApiConfig,
+}
+
+/// The HTTP API, `/metrics` and the MCP server (`[api]` in the TOML file).
+/// `Debug` never prints the tokens.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address (`MEDALLION_HTTP_ADDR`, e.g. `127.0.0.1:8080`); the
+    /// API is off when unset.
+    pub addr: Option<String>,
+    /// Operator token (`MEDALLION_API_TOKEN`): everything, refresh and
+    /// resync included.
+    pub token: Option<String>,
+    /// File holding the operator token (`MEDALLION_API_TOKEN_FILE`).
+    pub token_file: Option<PathBuf>,
+    /// Read-only token (`MEDALLION_API_READ_TOKEN`): status, models, reads.
+    pub read_token: Option<String>,
+    /// File holding the read-only token (`MEDALLION_API_READ_TOKEN_FILE`).
+    pub read_token_file: Option<PathBuf>,
+    /// Serve without tokens (`MEDALLION_API_INSECURE_LOOPBACK=true`):
+    /// allowed only when `addr` is a loopback address. Every request then
+    /// has the operator scope.
+    pub insecure_loopback: bool,
+    /// Host names the MCP endpoint accepts in `Host` (DNS-rebinding
+    /// protection; `MEDALLION_API_ALLOWED_HOSTS`, comma-separated). Loopback
+    /// names are always accepted.
+    pub allowed_hosts: Vec<String>,
+    /// Most rows one query or gold read returns (`MEDALLION_API_MAX_ROWS`).
+    pub max_rows: usize,
+    /// Longest a query may run (`MEDALLION_API_QUERY_TIMEOUT_MS`).
+    pub query_timeout_ms: u64,
+    /// Memory one query may hold, in MiB (`MEDALLION_API_QUERY_MEMORY_MB`);
+    /// a query that needs more fails with a clear error.
+    pub query_memory_mb: usize,
+    /// Queries run at the same time (`MEDALLION_API_CONCURRENT_QUERIES`);
+    /// more wait their turn.
+    pub concurrent_queries: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            addr: None,
+            token: None,
+            token_file: None,
+            read_token: None,
+            read_token_file: None,
+            insecure_loopback: false,
+            allowed_hosts: Vec::new(),
+            max_rows: 10_000,
+            query_timeout_ms: 30_000,
+            query_memory_mb: 1024,
+            concurrent_queries: 4,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .field("read_token", &self.read_token.as_ref().map(|_| "***"))
+            .field("read_token_file", &self.read_token_file)
+            .field("insecure_loopback", &self.insecure_loopback)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("max_rows", &self.max_rows)
+            .field("query_timeout_ms", &self.query_timeout_ms)
+            .field("query_memory_mb", &self.query_memory_mb)
+            .field("concurrent_queries", &self.concurrent_queries)
+            .finish()
+    }
+}
+
+impl ApiConfig {
+    fn load_env(&mut self) -> Result<()> {
+        if let Some(v) = env("MEDALLION_HTTP_ADDR") {
+            self.addr = Some(v);
+        }
+        if let Some(v) = env("MEDALLION_API_TOKEN") {
+            self.token = Some(v);
+        }
+        if let Some(v) = env("MEDALLION_API_TOKEN_FILE") {
+            self.token_file = Some(v.into());
+        }
+        if let Some(v) = env("MEDALLION_API_READ_TOKEN") {
+            self.read_token = Some(v);
+        }
+        if let Some(v) = env("MEDALLION_API_READ_TOKEN_FILE") {
+            self.read_token_file = Some(v.into());
+        }
+        env_parse(
+            "MEDALLION_API_INSECURE_LOOPBACK",
+            &mut self.insecure_loopback,
+        )?;
+        if let Some(v) = env("MEDALLION_API_ALLOWED_HOSTS") {
+            self.allowed_hosts = v
+                .split(',')
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect();
+        }
+        env_parse("MEDALLION_API_MAX_ROWS", &mut self.max_rows)?;
+        env_parse("MEDALLION_API_QUERY_TIMEOUT_MS", &mut self.query_timeout_ms)?;
+        env_parse("MEDALLION_API_QUERY_MEMORY_MB", &mut self.query_memory_mb)?;
+        env_parse(
+            "MEDALLION_API_CONCURRENT_QUERIES",
+            &mut self.concurrent_queries,
+        )?;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_rows == 0 || self.query_timeout_ms == 0 || self.concurrent_queries == 0 {
+            return Err(Error::Config(
+                "api max_rows, query_timeout_ms and concurrent_queries must be at least 1".into(),
+            ));
+        }
+        if self.query_memory_mb < 16 {
+            return Err(Error::Config(
+                "api query_memory_mb must be at least 16".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// URL schemes of the object stores this build writes to.
@@ -123,6 +251,7 @@ impl std::fmt::Debug for Config {
                 &self.publish_database_url.as_deref().map(describe_conninfo),
             )
             .field("lease_timeout_ms", &self.lease_timeout_ms)
+            .field("api", &self.api)
             .finish()
     }
 }
@@ -149,6 +278,7 @@ impl Default for Config {
             silver_batch_rows: 500_000,
             publish_database_url: None,
             lease_timeout_ms: 600_000,
+            api: ApiConfig::default(),
         }
     }
 }
@@ -229,6 +359,7 @@ impl Config {
         if let Some(v) = env("MEDALLION_LOG_FORMAT") {
             cfg.log_format = v;
         }
+        cfg.api.load_env()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -271,7 +402,7 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(Error::Config("log_format is 'text' or 'json'".into()));
         }
-        Ok(())
+        self.api.validate()
     }
 
     /// The lake root as a URL ending in `/` (`file://` for a local

@@ -14,6 +14,38 @@ pub enum RetryPolicy {
     Never,
 }
 
+/// Why the API refuses a request (each maps to one HTTP status and one MCP
+/// error kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed input: a bad name, SQL that does not parse or plan.
+    Invalid,
+    /// No such model, table or route.
+    NotFound,
+    /// No token, or a token that is not one of the configured ones.
+    Unauthorized,
+    /// The token's scope does not allow it, or Postgres refused the role.
+    Forbidden,
+    /// The query needs more memory than one query may hold.
+    TooLarge,
+    /// The query ran longer than allowed.
+    Timeout,
+    /// Every query slot is taken; retry later.
+    Busy,
+    /// Postgres or the lake cannot be reached now; retry later.
+    Unavailable,
+}
+
+impl Error {
+    /// A refusal with a message safe to show to a client.
+    pub(crate) fn refused(refusal: Refusal, message: impl Into<String>) -> Error {
+        Error::Request {
+            refusal,
+            message: message.into(),
+        }
+    }
+}
+
 /// Errors of the medallion sidecar. Each keeps its source.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -135,6 +167,11 @@ pub enum Error {
         failed: u64,
         example: String,
     },
+
+    /// A request to the HTTP API or the MCP server that cannot be served as
+    /// asked; `message` is safe to show to the client.
+    #[error("{message}")]
+    Request { refusal: Refusal, message: String },
 
     /// A gold model's SQL cannot be planned or run: definite for that model.
     #[error("gold.{model}: {message}")]
@@ -279,7 +316,8 @@ impl Error {
             | Error::RowValue { .. }
             | Error::Interrupted
             | Error::LeaseHeld { .. }
-            | Error::LakeOwned { .. } => RetryPolicy::Never,
+            | Error::LakeOwned { .. }
+            | Error::Request { .. } => RetryPolicy::Never,
         }
     }
 

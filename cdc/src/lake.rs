@@ -137,6 +137,13 @@ pub(crate) fn commit_properties(
 /// A DataFusion session with PostgreSQL SQL dialect, as gold models and
 /// expectations are written in it.
 pub(crate) fn session() -> SessionContext {
+    session_within(None)
+}
+
+/// [`session`] whose queries may hold at most `memory_bytes` (sorts and
+/// aggregations spill to disk first; beyond that the query fails with
+/// DataFusion's resources-exhausted error).
+pub(crate) fn session_within(memory_bytes: Option<usize>) -> SessionContext {
     let mut config = SessionConfig::new()
         .with_target_partitions(
             std::thread::available_parallelism()
@@ -150,7 +157,21 @@ pub(crate) fn session() -> SessionContext {
     config.options_mut().sql_parser.enable_ident_normalization = true;
     // `1.5` is a numeric in Postgres, not a float.
     config.options_mut().sql_parser.parse_float_as_decimal = true;
-    let mut state = SessionStateBuilder::new()
+    let mut builder = SessionStateBuilder::new();
+    if let Some(bytes) = memory_bytes {
+        use deltalake::datafusion::execution::memory_pool::FairSpillPool;
+        use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        // Building a runtime with a memory pool and the default disk
+        // manager does not fail; if it ever did, the session stays unbounded
+        // rather than unusable.
+        if let Ok(runtime) = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(bytes)))
+            .build_arc()
+        {
+            builder = builder.with_runtime_env(runtime);
+        }
+    }
+    let mut state = builder
         .with_config(config)
         .with_default_features()
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())

@@ -19,6 +19,7 @@
 //! refinement layers: [`refine`] (one watermark per cycle), [`silver`],
 //! [`gold`], [`publish`] (into Postgres), over [`lake`].
 
+pub mod api;
 pub mod audit;
 pub mod bronze;
 pub mod catalog;
@@ -45,4 +46,4 @@ pub mod tls;
 pub mod typemap;
 
 pub use config::Config;
-pub use error::{Error, Result, RetryPolicy};
+pub use error::{Error, Refusal, Result, RetryPolicy};

@@ -38,6 +38,13 @@ enum Command {
         #[arg(long = "force")]
         force: Vec<String>,
     },
+    /// Serve the HTTP API and the MCP server (`MEDALLION_HTTP_ADDR`) without
+    /// replicating, e.g. beside a `medallion run` that has no API.
+    ServeApi,
+    /// Serve the MCP tools over stdin/stdout, for desktop AI agents.
+    Mcp,
+    /// Print the HTTP API's OpenAPI document (docs/openapi.json).
+    Openapi,
     /// Run SQL over the lake's silver and gold tables (`silver.<name>`, `gold.<name>`) and print the rows.
     Query {
         /// A query in PostgreSQL syntax, run by DataFusion.
@@ -156,6 +163,54 @@ async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow:
     Ok(())
 }
 
+/// A token cancelled on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> anyhow::Result<CancellationToken> {
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        s.cancel();
+    });
+    Ok(shutdown)
+}
+
+/// Start the HTTP API (`MEDALLION_HTTP_ADDR`) and the metrics-only port
+/// (`MEDALLION_METRICS_ADDR`) in the background. A configuration error
+/// (a bad token, an address in use) stops the start; a server that ends
+/// later is logged.
+async fn serve_endpoints(
+    cfg: &Config,
+    metrics: &Arc<medallion::metrics::Metrics>,
+    in_process: bool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = cfg.metrics_addr.clone() {
+        let (m, s) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = medallion::api::serve_metrics(addr, m, s).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    if cfg.api.addr.is_some() {
+        // Bound before the pipeline starts, so a bad token or an address
+        // in use fails `run` at once instead of leaving it without its API.
+        let server =
+            medallion::api::start(cfg, metrics.clone(), in_process, shutdown.clone()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Why the refinement task ended, unless it ended because of the shutdown.
 fn refiner_failure(
     ended: Result<medallion::Result<()>, tokio::task::JoinError>,
@@ -172,32 +227,19 @@ fn refiner_failure(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        // Needs no configuration: the document is the build's.
+        println!("{}", medallion::api::http::openapi_json());
+        return Ok(());
+    }
     let cfg = Config::load(cli.config.as_deref())?;
     init_logging(&cfg.log_format);
     match cli.command {
         Command::Run { until_caught_up } => {
             tracing::info!(config = %cfg.describe(), "medallion starting");
             let metrics = Arc::new(medallion::metrics::Metrics::default());
-            if let Some(addr) = cfg.metrics_addr.clone() {
-                let m = metrics.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = medallion::metrics::serve(addr, m).await {
-                        tracing::error!(error = %e, "metrics endpoint stopped");
-                    }
-                });
-            }
-            let shutdown = CancellationToken::new();
-            let s = shutdown.clone();
-            tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("install SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                s.cancel();
-            });
+            let shutdown = stop_on_signal()?;
+            serve_endpoints(&cfg, &metrics, true, &shutdown).await?;
             let refine = (!until_caught_up && cfg.refine_interval_ms > 0).then(|| {
                 let cfg = cfg.clone();
                 let shutdown = shutdown.clone();
@@ -249,6 +291,17 @@ async fn main() -> anyhow::Result<()> {
                 refine_once(&cfg, Some(summary.acked_lsn as i64), &[]).await?;
             }
         }
+        Command::ServeApi => {
+            let metrics = Arc::new(medallion::metrics::Metrics::default());
+            let shutdown = stop_on_signal()?;
+            medallion::api::start(&cfg, metrics, false, shutdown)
+                .await?
+                .await?;
+        }
+        Command::Mcp => {
+            medallion::api::serve_mcp_stdio(&cfg).await?;
+        }
+        Command::Openapi => unreachable!("handled before the configuration is read"),
         Command::Query { sql } => {
             let (client, conn) = medallion::catalog::connect(&cfg.database_url).await?;
             tokio::spawn(conn);

@@ -1,123 +1,203 @@
-//! Prometheus metrics: counters in memory, served as text on `/metrics`.
+//! Prometheus metrics: the process's counters and gauges in one
+//! `prometheus-client` registry, rendered as the text exposition format on
+//! `/metrics` by the HTTP API ([`crate::api`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 use crate::error::{Error, RetryPolicy};
 
-/// Process-wide counters.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LayerLabel {
+    layer: &'static str,
+}
+
+/// Process-wide metrics. Cheap to update from any task.
 pub struct Metrics {
-    changes: AtomicU64,
-    commits: AtomicU64,
-    commit_micros: AtomicU64,
-    acked_lsn: AtomicU64,
-    errors_transient: AtomicU64,
-    errors_table: AtomicU64,
-    errors_fatal: AtomicU64,
-    failed_silver: AtomicU64,
-    failed_gold: AtomicU64,
-    refine_success_unix: AtomicU64,
+    registry: Registry,
+    changes: Counter,
+    commits: Histogram,
+    acked_lsn: Gauge<u64, AtomicU64>,
+    errors: Family<KindLabel, Counter>,
+    failed: Family<LayerLabel, Gauge>,
+    refine_success_unix: Gauge,
+    streaming: Gauge,
+    refiner_running: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            changes: Counter::default(),
+            commits: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            acked_lsn: Gauge::default(),
+            errors: Family::default(),
+            failed: Family::default(),
+            refine_success_unix: Gauge::default(),
+            streaming: Gauge::default(),
+            refiner_running: Gauge::default(),
+        };
+        // Every series exists from the start (0), so an alert on a rate or
+        // on a value sees it before the first event.
+        for kind in ["transient", "table", "fatal"] {
+            drop(m.errors.get_or_create(&KindLabel { kind }));
+        }
+        for layer in ["silver", "gold"] {
+            drop(m.failed.get_or_create(&LayerLabel { layer }));
+        }
+        let r = &mut m.registry;
+        r.register(
+            "medallion_changes",
+            "Row changes written to bronze (snapshot rows included)",
+            m.changes.clone(),
+        );
+        r.register(
+            "medallion_bronze_commit_seconds",
+            "Time spent in bronze Delta commits",
+            m.commits.clone(),
+        );
+        r.register(
+            "medallion_acked_lsn",
+            "Last LSN acknowledged to Postgres (durable in the lake)",
+            m.acked_lsn.clone(),
+        );
+        r.register(
+            "medallion_errors",
+            "Errors by kind: transient (retried), table (one table failed), fatal",
+            m.errors.clone(),
+        );
+        r.register(
+            "medallion_refine_failed_objects",
+            "Silver tables and gold models failed in the last refinement cycle",
+            m.failed.clone(),
+        );
+        r.register(
+            "medallion_refine_last_cycle_timestamp_seconds",
+            "When the last refinement cycle finished (0: none yet); alert on its age",
+            m.refine_success_unix.clone(),
+        );
+        r.register(
+            "medallion_replication_streaming",
+            "1 while this process holds the slot and streams from it",
+            m.streaming.clone(),
+        );
+        r.register(
+            "medallion_refiner_running",
+            "1 while this process's silver/gold refiner is running",
+            m.refiner_running.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
     pub fn add_changes(&self, n: u64) {
-        self.changes.fetch_add(n, Ordering::Relaxed);
+        self.changes.inc_by(n);
     }
 
     pub fn commit(&self, took: Duration) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commit_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.commits.observe(took.as_secs_f64());
     }
 
     pub fn set_acked(&self, lsn: u64) {
-        self.acked_lsn.store(lsn, Ordering::Relaxed);
+        self.acked_lsn.set(lsn);
     }
 
     pub fn error(&self, e: &Error) {
-        let c = match e.retry_policy() {
-            RetryPolicy::RetryOnTimer => &self.errors_transient,
-            RetryPolicy::NeedsOperator => &self.errors_table,
-            RetryPolicy::Never => &self.errors_fatal,
+        let kind = match e.retry_policy() {
+            RetryPolicy::RetryOnTimer => "transient",
+            RetryPolicy::NeedsOperator => "table",
+            RetryPolicy::Never => "fatal",
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The replication stream started (`true`) or stopped (`false`).
+    pub fn set_streaming(&self, on: bool) {
+        self.streaming.set(i64::from(on));
+    }
+
+    /// Whether the replication stream is up in this process.
+    pub fn streaming(&self) -> bool {
+        self.streaming.get() == 1
+    }
+
+    /// The refinement loop started (`true`) or ended (`false`).
+    pub fn set_refiner_running(&self, on: bool) {
+        self.refiner_running.set(i64::from(on));
+    }
+
+    /// Whether the refinement loop runs in this process.
+    pub fn refiner_running(&self) -> bool {
+        self.refiner_running.get() == 1
+    }
+
+    /// Unix time of the last finished refinement cycle, 0 before the first.
+    pub fn last_refine_unix(&self) -> i64 {
+        self.refine_success_unix.get()
     }
 
     /// A refinement cycle finished: how many silver tables and gold models
     /// are failed (publication included), and when.
     pub fn refine_cycle(&self, failed_silver: u64, failed_gold: u64) {
-        self.failed_silver.store(failed_silver, Ordering::Relaxed);
-        self.failed_gold.store(failed_gold, Ordering::Relaxed);
+        for (layer, n) in [("silver", failed_silver), ("gold", failed_gold)] {
+            self.failed
+                .get_or_create(&LayerLabel { layer })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.refine_success_unix.store(now, Ordering::Relaxed);
+        self.refine_success_unix
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
     }
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "# HELP medallion_changes_total Row changes written to bronze (snapshot rows included).\n\
-             # TYPE medallion_changes_total counter\nmedallion_changes_total {}\n\
-             # HELP medallion_bronze_commits_total Bronze Delta commits.\n\
-             # TYPE medallion_bronze_commits_total counter\nmedallion_bronze_commits_total {}\n\
-             # HELP medallion_bronze_commit_seconds Time spent in bronze commits.\n\
-             # TYPE medallion_bronze_commit_seconds summary\nmedallion_bronze_commit_seconds_sum {}\nmedallion_bronze_commit_seconds_count {}\n\
-             # HELP medallion_acked_lsn Last LSN acknowledged to Postgres (durable in the lake).\n\
-             # TYPE medallion_acked_lsn gauge\nmedallion_acked_lsn {}\n\
-             # HELP medallion_errors_total Errors by kind.\n\
-             # TYPE medallion_errors_total counter\n\
-             medallion_errors_total{{kind=\"transient\"}} {}\nmedallion_errors_total{{kind=\"table\"}} {}\nmedallion_errors_total{{kind=\"fatal\"}} {}\n\
-             # HELP medallion_refine_failed_objects Silver tables and gold models failed in the last refinement cycle.\n\
-             # TYPE medallion_refine_failed_objects gauge\n\
-             medallion_refine_failed_objects{{layer=\"silver\"}} {}\nmedallion_refine_failed_objects{{layer=\"gold\"}} {}\n\
-             # HELP medallion_refine_last_cycle_timestamp_seconds When the last refinement cycle finished (0: none yet); alert on its age.\n\
-             # TYPE medallion_refine_last_cycle_timestamp_seconds gauge\nmedallion_refine_last_cycle_timestamp_seconds {}\n",
-            g(&self.changes),
-            g(&self.commits),
-            g(&self.commit_micros) as f64 / 1e6,
-            g(&self.commits),
-            g(&self.acked_lsn),
-            g(&self.errors_transient),
-            g(&self.errors_table),
-            g(&self.errors_fatal),
-            g(&self.failed_silver),
-            g(&self.failed_gold),
-            g(&self.refine_success_unix),
-        )
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
     }
 }
 
-/// Serve `/metrics` on `addr` until the process ends.
-pub async fn serve(addr: String, metrics: std::sync::Arc<Metrics>) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(Error::io(format!("bind metrics address {addr}")))?;
-    tracing::info!(%addr, "serving /metrics");
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if req.starts_with("GET /metrics") {
-                ("200 OK", m.render())
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_series_from_the_start() {
+        let m = Metrics::default();
+        m.add_changes(10);
+        m.commit(Duration::from_millis(20));
+        m.set_acked(0x1_0000_0000);
+        m.refine_cycle(0, 1);
+        let text = m.render();
+        for line in [
+            "# TYPE medallion_changes counter",
+            "medallion_changes_total 10",
+            "medallion_bronze_commit_seconds_count 1",
+            "medallion_acked_lsn 4294967296",
+            "medallion_errors_total{kind=\"fatal\"} 0",
+            "medallion_refine_failed_objects{layer=\"gold\"} 1",
+            "medallion_refine_failed_objects{layer=\"silver\"} 0",
+            "medallion_replication_streaming 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

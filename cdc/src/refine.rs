@@ -500,6 +500,18 @@ pub async fn run_loop(
     shutdown: CancellationToken,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<()> {
+    metrics.set_refiner_running(true);
+    let ended = refine_until_stopped(cfg, shutdown, &metrics).await;
+    metrics.set_refiner_running(false);
+    ended
+}
+
+/// [`run_loop`] while it runs.
+async fn refine_until_stopped(
+    cfg: &Config,
+    shutdown: CancellationToken,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+) -> Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
@@ -507,7 +519,7 @@ pub async fn run_loop(
             match crate::lease::Lease::acquire(cfg, crate::lease::LeaseKind::Refine, &shutdown)
                 .await
             {
-                Ok(lease) => loop_once(cfg, shutdown.clone(), &lease, &metrics).await,
+                Ok(lease) => loop_once(cfg, shutdown.clone(), &lease, metrics).await,
                 Err(Error::Interrupted) => return Ok(()),
                 Err(e) => Err(e),
             };

@@ -75,7 +75,9 @@ pub async fn run(
 ) -> Result<RunSummary> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match run_once(cfg, opts, shutdown.clone(), metrics.clone()).await {
+        let ended = run_once(cfg, opts, shutdown.clone(), metrics.clone()).await;
+        metrics.set_streaming(false);
+        match ended {
             Ok(s) => return Ok(s),
             // Stopped while copying or waiting for the lease: nothing was
             // half-written (an interrupted copy commits nothing).
@@ -297,6 +299,7 @@ async fn run_once(
         .start(Some(slot_info.confirmed_flush_lsn))
         .await
         .map_err(Error::repl("START_REPLICATION"))?;
+    r.metrics.set_streaming(true);
     tracing::info!(
         slot = %cfg.slot,
         from = %lsn_text(slot_info.confirmed_flush_lsn),

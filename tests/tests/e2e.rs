@@ -42,6 +42,9 @@ mod gold_sql;
 #[path = "e2e/odoo_package.rs"]
 mod odoo_package;
 
+#[path = "e2e/operate.rs"]
+mod operate;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,
@@ -426,8 +429,10 @@ fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.starts_with("HTTP/1.1 200").then_some(out)
@@ -1492,7 +1497,7 @@ async fn metrics_are_served_in_prometheus_format() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(body.contains("# TYPE medallion_changes_total counter"));
+    assert!(body.contains("# TYPE medallion_changes counter"), "{body}");
     assert!(body.contains("medallion_errors_total{kind=\"fatal\"} 0"));
     // Refinement reports its health: a cycle ran, and one gold model whose
     // SQL fails at refresh is counted as failed.
