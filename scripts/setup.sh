@@ -75,13 +75,27 @@ else
 fi
 
 # 6. An independent Delta reader for the tests (proves other engines read
-#    what medallion writes): the Python deltalake package in a private venv,
-#    with the real clients of the API tests (the MCP Python SDK, schemathesis).
+#    what medallion writes): the Python deltalake package in a private venv.
 PY=.medallion/py
-if ! "$PY/bin/python" -c "import deltalake, pyarrow, mcp, schemathesis" 2>/dev/null; then
+if ! "$PY/bin/python" -c "import deltalake, pyarrow" 2>/dev/null; then
   command -v python3 >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
   log "installing the Python deltalake reader into $PY"
   python3 -m venv "$PY" 2>/dev/null || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$PY"; }
-  "$PY/bin/pip" install -q --disable-pip-version-check "deltalake>=1.1,<2" "pyarrow>=15" \
-    "mcp>=1.20,<2" "schemathesis>=4,<5"
+  "$PY/bin/pip" install -q --disable-pip-version-check "deltalake>=1.1,<2" "pyarrow>=15"
+fi
+
+# 7. `--tests`: the real clients of the API tests — the MCP Python SDK and
+#    schemathesis in the same venv — and the `pg` package the SaaS landing
+#    loader (examples/landing) runs with under the machine's Node.
+if [ "${1:-}" = "--tests" ]; then
+  if ! "$PY/bin/python" -c "import mcp, schemathesis" 2>/dev/null; then
+    log "installing the MCP Python SDK and schemathesis into $PY"
+    "$PY/bin/pip" install -q --disable-pip-version-check "mcp>=1.20,<2" "schemathesis>=4,<5"
+  fi
+  command -v node >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  if [ ! -d .medallion/node/node_modules/pg ]; then
+    log "installing the landing loader's pg package into .medallion/node"
+    mkdir -p .medallion/node
+    npm install --silent --no-audit --no-fund --prefix .medallion/node pg@8 >/dev/null
+  fi
 fi

@@ -44,7 +44,11 @@ enum Command {
     /// Serve the MCP tools over stdin/stdout, for desktop AI agents.
     Mcp,
     /// Print the HTTP API's OpenAPI document (docs/openapi.json).
-    Openapi,
+    Openapi {
+        /// The endpoint table of docs/operate.md instead.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Run SQL over the lake's silver and gold tables (`silver.<name>`, `gold.<name>`) and print the rows.
     Query {
         /// A query in PostgreSQL syntax, run by DataFusion.
@@ -227,9 +231,13 @@ fn refiner_failure(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Openapi = cli.command {
+    if let Command::Openapi { markdown } = cli.command {
         // Needs no configuration: the document is the build's.
-        println!("{}", medallion::api::http::openapi_json());
+        if markdown {
+            print!("{}", medallion::api::http::openapi_markdown());
+        } else {
+            println!("{}", medallion::api::http::openapi_json());
+        }
         return Ok(());
     }
     let cfg = Config::load(cli.config.as_deref())?;
@@ -301,7 +309,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Mcp => {
             medallion::api::serve_mcp_stdio(&cfg).await?;
         }
-        Command::Openapi => unreachable!("handled before the configuration is read"),
+        Command::Openapi { .. } => unreachable!("handled before the configuration is read"),
         Command::Query { sql } => {
             let (client, conn) = medallion::catalog::connect(&cfg.database_url).await?;
             tokio::spawn(conn);

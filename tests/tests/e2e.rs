@@ -45,6 +45,9 @@ mod odoo_package;
 #[path = "e2e/operate.rs"]
 mod operate;
 
+#[path = "e2e/landing.rs"]
+mod landing;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,

@@ -188,6 +188,57 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// The endpoint reference as a Markdown table (what docs/operate.md
+/// holds between its `openapi` markers).
+pub fn openapi_markdown() -> String {
+    use utoipa::openapi::RefOr;
+    let doc = ApiDoc::openapi();
+    let mut out = String::from(
+        "| endpoint | token | what it does | parameters | answers |\n|---|---|---|---|---|\n",
+    );
+    for (path, item) in &doc.paths.paths {
+        for (method, op) in [("GET", &item.get), ("POST", &item.post)] {
+            let Some(op) = op else { continue };
+            let token = match op
+                .tags
+                .as_deref()
+                .and_then(|t| t.first())
+                .map(String::as_str)
+            {
+                Some("health") => "none",
+                _ if method == "POST" && path != "/v1/query" => "operator",
+                _ => "read",
+            };
+            let params: Vec<String> = op
+                .parameters
+                .iter()
+                .flatten()
+                .filter_map(|p| match p {
+                    RefOr::T(p) => Some(format!("`{}`", p.name)),
+                    RefOr::Ref(_) => None,
+                })
+                .chain(op.request_body.iter().map(|_| "JSON body".to_string()))
+                .collect();
+            let answers: Vec<String> = op
+                .responses
+                .responses
+                .iter()
+                .map(|(code, r)| match r {
+                    RefOr::T(r) => format!("{code} {}", r.description),
+                    RefOr::Ref(_) => code.clone(),
+                })
+                .collect();
+            out.push_str(&format!(
+                "| `{method} {path}` | {token} | {} | {} | {} |\n",
+                op.summary.as_deref().unwrap_or("").replace('|', "\\|"),
+                params.join(", "),
+                answers.join("; ").replace('|', "\\|")
+            ));
+        }
+    }
+    out
+}
+
 /// Pipeline health and every object's state.
 #[utoipa::path(get, path = "/v1/status", tag = "status",
     responses(
@@ -619,6 +670,17 @@ mod tests {
         assert!(
             kept.trim_end() == super::openapi_json().trim_end(),
             "docs/openapi.json is stale: run `cargo run -p medallion -- openapi > docs/openapi.json`"
+        );
+        let guide = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operate.md");
+        let guide = std::fs::read_to_string(guide).unwrap_or_default();
+        let section = guide
+            .split("<!-- openapi:begin -->\n")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- openapi:end -->").next())
+            .unwrap_or_default();
+        assert!(
+            section == super::openapi_markdown(),
+            "docs/operate.md's endpoint table is stale: replace it with `cargo run -p medallion -- openapi --markdown`"
         );
     }
 }
