@@ -15,6 +15,9 @@
 //!    timestamp) p50/p99 at a steady ~1,000 tps.
 //! 4. peak RSS of the sidecar while it replicates one large transaction.
 //!
+//! 5. api: HTTP API latency p50/p99 under 50 clients vs the same queries
+//!    run in process.
+//!
 //! `chaos` and `soak` are not speed figures but robustness runs that print
 //! counts and samples (see their module docs).
 
@@ -26,6 +29,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use medallion_tests::cluster::{ClusterOptions, PgCluster};
 
+#[path = "bench/api.rs"]
+mod api;
 #[path = "bench/chaos.rs"]
 mod chaos;
 #[path = "bench/soak.rs"]
@@ -92,6 +97,16 @@ enum What {
         /// the per-round ratios.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// HTTP API latency p50/p99 under concurrent clients vs the same
+    /// queries run by DataFusion in process.
+    Api {
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
     },
     /// Kill -9 the sidecar, crash Postgres and stop the object store under
     /// an Odoo-shaped workload; then bronze, silver and gold must equal Postgres.
@@ -963,6 +978,11 @@ fn main() -> anyhow::Result<()> {
         What::Gold { rows } => drop(gold(rows)?),
         What::Package { rows } => drop(package(rows)?),
         What::Merge { changes, keys } => drop(merge(changes, keys)?),
+        What::Api {
+            rows,
+            clients,
+            requests,
+        } => api::api(rows, clients, requests)?,
         What::Audit {
             seconds,
             clients,
