@@ -98,4 +98,18 @@ if [ "${1:-}" = "--tests" ]; then
     mkdir -p .medallion/node
     npm install --silent --no-audit --no-fund --prefix .medallion/node pg@8 >/dev/null
   fi
+  # n8n runs the example workflows in the tests. n8n 2.x wants Node >= 24:
+  # the npm registry's `node` package ships that binary. 2.40.7 is the
+  # newest n8n whose dependencies this registry has (2.41 needs an
+  # @n8n/agents release it lacks). Install scripts stay off: they download
+  # native builds (Kafka, SQLite) from hosts this machine cannot reach, and
+  # the tests keep n8n's database in Postgres.
+  N8N_DIR=.medallion/n8n
+  if [ ! -x "$N8N_DIR/node_modules/.bin/n8n" ] || [ ! -x "$N8N_DIR/node_modules/.bin/node" ]; then
+    log "installing Node 24 and n8n 2.40.7 into $N8N_DIR (a few minutes)"
+    mkdir -p "$N8N_DIR"
+    npm install --silent --no-audit --no-fund --prefix "$N8N_DIR" node@24 >/dev/null
+    PATH="$PWD/$N8N_DIR/node_modules/.bin:$PATH" npm install --silent --ignore-scripts \
+      --no-audit --no-fund --prefix "$N8N_DIR" n8n@2.40.7 >/dev/null
+  fi
 fi

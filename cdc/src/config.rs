@@ -543,6 +543,27 @@ mod tests {
     }
 
     #[test]
+    fn api_table_parses_and_never_prints_tokens() {
+        let cfg: Config = toml::from_str(
+            "database_url = \"x\"\n[api]\naddr = \"127.0.0.1:8080\"\ntoken = \"op-secret-0123456789\"\n\
+             read_token = \"rd-secret-0123456789\"\nmax_rows = 500\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.api.addr.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(cfg.api.max_rows, 500);
+        assert_eq!(cfg.api.query_timeout_ms, 30_000, "defaults fill the rest");
+        cfg.validate().unwrap();
+        let printed = format!("{cfg:?}");
+        assert!(!printed.contains("secret"), "{printed}");
+        assert!(
+            toml::from_str::<Config>("[api]\nport = 1\n").is_err(),
+            "unknown keys are refused"
+        );
+        let zero: Config = toml::from_str("database_url = \"x\"\n[api]\nmax_rows = 0\n").unwrap();
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
     fn object_store_lake_urls() {
         let cfg = |url: &str| Config {
             database_url: "x".into(),

@@ -48,6 +48,9 @@ mod operate;
 #[path = "e2e/landing.rs"]
 mod landing;
 
+#[path = "e2e/n8n.rs"]
+mod n8n;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,

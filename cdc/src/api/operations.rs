@@ -168,10 +168,16 @@ pub struct RefreshOutcome {
     pub model: String,
     /// When Postgres received the request.
     pub requested_at: String,
-    /// The refiner finished the model after the request (only when waiting).
+    /// The WAL position at the request: a fresh model holds everything
+    /// committed before it.
+    pub covers_lsn: String,
+    /// The model was recomputed over everything committed before the
+    /// request (only when waiting).
     pub fresh: bool,
     pub state: Option<String>,
     pub last_refreshed_at: Option<String>,
+    /// The source position the model was last computed at.
+    pub watermark_lsn: Option<String>,
     pub last_error: Option<String>,
 }
 
@@ -634,49 +640,50 @@ impl Operations {
     }
 
     /// Ask the refiner to recompute gold model `name` now, through
-    /// `medallion.refresh`; with `wait`, until the refiner finished it or
-    /// the wait is over.
+    /// `medallion.refresh`. With `wait`, wait until the model was
+    /// recomputed over everything committed before the request (its
+    /// watermark at or past the WAL position of the request — an import
+    /// that finished before is in it) or the wait is over.
     pub async fn refresh(&self, name: &str, wait: Option<Duration>) -> Result<RefreshOutcome> {
         check_name("model", name)?;
         // Only gold models: a silver table is refreshed by its source.
         self.gold_def(name).await?;
         let client = self.db.client().await?;
-        let requested: (String, chrono::DateTime<chrono::Utc>) = {
-            let row = client
-                .query_one(
-                    &format!(
-                        "SELECT {}, pg_catalog.clock_timestamp() FROM (SELECT medallion.refresh($1)) r",
-                        iso("pg_catalog.clock_timestamp()")
-                    ),
-                    &[&name],
-                )
-                .await
-                .map_err(Error::pg("medallion.refresh"))
-                .map_err(|e| from_postgres("refresh", e))?;
-            (row.field(0)?, row.field(1)?)
-        };
+        let request = format!(
+            "SELECT {}, pg_catalog.clock_timestamp(), pg_catalog.pg_current_wal_lsn()::text              FROM (SELECT medallion.refresh($1)) r",
+            iso("pg_catalog.clock_timestamp()")
+        );
+        let ask =
+            async |client: &Client| -> Result<(String, chrono::DateTime<chrono::Utc>, String)> {
+                let row = client
+                    .query_one(&request, &[&name])
+                    .await
+                    .map_err(Error::pg("medallion.refresh"))
+                    .map_err(|e| from_postgres("refresh", e))?;
+                Ok((row.field(0)?, row.field(1)?, row.field(2)?))
+            };
+        let (requested_at, mut asked, covers) = ask(&client).await?;
         let mut outcome = RefreshOutcome {
             model: name.into(),
-            requested_at: requested.0,
+            requested_at,
+            covers_lsn: covers.clone(),
             fresh: false,
             state: None,
             last_refreshed_at: None,
+            watermark_lsn: None,
             last_error: None,
         };
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
             return Ok(outcome);
         };
         let deadline = Instant::now() + wait;
+        let poll = format!(
+            "SELECT state, {}, last_error, last_lsn::text, updated_at > $3,                     coalesce(last_lsn >= $4::text::pg_lsn, false)              FROM medallion.table_status WHERE slot_name = $1 AND layer = 'gold' AND name = $2",
+            iso("updated_at")
+        );
         loop {
             let row = client
-                .query_opt(
-                    &format!(
-                        "SELECT state, {}, last_error, updated_at > $3 FROM medallion.table_status \
-                         WHERE slot_name = $1 AND layer = 'gold' AND name = $2",
-                        iso("updated_at")
-                    ),
-                    &[&self.slot, &name, &requested.1],
-                )
+                .query_opt(&poll, &[&self.slot, &name, &asked, &covers])
                 .await
                 .map_err(Error::pg("read medallion.table_status"))
                 .map_err(|e| from_postgres("read the model state", e))?;
@@ -684,14 +691,21 @@ impl Operations {
                 outcome.state = Some(r.field(0)?);
                 outcome.last_refreshed_at = Some(r.field(1)?);
                 outcome.last_error = r.field(2)?;
-                let after: bool = r.field(3)?;
+                outcome.watermark_lsn = r.field(3)?;
+                let (after, covered): (bool, bool) = (r.field(4)?, r.field(5)?);
                 let settled = outcome
                     .state
                     .as_deref()
                     .is_some_and(|s| matches!(s, "ok" | "up to date" | "failed" | "blocked"));
                 if after && settled {
-                    outcome.fresh = outcome.state.as_deref() != Some("failed");
-                    return Ok(outcome);
+                    if outcome.state.as_deref() == Some("failed") || covered {
+                        outcome.fresh = outcome.state.as_deref() != Some("failed");
+                        return Ok(outcome);
+                    }
+                    // Recomputed, but before the lake had everything the
+                    // request covers (the import's last changes were still
+                    // on their way to bronze): ask again.
+                    asked = ask(&client).await?.1;
                 }
             }
             if Instant::now() >= deadline {
