@@ -1,5 +1,6 @@
 //! SaaS data the Fivetran way (issue #16): recorded API pages loaded by the
-//! example loader (`examples/landing/loader.mjs`, run by Node) into the
+//! example loader (`examples/landing/loader.ts`, TypeScript run by Node 24
+//! as is, the Node that `scripts/setup.sh --tests` installs for n8n) into the
 //! `landing` schema, replicated like any table, and the example gold model
 //! reconciling payouts with Odoo bank statement lines equal to Postgres.
 
@@ -10,16 +11,20 @@ const NODE_MODULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../.medallion/node/node_modules"
 );
+const NODE24: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../.medallion/n8n/node_modules/.bin/node"
+);
 
 /// Run the loader over `fixture`; its summary line.
 fn load(env: &Env, fixture: &std::path::Path, work: &std::path::Path) -> serde_json::Value {
-    let out = Command::new("node")
-        .arg(work.join("loader.mjs"))
+    let out = Command::new(NODE24)
+        .arg(work.join("loader.ts"))
         .arg("--fixture")
         .arg(fixture)
         .env("DATABASE_URL", env.url())
         .output()
-        .expect("run node (scripts/setup.sh installs it)");
+        .expect("run Node 24 (scripts/setup.sh --tests installs it)");
     assert!(
         out.status.success(),
         "loader: {}",
@@ -31,21 +36,49 @@ fn load(env: &Env, fixture: &std::path::Path, work: &std::path::Path) -> serde_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saas_pages_land_and_reconcile_with_odoo_bank_lines() {
-    if !std::path::Path::new(NODE_MODULES).join("pg").exists() {
+    if !std::path::Path::new(NODE_MODULES).join("pg").exists()
+        || !std::path::Path::new(NODE24).exists()
+    {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must install the loader's pg package (scripts/setup.sh)"
+            "CI must install Node 24 and the loader's pg package (scripts/setup.sh --tests)"
         );
-        eprintln!("SKIP landing loader: {NODE_MODULES}/pg missing (run scripts/setup.sh)");
+        eprintln!("SKIP landing loader: Node 24 or pg missing (run scripts/setup.sh --tests)");
         return;
     }
     // The loader as a user runs it: its own directory with node_modules.
     let work = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        format!("{EXAMPLE}/loader.mjs"),
-        work.path().join("loader.mjs"),
-    )
-    .unwrap();
+    for f in ["loader.ts", "landing.ts"] {
+        std::fs::copy(format!("{EXAMPLE}/{f}"), work.path().join(f)).unwrap();
+    }
+    // The Edge Function shares landing.ts; Node strips its types and checks
+    // the syntax of what is left (Deno's globals resolve only when it runs).
+    let stripped = work.path().join("edge-function.mjs");
+    let strip = Command::new(NODE24)
+        .args([
+            "-e",
+            "const fs = require('node:fs'); fs.writeFileSync(process.argv[2], \
+             require('node:module').stripTypeScriptTypes(fs.readFileSync(process.argv[1], 'utf8')))",
+            &format!("{EXAMPLE}/supabase/functions/land-payouts/index.ts"),
+            stripped.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        strip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&strip.stderr)
+    );
+    let check = Command::new(NODE24)
+        .arg("--check")
+        .arg(&stripped)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     std::os::unix::fs::symlink(NODE_MODULES, work.path().join("node_modules")).unwrap();
 
     let env = Env::new();
