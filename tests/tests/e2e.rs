@@ -414,6 +414,15 @@ fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool
     }
 }
 
+/// A TCP port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn sidecar_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_medallion-sidecar"))
 }
@@ -1477,11 +1486,7 @@ async fn metrics_are_served_in_prometheus_format() {
     env.sql("CREATE TABLE t (id int PRIMARY KEY)");
     env.sql("INSERT INTO t SELECT generate_series(1, 10)");
     env.sql("SELECT medallion.add_source('t')");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = env
         .sidecar(
             &["run"],

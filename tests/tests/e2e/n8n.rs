@@ -225,14 +225,6 @@ fn output(execution: &Value, name: &str) -> Value {
     execution["data"]["resultData"]["runData"][name][0]["data"]["main"][0][0]["json"].clone()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_workflows_are_valid_and_run_in_n8n() {
     if !n8n_bin().exists() {

@@ -16,14 +16,6 @@ fn python() -> PathBuf {
     ))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -380,28 +372,23 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
             "t_manual never saw the new rows: {g}"
         );
     }
-    let (s, v) = api
-        .post("/v1/models/nope/refresh", Some(OPERATE), None)
-        .await;
-    assert_eq!((s, code(&v)), (404, "not_found"), "{v}");
-    let (s, v) = api
-        .post("/v1/models/t_manual/refresh?wait=301", Some(OPERATE), None)
-        .await;
-    assert_eq!((s, code(&v)), (400, "invalid"), "{v}");
-
-    // Resync through the extension; its errors keep the database's text out.
-    let (s, v) = api
-        .post("/v1/tables/public.t/resync", Some(READ), None)
-        .await;
-    assert_eq!((s, code(&v)), (403, "forbidden"), "{v}");
-    let (s, v) = api
-        .post("/v1/tables/public.nope/resync", Some(OPERATE), None)
-        .await;
-    assert_eq!((s, code(&v)), (404, "not_found"), "{v}");
-    let (s, v) = api
-        .post("/v1/tables/nodot/resync", Some(OPERATE), None)
-        .await;
-    assert_eq!((s, code(&v)), (400, "invalid"), "{v}");
+    // Refused requests, each with its status and code.
+    for (path, token, status, c) in [
+        ("/v1/models/nope/refresh", OPERATE, 404, "not_found"),
+        (
+            "/v1/models/t_manual/refresh?wait=301",
+            OPERATE,
+            400,
+            "invalid",
+        ),
+        // Resync goes through the extension; its errors keep the database's text out.
+        ("/v1/tables/public.t/resync", READ, 403, "forbidden"),
+        ("/v1/tables/public.nope/resync", OPERATE, 404, "not_found"),
+        ("/v1/tables/nodot/resync", OPERATE, 400, "invalid"),
+    ] {
+        let (s, v) = api.post(path, Some(token), None).await;
+        assert_eq!((s, code(&v)), (status, c), "{path}: {v}");
+    }
     let (s, v) = api
         .post("/v1/tables/public.other/resync", Some(OPERATE), None)
         .await;
