@@ -121,6 +121,12 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
         }
         Err(e) => out.push(f("lake", false, e.to_string())),
     }
+    if cfg.api.addr.is_some() {
+        out.push(match crate::api::check(cfg) {
+            Ok(what) => f("api", true, what),
+            Err(e) => f("api", false, e.to_string()),
+        });
+    }
     let (client, conn) = match catalog::connect(&cfg.database_url).await {
         Ok(c) => c,
         Err(e) => {

@@ -114,6 +114,36 @@ pub(crate) fn router(
         .with_state(state))
 }
 
+/// What `medallion check` says about the API settings: the address
+/// parses, the tokens load and fit it (without binding: `run` may hold it).
+pub fn check(cfg: &Config) -> Result<String> {
+    let addr = cfg.api.addr.as_deref().unwrap_or_default();
+    let listen: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "MEDALLION_HTTP_ADDR {addr:?} is not host:port (e.g. 127.0.0.1:8080)"
+            ))
+        })?;
+    Tokens::load(&cfg.api, &listen)?;
+    let auth = match (
+        cfg.api.token.is_some() || cfg.api.token_file.is_some(),
+        cfg.api.read_token.is_some() || cfg.api.read_token_file.is_some(),
+    ) {
+        (true, true) => "operator and read-only tokens",
+        (true, false) => "an operator token",
+        (false, true) => "a read-only token",
+        (false, false) if cfg.api.insecure_loopback => "no token (loopback only)",
+        (false, false) => {
+            return Err(Error::Config(
+                "no MEDALLION_API_TOKEN or MEDALLION_API_READ_TOKEN: every /v1 and /mcp request would be refused".into(),
+            ));
+        }
+    };
+    Ok(format!("HTTP API and MCP on {listen} with {auth}"))
+}
+
 async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -91,6 +91,33 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
         ("MEDALLION_API_MAX_ROWS", "50"),
         ("MEDALLION_LOG", "info"),
     ];
+    // `medallion check` reports the API settings, and refuses unsafe ones.
+    let out = env.sidecar(&["check"], &api_env).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("ok")
+            && l.contains("api")
+            && l.contains("operator and read-only tokens")),
+        "{text}"
+    );
+    let out = env
+        .sidecar(
+            &["check"],
+            &[
+                ("MEDALLION_HTTP_ADDR", "0.0.0.0:8080"),
+                ("MEDALLION_API_INSECURE_LOOPBACK", "true"),
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("api")
+            && l.contains("not a loopback address")),
+        "{text}"
+    );
     let _sidecar = KillOnDrop(
         env.sidecar(&["run"], &api_env)
             .stderr(Stdio::from(log.reopen().unwrap()))
