@@ -305,15 +305,17 @@ fn refresh_text(r: Refresh) -> String {
     }
 }
 
-/// `(state, last_refreshed_at, delta_version, last_lsn, rows_total, last_error, updated_at)`
-type ModelState = (
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-);
+/// What `medallion.table_status` holds for a gold model; all `None` before
+/// its first refresh.
+#[derive(Debug, Clone, Default)]
+struct ModelState {
+    state: Option<String>,
+    last_refreshed_at: Option<String>,
+    delta_version: Option<i64>,
+    watermark_lsn: Option<String>,
+    rows_total: Option<i64>,
+    last_error: Option<String>,
+}
 
 impl Operations {
     pub fn new(cfg: &Config, lake: Url, metrics: Option<Arc<Metrics>>) -> Operations {
@@ -550,14 +552,14 @@ impl Operations {
             .map(|r| {
                 Ok((
                     r.field(0)?,
-                    (
-                        Some(r.field(1)?),
-                        Some(r.field(2)?),
-                        r.field(3)?,
-                        r.field(4)?,
-                        Some(r.field(5)?),
-                        r.field(6)?,
-                    ),
+                    ModelState {
+                        state: Some(r.field(1)?),
+                        last_refreshed_at: Some(r.field(2)?),
+                        delta_version: r.field(3)?,
+                        watermark_lsn: r.field(4)?,
+                        rows_total: Some(r.field(5)?),
+                        last_error: r.field(6)?,
+                    },
                 ))
             })
             .collect()
@@ -574,9 +576,9 @@ impl Operations {
                 let s = states.get(&g.name).cloned().unwrap_or_default();
                 ModelSummary {
                     refresh: refresh_text(g.refresh),
-                    state: s.0,
-                    last_refreshed_at: s.1,
-                    rows_total: s.4,
+                    state: s.state,
+                    last_refreshed_at: s.last_refreshed_at,
+                    rows_total: s.rows_total,
                     published_as: g.publish.map(|(schema, table)| format!("{schema}.{table}")),
                     name: g.name,
                 }
@@ -630,12 +632,12 @@ impl Operations {
                 .publish
                 .map(|(schema, table)| format!("{schema}.{table}")),
             columns,
-            state: state.0,
-            last_refreshed_at: state.1,
-            delta_version: state.2,
-            watermark_lsn: state.3,
-            rows_total: state.4,
-            last_error: state.5,
+            state: state.state,
+            last_refreshed_at: state.last_refreshed_at,
+            delta_version: state.delta_version,
+            watermark_lsn: state.watermark_lsn,
+            rows_total: state.rows_total,
+            last_error: state.last_error,
         })
     }
 
