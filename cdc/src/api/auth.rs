@@ -227,6 +227,38 @@ mod tests {
     }
 
     #[test]
+    fn tokens_from_files_lose_their_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "file-token-0123456789\n").unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let api = ApiConfig {
+            token_file: Some(file.clone()),
+            ..ApiConfig::default()
+        };
+        let t = Tokens::load(&api, &local).unwrap();
+        assert_eq!(
+            t.scope(&headers("Bearer file-token-0123456789")).unwrap(),
+            Scope::Operate
+        );
+        let both = ApiConfig {
+            token: Some("file-token-0123456789".into()),
+            token_file: Some(file),
+            ..ApiConfig::default()
+        };
+        assert!(
+            Tokens::load(&both, &local).is_err(),
+            "a value and a file: which one?"
+        );
+        let missing = ApiConfig {
+            read_token_file: Some(dir.path().join("nope")),
+            ..ApiConfig::default()
+        };
+        let e = Tokens::load(&missing, &local).unwrap_err().to_string();
+        assert!(e.contains("MEDALLION_API_READ_TOKEN_FILE"), "{e}");
+    }
+
+    #[test]
     fn unauthenticated_only_on_loopback_and_only_when_asked() {
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
