@@ -231,10 +231,19 @@ impl Database {
 pub struct Operations {
     slot: String,
     db: Database,
+    /// The silver and gold definitions, read at most once per
+    /// [`DEFINITIONS_TTL`]: every data request needs them, and 50 clients
+    /// reading four catalog tables each would queue on the session.
+    definitions: tokio::sync::Mutex<Option<(Instant, Arc<Definitions>)>>,
     runner: QueryRunner,
     metrics: Option<Arc<Metrics>>,
     refine_interval: Duration,
 }
+
+type Definitions = (Vec<catalog::SilverDef>, Vec<GoldDef>);
+
+/// How long definitions read from the catalog are reused.
+const DEFINITIONS_TTL: Duration = Duration::from_secs(1);
 
 /// Names of silver tables, gold models and expectations (the extension's
 /// grammar): checked before anything reaches Postgres or the lake.
@@ -325,6 +334,7 @@ impl Operations {
                 url: cfg.database_url.clone(),
                 client: tokio::sync::Mutex::new(None),
             },
+            definitions: tokio::sync::Mutex::new(None),
             runner: QueryRunner::new(cfg, lake),
             metrics,
             refine_interval: Duration::from_millis(cfg.refine_interval_ms),
@@ -519,19 +529,29 @@ impl Operations {
         Ok(Lineage { edges, mermaid })
     }
 
-    async fn definitions(&self) -> Result<(Vec<catalog::SilverDef>, Vec<GoldDef>)> {
+    async fn definitions(&self) -> Result<Arc<Definitions>> {
+        let mut cached = self.definitions.lock().await;
+        if let Some((read, defs)) = cached.as_ref()
+            && read.elapsed() < DEFINITIONS_TTL
+        {
+            return Ok(defs.clone());
+        }
         let client = self.db.client().await?;
-        catalog::refined_definitions(&client)
-            .await
-            .map_err(|e| from_postgres("read the definitions", e))
+        let defs = Arc::new(
+            catalog::refined_definitions(&client)
+                .await
+                .map_err(|e| from_postgres("read the definitions", e))?,
+        );
+        *cached = Some((Instant::now(), defs.clone()));
+        Ok(defs)
     }
 
     /// Defined silver and gold names, for queries.
     pub(crate) async fn defined_names(&self) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
-        let (silver, gold) = self.definitions().await?;
+        let defs = self.definitions().await?;
         Ok((
-            silver.into_iter().map(|d| d.name).collect(),
-            gold.into_iter().map(|d| d.name).collect(),
+            defs.0.iter().map(|d| d.name.clone()).collect(),
+            defs.1.iter().map(|d| d.name.clone()).collect(),
         ))
     }
 
@@ -567,11 +587,12 @@ impl Operations {
 
     /// Every gold model with its freshness.
     pub async fn models(&self) -> Result<Vec<ModelSummary>> {
-        let (_, gold) = self.definitions().await?;
+        let defs = self.definitions().await?;
         let states: std::collections::HashMap<String, ModelState> =
             self.model_states(None).await?.into_iter().collect();
-        let mut out: Vec<ModelSummary> = gold
-            .into_iter()
+        let mut out: Vec<ModelSummary> = defs
+            .1
+            .iter()
             .map(|g| {
                 let s = states.get(&g.name).cloned().unwrap_or_default();
                 ModelSummary {
@@ -579,8 +600,11 @@ impl Operations {
                     state: s.state,
                     last_refreshed_at: s.last_refreshed_at,
                     rows_total: s.rows_total,
-                    published_as: g.publish.map(|(schema, table)| format!("{schema}.{table}")),
-                    name: g.name,
+                    published_as: g
+                        .publish
+                        .as_ref()
+                        .map(|(schema, table)| format!("{schema}.{table}")),
+                    name: g.name.clone(),
                 }
             })
             .collect();
@@ -590,13 +614,17 @@ impl Operations {
 
     async fn gold_def(&self, name: &str) -> Result<GoldDef> {
         check_name("model", name)?;
-        let (_, gold) = self.definitions().await?;
-        gold.into_iter().find(|g| g.name == name).ok_or_else(|| {
-            Error::refused(
-                Refusal::NotFound,
-                format!("no gold model named {name:?}; GET /v1/models lists them"),
-            )
-        })
+        let defs = self.definitions().await?;
+        defs.1
+            .iter()
+            .find(|g| g.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::refused(
+                    Refusal::NotFound,
+                    format!("no gold model named {name:?}; GET /v1/models lists them"),
+                )
+            })
     }
 
     /// One gold model: definition, columns, freshness.

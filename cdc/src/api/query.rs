@@ -379,14 +379,22 @@ pub(crate) fn encode(result: &QueryResult, format: Format) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     match format {
         Format::Json => {
-            let body = serde_json::json!({
-                "columns": columns(&result.schema),
-                "rows": json_rows(result)?,
-                "row_count": result.row_count(),
-                "truncated": result.truncated,
-            });
-            serde_json::to_writer(&mut out, &body)
+            // The rows as Arrow's JSON writer writes them, placed into the
+            // envelope as they are (no parse and re-serialization).
+            let columns = serde_json::to_string(&columns(&result.schema))
                 .map_err(|e| Error::Protocol(format!("encode JSON: {e}")))?;
+            out.extend_from_slice(b"{\"columns\":");
+            out.extend_from_slice(columns.as_bytes());
+            out.extend_from_slice(b",\"rows\":");
+            write_json_rows(result, &mut out)?;
+            out.extend_from_slice(
+                format!(
+                    ",\"row_count\":{},\"truncated\":{}}}",
+                    result.row_count(),
+                    result.truncated
+                )
+                .as_bytes(),
+            );
         }
         Format::Csv => {
             let mut w = arrow::csv::WriterBuilder::new()
@@ -465,18 +473,26 @@ fn decimals_as_text(batch: &RecordBatch) -> Result<RecordBatch> {
 /// as ISO 8601 text, NULL as null.
 pub(crate) fn json_rows(result: &QueryResult) -> Result<Vec<serde_json::Value>> {
     let mut buf = Vec::new();
+    write_json_rows(result, &mut buf)?;
+    serde_json::from_slice(&buf).map_err(|e| Error::Protocol(format!("encode JSON: {e}")))
+}
+
+/// [`json_rows`] as a JSON array written to `out`.
+fn write_json_rows(result: &QueryResult, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
     {
         let mut w = arrow::json::WriterBuilder::new()
             .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+            .build::<_, arrow::json::writer::JsonArray>(&mut *out);
         for b in &result.batches {
             w.write(&decimals_as_text(b)?)
                 .map_err(Error::arrow("encode JSON"))?;
         }
         w.finish().map_err(Error::arrow("encode JSON"))?;
     }
-    if buf.is_empty() {
-        return Ok(Vec::new());
+    // Arrow writes nothing when there are no rows.
+    if out.len() == start {
+        out.extend_from_slice(b"[]");
     }
-    serde_json::from_slice(&buf).map_err(|e| Error::Protocol(format!("encode JSON: {e}")))
+    Ok(())
 }

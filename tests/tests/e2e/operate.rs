@@ -290,6 +290,14 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["rows"][0]["n"], 50, "{v}");
+    let (s, v) = api.query("SELECT id, v FROM silver.t WHERE id < 0").await;
+    assert_eq!((s, v["row_count"].as_u64()), (200, Some(0)), "{v}");
+    assert_eq!(
+        v["rows"],
+        serde_json::json!([]),
+        "an empty result is an empty array: {v}"
+    );
+    assert_eq!(v["columns"][1]["data_type"], "Decimal128(12, 2)", "{v}");
     for (sql, why) in [
         ("DELETE FROM silver.t", "a write"),
         ("CREATE TABLE gold.x AS SELECT 1", "DDL"),
