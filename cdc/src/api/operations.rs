@@ -234,7 +234,9 @@ pub struct Operations {
     /// The silver and gold definitions, read at most once per
     /// [`DEFINITIONS_TTL`]: every data request needs them, and 50 clients
     /// reading four catalog tables each would queue on the session.
-    definitions: tokio::sync::Mutex<Option<(Instant, Arc<Definitions>)>>,
+    definitions: std::sync::Mutex<Option<(Instant, Arc<Definitions>)>>,
+    /// A request is reading the definitions again.
+    reading_definitions: std::sync::atomic::AtomicBool,
     runner: QueryRunner,
     metrics: Option<Arc<Metrics>>,
     refine_interval: Duration,
@@ -334,7 +336,8 @@ impl Operations {
                 url: cfg.database_url.clone(),
                 client: tokio::sync::Mutex::new(None),
             },
-            definitions: tokio::sync::Mutex::new(None),
+            definitions: std::sync::Mutex::new(None),
+            reading_definitions: std::sync::atomic::AtomicBool::new(false),
             runner: QueryRunner::new(cfg, lake),
             metrics,
             refine_interval: Duration::from_millis(cfg.refine_interval_ms),
@@ -530,19 +533,34 @@ impl Operations {
     }
 
     async fn definitions(&self) -> Result<Arc<Definitions>> {
-        let mut cached = self.definitions.lock().await;
-        if let Some((read, defs)) = cached.as_ref()
-            && read.elapsed() < DEFINITIONS_TTL
+        use std::sync::atomic::Ordering;
+        let stale = {
+            let cached = self.definitions.lock().unwrap_or_else(|p| p.into_inner());
+            match cached.as_ref() {
+                Some((read, defs)) if read.elapsed() < DEFINITIONS_TTL => return Ok(defs.clone()),
+                other => other.map(|(_, defs)| defs.clone()),
+            }
+        };
+        // One request reads them again; the others meanwhile use the
+        // copy of a second ago instead of queueing behind it.
+        if let Some(stale) = &stale
+            && self.reading_definitions.swap(true, Ordering::AcqRel)
         {
-            return Ok(defs.clone());
+            return Ok(stale.clone());
         }
-        let client = self.db.client().await?;
-        let defs = Arc::new(
+        let read = async {
+            let client = self.db.client().await?;
             catalog::refined_definitions(&client)
                 .await
-                .map_err(|e| from_postgres("read the definitions", e))?,
-        );
-        *cached = Some((Instant::now(), defs.clone()));
+                .map_err(|e| from_postgres("read the definitions", e))
+        }
+        .await;
+        if stale.is_some() {
+            self.reading_definitions.store(false, Ordering::Release);
+        }
+        let defs = Arc::new(read?);
+        *self.definitions.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), defs.clone()));
         Ok(defs)
     }
 
