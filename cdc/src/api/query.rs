@@ -121,7 +121,7 @@ impl QueryRunner {
             let df = crate::pg_sql::plan(&ctx, sql, self.numeric_scale)
                 .await
                 .map_err(user_error)?;
-            self.collect(df, limit).await
+            self.collect(df, limit, false).await
         })
         .await
     }
@@ -194,7 +194,7 @@ impl QueryRunner {
             if offset > 0 {
                 df = df.limit(offset, None).map_err(user_error)?;
             }
-            self.collect(df, limit).await
+            self.collect(df, limit, true).await
         })
         .await
     }
@@ -257,22 +257,33 @@ impl QueryRunner {
             })?
     }
 
-    async fn collect(&self, df: DataFrame, limit: usize) -> Result<QueryResult> {
+    /// At most `limit` rows of `df`, and whether more matched. With
+    /// `in_plan`, the limit goes into the plan (a sort becomes a top-k: for
+    /// paging through a gold model); otherwise the plan runs as written and
+    /// reading stops after `limit + 1` rows (a client's query keeps the
+    /// plan it would have in process, cancelled once enough rows came).
+    async fn collect(&self, df: DataFrame, limit: usize, in_plan: bool) -> Result<QueryResult> {
+        use futures::StreamExt;
         // One row more than asked tells whether the result was cut.
-        let df = df.limit(0, Some(limit + 1)).map_err(user_error)?;
+        let df = if in_plan {
+            df.limit(0, Some(limit + 1)).map_err(user_error)?
+        } else {
+            df
+        };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| self.run_error(e))?;
-        let mut kept = Vec::with_capacity(batches.len());
+        let mut stream = df.execute_stream().await.map_err(|e| self.run_error(e))?;
+        let mut kept = Vec::new();
         let mut rows = 0;
         let mut truncated = false;
-        for b in batches {
-            let b = lake::without_views(&b)?;
+        while let Some(b) = stream.next().await {
+            let b = lake::without_views(&b.map_err(|e| self.run_error(e))?)?;
             if rows + b.num_rows() > limit {
                 truncated = true;
                 let take = limit - rows;
                 if take > 0 {
                     kept.push(b.slice(0, take));
                 }
+                // Dropping the stream stops the query.
                 break;
             }
             rows += b.num_rows();
