@@ -151,6 +151,16 @@ impl std::fmt::Debug for ApiConfig {
 }
 
 impl ApiConfig {
+    /// An operator token is configured (value or file).
+    pub fn has_operator_token(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
+    }
+
+    /// A read-only token is configured (value or file).
+    pub fn has_read_token(&self) -> bool {
+        self.read_token.is_some() || self.read_token_file.is_some()
+    }
+
     fn load_env(&mut self) -> Result<()> {
         if let Some(v) = env("MEDALLION_HTTP_ADDR") {
             self.addr = Some(v);

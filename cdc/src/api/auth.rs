@@ -97,7 +97,7 @@ impl Tokens {
         Ok(Tokens {
             operate,
             read,
-            open_loopback: api.insecure_loopback && operate_is_none(&api.token, &api.token_file),
+            open_loopback: api.insecure_loopback && !api.has_operator_token(),
         })
     }
 
@@ -139,10 +139,6 @@ impl Tokens {
             ))
         }
     }
-}
-
-fn operate_is_none(token: &Option<String>, file: &Option<std::path::PathBuf>) -> bool {
-    token.is_none() && file.is_none()
 }
 
 /// Middleware: the request's [`Scope`] goes into its extensions (the MCP

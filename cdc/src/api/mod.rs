@@ -55,10 +55,7 @@ fn mcp_hosts(cfg: &Config, listen: &SocketAddr) -> Option<Vec<String>> {
     // Behind bearer tokens on a wildcard address (a container), any Host
     // is fine: a DNS-rebinding page has no token. Without tokens, loopback
     // names only.
-    let tokens = cfg.api.token.is_some()
-        || cfg.api.token_file.is_some()
-        || cfg.api.read_token.is_some()
-        || cfg.api.read_token_file.is_some();
+    let tokens = cfg.api.has_operator_token() || cfg.api.has_read_token();
     if tokens && cfg.api.allowed_hosts.is_empty() && listen.ip().is_unspecified() {
         None
     } else {
@@ -127,10 +124,7 @@ pub fn check(cfg: &Config) -> Result<String> {
             ))
         })?;
     Tokens::load(&cfg.api, &listen)?;
-    let auth = match (
-        cfg.api.token.is_some() || cfg.api.token_file.is_some(),
-        cfg.api.read_token.is_some() || cfg.api.read_token_file.is_some(),
-    ) {
+    let auth = match (cfg.api.has_operator_token(), cfg.api.has_read_token()) {
         (true, true) => "operator and read-only tokens",
         (true, false) => "an operator token",
         (false, true) => "a read-only token",

@@ -62,6 +62,16 @@ impl Api {
     }
 }
 
+/// The `id` of each row of a JSON rows answer.
+fn ids_of(v: &Value) -> Vec<i64> {
+    v["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows: {v}"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap_or_else(|| panic!("no id: {r}")))
+        .collect()
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -217,24 +227,14 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
         .get("/v1/gold/t_rows?limit=5&columns=id", Some(READ))
         .await;
     assert_eq!(s, 200, "{v}");
-    let ids: Vec<i64> = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
+    let ids = ids_of(&v);
     assert_eq!(ids, vec![1, 2, 3, 4, 5], "{v}");
     assert_eq!(v["truncated"], true);
     assert_eq!(v["columns"].as_array().unwrap().len(), 1, "{v}");
     let (_, v) = api
         .get("/v1/gold/t_rows?limit=10&offset=95", Some(READ))
         .await;
-    let ids: Vec<i64> = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
+    let ids = ids_of(&v);
     assert_eq!(ids, vec![96, 97, 98, 99, 100], "{v}");
     assert_eq!(v["truncated"], false);
     let (s, h, csv) = api
