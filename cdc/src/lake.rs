@@ -157,6 +157,18 @@ pub(crate) fn session_within(memory_bytes: Option<usize>) -> SessionContext {
     config.options_mut().sql_parser.enable_ident_normalization = true;
     // `1.5` is a numeric in Postgres, not a float.
     config.options_mut().sql_parser.parse_float_as_decimal = true;
+    // Plain strings, not string views. A view array's rows point into
+    // shared buffers, and every batch a hash join takes from its build side
+    // carries the list of all the build side's buffers: over joins of
+    // million-row tables these lists grew the first refine of the Odoo
+    // package to ~20 GB (docs/benchmarks.md). Plain arrays copy the bytes
+    // a batch holds and nothing more.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
     let mut builder = SessionStateBuilder::new();
     if let Some(bytes) = memory_bytes {
         use deltalake::datafusion::execution::memory_pool::FairSpillPool;
@@ -187,6 +199,8 @@ pub(crate) async fn register(ctx: &SessionContext, name: &str, table: &DeltaTabl
         .map_err(Error::delta(format!("register {name}")))?;
     let provider = table
         .table_provider()
+        // The scan reads strings as the session says (plain, see `session_within`).
+        .with_session(Arc::new(ctx.state()))
         .await
         .map_err(Error::datafusion(format!("read {name}")))?;
     ctx.register_table(name, provider)

@@ -29,6 +29,7 @@ pub mod decode;
 pub mod error;
 pub mod fault;
 pub mod gold;
+pub mod heap;
 pub mod lake;
 pub mod lease;
 pub mod metrics;

@@ -10,6 +10,10 @@ use medallion::catalog::Field;
 use medallion::replicate::{self, RunOptions};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc: resident memory follows live memory in a long run (see `medallion::heap`).
+#[global_allocator]
+static ALLOCATOR: medallion::heap::Allocator = medallion::heap::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "medallion",

@@ -35,6 +35,8 @@ pub struct Metrics {
     refine_success_unix: Gauge,
     streaming: Gauge,
     refiner_running: Gauge,
+    heap_allocated: Gauge<u64, AtomicU64>,
+    heap_resident: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -49,6 +51,8 @@ impl Default for Metrics {
             refine_success_unix: Gauge::default(),
             streaming: Gauge::default(),
             refiner_running: Gauge::default(),
+            heap_allocated: Gauge::default(),
+            heap_resident: Gauge::default(),
         };
         // Every series exists from the start (0), so an alert on a rate or
         // on a value sees it before the first event.
@@ -98,6 +102,16 @@ impl Default for Metrics {
             "medallion_refiner_running",
             "1 while this process's silver/gold refiner is running",
             m.refiner_running.clone(),
+        );
+        r.register(
+            "medallion_heap_allocated_bytes",
+            "Bytes in live heap allocations (jemalloc); growth here is live data",
+            m.heap_allocated.clone(),
+        );
+        r.register(
+            "medallion_heap_resident_bytes",
+            "Bytes of heap pages the allocator keeps resident (jemalloc)",
+            m.heap_resident.clone(),
         );
         m
     }
@@ -168,6 +182,10 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(h) = crate::heap::stats() {
+            self.heap_allocated.set(h.allocated);
+            self.heap_resident.set(h.resident);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -196,6 +214,7 @@ mod tests {
             "medallion_refine_failed_objects{layer=\"gold\"} 1",
             "medallion_refine_failed_objects{layer=\"silver\"} 0",
             "medallion_replication_streaming 0",
+            "# TYPE medallion_heap_allocated_bytes gauge",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -36,6 +36,11 @@ mod chaos;
 #[path = "bench/soak.rs"]
 mod soak;
 
+/// The sidecar's allocator, so refinement in this process uses memory as
+/// `medallion` does.
+#[global_allocator]
+static ALLOCATOR: medallion::heap::Allocator = medallion::heap::Allocator;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -294,10 +299,12 @@ fn package(rows: u64) -> anyhow::Result<(f64, f64)> {
             )
         })?;
         let model = format!("gold.{name}");
+        reset_peak_rss();
         let ours = best_of(3, || Ok(b.refine(&[model.as_str()])?.as_secs_f64()))?;
         println!(
-            "package: {name}: Postgres {baseline:.3} s, medallion gold {ours:.3} s, ratio {:.2}x",
-            ours / baseline
+            "package: {name}: Postgres {baseline:.3} s, medallion gold {ours:.3} s, ratio {:.2}x, peak RSS {:.0} MiB",
+            ours / baseline,
+            peak_rss_kb() / 1024.0
         );
         baseline_total += baseline;
         ours_total += ours;
@@ -1014,6 +1021,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// This process' peak resident set (VmHWM), in KiB.
+/// Start this process's peak RSS (VmHWM) afresh (Linux: `/proc/self/clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn peak_rss_kb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

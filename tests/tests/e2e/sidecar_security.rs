@@ -309,8 +309,13 @@ async fn a_refinement_that_cannot_record_its_runs_is_logged_at_once_and_resumes(
             .trim()
             == "26"
     });
-    // The fix resumes refinement without a restart.
-    let fixed_at = env.sql("GRANT INSERT ON medallion.runs TO medallion_admin; SELECT now()");
+    // The fix resumes refinement without a restart. A change after the fix
+    // gives the next cycle work to record: a retry that ran before the
+    // grant may already have merged row 21 (and failed only to record it).
+    let fixed_at = env.sql(
+        "GRANT INSERT ON medallion.runs TO medallion_admin; \
+         UPDATE acct SET balance = balance + 1 WHERE id = 21; SELECT now()",
+    );
     let fixed_at = fixed_at
         .trim()
         .lines()

@@ -5,7 +5,9 @@
 //! versions and on disk, and the slot's lag; it prints first/last/max of
 //! each and fails if one grows: the mean of the last third of the samples
 //! above 1.5× the mean of the middle third (lag: above 64 MiB). A sample
-//! line a minute shows the curve of each measure.
+//! line a minute shows the curve of each measure. The sidecar's heap
+//! (jemalloc's allocated and resident bytes, scraped from `/metrics`)
+//! tells live data from allocator fragmentation when RSS moves.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -49,17 +51,37 @@ impl Series {
         )
     }
 
+    /// Least-squares slope of the last third, per hour (a sample is 10 s):
+    /// a slow steady rise that the thirds' ratio does not catch.
+    fn last_third_slope_per_hour(&self) -> f64 {
+        let tail = &self.values[2 * self.values.len() / 3..];
+        let n = tail.len() as f64;
+        if n < 2.0 {
+            return 0.0;
+        }
+        let mx = (n - 1.0) / 2.0;
+        let my = tail.iter().sum::<f64>() / n;
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for (i, y) in tail.iter().enumerate() {
+            let dx = i as f64 - mx;
+            sxy += dx * (y - my);
+            sxx += dx * dx;
+        }
+        sxy / sxx * 360.0
+    }
+
     fn report(&self) -> String {
         let max = self.values.iter().cloned().fold(f64::MIN, f64::max);
         let (mid, last) = self.third_means();
         format!(
-            "{:<22} first {:>10.1} last {:>10.1} max {:>10.1} {} (last third / middle third {:.2})",
+            "{:<22} first {:>10.1} last {:>10.1} max {:>10.1} {} (last third / middle third {:.2}, slope of the last third {:+.1}/h)",
             self.name,
             self.values.first().copied().unwrap_or(0.0),
             self.values.last().copied().unwrap_or(0.0),
             max,
             self.unit,
-            if mid > 0.0 { last / mid } else { 0.0 }
+            if mid > 0.0 { last / mid } else { 0.0 },
+            self.last_third_slope_per_hour()
         )
     }
 }
@@ -102,18 +124,29 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
     cluster.psql(DB, &["-q", "-c", SCHEMA])?;
     let dir = tempfile::tempdir()?;
     let lake = dir.path().join("lake");
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
     let sidecar = |args: &[&str]| {
         let mut c = Command::new(&bin);
         c.args(args)
             .env("MEDALLION_DATABASE_URL", cluster.url(DB))
             .env("MEDALLION_LAKE_URL", &lake)
             .env("MEDALLION_REFINE_INTERVAL_MS", "2000")
-            .env("MEDALLION_LOG", "warn")
+            .env(
+                "MEDALLION_LOG",
+                "warn,deltalake_core::operations::merge=error",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         c
     };
-    let mut run = sidecar(&["run"]).spawn()?;
+    let mut run = sidecar(&["run"])
+        .env("MEDALLION_METRICS_ADDR", metrics_addr.to_string())
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://{metrics_addr}/metrics");
     let script = dir.path().join("soak.sql");
     std::fs::write(&script, SCRIPT)?;
     let seconds = minutes * 60;
@@ -149,6 +182,16 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         },
         Series {
             name: "slot lag",
+            unit: "MiB",
+            ..Default::default()
+        },
+        Series {
+            name: "heap allocated",
+            unit: "MiB",
+            ..Default::default()
+        },
+        Series {
+            name: "heap resident",
             unit: "MiB",
             ..Default::default()
         },
@@ -203,13 +246,29 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
             .parse()
             .context("slot lag")?;
         series[4].values.push(lag / (1 << 20) as f64);
+        let text = rt.block_on(async {
+            http.get(&metrics_url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        })?;
+        series[5]
+            .values
+            .push(gauge(&text, "medallion_heap_allocated_bytes")? / (1 << 20) as f64);
+        series[6]
+            .values
+            .push(gauge(&text, "medallion_heap_resident_bytes")? / (1 << 20) as f64);
         // One line a minute: the curve, not only first/last/max, says
         // whether a rising measure levels off.
         if series[0].values.len().is_multiple_of(6) {
             println!(
-                "soak: sample t={}s rss={:.1}MiB files={} current={} on_disk={} lag={:.2}MiB",
+                "soak: sample t={}s rss={:.1}MiB heap={:.1}/{:.1}MiB files={} current={} on_disk={} lag={:.2}MiB",
                 start.elapsed().as_secs(),
                 series[0].values.last().unwrap_or(&0.0),
+                series[5].values.last().unwrap_or(&0.0),
+                series[6].values.last().unwrap_or(&0.0),
                 series[1].values.last().unwrap_or(&0.0),
                 current,
                 disk,
@@ -253,6 +312,14 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
     }
     println!("soak: OK: flat");
     Ok(())
+}
+
+/// One gauge's value from an OpenMetrics exposition.
+fn gauge(text: &str, name: &str) -> anyhow::Result<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("{name} missing from /metrics"))
 }
 
 fn sigterm(pid: u32) {
