@@ -49,7 +49,7 @@ macro_rules! package_file {
 
 const PACKAGES: &[Package] = &[Package {
     name: "odoo",
-    version: "1.0.0",
+    version: "1.1.0",
     files: &[
         package_file!("odoo", "01_gl_journal_items.sql"),
         package_file!("odoo", "02_gl_by_period.sql"),
@@ -70,6 +70,7 @@ const PACKAGES: &[Package] = &[Package {
         package_file!("odoo", "17_purchase_order_lines.sql"),
         package_file!("odoo", "18_tax_report.sql"),
         package_file!("odoo", "19_aged_receivable_history.sql"),
+        package_file!("odoo", "20_aged_payable_history.sql"),
     ],
 }];
 

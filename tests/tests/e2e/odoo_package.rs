@@ -9,7 +9,7 @@ use super::*;
 
 /// The models the package defines over the synthetic Odoo database (every
 /// table they read exists there).
-pub(super) const MODELS: [&str; 18] = [
+pub(super) const MODELS: [&str; 19] = [
     "odoo_gl_journal_items",
     "odoo_gl_by_period",
     "odoo_trial_balance",
@@ -28,6 +28,7 @@ pub(super) const MODELS: [&str; 18] = [
     "odoo_inventory_valuation",
     "odoo_tax_report",
     "odoo_aged_receivable_history",
+    "odoo_aged_payable_history",
 ];
 
 /// Defined only where Odoo's purchase module is installed (the real
@@ -179,6 +180,38 @@ pub(super) async fn assert_package_right(
     assert!(
         (last - odoo).abs() < 1e-6 && earlier >= 1.0,
         "aged receivable history: {last} open at the last month end, Odoo {odoo} ({earlier} month ends)"
+    );
+    // Aged payable history: at the last month end, what was owed to
+    // vendors is Odoo's amount_residual of payable items, negated.
+    let owed = number(
+        env,
+        "SELECT COALESCE(-sum(l.amount_residual), 0) FROM public.account_move_line l \
+         JOIN public.account_account a ON a.id = l.account_id \
+         WHERE a.account_type = 'liability_payable' AND l.parent_state = 'posted'",
+    );
+    let (last_owed, payable_ends, payable_buckets) = (
+        number(
+            env,
+            "SELECT COALESCE(sum(residual), 0) FROM odoo_gold.aged_payable_history \
+             WHERE month_end = (SELECT max(month_end) FROM odoo_gold.aged_payable_history)",
+        ),
+        number(
+            env,
+            "SELECT count(DISTINCT month_end) FROM odoo_gold.aged_payable_history",
+        ),
+        number(
+            env,
+            "SELECT count(*) FROM odoo_gold.aged_payable_history \
+             WHERE not_due + days_1_30 + days_31_60 + days_61_90 + days_91_120 + older <> residual",
+        ),
+    );
+    assert!(
+        owed > 0.0
+            && (last_owed - owed).abs() < 1e-6
+            && payable_ends >= 1.0
+            && payable_buckets == 0.0,
+        "aged payable history: {last_owed} owed at the last month end, Odoo {owed} \
+         ({payable_ends} month ends, {payable_buckets} rows whose buckets do not add up)"
     );
     // Invoices: payment state and residual are Odoo's stored fields; every
     // paid invoice has a payment date.
@@ -344,7 +377,7 @@ async fn the_odoo_package_installs_and_equals_postgres_with_balanced_books() {
     );
     assert_eq!(
         env.sql("SELECT version || ' ' || array_length(models, 1) || ' ' || (options->>'lang') FROM medallion.packages WHERE name = 'odoo'").trim(),
-        format!("1.0.0 {} en_US", MODELS.len())
+        format!("1.1.0 {} en_US", MODELS.len())
     );
 
     let r = env.catch_up_and_refine().await;

@@ -7,7 +7,9 @@
 //! above 1.5× the mean of the middle third (lag: above 64 MiB). A sample
 //! line a minute shows the curve of each measure. The sidecar's heap
 //! (jemalloc's allocated and resident bytes, scraped from `/metrics`)
-//! tells live data from allocator fragmentation when RSS moves.
+//! tells live data from allocator fragmentation when RSS moves. Memory
+//! also fails when the last third's slope exceeds a tenth of its level per
+//! hour (runs of 30 minutes or more).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -301,6 +303,19 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         };
         // Files on disk wait for the retention window (1 h) before vacuum.
         if s.name != "bronze files on disk" && last > limit {
+            grew.push(s.name);
+        }
+        // Memory must also not creep: a steady rise the thirds' ratio
+        // misses (2.5 MiB/min is 1.1× over a third of an hour) shows in
+        // the slope. Rising by more than a tenth of its level per hour over
+        // the last third fails, once the run is long enough for the last
+        // third to be past start-up (≥ 30 minutes in all).
+        let memory = matches!(s.name, "sidecar RSS" | "heap allocated" | "heap resident");
+        if memory
+            && minutes >= 30
+            && s.last_third_slope_per_hour() > 0.10 * last.max(1.0)
+            && !grew.contains(&s.name)
+        {
             grew.push(s.name);
         }
     }
