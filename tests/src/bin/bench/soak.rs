@@ -44,6 +44,14 @@ struct Series {
 }
 
 impl Series {
+    fn new(name: &'static str, unit: &'static str) -> Series {
+        Series {
+            name,
+            unit,
+            values: Vec::new(),
+        }
+    }
+
     fn third_means(&self) -> (f64, f64) {
         let n = self.values.len();
         let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
@@ -162,41 +170,13 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         .spawn()?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut series = [
-        Series {
-            name: "sidecar RSS",
-            unit: "MiB",
-            ..Default::default()
-        },
-        Series {
-            name: "sidecar open files",
-            unit: "",
-            ..Default::default()
-        },
-        Series {
-            name: "bronze files (current)",
-            unit: "",
-            ..Default::default()
-        },
-        Series {
-            name: "bronze files on disk",
-            unit: "",
-            ..Default::default()
-        },
-        Series {
-            name: "slot lag",
-            unit: "MiB",
-            ..Default::default()
-        },
-        Series {
-            name: "heap allocated",
-            unit: "MiB",
-            ..Default::default()
-        },
-        Series {
-            name: "heap resident",
-            unit: "MiB",
-            ..Default::default()
-        },
+        Series::new("sidecar RSS", "MiB"),
+        Series::new("sidecar open files", ""),
+        Series::new("bronze files (current)", ""),
+        Series::new("bronze files on disk", ""),
+        Series::new("slot lag", "MiB"),
+        Series::new("heap allocated", "MiB"),
+        Series::new("heap resident", "MiB"),
     ];
     let start = Instant::now();
     let mut last_optimize = Instant::now();
