@@ -177,6 +177,8 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         Series::new("slot lag", "MiB"),
         Series::new("heap allocated", "MiB"),
         Series::new("heap resident", "MiB"),
+        Series::new("silver+gold files (current)", ""),
+        Series::new("silver+gold files on disk", ""),
     ];
     let start = Instant::now();
     let mut last_optimize = Instant::now();
@@ -200,24 +202,33 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         series[1]
             .values
             .push(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64);
-        let (current, disk) = rt.block_on(async {
-            let mut current = 0usize;
-            let mut disk = 0usize;
+        let (current, disk, refined_current, refined_disk) = rt.block_on(async {
+            let (mut current, mut disk) = (0, 0);
             for t in tables {
-                let path = medallion_tests::lake::bronze_dir(&lake, "public", t);
-                disk += files_on_disk(&path);
-                if let Ok(table) = deltalake::open_table(
-                    url::Url::from_directory_path(&path).map_err(|_| anyhow::anyhow!("path"))?,
-                )
-                .await
-                {
-                    current += table.get_file_uris()?.count();
-                }
+                let (c, d) =
+                    delta_files(&medallion_tests::lake::bronze_dir(&lake, "public", t)).await?;
+                current += c;
+                disk += d;
             }
-            anyhow::Ok((current, disk))
+            // Silver and gold: `medallion optimize` compacts and vacuums
+            // bronze only, so their files are watched too.
+            let (mut refined_current, mut refined_disk) = (0, 0);
+            for (layer, name) in [
+                ("silver", "account_move"),
+                ("silver", "account_move_line"),
+                ("gold", "by_state"),
+            ] {
+                let (c, d) =
+                    delta_files(&medallion_tests::lake::refined_dir(&lake, layer, name)).await?;
+                refined_current += c;
+                refined_disk += d;
+            }
+            anyhow::Ok((current, disk, refined_current, refined_disk))
         })?;
         series[2].values.push(current as f64);
         series[3].values.push(disk as f64);
+        series[7].values.push(refined_current as f64);
+        series[8].values.push(refined_disk as f64);
         let lag: f64 = cluster
             .sql(
                 DB,
@@ -246,7 +257,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         // whether a rising measure levels off.
         if series[0].values.len().is_multiple_of(6) {
             println!(
-                "soak: sample t={}s rss={:.1}MiB heap={:.1}/{:.1}MiB files={} current={} on_disk={} lag={:.2}MiB",
+                "soak: sample t={}s rss={:.1}MiB heap={:.1}/{:.1}MiB files={} current={} on_disk={} refined={}/{} lag={:.2}MiB",
                 start.elapsed().as_secs(),
                 series[0].values.last().unwrap_or(&0.0),
                 series[5].values.last().unwrap_or(&0.0),
@@ -254,6 +265,8 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
                 series[1].values.last().unwrap_or(&0.0),
                 current,
                 disk,
+                refined_current,
+                refined_disk,
                 lag / (1 << 20) as f64
             );
         }
@@ -282,7 +295,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
             1.5 * mid.max(1.0)
         };
         // Files on disk wait for the retention window (1 h) before vacuum.
-        if s.name != "bronze files on disk" && last > limit {
+        if !s.name.ends_with("files on disk") && last > limit {
             grew.push(s.name);
         }
         // Memory must also not creep: a steady rise the thirds' ratio
@@ -307,6 +320,18 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
     }
     println!("soak: OK: flat");
     Ok(())
+}
+
+/// Files of a Delta table's current version, and Parquet files in its
+/// directory; (0, 0) before the table exists.
+async fn delta_files(path: &Path) -> anyhow::Result<(usize, usize)> {
+    let disk = files_on_disk(path);
+    let url = url::Url::from_directory_path(path).map_err(|_| anyhow::anyhow!("path"))?;
+    let current = match deltalake::open_table(url).await {
+        Ok(table) => table.get_file_uris()?.count(),
+        Err(_) => 0,
+    };
+    Ok((current, disk))
 }
 
 /// One gauge's value from an OpenMetrics exposition.
