@@ -322,6 +322,17 @@ async fn a_refinement_that_cannot_record_its_runs_is_logged_at_once_and_resumes(
         .last()
         .unwrap_or_default()
         .to_string();
+    // The change after the fix is durable in bronze before the sidecar is
+    // stopped (20 copied rows, 5 updates, 1 insert, 1 update).
+    wait_until(
+        Duration::from_secs(180),
+        "bronze has the change after the fix",
+        || {
+            env.sql("SELECT rows_total FROM medallion.table_status WHERE name = 'public.acct'")
+                .trim()
+                == "27"
+        },
+    );
     wait_until(Duration::from_secs(180), "refinement resumed", || {
         env.sql(&format!(
             "SELECT count(*) FROM medallion.runs WHERE layer = 'silver' AND name = 'acct' \
