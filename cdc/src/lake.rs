@@ -194,13 +194,15 @@ pub(crate) fn session_within(memory_bytes: Option<usize>) -> SessionContext {
 
 /// Register a Delta table under `name` (e.g. `silver.account_move`).
 pub(crate) async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
+    // One copy of the session's state serves both steps.
+    let state = ctx.state();
     table
-        .update_datafusion_session(&ctx.state())
+        .update_datafusion_session(&state)
         .map_err(Error::delta(format!("register {name}")))?;
     let provider = table
         .table_provider()
         // The scan reads strings as the session says (plain, see `session_within`).
-        .with_session(Arc::new(ctx.state()))
+        .with_session(Arc::new(state))
         .await
         .map_err(Error::datafusion(format!("read {name}")))?;
     ctx.register_table(name, provider)

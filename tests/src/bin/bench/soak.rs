@@ -36,7 +36,6 @@ INSERT INTO account_move_line (move_id, debit, name) VALUES (:id, 1, 'soak');
 END;
 ";
 
-#[derive(Default)]
 struct Series {
     name: &'static str,
     unit: &'static str,
