@@ -204,6 +204,59 @@ pub enum Value<'a> {
     Unchanged,
 }
 
+/// Bronze commits this process attempted, per table location.
+///
+/// The refiner of a `medallion run` reads it (see [`unmoved_proof`]) to know,
+/// without reading any log, that a bronze table has not moved since it last
+/// looked. It is bumped before each commit is attempted, so it is never
+/// behind the log: an attempt that fails only costs the refiner one look.
+static COMMITS_ATTEMPTED: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// This process's tenures as the slot's bronze writer: odd while its writer
+/// holds the bronze lease ([`Tenure`]), even otherwise.
+static WRITER_TENURE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// This process holds the bronze lease while a `Tenure` lives: the writer
+/// creates one right after it acquires the lease and drops it when it stops
+/// writing, whatever the reason.
+pub(crate) struct Tenure(());
+
+impl Tenure {
+    pub(crate) fn begin() -> Tenure {
+        WRITER_TENURE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Tenure(())
+    }
+}
+
+impl Drop for Tenure {
+    fn drop(&mut self) {
+        WRITER_TENURE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What proves that the bronze table at `url` has not moved: while this
+/// process's writer holds the bronze lease no other process writes bronze,
+/// so the same (tenure, commits attempted) later means no commit since.
+/// `None` when this process is not the writer (nothing can be proved).
+pub(crate) fn unmoved_proof(url: &Url) -> Option<[i64; 2]> {
+    let tenure = WRITER_TENURE.load(std::sync::atomic::Ordering::SeqCst);
+    if tenure.is_multiple_of(2) {
+        return None;
+    }
+    let commits = COMMITS_ATTEMPTED
+        .lock()
+        .ok()
+        .map(|m| m.get(url).copied().unwrap_or(0))?;
+    Some([tenure as i64, commits as i64])
+}
+
+fn attempting_commit(url: &Url) {
+    if let Ok(mut m) = COMMITS_ATTEMPTED.lock() {
+        *m.entry(url.clone()).or_default() += 1;
+    }
+}
+
 /// A bronze Delta table being written.
 pub struct BronzeTable {
     pub id: TableId,
@@ -528,6 +581,7 @@ impl BronzeTable {
             .table
             .snapshot()
             .map_err(Error::delta("bronze snapshot"))?;
+        attempting_commit(&self.url);
         let finalized = CommitBuilder::from(props)
             .with_actions(actions)
             .build(

@@ -66,6 +66,9 @@ pub struct Config {
     /// Changes applied per silver MERGE (`MEDALLION_SILVER_BATCH_ROWS`);
     /// bounds memory, never splits a source transaction.
     pub silver_batch_rows: usize,
+    /// The refiner compacts a silver or gold table it wrote once that many
+    /// of its files are small (`MEDALLION_COMPACT_SMALL_FILES`); 0 never.
+    pub compact_small_files: usize,
     /// Where published tables go (`MEDALLION_PUBLISH_DATABASE_URL`); the
     /// source database when unset.
     pub publish_database_url: Option<String>,
@@ -256,6 +259,7 @@ impl std::fmt::Debug for Config {
             .field("status_interval_ms", &self.status_interval_ms)
             .field("refine_interval_ms", &self.refine_interval_ms)
             .field("silver_batch_rows", &self.silver_batch_rows)
+            .field("compact_small_files", &self.compact_small_files)
             .field(
                 "publish_database_url",
                 &self.publish_database_url.as_deref().map(describe_conninfo),
@@ -286,6 +290,7 @@ impl Default for Config {
             status_interval_ms: 2000,
             refine_interval_ms: 5000,
             silver_batch_rows: 500_000,
+            compact_small_files: 16,
             publish_database_url: None,
             lease_timeout_ms: 600_000,
             api: ApiConfig::default(),
@@ -356,6 +361,10 @@ impl Config {
         env_parse("MEDALLION_STATUS_INTERVAL_MS", &mut cfg.status_interval_ms)?;
         env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
         env_parse("MEDALLION_SILVER_BATCH_ROWS", &mut cfg.silver_batch_rows)?;
+        env_parse(
+            "MEDALLION_COMPACT_SMALL_FILES",
+            &mut cfg.compact_small_files,
+        )?;
         env_parse("MEDALLION_LEASE_TIMEOUT_MS", &mut cfg.lease_timeout_ms)?;
         if let Some(v) = env("MEDALLION_PUBLISH_DATABASE_URL") {
             cfg.publish_database_url = Some(v);

@@ -21,6 +21,8 @@
 //!   not imported yet).
 //! - [`MID_SILVER`], [`BEFORE_GOLD_COMMIT`], [`BEFORE_PUBLISH_COMMIT`]: see
 //!   [`crate::refine`].
+//! - [`MID_COMPACTION`]: a compaction's new files are written, its commit
+//!   (which removes the small files) not attempted.
 //!
 //! Without the feature, [`hit`] and [`pause`] compile to nothing.
 
@@ -32,6 +34,7 @@ pub const COPY_PLANNED: &str = "copy_planned";
 pub const MID_SILVER: &str = "mid_silver";
 pub const BEFORE_GOLD_COMMIT: &str = "before_gold_commit";
 pub const BEFORE_PUBLISH_COMMIT: &str = "before_publish_commit";
+pub const MID_COMPACTION: &str = "mid_compaction";
 
 #[cfg(feature = "fault-injection")]
 mod imp {

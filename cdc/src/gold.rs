@@ -92,7 +92,6 @@ impl Refiner<'_> {
     ) -> Result<GoldReport> {
         let url = lake::refined_url(self.lake, "gold", &def.name)?;
         let app = app_id(&def.name);
-        let existing = lake::open(&url, self.storage).await?;
         let watermark = def
             .upstream
             .iter()
@@ -104,9 +103,30 @@ impl Refiner<'_> {
             ..GoldReport::default()
         };
         let fingerprint = query_hash(def);
+        // An on-change model whose query and inputs' versions are those it
+        // was last computed from is up to date without a look at its log.
+        let settle_key = format!("gold.{}", def.name);
+        let proof = (!forced && matches!(def.refresh, Refresh::OnChange)).then(|| {
+            std::iter::once(fingerprint)
+                .chain(def.upstream.iter().map(|u| {
+                    inputs
+                        .get(u)
+                        .and_then(|i| i.table.version())
+                        .map_or(-1, |v| v as i64)
+                }))
+                .collect::<Vec<i64>>()
+        });
+        if let Some(p) = &proof
+            && let Some(version) = self.tables.settled(&settle_key, p)
+        {
+            report.skipped = Some("up to date");
+            report.version = version;
+            return Ok(report);
+        }
+        let existing = self.tables.open(&url, self.storage).await?;
         if let Some(t) = &existing
             && !forced
-            && lake::txn_version(t, &format!("{app}:query")).await? == Some(fingerprint)
+            && self.tables.txn_version(t, &format!("{app}:query")).await? == Some(fingerprint)
         {
             let mut changed = false;
             for u in &def.upstream {
@@ -114,28 +134,39 @@ impl Refiner<'_> {
                     .get(u)
                     .and_then(|i| i.table.version())
                     .map(|v| v as i64);
-                if lake::txn_version(t, &format!("{app}:input:{u}")).await? != v {
+                if self
+                    .tables
+                    .txn_version(t, &format!("{app}:input:{u}"))
+                    .await?
+                    != v
+                {
                     changed = true;
                 }
             }
             if !changed {
                 report.skipped = Some("up to date");
                 report.version = t.version().map(|v| v as i64);
+                if let Some(p) = proof {
+                    self.tables.settle(&settle_key, p, report.version);
+                }
                 return Ok(report);
             }
             match def.refresh {
                 Refresh::Manual => {
                     report.skipped = Some("manual");
                     report.version = t.version().map(|v| v as i64);
-                    report.watermark = lake::txn_version(t, &app).await?.unwrap_or(0);
+                    report.watermark = self.tables.txn_version(t, &app).await?.unwrap_or(0);
                     return Ok(report);
                 }
                 Refresh::Interval(every) => {
-                    let last = lake::txn_version(t, &format!("{app}:refreshed_at")).await?;
+                    let last = self
+                        .tables
+                        .txn_version(t, &format!("{app}:refreshed_at"))
+                        .await?;
                     if last.is_some_and(|ms| now_ms() - ms < every.as_millis() as i64) {
                         report.skipped = Some("not due");
                         report.version = t.version().map(|v| v as i64);
-                        report.watermark = lake::txn_version(t, &app).await?.unwrap_or(0);
+                        report.watermark = self.tables.txn_version(t, &app).await?.unwrap_or(0);
                         return Ok(report);
                     }
                 }
@@ -313,7 +344,14 @@ impl Refiner<'_> {
                     )?
             }
         };
+        let mut table = table;
+        crate::optimize::compact_refined(&mut table, &url, self.storage, self.compact_small_files)
+            .await?;
+        self.tables.remember(&url, &table);
         report.version = table.version().map(|v| v as i64);
+        if let Some(p) = proof {
+            self.tables.settle(&settle_key, p, report.version);
+        }
         if !counted && report.rows_out == 0 {
             let count = lake::session();
             lake::register(&count, "g", &table).await?;

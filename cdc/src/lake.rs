@@ -110,6 +110,151 @@ pub(crate) fn handle(url: &Url, storage: &HashMap<String, String>) -> Result<Del
         .map_err(Error::delta(format!("table at {url}")))
 }
 
+/// Delta tables kept open between refinement cycles.
+///
+/// The first [`open`](TableCache::open) of a table loads it (checkpoint and
+/// log); later ones bring the kept state to the log's tip with an
+/// incremental update — one listing of the log plus the commits that are
+/// new — so a cycle in which a table did not change does not re-read its
+/// checkpoint. Tables this process has just written are handed back with
+/// [`remember`](TableCache::remember). The cache never serves an old
+/// version when asked to open: every `open` looks at the log.
+///
+/// It also keeps the `txn` versions read from each table version: reading
+/// one replays the table's log, and a version's `txn` actions never change.
+///
+/// And it keeps what earlier cycles proved up to date (see
+/// [`settled`](TableCache::settled)), so an idle cycle touches no log.
+#[derive(Default)]
+pub struct TableCache {
+    tables: std::sync::Mutex<HashMap<Url, DeltaTable>>,
+    txns: std::sync::Mutex<HashMap<TxnKey, TxnAt>>,
+    /// `layer.name` → when it was last proved up to date.
+    settled: std::sync::Mutex<HashMap<String, Settled>>,
+}
+
+/// A table and an application id.
+type TxnKey = (Url, String);
+
+/// The `txn` version of an application id in one table version.
+#[derive(Clone, Copy)]
+struct TxnAt {
+    table_version: u64,
+    txn: Option<i64>,
+}
+
+/// A table proved up to date: what its result depended on then (bronze
+/// commits and the definition, or the inputs' versions and the query) and
+/// its version.
+struct Settled {
+    proof: Vec<i64>,
+    version: Option<i64>,
+}
+
+impl TableCache {
+    /// The version `key` (`silver.<n>`, `gold.<n>`) had when it was last
+    /// proved up to date under exactly `proof` (what the result depends on:
+    /// bronze commits and the definition, or the inputs' versions and the
+    /// query), if it was.
+    pub(crate) fn settled(&self, key: &str, proof: &[i64]) -> Option<Option<i64>> {
+        let m = self.settled.lock().ok()?;
+        let s = m.get(key)?;
+        (s.proof.as_slice() == proof).then_some(s.version)
+    }
+
+    /// Record that `key` is up to date at `version` under `proof`.
+    pub(crate) fn settle(&self, key: &str, proof: Vec<i64>, version: Option<i64>) {
+        if let Ok(mut m) = self.settled.lock() {
+            m.insert(key.to_string(), Settled { proof, version });
+        }
+    }
+
+    /// [`txn_version`] of the table's current version, read once per version.
+    pub(crate) async fn txn_version(
+        &self,
+        table: &DeltaTable,
+        app_id: &str,
+    ) -> Result<Option<i64>> {
+        let Some(version) = table.version() else {
+            return txn_version(table, app_id).await;
+        };
+        let key = (table.table_url().clone(), app_id.to_string());
+        if let Some(at) = self
+            .txns
+            .lock()
+            .ok()
+            .as_ref()
+            .and_then(|m| m.get(&key).copied())
+            && at.table_version == version
+        {
+            return Ok(at.txn);
+        }
+        let txn = txn_version(table, app_id).await?;
+        if let Ok(mut m) = self.txns.lock() {
+            m.insert(
+                key,
+                TxnAt {
+                    table_version: version,
+                    txn,
+                },
+            );
+        }
+        Ok(txn)
+    }
+
+    fn get(&self, url: &Url) -> Option<DeltaTable> {
+        self.tables.lock().ok()?.get(url).cloned()
+    }
+
+    /// Keep `table` as the state of `url`.
+    pub(crate) fn remember(&self, url: &Url, table: &DeltaTable) {
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.insert(url.clone(), table.clone());
+        }
+    }
+
+    /// Open the table at `url` at the log's tip; `None` when nothing was
+    /// ever committed there.
+    pub(crate) async fn open(
+        &self,
+        url: &Url,
+        storage: &HashMap<String, String>,
+    ) -> Result<Option<DeltaTable>> {
+        if let Some(mut table) = self.get(url) {
+            match table.update_incremental(None).await {
+                Ok(()) => {
+                    self.remember(url, &table);
+                    return Ok(Some(table));
+                }
+                // The log moved in a way an update cannot follow (older
+                // entries cleaned up): load it afresh.
+                Err(e) => {
+                    tracing::debug!(table = %url, error = %e, "reloading a kept table");
+                }
+            }
+        }
+        let table = open(url, storage).await?;
+        if let Some(t) = &table {
+            self.remember(url, t);
+        }
+        Ok(table)
+    }
+
+    /// The kept state of `url` as this process last opened or wrote it,
+    /// without looking at the log (else [`open`](TableCache::open)): for a
+    /// table the caller opened or wrote moments ago.
+    pub(crate) async fn current(
+        &self,
+        url: &Url,
+        storage: &HashMap<String, String>,
+    ) -> Result<Option<DeltaTable>> {
+        match self.get(url) {
+            Some(t) => Ok(Some(t)),
+            None => self.open(url, storage).await,
+        }
+    }
+}
+
 /// The version recorded for `app_id` in the table's `txn` actions.
 pub(crate) async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
     let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;

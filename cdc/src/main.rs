@@ -63,7 +63,7 @@ enum Command {
     /// Print the status Postgres holds for this sidecar's slot, then a
     /// summary; exits 1 when degraded (an object failed, the slot is missing or lost).
     Status,
-    /// Compact small bronze files and vacuum unreferenced ones (safe while `run` runs).
+    /// Compact small bronze files and vacuum unreferenced files of every layer (safe while `run` runs).
     Optimize {
         /// Target file size in MiB.
         #[arg(long, default_value_t = 128)]
@@ -365,13 +365,18 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "{:<48} {:>8} {:>10} {:>8} {:>9}",
-                "table", "files", "compacted", "written", "vacuumed"
+                "{:<10} {:<48} {:>8} {:>10} {:>8} {:>9}",
+                "layer", "table", "files", "compacted", "written", "vacuumed"
             );
             for r in reports {
                 println!(
-                    "{:<48} {:>8} {:>10} {:>8} {:>9}",
-                    r.table, r.files_before, r.files_compacted, r.files_written, r.files_vacuumed
+                    "{:<10} {:<48} {:>8} {:>10} {:>8} {:>9}",
+                    r.layer,
+                    r.table,
+                    r.files_before,
+                    r.files_compacted,
+                    r.files_written,
+                    r.files_vacuumed
                 );
             }
         }

@@ -1,12 +1,23 @@
-//! `medallion optimize`: compact small bronze files and vacuum — safe while
-//! the sidecar runs.
+//! Small-file compaction and vacuum.
+//!
+//! ```text
+//!  medallion optimize ── bronze/<schema>/<table>   compact, vacuum
+//!                     └─ silver/ gold/ quarantine/  vacuum only
+//!  refiner (each cycle) ─ silver/<name>, gold/<name> it just wrote:
+//!                         compact once `compact_small_files` files are small
+//! ```
 //!
 //! Compaction rewrites groups of small files into files of about the target
 //! size and commits the new files and the removal of the old ones with
 //! `dataChange = false` (an `OPTIMIZE` commit): readers see the same rows,
 //! and a concurrent sidecar append does not conflict (it only adds files).
-//! Vacuum then deletes files that no version within the retention period
-//! references, including files a crashed sidecar staged but never committed.
+//! Silver and gold are written by MERGEs, which remove files and would
+//! conflict with a concurrent compaction, so the refiner compacts them
+//! itself between its own commits ([`compact_refined`]); `optimize` only
+//! vacuums them. A compaction carries no `txn` action, so the positions the
+//! tables record do not move. Vacuum deletes files that no version within
+//! the retention period references, including files a crashed writer staged
+//! but never committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +42,9 @@ use crate::error::{Error, Result};
 /// files before it commits them.
 pub const MIN_RETAIN_HOURS: u64 = 1;
 
+/// Target size of the files the refiner's compaction writes.
+const REFINED_TARGET_BYTES: u64 = 128 << 20;
+
 /// What `optimize` does.
 #[derive(Debug, Clone, Copy)]
 pub struct OptimizeOptions {
@@ -44,6 +58,9 @@ pub struct OptimizeOptions {
 /// What happened to one table.
 #[derive(Debug, Clone)]
 pub struct TableReport {
+    /// `bronze`, `silver`, `gold` or `quarantine`.
+    pub layer: &'static str,
+    /// `schema.table` in bronze, the table's name in the other layers.
     pub table: String,
     pub files_before: usize,
     pub files_compacted: usize,
@@ -63,12 +80,23 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("conform batch"))
 }
 
+/// What one compaction did: files before, files compacted, files written.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Compaction {
+    pub before: usize,
+    pub compacted: usize,
+    pub written: usize,
+}
+
+/// Rewrite `table`'s files smaller than half of `target_bytes` into files of
+/// about `target_bytes`, when at least `min_small` of them are small.
 async fn compact(
     table: &mut DeltaTable,
     url: &Url,
     storage: &HashMap<String, String>,
-    opts: &OptimizeOptions,
-) -> Result<(usize, usize, usize)> {
+    target_bytes: u64,
+    min_small: usize,
+) -> Result<Compaction> {
     let files: Vec<_> = table
         .get_active_add_actions_by_partitions(&[])
         .try_collect()
@@ -77,14 +105,20 @@ async fn compact(
     let before = files.len();
     let mut small: Vec<_> = files
         .into_iter()
-        .filter(|f| (f.size() as u64) < opts.target_bytes / 2)
+        .filter(|f| (f.size() as u64) < target_bytes / 2)
         .collect();
+    if small.len() < min_small.max(2) {
+        return Ok(Compaction {
+            before,
+            ..Compaction::default()
+        });
+    }
     small.sort_by_key(|f| f.path().to_string());
     // Bins of small files up to the target size.
     let mut bins: Vec<Vec<_>> = Vec::new();
     let mut size = 0u64;
     for f in small {
-        if bins.is_empty() || size + f.size() as u64 > opts.target_bytes {
+        if bins.is_empty() || size + f.size() as u64 > target_bytes {
             bins.push(Vec::new());
             size = 0;
         }
@@ -142,6 +176,7 @@ async fn compact(
             })
             .collect();
         actions.extend(bin.iter().map(|f| Action::Remove(f.remove_action(false))));
+        crate::fault::hit(crate::fault::MID_COMPACTION);
         let finalized = CommitBuilder::from(CommitProperties::default())
             .with_actions(actions)
             .build(
@@ -149,7 +184,7 @@ async fn compact(
                 table.log_store(),
                 DeltaOperation::Optimize {
                     predicate: None,
-                    target_size: opts.target_bytes as i64,
+                    target_size: target_bytes as i64,
                 },
             )
             .await
@@ -159,48 +194,107 @@ async fn compact(
             })?;
         table.state = Some(finalized.snapshot());
     }
-    Ok((before, compacted, written))
+    Ok(Compaction {
+        before,
+        compacted,
+        written,
+    })
 }
 
-/// `(schema, table)` of every directory under `<lake>/bronze/` that holds a
-/// Delta log, on any object store.
-async fn bronze_tables(
+/// Compact a silver or gold table the refiner has just written, once at
+/// least `min_small` of its files are small (0: never). The refiner calls
+/// this between its own commits, so no MERGE of its own can conflict; the
+/// commit carries `dataChange = false` and no `txn`, so readers and the
+/// positions the table records see no change.
+pub(crate) async fn compact_refined(
+    table: &mut DeltaTable,
+    url: &Url,
+    storage: &HashMap<String, String>,
+    min_small: usize,
+) -> Result<Compaction> {
+    if min_small == 0 {
+        return Ok(Compaction::default());
+    }
+    if table
+        .snapshot()
+        .map_err(Error::delta("snapshot"))?
+        .log_data()
+        .num_files()
+        < min_small
+    {
+        return Ok(Compaction::default());
+    }
+    let done = compact(table, url, storage, REFINED_TARGET_BYTES, min_small).await?;
+    if done.compacted > 0 {
+        tracing::info!(
+            table = %url,
+            before = done.before,
+            compacted = done.compacted,
+            written = done.written,
+            "compacted"
+        );
+    }
+    Ok(done)
+}
+
+/// The names of the directories right under `prefix`.
+async fn children(
+    store: &deltalake::logstore::ObjectStoreRef,
+    prefix: &deltalake::Path,
+) -> Result<Vec<deltalake::Path>> {
+    Ok(store
+        .list_with_delimiter(Some(prefix))
+        .await
+        .map_err(|e| Error::Delta {
+            context: format!("list {prefix}"),
+            source: e.into(),
+        })?
+        .common_prefixes)
+}
+
+/// Whether the directory holds a Delta log.
+async fn has_log(
+    store: &deltalake::logstore::ObjectStoreRef,
+    dir: &deltalake::Path,
+) -> Result<bool> {
+    Ok(children(store, dir)
+        .await?
+        .iter()
+        .any(|p| p.filename() == Some("_delta_log")))
+}
+
+/// The Delta tables of the lake: `(layer, name, location relative to the
+/// root)`, bronze first, on any object store.
+async fn lake_tables(
     root: &Url,
     storage: &HashMap<String, String>,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<(&'static str, String, String)>> {
     let store = crate::lake::store(root, storage)?;
-    let listing = |prefix: deltalake::Path| {
-        let store = store.clone();
-        async move {
-            store
-                .list_with_delimiter(Some(&prefix))
-                .await
-                .map_err(|e| Error::Delta {
-                    context: format!("list {prefix}"),
-                    source: e.into(),
-                })
-        }
-    };
     let mut out = Vec::new();
-    for schema in listing(deltalake::Path::from("bronze"))
-        .await?
-        .common_prefixes
-    {
-        for table in listing(schema.clone()).await?.common_prefixes {
-            let has_log = listing(table.clone())
-                .await?
-                .common_prefixes
-                .iter()
-                .any(|p| p.filename() == Some("_delta_log"));
-            if let (true, Some(s), Some(t)) = (has_log, schema.filename(), table.filename()) {
-                out.push((s.to_string(), t.to_string()));
+    for schema in children(&store, &deltalake::Path::from("bronze")).await? {
+        for table in children(&store, &schema).await? {
+            if let (true, Some(s), Some(t)) = (
+                has_log(&store, &table).await?,
+                schema.filename(),
+                table.filename(),
+            ) {
+                out.push(("bronze", format!("{s}.{t}"), format!("bronze/{s}/{t}/")));
+            }
+        }
+    }
+    for layer in ["silver", "gold", "quarantine"] {
+        for table in children(&store, &deltalake::Path::from(layer)).await? {
+            if let (true, Some(t)) = (has_log(&store, &table).await?, table.filename()) {
+                out.push((layer, t.to_string(), format!("{layer}/{t}/")));
             }
         }
     }
     Ok(out)
 }
 
-/// Compact and vacuum every bronze table of the lake.
+/// Compact and vacuum every bronze table of the lake; vacuum its silver,
+/// gold and quarantine tables (the refiner compacts those, see
+/// [`compact_refined`]).
 pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableReport>> {
     if opts.vacuum && opts.retain_hours < MIN_RETAIN_HOURS {
         return Err(Error::Config(format!(
@@ -210,17 +304,26 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
     }
     let root = cfg.lake_root()?;
     let storage = cfg.storage.to_map();
-    let mut tables = bronze_tables(&root, &storage).await?;
-    tables.sort();
     let mut out = Vec::new();
-    for (schema, name) in tables {
+    for (layer, name, location) in lake_tables(&root, &storage).await? {
         let url = root
-            .join(&format!("bronze/{schema}/{name}/"))
-            .map_err(|e| Error::Config(format!("bronze table {schema}.{name}: {e}")))?;
+            .join(&location)
+            .map_err(|e| Error::Config(format!("{layer} table {name}: {e}")))?;
         let Some(mut table) = crate::lake::open(&url, &storage).await? else {
             continue;
         };
-        let (before, compacted, written) = compact(&mut table, &url, &storage, &opts).await?;
+        let done = if layer == "bronze" {
+            compact(&mut table, &url, &storage, opts.target_bytes, 2).await?
+        } else {
+            Compaction {
+                before: table
+                    .snapshot()
+                    .map_err(Error::delta("snapshot"))?
+                    .log_data()
+                    .num_files(),
+                ..Compaction::default()
+            }
+        };
         let mut vacuumed = 0;
         if opts.vacuum {
             let (_, metrics) = table
@@ -232,13 +335,21 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
                 .map_err(Error::delta(format!("vacuum {url}")))?;
             vacuumed = metrics.files_deleted.len();
         }
-        let name = format!("{schema}.{name}");
-        tracing::info!(table = %name, before, compacted, written, vacuumed, "optimized");
+        tracing::info!(
+            layer,
+            table = %name,
+            before = done.before,
+            compacted = done.compacted,
+            written = done.written,
+            vacuumed,
+            "optimized"
+        );
         out.push(TableReport {
+            layer,
             table: name,
-            files_before: before,
-            files_compacted: compacted,
-            files_written: written,
+            files_before: done.before,
+            files_compacted: done.compacted,
+            files_written: done.written,
             files_vacuumed: vacuumed,
         });
     }

@@ -129,7 +129,8 @@ pub async fn refined_floor(
 ) -> Result<Option<i64>> {
     let lake_url = cfg.lake_root()?;
     let storage = cfg.storage.to_map();
-    let refiner = Refiner::new(cfg, &lake_url, &storage);
+    let tables = lake::TableCache::default();
+    let refiner = Refiner::new(cfg, &lake_url, &storage, &tables);
     let mut floor = None;
     for def in silver {
         match refiner.reflected(&def.name).await {
@@ -211,6 +212,43 @@ async fn record(
     Ok(())
 }
 
+/// The status of tables and models a cycle did not run (nothing new,
+/// waiting, blocked), in one statement: their position and state move, their
+/// row counts stay.
+async fn record_quiet(client: &Client, slot: &str, outcomes: &[TableOutcome]) -> Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&TableOutcome) -> Option<String>| -> Vec<Option<String>> {
+        outcomes.iter().map(f).collect()
+    };
+    let layers = column(|o| Some(o.layer.to_string()));
+    let names = column(|o| Some(o.name.clone()));
+    let states = column(|o| Some(o.state.clone()));
+    let lsns = column(|o| o.watermark.map(|w| pg_walstream::format_lsn(w as u64)));
+    let errors = column(|o| o.error.clone());
+    let versions: Vec<Option<i64>> = outcomes.iter().map(|o| o.version).collect();
+    client
+        .execute(
+            "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
+                rows_total, last_error, last_commit_at, updated_at) \
+             SELECT $1, u.layer, u.name, u.state, u.lsn::pg_lsn, u.version, 0, u.error, \
+                CASE WHEN u.state = 'ok' THEN clock_timestamp() END, clock_timestamp() \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[]) \
+                AS u(layer, name, state, lsn, version, error) \
+             ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
+                last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
+                delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
+                last_error = EXCLUDED.last_error, \
+                last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
+                updated_at = EXCLUDED.updated_at",
+            &[&slot, &layers, &names, &states, &lsns, &versions, &errors],
+        )
+        .await
+        .map_err(Error::pg("write medallion.table_status"))?;
+    Ok(())
+}
+
 /// Errors that stop one table, not the cycle: everything but transient ones.
 fn table_error(e: Error) -> Result<String> {
     match e.retry_policy() {
@@ -240,15 +278,29 @@ pub async fn cycle(
     w: i64,
     forced: &HashSet<String>,
 ) -> Result<CycleReport> {
+    cycle_with(cfg, client, w, forced, &lake::TableCache::default()).await
+}
+
+/// [`cycle`] with Delta tables kept open from earlier cycles.
+pub async fn cycle_with(
+    cfg: &Config,
+    client: &mut Client,
+    w: i64,
+    forced: &HashSet<String>,
+    tables: &lake::TableCache,
+) -> Result<CycleReport> {
     let lake_url = cfg.lake_root()?;
     let storage = cfg.storage.to_map();
-    let refiner = Refiner::new(cfg, &lake_url, &storage);
+    let refiner = Refiner::new(cfg, &lake_url, &storage, tables);
     let (silver, gold) = catalog::refined_definitions(client).await?;
     let mut report = CycleReport {
         watermark: w,
         tables: Vec::new(),
     };
     let mut inputs: HashMap<String, Input> = HashMap::new();
+    // Outcomes without a run (nothing new, waiting, blocked): one status
+    // write for all of them at the end of the cycle.
+    let mut quiet: Vec<TableOutcome> = Vec::new();
     for def in &silver {
         let started = chrono::Utc::now();
         let clock = Instant::now();
@@ -300,11 +352,12 @@ pub async fn cycle(
             }
         };
         if out.state == "ok"
-            && let Some(t) = lake::open(
-                &lake::refined_url(&lake_url, "silver", &def.name)?,
-                &storage,
-            )
-            .await?
+            && let Some(t) = tables
+                .current(
+                    &lake::refined_url(&lake_url, "silver", &def.name)?,
+                    &storage,
+                )
+                .await?
         {
             inputs.insert(
                 format!("silver.{}", def.name),
@@ -327,7 +380,11 @@ pub async fn cycle(
                 out = publish_failed(out, e)?;
             }
         }
-        record(client, &cfg.slot, &out, started, &expectations, run).await?;
+        if run {
+            record(client, &cfg.slot, &out, started, &expectations, run).await?;
+        } else {
+            quiet.push(out.clone());
+        }
         report.tables.push(out);
     }
     for def in &gold {
@@ -359,7 +416,7 @@ pub async fn cycle(
                 version: None,
                 error: Some(reason),
             };
-            record(client, &cfg.slot, &out, started, &Default::default(), false).await?;
+            quiet.push(out.clone());
             report.tables.push(out);
             continue;
         } else {
@@ -397,8 +454,9 @@ pub async fn cycle(
             }
         };
         if out.state != "failed"
-            && let Some(t) =
-                lake::open(&lake::refined_url(&lake_url, "gold", &def.name)?, &storage).await?
+            && let Some(t) = tables
+                .current(&lake::refined_url(&lake_url, "gold", &def.name)?, &storage)
+                .await?
         {
             let wm = out.watermark.unwrap_or(w);
             if let Some(p) = &def.publish
@@ -418,9 +476,14 @@ pub async fn cycle(
         if out.state == "up to date" {
             out.state = "ok".into();
         }
-        record(client, &cfg.slot, &out, started, &expectations, run).await?;
+        if run {
+            record(client, &cfg.slot, &out, started, &expectations, run).await?;
+        } else {
+            quiet.push(out.clone());
+        }
         report.tables.push(out);
     }
+    record_quiet(client, &cfg.slot, &quiet).await?;
     Ok(report)
 }
 
@@ -587,6 +650,7 @@ async fn loop_once(
     let mut forced = HashSet::new();
     let mut config_changed = true;
     let mut last_cycle = Instant::now() - interval;
+    let tables = lake::TableCache::default();
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -625,7 +689,7 @@ async fn loop_once(
             continue;
         }
         last_cycle = Instant::now();
-        match cycle(cfg, &mut client, w, &forced).await {
+        match cycle_with(cfg, &mut client, w, &forced, &tables).await {
             Ok(r) => {
                 tracing::debug!(watermark = %pg_walstream::format_lsn(w as u64), tables = r.tables.len(), "refinement cycle");
                 let failed = |layer: &str| {

@@ -172,6 +172,8 @@ async fn run_once(
     let lake = cfg.lake_root()?;
     // One writer per slot: wait here while another sidecar still writes.
     let lease = Lease::acquire(cfg, LeaseKind::Bronze, &shutdown).await?;
+    // While this lives, this process is the only bronze writer of the slot.
+    let _tenure = bronze::Tenure::begin();
     let (client, mut conn) = catalog::connect(&cfg.database_url).await?;
     let (notify_tx, mut notify_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let conn_task = tokio::spawn(async move {

@@ -69,6 +69,11 @@ pub struct Refiner<'a> {
     /// Scale of unconstrained `numeric` (`MEDALLION_NUMERIC_SCALE`): gold
     /// reads a bare `::numeric` with it, as silver stores such columns.
     pub numeric_scale: i8,
+    /// Compact a table this refiner wrote once this many of its files are
+    /// small (`MEDALLION_COMPACT_SMALL_FILES`; 0 never).
+    pub compact_small_files: usize,
+    /// Delta tables kept open between cycles.
+    pub tables: &'a lake::TableCache,
 }
 
 /// Violations of one expectation in one run.
@@ -121,6 +126,7 @@ impl<'a> Refiner<'a> {
         cfg: &'a crate::Config,
         lake: &'a Url,
         storage: &'a HashMap<String, String>,
+        tables: &'a lake::TableCache,
     ) -> Self {
         Refiner {
             lake,
@@ -128,6 +134,8 @@ impl<'a> Refiner<'a> {
             slot: &cfg.slot,
             batch_rows: cfg.silver_batch_rows.max(1),
             numeric_scale: cfg.numeric_scale,
+            compact_small_files: cfg.compact_small_files,
+            tables,
         }
     }
 
@@ -135,8 +143,8 @@ impl<'a> Refiner<'a> {
     /// source transaction below it applied), if it was written.
     pub async fn reflected(&self, name: &str) -> Result<Option<i64>> {
         let url = lake::refined_url(self.lake, "silver", name)?;
-        match lake::open(&url, self.storage).await? {
-            Some(t) => lake::txn_version(&t, &app_id(name)).await,
+        match self.tables.open(&url, self.storage).await? {
+            Some(t) => self.tables.txn_version(&t, &app_id(name)).await,
             None => Ok(None),
         }
     }
@@ -146,12 +154,28 @@ impl<'a> Refiner<'a> {
     pub async fn refresh(&self, def: &SilverDef, w: i64) -> Result<SilverReport> {
         let mut report = SilverReport::default();
         let bronze_url = bronze::table_url(self.lake, &def.source)?;
-        let Some(bronze) = lake::open(&bronze_url, self.storage).await? else {
+        let fingerprint = definition_hash(def);
+        // When this process is the bronze writer: what proves bronze did not
+        // move, read before the log, so a commit racing this run is never
+        // taken for seen.
+        let settle_key = format!("silver.{}", def.name);
+        let proof = bronze::unmoved_proof(&bronze_url)
+            .map(|[tenure, commits]| vec![tenure, commits, fingerprint]);
+        if let Some(p) = &proof
+            && let Some(version) = self.tables.settled(&settle_key, p)
+        {
+            tracing::debug!(silver = %def.name, "up to date: its bronze table has not moved since");
+            report.version = version;
+            return Ok(report);
+        }
+        let Some(bronze) = self.tables.open(&bronze_url, self.storage).await? else {
             report.waiting = Some(format!("bronze {} not written yet", def.source));
             return Ok(report);
         };
-        let Some(generation) =
-            lake::txn_version(&bronze, &bronze::snapshot_app_id(self.slot, &def.source)).await?
+        let Some(generation) = self
+            .tables
+            .txn_version(&bronze, &bronze::snapshot_app_id(self.slot, &def.source))
+            .await?
         else {
             report.waiting = Some(format!("initial copy of {} not committed yet", def.source));
             return Ok(report);
@@ -166,24 +190,37 @@ impl<'a> Refiner<'a> {
         }
         let url = lake::refined_url(self.lake, "silver", &def.name)?;
         let app = app_id(&def.name);
-        let fingerprint = definition_hash(def);
-        let mut silver = lake::open(&url, self.storage).await?;
+        let mut silver = self.tables.open(&url, self.storage).await?;
         let mut from = None;
         if let Some(t) = &silver {
-            let same_generation =
-                lake::txn_version(t, &format!("{app}:generation")).await? == Some(generation);
-            let same_definition =
-                lake::txn_version(t, &format!("{app}:definition")).await? == Some(fingerprint);
+            let same_generation = self
+                .tables
+                .txn_version(t, &format!("{app}:generation"))
+                .await?
+                == Some(generation);
+            let same_definition = self
+                .tables
+                .txn_version(t, &format!("{app}:definition"))
+                .await?
+                == Some(fingerprint);
             if same_generation && same_definition {
-                from = lake::txn_version(t, &app).await?;
+                from = self.tables.txn_version(t, &app).await?;
             }
         }
         // Nothing new in bronze since the silver version: done, cheaply.
         if let (Some(v), Some(t)) = (from, &silver) {
-            let bronze_hi =
-                lake::txn_version(&bronze, &bronze::stream_app_id(self.slot, &def.source)).await?;
+            let bronze_hi = self
+                .tables
+                .txn_version(&bronze, &bronze::stream_app_id(self.slot, &def.source))
+                .await?;
             if bronze_hi.is_none_or(|hi| hi < v) {
                 report.version = t.version().map(|v| v as i64);
+                // Everything bronze holds is applied: until the writer
+                // commits to bronze again, so is everything below any
+                // later watermark.
+                if let Some(p) = proof {
+                    self.tables.settle(&settle_key, p, report.version);
+                }
                 return Ok(report);
             }
         }
@@ -234,7 +271,16 @@ impl<'a> Refiner<'a> {
                     .await?;
                 crate::fault::hit(crate::fault::MID_SILVER);
             }
+            // Every MERGE adds files; compact between our own commits.
+            crate::optimize::compact_refined(
+                &mut silver,
+                &url,
+                self.storage,
+                self.compact_small_files,
+            )
+            .await?;
         }
+        self.tables.remember(&url, &silver);
         report.version = silver.version().map(|v| v as i64);
         Ok(report)
     }
@@ -437,7 +483,11 @@ impl<'a> Refiner<'a> {
         let app = format!("medallion:quarantine:{name}:{rule}");
         let existing = lake::open(&url, self.storage).await?;
         if let Some(t) = &existing
-            && lake::txn_version(t, &app).await?.is_some_and(|v| v >= at)
+            && self
+                .tables
+                .txn_version(t, &app)
+                .await?
+                .is_some_and(|v| v >= at)
         {
             return Ok(());
         }

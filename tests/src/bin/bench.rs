@@ -18,6 +18,9 @@
 //! 5. api: HTTP API latency p50/p99 under 50 clients vs the same queries
 //!    run in process.
 //!
+//! 6. refine-scale: one refinement cycle's wall and CPU time over 10 … 1,000
+//!    silver tables, idle and with k changed tables (growth per 100 tables).
+//!
 //! `chaos` and `soak` are not speed figures but robustness runs that print
 //! counts and samples (see their module docs).
 
@@ -33,6 +36,8 @@ use medallion_tests::cluster::{ClusterOptions, PgCluster};
 mod api;
 #[path = "bench/chaos.rs"]
 mod chaos;
+#[path = "bench/refine_scale.rs"]
+mod refine_scale;
 #[path = "bench/soak.rs"]
 mod soak;
 
@@ -47,7 +52,7 @@ struct Cli {
     what: What,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum What {
     Streaming {
         #[arg(long, default_value_t = 1_000_000)]
@@ -134,6 +139,17 @@ enum What {
         tps: u64,
         #[arg(long, default_value_t = 120)]
         optimize_every_s: u64,
+    },
+    /// One refinement cycle's wall and CPU time as silver tables grow,
+    /// idle and with `changed` tables changed.
+    RefineScale {
+        /// Table counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,400")]
+        tables: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        changed: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     All {
         #[arg(long, default_value_t = 1_000_000)]
@@ -1007,6 +1023,11 @@ fn main() -> anyhow::Result<()> {
             tps,
             optimize_every_s,
         } => soak::soak(minutes, tps, optimize_every_s)?,
+        What::RefineScale {
+            tables,
+            changed,
+            rounds,
+        } => refine_scale::refine_scale(&tables, changed, rounds)?,
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;

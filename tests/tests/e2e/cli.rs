@@ -136,11 +136,11 @@ async fn the_cli_refines_queries_checks_gold_expectations_and_optimizes() {
     assert!(st.success(), "optimize: {err}");
     let line = out
         .lines()
-        .find(|l| l.starts_with("public.t "))
-        .unwrap_or_else(|| panic!("optimize reports public.t:\n{out}"));
+        .find(|l| l.split_whitespace().take(2).eq(["bronze", "public.t"]))
+        .unwrap_or_else(|| panic!("optimize reports bronze public.t:\n{out}"));
     let f: Vec<u64> = line
         .split_whitespace()
-        .skip(1)
+        .skip(2)
         .map(|x| x.parse().unwrap())
         .collect();
     assert!(

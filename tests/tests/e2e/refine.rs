@@ -818,7 +818,7 @@ async fn scd2_history_soft_delete_truncate_and_expectations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_silver_merge_gold_and_publish_then_rerun_gives_the_same_tables() {
+async fn kill_9_during_silver_merge_compaction_gold_and_publish_then_rerun_gives_the_same_tables() {
     let env = Env::new();
     load_odoo(&env, 0.3, 21);
     env.sql("SELECT medallion.add_sources('public')");
@@ -827,6 +827,8 @@ async fn kill_9_during_silver_merge_gold_and_publish_then_rerun_gives_the_same_t
     let refine = |fault: Option<&str>| {
         let mut c = env.sidecar(&["refine"], &[]);
         c.env("MEDALLION_SILVER_BATCH_ROWS", "200");
+        // Compact after nearly every MERGE, so crashes hit compactions too.
+        c.env("MEDALLION_COMPACT_SMALL_FILES", "2");
         if let Some(f) = fault {
             c.env("MEDALLION_FAULT", f);
         }
@@ -843,6 +845,8 @@ async fn kill_9_during_silver_merge_gold_and_publish_then_rerun_gives_the_same_t
         "before_gold_commit:1",
         "before_gold_commit:3",
         "before_publish_commit:1",
+        "mid_compaction:1",
+        "mid_compaction:2",
     ]) {
         odoo_workload(&env, 0.3, seed, 120);
         env.catch_up().await;
@@ -1181,5 +1185,188 @@ async fn one_failing_model_fails_alone_and_medallion_status_says_degraded() {
         text.lines()
             .any(|l| l.starts_with("gold") && l.contains("bad") && l.contains("failed")),
         "the table names the failed model: {text}"
+    );
+}
+
+/// Files of a refined table's current version and the operations of its
+/// Delta history, newest first.
+async fn files_and_operations(env: &Env, layer: &str, name: &str) -> (usize, Vec<String>) {
+    let url = env
+        .lake_root()
+        .join(&format!("{layer}/{name}/"))
+        .expect("refined table URL");
+    let table = deltalake::open_table_with_storage_options(url, env.storage())
+        .await
+        .unwrap_or_else(|e| panic!("open {layer}.{name}: {e}"));
+    let files = table.get_file_uris().expect("file list").count();
+    let ops = futures::TryStreamExt::try_collect::<Vec<_>>(table.history(None))
+        .await
+        .expect("commit infos")
+        .into_iter()
+        .filter_map(|c| c.operation)
+        .collect();
+    (files, ops)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refiner_compacts_silver_and_keyed_gold_and_optimize_vacuums_every_layer() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v numeric(12,2) NOT NULL); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 10) g; \
+         SELECT medallion.add_source('t'); \
+         SELECT medallion.define_gold('t_rows', 'SELECT id, v FROM silver.t', keys => ARRAY['id']); \
+         SELECT medallion.define_gold('t_sum', 'SELECT count(*) AS n, sum(v) AS s FROM silver.t');",
+    );
+    let mut cfg = env.cfg();
+    cfg.compact_small_files = 4;
+    let mut most = (0, 0);
+    for round in 1..=8 {
+        // Inserts only: every MERGE adds a file and rewrites none.
+        env.sql(&format!(
+            "INSERT INTO t SELECT g, g FROM generate_series({lo}, {hi}) g",
+            lo = round * 10 + 1,
+            hi = round * 10 + 10
+        ));
+        let s = env.catch_up_with(&cfg).await;
+        assert_all_ok(&env.refine_cycle(&cfg, s.acked_lsn).await);
+        let (silver, _) = files_and_operations(&env, "silver", "t").await;
+        let (gold, _) = files_and_operations(&env, "gold", "t_rows").await;
+        most = (most.0.max(silver), most.1.max(gold));
+    }
+    let (_, silver_ops) = files_and_operations(&env, "silver", "t").await;
+    let (_, gold_ops) = files_and_operations(&env, "gold", "t_rows").await;
+    for (what, ops, most) in [
+        ("silver.t", &silver_ops, most.0),
+        ("gold.t_rows", &gold_ops, most.1),
+    ] {
+        let compactions = ops.iter().filter(|o| o.as_str() == "OPTIMIZE").count();
+        assert!(
+            compactions >= 2 && most < 4,
+            "{what}: at most {most} files, {compactions} compactions in {ops:?}"
+        );
+        assert!(ops.iter().any(|o| o.as_str() == "MERGE"), "{what}: {ops:?}");
+    }
+    env.assert_silver_matches("public", "t", "t").await;
+    for m in ["t_rows", "t_sum"] {
+        env.assert_gold_matches(m).await;
+    }
+
+    // `optimize` compacts bronze and vacuums every layer it finds.
+    let reports = medallion::optimize::optimize(
+        &cfg,
+        medallion::optimize::OptimizeOptions {
+            target_bytes: 64 << 20,
+            retain_hours: 1,
+            vacuum: true,
+        },
+    )
+    .await
+    .expect("optimize");
+    let listed: HashSet<(&str, &str)> = reports
+        .iter()
+        .map(|r| (r.layer, r.table.as_str()))
+        .collect();
+    for want in [
+        ("bronze", "public.t"),
+        ("silver", "t"),
+        ("gold", "t_rows"),
+        ("gold", "t_sum"),
+    ] {
+        assert!(listed.contains(&want), "{want:?} in {reports:#?}");
+    }
+    env.assert_silver_matches("public", "t", "t").await;
+    env.assert_gold_matches("t_rows").await;
+}
+
+/// Rows of `source` that its published copy `published` lacks, and the
+/// other way round.
+fn published_differs(env: &Env, source: &str, published: &str) -> bool {
+    let exists = env.sql(&format!("SELECT to_regclass('{published}') IS NOT NULL"));
+    exists.trim() != "t"
+        || env
+            .sql(&format!(
+                "SELECT count(*) FROM ((SELECT id, v FROM {source} EXCEPT SELECT id, v FROM {published}) \
+                 UNION ALL (SELECT id, v FROM {published} EXCEPT SELECT id, v FROM {source})) d"
+            ))
+            .trim()
+            != "0"
+}
+
+fn converge(env: &Env, source: &str, published: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while published_differs(env, source, published) {
+        assert!(
+            Instant::now() < deadline,
+            "{published} did not converge to {source}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_refiner_skips_tables_whose_bronze_did_not_move_and_misses_no_change() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL); \
+         CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO a SELECT g, g FROM generate_series(1, 50) g; \
+         INSERT INTO b SELECT g, g FROM generate_series(1, 50) g; \
+         SELECT medallion.add_source('a'); SELECT medallion.add_source('b'); \
+         SELECT medallion.define_gold('ga', 'SELECT id, v FROM silver.a'); \
+         SELECT medallion.define_gold('gb', 'SELECT id, v FROM silver.b', keys => ARRAY['id']); \
+         SELECT medallion.publish('ga'); SELECT medallion.publish('gb');",
+    );
+    let log = tempfile::NamedTempFile::new().expect("stderr file");
+    let child = env
+        .sidecar(
+            &["run"],
+            &[
+                ("MEDALLION_REFINE_INTERVAL_MS", "200"),
+                ("MEDALLION_LOG", "warn,medallion::silver=debug"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(log.reopen().expect("stderr"))
+        .spawn()
+        .expect("start sidecar");
+    let mut child = KillOnDrop(child);
+    converge(&env, "a", "medallion_gold.ga");
+    converge(&env, "b", "medallion_gold.gb");
+    // Only `a` changes for a while: `b` is proved up to date, then skipped.
+    for i in 0..5 {
+        env.sql(&format!("UPDATE a SET v = v + 1 WHERE id = {}", 1 + i));
+        converge(&env, "a", "medallion_gold.ga");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(!published_differs(&env, "b", "medallion_gold.gb"));
+    // A change to the skipped table is seen at once, and so is a resync.
+    env.sql("UPDATE b SET v = -v WHERE id <= 10; DELETE FROM b WHERE id = 50");
+    converge(&env, "b", "medallion_gold.gb");
+    env.sql("SELECT medallion.resync('b'); INSERT INTO b VALUES (51, 51)");
+    converge(&env, "b", "medallion_gold.gb");
+    converge(&env, "a", "medallion_gold.ga");
+    sigterm(&child.0);
+    let status = wait_exit(&mut child.0, Duration::from_secs(60));
+    assert!(status.success(), "sidecar exit: {status}");
+    let log = std::fs::read_to_string(log.path()).expect("read stderr");
+    // Without the terminal colours around field names.
+    let plain = |l: &str| {
+        let mut out = String::new();
+        let mut rest = l;
+        while let Some(i) = rest.find('\u{1b}') {
+            out.push_str(&rest[..i]);
+            rest = rest[i..].split_once('m').map_or("", |(_, r)| r);
+        }
+        out + rest
+    };
+    let skipped = log
+        .lines()
+        .map(plain)
+        .filter(|l| l.contains("its bronze table has not moved") && l.contains("silver=b"))
+        .count();
+    assert!(
+        skipped >= 3,
+        "the refiner skipped silver.b {skipped} times:\n{log}"
     );
 }
