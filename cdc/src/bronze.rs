@@ -123,21 +123,6 @@ fn meta_fields() -> Vec<Field> {
     ]
 }
 
-/// The Delta app id under which a table's stream progress is recorded.
-pub fn stream_app_id(slot: &str, id: &TableId) -> String {
-    format!("medallion:{slot}:{id}")
-}
-
-/// The Delta app id recording the LSN of the table's last completed snapshot.
-pub fn snapshot_app_id(slot: &str, id: &TableId) -> String {
-    format!("medallion:{slot}:{id}:snapshot")
-}
-
-/// The Delta app id recording which resync request was served (epoch µs).
-pub fn resync_app_id(slot: &str, id: &TableId) -> String {
-    format!("medallion:{slot}:{id}:resync")
-}
-
 /// Location of a bronze table under the lake root:
 /// `bronze/<schema>/<table>/`, each name encoded by [`crate::lake::segment`].
 pub fn table_url(lake: &Url, id: &TableId) -> Result<Url> {
@@ -277,7 +262,6 @@ pub struct BronzeTable {
     schema_changed: bool,
     /// The next commit replaces the whole table (resync after a type change).
     replace_all: bool,
-    pending_max_lsn: i64,
     /// Columns added to an existing table's schema since last taken (see
     /// [`BronzeTable::take_added_columns`]).
     added_columns: Vec<String>,
@@ -338,7 +322,6 @@ impl BronzeTable {
             writer: SyncWrapper::new(None),
             schema_changed: false,
             replace_all: false,
-            pending_max_lsn: 0,
             added_columns: Vec::new(),
         };
         t.extend_columns(columns)?;
@@ -453,7 +436,6 @@ impl BronzeTable {
         }
         self.rows += 1;
         self.bytes += 48;
-        self.pending_max_lsn = self.pending_max_lsn.max(meta.lsn);
         Ok(())
     }
 
@@ -484,7 +466,6 @@ impl BronzeTable {
         self.bytes = 0;
         self.staged.clear();
         *self.writer.get_mut() = None;
-        self.pending_max_lsn = 0;
     }
 
     /// Write buffered rows to a Parquet file in the table's directory. The
@@ -573,7 +554,7 @@ impl BronzeTable {
                 })?;
             actions.push(Action::Metadata(meta));
         }
-        fault_hit_before_commit();
+        crate::fault::hit(crate::fault::BEFORE_BRONZE_COMMIT);
         let props = CommitProperties::default()
             .with_application_transactions(txns)
             .with_metadata(info);
@@ -600,7 +581,6 @@ impl BronzeTable {
         self.staged.clear();
         self.schema_changed = false;
         self.replace_all = false;
-        self.pending_max_lsn = 0;
         Ok(Some(version as i64))
     }
 
@@ -647,10 +627,6 @@ fn commit_error(id: &TableId, e: deltalake::DeltaTableError) -> Error {
             source: e,
         },
     }
-}
-
-fn fault_hit_before_commit() {
-    crate::fault::hit(crate::fault::BEFORE_BRONZE_COMMIT);
 }
 
 fn arrow_schema(columns: &[(String, Kind)]) -> SchemaRef {

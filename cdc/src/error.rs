@@ -411,8 +411,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Delta wrapped it: the kernel's log replay reports them as
 /// `KernelError(ObjectStore(..))`, which has no variant of its own here.
 fn object_store_failure(e: &deltalake::DeltaTableError) -> bool {
-    if matches!(e, deltalake::DeltaTableError::KernelError(k) if format!("{k:?}").starts_with("ObjectStore("))
-    {
+    if matches!(
+        e,
+        deltalake::DeltaTableError::KernelError(delta_kernel::Error::ObjectStore(_))
+    ) {
         return true;
     }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -607,5 +609,28 @@ mod tests {
         assert_eq!(e.retry_policy(), RetryPolicy::NeedsOperator);
         assert!(e.to_string().contains("medallion.resync('public.t')"));
         assert_eq!(Error::Config("x".into()).retry_policy(), RetryPolicy::Never);
+    }
+
+    #[test]
+    fn an_object_store_failure_inside_log_replay_is_retried() {
+        let store = || object_store::Error::Generic {
+            store: "S3",
+            source: "503 Slow Down".into(),
+        };
+        let replay = Error::Delta {
+            context: "load table".into(),
+            source: deltalake::DeltaTableError::KernelError(delta_kernel::Error::ObjectStore(
+                store(),
+            )),
+        };
+        assert_eq!(replay.retry_policy(), RetryPolicy::RetryOnTimer);
+        // Another kernel error is not taken for one.
+        let schema = Error::Delta {
+            context: "load table".into(),
+            source: deltalake::DeltaTableError::KernelError(delta_kernel::Error::Generic(
+                "ObjectStore(not really)".into(),
+            )),
+        };
+        assert_ne!(schema.retry_policy(), RetryPolicy::RetryOnTimer);
     }
 }

@@ -26,6 +26,7 @@ use deltalake::DeltaTable;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 
+use crate::app_id::AppId;
 use crate::catalog::{GoldDef, OnViolation, Refresh};
 use crate::error::{Error, Result};
 use crate::lake::{self, ident};
@@ -46,10 +47,6 @@ pub struct GoldReport {
     pub watermark: i64,
     /// Not refreshed: why (up to date, not due).
     pub skipped: Option<&'static str>,
-}
-
-fn app_id(name: &str) -> String {
-    format!("medallion:gold:{name}")
 }
 
 fn query_hash(def: &GoldDef) -> i64 {
@@ -91,7 +88,7 @@ impl Refiner<'_> {
         forced: bool,
     ) -> Result<GoldReport> {
         let url = lake::refined_url(self.lake, "gold", &def.name)?;
-        let app = app_id(&def.name);
+        let app = AppId::Gold(&def.name).to_string();
         let watermark = def
             .upstream
             .iter()
@@ -126,7 +123,11 @@ impl Refiner<'_> {
         let existing = self.tables.open(&url, self.storage).await?;
         if let Some(t) = &existing
             && !forced
-            && self.tables.txn_version(t, &format!("{app}:query")).await? == Some(fingerprint)
+            && self
+                .tables
+                .txn_version(t, &AppId::GoldQuery(&def.name).to_string())
+                .await?
+                == Some(fingerprint)
         {
             let mut changed = false;
             for u in &def.upstream {
@@ -136,7 +137,14 @@ impl Refiner<'_> {
                     .map(|v| v as i64);
                 if self
                     .tables
-                    .txn_version(t, &format!("{app}:input:{u}"))
+                    .txn_version(
+                        t,
+                        &AppId::GoldInput {
+                            model: &def.name,
+                            input: u,
+                        }
+                        .to_string(),
+                    )
                     .await?
                     != v
                 {
@@ -161,7 +169,7 @@ impl Refiner<'_> {
                 Refresh::Interval(every) => {
                     let last = self
                         .tables
-                        .txn_version(t, &format!("{app}:refreshed_at"))
+                        .txn_version(t, &AppId::GoldRefreshedAt(&def.name).to_string())
                         .await?;
                     if last.is_some_and(|ms| now_ms() - ms < every.as_millis() as i64) {
                         report.skipped = Some("not due");
@@ -186,12 +194,19 @@ impl Refiner<'_> {
             .map_err(|e| model_error(&def.name, e))?;
         let mut txns = vec![
             (app.clone(), watermark),
-            (format!("{app}:query"), fingerprint),
-            (format!("{app}:refreshed_at"), now_ms()),
+            (AppId::GoldQuery(&def.name).to_string(), fingerprint),
+            (AppId::GoldRefreshedAt(&def.name).to_string(), now_ms()),
         ];
         for u in &def.upstream {
             if let Some(v) = inputs.get(u).and_then(|i| i.table.version()) {
-                txns.push((format!("{app}:input:{u}"), v as i64));
+                txns.push((
+                    AppId::GoldInput {
+                        model: &def.name,
+                        input: u,
+                    }
+                    .to_string(),
+                    v as i64,
+                ));
             }
         }
         let props = lake::commit_properties(

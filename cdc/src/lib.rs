@@ -20,6 +20,7 @@
 //! [`gold`], [`publish`] (into Postgres), over [`lake`].
 
 pub mod api;
+pub mod app_id;
 pub mod audit;
 pub mod bronze;
 pub mod catalog;

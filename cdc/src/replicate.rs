@@ -31,6 +31,7 @@ use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::app_id::AppId;
 use crate::bronze::{self, BronzeTable, RowMeta, TableId};
 use crate::catalog::Field;
 use crate::catalog::{self, PublishedTable, TypeResolver};
@@ -435,12 +436,24 @@ impl Replicator<'_> {
                         Some(0)
                     } else {
                         s.bronze
-                            .txn_version(&bronze::snapshot_app_id(&self.cfg.slot, &id))
+                            .txn_version(
+                                &AppId::Snapshot {
+                                    slot: &self.cfg.slot,
+                                    table: &id,
+                                }
+                                .to_string(),
+                            )
                             .await?
                     },
                     if resync_us.is_some() {
                         s.bronze
-                            .txn_version(&bronze::resync_app_id(&self.cfg.slot, &id))
+                            .txn_version(
+                                &AppId::Resync {
+                                    slot: &self.cfg.slot,
+                                    table: &id,
+                                }
+                                .to_string(),
+                            )
                             .await?
                     } else {
                         None
@@ -582,7 +595,13 @@ impl Replicator<'_> {
         )
         .await?;
         let skip_upto = bronze
-            .txn_version(&bronze::stream_app_id(&self.cfg.slot, &t.id))
+            .txn_version(
+                &AppId::Stream {
+                    slot: &self.cfg.slot,
+                    table: &t.id,
+                }
+                .to_string(),
+            )
             .await?
             .unwrap_or(0);
         self.status.update(&t.id, |s| {
@@ -977,7 +996,11 @@ impl Replicator<'_> {
                 .bronze
                 .commit(
                     vec![Transaction::new(
-                        bronze::stream_app_id(&self.cfg.slot, &id),
+                        AppId::Stream {
+                            slot: &self.cfg.slot,
+                            table: &id,
+                        }
+                        .to_string(),
                         lsn,
                     )],
                     vec![

@@ -45,6 +45,7 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use url::Url;
 
+use crate::app_id::AppId;
 use crate::bronze::{self, COL_COMMIT_TS, COL_LSN, COL_OP, COL_UNCHANGED_TOAST, META_PREFIX};
 use crate::catalog::{Expectation, History, OnViolation, SilverDef};
 use crate::error::{Error, Result};
@@ -101,10 +102,6 @@ pub struct SilverReport {
     pub toast_missing: u64,
 }
 
-fn app_id(name: &str) -> String {
-    format!("medallion:silver:{name}")
-}
-
 /// Fingerprint of everything that shapes the table: a change rebuilds it.
 fn definition_hash(def: &SilverDef) -> i64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -144,7 +141,11 @@ impl<'a> Refiner<'a> {
     pub async fn reflected(&self, name: &str) -> Result<Option<i64>> {
         let url = lake::refined_url(self.lake, "silver", name)?;
         match self.tables.open(&url, self.storage).await? {
-            Some(t) => self.tables.txn_version(&t, &app_id(name)).await,
+            Some(t) => {
+                self.tables
+                    .txn_version(&t, &AppId::Silver(name).to_string())
+                    .await
+            }
             None => Ok(None),
         }
     }
@@ -174,7 +175,14 @@ impl<'a> Refiner<'a> {
         };
         let Some(generation) = self
             .tables
-            .txn_version(&bronze, &bronze::snapshot_app_id(self.slot, &def.source))
+            .txn_version(
+                &bronze,
+                &AppId::Snapshot {
+                    slot: self.slot,
+                    table: &def.source,
+                }
+                .to_string(),
+            )
             .await?
         else {
             report.waiting = Some(format!("initial copy of {} not committed yet", def.source));
@@ -189,18 +197,18 @@ impl<'a> Refiner<'a> {
             return Ok(report);
         }
         let url = lake::refined_url(self.lake, "silver", &def.name)?;
-        let app = app_id(&def.name);
+        let app = AppId::Silver(&def.name).to_string();
         let mut silver = self.tables.open(&url, self.storage).await?;
         let mut from = None;
         if let Some(t) = &silver {
             let same_generation = self
                 .tables
-                .txn_version(t, &format!("{app}:generation"))
+                .txn_version(t, &AppId::SilverGeneration(&def.name).to_string())
                 .await?
                 == Some(generation);
             let same_definition = self
                 .tables
-                .txn_version(t, &format!("{app}:definition"))
+                .txn_version(t, &AppId::SilverDefinition(&def.name).to_string())
                 .await?
                 == Some(fingerprint);
             if same_generation && same_definition {
@@ -211,7 +219,14 @@ impl<'a> Refiner<'a> {
         if let (Some(v), Some(t)) = (from, &silver) {
             let bronze_hi = self
                 .tables
-                .txn_version(&bronze, &bronze::stream_app_id(self.slot, &def.source))
+                .txn_version(
+                    &bronze,
+                    &AppId::Stream {
+                        slot: self.slot,
+                        table: &def.source,
+                    }
+                    .to_string(),
+                )
                 .await?;
             if bronze_hi.is_none_or(|hi| hi < v) {
                 report.version = t.version().map(|v| v as i64);
@@ -368,7 +383,7 @@ impl<'a> Refiner<'a> {
             .await
             .map_err(Error::datafusion(format!("silver.{} generation", def.name)))?;
         let (_, plan) = df.into_parts();
-        let app = app_id(&def.name);
+        let app = AppId::Silver(&def.name).to_string();
         let table = lake::handle(url, self.storage)?
             .write(Vec::<RecordBatch>::new())
             .with_input_plan(plan)
@@ -389,8 +404,8 @@ impl<'a> Refiner<'a> {
             .with_commit_properties(lake::commit_properties(
                 vec![
                     (app.clone(), generation + 1),
-                    (format!("{app}:generation"), generation),
-                    (format!("{app}:definition"), fingerprint),
+                    (AppId::SilverGeneration(&def.name).to_string(), generation),
+                    (AppId::SilverDefinition(&def.name).to_string(), fingerprint),
                 ],
                 vec![
                     ("medallion.kind", "silver_generation".into()),
@@ -480,7 +495,7 @@ impl<'a> Refiner<'a> {
             return Ok(());
         }
         let url = lake::refined_url(self.lake, "quarantine", name)?;
-        let app = format!("medallion:quarantine:{name}:{rule}");
+        let app = AppId::Quarantine { table: name, rule }.to_string();
         let existing = lake::open(&url, self.storage).await?;
         if let Some(t) = &existing
             && self
@@ -559,7 +574,7 @@ impl<'a> Refiner<'a> {
         report.toast_missing += log.toast_missing.load(std::sync::atomic::Ordering::Relaxed);
         let source = self.check_slice(def, ctx, source, hi, report).await?;
         report.rows_out += source.num_rows() as u64;
-        let app = app_id(&def.name);
+        let app = AppId::Silver(&def.name).to_string();
         let props = lake::commit_properties(
             vec![(app, hi)],
             vec![

@@ -47,7 +47,8 @@ use futures::StreamExt;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::bronze::{self, BronzeTable, Op, RowMeta, TableId, Value};
+use crate::app_id::AppId;
+use crate::bronze::{BronzeTable, Op, RowMeta, TableId, Value};
 use crate::catalog::Field;
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
@@ -549,11 +550,32 @@ pub async fn copy_table(
 
     // 5. One commit: the rows and the LSN they are consistent at.
     let mut txns = vec![
-        Transaction::new(bronze::stream_app_id(&cfg.slot, &id), lsn),
-        Transaction::new(bronze::snapshot_app_id(&cfg.slot, &id), lsn),
+        Transaction::new(
+            AppId::Stream {
+                slot: &cfg.slot,
+                table: &id,
+            }
+            .to_string(),
+            lsn,
+        ),
+        Transaction::new(
+            AppId::Snapshot {
+                slot: &cfg.slot,
+                table: &id,
+            }
+            .to_string(),
+            lsn,
+        ),
     ];
     if let Some(us) = resync_us {
-        txns.push(Transaction::new(bronze::resync_app_id(&cfg.slot, &id), us));
+        txns.push(Transaction::new(
+            AppId::Resync {
+                slot: &cfg.slot,
+                table: &id,
+            }
+            .to_string(),
+            us,
+        ));
     }
     bronze
         .commit(
