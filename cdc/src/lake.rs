@@ -493,11 +493,29 @@ pub async fn query(
     sql: &str,
     numeric_scale: i8,
 ) -> Result<Vec<RecordBatch>> {
+    let tables = TableCache::default();
+    query_kept(&tables, lake, storage, silver, gold, sql, numeric_scale).await
+}
+
+/// [`query`] with the tables kept open in `tables` (as the HTTP API keeps
+/// them between requests).
+pub async fn query_kept(
+    tables: &TableCache,
+    lake: &Url,
+    storage: &HashMap<String, String>,
+    silver: &[String],
+    gold: &[String],
+    sql: &str,
+    numeric_scale: i8,
+) -> Result<Vec<RecordBatch>> {
     let ctx = session();
     ensure_layer_schemas(&ctx)?;
     for (layer, names) in [("silver", silver), ("gold", gold)] {
         for name in names {
-            if let Some(t) = open(&refined_url(lake, layer, name)?, storage).await? {
+            if let Some(t) = tables
+                .open(&refined_url(lake, layer, name)?, storage)
+                .await?
+            {
                 register(&ctx, &format!("{layer}.{name}"), &t).await?;
             }
         }
