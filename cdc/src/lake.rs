@@ -110,21 +110,19 @@ pub(crate) fn handle(url: &Url, storage: &HashMap<String, String>) -> Result<Del
         .map_err(Error::delta(format!("table at {url}")))
 }
 
-/// Delta tables kept open between refinement cycles.
+/// What refinement keeps between cycles.
 ///
-/// The first [`open`](TableCache::open) of a table loads it (checkpoint and
-/// log); later ones bring the kept state to the log's tip with an
-/// incremental update — one listing of the log plus the commits that are
-/// new — so a cycle in which a table did not change does not re-read its
-/// checkpoint. Tables this process has just written are handed back with
-/// [`remember`](TableCache::remember). The cache never serves an old
-/// version when asked to open: every `open` looks at the log.
-///
-/// It also keeps the `txn` versions read from each table version: reading
-/// one replays the table's log, and a version's `txn` actions never change.
-///
-/// And it keeps what earlier cycles proved up to date (see
-/// [`settled`](TableCache::settled)), so an idle cycle touches no log.
+/// - The tables it opened or wrote, as it last saw them
+///   ([`current`](TableCache::current)). [`open`](TableCache::open) always
+///   loads a table afresh: an incremental update of a kept bronze state met
+///   files that `optimize` had compacted and vacuumed away in a 70-minute
+///   soak (2026-12-04), so nothing here trusts one. Silver and gold are
+///   written only by the refiner (vacuum commits remove no file), so their
+///   kept states stay readable.
+/// - The `txn` versions read from each table version: reading one replays
+///   the table's log, and a version's `txn` actions never change.
+/// - What earlier cycles proved up to date (see
+///   [`settled`](TableCache::settled)), so an idle cycle touches no log.
 #[derive(Default)]
 pub struct TableCache {
     tables: std::sync::Mutex<HashMap<Url, DeltaTable>>,
@@ -213,26 +211,14 @@ impl TableCache {
         }
     }
 
-    /// Open the table at `url` at the log's tip; `None` when nothing was
-    /// ever committed there.
+    /// Open the table at `url` at the log's tip (loaded afresh: its
+    /// checkpoint and the commits since); `None` when nothing was ever
+    /// committed there.
     pub(crate) async fn open(
         &self,
         url: &Url,
         storage: &HashMap<String, String>,
     ) -> Result<Option<DeltaTable>> {
-        if let Some(mut table) = self.get(url) {
-            match table.update_incremental(None).await {
-                Ok(()) => {
-                    self.remember(url, &table);
-                    return Ok(Some(table));
-                }
-                // The log moved in a way an update cannot follow (older
-                // entries cleaned up): load it afresh.
-                Err(e) => {
-                    tracing::debug!(table = %url, error = %e, "reloading a kept table");
-                }
-            }
-        }
         let table = open(url, storage).await?;
         if let Some(t) = &table {
             self.remember(url, t);
@@ -493,29 +479,11 @@ pub async fn query(
     sql: &str,
     numeric_scale: i8,
 ) -> Result<Vec<RecordBatch>> {
-    let tables = TableCache::default();
-    query_kept(&tables, lake, storage, silver, gold, sql, numeric_scale).await
-}
-
-/// [`query`] with the tables kept open in `tables` (as the HTTP API keeps
-/// them between requests).
-pub async fn query_kept(
-    tables: &TableCache,
-    lake: &Url,
-    storage: &HashMap<String, String>,
-    silver: &[String],
-    gold: &[String],
-    sql: &str,
-    numeric_scale: i8,
-) -> Result<Vec<RecordBatch>> {
     let ctx = session();
     ensure_layer_schemas(&ctx)?;
     for (layer, names) in [("silver", silver), ("gold", gold)] {
         for name in names {
-            if let Some(t) = tables
-                .open(&refined_url(lake, layer, name)?, storage)
-                .await?
-            {
+            if let Some(t) = open(&refined_url(lake, layer, name)?, storage).await? {
                 register(&ctx, &format!("{layer}.{name}"), &t).await?;
             }
         }

@@ -292,6 +292,47 @@ async fn lake_tables(
     Ok(out)
 }
 
+/// Vacuum one table. Vacuum records itself in the log, and Delta's
+/// conflict check refuses that commit when a concurrent one removed files
+/// (the refiner's MERGE into silver or gold): it is tried again on a fresh
+/// load, and after the last try the table is left for the next run, with a
+/// warning (nothing was deleted: files are deleted only after that commit).
+async fn vacuum(
+    mut table: DeltaTable,
+    url: &Url,
+    storage: &HashMap<String, String>,
+    retain_hours: u64,
+) -> Result<usize> {
+    const TRIES: usize = 5;
+    for attempt in 1..=TRIES {
+        let done = table
+            .vacuum()
+            .with_retention_period(chrono::Duration::hours(retain_hours as i64))
+            .with_enforce_retention_duration(false)
+            .with_mode(VacuumMode::Full)
+            .await;
+        match done {
+            Ok((_, metrics)) => return Ok(metrics.files_deleted.len()),
+            Err(deltalake::DeltaTableError::Transaction {
+                source: deltalake::kernel::transaction::TransactionError::CommitConflict(e),
+            }) => {
+                tracing::debug!(table = %url, attempt, error = %e, "vacuum met a concurrent commit");
+                if attempt == TRIES {
+                    tracing::warn!(table = %url, "vacuum skipped: the table was written during each try; the next optimize vacuums it");
+                    return Ok(0);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
+                let Some(fresh) = crate::lake::open(url, storage).await? else {
+                    return Ok(0);
+                };
+                table = fresh;
+            }
+            Err(e) => return Err(Error::delta(format!("vacuum {url}"))(e)),
+        }
+    }
+    Ok(0)
+}
+
 /// Compact and vacuum every bronze table of the lake; vacuum its silver,
 /// gold and quarantine tables (the refiner compacts those, see
 /// [`compact_refined`]).
@@ -326,14 +367,7 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
         };
         let mut vacuumed = 0;
         if opts.vacuum {
-            let (_, metrics) = table
-                .vacuum()
-                .with_retention_period(chrono::Duration::hours(opts.retain_hours as i64))
-                .with_enforce_retention_duration(false)
-                .with_mode(VacuumMode::Full)
-                .await
-                .map_err(Error::delta(format!("vacuum {url}")))?;
-            vacuumed = metrics.files_deleted.len();
+            vacuumed = vacuum(table, &url, &storage, opts.retain_hours).await?;
         }
         tracing::info!(
             layer,

@@ -61,9 +61,6 @@ pub(crate) struct QueryRunner {
     timeout: Duration,
     memory_bytes: usize,
     slots: Semaphore,
-    /// Tables stay open between requests; each request brings them to the
-    /// log's tip (one listing of the log), so it reads the latest version.
-    tables: lake::TableCache,
 }
 
 impl QueryRunner {
@@ -76,7 +73,6 @@ impl QueryRunner {
             timeout: Duration::from_millis(cfg.api.query_timeout_ms),
             memory_bytes: cfg.api.query_memory_mb << 20,
             slots: Semaphore::new(cfg.api.concurrent_queries),
-            tables: lake::TableCache::default(),
         }
     }
 
@@ -205,10 +201,8 @@ impl QueryRunner {
 
     /// The stored schema of `layer.name`, `None` before its first commit.
     pub async fn schema(&self, layer: &str, name: &str) -> Result<Option<SchemaRef>> {
-        let Some(table) = self
-            .tables
-            .open(&lake::refined_url(&self.lake, layer, name)?, &self.storage)
-            .await?
+        let Some(table) =
+            lake::open(&lake::refined_url(&self.lake, layer, name)?, &self.storage).await?
         else {
             return Ok(None);
         };
@@ -219,9 +213,7 @@ impl QueryRunner {
     /// Open `layer.name` from the lake and register it; its qualified name.
     async fn register(&self, ctx: &SessionContext, layer: &str, name: &str) -> Result<String> {
         let qualified = format!("{layer}.{name}");
-        let table = self
-            .tables
-            .open(&lake::refined_url(&self.lake, layer, name)?, &self.storage)
+        let table = lake::open(&lake::refined_url(&self.lake, layer, name)?, &self.storage)
             .await?
             .ok_or_else(|| {
                 Error::refused(

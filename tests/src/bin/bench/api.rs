@@ -1,8 +1,7 @@
 //! `medallion-bench api`: latency of the HTTP API under 50 concurrent
 //! clients on loopback, against the same queries run by DataFusion in this
-//! process (`medallion::lake::query_kept`, which keeps the Delta tables open
-//! between queries, brings them to the log's tip and plans the SQL as the
-//! API does). Two requests: `GET /v1/gold/{name}`
+//! process (`medallion::lake::query`, which opens the Delta tables and
+//! plans the SQL as the API does). Two requests: `GET /v1/gold/{name}`
 //! (100 rows in key order) and `POST /v1/query` (an aggregate over the
 //! model). Prints p50/p99 of each side and the API's added share at p99
 //! (target: ≤ 20%).
@@ -114,20 +113,10 @@ pub(super) fn api(rows: u64, clients: usize, per_client: usize) -> anyhow::Resul
         ] {
             // In process: the same query, the same table opening.
             let (l, s) = (lake.clone(), storage.clone());
-            let kept = Arc::new(medallion::lake::TableCache::default());
             let baseline = measure(clients, per_client, move || {
-                let (l, s, kept) = (l.clone(), s.clone(), kept.clone());
+                let (l, s) = (l.clone(), s.clone());
                 async move {
-                    let batches = medallion::lake::query_kept(
-                        &kept,
-                        &l,
-                        &s,
-                        &[],
-                        &["gl".into()],
-                        sql,
-                        scale,
-                    )
-                    .await?;
+                    let batches = medallion::lake::query(&l, &s, &[], &["gl".into()], sql, scale).await?;
                     anyhow::ensure!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
                     Ok(())
                 }
