@@ -131,8 +131,14 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
     cluster.create_db(DB)?;
     cluster.sql(DB, "CREATE EXTENSION pg_medallion")?;
     cluster.psql(DB, &["-q", "-c", SCHEMA])?;
-    let dir = tempfile::tempdir()?;
-    let lake = dir.path().join("lake");
+    // The lake is kept when the run fails (to look at its logs), removed
+    // when it passes.
+    let dir = tempfile::Builder::new()
+        .prefix("medallion-soak-")
+        .tempdir()?
+        .keep();
+    eprintln!("soak: lake in {} (kept if the run fails)", dir.display());
+    let lake = dir.join("lake");
     let metrics_addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?
@@ -156,7 +162,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         .spawn()?;
     let http = reqwest::Client::new();
     let metrics_url = format!("http://{metrics_addr}/metrics");
-    let script = dir.path().join("soak.sql");
+    let script = dir.join("soak.sql");
     std::fs::write(&script, SCRIPT)?;
     let seconds = minutes * 60;
     let pgbench = Command::new(cluster.bin("pgbench"))
@@ -318,6 +324,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         bail!("soak: not flat: {grew:?}");
     }
     println!("soak: OK: flat");
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
