@@ -112,8 +112,9 @@ pub(crate) fn handle(url: &Url, storage: &HashMap<String, String>) -> Result<Del
 
 /// What refinement keeps between cycles.
 ///
-/// - The tables it opened or wrote, as it last saw them
-///   ([`current`](TableCache::current)). [`open`](TableCache::open) always
+/// - The silver and gold tables it opened or wrote, as it last saw them
+///   ([`current`](TableCache::current)); bronze is not kept (the refiner
+///   reads it afresh and only when it moved). [`open`](TableCache::open) always
 ///   loads a table afresh: an incremental update of a kept bronze state met
 ///   files that `optimize` had compacted and vacuumed away in a 70-minute
 ///   soak (2026-12-04), so nothing here trusts one. Silver and gold are

@@ -169,7 +169,9 @@ impl<'a> Refiner<'a> {
             report.version = version;
             return Ok(report);
         }
-        let Some(bronze) = self.tables.open(&bronze_url, self.storage).await? else {
+        // Bronze is read afresh and not kept: the cycle reads only silver
+        // and gold from the cache.
+        let Some(bronze) = lake::open(&bronze_url, self.storage).await? else {
             report.waiting = Some(format!("bronze {} not written yet", def.source));
             return Ok(report);
         };
