@@ -24,7 +24,8 @@ use url::Url;
 use crate::error::{Error, Result};
 
 /// Register Delta's object stores (S3 and S3-compatible, Azure, GCS) for
-/// their URL schemes; idempotent. Commits use conditional put
+/// their URL schemes, and a local directory's store whose Delta log listings
+/// have no gaps (`log_listing`); idempotent. Commits use conditional put
 /// (`If-None-Match: *`), so concurrent writers to one table cannot overwrite
 /// each other's log entry and no external lock is needed.
 pub(crate) fn register_object_stores() {
@@ -33,6 +34,12 @@ pub(crate) fn register_object_stores() {
         deltalake::aws::register_handlers(None);
         deltalake::azure::register_handlers(None);
         deltalake::gcp::register_handlers(None);
+        // a local directory's `_delta_log` listing races commits (see
+        // `log_listing`): wrap delta-rs's own local store
+        deltalake::logstore::object_store_factories().insert(
+            Url::parse("file://").expect("a constant URL"),
+            Arc::new(crate::log_listing::LocalLakeFactory),
+        );
     });
 }
 
@@ -82,6 +89,7 @@ pub(crate) async fn open(
     url: &Url,
     storage: &HashMap<String, String>,
 ) -> Result<Option<DeltaTable>> {
+    register_object_stores();
     let mut table = DeltaTableBuilder::from_url(url.clone())
         .map_err(Error::delta(format!("table at {url}")))?
         .with_storage_options(storage.clone())
@@ -103,6 +111,7 @@ pub(crate) async fn open(
 
 /// A handle for a table that may not exist yet (writes create it).
 pub(crate) fn handle(url: &Url, storage: &HashMap<String, String>) -> Result<DeltaTable> {
+    register_object_stores();
     DeltaTableBuilder::from_url(url.clone())
         .map_err(Error::delta(format!("table at {url}")))?
         .with_storage_options(storage.clone())

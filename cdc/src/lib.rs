@@ -33,6 +33,7 @@ pub mod gold;
 pub mod heap;
 pub mod lake;
 pub mod lease;
+mod log_listing;
 pub mod metrics;
 pub mod optimize;
 mod pg_sql;

@@ -64,9 +64,14 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock(7146, 1);
     SELECT * INTO st FROM medallion.audit_sealer;
-    -- Every transaction that could still add ids <= pending_high has ended.
-    horizon_passed := st.pending_xmax IS NOT NULL
-        AND pg_snapshot_xmin(pg_current_snapshot()) >= st.pending_xmax;
+    -- Every transaction that could still add ids <= pending_high has ended:
+    -- none of those that held an xid when it was read still holds it.
+    -- (Not pg_snapshot_xmin against a snapshot's xmax: xmax is the latest
+    -- completed xid + 1, and a transaction with a later xid may be running.)
+    horizon_passed := st.pending_high IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM pg_locks k
+                         WHERE k.locktype = 'transactionid' AND k.mode = 'ExclusiveLock'
+                           AND k.granted AND k.transactionid = ANY (st.pending_xids));
     WITH cand AS MATERIALIZED (
         SELECT l AS rec, l.id, l.table_name
           FROM medallion.audit_log l
@@ -95,13 +100,21 @@ BEGIN
         UPDATE medallion.audit_sealer SET
             low_water = GREATEST(low_water, CASE WHEN sealed >= max_records
                                                  THEN LEAST(st.pending_high, top) ELSE st.pending_high END),
-            pending_high = NULL, pending_xmax = NULL;
+            pending_high = NULL, pending_xids = NULL;
     END IF;
-    IF horizon_passed OR st.pending_xmax IS NULL THEN
-        SELECT last_value INTO high FROM medallion.audit_log_id_seq;
-        -- The snapshot is taken after the sequence was read.
+    IF horizon_passed OR st.pending_high IS NULL THEN
+        -- The highest id handed out (a fresh sequence's last_value is the
+        -- first id to come, not one taken).
+        SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO high
+          FROM medallion.audit_log_id_seq;
+        -- Then every transaction that holds an xid. A writer takes its xid
+        -- (and the lock on it) before its first row change, so before
+        -- nextval: each one that took an id <= high is in this list while it
+        -- runs, subtransactions and prepared transactions included.
         UPDATE medallion.audit_sealer SET pending_high = high,
-            pending_xmax = pg_snapshot_xmax(pg_current_snapshot());
+            pending_xids = ARRAY(SELECT k.transactionid FROM pg_locks k
+                                  WHERE k.locktype = 'transactionid' AND k.mode = 'ExclusiveLock'
+                                    AND k.granted AND k.transactionid IS NOT NULL);
     END IF;
     RETURN sealed;
 END

@@ -260,14 +260,15 @@ CREATE TABLE medallion.audit_settings (
 );
 
 -- Sealer progress: every record with id <= low_water is sealed (or never
--- committed). pending_* is the next low water, valid once every transaction
--- older than pending_xmax has ended. Not dumped: after a restore it starts
--- again from 0, which only makes the first seal scan longer.
+-- committed). pending_high is the next low water, valid once every
+-- transaction in pending_xids (those that held an xid when pending_high was
+-- read) has ended. Not dumped: after a restore it starts again from 0, which
+-- only makes the first seal scan longer.
 CREATE TABLE medallion.audit_sealer (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     low_water bigint NOT NULL DEFAULT 0,
     pending_high bigint,
-    pending_xmax xid8
+    pending_xids xid[]
 );
 INSERT INTO medallion.audit_sealer DEFAULT VALUES;
 
