@@ -8,7 +8,7 @@ DEMO_DIR  ?= .medallion/demo
 DEMO_SCALE ?= 1
 PGRX_TEST_DIR ?= /tmp/medallion-pgrx-test
 
-.PHONY: help setup setup-tests demo test test-ext test-sql test-e2e fuzz lint fmt clean-demo
+.PHONY: help setup setup-tests demo test test-ext test-sql test-e2e fuzz lint fmt clean-demo images test-licenses
 
 help:
 	@echo "make demo   run the main job on a private Postgres and a local-directory lake"
@@ -25,6 +25,12 @@ setup-tests:
 demo: setup
 	@scripts/demo.sh "$(DEMO_DIR)" "$(DEMO_SCALE)"
 
+# The container images (docker/): local Debian bases where none can be
+# pulled, then medallion-postgres and medallion from this checkout's builds
+# (docs/deploy.md). Needs podman (scripts/setup.sh --tests installs it).
+images:
+	@scripts/images.sh
+
 clean-demo:
 	@scripts/pg-cluster.sh stop "$(DEMO_DIR)/pg" 2>/dev/null || true
 	rm -rf "$(DEMO_DIR)"
@@ -32,9 +38,14 @@ clean-demo:
 # pgrx tests (#[pg_test], in a pgrx-managed cluster run as the postgres OS user;
 # they install a test build), then the release build is installed again and the
 # SQL golden tests, unit tests and the end-to-end suite run against private clusters.
-test: setup-tests test-ext
+test: setup-tests test-licenses test-ext
 	@scripts/setup.sh
 	@$(MAKE) --no-print-directory test-sql test-e2e
+
+# Every crate either binary links is under a licence deny.toml allows
+# (docs/licenses.md).
+test-licenses:
+	cargo deny --log-level error check licenses
 
 test-sql:
 	scripts/regress.sh

@@ -13,8 +13,13 @@ APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev cmake sudo pkg
 # `--tests`: also what the test suite needs — a one-node Ceph cluster whose
 # RADOS Gateway is the real S3-compatible server the object-store tests use,
 # and curl to create its bucket.
+# Podman (with runc; crun fails on this kind of machine's cgroups) and
+# mmdebstrap build and run the container images and the compose stack
+# (docker/, `make images`): no Docker engine is needed.
 if [ "${1:-}" = "--tests" ]; then
-  APT_PACKAGES+=(ceph-mon ceph-osd radosgw ceph-common curl openssl)
+  APT_PACKAGES+=(ceph-mon ceph-osd radosgw ceph-common curl openssl
+    podman runc uidmap slirp4netns fuse-overlayfs mmdebstrap
+    golang-github-containernetworking-plugin-dnsname)
 fi
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
@@ -88,6 +93,23 @@ fi
 #    schemathesis in the same venv — and the `pg` package the SaaS landing
 #    loader (examples/landing) runs with under the machine's Node.
 if [ "${1:-}" = "--tests" ]; then
+  # Podman here: the sandbox's hard ulimits are below podman's defaults, and
+  # systemd does not manage cgroups. Written once; an existing file is kept.
+  if [ ! -s /etc/containers/containers.conf ]; then
+    log "writing /etc/containers/containers.conf (runc, cgroupfs, no default ulimits)"
+    as_root mkdir -p /etc/containers
+    printf '[containers]\ndefault_ulimits = []\n\n[engine]\ncgroup_manager = "cgroupfs"\nruntime = "runc"\n' \
+      | as_root tee /etc/containers/containers.conf >/dev/null
+  fi
+  # cargo-deny checks the crates' licences against deny.toml (`make test`).
+  if ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0.20'; then
+    log "installing cargo-deny 0.20.2 (a few minutes)"
+    cargo install -q cargo-deny --version 0.20.2 --locked
+  fi
+  if ! "$PY/bin/python" -c "import podman_compose" 2>/dev/null; then
+    log "installing podman-compose into $PY"
+    "$PY/bin/pip" install -q --disable-pip-version-check "podman-compose>=1.4,<2"
+  fi
   if ! "$PY/bin/python" -c "import mcp, schemathesis" 2>/dev/null; then
     log "installing the MCP Python SDK and schemathesis into $PY"
     "$PY/bin/pip" install -q --disable-pip-version-check "mcp>=1.20,<2" "schemathesis>=4,<5"

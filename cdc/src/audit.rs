@@ -17,8 +17,7 @@ pub async fn seal(client: &Client) -> Result<i64> {
     let row = client
         .query_one(
             "SELECT to_regclass('medallion.audit_tables') IS NOT NULL \
-               AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-                           WHERE n.nspname = 'medallion' AND p.proname = '_seal_all')",
+               AND to_regprocedure('medallion.seal_audit(integer)') IS NOT NULL",
             &[],
         )
         .await
@@ -26,13 +25,25 @@ pub async fn seal(client: &Client) -> Result<i64> {
     if !row.field::<bool>(0)? {
         return Ok(0);
     }
-    let row = client
-        .query_one(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM medallion.audit_tables) \
-                    THEN medallion._seal_all() ELSE 0 END",
-            &[],
-        )
-        .await
-        .map_err(Error::pg("seal audit records (medallion.seal_audit)"))?;
-    row.field(0)
+    // seal_audit itself (granted to medallion_admin), one batch per call,
+    // until a batch is not full: the sidecar's role need not be superuser.
+    let mut total = 0;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM medallion.audit_tables) \
+                        THEN medallion.seal_audit($1) ELSE 0 END",
+                &[&SEAL_BATCH],
+            )
+            .await
+            .map_err(Error::pg("seal audit records (medallion.seal_audit)"))?;
+        let sealed: i64 = row.field(0)?;
+        total += sealed;
+        if sealed < i64::from(SEAL_BATCH) {
+            return Ok(total);
+        }
+    }
 }
+
+/// Records one `seal_audit` call seals at most.
+const SEAL_BATCH: i32 = 100_000;

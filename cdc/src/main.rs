@@ -60,6 +60,10 @@ enum Command {
     },
     /// Validate configuration and connectivity.
     Check,
+    /// Exit 0 when the sidecar on this host answers `/health` on its metrics
+    /// port (`MEDALLION_METRICS_ADDR`, else the API's `MEDALLION_HTTP_ADDR`);
+    /// the container image's healthcheck.
+    Health,
     /// Print the status Postgres holds for this sidecar's slot, then a
     /// summary; exits 1 when degraded (an object failed, the slot is missing or lost).
     Status,
@@ -81,8 +85,13 @@ fn init_logging(format: &str) {
     // delta-rs 1.1 warns on every MERGE that its own scan metrics lack a
     // name ("Missing target skipped-file metric"): noise once per silver
     // refresh, so its merge module logs errors only by default.
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("MEDALLION_LOG").unwrap_or_else(|_| {
+    // An empty MEDALLION_LOG (a compose file passing an unset variable on)
+    // means the default, not "nothing".
+    let filter = std::env::var("MEDALLION_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| {
             tracing_subscriber::EnvFilter::new(
                 "info,deltalake=warn,deltalake_core=warn,deltalake_core::operations::merge=error,\
              buoyant_kernel=warn,delta_kernel=warn,pg_walstream=error",
@@ -232,6 +241,24 @@ fn refiner_failure(
     }
 }
 
+/// `/health` on the host-local side of a listen address: an unspecified
+/// host (`0.0.0.0`, `[::]`) is asked on loopback.
+fn health_url(addr: &str) -> anyhow::Result<reqwest::Url> {
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("listen address {addr:?} is not host:port"))?;
+    let ip = match sock.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let url = format!(
+        "http://{}/health",
+        std::net::SocketAddr::new(ip, sock.port())
+    );
+    Ok(reqwest::Url::parse(&url)?)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -379,6 +406,28 @@ async fn main() -> anyhow::Result<()> {
                     r.files_vacuumed
                 );
             }
+        }
+        Command::Health => {
+            let addr = cfg
+                .metrics_addr
+                .clone()
+                .filter(|a| !a.is_empty())
+                .or_else(|| cfg.api.addr.clone())
+                .context("neither MEDALLION_METRICS_ADDR nor MEDALLION_HTTP_ADDR is set")?;
+            let url = health_url(&addr)?;
+            let answer = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()?
+                .get(url.clone())
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            anyhow::ensure!(
+                answer.status().is_success(),
+                "GET {url}: {}",
+                answer.status()
+            );
+            println!("ok");
         }
         Command::Status => {
             let (client, conn) = medallion::catalog::connect(&cfg.database_url).await?;

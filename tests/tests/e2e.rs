@@ -51,6 +51,9 @@ mod landing;
 #[path = "e2e/n8n.rs"]
 mod n8n;
 
+#[path = "e2e/deploy.rs"]
+mod deploy;
+
 struct Env {
     cluster: PgCluster,
     lake: tempfile::TempDir,

@@ -531,3 +531,40 @@ async fn every_sidecar_session_uses_tls_as_the_url_asks() {
         "a sidecar session tried plaintext: {during}"
     );
 }
+
+/// The sidecar's role as deployed (not superuser) seals audit records: it
+/// calls `seal_audit`, granted to medallion_admin. (It used to call the
+/// internal `_seal_all`, which only the owner may run: every cycle logged
+/// "permission denied" and nothing was sealed until someone else verified.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_role_seals_audit_records_without_superuser() {
+    let env = Env::new();
+    env.sql(ACCT);
+    env.sql(
+        "SELECT medallion.enable_audit('acct'); \
+         UPDATE acct SET balance = balance + 1 WHERE id <= 7",
+    );
+    let url = env.sidecar_role();
+    // Copy into bronze, then one refinement cycle, which seals first.
+    let out = env
+        .sidecar(
+            &["run", "--until-caught-up"],
+            &[("MEDALLION_DATABASE_URL", url.as_str())],
+        )
+        .output()
+        .expect("medallion run --until-caught-up");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "run as the sidecar role: {stderr}");
+    assert!(
+        stdout.contains("sealed 7 audit records"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(
+        env.sql("SELECT status, records, unsealed FROM medallion.verify_audit('acct')")
+            .trim(),
+        "OK|7|0"
+    );
+}
