@@ -23,15 +23,6 @@ const COMPOSE: &str = concat!(
 );
 const TAG: &str = "e2e";
 
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -271,10 +262,7 @@ fn the_compose_stack_streams_odoo_into_gold_across_kills_and_restarts() {
         .arg(format!("{ROOT}/scripts/images.sh"))
         .env("MEDALLION_IMAGE_TAG", TAG)
         // the sidecar this test run built (same main.rs), not a second build
-        .env(
-            "MEDALLION_IMAGE_BIN",
-            env!("CARGO_BIN_EXE_medallion-sidecar"),
-        )
+        .env("MEDALLION_IMAGE_BIN", sidecar_bin())
         .output()
         .expect("scripts/images.sh");
     assert!(
