@@ -117,14 +117,32 @@ impl GaplessLogListing {
     }
 }
 
+/// The version of a checkpoint file (`00000000000000003110.checkpoint.parquet`,
+/// multi-part and v2 checkpoints included).
+fn checkpoint_version(meta: &ObjectMeta) -> Option<u64> {
+    let name = meta.location.filename()?;
+    let (digits, rest) = name.split_at_checked(20)?;
+    (rest.starts_with(".checkpoint.") && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
 /// The commits missing between the first and last listed ones that exist.
+/// Only commits from the newest listed checkpoint on are looked at: the
+/// kernel reads nothing older, and log cleanup may leave old gaps.
 async fn fill_gaps(
     store: &Arc<dyn ObjectStore>,
     listing: &[ObjectMeta],
 ) -> object_store::Result<Vec<ObjectMeta>> {
+    let from = listing
+        .iter()
+        .filter_map(checkpoint_version)
+        .max()
+        .unwrap_or(0);
     let mut commits: Vec<(u64, &Path)> = listing
         .iter()
         .filter_map(|m| Some((commit_version(m)?, &m.location)))
+        .filter(|(v, _)| *v >= from)
         .collect();
     commits.sort_unstable_by_key(|(v, _)| *v);
     let mut found = Vec::new();
@@ -421,11 +439,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_that_is_really_missing_stays_missing_and_data_listings_are_untouched() {
-        let racing = log_of(3105..=3112, 3111, &[3109]).await;
+        let racing = log_of(3100..=3112, 3111, &[3102, 3109]).await;
         let store = GaplessLogListing::new(racing.clone());
         let all = listed(&store, "t/_delta_log", None).await;
-        assert_eq!(first_gap(&all), Some((3108, 3110)), "{:?}", names(&all));
+        assert_eq!(first_gap(&all), Some((3101, 3103)), "{:?}", names(&all));
         assert!(names(&all).contains(&"t/_delta_log/00000000000000003111.json".to_string()));
+        assert!(!names(&all).contains(&"t/_delta_log/00000000000000003109.json".to_string()));
+        // 3102 is older than the checkpoint (3106): not looked up
         assert_eq!(
             racing.lookups.load(Ordering::SeqCst),
             2,
@@ -467,6 +487,14 @@ mod tests {
         );
         assert_eq!(commit_version(&meta("t/_delta_log/_last_checkpoint")), None);
         assert_eq!(commit_version(&meta("t/_delta_log/7.json")), None);
+        let ckpt = |p: &str| checkpoint_version(&meta(&format!("t/_delta_log/{p}")));
+        assert_eq!(ckpt("00000000000000000010.checkpoint.parquet"), Some(10));
+        assert_eq!(
+            ckpt("00000000000000000010.checkpoint.0000000001.0000000002.parquet"),
+            Some(10)
+        );
+        assert_eq!(ckpt("00000000000000000010.json"), None);
+        assert_eq!(ckpt("_last_checkpoint"), None);
         assert!(is_log(Some(&Path::from("lake/bronze/t/_delta_log"))));
         assert!(is_log(Some(&Path::from("lake/bronze/t/_delta_log/"))));
         assert!(!is_log(Some(&Path::from("lake/bronze/t"))));
