@@ -48,6 +48,7 @@ use sync_wrapper::SyncWrapper;
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
 use crate::typemap::{ColumnBuilder, Kind, value_error};
 
 /// Reserved prefix of change-metadata columns.
@@ -98,7 +99,7 @@ impl std::fmt::Display for TableId {
 #[derive(Debug, Clone, Copy)]
 pub struct RowMeta {
     pub op: Op,
-    pub lsn: i64,
+    pub lsn: Lsn,
     pub seq: i64,
     pub commit_ts_us: i64,
     pub xid: i64,
@@ -422,7 +423,7 @@ impl BronzeTable {
             }
         }
         self.meta.op.append_value(meta.op.as_str());
-        self.meta.lsn.append_value(meta.lsn);
+        self.meta.lsn.append_value(meta.lsn.lake_value());
         self.meta.seq.append_value(meta.seq);
         self.meta.ts.append_value(meta.commit_ts_us);
         self.meta.xid.append_value(meta.xid);

@@ -29,13 +29,15 @@ use deltalake::protocol::SaveMode;
 use crate::app_id::AppId;
 use crate::catalog::{GoldDef, OnViolation, Refresh};
 use crate::error::{Error, Result};
+use crate::expectations::{RuleCount, describe_key, evaluate_predicate};
 use crate::lake::{self, ident};
-use crate::silver::{Refiner, RuleCount};
+use crate::lsn::Lsn;
+use crate::refine::Refiner;
 
 /// An input of a gold refresh: a table at a pinned version and its watermark.
 pub struct Input {
     pub table: DeltaTable,
-    pub watermark: i64,
+    pub watermark: Lsn,
 }
 
 /// What a gold refresh did.
@@ -44,7 +46,7 @@ pub struct GoldReport {
     pub rows_out: u64,
     pub expectations: BTreeMap<String, RuleCount>,
     pub version: Option<i64>,
-    pub watermark: i64,
+    pub watermark: Lsn,
     /// Not refreshed: why (up to date, not due).
     pub skipped: Option<&'static str>,
 }
@@ -94,7 +96,7 @@ impl Refiner<'_> {
             .iter()
             .filter_map(|u| inputs.get(u).map(|i| i.watermark))
             .min()
-            .unwrap_or(0);
+            .unwrap_or(Lsn::ZERO);
         let mut report = GoldReport {
             watermark,
             ..GoldReport::default()
@@ -163,7 +165,11 @@ impl Refiner<'_> {
                 Refresh::Manual => {
                     report.skipped = Some("manual");
                     report.version = t.version().map(|v| v as i64);
-                    report.watermark = self.tables.txn_version(t, &app).await?.unwrap_or(0);
+                    report.watermark = self
+                        .tables
+                        .txn_version(t, &app)
+                        .await?
+                        .map_or(Lsn::ZERO, Lsn::from_lake);
                     return Ok(report);
                 }
                 Refresh::Interval(every) => {
@@ -174,7 +180,11 @@ impl Refiner<'_> {
                     if last.is_some_and(|ms| now_ms() - ms < every.as_millis() as i64) {
                         report.skipped = Some("not due");
                         report.version = t.version().map(|v| v as i64);
-                        report.watermark = self.tables.txn_version(t, &app).await?.unwrap_or(0);
+                        report.watermark = self
+                            .tables
+                            .txn_version(t, &app)
+                            .await?
+                            .map_or(Lsn::ZERO, Lsn::from_lake);
                         return Ok(report);
                     }
                 }
@@ -193,7 +203,7 @@ impl Refiner<'_> {
             .await
             .map_err(|e| model_error(&def.name, e))?;
         let mut txns = vec![
-            (app.clone(), watermark),
+            (app.clone(), watermark.lake_value()),
             (AppId::GoldQuery(&def.name).to_string(), fingerprint),
             (AppId::GoldRefreshedAt(&def.name).to_string(), now_ms()),
         ];
@@ -213,10 +223,7 @@ impl Refiner<'_> {
             txns,
             vec![
                 ("medallion.kind", "gold".into()),
-                (
-                    "medallion.lsn",
-                    pg_walstream::format_lsn(watermark as u64).into(),
-                ),
+                ("medallion.lsn", watermark.to_string().into()),
             ],
         );
         // Expectations need the rows; a model without any streams into the write.
@@ -370,8 +377,9 @@ impl Refiner<'_> {
         if !counted && report.rows_out == 0 {
             let count = lake::session();
             lake::register(&count, "g", &table).await?;
-            report.rows_out =
-                crate::silver::count_of(&lake::collect(&count, "SELECT count(*) FROM g").await?)?;
+            report.rows_out = crate::expectations::count_of(
+                &lake::collect(&count, "SELECT count(*) FROM g").await?,
+            )?;
         }
         Ok(report)
     }
@@ -381,7 +389,7 @@ impl Refiner<'_> {
         def: &GoldDef,
         ctx: &deltalake::datafusion::prelude::SessionContext,
         batches: Vec<RecordBatch>,
-        watermark: i64,
+        watermark: Lsn,
         report: &mut GoldReport,
     ) -> Result<Vec<RecordBatch>> {
         let schema = match batches.first() {
@@ -391,7 +399,7 @@ impl Refiner<'_> {
         let mut all =
             arrow::compute::concat_batches(&schema, &batches).map_err(Error::arrow("gold rows"))?;
         for e in &def.expectations {
-            let pass = crate::silver::evaluate_predicate(ctx, &all, &e.predicate)
+            let pass = evaluate_predicate(ctx, &all, &e.predicate)
                 .await
                 .map_err(|err| {
                     model_error(&def.name, format!("expectation \"{}\": {err}", e.name))
@@ -425,7 +433,7 @@ impl Refiner<'_> {
                         target: format!("gold.{}", def.name),
                         rule: e.name.clone(),
                         failed: failing.len() as u64,
-                        example: crate::silver::describe_key(&[ex], &keys),
+                        example: describe_key(&[ex], &keys),
                     });
                 }
                 OnViolation::Drop => {
@@ -434,7 +442,7 @@ impl Refiner<'_> {
                     );
                     let bad = arrow::compute::take_record_batch(&all, &idx)
                         .map_err(Error::arrow("dropped rows"))?;
-                    self.quarantine_rows(&def.name, &e.name, vec![bad], watermark)
+                    self.quarantine_rows(&def.name, &e.name, vec![bad], watermark.lake_value())
                         .await?;
                     let keep: BooleanArray = (0..pass.len()).map(|i| Some(pass.value(i))).collect();
                     all = arrow::compute::filter_record_batch(&all, &keep)

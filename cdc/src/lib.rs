@@ -20,33 +20,36 @@
 //! [`gold`], [`publish`] (into Postgres), over [`lake`].
 
 pub mod api;
-pub mod app_id;
+mod app_id;
 pub mod audit;
 pub mod bronze;
 pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod decode;
-pub mod error;
+mod error;
+mod expectations;
 pub mod fault;
-pub mod gold;
+mod gold;
 pub mod heap;
 pub mod lake;
 pub mod lease;
 mod log_listing;
+pub mod lsn;
 pub mod metrics;
 pub mod optimize;
 mod pg_sql;
-pub mod publish;
+mod publish;
 pub mod refine;
 pub mod replicate;
 pub mod silver;
-pub mod slot;
+mod slot;
 pub mod snapshot;
 pub mod spill;
 pub mod status;
-pub mod tls;
+mod tls;
 pub mod typemap;
 
 pub use config::Config;
 pub use error::{Error, Refusal, Result, RetryPolicy};
+pub use lsn::Lsn;

@@ -108,7 +108,11 @@ fn init_logging(format: &str) {
 }
 
 /// One refinement cycle; prints what it did. Fails if a table failed.
-async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow::Result<()> {
+async fn refine_once(
+    cfg: &Config,
+    at: Option<medallion::Lsn>,
+    force: &[String],
+) -> anyhow::Result<()> {
     let (mut client, conn) = medallion::catalog::connect(&cfg.database_url).await?;
     tokio::spawn(conn);
     if !medallion::catalog::extension_installed(&client).await? {
@@ -163,7 +167,7 @@ async fn refine_once(cfg: &Config, at: Option<i64>, force: &[String]) -> anyhow:
     }
     println!(
         "medallion: silver and gold at source LSN {}",
-        pg_walstream::format_lsn(report.watermark as u64)
+        report.watermark
     );
     let failed = report.failures();
     if !failed.is_empty() {
@@ -316,10 +320,7 @@ async fn main() -> anyhow::Result<()> {
             let summary = summary.context("medallion run failed")?;
             println!(
                 "medallion: {} snapshot rows, {} changes, {} bronze commits, acknowledged {}",
-                summary.snapshot_rows,
-                summary.changes,
-                summary.commits,
-                pg_walstream::format_lsn(summary.acked_lsn)
+                summary.snapshot_rows, summary.changes, summary.commits, summary.acked_lsn
             );
             if let Some(task) = refine {
                 shutdown.cancel();
@@ -327,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("refinement task")?
                     .context("silver/gold refinement failed")?;
             } else if until_caught_up && cfg.refine_interval_ms > 0 {
-                refine_once(&cfg, Some(summary.acked_lsn as i64), &[]).await?;
+                refine_once(&cfg, Some(summary.acked_lsn), &[]).await?;
             }
         }
         Command::ServeApi => {

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::error::{Error, RetryPolicy};
+use crate::lsn::Lsn;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -126,8 +127,8 @@ impl Metrics {
         self.commits.observe(took.as_secs_f64());
     }
 
-    pub fn set_acked(&self, lsn: u64) {
-        self.acked_lsn.set(lsn);
+    pub fn set_acked(&self, lsn: Lsn) {
+        self.acked_lsn.set(lsn.raw());
     }
 
     pub fn error(&self, e: &Error) {
@@ -202,7 +203,7 @@ mod tests {
         let m = Metrics::default();
         m.add_changes(10);
         m.commit(Duration::from_millis(20));
-        m.set_acked(0x1_0000_0000);
+        m.set_acked(Lsn::new(0x1_0000_0000));
         m.refine_cycle(0, 1);
         let text = m.render();
         for line in [

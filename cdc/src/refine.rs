@@ -20,7 +20,9 @@
 //! `medallion.lsn` in `commitInfo`); `medallion.status()` shows it per table.
 
 use std::collections::{HashMap, HashSet};
+
 use std::time::{Duration, Instant};
+use url::Url;
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -29,50 +31,27 @@ use crate::Config;
 use crate::catalog;
 use crate::catalog::Field;
 use crate::error::{Error, Result, RetryPolicy};
+use crate::expectations::RuleCount;
 use crate::gold::Input;
 use crate::lake;
-use crate::silver::{Refiner, RuleCount};
-
-/// What one cycle did to one table.
-#[derive(Debug, Clone)]
-pub struct TableOutcome {
-    pub layer: &'static str,
-    pub name: String,
-    /// `ok`, `waiting`, `blocked`, `failed` or `up to date`.
-    pub state: String,
-    pub watermark: Option<i64>,
-    pub rows_in: u64,
-    pub rows_out: u64,
-    pub version: Option<i64>,
-    pub error: Option<String>,
-}
+use crate::lsn::Lsn;
+pub use crate::status::TableOutcome;
+use crate::status::{self, Layer, ObjectState};
 
 /// What a cycle did.
 #[derive(Debug, Clone, Default)]
 pub struct CycleReport {
-    pub watermark: i64,
+    pub watermark: Lsn,
     pub tables: Vec<TableOutcome>,
-}
-
-impl TableOutcome {
-    fn failed(layer: &'static str, name: &str, message: String) -> TableOutcome {
-        TableOutcome {
-            layer,
-            name: name.to_string(),
-            state: "failed".into(),
-            watermark: None,
-            rows_in: 0,
-            rows_out: 0,
-            version: None,
-            error: Some(message),
-        }
-    }
 }
 
 impl CycleReport {
     /// Tables that failed this cycle.
     pub fn failures(&self) -> Vec<&TableOutcome> {
-        self.tables.iter().filter(|t| t.state == "failed").collect()
+        self.tables
+            .iter()
+            .filter(|t| t.state == ObjectState::Failed)
+            .collect()
     }
 }
 
@@ -87,31 +66,27 @@ impl CycleReport {
 /// an older one. A floor beyond the server's flushed WAL (a cluster restored
 /// from an older backup) is not one this server confirmed: it is ignored,
 /// with a warning.
-pub async fn watermark(client: &Client, slot: &str, floor: Option<i64>) -> Result<Option<i64>> {
+pub async fn watermark(client: &Client, slot: &str, floor: Option<Lsn>) -> Result<Option<Lsn>> {
     let row = client
         .query_opt(
-            "SELECT confirmed_flush_lsn::text, pg_catalog.pg_current_wal_flush_lsn()::text \
+            "SELECT confirmed_flush_lsn, pg_catalog.pg_current_wal_flush_lsn() \
              FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
         .map_err(Error::pg("read slot position"))?;
     let Some(row) = row else { return Ok(None) };
-    let lsn = |i: usize| {
-        row.get::<_, Option<String>>(i)
-            .and_then(|s| pg_walstream::parse_lsn(&s).ok())
-            .map(|l| l as i64)
-    };
-    let (confirmed, flushed) = (lsn(0), lsn(1));
+    let confirmed: Option<Lsn> = row.field(0)?;
+    let flushed: Option<Lsn> = row.field(1)?;
     Ok(match (confirmed, floor) {
         (Some(c), Some(f)) if f > c && flushed.is_some_and(|w| f <= w) => {
-            tracing::debug!(slot_position = %pg_walstream::format_lsn(c as u64),
-                refined = %pg_walstream::format_lsn(f as u64),
+            tracing::debug!(slot_position = %c,
+                refined = %f,
                 "the slot reports an older position than silver reflects (Postgres restarted); refining from the newer");
             Some(f)
         }
         (Some(c), Some(f)) if f > c => {
-            tracing::warn!(refined = %pg_walstream::format_lsn(f as u64),
+            tracing::warn!(refined = %f,
                 "silver reflects a position beyond this server's WAL (restored from a backup?): \
                  ignored; resync the sources to rebuild the lake from this server");
             Some(c)
@@ -126,7 +101,7 @@ pub async fn watermark(client: &Client, slot: &str, floor: Option<i64>) -> Resul
 pub async fn refined_floor(
     cfg: &Config,
     silver: &[crate::catalog::SilverDef],
-) -> Result<Option<i64>> {
+) -> Result<Option<Lsn>> {
     let lake_url = cfg.lake_root()?;
     let storage = cfg.storage.to_map();
     let tables = lake::TableCache::default();
@@ -143,110 +118,11 @@ pub async fn refined_floor(
     Ok(floor)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    client: &Client,
-    slot: &str,
-    outcome: &TableOutcome,
-    started: chrono::DateTime<chrono::Utc>,
-    expectations: &std::collections::BTreeMap<String, RuleCount>,
-    run: bool,
-) -> Result<()> {
-    let lsn = outcome
-        .watermark
-        .map(|w| pg_walstream::format_lsn(w as u64));
-    client
-        .execute(
-            "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
-                rows_total, last_error, last_commit_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7, $8, \
-                CASE WHEN $4 = 'ok' THEN clock_timestamp() END, clock_timestamp()) \
-             ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
-                last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
-                delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
-                rows_total = CASE WHEN EXCLUDED.layer = 'gold' AND EXCLUDED.state = 'ok' THEN EXCLUDED.rows_total \
-                                  ELSE s.rows_total + EXCLUDED.rows_total END, \
-                last_error = EXCLUDED.last_error, \
-                last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
-                updated_at = EXCLUDED.updated_at",
-            &[
-                &slot,
-                &outcome.layer,
-                &outcome.name,
-                &outcome.state,
-                &lsn,
-                &outcome.version,
-                &(outcome.rows_out as i64),
-                &outcome.error,
-            ],
-        )
-        .await
-        .map_err(Error::pg("write medallion.table_status"))?;
-    if run {
-        let expectations = if expectations.is_empty() {
-            None
-        } else {
-            Some(serde_json::to_value(expectations).unwrap_or_default())
-        };
-        client
-            .execute(
-                "INSERT INTO medallion.runs (slot_name, layer, name, started_at, finished_at, rows_in, rows_out, \
-                    expectations, watermark, status, error) \
-                 VALUES ($1, $2, $3, $4, clock_timestamp(), $5, $6, $7, $8::text::pg_lsn, $9, $10)",
-                &[
-                    &slot,
-                    &outcome.layer,
-                    &outcome.name,
-                    &started,
-                    &(outcome.rows_in as i64),
-                    &(outcome.rows_out as i64),
-                    &expectations,
-                    &lsn,
-                    &if outcome.state == "failed" { "failed" } else { "ok" },
-                    &outcome.error,
-                ],
-            )
-            .await
-            .map_err(Error::pg("write medallion.runs"))?;
-    }
-    Ok(())
-}
-
-/// The status of tables and models a cycle did not run (nothing new,
-/// waiting, blocked), in one statement: their position and state move, their
-/// row counts stay.
-async fn record_quiet(client: &Client, slot: &str, outcomes: &[TableOutcome]) -> Result<()> {
-    if outcomes.is_empty() {
-        return Ok(());
-    }
-    let column = |f: fn(&TableOutcome) -> Option<String>| -> Vec<Option<String>> {
-        outcomes.iter().map(f).collect()
-    };
-    let layers = column(|o| Some(o.layer.to_string()));
-    let names = column(|o| Some(o.name.clone()));
-    let states = column(|o| Some(o.state.clone()));
-    let lsns = column(|o| o.watermark.map(|w| pg_walstream::format_lsn(w as u64)));
-    let errors = column(|o| o.error.clone());
-    let versions: Vec<Option<i64>> = outcomes.iter().map(|o| o.version).collect();
-    client
-        .execute(
-            "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
-                rows_total, last_error, last_commit_at, updated_at) \
-             SELECT $1, u.layer, u.name, u.state, u.lsn::pg_lsn, u.version, 0, u.error, \
-                CASE WHEN u.state = 'ok' THEN clock_timestamp() END, clock_timestamp() \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[]) \
-                AS u(layer, name, state, lsn, version, error) \
-             ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
-                last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
-                delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
-                last_error = EXCLUDED.last_error, \
-                last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
-                updated_at = EXCLUDED.updated_at",
-            &[&slot, &layers, &names, &states, &lsns, &versions, &errors],
-        )
-        .await
-        .map_err(Error::pg("write medallion.table_status"))?;
-    Ok(())
+/// The expectation counts of a run as `medallion.runs.expectations` holds them.
+fn expectations_json(
+    counts: &std::collections::BTreeMap<String, RuleCount>,
+) -> Option<serde_json::Value> {
+    (!counts.is_empty()).then(|| serde_json::to_value(counts).unwrap_or_default())
 }
 
 /// Errors that stop one table, not the cycle: everything but transient ones.
@@ -262,7 +138,7 @@ fn table_error(e: Error) -> Result<String> {
 /// `medallion.status()`, everything else goes on.
 fn publish_failed(out: TableOutcome, e: Error) -> Result<TableOutcome> {
     let message = table_error(e)?;
-    tracing::error!(layer = out.layer, name = %out.name, error = %message, "publication stopped");
+    tracing::error!(layer = %out.layer, name = %out.name, error = %message, "publication stopped");
     Ok(TableOutcome::failed(
         out.layer,
         &out.name,
@@ -275,7 +151,7 @@ fn publish_failed(out: TableOutcome, e: Error) -> Result<TableOutcome> {
 pub async fn cycle(
     cfg: &Config,
     client: &mut Client,
-    w: i64,
+    w: Lsn,
     forced: &HashSet<String>,
 ) -> Result<CycleReport> {
     cycle_with(cfg, client, w, forced, &lake::TableCache::default()).await
@@ -285,7 +161,7 @@ pub async fn cycle(
 pub async fn cycle_with(
     cfg: &Config,
     client: &mut Client,
-    w: i64,
+    w: Lsn,
     forced: &HashSet<String>,
     tables: &lake::TableCache,
 ) -> Result<CycleReport> {
@@ -308,9 +184,9 @@ pub async fn cycle_with(
         let (mut out, expectations, run) = match outcome {
             Ok(r) if r.waiting.is_some() => (
                 TableOutcome {
-                    layer: "silver",
+                    layer: Layer::Silver,
                     name: def.name.clone(),
-                    state: "waiting".into(),
+                    state: ObjectState::Waiting,
                     watermark: None,
                     rows_in: 0,
                     rows_out: 0,
@@ -328,9 +204,9 @@ pub async fn cycle_with(
                 }
                 (
                     TableOutcome {
-                        layer: "silver",
+                        layer: Layer::Silver,
                         name: def.name.clone(),
-                        state: "ok".into(),
+                        state: ObjectState::Ok,
                         watermark: Some(w),
                         rows_in: r.rows_in,
                         rows_out: r.rows_out,
@@ -345,13 +221,13 @@ pub async fn cycle_with(
                 let message = table_error(e)?;
                 tracing::error!(silver = %def.name, error = %message, "silver table stopped");
                 (
-                    TableOutcome::failed("silver", &def.name, message),
+                    TableOutcome::failed(Layer::Silver, &def.name, message),
                     Default::default(),
                     true,
                 )
             }
         };
-        if out.state == "ok"
+        if out.state == ObjectState::Ok
             && let Some(t) = tables
                 .current(
                     &lake::refined_url(&lake_url, "silver", &def.name)?,
@@ -369,7 +245,7 @@ pub async fn cycle_with(
         }
         tracing::debug!(silver = %def.name, state = %out.state, elapsed = ?clock.elapsed(), "silver run");
         if let Some(p) = &def.publish
-            && out.state == "ok"
+            && out.state == ObjectState::Ok
             && let Some(input) = inputs.get(&format!("silver.{}", def.name))
             && (run
                 || forced.contains(&format!("silver.{}", def.name))
@@ -381,7 +257,15 @@ pub async fn cycle_with(
             }
         }
         if run {
-            record(client, &cfg.slot, &out, started, &expectations, run).await?;
+            status::record(
+                client,
+                &cfg.slot,
+                &out,
+                started,
+                expectations_json(&expectations),
+                run,
+            )
+            .await?;
         } else {
             quiet.push(out.clone());
         }
@@ -407,9 +291,9 @@ pub async fn cycle_with(
                     .join(", ")
             );
             let out = TableOutcome {
-                layer: "gold",
+                layer: Layer::Gold,
                 name: def.name.clone(),
-                state: "blocked".into(),
+                state: ObjectState::Blocked,
                 watermark: None,
                 rows_in: 0,
                 rows_out: 0,
@@ -427,12 +311,12 @@ pub async fn cycle_with(
         let (mut out, expectations, run) = match out {
             Ok(r) => (
                 TableOutcome {
-                    layer: "gold",
+                    layer: Layer::Gold,
                     name: def.name.clone(),
                     state: if r.skipped.is_some() {
-                        "up to date".into()
+                        ObjectState::UpToDate
                     } else {
-                        "ok".into()
+                        ObjectState::Ok
                     },
                     watermark: Some(r.watermark),
                     rows_in: 0,
@@ -447,13 +331,13 @@ pub async fn cycle_with(
                 let message = table_error(e)?;
                 tracing::error!(gold = %def.name, error = %message, "gold model stopped");
                 (
-                    TableOutcome::failed("gold", &def.name, message),
+                    TableOutcome::failed(Layer::Gold, &def.name, message),
                     Default::default(),
                     true,
                 )
             }
         };
-        if out.state != "failed"
+        if out.state != ObjectState::Failed
             && let Some(t) = tables
                 .current(&lake::refined_url(&lake_url, "gold", &def.name)?, &storage)
                 .await?
@@ -473,17 +357,25 @@ pub async fn cycle_with(
                 },
             );
         }
-        if out.state == "up to date" {
-            out.state = "ok".into();
+        if out.state == ObjectState::UpToDate {
+            out.state = ObjectState::Ok;
         }
         if run {
-            record(client, &cfg.slot, &out, started, &expectations, run).await?;
+            status::record(
+                client,
+                &cfg.slot,
+                &out,
+                started,
+                expectations_json(&expectations),
+                run,
+            )
+            .await?;
         } else {
             quiet.push(out.clone());
         }
         report.tables.push(out);
     }
-    record_quiet(client, &cfg.slot, &quiet).await?;
+    status::record_quiet(client, &cfg.slot, &quiet).await?;
     Ok(report)
 }
 
@@ -533,11 +425,10 @@ async fn publish_one(
     table: &deltalake::DeltaTable,
     target: &(String, String),
     node: &str,
-    w: i64,
+    w: Lsn,
 ) -> Result<()> {
     let comment = format!(
-        "medallion: {node} at source LSN {} (Delta version {})",
-        pg_walstream::format_lsn(w as u64),
+        "medallion: {node} at source LSN {w} (Delta version {})",
         delta_version(table)
     );
     let rows = match &cfg.publish_database_url {
@@ -691,14 +582,14 @@ async fn loop_once(
         last_cycle = Instant::now();
         match cycle_with(cfg, &mut client, w, &forced, &tables).await {
             Ok(r) => {
-                tracing::debug!(watermark = %pg_walstream::format_lsn(w as u64), tables = r.tables.len(), "refinement cycle");
-                let failed = |layer: &str| {
+                tracing::debug!(watermark = %w, tables = r.tables.len(), "refinement cycle");
+                let failed = |layer: Layer| {
                     r.tables
                         .iter()
-                        .filter(|t| t.layer == layer && t.state == "failed")
+                        .filter(|t| t.layer == layer && t.state == ObjectState::Failed)
                         .count() as u64
                 };
-                metrics.refine_cycle(failed("silver"), failed("gold"));
+                metrics.refine_cycle(failed(Layer::Silver), failed(Layer::Gold));
                 last_w = Some(w);
                 floor = floor.max(Some(w));
                 forced.clear();
@@ -709,4 +600,41 @@ async fn loop_once(
     };
     conn_task.abort();
     result
+}
+
+/// Where silver runs read and write.
+pub struct Refiner<'a> {
+    pub lake: &'a Url,
+    pub storage: &'a HashMap<String, String>,
+    pub slot: &'a str,
+    /// Changes applied per MERGE (bounds memory; one transaction is never split).
+    pub batch_rows: usize,
+    /// Scale of unconstrained `numeric` (`MEDALLION_NUMERIC_SCALE`): gold
+    /// reads a bare `::numeric` with it, as silver stores such columns.
+    pub numeric_scale: i8,
+    /// Compact a table this refiner wrote once this many of its files are
+    /// small (`MEDALLION_COMPACT_SMALL_FILES`; 0 never).
+    pub compact_small_files: usize,
+    /// Delta tables kept open between cycles.
+    pub tables: &'a lake::TableCache,
+}
+
+impl<'a> Refiner<'a> {
+    /// The refiner `cfg` describes, over its lake root and storage options.
+    pub fn new(
+        cfg: &'a crate::Config,
+        lake: &'a Url,
+        storage: &'a HashMap<String, String>,
+        tables: &'a lake::TableCache,
+    ) -> Self {
+        Refiner {
+            lake,
+            storage,
+            slot: &cfg.slot,
+            batch_rows: cfg.silver_batch_rows.max(1),
+            numeric_scale: cfg.numeric_scale,
+            compact_small_files: cfg.compact_small_files,
+            tables,
+        }
+    }
 }

@@ -39,11 +39,12 @@ use crate::config::Config;
 use crate::decode::{self, Change};
 use crate::error::{Error, Result, RetryPolicy};
 use crate::lease::{Lease, LeaseKind};
+use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::slot::SlotCreation;
 use crate::snapshot::{self, SnapshotJob, SnapshotSource};
 use crate::spill::{RelationShape, Spill, Spilled};
-use crate::status::StatusBoard;
+use crate::status::{ObjectState, StatusBoard};
 use crate::typemap::Kind;
 
 /// How `run` ends.
@@ -60,7 +61,7 @@ pub struct RunSummary {
     pub changes: u64,
     pub commits: u64,
     pub snapshot_rows: u64,
-    pub acked_lsn: u64,
+    pub acked_lsn: Lsn,
 }
 
 /// Postgres epoch (2000-01-01) in Unix microseconds.
@@ -114,9 +115,9 @@ struct RelInfo {
 struct TableState {
     bronze: BronzeTable,
     /// Changes with a commit LSN ≤ this are already in bronze.
-    skip_upto: i64,
+    skip_upto: Lsn,
     /// Highest commit LSN buffered or staged, not committed.
-    pending_lsn: i64,
+    pending_lsn: Lsn,
     /// Stopped by a definite error until resynced.
     failed: Option<String>,
     /// Relation column index → bronze column index (for the current relation).
@@ -128,7 +129,7 @@ struct TableState {
 
 struct Tx {
     xid: u32,
-    lsn: i64,
+    lsn: Lsn,
     ts_us: i64,
     seq: i64,
 }
@@ -146,8 +147,8 @@ struct Replicator<'a> {
     spill: Spill,
     tx: Option<Tx>,
     stream_xid: Option<u32>,
-    last_commit_end: u64,
-    acked: u64,
+    last_commit_end: Lsn,
+    acked: Lsn,
     pending_since: Option<Instant>,
     status: StatusBoard,
     metrics: Arc<Metrics>,
@@ -158,10 +159,6 @@ struct Replicator<'a> {
     /// copied (until a resync).
     failed: HashMap<TableId, String>,
     shutdown: CancellationToken,
-}
-
-fn lsn_text(lsn: u64) -> String {
-    pg_walstream::format_lsn(lsn)
 }
 
 async fn run_once(
@@ -236,10 +233,10 @@ async fn run_once(
         let info = crate::slot::read(&client, &cfg.slot)
             .await?
             .ok_or_else(|| Error::Protocol(format!("slot {} vanished after creation", cfg.slot)))?;
-        tracing::info!(slot = %cfg.slot, at = %lsn_text(info.confirmed_flush_lsn), "created replication slot");
+        tracing::info!(slot = %cfg.slot, at = %info.confirmed_flush_lsn, "created replication slot");
         let exported = name.map(|name| SnapshotSource::Exported {
             name,
-            lsn: info.confirmed_flush_lsn as i64,
+            lsn: info.confirmed_flush_lsn,
         });
         (info, exported)
     } else {
@@ -288,24 +285,24 @@ async fn run_once(
         let row = r
             .client
             .query_one(
-                "SELECT pg_logical_emit_message(true, 'medallion', 'caught-up')::text",
+                "SELECT pg_logical_emit_message(true, 'medallion', 'caught-up')",
                 &[],
             )
             .await
             .map_err(Error::pg("emit caught-up marker"))?;
-        Some(pg_walstream::parse_lsn(&row.field::<String>(0)?).unwrap_or(0))
+        Some(row.field::<Lsn>(0)?)
     } else {
         None
     };
 
     stream
-        .start(Some(slot_info.confirmed_flush_lsn))
+        .start(Some(slot_info.confirmed_flush_lsn.raw()))
         .await
         .map_err(Error::repl("START_REPLICATION"))?;
     r.metrics.set_streaming(true);
     tracing::info!(
         slot = %cfg.slot,
-        from = %lsn_text(slot_info.confirmed_flush_lsn),
+        from = %slot_info.confirmed_flush_lsn,
         tables = r.tables.len(),
         "streaming"
     );
@@ -368,7 +365,7 @@ async fn run_once(
         } else if r.pending_since.is_none() {
             // Idle: nothing pending, confirm what the server says we have seen
             // (keepalives), so an idle or filtered source retains no WAL.
-            let pos = r.last_commit_end.max(stream.current_lsn());
+            let pos = r.last_commit_end.max(Lsn::new(stream.current_lsn()));
             r.ack(&mut stream, pos).await?;
         }
         r.status.flush(&r.client, false).await?;
@@ -386,7 +383,7 @@ async fn run_once(
     tracing::info!(
         changes = summary.changes,
         commits = summary.commits,
-        acked = %lsn_text(summary.acked_lsn),
+        acked = %summary.acked_lsn,
         "stopped"
     );
     Ok(summary)
@@ -495,7 +492,7 @@ impl Replicator<'_> {
             // The copy decides the columns, inside its snapshot.
             bronze.discard();
             self.status.update(&id, |s| {
-                s.state = "snapshotting";
+                s.state = ObjectState::Snapshotting;
                 s.last_error = None;
             });
             work.push((SnapshotJob { table: t, bronze }, resync_us));
@@ -536,8 +533,8 @@ impl Replicator<'_> {
             self.metrics.add_changes(done.rows);
             let version = done.bronze.version();
             self.status.update(&id, |s| {
-                s.state = "streaming";
-                s.last_lsn = Some(done.lsn as u64);
+                s.state = ObjectState::Streaming;
+                s.last_lsn = Some(done.lsn);
                 s.delta_version = version;
                 s.new_rows += done.rows as i64;
                 s.last_error = None;
@@ -547,7 +544,7 @@ impl Replicator<'_> {
                 TableState {
                     bronze: done.bronze,
                     skip_upto: done.lsn,
-                    pending_lsn: 0,
+                    pending_lsn: Lsn::ZERO,
                     failed: None,
                     rel_map: Vec::new(),
                     pending_rows: 0,
@@ -603,15 +600,15 @@ impl Replicator<'_> {
                 .to_string(),
             )
             .await?
-            .unwrap_or(0);
+            .map_or(Lsn::ZERO, Lsn::from_lake);
         self.status.update(&t.id, |s| {
-            s.state = "streaming";
+            s.state = ObjectState::Streaming;
             s.delta_version = bronze.version();
         });
         Ok(TableState {
             bronze,
             skip_upto,
-            pending_lsn: 0,
+            pending_lsn: Lsn::ZERO,
             failed: None,
             rel_map: Vec::new(),
             pending_rows: 0,
@@ -625,7 +622,7 @@ impl Replicator<'_> {
         let msg = e.to_string();
         self.failed.insert(id.clone(), msg.clone());
         self.status.update(id, |s| {
-            s.state = "failed";
+            s.state = ObjectState::Failed;
             s.last_error = Some(msg);
         });
     }
@@ -635,12 +632,12 @@ impl Replicator<'_> {
         tracing::error!(table = %id, error = %e, "table stopped: needs SELECT medallion.resync(...)");
         if let Some(s) = self.tables.get_mut(id) {
             s.bronze.discard();
-            s.pending_lsn = 0;
+            s.pending_lsn = Lsn::ZERO;
             s.failed = Some(e.to_string());
         }
         let msg = e.to_string();
         self.status.update(id, |s| {
-            s.state = "failed";
+            s.state = ObjectState::Failed;
             s.last_error = Some(msg);
         });
     }
@@ -678,12 +675,12 @@ impl Replicator<'_> {
             } => {
                 self.tx = Some(Tx {
                     xid,
-                    lsn: final_lsn as i64,
+                    lsn: Lsn::new(final_lsn),
                     ts_us: timestamp + PG_EPOCH_US,
                     seq: 0,
                 });
             }
-            M::Commit { end_lsn, .. } => self.end_transaction(end_lsn),
+            M::Commit { end_lsn, .. } => self.end_transaction(Lsn::new(end_lsn)),
             M::Relation {
                 relation_id,
                 namespace,
@@ -729,7 +726,7 @@ impl Replicator<'_> {
                 if let Some(mut reader) = self.spill.take(xid)? {
                     self.tx = Some(Tx {
                         xid,
-                        lsn: commit_lsn as i64,
+                        lsn: Lsn::new(commit_lsn),
                         ts_us: timestamp + PG_EPOCH_US,
                         seq: 0,
                     });
@@ -744,7 +741,7 @@ impl Replicator<'_> {
                         }
                     }
                 }
-                self.end_transaction(end_lsn);
+                self.end_transaction(Lsn::new(end_lsn));
             }
             M::Message { .. } | M::Origin { .. } | M::Type { .. } => {}
             other => {
@@ -757,7 +754,7 @@ impl Replicator<'_> {
     }
 
     /// A transaction (streamed or not) was fully applied to the buffers.
-    fn end_transaction(&mut self, end_lsn: u64) {
+    fn end_transaction(&mut self, end_lsn: Lsn) {
         self.tx = None;
         self.last_commit_end = end_lsn;
         if self.pending_since.is_none() && self.tables.values().any(|t| t.bronze.has_pending()) {
@@ -1001,25 +998,25 @@ impl Replicator<'_> {
                             table: &id,
                         }
                         .to_string(),
-                        lsn,
+                        lsn.lake_value(),
                     )],
                     vec![
                         ("medallion.kind".into(), "stream".into()),
-                        ("medallion.lsn".into(), lsn_text(lsn as u64).into()),
+                        ("medallion.lsn".into(), lsn.to_string().into()),
                         ("medallion.rows".into(), state.pending_rows.into()),
                     ],
                 )
                 .await?;
             crate::fault::hit(crate::fault::AFTER_BRONZE_COMMIT);
             state.skip_upto = state.skip_upto.max(lsn);
-            state.pending_lsn = 0;
+            state.pending_lsn = Lsn::ZERO;
             let rows = std::mem::take(&mut state.pending_rows);
             self.summary.commits += 1;
             self.metrics.commit(started.elapsed());
             let commit_us = state.pending_ts_us.take();
             self.status.update(&id, |s| {
-                s.state = "streaming";
-                s.last_lsn = Some(lsn as u64);
+                s.state = ObjectState::Streaming;
+                s.last_lsn = Some(lsn);
                 s.delta_version = version.or(s.delta_version);
                 s.new_rows += rows as i64;
                 s.last_commit_us = commit_us.or(s.last_commit_us);
@@ -1030,12 +1027,12 @@ impl Replicator<'_> {
         self.ack(stream, end).await
     }
 
-    async fn ack(&mut self, stream: &mut LogicalReplicationStream, lsn: u64) -> Result<()> {
+    async fn ack(&mut self, stream: &mut LogicalReplicationStream, lsn: Lsn) -> Result<()> {
         if lsn <= self.acked {
             return Ok(());
         }
-        stream.shared_lsn_feedback.update_flushed_lsn(lsn);
-        stream.shared_lsn_feedback.update_applied_lsn(lsn);
+        stream.shared_lsn_feedback.update_flushed_lsn(lsn.raw());
+        stream.shared_lsn_feedback.update_applied_lsn(lsn.raw());
         stream
             .send_feedback()
             .await
@@ -1046,7 +1043,7 @@ impl Replicator<'_> {
     }
 
     /// Wait (briefly) until the server shows our acknowledgement.
-    async fn wait_confirmed(&self, lsn: u64) -> Result<()> {
+    async fn wait_confirmed(&self, lsn: Lsn) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(info) = crate::slot::read(&self.client, &self.cfg.slot).await?
@@ -1056,7 +1053,7 @@ impl Replicator<'_> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tracing::warn!(lsn = %lsn_text(lsn), "server did not confirm the final acknowledgement in 10 s");
+        tracing::warn!(lsn = %lsn, "server did not confirm the final acknowledgement in 10 s");
         Ok(())
     }
 }

@@ -14,26 +14,26 @@ use crate::config::Config;
 
 use crate::catalog::Field;
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
 
 /// What Postgres says about our slot.
 #[derive(Debug, Clone)]
 pub struct SlotInfo {
-    pub confirmed_flush_lsn: u64,
-    pub restart_lsn: u64,
+    /// Where a restart streams from; [`Lsn::ZERO`] when Postgres has none
+    /// (an invalidated slot, whose `restart_lsn` is NULL too).
+    pub confirmed_flush_lsn: Lsn,
+    /// None once the slot is invalidated.
+    pub restart_lsn: Option<Lsn>,
     pub wal_status: Option<String>,
     pub active_pid: Option<i32>,
     pub retained_bytes: i64,
-}
-
-fn parse_lsn(s: &str) -> u64 {
-    pg_walstream::parse_lsn(s).unwrap_or(0)
 }
 
 /// Read the slot, or None when it does not exist.
 pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
     let row = client
         .query_opt(
-            "SELECT confirmed_flush_lsn::text, restart_lsn::text, wal_status, active_pid, \
+            "SELECT confirmed_flush_lsn, restart_lsn, wal_status, active_pid, \
                     pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, plugin::text, \
                     database::text = current_database() \
              FROM pg_replication_slots WHERE slot_name = $1",
@@ -51,14 +51,8 @@ pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
         )));
     }
     Ok(Some(SlotInfo {
-        confirmed_flush_lsn: r
-            .get::<_, Option<String>>(0)
-            .map(|s| parse_lsn(&s))
-            .unwrap_or(0),
-        restart_lsn: r
-            .get::<_, Option<String>>(1)
-            .map(|s| parse_lsn(&s))
-            .unwrap_or(0),
+        confirmed_flush_lsn: r.field::<Option<Lsn>>(0)?.unwrap_or(Lsn::ZERO),
+        restart_lsn: r.field(1)?,
         wal_status: r.field(2)?,
         active_pid: r.field(3)?,
         retained_bytes: r.field::<Option<i64>>(4)?.unwrap_or(0),
@@ -80,7 +74,7 @@ pub async fn validate(client: &Client, slot: &str) -> Result<SlotInfo> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         info = read(client, slot).await?.ok_or_else(lost)?;
     }
-    if info.wal_status.as_deref() == Some("lost") || info.restart_lsn == 0 {
+    if info.wal_status.as_deref() == Some("lost") || info.restart_lsn.is_none() {
         return Err(Error::SlotLost {
             slot: slot.to_string(),
             state: format!(

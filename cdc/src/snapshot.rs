@@ -53,6 +53,7 @@ use crate::catalog::Field;
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
 use crate::error::{Error, Result, RetryPolicy};
+use crate::lsn::Lsn;
 use crate::typemap::Kind;
 
 /// Which snapshot a copy reads.
@@ -60,7 +61,7 @@ use crate::typemap::Kind;
 pub enum SnapshotSource {
     /// The snapshot exported when the main slot was created (initial copy of
     /// every table at once): name and the slot's consistent point.
-    Exported { name: String, lsn: i64 },
+    Exported { name: String, lsn: Lsn },
     /// A temporary slot of the copy's own (late tables, resyncs).
     TemporarySlot,
 }
@@ -82,7 +83,7 @@ struct Shape {
 /// Result of a copy.
 pub struct SnapshotDone {
     pub bronze: BronzeTable,
-    pub lsn: i64,
+    pub lsn: Lsn,
     pub rows: u64,
 }
 
@@ -170,7 +171,7 @@ const SHAPE_ATTEMPTS: u32 = 5;
 struct Opened {
     client: Client,
     conn_task: tokio::task::JoinHandle<()>,
-    lsn: i64,
+    lsn: Lsn,
     shape: Shape,
 }
 
@@ -241,7 +242,7 @@ async fn open_snapshot(
             import_snapshot(&client, id, &name).await?;
             let lsn = crate::slot::read(&client, &tmp_slot)
                 .await?
-                .map(|s| s.confirmed_flush_lsn as i64)
+                .map(|s| s.confirmed_flush_lsn)
                 .ok_or_else(|| {
                     Error::Protocol(format!("snapshot of {id}: temporary slot vanished"))
                 })?;
@@ -556,7 +557,7 @@ pub async fn copy_table(
                 table: &id,
             }
             .to_string(),
-            lsn,
+            lsn.lake_value(),
         ),
         Transaction::new(
             AppId::Snapshot {
@@ -564,7 +565,7 @@ pub async fn copy_table(
                 table: &id,
             }
             .to_string(),
-            lsn,
+            lsn.lake_value(),
         ),
     ];
     if let Some(us) = resync_us {
@@ -582,16 +583,13 @@ pub async fn copy_table(
             txns,
             vec![
                 ("medallion.kind".into(), "snapshot".into()),
-                (
-                    "medallion.lsn".into(),
-                    pg_walstream::format_lsn(lsn as u64).into(),
-                ),
+                ("medallion.lsn".into(), lsn.to_string().into()),
                 ("medallion.rows".into(), rows.into()),
             ],
         )
         .await?;
     crate::fault::hit(crate::fault::AFTER_BRONZE_COMMIT);
-    tracing::info!(table = %id, rows, lsn = %pg_walstream::format_lsn(lsn as u64), "snapshot: committed");
+    tracing::info!(table = %id, rows, lsn = %lsn, "snapshot: committed");
     Ok(SnapshotDone { bronze, lsn, rows })
 }
 

@@ -9,12 +9,223 @@ use tokio_postgres::Client;
 use crate::bronze::TableId;
 use crate::catalog::Field;
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+
+/// A layer of the lake, as `medallion.table_status.layer` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layer {
+    Bronze,
+    Silver,
+    Gold,
+}
+
+impl Layer {
+    /// The name `medallion.table_status` and `medallion.runs` store.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Layer::Bronze => "bronze",
+            Layer::Silver => "silver",
+            Layer::Gold => "gold",
+        }
+    }
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of a table or model, as `medallion.table_status.state` and
+/// `medallion.status()` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ObjectState {
+    /// Bronze: the initial copy (or a resync's) is running.
+    Snapshotting,
+    /// Bronze: changes stream in.
+    #[default]
+    Streaming,
+    /// Silver or gold: at the cycle's watermark.
+    Ok,
+    /// Silver: cannot reach the watermark yet (its copy is not committed, or
+    /// the stream has not passed it). Not an error.
+    Waiting,
+    /// Gold: an input is not available this cycle.
+    Blocked,
+    /// Gold: not refreshed because nothing asks for it (query and inputs
+    /// unchanged, manual, not due). Recorded as [`ObjectState::Ok`].
+    UpToDate,
+    /// Stopped by a definite error until the data, the definition or a
+    /// resync fixes it; everything else goes on.
+    Failed,
+}
+
+impl ObjectState {
+    /// The text `medallion.table_status.state` stores.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ObjectState::Snapshotting => "snapshotting",
+            ObjectState::Streaming => "streaming",
+            ObjectState::Ok => "ok",
+            ObjectState::Waiting => "waiting",
+            ObjectState::Blocked => "blocked",
+            ObjectState::UpToDate => "up to date",
+            ObjectState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one refinement cycle did to one silver table or gold model.
+#[derive(Debug, Clone)]
+pub struct TableOutcome {
+    pub layer: Layer,
+    pub name: String,
+    pub state: ObjectState,
+    pub watermark: Option<Lsn>,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub version: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl TableOutcome {
+    pub(crate) fn failed(layer: Layer, name: &str, message: String) -> TableOutcome {
+        TableOutcome {
+            layer,
+            name: name.to_string(),
+            state: ObjectState::Failed,
+            watermark: None,
+            rows_in: 0,
+            rows_out: 0,
+            version: None,
+            error: Some(message),
+        }
+    }
+}
+
+/// Write the status of a silver table or gold model a cycle ran, and with
+/// `run` (it did work, or failed) its row in `medallion.runs`, with the
+/// counts of its expectations (`rule → {on_violation, failed}`).
+///
+/// This module is the one writer of `medallion.table_status`: bronze rows
+/// through [`StatusBoard`], refined ones here and in [`record_quiet`].
+pub(crate) async fn record(
+    client: &Client,
+    slot: &str,
+    outcome: &TableOutcome,
+    started: chrono::DateTime<chrono::Utc>,
+    expectations: Option<serde_json::Value>,
+    run: bool,
+) -> Result<()> {
+    let lsn = outcome.watermark;
+    client
+        .execute(
+            "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
+                rows_total, last_error, last_commit_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7, $8, \
+                CASE WHEN $4 = 'ok' THEN clock_timestamp() END, clock_timestamp()) \
+             ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
+                last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
+                delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
+                rows_total = CASE WHEN EXCLUDED.layer = 'gold' AND EXCLUDED.state = 'ok' THEN EXCLUDED.rows_total \
+                                  ELSE s.rows_total + EXCLUDED.rows_total END, \
+                last_error = EXCLUDED.last_error, \
+                last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
+                updated_at = EXCLUDED.updated_at",
+            &[
+                &slot,
+                &outcome.layer.as_str(),
+                &outcome.name,
+                &outcome.state.as_str(),
+                &lsn,
+                &outcome.version,
+                &(outcome.rows_out as i64),
+                &outcome.error,
+            ],
+        )
+        .await
+        .map_err(Error::pg("write medallion.table_status"))?;
+    if run {
+        client
+            .execute(
+                "INSERT INTO medallion.runs (slot_name, layer, name, started_at, finished_at, rows_in, rows_out, \
+                    expectations, watermark, status, error) \
+                 VALUES ($1, $2, $3, $4, clock_timestamp(), $5, $6, $7, $8::pg_lsn, $9, $10)",
+                &[
+                    &slot,
+                    &outcome.layer.as_str(),
+                    &outcome.name,
+                    &started,
+                    &(outcome.rows_in as i64),
+                    &(outcome.rows_out as i64),
+                    &expectations,
+                    &lsn,
+                    &if outcome.state == ObjectState::Failed {
+                        "failed"
+                    } else {
+                        "ok"
+                    },
+                    &outcome.error,
+                ],
+            )
+            .await
+            .map_err(Error::pg("write medallion.runs"))?;
+    }
+    Ok(())
+}
+
+/// The status of tables and models a cycle did not run (nothing new,
+/// waiting, blocked), in one statement: their position and state move, their
+/// row counts stay.
+pub(crate) async fn record_quiet(
+    client: &Client,
+    slot: &str,
+    outcomes: &[TableOutcome],
+) -> Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&TableOutcome) -> Option<String>| -> Vec<Option<String>> {
+        outcomes.iter().map(f).collect()
+    };
+    let layers = column(|o| Some(o.layer.to_string()));
+    let names = column(|o| Some(o.name.clone()));
+    let states = column(|o| Some(o.state.to_string()));
+    let lsns = column(|o| o.watermark.map(|w| w.to_string()));
+    let errors = column(|o| o.error.clone());
+    let versions: Vec<Option<i64>> = outcomes.iter().map(|o| o.version).collect();
+    client
+        .execute(
+            "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
+                rows_total, last_error, last_commit_at, updated_at) \
+             SELECT $1, u.layer, u.name, u.state, u.lsn::pg_lsn, u.version, 0, u.error, \
+                CASE WHEN u.state = 'ok' THEN clock_timestamp() END, clock_timestamp() \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[]) \
+                AS u(layer, name, state, lsn, version, error) \
+             ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
+                last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
+                delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
+                last_error = EXCLUDED.last_error, \
+                last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
+                updated_at = EXCLUDED.updated_at",
+            &[&slot, &layers, &names, &states, &lsns, &versions, &errors],
+        )
+        .await
+        .map_err(Error::pg("write medallion.table_status"))?;
+    Ok(())
+}
 
 /// State of one bronze table as shown in `medallion.status()`.
 #[derive(Debug, Clone, Default)]
 pub struct TableStatus {
-    pub state: &'static str,
-    pub last_lsn: Option<u64>,
+    pub state: ObjectState,
+    pub last_lsn: Option<Lsn>,
     pub last_commit_us: Option<i64>,
     pub delta_version: Option<i64>,
     /// Rows written since the last status write.
@@ -61,7 +272,7 @@ impl StatusBoard {
             .prepare(
                 "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, last_commit_at, \
                     delta_version, rows_total, lag_seconds, last_error, updated_at) \
-                 VALUES ($1, 'bronze', $2, $3, $4::text::pg_lsn, to_timestamp($5::float8), $6, $7, \
+                 VALUES ($1, 'bronze', $2, $3, $4::pg_lsn, to_timestamp($5::float8), $6, $7, \
                     extract(epoch FROM clock_timestamp())::float8 - $5::float8, $8, clock_timestamp()) \
                  ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
                     last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
@@ -73,7 +284,6 @@ impl StatusBoard {
             .await
             .map_err(Error::pg("prepare status write"))?;
         for (id, s) in self.tables.iter_mut().filter(|(_, s)| s.dirty) {
-            let lsn = s.last_lsn.map(pg_walstream::format_lsn);
             let commit_secs = s.last_commit_us.map(|us| us as f64 / 1e6);
             client
                 .execute(
@@ -81,8 +291,8 @@ impl StatusBoard {
                     &[
                         &self.slot,
                         &id.to_string(),
-                        &s.state,
-                        &lsn,
+                        &s.state.as_str(),
+                        &s.last_lsn,
                         &commit_secs,
                         &s.delta_version,
                         &s.new_rows,

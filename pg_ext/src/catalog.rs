@@ -338,3 +338,12 @@ pub(crate) fn drop_with_dependents(node: &str, cascade: bool, what: &str) {
     }
     delete_node(node);
 }
+
+/// Whether a gold model of this name is defined.
+pub(crate) fn gold_exists(name: &str) -> bool {
+    one(
+        "SELECT EXISTS (SELECT 1 FROM medallion.gold_models WHERE name = $1)",
+        &[name.into()],
+    )
+    .unwrap_or(false)
+}

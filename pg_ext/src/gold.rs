@@ -4,14 +4,11 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use pgrx::prelude::*;
-use sqlparser::ast::{
-    Expr, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
-};
+use sqlparser::ast::{ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::Token;
+use sqlparser::parser::Parser;
 
-use crate::{catalog, names, raise};
+use crate::{catalog, names, predicate, raise};
 
 /// A reference from a gold query to a medallion table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,13 +24,6 @@ pub(crate) enum QueryError {
     NotASelect(String),
     Unqualified(String),
     WrongLayer(String),
-}
-
-fn parser_message(e: ParserError) -> String {
-    match e {
-        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
-        ParserError::RecursionLimitExceeded => "query nests too deeply".into(),
-    }
 }
 
 #[derive(Default)]
@@ -83,7 +73,7 @@ impl Visitor for Refs {
 /// `silver.<name>` or `gold.<name>` (CTE names excepted).
 pub(crate) fn parse_gold_query(sql: &str) -> Result<Vec<TableRef>, QueryError> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-        .map_err(|e| QueryError::Syntax(parser_message(e)))?;
+        .map_err(|e| QueryError::Syntax(predicate::parser_message(e)))?;
     let query = match statements.as_slice() {
         [Statement::Query(query)] => query,
         [other] => {
@@ -125,42 +115,6 @@ pub(crate) fn parse_gold_query(sql: &str) -> Result<Vec<TableRef>, QueryError> {
         }
     }
     Ok(out.into_iter().collect())
-}
-
-/// Parse a boolean expression (expectation predicate, row filter) and return
-/// the column names it references. Errors carry the parser's message.
-pub(crate) fn predicate_identifiers(sql: &str) -> Result<Vec<String>, (String, ())> {
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(sql)
-        .map_err(|e| (parser_message(e), ()))?;
-    let expr = parser.parse_expr().map_err(|e| (parser_message(e), ()))?;
-    let next = parser.peek_token();
-    if next.token != Token::EOF {
-        return Err((
-            format!(
-                "unexpected {} at {} after the expression",
-                next.token, next.span.start
-            ),
-            (),
-        ));
-    }
-    let mut idents = BTreeSet::new();
-    let _ = sqlparser::ast::visit_expressions(&expr, |e: &Expr| {
-        match e {
-            Expr::Identifier(i) => {
-                idents.insert(i.value.clone());
-            }
-            Expr::CompoundIdentifier(parts) => {
-                if let Some(last) = parts.last() {
-                    idents.insert(last.value.clone());
-                }
-            }
-            _ => {}
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    Ok(idents.into_iter().collect())
 }
 
 /// Parse a refresh policy: `on_change`, `manual` or an interval such as
@@ -255,7 +209,7 @@ fn define_gold(
     for r in &refs {
         let exists = match r.layer.as_str() {
             "silver" => silver_exists(&r.name),
-            _ => crate::source::gold_exists(&r.name),
+            _ => catalog::gold_exists(&r.name),
         };
         if r.layer == "gold" && r.name == name {
             raise::error(
@@ -332,7 +286,7 @@ fn define_gold(
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn drop_gold(name: &str, cascade: default!(bool, false)) {
-    if !crate::source::gold_exists(name) {
+    if !catalog::gold_exists(name) {
         raise::error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("gold model \"{name}\" does not exist"),
@@ -351,7 +305,7 @@ fn drop_gold(name: &str, cascade: default!(bool, false)) {
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn refresh(name: &str) {
-    let layer = if crate::source::gold_exists(name) {
+    let layer = if catalog::gold_exists(name) {
         "gold"
     } else if silver_exists(name) {
         "silver"
@@ -375,7 +329,7 @@ fn node_of(name: &str) -> String {
         Some((l, n)) if l == "silver" || l == "gold" => (Some(l), n),
         _ => (None, name),
     };
-    let is_gold = crate::source::gold_exists(bare);
+    let is_gold = catalog::gold_exists(bare);
     let is_silver = silver_exists(bare);
     match (layer, is_silver, is_gold) {
         (Some("silver"), true, _) | (None, true, _) => format!("silver.{bare}"),
@@ -568,16 +522,6 @@ mod unit {
             parse_gold_query("SELECT * FROM public.res_partner"),
             Err(QueryError::WrongLayer("public.res_partner".into()))
         );
-    }
-
-    #[test]
-    fn predicates() {
-        assert_eq!(
-            predicate_identifiers("amount_total >= 0 AND partner_id IS NOT NULL").unwrap(),
-            vec!["amount_total".to_string(), "partner_id".to_string()]
-        );
-        assert!(predicate_identifiers("amount_total >=").is_err());
-        assert!(predicate_identifiers("a = 1 b").is_err());
     }
 
     #[test]

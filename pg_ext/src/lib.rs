@@ -27,6 +27,7 @@ mod gold;
 mod lineage;
 mod names;
 mod package;
+mod predicate;
 mod raise;
 mod silver;
 mod source;

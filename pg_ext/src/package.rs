@@ -503,7 +503,7 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
             ],
         )
         .unwrap_or(false);
-        let existed = crate::source::gold_exists(&f.model);
+        let existed = crate::catalog::gold_exists(&f.model);
         if !same {
             call(
                 "SELECT medallion.define_gold($1, $2, $3, $4)",
@@ -564,7 +564,7 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
             .rev()
             .filter(|m| !defined.contains(m))
         {
-            if crate::source::gold_exists(m) {
+            if crate::catalog::gold_exists(m) {
                 call(
                     "SELECT medallion.drop_gold($1, false)",
                     &[m.as_str().into()],
@@ -673,7 +673,7 @@ fn uninstall_package(
     };
     let mut out: Vec<Outcome> = Vec::new();
     for m in models.iter().rev() {
-        if !crate::source::gold_exists(m) {
+        if !crate::catalog::gold_exists(m) {
             continue;
         }
         let outside: Vec<String> = catalog::dependents(&format!("gold.{m}"))

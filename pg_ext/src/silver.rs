@@ -4,7 +4,7 @@
 use pgrx::PgRelation;
 use pgrx::prelude::*;
 
-use crate::{catalog, gold, names, raise};
+use crate::{catalog, names, predicate, raise};
 
 /// Define (or redefine) a silver table over a declared source.
 #[pg_extern(security_definer)]
@@ -43,7 +43,7 @@ fn define_silver(
             ),
         );
     }
-    if crate::source::gold_exists(name) {
+    if crate::catalog::gold_exists(name) {
         raise::error(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             format!("a gold model named \"{name}\" already exists"),
@@ -168,7 +168,7 @@ fn target_node(target: &str) -> String {
         )
         .unwrap_or(false)
     } else {
-        crate::source::gold_exists(&name)
+        crate::catalog::gold_exists(&name)
     };
     if !exists {
         raise::error(
@@ -193,7 +193,7 @@ fn expect(target: &str, name: &str, predicate: &str, on_violation: default!(Stri
             "on_violation is 'warn' (keep and count), 'drop' (quarantine the row) or 'fail' (stop the table).",
         );
     }
-    if let Err((msg, ())) = gold::predicate_identifiers(predicate) {
+    if let Err(msg) = predicate::predicate_identifiers(predicate) {
         raise::error(
             PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
             format!("syntax error in expectation \"{name}\": {msg}"),

@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 
 use crate::catalog::Caller;
 use crate::catalog::{self, TableInfo};
-use crate::{gold, names, raise};
+use crate::{names, predicate, raise};
 
 /// The publication pg_medallion maintains.
 pub(crate) const PUBLICATION: &str = "medallion";
@@ -95,7 +95,7 @@ fn validate(
                 "row_filter is one boolean SQL expression over the table's columns, e.g. 'company_id = 1'.".into(),
             )
         })?;
-        let idents = gold::predicate_identifiers(filter).map_err(|(msg, _)| {
+        let idents = predicate::predicate_identifiers(filter).map_err(|msg| {
             (
                 PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
                 format!("invalid row_filter: {msg}"),
@@ -260,7 +260,7 @@ fn sync_managed_silver(info: &TableInfo, silver: &str) {
         // A user-defined silver of the same name over the same source wins.
         return;
     }
-    if gold_exists(&name) {
+    if catalog::gold_exists(&name) {
         raise::error(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             format!("a gold model named \"{name}\" already exists"),
@@ -300,14 +300,6 @@ fn sync_managed_silver(info: &TableInfo, silver: &str) {
             bronze_node(&info.schema, &info.table).into(),
         ],
     );
-}
-
-pub(crate) fn gold_exists(name: &str) -> bool {
-    catalog::one(
-        "SELECT EXISTS (SELECT 1 FROM medallion.gold_models WHERE name = $1)",
-        &[name.into()],
-    )
-    .unwrap_or(false)
 }
 
 /// Add or update one source. Returns whether anything changed.

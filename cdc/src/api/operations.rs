@@ -20,6 +20,7 @@ use crate::Config;
 use crate::catalog::{self, Field, GoldDef, Refresh};
 use crate::error::{Error, Refusal, Result};
 use crate::metrics::Metrics;
+use crate::status::ObjectState;
 
 /// `expr` (a timestamptz) as text: UTC, ISO 8601 (`2026-12-04T06:24:40.123456Z`).
 fn iso(expr: &str) -> String {
@@ -382,7 +383,10 @@ impl Operations {
                     Some(slot) if !slot.active => reasons.push("slot_inactive"),
                     Some(_) => {}
                 }
-                if s.objects.iter().any(|o| o.state == "snapshotting") {
+                if s.objects
+                    .iter()
+                    .any(|o| o.state == ObjectState::Snapshotting.as_str())
+                {
                     reasons.push("snapshotting");
                 }
                 if !s.failed.is_empty() {

@@ -6,6 +6,7 @@
 
 use super::refine::load_odoo;
 use super::*;
+use medallion::status::{Layer, ObjectState};
 
 /// One corpus block: a model name, its SQL, and the message fragment its
 /// refresh must fail with when the construct is refused.
@@ -68,7 +69,7 @@ pub(super) async fn corpus_problems(
     for c in cases {
         let Some(t) = tables
             .iter()
-            .find(|t| t.layer == "gold" && t.name == c.name)
+            .find(|t| t.layer == Layer::Gold && t.name == c.name)
         else {
             problems.push(format!("{}: not refreshed by the cycle", c.name));
             continue;
@@ -76,14 +77,14 @@ pub(super) async fn corpus_problems(
         match &c.refused {
             Some(fragment) => {
                 let message = t.error.clone().unwrap_or_default();
-                if t.state != "failed" || !message.contains(fragment.as_str()) {
+                if t.state != ObjectState::Failed || !message.contains(fragment.as_str()) {
                     problems.push(format!(
                         "{}: expected a refusal naming {fragment:?}, got {} {message:?}",
                         c.name, t.state
                     ));
                 }
             }
-            None if t.state != "ok" => {
+            None if t.state != ObjectState::Ok => {
                 problems.push(format!("{}: {} {:?}", c.name, t.state, t.error));
             }
             None => {
@@ -125,7 +126,7 @@ async fn the_gold_sql_corpus_equals_postgres_or_is_refused_with_a_hint() {
     let silver_bad: Vec<_> = r
         .tables
         .iter()
-        .filter(|t| t.layer == "silver" && t.state != "ok")
+        .filter(|t| t.layer == Layer::Silver && t.state != ObjectState::Ok)
         .collect();
     assert!(silver_bad.is_empty(), "{silver_bad:#?}");
     assert!(

@@ -6,6 +6,7 @@
 
 use super::refine::load_odoo;
 use super::*;
+use medallion::status::{Layer, ObjectState};
 
 /// The models the package defines over the synthetic Odoo database (every
 /// table they read exists there).
@@ -55,9 +56,14 @@ pub(super) async fn assert_package_right(
 ) {
     let mut problems: Vec<String> = Vec::new();
     for &m in models {
-        match tables.iter().find(|t| t.layer == "gold" && t.name == m) {
+        match tables
+            .iter()
+            .find(|t| t.layer == Layer::Gold && t.name == m)
+        {
             None => problems.push(format!("{m}: not refreshed by the cycle")),
-            Some(t) if t.state != "ok" => problems.push(format!("{m}: {} {:?}", t.state, t.error)),
+            Some(t) if t.state != ObjectState::Ok => {
+                problems.push(format!("{m}: {} {:?}", t.state, t.error))
+            }
             Some(_) => {
                 if let Err(e) = env.gold_differences(m).await {
                     problems.push(e);

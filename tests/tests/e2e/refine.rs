@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use medallion::Lsn;
 use medallion::refine;
+use medallion::status::{Layer, ObjectState};
 
 use super::*;
 
@@ -43,12 +45,12 @@ fn norm(v: Option<&str>) -> String {
 }
 
 impl Env {
-    pub(super) async fn refine_cycle(&self, cfg: &Config, w: u64) -> refine::CycleReport {
+    pub(super) async fn refine_cycle(&self, cfg: &Config, w: Lsn) -> refine::CycleReport {
         let (mut client, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
             .await
             .expect("connect");
         tokio::spawn(conn);
-        refine::cycle(cfg, &mut client, w as i64, &HashSet::new())
+        refine::cycle(cfg, &mut client, w, &HashSet::new())
             .await
             .expect("refinement cycle")
     }
@@ -58,7 +60,7 @@ impl Env {
         let cfg = self.cfg();
         let s = self.catch_up_with(&cfg).await;
         let r = self.refine_cycle(&cfg, s.acked_lsn).await;
-        assert_eq!(r.watermark as u64, s.acked_lsn);
+        assert_eq!(r.watermark, s.acked_lsn);
         r
     }
 
@@ -512,7 +514,11 @@ pub(super) fn gold_examples() -> String {
 }
 
 pub(super) fn assert_all_ok(r: &refine::CycleReport) {
-    let bad: Vec<_> = r.tables.iter().filter(|t| t.state != "ok").collect();
+    let bad: Vec<_> = r
+        .tables
+        .iter()
+        .filter(|t| t.state != ObjectState::Ok)
+        .collect();
     assert!(bad.is_empty(), "tables not ok after the cycle: {bad:#?}");
 }
 
@@ -525,7 +531,7 @@ async fn silver_and_gold_equal_postgres_on_the_odoo_workload() {
     let r = env.catch_up_and_refine().await;
     assert_all_ok(&r);
     assert_eq!(
-        r.tables.iter().filter(|t| t.layer == "silver").count(),
+        r.tables.iter().filter(|t| t.layer == Layer::Silver).count(),
         medallion_tests::odoo::schema().len()
     );
     // Incremental: two more business days, each its own cycle.
@@ -812,7 +818,11 @@ async fn scd2_history_soft_delete_truncate_and_expectations() {
     assert_eq!(failed.len(), 1, "{r:#?}");
     let e = failed[0].error.clone().unwrap();
     assert!(e.contains("price_small") && e.contains("id=8"), "{e}");
-    assert!(r.tables.iter().any(|t| t.name == "item" && t.state == "ok"));
+    assert!(
+        r.tables
+            .iter()
+            .any(|t| t.name == "item" && t.state == ObjectState::Ok)
+    );
     let st = env.sql("SELECT state || ':' || (last_error IS NOT NULL) FROM medallion.status() WHERE layer = 'silver' AND name = 'item_soft'");
     assert_eq!(st.trim(), "failed:true");
 }
@@ -1017,14 +1027,11 @@ async fn assert_t_sum_equals_postgres(env: &Env) {
 }
 
 /// The slot's confirmed position as a number.
-fn slot_position(env: &Env) -> i64 {
-    env.sql(
-        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots \
-         WHERE slot_name = 'medallion'",
-    )
-    .trim()
-    .parse()
-    .expect("slot position")
+fn slot_position(env: &Env) -> Lsn {
+    env.sql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'medallion'")
+        .trim()
+        .parse()
+        .expect("slot position")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1091,10 +1098,7 @@ async fn the_refine_watermark_never_goes_back_when_postgres_forgets_the_slot_pos
     let text = super::object_store::output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains(&format!(
-            "silver and gold at source LSN {}",
-            pg_walstream::format_lsn(refined_at as u64)
-        )),
+        text.contains(&format!("silver and gold at source LSN {refined_at}")),
         "{text}"
     );
     let lsns = env.sql(
@@ -1104,8 +1108,10 @@ async fn the_refine_watermark_never_goes_back_when_postgres_forgets_the_slot_pos
     );
     assert_eq!(lsns.trim(), "gold.t_sum=true,silver.t=true");
     assert_eq!(
-        env.sql("SELECT (last_lsn - '0/0'::pg_lsn)::bigint FROM medallion.table_status WHERE layer = 'silver' AND name = 't'")
-            .trim(),
+        env.sql(
+            "SELECT last_lsn FROM medallion.table_status WHERE layer = 'silver' AND name = 't'"
+        )
+        .trim(),
         refined_at.to_string()
     );
 
@@ -1157,16 +1163,15 @@ async fn one_failing_model_fails_alone_and_medallion_status_says_degraded() {
         r.tables
             .iter()
             .find(|t| t.name == name)
-            .map(|t| t.state.clone())
-            .unwrap_or_default()
+            .map_or("missing", |t| t.state.as_str())
     };
     assert_eq!(
         (
-            state("t").as_str(),
-            state("t_sum").as_str(),
-            state("t_max").as_str(),
-            state("bad").as_str(),
-            state("on_bad").as_str()
+            state("t"),
+            state("t_sum"),
+            state("t_max"),
+            state("bad"),
+            state("on_bad")
         ),
         ("ok", "ok", "ok", "failed", "blocked"),
         "{:#?}",

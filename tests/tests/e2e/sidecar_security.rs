@@ -513,7 +513,7 @@ async fn every_sidecar_session_uses_tls_as_the_url_asks() {
     let r = medallion::refine::cycle(
         &cfg,
         &mut client,
-        s.acked_lsn as i64,
+        s.acked_lsn,
         &std::collections::HashSet::new(),
     )
     .await

@@ -18,6 +18,8 @@
 
 use std::time::{Duration, Instant};
 
+use medallion::status::ObjectState;
+
 use anyhow::{Context, bail};
 
 use super::Bench;
@@ -135,9 +137,13 @@ fn one(tables: usize, changed: usize, rounds: usize) -> anyhow::Result<(Cost, Co
                     wall_ms: t.elapsed().as_secs_f64() * 1e3,
                     cpu_ms: (cpu_time() - c).as_secs_f64() * 1e3,
                 };
-                let ok = r.tables.iter().filter(|t| t.state == "ok").count();
+                let ok = r
+                    .tables
+                    .iter()
+                    .filter(|t| t.state == ObjectState::Ok)
+                    .count();
                 let problem = (ok != tables + 1).then(|| {
-                    let t = r.tables.iter().find(|t| t.state != "ok");
+                    let t = r.tables.iter().find(|t| t.state != ObjectState::Ok);
                     format!(
                         "{ok} of {} tables ok; e.g. {:?}",
                         tables + 1,

@@ -1,0 +1,798 @@
+//! Change-log reduction, pure Arrow: a slice of bronze changes (in LSN,
+//! sequence order) reduced per key to what silver must hold — the last
+//! change for current state, one version per source transaction for SCD2 —
+//! with unchanged TOAST values resolved from earlier changes or a lookup
+//! of the silver rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray, new_null_array,
+};
+use arrow::compute::interleave;
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+
+use crate::bronze::{COL_COMMIT_TS, COL_LSN, COL_OP, COL_UNCHANGED_TOAST, META_PREFIX};
+use crate::catalog::{History, SilverDef};
+use crate::error::{Error, Result};
+use crate::lake;
+
+use super::*;
+
+/// Where a column value of an output row comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Src {
+    /// A row of the change slice.
+    Change(usize),
+    /// A row of the silver lookup.
+    Silver(usize),
+    /// Nobody has it (unchanged TOAST never seen): NULL.
+    Missing,
+    /// Not known yet: resolve from the silver lookup.
+    Unresolved,
+}
+
+/// Silver rows of touched keys, by key.
+pub(super) struct Lookup {
+    batch: RecordBatch,
+    rows: HashMap<OwnedRow, usize>,
+    /// Data column index (slice order) → lookup column index.
+    columns: Vec<Option<usize>>,
+}
+
+impl Lookup {
+    pub(super) fn new(batch: RecordBatch, keys: &[String], data: &[Field]) -> Result<Lookup> {
+        let key_cols: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| {
+                batch
+                    .column_by_name(k)
+                    .cloned()
+                    .ok_or_else(|| Error::Protocol(format!("silver lacks key column {k}")))
+            })
+            .collect::<Result<_>>()?;
+        let map = key_rows(&key_cols)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k, i))
+            .collect();
+        let columns = data
+            .iter()
+            .map(|f| {
+                batch
+                    .schema()
+                    .index_of(f.name())
+                    .ok()
+                    .filter(|&i| batch.column(i).data_type() == f.data_type())
+            })
+            .collect();
+        Ok(Lookup {
+            batch,
+            rows: map,
+            columns,
+        })
+    }
+}
+
+/// A slice of bronze changes in (LSN, order) order.
+pub(super) struct ChangeLog<'a> {
+    batch: &'a RecordBatch,
+    pub(super) data_fields: Vec<Field>,
+    data_idx: Vec<usize>,
+    keys: Vec<OwnedRow>,
+    key_idx: Vec<usize>,
+    op: &'a StringArray,
+    lsn: &'a Int64Array,
+    ts: Option<&'a TimestampMicrosecondArray>,
+    /// Per row: data column indexes whose TOAST value was not sent.
+    unchanged: Vec<Vec<usize>>,
+    pub(super) toast_missing: std::sync::atomic::AtomicU64,
+}
+
+/// What happens to a key's current silver row (SCD2).
+#[derive(Debug, Clone)]
+pub(super) enum Prior {
+    /// Untouched.
+    Keep,
+    /// Close at (lsn, ts); `replace` also rewrites its values first.
+    Close {
+        lsn: i64,
+        ts: Option<i64>,
+        replace: Option<Vec<Src>>,
+        row: usize,
+    },
+    /// Rewrite values in place (only untracked columns changed).
+    Replace { srcs: Vec<Src> },
+}
+
+pub(super) struct Version {
+    srcs: Vec<Src>,
+    lsn: i64,
+    ts: Option<i64>,
+    to: Option<(i64, Option<i64>)>,
+}
+
+pub(super) struct KeyHistory {
+    /// The key's first row in the slice (for its key values).
+    first_row: usize,
+    prior: Prior,
+    /// Whether the current silver row is gone (TRUNCATE) or unknown to exist.
+    prior_gone: bool,
+    versions: Vec<Version>,
+    open: bool,
+}
+
+impl KeyHistory {
+    /// Close the current silver version at (lsn, ts), keeping in-place
+    /// changes made to it earlier in the slice.
+    pub(super) fn close_prior(&mut self, lsn: i64, ts: Option<i64>, row: usize) {
+        let replace = match &self.prior {
+            Prior::Replace { srcs } => Some(srcs.clone()),
+            _ => None,
+        };
+        self.prior = Prior::Close {
+            lsn,
+            ts,
+            replace,
+            row,
+        };
+    }
+}
+
+impl<'a> ChangeLog<'a> {
+    pub(super) fn new(
+        batch: &'a RecordBatch,
+        keys: &[String],
+        table: &str,
+    ) -> Result<ChangeLog<'a>> {
+        let schema = batch.schema();
+        let op = lake::named_column::<StringArray>(batch, COL_OP, table, "Utf8")?;
+        let lsn = lake::named_column::<Int64Array>(batch, COL_LSN, table, "Int64")?;
+        let ts = match schema.index_of(COL_COMMIT_TS) {
+            Ok(i) => Some(lake::typed_column::<TimestampMicrosecondArray>(
+                batch,
+                i,
+                table,
+                "Timestamp(µs, UTC)",
+            )?),
+            Err(_) => None,
+        };
+        let mut data_fields = Vec::new();
+        let mut data_idx = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            if !f.name().starts_with(META_PREFIX) {
+                data_fields.push(f.as_ref().clone());
+                data_idx.push(i);
+            }
+        }
+        let key_idx: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                data_fields
+                    .iter()
+                    .position(|f| f.name() == k)
+                    .ok_or_else(|| Error::Config(format!("key column {k} is not in bronze")))
+            })
+            .collect::<Result<_>>()?;
+        let key_cols: Vec<ArrayRef> = key_idx
+            .iter()
+            .map(|&i| batch.column(data_idx[i]).clone())
+            .collect();
+        let key_rows = key_rows(&key_cols)?;
+        let name_to_idx: HashMap<&str, usize> = data_fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name().as_str(), i))
+            .collect();
+        let unchanged = match schema.index_of(COL_UNCHANGED_TOAST) {
+            Ok(i) => {
+                let list = lake::typed_column::<ListArray>(batch, i, table, "List(Utf8)")?;
+                let names = list
+                    .values()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| Error::ColumnType {
+                        table: table.into(),
+                        column: COL_UNCHANGED_TOAST.into(),
+                        expected: "List(Utf8)".into(),
+                        found: list.data_type().to_string(),
+                    })?;
+                let offsets = list.value_offsets();
+                (0..batch.num_rows())
+                    .map(|r| {
+                        if list.is_null(r) {
+                            return Vec::new();
+                        }
+                        (offsets[r] as usize..offsets[r + 1] as usize)
+                            .filter(|&i| names.is_valid(i))
+                            .filter_map(|i| name_to_idx.get(names.value(i)).copied())
+                            .collect()
+                    })
+                    .collect()
+            }
+            Err(_) => vec![Vec::new(); batch.num_rows()],
+        };
+        Ok(ChangeLog {
+            batch,
+            data_fields,
+            data_idx,
+            keys: key_rows,
+            key_idx,
+            op,
+            lsn,
+            ts,
+            unchanged,
+            toast_missing: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub(super) fn ts(&self, row: usize) -> Option<i64> {
+        self.ts.filter(|t| !t.is_null(row)).map(|t| t.value(row))
+    }
+
+    pub(super) fn needs_lookup(&self, def: &SilverDef) -> bool {
+        let toast = self.unchanged.iter().any(|u| !u.is_empty());
+        toast || (def.history == History::Scd2 && def.track_columns.is_some())
+    }
+
+    /// One row per touched key: the key columns.
+    pub(super) fn touched_keys(&self) -> Result<RecordBatch> {
+        let mut seen = std::collections::HashSet::new();
+        let rows: Vec<usize> = (0..self.batch.num_rows())
+            .filter(|&i| self.op.value(i) != "truncate" && seen.insert(&self.keys[i]))
+            .collect();
+        let idx =
+            arrow::array::UInt32Array::from(rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
+        let fields: Vec<Field> = self
+            .key_idx
+            .iter()
+            .map(|&k| self.data_fields[k].clone())
+            .collect();
+        let cols: Vec<ArrayRef> = self
+            .key_idx
+            .iter()
+            .map(|&k| {
+                arrow::compute::take(self.batch.column(self.data_idx[k]).as_ref(), &idx, None)
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::arrow("touched keys"))?;
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(Error::arrow("touched keys"))
+    }
+
+    /// Column sources of an upsert at `row`, filling unchanged TOAST from `prev`.
+    pub(super) fn upsert_srcs(&self, row: usize, prev: Option<&[Src]>) -> Vec<Src> {
+        let mut srcs: Vec<Src> = (0..self.data_fields.len())
+            .map(|_| Src::Change(row))
+            .collect();
+        for &c in &self.unchanged[row] {
+            srcs[c] = prev.map(|p| p[c]).unwrap_or(Src::Unresolved);
+        }
+        srcs
+    }
+
+    /// Resolve `Unresolved` sources from the silver lookup.
+    pub(super) fn resolve(
+        &self,
+        srcs: &mut [Src],
+        key: &OwnedRow,
+        lookup: Option<&Lookup>,
+        gone: bool,
+    ) {
+        for (c, s) in srcs.iter_mut().enumerate() {
+            if *s != Src::Unresolved {
+                continue;
+            }
+            *s = match lookup {
+                Some(l) if !gone => match (l.rows.get(key), l.columns[c]) {
+                    (Some(&r), Some(_)) => Src::Silver(r),
+                    _ => Src::Missing,
+                },
+                _ => Src::Missing,
+            };
+            if *s == Src::Missing {
+                self.toast_missing
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Build the data columns of output rows from their sources.
+    pub(super) fn build(
+        &self,
+        rows: &[Vec<Src>],
+        lookup: Option<&Lookup>,
+    ) -> Result<Vec<ArrayRef>> {
+        let mut out = Vec::with_capacity(self.data_fields.len());
+        for (c, f) in self.data_fields.iter().enumerate() {
+            let change = self.batch.column(self.data_idx[c]).clone();
+            let null = new_null_array(f.data_type(), 1);
+            let silver = lookup.and_then(|l| l.columns[c].map(|i| l.batch.column(i).clone()));
+            let sources: Vec<&dyn Array> = vec![
+                change.as_ref(),
+                null.as_ref(),
+                silver.as_deref().unwrap_or(null.as_ref()),
+            ];
+            let idx: Vec<(usize, usize)> = rows
+                .iter()
+                .map(|r| match r[c] {
+                    Src::Change(i) => (0, i),
+                    Src::Silver(i) if silver.is_some() => (2, i),
+                    _ => (1, 0),
+                })
+                .collect();
+            out.push(
+                interleave(&sources, &idx).map_err(Error::arrow(format!("build {}", f.name())))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Current state: one row per touched key, `upsert` or `delete`.
+    /// Returns the merge source and the last TRUNCATE (LSN, time) if any.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn reduce_current(
+        &self,
+        def: &SilverDef,
+        lookup: Option<&Lookup>,
+    ) -> Result<(RecordBatch, Option<(i64, Option<i64>)>)> {
+        // key → (last row, srcs or None for delete, gone)
+        let mut state: HashMap<&OwnedRow, (usize, Option<Vec<Src>>, bool)> = HashMap::new();
+        let mut order: Vec<&OwnedRow> = Vec::new();
+        let mut truncated = None;
+        for i in 0..self.batch.num_rows() {
+            let key = &self.keys[i];
+            match self.op.value(i) {
+                "truncate" => {
+                    state.clear();
+                    order.clear();
+                    truncated = Some((self.lsn.value(i), self.ts(i)));
+                }
+                "delete" => {
+                    let gone = truncated.is_some();
+                    if state.insert(key, (i, None, gone)).is_none() {
+                        order.push(key);
+                    }
+                }
+                _ => {
+                    let prev = state.get(key);
+                    let gone = truncated.is_some();
+                    let srcs = self.upsert_srcs(i, prev.and_then(|p| p.1.as_deref()));
+                    if state.insert(key, (i, Some(srcs), gone)).is_none() {
+                        order.push(key);
+                    }
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(order.len());
+        let mut meta_rows = Vec::with_capacity(order.len());
+        let mut actions = Vec::with_capacity(order.len());
+        for key in order {
+            let (row, srcs, gone) = state.remove(key).unwrap_or((0, None, true));
+            match srcs {
+                Some(mut s) => {
+                    self.resolve(&mut s, key, lookup, gone);
+                    rows.push(s);
+                    actions.push("upsert");
+                }
+                None => {
+                    rows.push(
+                        (0..self.data_fields.len())
+                            .map(|_| Src::Change(row))
+                            .collect(),
+                    );
+                    actions.push("delete");
+                }
+            }
+            meta_rows.push(row);
+        }
+        let mut fields: Vec<Field> = self.data_fields.clone();
+        let mut cols = self.build(&rows, lookup)?;
+        let take = arrow::array::UInt32Array::from(
+            meta_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+        );
+        fields.push(Field::new(COL_LSN, DataType::Int64, false));
+        cols.push(arrow::compute::take(self.lsn, &take, None).map_err(Error::arrow("lsn"))?);
+        fields.push(ts_field(COL_COMMIT_TS));
+        cols.push(self.ts_column(&meta_rows)?);
+        if def.soft_delete {
+            fields.push(Field::new(COL_DELETED, DataType::Boolean, false));
+            cols.push(Arc::new(BooleanArray::from(
+                actions.iter().map(|a| *a == "delete").collect::<Vec<_>>(),
+            )));
+        }
+        fields.push(Field::new(COL_ACTION, DataType::Utf8, false));
+        cols.push(Arc::new(StringArray::from(actions)));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(Error::arrow("silver merge source"))?;
+        Ok((batch, truncated))
+    }
+
+    pub(super) fn ts_column(&self, rows: &[usize]) -> Result<ArrayRef> {
+        Ok(Arc::new(
+            TimestampMicrosecondArray::from(rows.iter().map(|&r| self.ts(r)).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ))
+    }
+
+    /// SCD2: close actions for current silver versions, one insert per new
+    /// version (one per key and source transaction).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn reduce_scd2(
+        &self,
+        def: &SilverDef,
+        lookup: Option<&Lookup>,
+    ) -> Result<(RecordBatch, Option<(i64, Option<i64>)>)> {
+        let tracked: Option<Vec<usize>> = def.track_columns.as_ref().map(|t| {
+            t.iter()
+                .filter_map(|c| self.data_fields.iter().position(|f| f.name() == c))
+                .collect()
+        });
+        let mut hist: HashMap<&OwnedRow, KeyHistory> = HashMap::new();
+        let mut order: Vec<&OwnedRow> = Vec::new();
+        let mut truncated = None;
+        for i in 0..self.batch.num_rows() {
+            let (lsn, ts) = (self.lsn.value(i), self.ts(i));
+            let key = &self.keys[i];
+            if self.op.value(i) == "truncate" {
+                for h in hist.values_mut() {
+                    h.versions.retain(|v| v.lsn != lsn);
+                    if h.open {
+                        if let Some(v) = h.versions.last_mut() {
+                            v.to = Some((lsn, ts));
+                        }
+                        h.open = false;
+                    }
+                    // The TRUNCATE closes every current silver version.
+                    h.prior = Prior::Keep;
+                    h.prior_gone = true;
+                }
+                truncated = Some((lsn, ts));
+                continue;
+            }
+            let h = hist.entry(key).or_insert_with(|| {
+                order.push(key);
+                KeyHistory {
+                    first_row: i,
+                    prior: Prior::Keep,
+                    prior_gone: truncated.is_some()
+                        || lookup.is_some_and(|l| !l.rows.contains_key(key)),
+                    versions: Vec::new(),
+                    open: false,
+                }
+            });
+            // The values this change builds on.
+            let prior_srcs: Option<Vec<Src>> = if h.prior_gone {
+                None
+            } else {
+                match &h.prior {
+                    Prior::Keep => Some(
+                        (0..self.data_fields.len())
+                            .map(
+                                |c| match lookup.and_then(|l| l.rows.get(key).map(|&r| (l, r))) {
+                                    Some((l, r)) if l.columns[c].is_some() => Src::Silver(r),
+                                    Some(_) => Src::Missing,
+                                    None => Src::Unresolved,
+                                },
+                            )
+                            .collect(),
+                    ),
+                    Prior::Replace { srcs, .. } => Some(srcs.clone()),
+                    Prior::Close { .. } => None,
+                }
+            };
+            let prev: Option<Vec<Src>> = if h.open {
+                h.versions.last().map(|v| v.srcs.clone())
+            } else {
+                prior_srcs
+            };
+            if self.op.value(i) == "delete" {
+                if h.open {
+                    let same_tx = h.versions.last().is_some_and(|v| v.lsn == lsn);
+                    if same_tx {
+                        h.versions.pop();
+                    } else if let Some(v) = h.versions.last_mut() {
+                        v.to = Some((lsn, ts));
+                    }
+                    h.open = false;
+                } else if !h.prior_gone && !matches!(h.prior, Prior::Close { .. }) {
+                    h.close_prior(lsn, ts, i);
+                }
+                continue;
+            }
+            let mut srcs = self.upsert_srcs(i, prev.as_deref());
+            self.resolve(&mut srcs, key, lookup, h.prior_gone);
+            let untracked_only = match (&tracked, &prev) {
+                (Some(t), Some(p)) => t.iter().all(|&c| self.same_value(c, p[c], srcs[c], lookup)),
+                _ => false,
+            };
+            if h.open {
+                let last = h
+                    .versions
+                    .last_mut()
+                    .filter(|v| v.lsn == lsn || untracked_only);
+                if let Some(v) = last {
+                    v.srcs = srcs;
+                    continue;
+                }
+                if let Some(v) = h.versions.last_mut() {
+                    v.to = Some((lsn, ts));
+                }
+            } else if prev.is_some() || !h.prior_gone {
+                // Builds on the current silver version (or one that may exist).
+                if untracked_only && !matches!(h.prior, Prior::Close { .. }) {
+                    h.prior = Prior::Replace { srcs };
+                    continue;
+                }
+                if !matches!(h.prior, Prior::Close { .. }) {
+                    h.close_prior(lsn, ts, i);
+                }
+            }
+            h.versions.push(Version {
+                srcs,
+                lsn,
+                ts,
+                to: None,
+            });
+            h.open = true;
+        }
+        // Rows: closes/replaces (merge key set), then inserts (merge key NULL).
+        let mut srcs_rows: Vec<Vec<Src>> = Vec::new();
+        let mut key_rows: Vec<Option<usize>> = Vec::new();
+        let mut actions = Vec::new();
+        let mut from: Vec<(Option<i64>, Option<i64>)> = Vec::new();
+        let mut to: Vec<(Option<i64>, Option<i64>)> = Vec::new();
+        let mut current = Vec::new();
+        let change_row = |r: usize| -> Vec<Src> {
+            (0..self.data_fields.len())
+                .map(|_| Src::Change(r))
+                .collect()
+        };
+        for key in &order {
+            let h = &hist[key];
+            match &h.prior {
+                Prior::Keep => {}
+                Prior::Replace { srcs, .. } => {
+                    srcs_rows.push(srcs.clone());
+                    key_rows.push(Some(h.first_row));
+                    actions.push("replace");
+                    from.push((None, None));
+                    to.push((None, None));
+                    current.push(true);
+                }
+                Prior::Close {
+                    lsn,
+                    ts,
+                    replace,
+                    row,
+                } => {
+                    srcs_rows.push(replace.clone().unwrap_or_else(|| change_row(*row)));
+                    key_rows.push(Some(h.first_row));
+                    actions.push(if replace.is_some() {
+                        "close_replace"
+                    } else {
+                        "close"
+                    });
+                    from.push((None, None));
+                    to.push((Some(*lsn), *ts));
+                    current.push(false);
+                }
+            }
+            for v in &h.versions {
+                srcs_rows.push(v.srcs.clone());
+                key_rows.push(None);
+                actions.push("insert");
+                from.push((Some(v.lsn), v.ts));
+                to.push(v.to.map(|(l, t)| (Some(l), t)).unwrap_or((None, None)));
+                current.push(v.to.is_none());
+            }
+        }
+        let mut fields = self.data_fields.clone();
+        let mut cols = self.build(&srcs_rows, lookup)?;
+        fields.push(ts_field(COL_VALID_FROM));
+        cols.push(Arc::new(
+            TimestampMicrosecondArray::from(from.iter().map(|f| f.1).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ));
+        fields.push(ts_field(COL_VALID_TO));
+        cols.push(Arc::new(
+            TimestampMicrosecondArray::from(to.iter().map(|f| f.1).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ));
+        fields.push(Field::new(COL_VALID_FROM_LSN, DataType::Int64, true));
+        cols.push(Arc::new(Int64Array::from(
+            from.iter().map(|f| f.0).collect::<Vec<_>>(),
+        )));
+        fields.push(Field::new(COL_VALID_TO_LSN, DataType::Int64, true));
+        cols.push(Arc::new(Int64Array::from(
+            to.iter().map(|f| f.0).collect::<Vec<_>>(),
+        )));
+        fields.push(Field::new(COL_IS_CURRENT, DataType::Boolean, true));
+        cols.push(Arc::new(BooleanArray::from(current)));
+        for (i, &k) in self.key_idx.iter().enumerate() {
+            let f = &self.data_fields[k];
+            let change = self.batch.column(self.data_idx[k]).clone();
+            let null = new_null_array(f.data_type(), 1);
+            let idx: Vec<(usize, usize)> = key_rows
+                .iter()
+                .map(|r| match r {
+                    Some(r) => (0, *r),
+                    None => (1, 0),
+                })
+                .collect();
+            fields.push(Field::new(
+                format!("_mdl_mk_{i}"),
+                f.data_type().clone(),
+                true,
+            ));
+            cols.push(
+                interleave(&[change.as_ref(), null.as_ref()], &idx)
+                    .map_err(Error::arrow("merge key"))?,
+            );
+        }
+        fields.push(Field::new(COL_ACTION, DataType::Utf8, false));
+        cols.push(Arc::new(StringArray::from(actions)));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(Error::arrow("silver merge source"))?;
+        Ok((batch, truncated))
+    }
+
+    /// Whether column `c` has the same value from two sources.
+    pub(super) fn same_value(&self, c: usize, a: Src, b: Src, lookup: Option<&Lookup>) -> bool {
+        let value = |s: Src| -> Option<(ArrayRef, usize)> {
+            match s {
+                Src::Change(i) => Some((self.batch.column(self.data_idx[c]).clone(), i)),
+                Src::Silver(i) => {
+                    lookup.and_then(|l| l.columns[c].map(|k| (l.batch.column(k).clone(), i)))
+                }
+                _ => None,
+            }
+        };
+        match (value(a), value(b)) {
+            (Some((x, i)), Some((y, j))) => match (x.is_null(i), y.is_null(j)) {
+                (true, true) => true,
+                (false, false) => arrow::array::make_comparator(
+                    x.as_ref(),
+                    y.as_ref(),
+                    arrow::compute::SortOptions::default(),
+                )
+                .map(|cmp| cmp(i, j).is_eq())
+                .unwrap_or(false),
+                _ => false,
+            },
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Hashable per-row keys of `key_cols`.
+pub(super) fn key_rows(key_cols: &[ArrayRef]) -> Result<Vec<OwnedRow>> {
+    let conv = RowConverter::new(
+        key_cols
+            .iter()
+            .map(|a| SortField::new(a.data_type().clone()))
+            .collect(),
+    )
+    .map_err(Error::arrow("key rows"))?;
+    let rows = conv
+        .convert_columns(key_cols)
+        .map_err(Error::arrow("key rows"))?;
+    Ok((0..rows.num_rows()).map(|i| rows.row(i).owned()).collect())
+}
+
+pub(super) fn ts_field(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bronze table someone else wrote (or rewrote) with other column
+    /// types is refused with the table, the column and both types — the
+    /// checked accessors, not a panicking cast.
+    #[test]
+    pub(super) fn a_bronze_table_of_other_types_is_an_error_naming_the_column() {
+        use arrow::array::{Int32Array, ListBuilder, StringBuilder};
+        let op = || Arc::new(StringArray::from(vec!["insert"])) as ArrayRef;
+        let id = || Arc::new(Int64Array::from(vec![1])) as ArrayRef;
+        let make = |cols: Vec<(&str, ArrayRef)>| RecordBatch::try_from_iter(cols).expect("batch");
+        let keys = vec!["id".to_string()];
+
+        let ok = make(vec![
+            (COL_OP, op()),
+            (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+            ("id", id()),
+        ]);
+        assert!(ChangeLog::new(&ok, &keys, "bronze s.t").is_ok());
+
+        let cases: Vec<(RecordBatch, &str, &str)> = vec![
+            (
+                make(vec![
+                    (COL_OP, op()),
+                    (COL_LSN, Arc::new(Int32Array::from(vec![7])) as ArrayRef),
+                    ("id", id()),
+                ]),
+                COL_LSN,
+                "Int32",
+            ),
+            (
+                make(vec![
+                    (COL_OP, Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+                    (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+                    ("id", id()),
+                ]),
+                COL_OP,
+                "Int64",
+            ),
+            (
+                make(vec![
+                    (COL_OP, op()),
+                    (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+                    (
+                        COL_COMMIT_TS,
+                        Arc::new(Int64Array::from(vec![0])) as ArrayRef,
+                    ),
+                    ("id", id()),
+                ]),
+                COL_COMMIT_TS,
+                "Int64",
+            ),
+            (
+                make(vec![
+                    (COL_OP, op()),
+                    (COL_LSN, Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+                    (
+                        COL_UNCHANGED_TOAST,
+                        Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
+                    ),
+                    ("id", id()),
+                ]),
+                COL_UNCHANGED_TOAST,
+                "Utf8",
+            ),
+            (make(vec![(COL_OP, op()), ("id", id())]), COL_LSN, "missing"),
+        ];
+        for (batch, column, found) in cases {
+            let e = ChangeLog::new(&batch, &keys, "bronze s.t")
+                .err()
+                .unwrap_or_else(|| panic!("{column} as {found} was accepted"));
+            assert!(
+                matches!(&e, Error::ColumnType { table, column: c, found: f, .. }
+                    if table == "bronze s.t" && c == column && f == found),
+                "{e:?}"
+            );
+            assert_eq!(e.retry_policy(), crate::error::RetryPolicy::NeedsOperator);
+        }
+
+        // Unchanged-TOAST names are read through the list's offsets (a
+        // sliced list, NULL entries) without reading past an entry.
+        let mut toast = ListBuilder::new(StringBuilder::new());
+        toast.values().append_value("id");
+        toast.values().append_null();
+        toast.append(true);
+        toast.append_null();
+        let batch = make(vec![
+            (
+                COL_OP,
+                Arc::new(StringArray::from(vec!["update", "insert"])) as ArrayRef,
+            ),
+            (COL_LSN, Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef),
+            (COL_UNCHANGED_TOAST, Arc::new(toast.finish()) as ArrayRef),
+            ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+        ]);
+        let log = ChangeLog::new(&batch, &keys, "bronze s.t").expect("change log");
+        assert_eq!(log.unchanged, vec![vec![0], vec![]]);
+        let sliced = batch.slice(1, 1);
+        let log = ChangeLog::new(&sliced, &keys, "bronze s.t").expect("sliced change log");
+        assert_eq!(log.unchanged, vec![Vec::<usize>::new()]);
+    }
+}
