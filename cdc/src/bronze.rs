@@ -48,6 +48,7 @@ use sync_wrapper::SyncWrapper;
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::lake::Lake;
 use crate::lsn::Lsn;
 use crate::typemap::{ColumnBuilder, Kind, value_error};
 
@@ -272,14 +273,14 @@ impl BronzeTable {
     /// Open the table, creating it with `columns` if it does not exist.
     /// Returns the table and the source columns it has.
     pub async fn open_or_create(
-        lake: &Url,
+        lake: &Lake,
         id: &TableId,
         columns: &[(String, Kind)],
-        storage: &HashMap<String, String>,
         checkpoint_interval: u64,
     ) -> Result<BronzeTable> {
-        let url = table_url(lake, id)?;
-        let table = if let Some(t) = crate::lake::open(&url, storage).await? {
+        let storage = lake.storage();
+        let url = lake.bronze_url(id)?;
+        let table = if let Some(t) = lake.open(&url).await? {
             t
         } else {
             let schema = arrow_schema(columns);

@@ -5,6 +5,7 @@ use crate::catalog::Field;
 use crate::config::Config;
 use crate::error::Error;
 use crate::error::scrub_url;
+use crate::lake::Lake;
 
 /// One check's outcome.
 #[derive(Debug, Clone)]
@@ -25,9 +26,9 @@ fn f(name: &'static str, ok: bool, message: impl Into<String>) -> Finding {
 /// Write, read back and delete a probe object under the lake root, then
 /// check that a second create-only put of it is refused: Delta commits rely
 /// on that (`If-None-Match: *` on S3) to never overwrite a log entry.
-async fn probe_object_store(root: &url::Url, cfg: &Config) -> Result<(), String> {
+async fn probe_object_store(lake: &Lake) -> Result<(), String> {
     use object_store::{ObjectStoreExt, PutMode, PutPayload, path::Path};
-    let store = crate::lake::store(root, &cfg.storage.to_map()).map_err(|e| e.to_string())?;
+    let store = lake.store().map_err(|e| e.to_string())?;
     let path = Path::from(format!(
         ".medallion-write-probe-{}-{}",
         std::process::id(),
@@ -86,8 +87,9 @@ async fn probe_object_store(root: &url::Url, cfg: &Config) -> Result<(), String>
 /// Run every check; a failed connection stops the database checks.
 pub async fn run(cfg: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
-    match cfg.lake_root() {
-        Ok(root) => {
+    match Lake::from_config(cfg) {
+        Ok(lake) => {
+            let root = lake.root();
             if root.scheme() == "file" {
                 let probe = root
                     .to_file_path()
@@ -106,7 +108,7 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
                     },
                 ));
             } else {
-                let (ok, message) = match probe_object_store(&root, cfg).await {
+                let (ok, message) = match probe_object_store(&lake).await {
                     Ok(()) => (
                         true,
                         format!(
@@ -305,15 +307,14 @@ async fn gold_plans(client: &tokio_postgres::Client, cfg: &Config) -> Vec<Findin
     if gold.is_empty() {
         return Vec::new();
     }
-    let root = match cfg.lake_root() {
-        Ok(r) => r,
+    let lake = match Lake::from_config(cfg) {
+        Ok(l) => l,
         Err(e) => return vec![f("gold", false, e.to_string())],
     };
-    let storage = cfg.storage.to_map();
     let mut out = Vec::new();
     let (mut plans, mut waiting) = (0, Vec::new());
     for def in &gold {
-        match crate::gold::plan_against_lake(&root, &storage, def, cfg.numeric_scale).await {
+        match crate::gold::plan_against_lake(&lake, def, cfg.numeric_scale).await {
             Ok(None) => plans += 1,
             Ok(Some(input)) => waiting.push(format!("{} (waits for {input})", def.name)),
             Err(e) => out.push(f("gold", false, format!("cannot run: {e}"))),

@@ -425,8 +425,8 @@ impl Config {
     }
 
     /// The lake root as a URL ending in `/` (`file://` for a local
-    /// directory, created if missing). Object-store schemes are registered
-    /// with Delta on first use.
+    /// directory, made absolute). A pure parse: nothing is created or
+    /// registered ([`crate::lake::Lake::from_config`] prepares the lake).
     pub fn lake_root(&self) -> Result<url::Url> {
         if self.lake_url.contains("://") {
             let mut url = url::Url::parse(&self.lake_url).map_err(|e| {
@@ -460,18 +460,10 @@ impl Config {
                 let path = format!("{}/", url.path());
                 url.set_path(&path);
             }
-            crate::lake::register_object_stores();
             return Ok(url);
         }
         let path = PathBuf::from(&self.lake_url);
-        std::fs::create_dir_all(&path).map_err(|e| {
-            Error::Config(format!(
-                "cannot create lake directory {}: {e}",
-                path.display()
-            ))
-        })?;
-        let abs = path
-            .canonicalize()
+        let abs = std::path::absolute(&path)
             .map_err(|e| Error::Config(format!("lake directory {}: {e}", path.display())))?;
         url::Url::from_directory_path(&abs)
             .map_err(|_| Error::Config(format!("lake directory {} is not absolute", abs.display())))

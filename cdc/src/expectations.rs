@@ -40,9 +40,9 @@ impl Refiner<'_> {
         if batches.is_empty() {
             return Ok(());
         }
-        let url = lake::refined_url(self.lake, "quarantine", name)?;
+        let url = self.lake.refined_url("quarantine", name)?;
         let app = AppId::Quarantine { table: name, rule }.to_string();
-        let existing = lake::open(&url, self.storage).await?;
+        let existing = self.lake.open(&url).await?;
         if let Some(t) = &existing
             && self
                 .tables
@@ -65,7 +65,7 @@ impl Refiner<'_> {
         }
         let table = match existing {
             Some(t) => t,
-            None => lake::handle(&url, self.storage)?,
+            None => self.lake.handle(&url)?,
         };
         table
             .write(out)

@@ -89,7 +89,7 @@ impl Refiner<'_> {
         inputs: &HashMap<String, Input>,
         forced: bool,
     ) -> Result<GoldReport> {
-        let url = lake::refined_url(self.lake, "gold", &def.name)?;
+        let url = self.lake.refined_url("gold", &def.name)?;
         let app = AppId::Gold(&def.name).to_string();
         let watermark = def
             .upstream
@@ -122,7 +122,7 @@ impl Refiner<'_> {
             report.version = version;
             return Ok(report);
         }
-        let existing = self.tables.open(&url, self.storage).await?;
+        let existing = self.tables.open(self.lake, &url).await?;
         if let Some(t) = &existing
             && !forced
             && self
@@ -339,7 +339,7 @@ impl Refiner<'_> {
             (_, existing) => {
                 let handle = match existing {
                     Some(t) => t,
-                    None => lake::handle(&url, self.storage)?,
+                    None => self.lake.handle(&url)?,
                 };
                 let builder = match batches {
                     Some(b) => handle.write(b),
@@ -367,7 +367,7 @@ impl Refiner<'_> {
             }
         };
         let mut table = table;
-        crate::optimize::compact_refined(&mut table, &url, self.storage, self.compact_small_files)
+        crate::optimize::compact_refined(&mut table, &url, self.lake, self.compact_small_files)
             .await?;
         self.tables.remember(&url, &table);
         report.version = table.version().map(|v| v as i64);
@@ -459,8 +459,7 @@ impl Refiner<'_> {
 /// waits for an input that is not in the lake yet; `Err` names what gold
 /// cannot run (an unsupported construct, an unknown column, a type error).
 pub(crate) async fn plan_against_lake(
-    lake_url: &url::Url,
-    storage: &HashMap<String, String>,
+    lake: &lake::Lake,
     def: &GoldDef,
     numeric_scale: i8,
 ) -> Result<Option<String>> {
@@ -470,7 +469,7 @@ pub(crate) async fn plan_against_lake(
         let Some((layer, name)) = u.split_once('.') else {
             return Err(model_error(&def.name, format!("input {u} names no layer")));
         };
-        match lake::open(&lake::refined_url(lake_url, layer, name)?, storage).await? {
+        match lake.open(&lake.refined_url(layer, name)?).await? {
             Some(t) => lake::register(&ctx, u, &t).await?,
             None => return Ok(Some(u.clone())),
         }

@@ -43,6 +43,79 @@ pub(crate) fn register_object_stores() {
     });
 }
 
+/// The lake: its root and the options that reach its store, built once from
+/// the configuration and passed down to every layer.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: Url,
+    storage: HashMap<String, String>,
+}
+
+impl Lake {
+    /// The lake `cfg` names, ready to use: a local directory is created if
+    /// missing (and its path resolved), object stores are registered.
+    pub fn from_config(cfg: &crate::Config) -> Result<Lake> {
+        let mut root = cfg.lake_root()?;
+        if root.scheme() == "file" {
+            let path = root
+                .to_file_path()
+                .map_err(|_| Error::Config(format!("lake URL {root} is no local path")))?;
+            std::fs::create_dir_all(&path).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create lake directory {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let real = path
+                .canonicalize()
+                .map_err(|e| Error::Config(format!("lake directory {}: {e}", path.display())))?;
+            root = Url::from_directory_path(&real).map_err(|_| {
+                Error::Config(format!("lake directory {} is not absolute", real.display()))
+            })?;
+        }
+        register_object_stores();
+        Ok(Lake {
+            root,
+            storage: cfg.storage.to_map(),
+        })
+    }
+
+    /// The root URL, ending in `/`.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The object-store options (credentials, endpoint, region).
+    pub fn storage(&self) -> &HashMap<String, String> {
+        &self.storage
+    }
+
+    /// Where a silver, gold or quarantine table lives.
+    pub fn refined_url(&self, layer: &str, name: &str) -> Result<Url> {
+        refined_url(&self.root, layer, name)
+    }
+
+    /// Where a source table's bronze change log lives.
+    pub fn bronze_url(&self, id: &crate::bronze::TableId) -> Result<Url> {
+        crate::bronze::table_url(&self.root, id)
+    }
+
+    /// The Delta table at `url`; `None` when nothing was ever committed there.
+    pub async fn open(&self, url: &Url) -> Result<Option<DeltaTable>> {
+        open(url, &self.storage).await
+    }
+
+    /// A handle for a table at `url` that may not exist yet (writes create it).
+    pub fn handle(&self, url: &Url) -> Result<DeltaTable> {
+        handle(url, &self.storage)
+    }
+
+    /// The object store at the root.
+    pub fn store(&self) -> Result<deltalake::logstore::ObjectStoreRef> {
+        store(&self.root, &self.storage)
+    }
+}
+
 /// The object store rooted at `url` (any scheme the lake may use).
 pub(crate) fn store(
     url: &Url,
@@ -224,12 +297,8 @@ impl TableCache {
     /// Open the table at `url` at the log's tip (loaded afresh: its
     /// checkpoint and the commits since); `None` when nothing was ever
     /// committed there.
-    pub(crate) async fn open(
-        &self,
-        url: &Url,
-        storage: &HashMap<String, String>,
-    ) -> Result<Option<DeltaTable>> {
-        let table = open(url, storage).await?;
+    pub(crate) async fn open(&self, lake: &Lake, url: &Url) -> Result<Option<DeltaTable>> {
+        let table = lake.open(url).await?;
         if let Some(t) = &table {
             self.remember(url, t);
         }
@@ -239,14 +308,10 @@ impl TableCache {
     /// The kept state of `url` as this process last opened or wrote it,
     /// without looking at the log (else [`open`](TableCache::open)): for a
     /// table the caller opened or wrote moments ago.
-    pub(crate) async fn current(
-        &self,
-        url: &Url,
-        storage: &HashMap<String, String>,
-    ) -> Result<Option<DeltaTable>> {
+    pub(crate) async fn current(&self, lake: &Lake, url: &Url) -> Result<Option<DeltaTable>> {
         match self.get(url) {
             Some(t) => Ok(Some(t)),
-            None => self.open(url, storage).await,
+            None => self.open(lake, url).await,
         }
     }
 }
@@ -482,8 +547,7 @@ pub(crate) fn ensure_layer_schemas(ctx: &SessionContext) -> Result<()> {
 /// Run SQL (PostgreSQL dialect, DataFusion) over the silver and gold tables
 /// of the lake, registered as `silver.<name>` and `gold.<name>`.
 pub async fn query(
-    lake: &Url,
-    storage: &HashMap<String, String>,
+    lake: &Lake,
     silver: &[String],
     gold: &[String],
     sql: &str,
@@ -493,7 +557,7 @@ pub async fn query(
     ensure_layer_schemas(&ctx)?;
     for (layer, names) in [("silver", silver), ("gold", gold)] {
         for name in names {
-            if let Some(t) = open(&refined_url(lake, layer, name)?, storage).await? {
+            if let Some(t) = lake.open(&lake.refined_url(layer, name)?).await? {
                 register(&ctx, &format!("{layer}.{name}"), &t).await?;
             }
         }
@@ -511,6 +575,45 @@ pub async fn query(
 mod tests {
     use super::*;
     use crate::bronze::{TableId, table_url};
+
+    /// `Config::lake_root` only parses; `Lake::from_config` prepares: the
+    /// local directory is created and its real path (symlinks resolved) is
+    /// the root every layer uses.
+    #[test]
+    fn the_lake_is_prepared_once_and_the_config_only_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let cfg = crate::Config {
+            lake_url: link.join("lake").display().to_string(),
+            ..crate::Config::default()
+        };
+        let parsed = cfg.lake_root().unwrap();
+        assert!(parsed.as_str().ends_with("/link/lake/"), "{parsed}");
+        assert!(
+            !real.join("lake").exists(),
+            "lake_root created the directory"
+        );
+
+        let lake = Lake::from_config(&cfg).unwrap();
+        assert!(real.join("lake").is_dir());
+        let expected = Url::from_directory_path(real.canonicalize().unwrap().join("lake")).unwrap();
+        assert_eq!(lake.root(), &expected);
+        let id = TableId {
+            schema: "public".into(),
+            table: "t".into(),
+        };
+        assert_eq!(
+            lake.bronze_url(&id).unwrap(),
+            expected.join("bronze/public/t/").unwrap()
+        );
+        assert_eq!(
+            lake.refined_url("gold", "m").unwrap(),
+            expected.join("gold/m/").unwrap()
+        );
+    }
 
     #[test]
     fn names_map_to_lake_paths_injectively_and_inside_the_lake() {

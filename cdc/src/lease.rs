@@ -237,8 +237,9 @@ async fn claim_lake(cfg: &Config, client: &Client) -> Result<()> {
         database: row.field(1)?,
         slot: cfg.slot.clone(),
     };
-    let root = cfg.lake_root()?;
-    let store = crate::lake::store(&root, &cfg.storage.to_map())?;
+    let lake = crate::lake::Lake::from_config(cfg)?;
+    let root = lake.root();
+    let store = lake.store()?;
     let path = Path::from(OWNER_PATH);
     let body = serde_json::to_vec_pretty(&me)
         .map_err(|e| Error::Config(format!("lake owner claim: {e}")))?;

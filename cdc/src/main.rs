@@ -349,8 +349,7 @@ async fn main() -> anyhow::Result<()> {
             let silver: Vec<String> = silver.into_iter().map(|d| d.name).collect();
             let gold: Vec<String> = gold.into_iter().map(|d| d.name).collect();
             let batches = medallion::lake::query(
-                &cfg.lake_root()?,
-                &cfg.storage.to_map(),
+                &medallion::lake::Lake::from_config(&cfg)?,
                 &silver,
                 &gold,
                 &sql,

@@ -20,6 +20,8 @@
 //! but never committed.
 
 use std::collections::HashMap;
+
+use crate::lake::Lake;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, new_null_array};
@@ -209,7 +211,7 @@ async fn compact(
 pub(crate) async fn compact_refined(
     table: &mut DeltaTable,
     url: &Url,
-    storage: &HashMap<String, String>,
+    lake: &Lake,
     min_small: usize,
 ) -> Result<Compaction> {
     if min_small == 0 {
@@ -224,7 +226,7 @@ pub(crate) async fn compact_refined(
     {
         return Ok(Compaction::default());
     }
-    let done = compact(table, url, storage, REFINED_TARGET_BYTES, min_small).await?;
+    let done = compact(table, url, lake.storage(), REFINED_TARGET_BYTES, min_small).await?;
     if done.compacted > 0 {
         tracing::info!(
             table = %url,
@@ -265,11 +267,8 @@ async fn has_log(
 
 /// The Delta tables of the lake: `(layer, name, location relative to the
 /// root)`, bronze first, on any object store.
-async fn lake_tables(
-    root: &Url,
-    storage: &HashMap<String, String>,
-) -> Result<Vec<(&'static str, String, String)>> {
-    let store = crate::lake::store(root, storage)?;
+async fn lake_tables(lake: &Lake) -> Result<Vec<(&'static str, String, String)>> {
+    let store = lake.store()?;
     let mut out = Vec::new();
     for schema in children(&store, &deltalake::Path::from("bronze")).await? {
         for table in children(&store, &schema).await? {
@@ -297,12 +296,7 @@ async fn lake_tables(
 /// (the refiner's MERGE into silver or gold): it is tried again on a fresh
 /// load, and after the last try the table is left for the next run, with a
 /// warning (nothing was deleted: files are deleted only after that commit).
-async fn vacuum(
-    mut table: DeltaTable,
-    url: &Url,
-    storage: &HashMap<String, String>,
-    retain_hours: u64,
-) -> Result<usize> {
+async fn vacuum(mut table: DeltaTable, url: &Url, lake: &Lake, retain_hours: u64) -> Result<usize> {
     const TRIES: usize = 5;
     for attempt in 1..=TRIES {
         let done = table
@@ -322,7 +316,7 @@ async fn vacuum(
                     return Ok(0);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
-                let Some(fresh) = crate::lake::open(url, storage).await? else {
+                let Some(fresh) = lake.open(url).await? else {
                     return Ok(0);
                 };
                 table = fresh;
@@ -343,18 +337,18 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
              committed files look unreferenced and must not be vacuumed"
         )));
     }
-    let root = cfg.lake_root()?;
-    let storage = cfg.storage.to_map();
+    let lake = Lake::from_config(cfg)?;
     let mut out = Vec::new();
-    for (layer, name, location) in lake_tables(&root, &storage).await? {
-        let url = root
+    for (layer, name, location) in lake_tables(&lake).await? {
+        let url = lake
+            .root()
             .join(&location)
             .map_err(|e| Error::Config(format!("{layer} table {name}: {e}")))?;
-        let Some(mut table) = crate::lake::open(&url, &storage).await? else {
+        let Some(mut table) = lake.open(&url).await? else {
             continue;
         };
         let done = if layer == "bronze" {
-            compact(&mut table, &url, &storage, opts.target_bytes, 2).await?
+            compact(&mut table, &url, lake.storage(), opts.target_bytes, 2).await?
         } else {
             Compaction {
                 before: table
@@ -367,7 +361,7 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
         };
         let mut vacuumed = 0;
         if opts.vacuum {
-            vacuumed = vacuum(table, &url, &storage, opts.retain_hours).await?;
+            vacuumed = vacuum(table, &url, &lake, opts.retain_hours).await?;
         }
         tracing::info!(
             layer,

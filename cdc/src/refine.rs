@@ -22,7 +22,6 @@
 use std::collections::{HashMap, HashSet};
 
 use std::time::{Duration, Instant};
-use url::Url;
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +32,7 @@ use crate::catalog::Field;
 use crate::error::{Error, Result, RetryPolicy};
 use crate::expectations::RuleCount;
 use crate::gold::Input;
-use crate::lake;
+use crate::lake::{self, Lake};
 use crate::lsn::Lsn;
 pub use crate::status::TableOutcome;
 use crate::status::{self, Layer, ObjectState};
@@ -102,10 +101,9 @@ pub async fn refined_floor(
     cfg: &Config,
     silver: &[crate::catalog::SilverDef],
 ) -> Result<Option<Lsn>> {
-    let lake_url = cfg.lake_root()?;
-    let storage = cfg.storage.to_map();
+    let lake = Lake::from_config(cfg)?;
     let tables = lake::TableCache::default();
-    let refiner = Refiner::new(cfg, &lake_url, &storage, &tables);
+    let refiner = Refiner::new(cfg, &lake, &tables);
     let mut floor = None;
     for def in silver {
         match refiner.reflected(&def.name).await {
@@ -165,9 +163,8 @@ pub async fn cycle_with(
     forced: &HashSet<String>,
     tables: &lake::TableCache,
 ) -> Result<CycleReport> {
-    let lake_url = cfg.lake_root()?;
-    let storage = cfg.storage.to_map();
-    let refiner = Refiner::new(cfg, &lake_url, &storage, tables);
+    let lake = Lake::from_config(cfg)?;
+    let refiner = Refiner::new(cfg, &lake, tables);
     let (silver, gold) = catalog::refined_definitions(client).await?;
     let mut report = CycleReport {
         watermark: w,
@@ -229,10 +226,7 @@ pub async fn cycle_with(
         };
         if out.state == ObjectState::Ok
             && let Some(t) = tables
-                .current(
-                    &lake::refined_url(&lake_url, "silver", &def.name)?,
-                    &storage,
-                )
+                .current(&lake, &lake.refined_url("silver", &def.name)?)
                 .await?
         {
             inputs.insert(
@@ -339,7 +333,7 @@ pub async fn cycle_with(
         };
         if out.state != ObjectState::Failed
             && let Some(t) = tables
-                .current(&lake::refined_url(&lake_url, "gold", &def.name)?, &storage)
+                .current(&lake, &lake.refined_url("gold", &def.name)?)
                 .await?
         {
             let wm = out.watermark.unwrap_or(w);
@@ -604,8 +598,7 @@ async fn loop_once(
 
 /// Where silver runs read and write.
 pub struct Refiner<'a> {
-    pub lake: &'a Url,
-    pub storage: &'a HashMap<String, String>,
+    pub lake: &'a Lake,
     pub slot: &'a str,
     /// Changes applied per MERGE (bounds memory; one transaction is never split).
     pub batch_rows: usize,
@@ -621,15 +614,9 @@ pub struct Refiner<'a> {
 
 impl<'a> Refiner<'a> {
     /// The refiner `cfg` describes, over its lake root and storage options.
-    pub fn new(
-        cfg: &'a crate::Config,
-        lake: &'a Url,
-        storage: &'a HashMap<String, String>,
-        tables: &'a lake::TableCache,
-    ) -> Self {
+    pub fn new(cfg: &'a crate::Config, lake: &'a Lake, tables: &'a lake::TableCache) -> Self {
         Refiner {
             lake,
-            storage,
             slot: &cfg.slot,
             batch_rows: cfg.silver_batch_rows.max(1),
             numeric_scale: cfg.numeric_scale,

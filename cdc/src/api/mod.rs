@@ -165,7 +165,7 @@ pub async fn start(
     let (listener, local) = bind(&addr).await?;
     let ops = Arc::new(Operations::new(
         cfg,
-        cfg.lake_root()?,
+        crate::lake::Lake::from_config(cfg)?,
         in_process.then(|| metrics.clone()),
     ));
     let app = router(cfg, &local, ops, metrics, &shutdown)?;
@@ -212,6 +212,10 @@ pub async fn serve_metrics(
 
 /// The operations behind the MCP tools over stdio (`medallion mcp`).
 pub async fn serve_mcp_stdio(cfg: &Config) -> Result<()> {
-    let ops = Arc::new(Operations::new(cfg, cfg.lake_root()?, None));
+    let ops = Arc::new(Operations::new(
+        cfg,
+        crate::lake::Lake::from_config(cfg)?,
+        None,
+    ));
     mcp::serve_stdio(ops).await
 }

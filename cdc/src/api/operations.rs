@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Serialize;
 use tokio_postgres::Client;
-use url::Url;
 use utoipa::ToSchema;
 
 use super::query::{QueryResult, QueryRunner};
 use crate::Config;
 use crate::catalog::{self, Field, GoldDef, Refresh};
 use crate::error::{Error, Refusal, Result};
+use crate::lake::Lake;
 use crate::metrics::Metrics;
 use crate::status::ObjectState;
 
@@ -330,7 +330,7 @@ struct ModelState {
 }
 
 impl Operations {
-    pub fn new(cfg: &Config, lake: Url, metrics: Option<Arc<Metrics>>) -> Operations {
+    pub fn new(cfg: &Config, lake: Lake, metrics: Option<Arc<Metrics>>) -> Operations {
         Operations {
             slot: cfg.slot.clone(),
             db: Database {

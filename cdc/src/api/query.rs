@@ -3,7 +3,7 @@
 //! `gold.*` tables, a row limit, a time limit, a memory limit, a bounded
 //! number of queries at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +14,9 @@ use deltalake::datafusion::config::Dialect;
 use deltalake::datafusion::dataframe::DataFrame;
 use deltalake::datafusion::prelude::SessionContext;
 use tokio::sync::Semaphore;
-use url::Url;
 
 use crate::error::{Error, Refusal, Result};
-use crate::lake;
+use crate::lake::{self, Lake};
 
 /// A query's result: the batches (at most `limit` rows) and whether more
 /// rows were cut off.
@@ -54,8 +53,7 @@ impl Format {
 
 /// The limits and the lake every query runs against.
 pub(crate) struct QueryRunner {
-    lake: Url,
-    storage: HashMap<String, String>,
+    lake: Lake,
     numeric_scale: i8,
     max_rows: usize,
     timeout: Duration,
@@ -64,10 +62,9 @@ pub(crate) struct QueryRunner {
 }
 
 impl QueryRunner {
-    pub fn new(cfg: &crate::Config, lake: Url) -> QueryRunner {
+    pub fn new(cfg: &crate::Config, lake: Lake) -> QueryRunner {
         QueryRunner {
             lake,
-            storage: cfg.storage.to_map(),
             numeric_scale: cfg.numeric_scale,
             max_rows: cfg.api.max_rows,
             timeout: Duration::from_millis(cfg.api.query_timeout_ms),
@@ -201,9 +198,7 @@ impl QueryRunner {
 
     /// The stored schema of `layer.name`, `None` before its first commit.
     pub async fn schema(&self, layer: &str, name: &str) -> Result<Option<SchemaRef>> {
-        let Some(table) =
-            lake::open(&lake::refined_url(&self.lake, layer, name)?, &self.storage).await?
-        else {
+        let Some(table) = self.lake.open(&self.lake.refined_url(layer, name)?).await? else {
             return Ok(None);
         };
         let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
@@ -213,7 +208,9 @@ impl QueryRunner {
     /// Open `layer.name` from the lake and register it; its qualified name.
     async fn register(&self, ctx: &SessionContext, layer: &str, name: &str) -> Result<String> {
         let qualified = format!("{layer}.{name}");
-        let table = lake::open(&lake::refined_url(&self.lake, layer, name)?, &self.storage)
+        let table = self
+            .lake
+            .open(&self.lake.refined_url(layer, name)?)
             .await?
             .ok_or_else(|| {
                 Error::refused(

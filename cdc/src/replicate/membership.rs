@@ -106,14 +106,8 @@ impl Replicator<'_> {
                 // Opening failed on an incompatible column type: the copy
                 // writes a new generation of the table (see copy_table).
                 None => {
-                    BronzeTable::open_or_create(
-                        &self.lake,
-                        &id,
-                        &[],
-                        &self.storage,
-                        self.cfg.checkpoint_interval,
-                    )
-                    .await?
+                    BronzeTable::open_or_create(&self.lake, &id, &[], self.cfg.checkpoint_interval)
+                        .await?
                 }
             };
             // The copy decides the columns, inside its snapshot.
@@ -210,14 +204,9 @@ impl Replicator<'_> {
 
     pub(super) async fn open_table(&mut self, t: &PublishedTable) -> Result<TableState> {
         let kinds = self.source_kinds(t).await?;
-        let bronze = BronzeTable::open_or_create(
-            &self.lake,
-            &t.id,
-            &kinds,
-            &self.storage,
-            self.cfg.checkpoint_interval,
-        )
-        .await?;
+        let bronze =
+            BronzeTable::open_or_create(&self.lake, &t.id, &kinds, self.cfg.checkpoint_interval)
+                .await?;
         let skip_upto = bronze
             .txn_version(
                 &AppId::Stream {

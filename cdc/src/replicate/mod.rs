@@ -45,13 +45,13 @@ use futures::StreamExt;
 use pg_walstream::{LogicalReplicationParser, LogicalReplicationStream};
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 use crate::bronze::{self, BronzeTable, TableId};
 use crate::catalog::Field;
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
 use crate::error::{Error, Result, RetryPolicy};
+use crate::lake::Lake;
 use crate::lease::{Lease, LeaseKind};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -146,8 +146,7 @@ struct Tx {
 
 struct Replicator<'a> {
     cfg: &'a Config,
-    lake: Url,
-    storage: HashMap<String, String>,
+    lake: Lake,
     client: Client,
     with_extension: bool,
     types: TypeResolver,
@@ -177,7 +176,7 @@ async fn run_once(
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> Result<RunSummary> {
-    let lake = cfg.lake_root()?;
+    let lake = Lake::from_config(cfg)?;
     // One writer per slot: wait here while another sidecar still writes.
     let lease = Lease::acquire(cfg, LeaseKind::Bronze, &shutdown).await?;
     // While this lives, this process is the only bronze writer of the slot.
@@ -435,7 +434,7 @@ impl<'a> Replicator<'a> {
     #[allow(clippy::too_many_arguments)]
     fn new(
         cfg: &'a Config,
-        lake: Url,
+        lake: Lake,
         client: Client,
         with_extension: bool,
         slot: &SlotInfo,
@@ -450,7 +449,6 @@ impl<'a> Replicator<'a> {
         Ok(Replicator {
             cfg,
             lake,
-            storage: cfg.storage.to_map(),
             client,
             with_extension,
             types: TypeResolver::default(),

@@ -109,8 +109,8 @@ impl Refiner<'_> {
     /// The position silver table `name` reflects (its `txn` version: every
     /// source transaction below it applied), if it was written.
     pub async fn reflected(&self, name: &str) -> Result<Option<Lsn>> {
-        let url = lake::refined_url(self.lake, "silver", name)?;
-        match self.tables.open(&url, self.storage).await? {
+        let url = self.lake.refined_url("silver", name)?;
+        match self.tables.open(self.lake, &url).await? {
             Some(t) => {
                 let v = self
                     .tables
@@ -129,7 +129,7 @@ impl Refiner<'_> {
         // `_mdl_lsn` column and Delta transaction versions.
         let w = w.lake_value();
         let mut report = SilverReport::default();
-        let bronze_url = bronze::table_url(self.lake, &def.source)?;
+        let bronze_url = self.lake.bronze_url(&def.source)?;
         let fingerprint = definition_hash(def);
         // When this process is the bronze writer: what proves bronze did not
         // move, read before the log, so a commit racing this run is never
@@ -146,7 +146,7 @@ impl Refiner<'_> {
         }
         // Bronze is read afresh and not kept: the cycle reads only silver
         // and gold from the cache.
-        let Some(bronze) = lake::open(&bronze_url, self.storage).await? else {
+        let Some(bronze) = self.lake.open(&bronze_url).await? else {
             report.waiting = Some(format!("bronze {} not written yet", def.source));
             return Ok(report);
         };
@@ -173,9 +173,9 @@ impl Refiner<'_> {
             ));
             return Ok(report);
         }
-        let url = lake::refined_url(self.lake, "silver", &def.name)?;
+        let url = self.lake.refined_url("silver", &def.name)?;
         let app = AppId::Silver(&def.name).to_string();
-        let mut silver = self.tables.open(&url, self.storage).await?;
+        let mut silver = self.tables.open(self.lake, &url).await?;
         let mut from = None;
         if let Some(t) = &silver {
             let same_generation = self
@@ -267,7 +267,7 @@ impl Refiner<'_> {
             crate::optimize::compact_refined(
                 &mut silver,
                 &url,
-                self.storage,
+                self.lake,
                 self.compact_small_files,
             )
             .await?;
@@ -361,7 +361,9 @@ impl Refiner<'_> {
             .map_err(Error::datafusion(format!("silver.{} generation", def.name)))?;
         let (_, plan) = df.into_parts();
         let app = AppId::Silver(&def.name).to_string();
-        let table = lake::handle(url, self.storage)?
+        let table = self
+            .lake
+            .handle(url)?
             .write(Vec::<RecordBatch>::new())
             .with_input_plan(plan)
             .with_session_state(Arc::new(ctx.state()))

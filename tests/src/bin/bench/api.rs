@@ -98,8 +98,7 @@ pub(super) fn api(rows: u64, clients: usize, per_client: usize) -> anyhow::Resul
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let lake = cfg.lake_root()?;
-        let storage = cfg.storage.to_map();
+        let lake = medallion::lake::Lake::from_config(&cfg)?;
         let scale = cfg.numeric_scale;
         let mut lines = Vec::new();
         for (what, sql, path, body) in [
@@ -112,11 +111,11 @@ pub(super) fn api(rows: u64, clients: usize, per_client: usize) -> anyhow::Resul
             ),
         ] {
             // In process: the same query, the same table opening.
-            let (l, s) = (lake.clone(), storage.clone());
+            let l = lake.clone();
             let baseline = measure(clients, per_client, move || {
-                let (l, s) = (l.clone(), s.clone());
+                let l = l.clone();
                 async move {
-                    let batches = medallion::lake::query(&l, &s, &[], &["gl".into()], sql, scale).await?;
+                    let batches = medallion::lake::query(&l, &[], &["gl".into()], sql, scale).await?;
                     anyhow::ensure!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
                     Ok(())
                 }
