@@ -4,11 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use deltalake::kernel::Transaction;
 use pg_walstream::LogicalReplicationStream;
 
 use crate::app_id::AppId;
-use crate::bronze::TableId;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::status::ObjectState;
@@ -24,61 +22,38 @@ impl Replicator<'_> {
             return true;
         }
         let (rows, bytes) = self.tables.values().fold((0usize, 0usize), |(r, b), t| {
-            (r + t.bronze.buffered_rows(), b + t.bronze.buffered_bytes())
+            let (tr, tb) = t.batch.buffered();
+            (r + tr, b + tb)
         });
         rows >= self.cfg.flush_rows || bytes >= self.cfg.flush_bytes
     }
 
-    /// Commit every table with pending changes, then acknowledge.
+    /// Commit every table with pending changes, then acknowledge (only
+    /// when every commit succeeded: see [`super::batch`]).
     pub(super) async fn flush_all(&mut self, stream: &mut LogicalReplicationStream) -> Result<()> {
-        let ids: Vec<TableId> = self
-            .tables
-            .iter()
-            .filter(|(_, t)| t.bronze.has_pending() && t.failed.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
-            let started = Instant::now();
-            let state = self.tables.get_mut(&id).expect("listed above");
-            // The table's stream position never goes back: a commit with no
-            // row (only a schema change, a Relation message inside a
-            // transaction) carries the position already committed. A lower
-            // version (0) would make a restart apply again every change
-            // bronze holds above the slot's confirmed position.
-            let lsn = state.pending_lsn.max(state.skip_upto);
-            let version = state
-                .bronze
-                .commit(
-                    vec![Transaction::new(
-                        AppId::Stream {
-                            slot: &self.cfg.slot,
-                            table: &id,
-                        }
-                        .to_string(),
-                        lsn.lake_value(),
-                    )],
-                    vec![
-                        ("medallion.kind".into(), "stream".into()),
-                        ("medallion.lsn".into(), lsn.to_string().into()),
-                        ("medallion.rows".into(), state.pending_rows.into()),
-                    ],
-                )
-                .await?;
-            crate::fault::hit(crate::fault::AFTER_BRONZE_COMMIT);
-            state.skip_upto = state.skip_upto.max(lsn);
-            state.pending_lsn = Lsn::ZERO;
-            let rows = std::mem::take(&mut state.pending_rows);
-            self.summary.commits += 1;
-            self.metrics.commit(started.elapsed());
-            let commit_us = state.pending_ts_us.take();
-            self.status.update(&id, |s| {
-                s.state = ObjectState::Streaming;
-                s.last_lsn = Some(lsn);
-                s.delta_version = version.or(s.delta_version);
-                s.new_rows += rows as i64;
-                s.last_commit_us = commit_us.or(s.last_commit_us);
-            });
-        }
+        let slot = &self.cfg.slot;
+        let (status, metrics, summary) = (&mut self.status, &self.metrics, &mut self.summary);
+        let mut started = Instant::now();
+        batch::commit_all(
+            batch::pending(&mut self.tables, |t| {
+                t.failed.is_none().then_some(&mut t.batch)
+            }),
+            |id| AppId::Stream { slot, table: id }.to_string(),
+            |id, done| {
+                crate::fault::hit(crate::fault::AFTER_BRONZE_COMMIT);
+                summary.commits += 1;
+                metrics.commit(started.elapsed());
+                started = Instant::now();
+                status.update(id, |s| {
+                    s.state = ObjectState::Streaming;
+                    s.last_lsn = Some(done.position);
+                    s.delta_version = done.version.or(s.delta_version);
+                    s.new_rows += done.rows as i64;
+                    s.last_commit_us = done.commit_ts_us.or(s.last_commit_us);
+                });
+            },
+        )
+        .await?;
         self.pending_since = None;
         let end = self.last_commit_end;
         self.ack(stream, end).await

@@ -39,7 +39,7 @@ impl Replicator<'_> {
                 match self.open_table(&t).await {
                     Ok(mut state) => {
                         // Columns added while the sidecar was not running.
-                        let added = state.bronze.take_added_columns();
+                        let added = state.batch.sink.take_added_columns();
                         self.tables.insert(id.clone(), state);
                         self.resync_if_backfilled(&id, &added).await?;
                     }
@@ -59,7 +59,8 @@ impl Replicator<'_> {
                     if known {
                         Some(0)
                     } else {
-                        s.bronze
+                        s.batch
+                            .sink
                             .txn_version(
                                 &AppId::Snapshot {
                                     slot: &self.cfg.slot,
@@ -70,7 +71,8 @@ impl Replicator<'_> {
                             .await?
                     },
                     if resync_us.is_some() {
-                        s.bronze
+                        s.batch
+                            .sink
                             .txn_version(
                                 &AppId::Resync {
                                     slot: &self.cfg.slot,
@@ -102,7 +104,7 @@ impl Replicator<'_> {
         for (t, resync_us) in jobs {
             let id = t.id.clone();
             let mut bronze = match self.tables.remove(&id) {
-                Some(s) => s.bronze,
+                Some(s) => s.batch.sink,
                 // Opening failed on an incompatible column type: the copy
                 // writes a new generation of the table (see copy_table).
                 None => {
@@ -163,13 +165,9 @@ impl Replicator<'_> {
             self.tables.insert(
                 id,
                 TableState {
-                    bronze: done.bronze,
-                    skip_upto: done.lsn,
-                    pending_lsn: Lsn::ZERO,
+                    batch: TableBatch::resume(done.bronze, done.lsn),
                     failed: None,
                     rel_map: Vec::new(),
-                    pending_rows: 0,
-                    pending_ts_us: None,
                 },
             );
         }
@@ -207,7 +205,7 @@ impl Replicator<'_> {
         let bronze =
             BronzeTable::open_or_create(&self.lake, &t.id, &kinds, self.cfg.checkpoint_interval)
                 .await?;
-        let skip_upto = bronze
+        let committed = bronze
             .txn_version(
                 &AppId::Stream {
                     slot: &self.cfg.slot,
@@ -222,13 +220,9 @@ impl Replicator<'_> {
             s.delta_version = bronze.version();
         });
         Ok(TableState {
-            bronze,
-            skip_upto,
-            pending_lsn: Lsn::ZERO,
+            batch: TableBatch::resume(bronze, committed),
             failed: None,
             rel_map: Vec::new(),
-            pending_rows: 0,
-            pending_ts_us: None,
         })
     }
 
@@ -308,8 +302,7 @@ impl Replicator<'_> {
         self.metrics.error(e);
         tracing::error!(table = %id, error = %e, "table stopped: needs SELECT medallion.resync(...)");
         if let Some(s) = self.tables.get_mut(id) {
-            s.bronze.discard();
-            s.pending_lsn = Lsn::ZERO;
+            s.batch.discard();
             s.failed = Some(e.to_string());
         }
         let msg = e.to_string();

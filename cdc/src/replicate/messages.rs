@@ -119,7 +119,8 @@ impl Replicator<'_> {
     pub(super) fn end_transaction(&mut self, end_lsn: Lsn) {
         self.tx = None;
         self.last_commit_end = end_lsn;
-        if self.pending_since.is_none() && self.tables.values().any(|t| t.bronze.has_pending()) {
+        if self.pending_since.is_none() && self.tables.values().any(|t| t.batch.sink.has_pending())
+        {
             self.pending_since = Some(Instant::now());
         }
     }
@@ -177,14 +178,14 @@ impl Replicator<'_> {
             ));
         }
         let state = self.tables.get_mut(id).expect("checked above");
-        if let Err(e) = state.bronze.extend_columns(&kinds) {
+        if let Err(e) = state.batch.sink.extend_columns(&kinds) {
             if e.retry_policy() == RetryPolicy::NeedsOperator {
                 self.fail_table(id, &e);
                 return Ok(());
             }
             return Err(e);
         }
-        let added = state.bronze.take_added_columns();
+        let added = state.batch.sink.take_added_columns();
         self.resync_if_backfilled(id, &added).await
     }
 
@@ -197,7 +198,7 @@ impl Replicator<'_> {
             state.rel_map = rel
                 .columns
                 .iter()
-                .map(|(name, ..)| state.bronze.column_index(name))
+                .map(|(name, ..)| state.batch.sink.column_index(name))
                 .collect();
         }
     }
@@ -241,10 +242,10 @@ impl Replicator<'_> {
             }
             let rel = &self.relations[&relid];
             let state = self.tables.get_mut(&id).expect("present");
-            if state.failed.is_some() || lsn <= state.skip_upto {
+            if state.failed.is_some() || state.batch.holds(lsn) {
                 continue;
             }
-            let ncols = state.bronze.columns().len();
+            let ncols = state.batch.sink.columns().len();
             let key: Vec<bool> = rel.columns.iter().map(|c| c.3).collect();
             for (op, tuple) in decode::row_images(&ch, &key) {
                 let values = decode::bronze_values(&state.rel_map, tuple, ncols);
@@ -255,7 +256,7 @@ impl Replicator<'_> {
                     }
                     None => 0,
                 };
-                let res = state.bronze.append(
+                let res = state.batch.append(
                     RowMeta {
                         op,
                         lsn,
@@ -272,21 +273,16 @@ impl Replicator<'_> {
                     }
                     return Err(e);
                 }
-                state.pending_lsn = state.pending_lsn.max(lsn);
-                state.pending_ts_us = Some(ts_us);
-                state.pending_rows += 1;
                 self.summary.changes += 1;
                 self.metrics.add_changes(1);
             }
             let Some(state) = self.tables.get_mut(&id) else {
                 continue;
             };
-            // Bounded memory inside large transactions: stage, don't commit.
-            if state.bronze.buffered_rows() >= self.cfg.flush_rows
-                || state.bronze.buffered_bytes() >= self.cfg.flush_bytes
-            {
-                state.bronze.stage().await?;
-            }
+            state
+                .batch
+                .bound_memory(self.cfg.flush_rows, self.cfg.flush_bytes)
+                .await?;
         }
         Ok(())
     }

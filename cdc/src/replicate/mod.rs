@@ -33,6 +33,9 @@
 //! - [`flush`]: the commit of every table's batch with its LSN, then the
 //!   acknowledgement.
 
+mod batch;
+
+use batch::TableBatch;
 mod flush;
 mod membership;
 mod messages;
@@ -123,18 +126,12 @@ struct RelInfo {
 }
 
 struct TableState {
-    bronze: BronzeTable,
-    /// Changes with a commit LSN ≤ this are already in bronze.
-    skip_upto: Lsn,
-    /// Highest commit LSN buffered or staged, not committed.
-    pending_lsn: Lsn,
+    /// The table's changes on their way to bronze.
+    batch: TableBatch<BronzeTable>,
     /// Stopped by a definite error until resynced.
     failed: Option<String>,
     /// Relation column index → bronze column index (for the current relation).
     rel_map: Vec<Option<usize>>,
-    pending_rows: u64,
-    /// Source commit time of the newest pending change.
-    pending_ts_us: Option<i64>,
 }
 
 struct Tx {
