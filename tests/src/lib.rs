@@ -5,6 +5,7 @@
 //! ([`oracle`]), and a private S3-compatible server (Ceph RGW, [`s3`]).
 
 pub mod cluster;
+pub mod harness;
 pub mod lake;
 pub mod odoo;
 pub mod oracle;

@@ -34,8 +34,11 @@ impl Paused {
     /// Wait until the process is paused at its point.
     fn wait_paused(&mut self) {
         let flag = self.dir.path().join(format!("{}.paused", self.point));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !flag.exists() {
+        let what = format!("the sidecar reached {}", self.point);
+        poll(Duration::from_secs(120), &what, || {
+            if flag.exists() {
+                return Ok(());
+            }
             if let Some(st) = self.child.try_wait().expect("wait") {
                 panic!(
                     "sidecar exited ({st}) before reaching {}:\n{}",
@@ -43,14 +46,8 @@ impl Paused {
                     self.stderr()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar never reached {}:\n{}",
-                self.point,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Err(self.stderr())
+        });
         assert!(
             self.stderr()
                 .contains(&format!("medallion: paused at {}", self.point)),
@@ -86,54 +83,52 @@ impl Paused {
     }
 }
 
-impl Env {
-    /// Start the sidecar with `args`, pausing at the `nth` arrival at `point`.
-    fn paused_sidecar(
-        &self,
-        args: &[&str],
-        point: &'static str,
-        nth: u32,
-        env: &[(&str, &str)],
-    ) -> Paused {
-        let dir = tempfile::Builder::new()
-            .prefix("medallion-pause-")
-            .tempdir()
-            .expect("pause dir");
-        let spec = format!("{point}:{nth}");
-        let log = File::create(Paused::stderr_path(dir.path())).expect("stderr file");
-        let mut all: Vec<(&str, &str)> = vec![
-            ("MEDALLION_PAUSE", &spec),
-            (
-                "MEDALLION_PAUSE_DIR",
-                dir.path().to_str().expect("utf-8 path"),
-            ),
-            ("MEDALLION_REFINE_INTERVAL_MS", "0"),
-        ];
-        all.extend_from_slice(env);
-        let child = self
-            .sidecar(args, &all)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn sidecar");
-        Paused { child, dir, point }
-    }
+/// Start the sidecar with `args`, pausing at the `nth` arrival at `point`.
+fn paused_sidecar(
+    env: &Env,
+    args: &[&str],
+    point: &'static str,
+    nth: u32,
+    vars: &[(&str, &str)],
+) -> Paused {
+    let dir = tempfile::Builder::new()
+        .prefix("medallion-pause-")
+        .tempdir()
+        .expect("pause dir");
+    let spec = format!("{point}:{nth}");
+    let log = File::create(Paused::stderr_path(dir.path())).expect("stderr file");
+    let mut all: Vec<(&str, &str)> = vec![
+        ("MEDALLION_PAUSE", &spec),
+        (
+            "MEDALLION_PAUSE_DIR",
+            dir.path().to_str().expect("utf-8 path"),
+        ),
+        ("MEDALLION_REFINE_INTERVAL_MS", "0"),
+    ];
+    all.extend_from_slice(vars);
+    let child = env
+        .sidecar(args, &all)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn sidecar");
+    Paused { child, dir, point }
+}
 
-    /// Stream what is left, refine once, and compare bronze and silver of
-    /// `public.<table>` with the source.
-    async fn assert_lake_equals_source(&self, table: &str, generations: usize) {
-        let cfg = self.cfg();
-        let s = self.catch_up_with(&cfg).await;
-        let r = self.refine_cycle(&cfg, s.acked_lsn).await;
-        refine::assert_all_ok(&r);
-        self.assert_bronze_matches("public", table).await;
-        self.assert_silver_matches("public", table, table).await;
-        assert_eq!(
-            self.snapshot_generations("public", table).await,
-            generations,
-            "snapshot generations of public.{table}"
-        );
-    }
+/// Stream what is left, refine once, and compare bronze and silver of
+/// `public.<table>` with the source.
+async fn assert_lake_equals_source(env: &Env, table: &str, generations: usize) {
+    let cfg = env.cfg();
+    let s = env.catch_up_with(&cfg).await;
+    let r = env.refine_cycle(&cfg, s.acked_lsn).await;
+    refine::assert_all_ok(&r);
+    env.assert_bronze_matches("public", table).await;
+    env.assert_silver_matches("public", table, table).await;
+    assert_eq!(
+        env.snapshot_generations("public", table).await,
+        generations,
+        "snapshot generations of public.{table}"
+    );
 }
 
 const JOURNALS: &str = "CREATE TABLE account_journal (id int PRIMARY KEY, name text, code int); \
@@ -193,7 +188,8 @@ async fn race(path: CopyPath, ddl: &str) -> (Env, String) {
     }
     // One copy at a time, tables in name order: the first copy to reach the
     // point is account_journal's.
-    let mut p = env.paused_sidecar(
+    let mut p = paused_sidecar(
+        &env,
         &["run", "--until-caught-up"],
         fault::COPY_PLANNED,
         1,
@@ -220,8 +216,8 @@ async fn race(path: CopyPath, ddl: &str) -> (Env, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_initial_copy_keeps_a_column_added_and_filled_under_it() {
     let (env, _) = race(CopyPath::Initial, MODULE_INSTALL).await;
-    env.assert_lake_equals_source("account_journal", 1).await;
-    env.assert_lake_equals_source("res_partner", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
+    assert_lake_equals_source(&env, "res_partner", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,13 +227,13 @@ async fn a_copy_again_after_kill_9_keeps_a_column_added_and_filled_under_it() {
         err.contains("temporary") || err.contains("TemporarySlot"),
         "{err}"
     );
-    env.assert_lake_equals_source("account_journal", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_keeps_a_column_added_and_filled_under_it() {
     let (env, _) = race(CopyPath::Resync, MODULE_INSTALL).await;
-    env.assert_lake_equals_source("account_journal", 2).await;
+    assert_lake_equals_source(&env, "account_journal", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,14 +245,14 @@ async fn a_type_change_under_the_initial_copy_makes_it_copy_again_from_a_new_sna
         err.contains("changed after the snapshot was taken"),
         "the drift check fired:\n{err}"
     );
-    env.assert_lake_equals_source("account_journal", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_type_change_before_a_copy_again_gives_a_new_generation_of_the_new_type() {
     let (env, err) = race(CopyPath::AfterKill9, TYPE_CHANGE).await;
     assert!(err.contains("new generation"), "{err}");
-    env.assert_lake_equals_source("account_journal", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +262,8 @@ async fn a_late_table_keeps_a_column_added_and_filled_under_its_copy() {
     env.sql("INSERT INTO res_partner SELECT g, 'p' || g FROM generate_series(1, 50) g");
     env.sql("SELECT medallion.add_source('res_partner')");
     // The first copy (res_partner) runs through; the second is the late table's.
-    let mut p = env.paused_sidecar(
+    let mut p = paused_sidecar(
+        &env,
         &["run"],
         fault::COPY_PLANNED,
         2,
@@ -292,20 +289,17 @@ async fn a_late_table_keeps_a_column_added_and_filled_under_its_copy() {
         env.cfg().slot
     );
     let dir = env.bronze("public", "account_journal");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while lake::txn_version(&dir, &snap_app)
-        .await
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "late table never copied:\n{}",
-            p.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_async(
+        Duration::from_secs(120),
+        "the late table is copied",
+        || async {
+            match lake::txn_version(&dir, &snap_app).await.ok().flatten() {
+                Some(_) => Ok(()),
+                None => Err(p.stderr()),
+            }
+        },
+    )
+    .await;
     // kill -9 once the late table is copied: what is committed must be
     // exactly what the stream resumes from (a clean stop is tested below).
     let err = p.stderr();
@@ -314,8 +308,8 @@ async fn a_late_table_keeps_a_column_added_and_filled_under_its_copy() {
     child.kill().expect("kill -9");
     let _ = child.wait();
     assert_source_changed(&env, MODULE_INSTALL);
-    env.assert_lake_equals_source("account_journal", 1).await;
-    env.assert_lake_equals_source("res_partner", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
+    assert_lake_equals_source(&env, "res_partner", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,7 +317,8 @@ async fn sigterm_during_a_copy_stops_at_once_and_commits_nothing() {
     let env = Env::new();
     env.sql(JOURNALS);
     env.sql("SELECT medallion.add_source('account_journal')");
-    let mut p = env.paused_sidecar(
+    let mut p = paused_sidecar(
+        &env,
         &["run"],
         fault::MID_SNAPSHOT,
         1,
@@ -357,7 +352,7 @@ async fn sigterm_during_a_copy_stops_at_once_and_commits_nothing() {
         None,
         "the interrupted copy committed"
     );
-    env.assert_lake_equals_source("account_journal", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +361,8 @@ async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
     env.sql(JOURNALS);
     env.sql("SELECT medallion.add_source('account_journal'); SELECT medallion.add_source('res_partner')");
     // A holds the lease and is mid-copy.
-    let mut a = env.paused_sidecar(
+    let mut a = paused_sidecar(
+        &env,
         &["run"],
         fault::COPY_PLANNED,
         1,
@@ -374,7 +370,8 @@ async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
     );
     a.wait_paused();
     // B starts (a rolling restart) and waits.
-    let b = env.paused_sidecar(
+    let b = paused_sidecar(
+        &env,
         &["run"],
         fault::COPY_PLANNED,
         1000,
@@ -433,8 +430,8 @@ async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
         "{}",
         std::fs::read_to_string(Paused::stderr_path(b.dir.path())).unwrap_or_default()
     );
-    env.assert_lake_equals_source("account_journal", 1).await;
-    env.assert_lake_equals_source("res_partner", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
+    assert_lake_equals_source(&env, "res_partner", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,5 +594,5 @@ async fn another_database_or_slot_is_refused_the_lake() {
         "INSERT INTO account_journal SELECT g, 'later ' || g, g FROM generate_series(5001, 5010) g",
     );
     env.catch_up().await;
-    env.assert_lake_equals_source("account_journal", 1).await;
+    assert_lake_equals_source(&env, "account_journal", 1).await;
 }

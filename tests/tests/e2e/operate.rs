@@ -141,8 +141,7 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
 
     // Liveness answers at once; readiness once the slot streams, the
     // refiner ran and the models are in the lake.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    poll_async(Duration::from_secs(90), "/health answers 200", || async {
         let health = api
             .http
             .get(format!("{}/health", api.base))
@@ -150,37 +149,35 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
             .await
             .ok();
         if health.is_some_and(|r| r.status() == 200) {
-            break;
+            Ok(())
+        } else {
+            Err(std::fs::read_to_string(log.path()).unwrap_or_default())
         }
-        assert!(
-            Instant::now() < deadline,
-            "no /health: {}",
-            std::fs::read_to_string(log.path()).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let mut last = Value::Null;
-    loop {
-        let (s, v) = api.get("/ready", None).await;
-        let (_, m) = api.get("/v1/models", Some(READ)).await;
-        let refreshed = m.as_array().is_some_and(|a| {
-            a.iter()
-                .filter(|x| x["state"] == "ok" || x["state"] == "up to date")
-                .count()
-                >= 2
-        });
-        if s == 200 && v["ready"] == true && refreshed {
-            break;
-        }
-        last = serde_json::json!({ "ready": v, "models": m });
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {last}\n{}",
-            std::fs::read_to_string(log.path()).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let _ = last;
+    })
+    .await;
+    poll_async(
+        Duration::from_secs(90),
+        "ready, two models refreshed",
+        || async {
+            let (s, v) = api.get("/ready", None).await;
+            let (_, m) = api.get("/v1/models", Some(READ)).await;
+            let refreshed = m.as_array().is_some_and(|a| {
+                a.iter()
+                    .filter(|x| x["state"] == "ok" || x["state"] == "up to date")
+                    .count()
+                    >= 2
+            });
+            if s == 200 && v["ready"] == true && refreshed {
+                return Ok(());
+            }
+            Err(format!(
+                "{}\n{}",
+                serde_json::json!({ "ready": v, "models": m }),
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            ))
+        },
+    )
+    .await;
 
     // Authentication: nothing without a token, nothing with a wrong one.
     let (s, h, b) = api
@@ -391,22 +388,24 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
             .trim()
             == "110"
     });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (s, v) = api
-            .post("/v1/models/t_manual/refresh?wait=60", Some(OPERATE), None)
-            .await;
-        assert_eq!(s, 200, "{v}");
-        assert_eq!(v["fresh"], true, "{v}");
-        let (_, g) = api.get("/v1/gold/t_manual", Some(READ)).await;
-        if g["rows"][0]["n"] == 110 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "t_manual never saw the new rows: {g}"
-        );
-    }
+    poll_async(
+        Duration::from_secs(90),
+        "a refresh of t_manual sees the new rows",
+        || async {
+            let (s, v) = api
+                .post("/v1/models/t_manual/refresh?wait=60", Some(OPERATE), None)
+                .await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["fresh"], true, "{v}");
+            let (_, g) = api.get("/v1/gold/t_manual", Some(READ)).await;
+            if g["rows"][0]["n"] == 110 {
+                Ok(())
+            } else {
+                Err(g.to_string())
+            }
+        },
+    )
+    .await;
     // Refused requests, each with its status and code.
     for (path, token, status, c) in [
         ("/v1/models/nope/refresh", OPERATE, 404, "not_found"),
@@ -438,11 +437,13 @@ async fn http_api_mcp_and_openapi_with_real_clients() {
         .await;
     assert_eq!((s, v["requested"].as_bool()), (200, Some(true)), "{v}");
     // Served: the table is copied again as a second snapshot generation.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.snapshot_generations("public", "t").await < 2 {
-        assert!(Instant::now() < deadline, "the resync was not served");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    poll_async(Duration::from_secs(60), "the resync is served", || async {
+        match env.snapshot_generations("public", "t").await {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} snapshot generation(s)")),
+        }
+    })
+    .await;
 
     // Metrics and the OpenAPI document on the same port.
     let (s, _, metrics) = api.call(reqwest::Method::GET, "/metrics", None, None).await;

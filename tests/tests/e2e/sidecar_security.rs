@@ -4,17 +4,15 @@
 
 use super::*;
 
-impl Env {
-    /// A login role the way the README deploys the sidecar: REPLICATION and
-    /// medallion_admin, no superuser, no BYPASSRLS.
-    fn sidecar_role(&self) -> String {
-        self.sql(
-            "CREATE ROLE sidecar LOGIN REPLICATION; GRANT medallion_admin TO sidecar; \
-             GRANT USAGE ON SCHEMA public TO sidecar; \
-             GRANT SELECT ON ALL TABLES IN SCHEMA public TO sidecar",
-        );
-        self.url().replace("postgres@", "sidecar@")
-    }
+/// A login role the way the README deploys the sidecar: REPLICATION and
+/// medallion_admin, no superuser, no BYPASSRLS.
+fn sidecar_role(env: &Env) -> String {
+    env.sql(
+        "CREATE ROLE sidecar LOGIN REPLICATION; GRANT medallion_admin TO sidecar; \
+         GRANT USAGE ON SCHEMA public TO sidecar; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO sidecar",
+    );
+    env.url().replace("postgres@", "sidecar@")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +27,7 @@ async fn a_table_under_row_level_security_fails_alone_instead_of_losing_rows() {
          CREATE POLICY few ON guarded USING (id <= 5)",
     );
     env.sql("SELECT medallion.add_source('open_t'); SELECT medallion.add_source('guarded')");
-    let url = env.sidecar_role();
+    let url = sidecar_role(&env);
     // The policy is real: the sidecar's role sees 5 of 20 rows by default.
     let seen = env
         .cluster
@@ -243,7 +241,7 @@ async fn a_squatted_publish_schema_fails_its_model_alone_and_runs_nothing() {
 async fn a_refinement_that_cannot_record_its_runs_is_logged_at_once_and_resumes() {
     let env = Env::new();
     env.sql(ACCT);
-    let url = env.sidecar_role();
+    let url = sidecar_role(&env);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
     let mut child = env
@@ -272,30 +270,34 @@ async fn a_refinement_that_cannot_record_its_runs_is_logged_at_once_and_resumes(
             .parse::<i64>()
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while silver_rows() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "silver never refreshed: {}\n{}",
+    poll(Duration::from_secs(180), "silver refreshed", || {
+        if silver_rows() > 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "{}\n{}",
             std::fs::read_to_string(&log).unwrap_or_default(),
             env.sql("SELECT layer, name, state, last_error FROM medallion.status()")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ))
+    });
     // An operator's mistake: the pipeline role may no longer record runs.
     env.sql("REVOKE INSERT ON medallion.runs FROM medallion_admin");
     env.sql("UPDATE acct SET balance = balance + 1 WHERE id <= 5");
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !stderr().contains("silver/gold refinement failed; retrying") {
-        assert!(
-            Instant::now() < deadline,
-            "the failure was not logged while running: {}\n{}",
-            stderr(),
-            env.sql("SELECT layer, name, state, last_error FROM medallion.status()")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll(
+        Duration::from_secs(180),
+        "the failure is logged while running",
+        || {
+            let err = stderr();
+            if err.contains("silver/gold refinement failed; retrying") {
+                return Ok(());
+            }
+            Err(format!(
+                "{err}\n{}",
+                env.sql("SELECT layer, name, state, last_error FROM medallion.status()")
+            ))
+        },
+    );
     assert!(stderr().contains("permission denied"), "{}", stderr());
     assert!(
         guard.0.try_wait().unwrap().is_none(),
@@ -405,7 +407,7 @@ async fn every_sidecar_session_uses_tls_as_the_url_asks() {
     env.sql("SELECT medallion.add_source('t')");
     env.sql("SELECT medallion.define_gold('t_total', 'SELECT count(*) AS n, sum(id) AS s FROM silver.t')");
     env.sql("SELECT medallion.publish('t_total')");
-    let plain = env.sidecar_role();
+    let plain = sidecar_role(&env);
     // Publishing creates its schema: the one more privilege it needs.
     env.sql(&format!("GRANT CREATE ON DATABASE {DB} TO sidecar"));
 
@@ -544,7 +546,7 @@ async fn the_sidecar_role_seals_audit_records_without_superuser() {
         "SELECT medallion.enable_audit('acct'); \
          UPDATE acct SET balance = balance + 1 WHERE id <= 7",
     );
-    let url = env.sidecar_role();
+    let url = sidecar_role(&env);
     // Copy into bronze, then one refinement cycle, which seals first.
     let out = env
         .sidecar(
