@@ -560,6 +560,70 @@ impl Scale {
 }
 
 /// One COPY value in text format.
+/// One journal item (`account_move_line`) as the generator writes it.
+#[derive(Clone, Copy)]
+struct JournalItem<'a> {
+    move_id: usize,
+    journal: i64,
+    seq: usize,
+    account: i64,
+    partner: usize,
+    product: Option<usize>,
+    name: &'a str,
+    display: &'a str,
+    debit: i64,
+    credit: i64,
+    residual: i64,
+    qty: i64,
+    price: i64,
+    when: NaiveDateTime,
+    move_name: &'a str,
+}
+
+impl JournalItem<'_> {
+    /// The row of item `id`, in the generator's column order. A receivable
+    /// or payable line with no residual is reconciled; a tax line names the
+    /// tax.
+    fn row(&self, id: usize) -> Vec<String> {
+        let reconciled = matches!(self.account, ACC_RECEIVABLE | ACC_PAYABLE) && self.residual == 0;
+        vec![
+            id.to_string(),
+            self.move_id.to_string(),
+            self.journal.to_string(),
+            "1".into(),
+            "1".into(),
+            self.seq.to_string(),
+            self.account.to_string(),
+            "1".into(),
+            self.partner.to_string(),
+            self.product.map_or(NULL.into(), |p| p.to_string()),
+            "2".into(),
+            "2".into(),
+            self.move_name.into(),
+            "posted".into(),
+            esc(self.name),
+            self.display.into(),
+            date(self.when),
+            date(self.when),
+            date(self.when + Duration::days(30)),
+            money(self.debit),
+            money(self.credit),
+            money(self.debit - self.credit),
+            money(self.debit - self.credit),
+            money(self.residual),
+            self.qty.to_string(),
+            money(self.price),
+            money(self.credit.max(self.debit)),
+            money(self.credit.max(self.debit)),
+            "0".into(),
+            if reconciled { "t" } else { "f" }.into(),
+            ts(self.when),
+            ts(self.when),
+            if self.account == ACC_TAX { "1" } else { NULL }.into(),
+        ]
+    }
+}
+
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for ch in s.chars() {
@@ -1298,81 +1362,31 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             ts(inv_at),
             ts(inv_at),
         ]);
-        let mut push_item = |items: &mut Vec<Vec<String>>,
-                             move_id: usize,
-                             journal: i64,
-                             seq: usize,
-                             account: i64,
-                             product: Option<usize>,
-                             name: &str,
-                             display: &str,
-                             debit: i64,
-                             credit: i64,
-                             residual: i64,
-                             qty: i64,
-                             price: i64,
-                             when: NaiveDateTime,
-                             move_name: &str| {
+        let mut push_item = |items: &mut Vec<Vec<String>>, line: JournalItem| {
             item_id += 1;
-            items.push(vec![
-                item_id.to_string(),
-                move_id.to_string(),
-                journal.to_string(),
-                "1".into(),
-                "1".into(),
-                seq.to_string(),
-                account.to_string(),
-                "1".into(),
-                partner.to_string(),
-                product.map_or(NULL.into(), |p| p.to_string()),
-                "2".into(),
-                "2".into(),
-                move_name.into(),
-                "posted".into(),
-                esc(name),
-                display.into(),
-                date(when),
-                date(when),
-                date(when + Duration::days(30)),
-                money(debit),
-                money(credit),
-                money(debit - credit),
-                money(debit - credit),
-                money(residual),
-                qty.to_string(),
-                money(price),
-                money(credit.max(debit)),
-                money(credit.max(debit)),
-                "0".into(),
-                if account == ACC_RECEIVABLE && residual == 0 {
-                    "t"
-                } else {
-                    "f"
-                }
-                .into(),
-                ts(when),
-                ts(when),
-                if account == ACC_TAX { "1" } else { NULL }.into(),
-            ]);
+            items.push(line.row(item_id));
         };
         for (i, l) in order_lines.iter().enumerate() {
             let pname = format!("[FURN_{:04}] {}", l.1, PRODUCTS[(l.1 - 1) % PRODUCTS.len()]);
             push_item(
                 &mut items,
-                inv_id,
-                JOURNAL_SALE,
-                10 + i,
-                ACC_INCOME,
-                Some(l.1),
-                &pname,
-                "product",
-                0,
-                l.4,
-                0,
-                l.2,
-                l.3,
-                inv_at,
-                &inv_name,
+                JournalItem {
+                    move_id: inv_id,
+                    journal: JOURNAL_SALE,
+                    seq: 10 + i,
+                    account: ACC_INCOME,
+                    partner,
+                    product: Some(l.1),
+                    name: &pname,
+                    display: "product",
+                    debit: 0,
+                    credit: l.4,
+                    residual: 0,
+                    qty: l.2,
+                    price: l.3,
+                    when: inv_at,
+                    move_name: &inv_name,
+                },
             );
             if let Some(row) = items.last() {
                 line_taxes.push(vec![row[0].clone(), "1".into()]);
@@ -1380,37 +1394,43 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         }
         push_item(
             &mut items,
-            inv_id,
-            JOURNAL_SALE,
-            90,
-            ACC_TAX,
-            None,
-            "Tax 15%",
-            "tax",
-            0,
-            tax_total,
-            0,
-            1,
-            tax_total,
-            inv_at,
-            &inv_name,
+            JournalItem {
+                move_id: inv_id,
+                journal: JOURNAL_SALE,
+                seq: 90,
+                account: ACC_TAX,
+                partner,
+                product: None,
+                name: "Tax 15%",
+                display: "tax",
+                debit: 0,
+                credit: tax_total,
+                residual: 0,
+                qty: 1,
+                price: tax_total,
+                when: inv_at,
+                move_name: &inv_name,
+            },
         );
         push_item(
             &mut items,
-            inv_id,
-            JOURNAL_SALE,
-            99,
-            ACC_RECEIVABLE,
-            None,
-            &inv_name,
-            "payment_term",
-            total,
-            0,
-            residual,
-            1,
-            total,
-            inv_at,
-            &inv_name,
+            JournalItem {
+                move_id: inv_id,
+                journal: JOURNAL_SALE,
+                seq: 99,
+                account: ACC_RECEIVABLE,
+                partner,
+                product: None,
+                name: &inv_name,
+                display: "payment_term",
+                debit: total,
+                credit: 0,
+                residual,
+                qty: 1,
+                price: total,
+                when: inv_at,
+                move_name: &inv_name,
+            },
         );
         let invoice_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
         if !paid {
@@ -1458,20 +1478,23 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         {
             push_item(
                 &mut items,
-                move_id,
-                JOURNAL_BANK,
-                seq,
-                account,
-                None,
-                &pay_name,
-                "product",
-                debit,
-                credit,
-                0,
-                1,
-                total,
-                pay_at,
-                &pay_name,
+                JournalItem {
+                    move_id,
+                    journal: JOURNAL_BANK,
+                    seq,
+                    account,
+                    partner,
+                    product: None,
+                    name: &pay_name,
+                    display: "product",
+                    debit,
+                    credit,
+                    residual: 0,
+                    qty: 1,
+                    price: total,
+                    when: pay_at,
+                    move_name: &pay_name,
+                },
             );
         }
         let payment_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
@@ -1525,62 +1548,9 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         bill_seq += 1;
         let bill_id = move_id;
         let bill_name = format!("BILL/{}/{bill_seq:05}", at.format("%Y"));
-        let mut item = |items: &mut Vec<Vec<String>>,
-                        move_id: usize,
-                        journal: i64,
-                        seq: usize,
-                        account: i64,
-                        debit: i64,
-                        credit: i64,
-                        residual: i64,
-                        when: NaiveDateTime,
-                        move_name: &str| {
+        let mut item = |items: &mut Vec<Vec<String>>, line: JournalItem| {
             item_id += 1;
-            items.push(vec![
-                item_id.to_string(),
-                move_id.to_string(),
-                journal.to_string(),
-                "1".into(),
-                "1".into(),
-                seq.to_string(),
-                account.to_string(),
-                "1".into(),
-                vendor.to_string(),
-                NULL.into(),
-                "2".into(),
-                "2".into(),
-                move_name.into(),
-                "posted".into(),
-                esc(move_name),
-                if account == ACC_EXPENSE {
-                    "product"
-                } else {
-                    "payment_term"
-                }
-                .into(),
-                date(when),
-                date(when),
-                date(when + Duration::days(30)),
-                money(debit),
-                money(credit),
-                money(debit - credit),
-                money(debit - credit),
-                money(residual),
-                "1".into(),
-                money(total),
-                money(total),
-                money(total),
-                "0".into(),
-                if account == ACC_PAYABLE && residual == 0 {
-                    "t"
-                } else {
-                    "f"
-                }
-                .into(),
-                ts(when),
-                ts(when),
-                NULL.into(),
-            ]);
+            items.push(line.row(item_id));
             item_id
         };
         moves.push(vec![
@@ -1615,29 +1585,37 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             ts(at),
             ts(at),
         ]);
-        item(
-            &mut items,
-            bill_id,
-            JOURNAL_PURCHASE,
-            10,
-            ACC_EXPENSE,
-            total,
-            0,
-            0,
-            at,
-            &bill_name,
-        );
+        // Every line of the bill and its payment: the vendor, no product,
+        // one unit at the bill's total.
+        let bill_line = JournalItem {
+            move_id: bill_id,
+            journal: JOURNAL_PURCHASE,
+            seq: 10,
+            account: ACC_EXPENSE,
+            partner: vendor,
+            product: None,
+            name: &bill_name,
+            display: "product",
+            debit: total,
+            credit: 0,
+            residual: 0,
+            qty: 1,
+            price: total,
+            when: at,
+            move_name: &bill_name,
+        };
+        item(&mut items, bill_line);
         let bill_payable = item(
             &mut items,
-            bill_id,
-            JOURNAL_PURCHASE,
-            99,
-            ACC_PAYABLE,
-            0,
-            total,
-            -residual,
-            at,
-            &bill_name,
+            JournalItem {
+                seq: 99,
+                account: ACC_PAYABLE,
+                display: "payment_term",
+                debit: 0,
+                credit: total,
+                residual: -residual,
+                ..bill_line
+            },
         );
         if !paid {
             continue;
@@ -1678,29 +1656,33 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             ts(pay_at),
             ts(pay_at),
         ]);
+        let payment_line = JournalItem {
+            move_id,
+            journal: JOURNAL_BANK,
+            name: &pay_name,
+            when: pay_at,
+            move_name: &pay_name,
+            ..bill_line
+        };
         let payment_payable = item(
             &mut items,
-            move_id,
-            JOURNAL_BANK,
-            10,
-            ACC_PAYABLE,
-            total,
-            0,
-            0,
-            pay_at,
-            &pay_name,
+            JournalItem {
+                seq: 10,
+                account: ACC_PAYABLE,
+                display: "payment_term",
+                ..payment_line
+            },
         );
         item(
             &mut items,
-            move_id,
-            JOURNAL_BANK,
-            20,
-            ACC_BANK,
-            0,
-            total,
-            0,
-            pay_at,
-            &pay_name,
+            JournalItem {
+                seq: 20,
+                account: ACC_BANK,
+                display: "payment_term",
+                debit: 0,
+                credit: total,
+                ..payment_line
+            },
         );
         reconciles.push(vec![
             (reconciles.len() + 1).to_string(),

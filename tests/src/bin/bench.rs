@@ -200,13 +200,7 @@ fn best_of(n: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Resu
 
 fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
     let b = Bench::new()?;
-    let mut done = 0;
-    while done < rows {
-        let n = (rows - done).min(500_000);
-        b.sql(&insert_sql(done + 1, done + n))?;
-        done += n;
-    }
-    b.sql("VACUUM ANALYZE account_move_line")?;
+    b.load(rows)?;
     b.sql("SELECT medallion.add_source('account_move_line')")?;
     for (name, sql) in GOLD_MODELS {
         b.sql(&format!(
@@ -524,6 +518,19 @@ impl Bench {
     }
 
     /// Insert `rows` journal items in Odoo-shaped transactions of 1–4,000 rows.
+    /// `rows` journal items inserted in 500,000-row statements, then
+    /// vacuumed and analysed: the table every measurement starts from.
+    fn load(&self, rows: u64) -> anyhow::Result<()> {
+        let mut done = 0;
+        while done < rows {
+            let n = (rows - done).min(500_000);
+            self.sql(&insert_sql(done + 1, done + n))?;
+            done += n;
+        }
+        self.sql("VACUUM ANALYZE account_move_line")?;
+        Ok(())
+    }
+
     fn workload(&self, rows: u64) -> anyhow::Result<()> {
         let mut next = self
             .sql("SELECT coalesce(max(id), 0) + 1 FROM account_move_line")?
@@ -590,13 +597,7 @@ fn streaming(rows: u64) -> anyhow::Result<(f64, f64)> {
 
 fn snapshot(rows: u64) -> anyhow::Result<(f64, f64)> {
     let b = Bench::new()?;
-    let mut done = 0;
-    while done < rows {
-        let n = (rows - done).min(500_000);
-        b.sql(&insert_sql(done + 1, done + n))?;
-        done += n;
-    }
-    b.sql("VACUUM ANALYZE account_move_line")?;
+    b.load(rows)?;
     let t = Instant::now();
     let st = Command::new("bash")
         .arg("-c")
