@@ -276,7 +276,6 @@ impl BronzeTable {
         lake: &Lake,
         id: &TableId,
         columns: &[(String, Kind)],
-        checkpoint_interval: u64,
     ) -> Result<BronzeTable> {
         let storage = lake.storage();
         let url = lake.bronze_url(id)?;
@@ -300,7 +299,7 @@ impl BronzeTable {
                 .with_columns(kernel.fields().cloned())
                 .with_configuration_property(
                     TableProperty::CheckpointInterval,
-                    Some(checkpoint_interval.max(1).to_string()),
+                    Some(lake.checkpoint_interval().to_string()),
                 )
                 .with_save_mode(SaveMode::Ignore)
                 .await

@@ -69,6 +69,67 @@ fn storage_type(t: &arrow::datatypes::DataType) -> arrow::datatypes::DataType {
     }
 }
 
+/// What a gold table records of the refresh that wrote it.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// Fingerprint of the query (and keys) it was computed with.
+    query: Option<i64>,
+    /// The Delta version of each input (in `upstream` order) it read.
+    inputs: Vec<Option<i64>>,
+    /// When it was computed (Unix ms).
+    refreshed_at_ms: Option<i64>,
+}
+
+/// Why a gold model is not recomputed this cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// Same query, same input versions: nothing could differ.
+    UpToDate,
+    /// Inputs moved, but the model refreshes only on `medallion.refresh()`.
+    Manual,
+    /// Inputs moved, but its interval has not passed since the last refresh.
+    NotDue,
+}
+
+impl Skip {
+    fn as_str(self) -> &'static str {
+        match self {
+            Skip::UpToDate => "up to date",
+            Skip::Manual => "manual",
+            Skip::NotDue => "not due",
+        }
+    }
+}
+
+/// Whether (and why not) to recompute a model whose table exists and
+/// records `recorded`, given its `policy`, a `forced` refresh, its query's
+/// `fingerprint` and its inputs' `current` versions. A forced refresh or a
+/// changed query always recomputes; the policy only holds back a model whose
+/// inputs moved.
+fn skip_refresh(
+    policy: Refresh,
+    forced: bool,
+    fingerprint: i64,
+    current: &[Option<i64>],
+    recorded: &Recorded,
+    now_ms: i64,
+) -> Option<Skip> {
+    if forced || recorded.query != Some(fingerprint) {
+        return None;
+    }
+    if recorded.inputs == current {
+        return Some(Skip::UpToDate);
+    }
+    match policy {
+        Refresh::Manual => Some(Skip::Manual),
+        Refresh::Interval(every) => recorded
+            .refreshed_at_ms
+            .is_some_and(|ms| now_ms - ms < every.as_millis() as i64)
+            .then_some(Skip::NotDue),
+        Refresh::OnChange => None,
+    }
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -123,72 +184,62 @@ impl Refiner<'_> {
             return Ok(report);
         }
         let existing = self.tables.open(self.lake, &url).await?;
-        if let Some(t) = &existing
-            && !forced
-            && self
-                .tables
-                .txn_version(t, &AppId::GoldQuery(&def.name).to_string())
-                .await?
-                == Some(fingerprint)
-        {
-            let mut changed = false;
-            for u in &def.upstream {
-                let v = inputs
-                    .get(u)
-                    .and_then(|i| i.table.version())
-                    .map(|v| v as i64);
-                if self
+        if let Some(t) = &existing {
+            let current: Vec<Option<i64>> = def
+                .upstream
+                .iter()
+                .map(|u| {
+                    inputs
+                        .get(u)
+                        .and_then(|i| i.table.version())
+                        .map(|v| v as i64)
+                })
+                .collect();
+            let mut recorded = Recorded {
+                query: self
                     .tables
-                    .txn_version(
-                        t,
-                        &AppId::GoldInput {
-                            model: &def.name,
-                            input: u,
-                        }
-                        .to_string(),
-                    )
-                    .await?
-                    != v
-                {
-                    changed = true;
-                }
+                    .txn_version(t, &AppId::GoldQuery(&def.name).to_string())
+                    .await?,
+                inputs: Vec::with_capacity(def.upstream.len()),
+                refreshed_at_ms: self
+                    .tables
+                    .txn_version(t, &AppId::GoldRefreshedAt(&def.name).to_string())
+                    .await?,
+            };
+            for u in &def.upstream {
+                let app = AppId::GoldInput {
+                    model: &def.name,
+                    input: u,
+                };
+                recorded
+                    .inputs
+                    .push(self.tables.txn_version(t, &app.to_string()).await?);
             }
-            if !changed {
-                report.skipped = Some("up to date");
+            if let Some(skip) = skip_refresh(
+                def.refresh,
+                forced,
+                fingerprint,
+                &current,
+                &recorded,
+                now_ms(),
+            ) {
+                report.skipped = Some(skip.as_str());
                 report.version = t.version().map(|v| v as i64);
-                if let Some(p) = proof {
-                    self.tables.settle(&settle_key, p, report.version);
-                }
-                return Ok(report);
-            }
-            match def.refresh {
-                Refresh::Manual => {
-                    report.skipped = Some("manual");
-                    report.version = t.version().map(|v| v as i64);
-                    report.watermark = self
-                        .tables
-                        .txn_version(t, &app)
-                        .await?
-                        .map_or(Lsn::ZERO, Lsn::from_lake);
-                    return Ok(report);
-                }
-                Refresh::Interval(every) => {
-                    let last = self
-                        .tables
-                        .txn_version(t, &AppId::GoldRefreshedAt(&def.name).to_string())
-                        .await?;
-                    if last.is_some_and(|ms| now_ms() - ms < every.as_millis() as i64) {
-                        report.skipped = Some("not due");
-                        report.version = t.version().map(|v| v as i64);
+                match skip {
+                    Skip::UpToDate => {
+                        if let Some(p) = proof {
+                            self.tables.settle(&settle_key, p, report.version);
+                        }
+                    }
+                    Skip::Manual | Skip::NotDue => {
                         report.watermark = self
                             .tables
                             .txn_version(t, &app)
                             .await?
                             .map_or(Lsn::ZERO, Lsn::from_lake);
-                        return Ok(report);
                     }
                 }
-                Refresh::OnChange => {}
+                return Ok(report);
             }
         }
         let ctx = lake::session();
@@ -483,4 +534,87 @@ pub(crate) async fn plan_against_lake(
         .await
         .map_err(|e| model_error(&def.name, e))?;
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const Q: i64 = 7;
+    const NOW: i64 = 1_000_000;
+
+    fn recorded(query: i64, inputs: &[i64], refreshed_at_ms: i64) -> Recorded {
+        Recorded {
+            query: Some(query),
+            inputs: inputs.iter().map(|&v| Some(v)).collect(),
+            refreshed_at_ms: Some(refreshed_at_ms),
+        }
+    }
+
+    #[test]
+    fn unchanged_inputs_and_query_skip_whatever_the_policy() {
+        for policy in [
+            Refresh::OnChange,
+            Refresh::Manual,
+            Refresh::Interval(Duration::from_secs(60)),
+        ] {
+            let r = recorded(Q, &[3, 4], 0);
+            assert_eq!(
+                skip_refresh(policy, false, Q, &[Some(3), Some(4)], &r, NOW),
+                Some(Skip::UpToDate),
+                "{policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forced_refresh_or_a_changed_query_always_recomputes() {
+        for policy in [
+            Refresh::Manual,
+            Refresh::Interval(Duration::from_secs(3600)),
+        ] {
+            let r = recorded(Q, &[3], NOW);
+            assert_eq!(skip_refresh(policy, true, Q, &[Some(3)], &r, NOW), None);
+            assert_eq!(
+                skip_refresh(policy, false, Q + 1, &[Some(3)], &r, NOW),
+                None
+            );
+        }
+        // A table written before the fingerprint existed records none.
+        let r = Recorded::default();
+        assert_eq!(skip_refresh(Refresh::Manual, false, Q, &[], &r, NOW), None);
+    }
+
+    #[test]
+    fn moved_inputs_recompute_on_change_wait_for_manual_and_for_the_interval() {
+        let moved = [Some(3), Some(5)];
+        let r = recorded(Q, &[3, 4], NOW - 30_000);
+        assert_eq!(
+            skip_refresh(Refresh::OnChange, false, Q, &moved, &r, NOW),
+            None
+        );
+        assert_eq!(
+            skip_refresh(Refresh::Manual, false, Q, &moved, &r, NOW),
+            Some(Skip::Manual)
+        );
+        let minute = Refresh::Interval(Duration::from_secs(60));
+        assert_eq!(
+            skip_refresh(minute, false, Q, &moved, &r, NOW),
+            Some(Skip::NotDue),
+            "refreshed 30 s ago"
+        );
+        let r = recorded(Q, &[3, 4], NOW - 60_000);
+        assert_eq!(
+            skip_refresh(minute, false, Q, &moved, &r, NOW),
+            None,
+            "60 s ago"
+        );
+        // An input that appeared or vanished is a move too.
+        let r = recorded(Q, &[3], NOW);
+        assert_eq!(
+            skip_refresh(Refresh::OnChange, false, Q, &[Some(3), None], &r, NOW),
+            None
+        );
+    }
 }

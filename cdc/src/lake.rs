@@ -49,6 +49,8 @@ pub(crate) fn register_object_stores() {
 pub struct Lake {
     root: Url,
     storage: HashMap<String, String>,
+    /// Commits between Delta checkpoints of the tables medallion creates.
+    checkpoint_interval: u64,
 }
 
 impl Lake {
@@ -77,6 +79,7 @@ impl Lake {
         Ok(Lake {
             root,
             storage: cfg.storage.to_map(),
+            checkpoint_interval: cfg.checkpoint_interval.max(1),
         })
     }
 
@@ -88,6 +91,12 @@ impl Lake {
     /// The object-store options (credentials, endpoint, region).
     pub fn storage(&self) -> &HashMap<String, String> {
         &self.storage
+    }
+
+    /// Commits between Delta checkpoints of the tables medallion creates
+    /// (`delta.checkpointInterval`).
+    pub fn checkpoint_interval(&self) -> u64 {
+        self.checkpoint_interval
     }
 
     /// Where a silver, gold or quarantine table lives.

@@ -107,10 +107,7 @@ impl Replicator<'_> {
                 Some(s) => s.batch.sink,
                 // Opening failed on an incompatible column type: the copy
                 // writes a new generation of the table (see copy_table).
-                None => {
-                    BronzeTable::open_or_create(&self.lake, &id, &[], self.cfg.checkpoint_interval)
-                        .await?
-                }
+                None => BronzeTable::open_or_create(&self.lake, &id, &[]).await?,
             };
             // The copy decides the columns, inside its snapshot.
             bronze.discard();
@@ -202,9 +199,7 @@ impl Replicator<'_> {
 
     pub(super) async fn open_table(&mut self, t: &PublishedTable) -> Result<TableState> {
         let kinds = self.source_kinds(t).await?;
-        let bronze =
-            BronzeTable::open_or_create(&self.lake, &t.id, &kinds, self.cfg.checkpoint_interval)
-                .await?;
+        let bronze = BronzeTable::open_or_create(&self.lake, &t.id, &kinds).await?;
         let committed = bronze
             .txn_version(
                 &AppId::Stream {

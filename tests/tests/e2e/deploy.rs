@@ -337,14 +337,22 @@ fn the_compose_stack_streams_odoo_into_gold_across_kills_and_restarts() {
         .trim()
         .to_string()
     };
-    assert_eq!(state("medallion"), "exited 137", "the kill -9 did not land");
+    // podman shows "stopped" until its cleanup of the dead container ran.
+    let killed = poll(
+        Duration::from_secs(30),
+        "the killed sidecar container is exited",
+        || match state("medallion") {
+            s if s.starts_with("exited") => Ok(s),
+            s => Err(s),
+        },
+    );
+    assert_eq!(killed, "exited 137", "the kill -9 did not land");
     stack.workload(8, 150);
     run(Command::new("podman").args(["start", &stack.container("medallion")]));
     run(Command::new("podman").args(["stop", "-t", "20", &stack.container("postgres")]));
-    assert!(
-        state("postgres").starts_with("exited"),
-        "Postgres did not stop"
-    );
+    wait_until(Duration::from_secs(30), "Postgres stopped", || {
+        state("postgres").starts_with("exited")
+    });
     run(Command::new("podman").args(["start", &stack.container("postgres")]));
     stack.wait("Postgres back", 120, || stack.psql("SELECT 1").map(|_| ()));
     stack.workload(9, 150);
