@@ -251,15 +251,8 @@ pub async fn cycle_with(
             }
         }
         if run {
-            status::record(
-                client,
-                &cfg.slot,
-                &out,
-                started,
-                expectations_json(&expectations),
-                run,
-            )
-            .await?;
+            let counts = expectations_json(&expectations);
+            status::record(client, &cfg.slot, &out, started, counts, run).await?;
         } else {
             quiet.push(out.clone());
         }
@@ -355,15 +348,8 @@ pub async fn cycle_with(
             out.state = ObjectState::Ok;
         }
         if run {
-            status::record(
-                client,
-                &cfg.slot,
-                &out,
-                started,
-                expectations_json(&expectations),
-                run,
-            )
-            .await?;
+            let counts = expectations_json(&expectations);
+            status::record(client, &cfg.slot, &out, started, counts, run).await?;
         } else {
             quiet.push(out.clone());
         }

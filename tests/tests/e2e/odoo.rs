@@ -1,6 +1,7 @@
 //! Odoo end to end: Odoo-shaped demo data, and the real Odoo 18 database
 //! replaying its W1 workload, land exactly once.
 
+use super::refine::GOLD_EXAMPLE_MODELS;
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,12 +161,7 @@ async fn real_odoo_18_replay_lands_exactly_once() {
         }
     }
     assert!(compared > 40, "compared {compared} silver tables");
-    for m in [
-        "monthly_revenue",
-        "open_receivables",
-        "general_ledger",
-        "account_balances",
-    ] {
+    for m in GOLD_EXAMPLE_MODELS {
         env.assert_gold_matches(m).await;
     }
 

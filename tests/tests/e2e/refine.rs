@@ -38,6 +38,14 @@ pub(super) fn odoo_workload(env: &Env, scale: f64, seed: u64, n: usize) {
         .expect("run workload");
 }
 
+/// The models `gold_examples()` (sql/examples/odoo_gold.sql) defines.
+pub(super) const GOLD_EXAMPLE_MODELS: [&str; 4] = [
+    "monthly_revenue",
+    "open_receivables",
+    "general_ledger",
+    "account_balances",
+];
+
 pub(super) fn gold_examples() -> String {
     std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -76,12 +84,7 @@ async fn silver_and_gold_equal_postgres_on_the_odoo_workload() {
     for (t, _) in medallion_tests::odoo::schema() {
         env.assert_silver_matches("public", t, t).await;
     }
-    for m in [
-        "monthly_revenue",
-        "open_receivables",
-        "general_ledger",
-        "account_balances",
-    ] {
+    for m in GOLD_EXAMPLE_MODELS {
         env.assert_gold_matches(m).await;
     }
     // Run history and status carry the watermark.
