@@ -90,6 +90,15 @@ pub struct TableId {
     pub table: String,
 }
 
+impl TableId {
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> TableId {
+        TableId {
+            schema: schema.into(),
+            table: table.into(),
+        }
+    }
+}
+
 impl std::fmt::Display for TableId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.schema, self.table)

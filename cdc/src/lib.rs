@@ -20,7 +20,7 @@
 //! [`gold`], [`publish`] (into Postgres), over [`lake`].
 
 pub mod api;
-mod app_id;
+pub mod app_id;
 pub mod audit;
 pub mod bronze;
 pub mod catalog;

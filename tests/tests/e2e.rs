@@ -55,6 +55,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medallion::Config;
+use medallion::app_id::AppId;
+use medallion::bronze::TableId;
 use medallion::replicate::{self, RunOptions};
 use medallion_tests::cluster::ClusterOptions;
 use medallion_tests::harness::*;

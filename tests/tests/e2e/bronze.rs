@@ -556,8 +556,12 @@ async fn a_running_sidecar_picks_up_new_sources_and_resyncs() {
     // A resync copies the table again as a new snapshot generation.
     env.sql("UPDATE a SET v = 'z' WHERE id <= 10");
     env.sql("SELECT medallion.resync('a')");
-    let slot = cfg.slot.clone();
-    let app = format!("medallion:{slot}:public.a:resync");
+    let a = TableId::new("public", "a");
+    let app = AppId::Resync {
+        slot: &cfg.slot,
+        table: &a,
+    }
+    .to_string();
     let dir = env.bronze("public", "a");
     poll_async(Duration::from_secs(60), "the resync is served", || async {
         match lake::txn_version(&dir, &app).await.unwrap() {

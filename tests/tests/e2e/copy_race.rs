@@ -284,10 +284,12 @@ async fn a_late_table_keeps_a_column_added_and_filled_under_its_copy() {
     env.sql(MODULE_INSTALL);
     env.sql("INSERT INTO account_journal VALUES (2002, 'after', 1, false)");
     p.resume();
-    let snap_app = format!(
-        "medallion:{}:public.account_journal:snapshot",
-        env.cfg().slot
-    );
+    let journal = TableId::new("public", "account_journal");
+    let snap_app = AppId::Snapshot {
+        slot: &env.cfg().slot,
+        table: &journal,
+    }
+    .to_string();
     let dir = env.bronze("public", "account_journal");
     poll_async(
         Duration::from_secs(120),
@@ -340,10 +342,12 @@ async fn sigterm_during_a_copy_stops_at_once_and_commits_nothing() {
         took < Duration::from_secs(5),
         "stopping took {took:?}: {err}"
     );
-    let snap_app = format!(
-        "medallion:{}:public.account_journal:snapshot",
-        env.cfg().slot
-    );
+    let journal = TableId::new("public", "account_journal");
+    let snap_app = AppId::Snapshot {
+        slot: &env.cfg().slot,
+        table: &journal,
+    }
+    .to_string();
     assert_eq!(
         lake::txn_version(&env.bronze("public", "account_journal"), &snap_app)
             .await
