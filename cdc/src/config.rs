@@ -41,6 +41,9 @@ pub struct Config {
     pub flush_bytes: usize,
     /// ... or when the oldest pending change is this old (`MEDALLION_FLUSH_INTERVAL_MS`).
     pub flush_interval_ms: u64,
+    /// ... or when no change arrived for this long (`MEDALLION_IDLE_FLUSH_MS`;
+    /// 0: never): a quiet stream commits what it has at once.
+    pub idle_flush_ms: u64,
     /// Write a Delta checkpoint every N commits (`MEDALLION_CHECKPOINT_INTERVAL`).
     pub checkpoint_interval: u64,
     /// Tables copied in parallel during the initial snapshot (`MEDALLION_SNAPSHOT_PARALLELISM`).
@@ -250,6 +253,7 @@ impl std::fmt::Debug for Config {
             .field("flush_rows", &self.flush_rows)
             .field("flush_bytes", &self.flush_bytes)
             .field("flush_interval_ms", &self.flush_interval_ms)
+            .field("idle_flush_ms", &self.idle_flush_ms)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
             .field("numeric_scale", &self.numeric_scale)
@@ -281,6 +285,7 @@ impl Default for Config {
             flush_rows: 100_000,
             flush_bytes: 64 << 20,
             flush_interval_ms: 1000,
+            idle_flush_ms: 100,
             checkpoint_interval: 10,
             snapshot_parallelism: 2,
             numeric_scale: 24,
@@ -349,6 +354,7 @@ impl Config {
         env_parse("MEDALLION_FLUSH_ROWS", &mut cfg.flush_rows)?;
         env_parse("MEDALLION_FLUSH_BYTES", &mut cfg.flush_bytes)?;
         env_parse("MEDALLION_FLUSH_INTERVAL_MS", &mut cfg.flush_interval_ms)?;
+        env_parse("MEDALLION_IDLE_FLUSH_MS", &mut cfg.idle_flush_ms)?;
         env_parse(
             "MEDALLION_CHECKPOINT_INTERVAL",
             &mut cfg.checkpoint_interval,
@@ -471,6 +477,11 @@ impl Config {
 
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// How long a quiet stream waits before it commits (None: it does not).
+    pub fn idle_flush(&self) -> Option<Duration> {
+        (self.idle_flush_ms > 0).then(|| Duration::from_millis(self.idle_flush_ms))
     }
 
     /// A printable summary with secrets scrubbed.

@@ -14,18 +14,19 @@ use crate::status::ObjectState;
 use super::*;
 
 impl Replicator<'_> {
+    /// Whether the buffered changes are due for a commit (called at a
+    /// transaction boundary).
     pub(super) fn should_flush(&self) -> bool {
-        let Some(since) = self.pending_since else {
-            return false;
-        };
-        if since.elapsed() >= self.cfg.flush_interval() {
-            return true;
-        }
-        let (rows, bytes) = self.tables.values().fold((0usize, 0usize), |(r, b), t| {
+        let buffered = self.tables.values().fold((0usize, 0usize), |(r, b), t| {
             let (tr, tb) = t.batch.buffered();
             (r + tr, b + tb)
         });
-        rows >= self.cfg.flush_rows || bytes >= self.cfg.flush_bytes
+        FlushPolicy::of(self.cfg).due(
+            self.pending_since,
+            self.last_change,
+            Instant::now(),
+            buffered,
+        )
     }
 
     /// Commit every table with pending changes, then acknowledge (only
@@ -91,5 +92,121 @@ impl Replicator<'_> {
         }
         tracing::warn!(lsn = %lsn, "server did not confirm the final acknowledgement in 10 s");
         Ok(())
+    }
+}
+
+/// When buffered changes are committed: by size, by age, or because the
+/// stream went quiet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FlushPolicy {
+    pub rows: usize,
+    pub bytes: usize,
+    /// The oldest buffered change is this old.
+    pub interval: Duration,
+    /// No change arrived for this long: nothing more is coming soon, so
+    /// waiting only delays what is buffered. A busy stream never pauses this
+    /// long and still batches up to `interval`.
+    pub idle: Option<Duration>,
+}
+
+impl FlushPolicy {
+    pub(super) fn of(cfg: &crate::Config) -> FlushPolicy {
+        FlushPolicy {
+            rows: cfg.flush_rows,
+            bytes: cfg.flush_bytes,
+            interval: cfg.flush_interval(),
+            idle: cfg.idle_flush(),
+        }
+    }
+
+    /// Whether changes buffered since `pending_since` (None: nothing
+    /// buffered), the last of which arrived at `last_change`, are due now.
+    pub(super) fn due(
+        &self,
+        pending_since: Option<Instant>,
+        last_change: Instant,
+        now: Instant,
+        (rows, bytes): (usize, usize),
+    ) -> bool {
+        let Some(since) = pending_since else {
+            return false;
+        };
+        now.duration_since(since) >= self.interval
+            || rows >= self.rows
+            || bytes >= self.bytes
+            || self
+                .idle
+                .is_some_and(|idle| now.duration_since(last_change) >= idle)
+    }
+
+    /// How long the loop may wait for the next message before it must look
+    /// again: until the batch is due by age or by quiet.
+    pub(super) fn wait(&self, pending_since: Option<Instant>, last_change: Instant) -> Duration {
+        let Some(since) = pending_since else {
+            return Duration::from_millis(500);
+        };
+        let by_age = self.interval.saturating_sub(since.elapsed());
+        let by_quiet = self
+            .idle
+            .map(|idle| idle.saturating_sub(last_change.elapsed()))
+            .unwrap_or(by_age);
+        by_age.min(by_quiet).max(Duration::from_millis(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: FlushPolicy = FlushPolicy {
+        rows: 100,
+        bytes: 1 << 20,
+        interval: Duration::from_millis(1000),
+        idle: Some(Duration::from_millis(100)),
+    };
+
+    #[test]
+    fn nothing_buffered_is_never_due() {
+        let now = Instant::now();
+        assert!(!POLICY.due(None, now - Duration::from_secs(60), now, (0, 0)));
+    }
+
+    #[test]
+    fn a_quiet_stream_commits_at_once_and_a_busy_one_batches() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // One transaction, then silence: due 100 ms after its last change.
+        assert!(!POLICY.due(Some(t0), t0, ms(50), (1, 10)));
+        assert!(POLICY.due(Some(t0), t0, ms(100), (1, 10)));
+        // A change every 10 ms: never quiet, due at the 1 s interval.
+        assert!(!POLICY.due(Some(t0), ms(990), ms(999), (99, 10)));
+        assert!(POLICY.due(Some(t0), ms(1000), ms(1000), (99, 10)));
+        // Size triggers whatever the time.
+        assert!(POLICY.due(Some(t0), ms(1), ms(1), (100, 10)));
+        assert!(POLICY.due(Some(t0), ms(1), ms(1), (1, 1 << 20)));
+        // Without an idle flush, only age and size count.
+        let off = FlushPolicy {
+            idle: None,
+            ..POLICY
+        };
+        assert!(!off.due(Some(t0), t0, ms(999), (1, 10)));
+        assert!(off.due(Some(t0), t0, ms(1000), (1, 10)));
+    }
+
+    #[test]
+    fn the_loop_waits_no_longer_than_the_next_reason_to_commit() {
+        let now = Instant::now();
+        assert_eq!(POLICY.wait(None, now), Duration::from_millis(500));
+        let w = POLICY.wait(Some(now), now);
+        assert!(
+            w <= Duration::from_millis(100) && w > Duration::from_millis(50),
+            "{w:?}"
+        );
+        let off = FlushPolicy {
+            idle: None,
+            ..POLICY
+        };
+        let w = off.wait(Some(now), now);
+        assert!(w > Duration::from_millis(900), "{w:?}");
     }
 }

@@ -156,6 +156,8 @@ struct Replicator<'a> {
     last_commit_end: Lsn,
     acked: Lsn,
     pending_since: Option<Instant>,
+    /// When the last message of the stream (not a keepalive) arrived.
+    last_change: Instant,
     status: StatusBoard,
     metrics: Arc<Metrics>,
     summary: RunSummary,
@@ -227,20 +229,21 @@ async fn run_once(
         "streaming"
     );
     let mut parser = LogicalReplicationParser::with_protocol_version(2);
+    let policy = flush::FlushPolicy::of(cfg);
     let mut tick = CancellationToken::new();
     let mut tick_deadline = Instant::now();
     let mut stopping = false;
 
     loop {
         // A token that fires at the next deadline bounds each wait, so the
-        // loop can flush by latency, acknowledge while idle and see shutdown.
-        if tick.is_cancelled() || Instant::now() >= tick_deadline {
+        // loop can flush by age or quiet, acknowledge while idle and see
+        // shutdown. A batch that began waits no longer than its policy says.
+        let wait = policy.wait(r.pending_since, r.last_change);
+        if tick.is_cancelled()
+            || Instant::now() >= tick_deadline
+            || Instant::now() + wait < tick_deadline
+        {
             tick = shutdown.child_token();
-            let wait = match r.pending_since {
-                Some(t) => cfg.flush_interval().saturating_sub(t.elapsed()),
-                None => Duration::from_millis(500),
-            }
-            .max(Duration::from_millis(20));
             tick_deadline = Instant::now() + wait;
             let t = tick.clone();
             tokio::spawn(async move {
@@ -257,6 +260,7 @@ async fn run_once(
                     .parse_wal_message_bytes(raw.data)
                     .map_err(Error::repl("decode pgoutput"))?;
                 r.handle(msg.message, msg.is_streaming, msg.xid).await?;
+                r.last_change = Instant::now();
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => return Err(Error::repl("replication stream")(e)),
@@ -458,6 +462,7 @@ impl<'a> Replicator<'a> {
             last_commit_end: slot.confirmed_flush_lsn,
             acked: slot.confirmed_flush_lsn,
             pending_since: None,
+            last_change: Instant::now(),
             status: StatusBoard::new(
                 &cfg.slot,
                 with_extension,
