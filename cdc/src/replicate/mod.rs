@@ -9,7 +9,7 @@
 //!   decode (TupleData → Cell; unchanged TOAST kept as a marker)
 //!        ▼
 //!   per-table buffers ──(flush_rows)──► staged Parquet files (invisible)
-//!        ▼  at a transaction boundary, by rows / bytes / latency
+//!        ▼  at a transaction boundary, by rows / bytes / age / a quiet stream
 //!   one Delta commit per table: files + txn(app id, last commit LSN)
 //!        ▼  only after every table's commit succeeded
 //!   acknowledge the end LSN of the last processed commit to the slot
