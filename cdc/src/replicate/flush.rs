@@ -21,7 +21,7 @@ impl Replicator<'_> {
             let (tr, tb) = t.batch.buffered();
             (r + tr, b + tb)
         });
-        FlushPolicy::of(self.cfg).due(
+        self.policy.due(
             self.pending_since,
             self.last_change,
             Instant::now(),

@@ -156,6 +156,8 @@ struct Replicator<'a> {
     last_commit_end: Lsn,
     acked: Lsn,
     pending_since: Option<Instant>,
+    /// When buffered changes are committed.
+    policy: flush::FlushPolicy,
     /// When the last message of the stream (not a keepalive) arrived.
     last_change: Instant,
     status: StatusBoard,
@@ -229,7 +231,6 @@ async fn run_once(
         "streaming"
     );
     let mut parser = LogicalReplicationParser::with_protocol_version(2);
-    let policy = flush::FlushPolicy::of(cfg);
     let mut tick = CancellationToken::new();
     let mut tick_deadline = Instant::now();
     let mut stopping = false;
@@ -238,7 +239,7 @@ async fn run_once(
         // A token that fires at the next deadline bounds each wait, so the
         // loop can flush by age or quiet, acknowledge while idle and see
         // shutdown. A batch that began waits no longer than its policy says.
-        let wait = policy.wait(r.pending_since, r.last_change);
+        let wait = r.policy.wait(r.pending_since, r.last_change);
         if tick.is_cancelled()
             || Instant::now() >= tick_deadline
             || Instant::now() + wait < tick_deadline
@@ -462,6 +463,7 @@ impl<'a> Replicator<'a> {
             last_commit_end: slot.confirmed_flush_lsn,
             acked: slot.confirmed_flush_lsn,
             pending_since: None,
+            policy: flush::FlushPolicy::of(cfg),
             last_change: Instant::now(),
             status: StatusBoard::new(
                 &cfg.slot,

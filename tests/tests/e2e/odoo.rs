@@ -1,32 +1,19 @@
 //! Odoo end to end: Odoo-shaped demo data, and the real Odoo 18 database
 //! replaying its W1 workload, land exactly once.
 
-use super::refine::GOLD_EXAMPLE_MODELS;
+use super::refine::{GOLD_EXAMPLE_MODELS, load_odoo, odoo_workload};
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odoo_shaped_demo_data_replicates_exactly() {
     let env = Env::new();
-    let mut base = Vec::new();
-    medallion_tests::odoo::write_base(&mut base, medallion_tests::odoo::Scale::new(0.5), 7)
-        .unwrap();
-    let path = env.lake.path().join("base.sql");
-    std::fs::write(&path, &base).unwrap();
-    env.cluster
-        .psql(DB, &["-f", path.to_str().unwrap()])
-        .expect("load demo base");
+    load_odoo(&env, 0.5, 7);
     assert_eq!(
         env.sql("SELECT medallion.add_sources('public')").trim(),
         medallion_tests::odoo::schema().len().to_string()
     );
     env.catch_up().await;
-    let mut wl = Vec::new();
-    medallion_tests::odoo::write_workload(&mut wl, medallion_tests::odoo::Scale::new(0.5), 7, 160)
-        .unwrap();
-    std::fs::write(&path, &wl).unwrap();
-    env.cluster
-        .psql(&env.db, &["-f", path.to_str().unwrap()])
-        .expect("run demo workload");
+    odoo_workload(&env, 0.5, 7, 160);
     // The journal stays balanced at the source.
     assert_eq!(
         env.sql("SELECT count(*) FROM (SELECT move_id FROM account_move_line GROUP BY move_id HAVING sum(debit) <> sum(credit)) x").trim(),
