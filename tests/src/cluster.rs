@@ -13,7 +13,6 @@
 //! - `MEDALLION_PG_BIN`: Postgres 15 binaries (default `/usr/lib/postgresql/15/bin`).
 //! - `MEDALLION_KEEP_CLUSTER=1`: keep every cluster directory, even on success.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -76,7 +75,7 @@ impl PgCluster {
         ]);
         run(&mut initdb)?;
 
-        let port = free_port()?;
+        let port = crate::ports::free_port();
         let mut conf = format!(
             "\n# medallion test cluster\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
              unix_socket_directories = '{dir}'\nwal_level = logical\nmax_wal_senders = 20\n\
@@ -256,11 +255,4 @@ fn run(cmd: &mut Command) -> Result<(), HarnessError> {
             String::from_utf8_lossy(&out.stderr)
         )))
     }
-}
-
-pub(crate) fn free_port() -> Result<u16, HarnessError> {
-    // Bind to port 0, read the port, release it. A tiny race with another
-    // process is possible; pg_ctl start then fails loudly rather than silently.
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }

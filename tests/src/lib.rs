@@ -2,13 +2,15 @@
 //! ([`cluster`]), the Odoo-shaped data generator ([`odoo`]), helpers that read
 //! Delta tables back ([`lake`]) and locate the real Odoo 18 facts in
 //! `../shared/odoo18` ([`shared`]), comparisons with Postgres itself
-//! ([`oracle`]), and a private S3-compatible server (Ceph RGW, [`s3`]).
+//! ([`oracle`]), a private S3-compatible server (Ceph RGW, [`s3`]) and loopback ports
+//! for the servers a test starts ([`ports`]).
 
 pub mod cluster;
 pub mod harness;
 pub mod lake;
 pub mod odoo;
 pub mod oracle;
+pub mod ports;
 pub mod s3;
 pub mod shared;
 

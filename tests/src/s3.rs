@@ -27,6 +27,11 @@ use crate::HarnessError;
 const ACCESS_KEY: &str = "MEDALLIONTESTKEY";
 const SECRET_KEY: &str = "medallion-test-secret";
 const REGION: &str = "us-east-1";
+/// How long the monitor, OSD and gateway may take to serve S3 (a loaded
+/// 2-core CI host has needed more than a minute).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Lines of each daemon's log shown when the cluster fails to start.
+const LOG_TAIL: usize = 8;
 
 /// The Debian packages the server needs (installed by `scripts/setup.sh`).
 pub const PACKAGES: &str = "ceph-mon ceph-osd radosgw ceph-common";
@@ -37,6 +42,8 @@ pub struct CephS3 {
     dir: PathBuf,
     port: u16,
     bucket: String,
+    /// Keep the directory (and its logs) on drop: the cluster failed to start.
+    keep: bool,
 }
 
 impl CephS3 {
@@ -62,15 +69,19 @@ impl CephS3 {
             .keep();
         let mut s3 = CephS3 {
             dir,
-            port: crate::cluster::free_port()?,
+            port: crate::ports::free_port(),
             bucket: bucket.into(),
+            keep: false,
         };
-        s3.boot()?;
+        if let Err(e) = s3.boot() {
+            s3.keep = true;
+            return Err(e);
+        }
         Ok(s3)
     }
 
     fn boot(&mut self) -> Result<(), HarnessError> {
-        let mon_port = crate::cluster::free_port()?;
+        let mon_port = crate::ports::free_port();
         for d in ["mon", "osd", "run", "log", "rgw"] {
             std::fs::create_dir_all(self.dir.join(d))?;
         }
@@ -151,11 +162,15 @@ rgw enable usage log = false
         daemon(self.ceph("ceph-osd").args(["-i", &id]))?;
         daemon(self.ceph("radosgw").args(["-n", "client.rgw"]))?;
         // The gateway creates its pools on start; the user and bucket need them.
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + BOOT_TIMEOUT;
         loop {
-            let up = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-            let user = up
-                && run(self.ceph("radosgw-admin").args([
+            let step = if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                Err(HarnessError::Cluster(format!(
+                    "nothing listens on the gateway's port {}",
+                    self.port
+                )))
+            } else {
+                run(self.ceph("radosgw-admin").args([
                     "user",
                     "create",
                     "--uid=medallion",
@@ -163,18 +178,40 @@ rgw enable usage log = false
                     &format!("--access-key={ACCESS_KEY}"),
                     &format!("--secret-key={SECRET_KEY}"),
                 ]))
-                .is_ok();
-            if user && self.create_bucket().is_ok() {
-                return Ok(());
-            }
+                .and_then(|_| self.create_bucket())
+            };
+            let last = match step {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
             if Instant::now() > deadline {
                 return Err(HarnessError::Cluster(format!(
-                    "Ceph RGW did not come up within 120 s; logs in {}/log",
-                    self.dir.display()
+                    "Ceph RGW did not come up within {} s; last: {last}\n{}",
+                    BOOT_TIMEOUT.as_secs(),
+                    self.diagnosis()
                 )));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Which daemons are alive and the end of each log, for a failed start.
+    fn diagnosis(&self) -> String {
+        let mut out = format!("kept at {}", self.dir.display());
+        for name in ["mon.a", "osd.0", "client.rgw"] {
+            let alive = std::fs::read_to_string(self.dir.join("run").join(format!("{name}.pid")))
+                .ok()
+                .is_some_and(|pid| Path::new("/proc").join(pid.trim()).exists());
+            let log = std::fs::read_to_string(self.dir.join("log").join(format!("{name}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n    ");
+            out.push_str(&format!(
+                "\n  {name}: {}\n    {tail}",
+                if alive { "running" } else { "not running" }
+            ));
+        }
+        out
     }
 
     fn conf(&self) -> PathBuf {
@@ -278,7 +315,7 @@ impl Drop for CephS3 {
         for name in ["client.rgw", "osd.0", "mon.a"] {
             self.kill(name);
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.keep {
             eprintln!(
                 "medallion test S3 server kept at {} (logs in log/)",
                 self.dir.display()

@@ -421,14 +421,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
     })
 }
 
-/// A TCP port free on loopback now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// The fault-injection build of the sidecar (`medallion-sidecar`), which
 /// cargo builds beside the test binary for the tests of this package.

@@ -73,9 +73,7 @@ pub(super) fn api(rows: u64, clients: usize, per_client: usize) -> anyhow::Resul
         "SELECT count(*) FROM ({}) m",
         MODEL_SQL.replace("silver.", "public.")
     ))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = medallion_tests::ports::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = b
         .sidecar(&["serve-api"])

@@ -139,10 +139,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         .keep();
     eprintln!("soak: lake in {} (kept if the run fails)", dir.display());
     let lake = dir.join("lake");
-    let metrics_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?
-    };
+    let metrics_addr = format!("127.0.0.1:{}", medallion_tests::ports::free_port());
     let sidecar = |args: &[&str]| {
         let mut c = Command::new(&bin);
         c.args(args)
