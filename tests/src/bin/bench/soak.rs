@@ -155,7 +155,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         c
     };
     let mut run = sidecar(&["run"])
-        .env("MEDALLION_METRICS_ADDR", metrics_addr.to_string())
+        .env("MEDALLION_METRICS_ADDR", &metrics_addr)
         .spawn()?;
     let http = reqwest::Client::new();
     let metrics_url = format!("http://{metrics_addr}/metrics");
