@@ -66,6 +66,10 @@ pub struct Config {
     /// slot advances (`MEDALLION_REFINE_INTERVAL_MS`); 0 turns refinement off
     /// in `run` (bronze only).
     pub refine_interval_ms: u64,
+    /// In `run`, a refinement cycle also starts as soon as the bronze writer
+    /// acknowledges new changes (`MEDALLION_REFINE_ON_COMMIT`, default true),
+    /// so silver and gold follow bronze within a cycle; false: the interval only.
+    pub refine_on_commit: bool,
     /// Changes applied per silver MERGE (`MEDALLION_SILVER_BATCH_ROWS`);
     /// bounds memory, never splits a source transaction.
     pub silver_batch_rows: usize,
@@ -262,6 +266,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("status_interval_ms", &self.status_interval_ms)
             .field("refine_interval_ms", &self.refine_interval_ms)
+            .field("refine_on_commit", &self.refine_on_commit)
             .field("silver_batch_rows", &self.silver_batch_rows)
             .field("compact_small_files", &self.compact_small_files)
             .field(
@@ -294,6 +299,7 @@ impl Default for Config {
             log_format: "text".into(),
             status_interval_ms: 2000,
             refine_interval_ms: 5000,
+            refine_on_commit: true,
             silver_batch_rows: 500_000,
             compact_small_files: 16,
             publish_database_url: None,
@@ -366,6 +372,7 @@ impl Config {
         env_parse("MEDALLION_NUMERIC_SCALE", &mut cfg.numeric_scale)?;
         env_parse("MEDALLION_STATUS_INTERVAL_MS", &mut cfg.status_interval_ms)?;
         env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
+        env_parse("MEDALLION_REFINE_ON_COMMIT", &mut cfg.refine_on_commit)?;
         env_parse("MEDALLION_SILVER_BATCH_ROWS", &mut cfg.silver_batch_rows)?;
         env_parse(
             "MEDALLION_COMPACT_SMALL_FILES",

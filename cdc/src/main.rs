@@ -283,17 +283,23 @@ async fn main() -> anyhow::Result<()> {
             let metrics = Arc::new(medallion::metrics::Metrics::default());
             let shutdown = stop_on_signal()?;
             serve_endpoints(&cfg, &metrics, true, &shutdown).await?;
+            // The refiner wakes on each position the writer acknowledges.
+            let acknowledged = replicate::Acknowledged::new();
             let refine = (!until_caught_up && cfg.refine_interval_ms > 0).then(|| {
                 let cfg = cfg.clone();
                 let shutdown = shutdown.clone();
                 let metrics = metrics.clone();
-                tokio::spawn(
-                    async move { medallion::refine::run_loop(&cfg, shutdown, metrics).await },
-                )
+                let acknowledged = acknowledged.clone();
+                tokio::spawn(async move {
+                    medallion::refine::run_loop(&cfg, shutdown, metrics, Some(acknowledged)).await
+                })
             });
             let run = replicate::run(
                 &cfg,
-                RunOptions { until_caught_up },
+                RunOptions {
+                    until_caught_up,
+                    acknowledged: Some(acknowledged),
+                },
                 shutdown.clone(),
                 metrics,
             );

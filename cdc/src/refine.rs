@@ -427,15 +427,19 @@ async fn publish_one(
 }
 
 /// Refine continuously: a cycle whenever the slot's position advanced (at
-/// most every `refine_interval`), on `medallion.refresh()` and on
-/// definition changes, until `shutdown`.
+/// most every `refine_interval`), at once when `acknowledged` (the bronze
+/// writer of this process) announces a new position and
+/// `refine_on_commit` is set, on `medallion.refresh()` and on definition
+/// changes, until `shutdown`.
 pub async fn run_loop(
     cfg: &Config,
     shutdown: CancellationToken,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    acknowledged: Option<crate::replicate::Acknowledged>,
 ) -> Result<()> {
     metrics.set_refiner_running(true);
-    let ended = refine_until_stopped(cfg, shutdown, &metrics).await;
+    let acknowledged = acknowledged.filter(|_| cfg.refine_on_commit);
+    let ended = refine_until_stopped(cfg, shutdown, &metrics, acknowledged.as_ref()).await;
     metrics.set_refiner_running(false);
     ended
 }
@@ -445,6 +449,7 @@ async fn refine_until_stopped(
     cfg: &Config,
     shutdown: CancellationToken,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    acknowledged: Option<&crate::replicate::Acknowledged>,
 ) -> Result<()> {
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -453,7 +458,7 @@ async fn refine_until_stopped(
             match crate::lease::Lease::acquire(cfg, crate::lease::LeaseKind::Refine, &shutdown)
                 .await
             {
-                Ok(lease) => loop_once(cfg, shutdown.clone(), &lease, metrics).await,
+                Ok(lease) => loop_once(cfg, shutdown.clone(), &lease, metrics, acknowledged).await,
                 Err(Error::Interrupted) => return Ok(()),
                 Err(e) => Err(e),
             };
@@ -498,8 +503,10 @@ async fn loop_once(
     shutdown: CancellationToken,
     lease: &crate::lease::Lease,
     metrics: &crate::metrics::Metrics,
+    acknowledged: Option<&crate::replicate::Acknowledged>,
 ) -> Result<()> {
     use futures::StreamExt;
+    let mut commits = acknowledged.map(|a| a.subscribe());
     let (mut client, mut conn) = catalog::connect(&cfg.database_url).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let conn_task = tokio::spawn(async move {
@@ -526,6 +533,14 @@ async fn loop_once(
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(interval.saturating_sub(last_cycle.elapsed()).max(Duration::from_millis(50))) => {}
+            // The bronze writer of this process committed and acknowledged:
+            // refine now (announcements during a cycle coalesce into one).
+            Ok(()) = async {
+                match commits.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             Some((channel, payload)) = rx.recv() => {
                 if channel == "medallion_refresh" { forced.insert(payload); } else { config_changed = true; }
                 continue;
@@ -552,6 +567,10 @@ async fn loop_once(
         let Some(w) = watermark(&client, &cfg.slot, floor).await? else {
             continue;
         };
+        // What this process's writer acknowledged may not show in the slot
+        // yet (the server applies feedback asynchronously); it is durable
+        // in every bronze table all the same.
+        let w = w.max(acknowledged.and_then(|a| a.get()).unwrap_or(w));
         if last_w == Some(w)
             && forced.is_empty()
             && !config_changed

@@ -76,6 +76,9 @@ impl Replicator<'_> {
             .map_err(Error::repl("send feedback"))?;
         self.acked = lsn;
         self.metrics.set_acked(lsn);
+        if let Some(a) = &self.acknowledged {
+            a.advance(lsn);
+        }
         Ok(())
     }
 

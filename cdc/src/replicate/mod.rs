@@ -31,10 +31,13 @@
 //! - [`membership`]: which tables bronze holds (opened, copied, resynced,
 //!   stopped alone by a definite error);
 //! - [`flush`]: the commit of every table's batch with its LSN, then the
-//!   acknowledgement.
+//!   acknowledgement, announced to an in-process refiner through
+//!   [`Acknowledged`].
 
+mod acknowledged;
 mod batch;
 
+pub use acknowledged::Acknowledged;
 use batch::TableBatch;
 mod flush;
 mod membership;
@@ -64,11 +67,14 @@ use crate::spill::Spill;
 use crate::status::StatusBoard;
 
 /// How `run` ends.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Drain to the WAL position current at start (after the initial copy),
     /// make it durable, acknowledge it and return.
     pub until_caught_up: bool,
+    /// Where each acknowledged position is announced (a refiner in the same
+    /// process wakes on it).
+    pub acknowledged: Option<Acknowledged>,
 }
 
 /// What a run did.
@@ -90,7 +96,7 @@ pub async fn run(
 ) -> Result<RunSummary> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        let ended = run_once(cfg, opts, shutdown.clone(), metrics.clone()).await;
+        let ended = run_once(cfg, opts.clone(), shutdown.clone(), metrics.clone()).await;
         metrics.set_streaming(false);
         match ended {
             Ok(s) => return Ok(s),
@@ -155,6 +161,8 @@ struct Replicator<'a> {
     stream_xid: Option<u32>,
     last_commit_end: Lsn,
     acked: Lsn,
+    /// Announces `acked` to a refiner in this process.
+    acknowledged: Option<Acknowledged>,
     pending_since: Option<Instant>,
     /// When buffered changes are committed.
     policy: flush::FlushPolicy,
@@ -201,6 +209,7 @@ async fn run_once(
         metrics,
         shutdown.clone(),
     )?;
+    r.acknowledged = opts.acknowledged.clone();
     r.reconcile(exported).await?;
     r.status.flush(&r.client, true).await?;
 
@@ -462,6 +471,7 @@ impl<'a> Replicator<'a> {
             stream_xid: None,
             last_commit_end: slot.confirmed_flush_lsn,
             acked: slot.confirmed_flush_lsn,
+            acknowledged: None,
             pending_since: None,
             policy: flush::FlushPolicy::of(cfg),
             last_change: Instant::now(),

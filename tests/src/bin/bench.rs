@@ -11,8 +11,9 @@
 //!    draining the same WAL to /dev/null.
 //! 2. snapshot: a journal-item-shaped table to bronze vs
 //!    `COPY … TO STDOUT (FORMAT binary)` to /dev/null.
-//! 3. freshness: source commit → visible in bronze (the Delta commit's
-//!    timestamp) p50/p99 at a steady ~1,000 tps.
+//! 3. freshness: source commit → visible in bronze, in silver and in an
+//!    `on_change` gold model (the Delta commit's timestamp) p50/p99 at a
+//!    steady ~1,000 tps, optionally beside hundreds of quiet tables.
 //! 4. peak RSS of the sidecar while it replicates one large transaction.
 //!
 //! 5. api: HTTP API latency p50/p99 under 50 clients vs the same queries
@@ -36,6 +37,8 @@ use medallion_tests::cluster::{ClusterOptions, PgCluster};
 mod api;
 #[path = "bench/chaos.rs"]
 mod chaos;
+#[path = "bench/freshness.rs"]
+mod freshness;
 #[path = "bench/refine_scale.rs"]
 mod refine_scale;
 #[path = "bench/soak.rs"]
@@ -62,11 +65,16 @@ enum What {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
     },
+    /// Source commit -> visible in bronze, silver and a gold model.
     Freshness {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
         #[arg(long, default_value_t = 1000)]
         tps: u64,
+        /// Further 100-row silver tables that do not change (an ERP's
+        /// hundreds of quiet tables the refiner must not wait for).
+        #[arg(long, default_value_t = 0)]
+        idle_tables: usize,
     },
     Rss {
         #[arg(long, default_value_t = 1_000_000)]
@@ -620,105 +628,6 @@ fn snapshot(rows: u64) -> anyhow::Result<(f64, f64)> {
     Ok((baseline, ours))
 }
 
-/// Commit time of each Delta version (ms since the epoch) and the files it added.
-fn delta_versions(table: &Path) -> anyhow::Result<Vec<(i64, Vec<String>)>> {
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    entries.sort();
-    for p in entries {
-        let mut ts = 0;
-        let mut files = Vec::new();
-        for line in std::fs::read_to_string(&p)?.lines() {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            if let Some(t) = v.pointer("/commitInfo/timestamp").and_then(|t| t.as_i64()) {
-                ts = t;
-            }
-            if let Some(path) = v.pointer("/add/path").and_then(|t| t.as_str()) {
-                files.push(path.to_string());
-            }
-        }
-        out.push((ts, files));
-    }
-    Ok(out)
-}
-
-fn freshness(seconds: u64, tps: u64) -> anyhow::Result<(f64, f64)> {
-    use arrow::array::AsArray;
-    let b = Bench::new()?;
-    b.sql("SELECT medallion.add_source('account_move_line')")?;
-    b.catch_up()?;
-    let mut child = b.sidecar(&["run"]).spawn()?;
-    std::thread::sleep(Duration::from_secs(2));
-    // ~tps single-row transactions through pgbench.
-    let script = b.dir.path().join("fresh.sql");
-    std::fs::write(&script, format!("{};\n", insert_sql(1, 1)))?;
-    let st = Command::new(b.cluster.bin("pgbench"))
-        .args([
-            "-n",
-            "-c",
-            "4",
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-            "-R",
-            &tps.to_string(),
-            "-f",
-        ])
-        .arg(&script)
-        .arg(b.cluster.url(DB))
-        .stdout(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("pgbench failed");
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait()?;
-    let table = medallion_tests::lake::bronze_dir(&b.lake(), "public", "account_move_line");
-    let mut lat = Vec::new();
-    for (ts_ms, files) in delta_versions(&table)? {
-        for f in files {
-            let file = std::fs::File::open(table.join(&f))?;
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
-                    .build()?;
-            for batch in reader {
-                let batch = batch?;
-                let i = batch.schema().index_of("_mdl_commit_ts")?;
-                let op = batch
-                    .column(batch.schema().index_of("_mdl_op")?)
-                    .as_string::<i32>()
-                    .clone();
-                let c = batch
-                    .column(i)
-                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-                for r in 0..c.len() {
-                    if op.value(r) != "snapshot" {
-                        lat.push((ts_ms * 1000 - c.value(r)) as f64 / 1e6);
-                    }
-                }
-            }
-        }
-    }
-    if lat.is_empty() {
-        bail!("no streamed rows");
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-    let (p50, p99) = (p(0.5), p(0.99));
-    println!(
-        "freshness: {} commits at ~{tps} tps for {seconds} s: commit -> visible in bronze p50 {p50:.3} s, p99 {p99:.3} s (target p99 < 2 s)",
-        lat.len()
-    );
-    Ok((p50, p99))
-}
-
 fn rss(rows: u64) -> anyhow::Result<u64> {
     let b = Bench::new()?;
     b.sql("SELECT medallion.add_source('account_move_line')")?;
@@ -997,7 +906,11 @@ fn main() -> anyhow::Result<()> {
     match cli.what {
         What::Streaming { rows } => drop(streaming(rows)?),
         What::Snapshot { rows } => drop(snapshot(rows)?),
-        What::Freshness { seconds, tps } => drop(freshness(seconds, tps)?),
+        What::Freshness {
+            seconds,
+            tps,
+            idle_tables,
+        } => drop(freshness::freshness(seconds, tps, idle_tables)?),
         What::Rss { rows } => drop(rss(rows)?),
         What::Gold { rows } => drop(gold(rows)?),
         What::Package { rows } => drop(package(rows)?),
@@ -1032,7 +945,7 @@ fn main() -> anyhow::Result<()> {
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;
-            freshness(20, 1000)?;
+            freshness::freshness(20, 1000, 0)?;
             rss(rows)?;
             gold(rows)?;
             merge(rows, rows / 10)?;

@@ -143,6 +143,7 @@ impl Env {
                 cfg,
                 RunOptions {
                     until_caught_up: true,
+                    ..Default::default()
                 },
                 CancellationToken::new(),
                 Arc::new(Default::default()),

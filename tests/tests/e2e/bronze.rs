@@ -809,6 +809,7 @@ async fn an_invalidated_slot_is_reported_with_the_resync_path() {
         &env.cfg(),
         RunOptions {
             until_caught_up: true,
+            ..Default::default()
         },
         CancellationToken::new(),
         Arc::new(Default::default()),

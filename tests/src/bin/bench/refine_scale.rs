@@ -114,6 +114,7 @@ fn one(tables: usize, changed: usize, rounds: usize) -> anyhow::Result<(Cost, Co
                     &cfg,
                     medallion::replicate::RunOptions {
                         until_caught_up: false,
+                        ..Default::default()
                     },
                     stop,
                     std::sync::Arc::new(medallion::metrics::Metrics::default()),

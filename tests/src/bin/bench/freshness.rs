@@ -1,0 +1,203 @@
+//! Freshness: how long a source commit takes to become visible in bronze, in
+//! silver and in an `on_change` gold model, under a steady pgbench load.
+//!
+//! ```text
+//!   pgbench -R tps ──► account_move_line ──► medallion run (writer + refiner)
+//!                         commit_ts C, LSN L        │
+//!   bronze: the Delta version whose files hold the row          ─┐
+//!   silver: the first version whose txn(medallion:silver:…) > L  ├─ its commit time T
+//!   gold:   the first version whose txn(medallion:gold:…) > L    ─┘
+//!   latency = T − C, per streamed row; p50 and p99 per layer
+//! ```
+//!
+//! Optionally `--idle-tables N` further silver tables that never change sit
+//! beside the busy one, as an ERP's hundreds of quiet tables do.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::bail;
+use arrow::array::AsArray;
+use medallion::app_id::AppId;
+
+use super::{Bench, DB, insert_sql};
+
+/// The gold model refreshed as silver moves.
+const GOLD: &str = "fresh_totals";
+
+/// Commit time (ms since the epoch) of each Delta version, with the files it
+/// added and the `txn` version it recorded for `app_id` (if any).
+struct Version {
+    ts_ms: i64,
+    files: Vec<String>,
+    txn: Option<i64>,
+}
+
+fn delta_versions(table: &Path, app_id: &str) -> anyhow::Result<Vec<Version>> {
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(table.join("_delta_log"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    let mut out = Vec::new();
+    for p in entries {
+        let mut v = Version {
+            ts_ms: 0,
+            files: Vec::new(),
+            txn: None,
+        };
+        for line in std::fs::read_to_string(&p)?.lines() {
+            let j: serde_json::Value = serde_json::from_str(line)?;
+            if let Some(t) = j.pointer("/commitInfo/timestamp").and_then(|t| t.as_i64()) {
+                v.ts_ms = t;
+            }
+            if let Some(path) = j.pointer("/add/path").and_then(|t| t.as_str()) {
+                v.files.push(path.to_string());
+            }
+            if j.pointer("/txn/appId").and_then(|a| a.as_str()) == Some(app_id) {
+                v.txn = j.pointer("/txn/version").and_then(|t| t.as_i64());
+            }
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// One streamed change: its commit LSN (lake value) and commit time (µs).
+struct Change {
+    lsn: i64,
+    commit_us: i64,
+}
+
+/// Latencies in seconds of every change in the refined table at `dir`:
+/// the first version whose `txn` passed the change's commit LSN.
+fn refined_latencies(dir: &Path, app_id: &str, changes: &[Change]) -> anyhow::Result<Vec<f64>> {
+    // (txn version, commit time), in log order; txn versions only grow.
+    let marks: Vec<(i64, i64)> = delta_versions(dir, app_id)?
+        .into_iter()
+        .filter_map(|v| v.txn.map(|t| (t, v.ts_ms)))
+        .collect();
+    let mut lat = Vec::with_capacity(changes.len());
+    for c in changes {
+        let i = marks.partition_point(|(t, _)| *t <= c.lsn);
+        match marks.get(i) {
+            Some((_, ts_ms)) => lat.push((ts_ms * 1000 - c.commit_us) as f64 / 1e6),
+            None => bail!(
+                "{}: change at lake LSN {} never became visible",
+                dir.display(),
+                c.lsn
+            ),
+        }
+    }
+    Ok(lat)
+}
+
+/// p50 and p99 of `lat` (sorted here).
+fn quantiles(layer: &str, lat: &mut [f64]) -> anyhow::Result<(f64, f64)> {
+    if lat.is_empty() {
+        bail!("{layer}: no streamed rows");
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    Ok((p(0.5), p(0.99)))
+}
+
+/// Run the load; print p50/p99 per layer; the bronze (p50, p99).
+pub(crate) fn freshness(seconds: u64, tps: u64, idle_tables: usize) -> anyhow::Result<(f64, f64)> {
+    let b = Bench::new()?;
+    b.sql("SELECT medallion.add_source('account_move_line')")?;
+    if idle_tables > 0 {
+        b.sql(&format!(
+            "DO $$ BEGIN FOR i IN 1..{idle_tables} LOOP \
+               EXECUTE format('CREATE TABLE quiet%s (id int PRIMARY KEY, v int NOT NULL)', i); \
+               EXECUTE format('INSERT INTO quiet%s SELECT g, g FROM generate_series(1, 100) g', i); \
+               PERFORM medallion.add_source(format('quiet%s', i)); \
+             END LOOP; END $$"
+        ))?;
+    }
+    b.sql(&format!(
+        "SELECT medallion.define_gold('{GOLD}', \
+           'SELECT count(*) AS lines, sum(debit) AS debit FROM silver.account_move_line')"
+    ))?;
+    b.catch_up()?;
+    let mut child = b
+        .sidecar(&["run"])
+        .env("MEDALLION_REFINE_INTERVAL_MS", "5000")
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    // ~tps single-row transactions through pgbench.
+    let script = b.dir.path().join("fresh.sql");
+    std::fs::write(&script, format!("{};\n", insert_sql(1, 1)))?;
+    let st = Command::new(b.cluster.bin("pgbench"))
+        .args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string()])
+        .args(["-R", &tps.to_string(), "-f"])
+        .arg(&script)
+        .arg(b.cluster.url(DB))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("pgbench failed");
+    }
+    // Long enough for the refiner's fallback timer: a change waiting for it
+    // shows as a latency of seconds, not as a change never refined.
+    std::thread::sleep(Duration::from_secs(8));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait()?;
+
+    let table = medallion_tests::lake::bronze_dir(&b.lake(), "public", "account_move_line");
+    let mut bronze = Vec::new();
+    let mut changes = Vec::new();
+    for v in delta_versions(&table, "")? {
+        for f in v.files {
+            let file = std::fs::File::open(table.join(&f))?;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+                    .build()?;
+            for batch in reader {
+                let batch = batch?;
+                let column = |name: &str| -> anyhow::Result<_> {
+                    Ok(batch.column(batch.schema().index_of(name)?).clone())
+                };
+                let op = column("_mdl_op")?;
+                let ts = column("_mdl_commit_ts")?;
+                let lsn = column("_mdl_lsn")?;
+                let (op, ts, lsn) = (
+                    op.as_string::<i32>(),
+                    ts.as_primitive::<arrow::datatypes::TimestampMicrosecondType>(),
+                    lsn.as_primitive::<arrow::datatypes::Int64Type>(),
+                );
+                for r in 0..batch.num_rows() {
+                    if op.value(r) != "snapshot" {
+                        bronze.push((v.ts_ms * 1000 - ts.value(r)) as f64 / 1e6);
+                        changes.push(Change {
+                            lsn: lsn.value(r),
+                            commit_us: ts.value(r),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let silver_app = AppId::Silver("account_move_line").to_string();
+    let gold_app = AppId::Gold(GOLD).to_string();
+    let mut silver = refined_latencies(
+        &b.lake().join("silver").join("account_move_line"),
+        &silver_app,
+        &changes,
+    )?;
+    let mut gold = refined_latencies(&b.lake().join("gold").join(GOLD), &gold_app, &changes)?;
+    let (p50, p99) = quantiles("bronze", &mut bronze)?;
+    let (s50, s99) = quantiles("silver", &mut silver)?;
+    let (g50, g99) = quantiles("gold", &mut gold)?;
+    println!(
+        "freshness: {} commits at ~{tps} tps for {seconds} s beside {idle_tables} quiet tables: \
+         commit -> visible in bronze p50 {p50:.3} s, p99 {p99:.3} s (target p99 < 0.25 s); \
+         silver p50 {s50:.3} s, p99 {s99:.3} s (target p99 < 1 s); \
+         gold ({GOLD}, on_change) p50 {g50:.3} s, p99 {g99:.3} s (target p99 < 3 s)",
+        changes.len()
+    );
+    Ok((p50, p99))
+}
