@@ -97,6 +97,12 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}\nSQL: {sql}"))
     }
 
+    /// Run `sql`; its output, or the error as text (for polls that wait
+    /// for an object to appear).
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        self.cluster.sql(&self.db, sql).map_err(|e| e.to_string())
+    }
+
     /// A private cluster whose lake lives on a private S3-compatible server.
     pub fn on_s3() -> Env {
         let mut env = Env::new();

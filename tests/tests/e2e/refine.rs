@@ -912,3 +912,105 @@ async fn a_running_refiner_skips_tables_whose_bronze_did_not_move_and_misses_no_
         "the refiner skipped silver.b {skipped} times:\n{log}"
     );
 }
+
+/// The published total of `acct_total`, or why it cannot be read yet.
+fn published_total(env: &Env) -> Result<String, String> {
+    env.try_sql("SELECT total::int::text FROM medallion_gold.acct_total")
+        .map(|s| s.trim().to_string())
+}
+
+/// Wait for a started `run`'s first refinement cycle: the silver status of
+/// `acct` written after `since` (a Postgres timestamp; every cycle writes
+/// it, a table it skips too).
+fn first_cycle_after(env: &Env, since: &str) {
+    wait_until(
+        Duration::from_secs(120),
+        "the first refinement cycle",
+        || {
+            env.sql(&format!(
+                "SELECT count(*) FROM medallion.table_status \
+             WHERE layer = 'silver' AND name = 'acct' AND updated_at > '{since}'"
+            ))
+            .trim()
+                == "1"
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bronze_commit_wakes_the_refiner_of_run_without_its_timer() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE acct (id int PRIMARY KEY, balance numeric NOT NULL); \
+         INSERT INTO acct SELECT g, 1 FROM generate_series(1, 10) g; \
+         SELECT medallion.add_source('acct'); \
+         SELECT medallion.define_gold('acct_total', 'SELECT sum(balance) AS total FROM silver.acct'); \
+         SELECT medallion.publish('acct_total');",
+    );
+    // The timer alone would take two minutes: only a wake-up is in time.
+    let timer = ("MEDALLION_REFINE_INTERVAL_MS", "120000");
+
+    // Bronze copied and silver and gold refined and published once.
+    let st = env
+        .sidecar(&["run", "--until-caught-up"], &[])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run --until-caught-up");
+    assert!(st.success(), "run --until-caught-up: {st}");
+    assert_eq!(published_total(&env).as_deref(), Ok("10"));
+
+    // Control: with waking off, a committed and acknowledged change waits
+    // for the timer (so the positive case below is the wake-up's doing).
+    let since = env.sql("SELECT now()::text").trim().to_string();
+    let mut run = KillOnDrop(
+        env.sidecar(&["run"], &[timer, ("MEDALLION_REFINE_ON_COMMIT", "false")])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sidecar"),
+    );
+    first_cycle_after(&env, &since);
+    env.sql("UPDATE acct SET balance = 2 WHERE id = 1");
+    let written = env
+        .sql("SELECT pg_current_wal_lsn()::text")
+        .trim()
+        .to_string();
+    wait_until(
+        Duration::from_secs(60),
+        "bronze acknowledged the update",
+        || {
+            env.sql(&format!(
+            "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots WHERE slot_name = 'medallion'"
+        ))
+        .trim()
+            == "t"
+        },
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        published_total(&env).as_deref(),
+        Ok("10"),
+        "refined without waking and before the timer: the control does not hold"
+    );
+    let _ = run.0.kill();
+    let _ = run.0.wait();
+
+    // Waking on (the default): the next acknowledged change is refined and
+    // published within seconds, long before the timer.
+    let _run = KillOnDrop(
+        env.sidecar(&["run"], &[timer])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sidecar"),
+    );
+    poll(
+        Duration::from_secs(60),
+        "the first cycle publishes 11",
+        || published_total(&env).and_then(|t| if t == "11" { Ok(()) } else { Err(t) }),
+    );
+    env.sql("UPDATE acct SET balance = 5 WHERE id = 2");
+    poll(
+        Duration::from_secs(30),
+        "a committed change published without the timer",
+        || published_total(&env).and_then(|t| if t == "15" { Ok(()) } else { Err(t) }),
+    );
+}
