@@ -7,7 +7,7 @@
 //!
 //! | id | table | its version |
 //! |---|---|---|
-//! | `medallion:<slot>:<schema.table>` | bronze | the stream position committed: every source transaction below it is in the table |
+//! | `medallion:<slot>:<schema.table>` | bronze | the stream position committed: the commit LSN of the last source transaction in the table; every one up to it is in the table |
 //! | `medallion:<slot>:<schema.table>:snapshot` | bronze | the LSN of the current generation's copy |
 //! | `medallion:<slot>:<schema.table>:resync` | bronze | the resync request served (epoch µs) |
 //! | `medallion:silver:<name>` | silver | every source transaction with commit LSN below it applied |

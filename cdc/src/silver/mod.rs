@@ -31,36 +31,43 @@
 //! # Where things are
 //!
 //! - this module: one table's run — the generation check, the rebuild from
-//!   a bronze copy, the slices of changes up to the watermark;
+//!   a bronze copy, the slices of changes up to the watermark — written
+//!   against the two seams of [`store`], and [`Refiner::refresh`], which
+//!   wires the Delta tables to it (and keeps, settles and compacts them);
+//! - [`store`]: [`store::BronzeLog`] (what the run reads) and
+//!   [`store::SilverStore`] (what it writes, with its durability contract),
+//!   their Delta implementations and the Delta MERGE of a slice;
 //! - [`change_log`]: the reduction of a slice per key (pure Arrow);
-//! - [`merge`]: a reduced slice checked and MERGEd in one commit;
+//! - [`merge`]: a slice read, reduced and checked, then applied;
+//! - `memory` (tests only): both seams in memory, and the unit tests of
+//!   the run (rebuild, slices, a failed commit and its rerun, TRUNCATE,
+//!   soft delete, SCD2, expectations);
 //! - [`crate::expectations`]: the rules and the quarantine, shared with gold;
 //! - [`crate::refine`]: the cycle that runs silver and then gold, and the
 //!   [`Refiner`] both run on.
 
 mod change_log;
+#[cfg(test)]
+mod memory;
 mod merge;
+mod store;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
-use arrow::array::{BooleanArray, Int64Array, RecordBatch};
+use arrow::array::{BooleanArray, Int64Array};
 use arrow::datatypes::Field;
-use deltalake::DeltaTable;
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::operations::write::SchemaMode;
-use deltalake::protocol::SaveMode;
-use url::Url;
 
 use crate::app_id::AppId;
-use crate::bronze::{self, COL_COMMIT_TS, COL_LSN, COL_OP, META_PREFIX};
+use crate::bronze::{self, COL_COMMIT_TS, COL_LSN, COL_OP};
 use crate::catalog::{History, OnViolation, SilverDef};
 use crate::error::{Error, Result};
 use crate::expectations::{RuleCount, count_of, describe_key, rule_error};
 use crate::lake::{self, ident};
 use crate::lsn::Lsn;
 use crate::refine::Refiner;
+use store::{BronzeLog, DeltaBronze, DeltaSilver, SilverStore};
 
 pub const COL_DELETED: &str = "_mdl_deleted";
 
@@ -94,6 +101,18 @@ pub struct SilverReport {
     pub toast_missing: u64,
 }
 
+/// How far a run got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Bronze cannot serve the watermark yet (`SilverReport::waiting` says why).
+    Waiting,
+    /// The table already held everything bronze holds; nothing written.
+    UpToDate,
+    /// Rebuilt and/or brought forward (`sliced`: changes after the copy
+    /// were read, so the table may hold new small files).
+    Written { sliced: bool },
+}
+
 /// Fingerprint of everything that shapes the table: a change rebuilds it.
 fn definition_hash(def: &SilverDef) -> i64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -125,9 +144,6 @@ impl Refiner<'_> {
     /// Bring silver table `def` to watermark `w`: every source transaction
     /// with commit LSN `< w` applied, nothing after.
     pub async fn refresh(&self, def: &SilverDef, w: Lsn) -> Result<SilverReport> {
-        // Below, positions are lake values: they are compared with bronze's
-        // `_mdl_lsn` column and Delta transaction versions.
-        let w = w.lake_value();
         let mut report = SilverReport::default();
         let bronze_url = self.lake.bronze_url(&def.source)?;
         let fingerprint = definition_hash(def);
@@ -150,20 +166,70 @@ impl Refiner<'_> {
             report.waiting = Some(format!("bronze {} not written yet", def.source));
             return Ok(report);
         };
-        let Some(generation) = self
-            .tables
-            .txn_version(
-                &bronze,
-                &AppId::Snapshot {
-                    slot: self.slot,
-                    table: &def.source,
+        let bronze = DeltaBronze {
+            table: bronze,
+            refiner: self,
+            source: &def.source,
+        };
+        let url = self.lake.refined_url("silver", &def.name)?;
+        let mut silver = DeltaSilver {
+            name: &def.name,
+            table: self.tables.open(self.lake, &url).await?,
+            url: url.clone(),
+            refiner: self,
+        };
+        let progress = self
+            .run(def, w, fingerprint, &bronze, &mut silver, &mut report)
+            .await?;
+        match progress {
+            Progress::Waiting => {}
+            Progress::UpToDate => {
+                // Everything bronze holds is applied: until the writer
+                // commits to bronze again, so is everything below any
+                // later watermark.
+                if let Some(p) = proof {
+                    self.tables.settle(&settle_key, p, report.version);
                 }
-                .to_string(),
-            )
-            .await?
-        else {
+            }
+            Progress::Written { sliced } => {
+                let mut table = silver
+                    .table
+                    .ok_or_else(|| Error::Protocol("silver table missing".into()))?;
+                if sliced {
+                    // Every MERGE adds files; compact between our own commits.
+                    crate::optimize::compact_refined(
+                        &mut table,
+                        &url,
+                        self.lake,
+                        self.compact_small_files,
+                    )
+                    .await?;
+                }
+                self.tables.remember(&url, &table);
+                report.version = table.version().map(|v| v as i64);
+            }
+        }
+        Ok(report)
+    }
+
+    /// One silver run over any bronze log and silver store (see
+    /// [`store`]): the generation check, the rebuild from a bronze copy, the
+    /// slices of changes up to `w`.
+    pub(crate) async fn run(
+        &self,
+        def: &SilverDef,
+        w: Lsn,
+        fingerprint: i64,
+        bronze: &impl BronzeLog,
+        silver: &mut impl SilverStore,
+        report: &mut SilverReport,
+    ) -> Result<Progress> {
+        // Below, positions are lake values: they are compared with bronze's
+        // `_mdl_lsn` column and Delta transaction versions.
+        let w = w.lake_value();
+        let Some(generation) = bronze.generation().await? else {
             report.waiting = Some(format!("initial copy of {} not committed yet", def.source));
-            return Ok(report);
+            return Ok(Progress::Waiting);
         };
         if generation >= w {
             report.waiting = Some(format!(
@@ -171,63 +237,23 @@ impl Refiner<'_> {
                 def.source,
                 Lsn::from_lake(generation)
             ));
-            return Ok(report);
+            return Ok(Progress::Waiting);
         }
-        let url = self.lake.refined_url("silver", &def.name)?;
-        let app = AppId::Silver(&def.name).to_string();
-        let mut silver = self.tables.open(self.lake, &url).await?;
-        let mut from = None;
-        if let Some(t) = &silver {
-            let same_generation = self
-                .tables
-                .txn_version(t, &AppId::SilverGeneration(&def.name).to_string())
-                .await?
-                == Some(generation);
-            let same_definition = self
-                .tables
-                .txn_version(t, &AppId::SilverDefinition(&def.name).to_string())
-                .await?
-                == Some(fingerprint);
-            if same_generation && same_definition {
-                from = self.tables.txn_version(t, &app).await?;
-            }
-        }
+        let recorded = silver.recorded().await?;
+        let from = recorded
+            .filter(|r| r.generation == Some(generation) && r.definition == Some(fingerprint))
+            .and_then(|r| r.applied);
         // Nothing new in bronze since the silver version: done, cheaply.
-        if let (Some(v), Some(t)) = (from, &silver) {
-            let bronze_hi = self
-                .tables
-                .txn_version(
-                    &bronze,
-                    &AppId::Stream {
-                        slot: self.slot,
-                        table: &def.source,
-                    }
-                    .to_string(),
-                )
-                .await?;
+        if let Some(v) = from {
+            let bronze_hi = bronze.stream_position().await?;
             if bronze_hi.is_none_or(|hi| hi < v) {
-                report.version = t.version().map(|v| v as i64);
-                // Everything bronze holds is applied: until the writer
-                // commits to bronze again, so is everything below any
-                // later watermark.
-                if let Some(p) = proof {
-                    self.tables.settle(&settle_key, p, report.version);
-                }
-                return Ok(report);
+                report.version = silver.version();
+                return Ok(Progress::UpToDate);
             }
         }
         let ctx = lake::session();
-        lake::register(&ctx, "b", &bronze).await?;
-        let data_columns: Vec<Field> = bronze
-            .snapshot()
-            .map_err(Error::delta("bronze snapshot"))?
-            .snapshot()
-            .arrow_schema()
-            .fields()
-            .iter()
-            .filter(|f| !f.name().starts_with(META_PREFIX))
-            .map(|f| f.as_ref().clone())
-            .collect();
+        bronze.register(&ctx, "b").await?;
+        let data_columns = bronze.data_fields()?;
         for k in &def.keys {
             if !data_columns.iter().any(|f| f.name() == k) {
                 return Err(Error::Config(format!(
@@ -239,42 +265,29 @@ impl Refiner<'_> {
         let from = match from {
             Some(v) => v,
             None => {
-                let t = self
-                    .write_generation(
-                        def,
-                        &ctx,
-                        &data_columns,
-                        generation,
-                        &url,
-                        fingerprint,
-                        &mut report,
-                    )
-                    .await?;
-                silver = Some(t);
+                self.write_generation(
+                    def,
+                    &ctx,
+                    &data_columns,
+                    generation,
+                    fingerprint,
+                    silver,
+                    report,
+                )
+                .await?;
                 generation + 1
             }
         };
-        let mut silver = silver.ok_or_else(|| Error::Protocol("silver table missing".into()))?;
-        if from < w {
-            let bronze = format!("bronze {}", def.source);
-            for (lo, hi) in self.slices(&ctx, &bronze, from, w).await? {
-                silver = self
-                    .apply_slice(def, &ctx, silver, lo, hi, &mut report)
-                    .await?;
+        let sliced = from < w;
+        if sliced {
+            let source = format!("bronze {}", def.source);
+            for (lo, hi) in self.slices(&ctx, &source, from, w).await? {
+                self.apply_slice(def, &ctx, silver, lo, hi, report).await?;
                 crate::fault::hit(crate::fault::MID_SILVER);
             }
-            // Every MERGE adds files; compact between our own commits.
-            crate::optimize::compact_refined(
-                &mut silver,
-                &url,
-                self.lake,
-                self.compact_small_files,
-            )
-            .await?;
         }
-        self.tables.remember(&url, &silver);
-        report.version = silver.version().map(|v| v as i64);
-        Ok(report)
+        report.version = silver.version();
+        Ok(Progress::Written { sliced })
     }
 
     /// Split `[from, w)` into slices of about `batch_rows` changes, never
@@ -326,10 +339,10 @@ impl Refiner<'_> {
         ctx: &SessionContext,
         data_columns: &[Field],
         generation: i64,
-        url: &Url,
         fingerprint: i64,
+        silver: &mut impl SilverStore,
         report: &mut SilverReport,
-    ) -> Result<DeltaTable> {
+    ) -> Result<()> {
         let cols: Vec<String> = data_columns.iter().map(|f| ident(f.name())).collect();
         let meta = match (def.history, def.soft_delete) {
             (History::Current, false) => format!("{COL_LSN}, {COL_COMMIT_TS}"),
@@ -360,45 +373,12 @@ impl Refiner<'_> {
             .await
             .map_err(Error::datafusion(format!("silver.{} generation", def.name)))?;
         let (_, plan) = df.into_parts();
-        let app = AppId::Silver(&def.name).to_string();
-        let table = self
-            .lake
-            .handle(url)?
-            .write(Vec::<RecordBatch>::new())
-            .with_input_plan(plan)
-            .with_session_state(Arc::new(ctx.state()))
-            .with_save_mode(SaveMode::Overwrite)
-            .with_schema_mode(SchemaMode::Overwrite)
-            .with_table_name(format!("silver_{}", def.name))
-            .with_description(format!(
-                "medallion silver {} of {} ({})",
-                def.name,
-                def.source,
-                if def.history == History::Scd2 {
-                    "SCD2 history"
-                } else {
-                    "current state"
-                }
-            ))
-            .with_commit_properties(lake::commit_properties(
-                vec![
-                    (app.clone(), generation + 1),
-                    (AppId::SilverGeneration(&def.name).to_string(), generation),
-                    (AppId::SilverDefinition(&def.name).to_string(), fingerprint),
-                ],
-                vec![
-                    ("medallion.kind", "silver_generation".into()),
-                    (
-                        "medallion.lsn",
-                        Lsn::from_lake(generation + 1).to_string().into(),
-                    ),
-                ],
-            ))
-            .await
-            .map_err(Error::delta(format!("write silver.{}", def.name)))?;
+        silver
+            .rebuild(def, ctx, plan, generation, fingerprint)
+            .await?;
         report.changed = true;
         tracing::info!(silver = %def.name, generation = %Lsn::from_lake(generation), "silver rebuilt from the bronze copy");
-        Ok(table)
+        Ok(())
     }
 
     /// Expectations over a snapshot generation: counts, quarantine, fail.
@@ -462,35 +442,4 @@ impl Refiner<'_> {
         }
         Ok(((!keep.is_empty()).then(|| keep.join(" AND ")), counts))
     }
-}
-
-/// Schema drift: columns bronze gained are added to silver (NULL in older rows).
-async fn add_new_columns(silver: DeltaTable, data: &[Field], name: &str) -> Result<DeltaTable> {
-    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-    let schema = silver
-        .snapshot()
-        .map_err(Error::delta("silver snapshot"))?
-        .snapshot()
-        .arrow_schema();
-    let mut new = Vec::new();
-    for f in data {
-        if schema.field_with_name(f.name()).is_err() {
-            let field = f.clone().with_nullable(true);
-            let kernel: deltalake::kernel::StructField =
-                (&field).try_into_kernel().map_err(|e| Error::Delta {
-                    context: format!("silver.{name}: column {}", f.name()),
-                    source: e.into(),
-                })?;
-            new.push(kernel);
-        }
-    }
-    if new.is_empty() {
-        return Ok(silver);
-    }
-    tracing::info!(silver = %name, columns = new.len(), "schema drift: adding columns");
-    silver
-        .add_columns()
-        .with_fields(new)
-        .await
-        .map_err(Error::delta(format!("silver.{name}: add columns")))
 }

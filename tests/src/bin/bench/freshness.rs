@@ -106,6 +106,10 @@ fn quantiles(layer: &str, lat: &mut [f64]) -> anyhow::Result<(f64, f64)> {
 /// Run the load; print p50/p99 per layer; the bronze (p50, p99).
 pub(crate) fn freshness(seconds: u64, tps: u64, idle_tables: usize) -> anyhow::Result<(f64, f64)> {
     let b = Bench::new()?;
+    // The bench cluster turns synchronous_commit off for throughput; then
+    // the WAL writer flushes (and the walsender sends) only every
+    // wal_writer_delay (200 ms). An ERP commits with Postgres' default.
+    b.sql(&format!("ALTER DATABASE {DB} SET synchronous_commit = on"))?;
     b.sql("SELECT medallion.add_source('account_move_line')")?;
     if idle_tables > 0 {
         b.sql(&format!(
