@@ -16,23 +16,37 @@
 //! `medallion:gold:<name>:input:<table>`; `interval`: the same, at most once
 //! per interval; `manual`: on `medallion.refresh(name)`). Its watermark is the
 //! lowest watermark of its inputs, recorded as the `txn` version.
+//!
+//! # Where things are
+//!
+//! - this module: [`Refiner::refresh_gold`] wires the Delta tables (and the
+//!   cycle's cache, compaction and row count) to `Refiner::compute`, the
+//!   refresh itself — the decision to skip, the query, the expectations,
+//!   the commit — written against the seams of [`store`];
+//! - [`store`]: `GoldInput` (what a refresh reads) and `GoldStore` (what it
+//!   writes, with its durability contract) and their Delta implementations;
+//! - `memory` (tests only): both seams in memory, and the unit tests of a
+//!   refresh (on change, manual, interval, a failing expectation, keyed
+//!   MERGE and type changes, a missing input).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch};
 use deltalake::DeltaTable;
-use deltalake::operations::write::SchemaMode;
-use deltalake::protocol::SaveMode;
 
-use crate::app_id::AppId;
 use crate::catalog::{GoldDef, OnViolation, Refresh};
 use crate::error::{Error, Result};
 use crate::expectations::{RuleCount, describe_key, evaluate_predicate};
-use crate::lake::{self, ident};
+use crate::lake;
 use crate::lsn::Lsn;
 use crate::refine::Refiner;
+
+#[cfg(test)]
+mod memory;
+mod store;
+
+use store::{Commit, DeltaGold, GoldInput, GoldStore, Recorded, Rows};
 
 /// An input of a gold refresh: a table at a pinned version and its watermark.
 pub struct Input {
@@ -69,20 +83,9 @@ fn storage_type(t: &arrow::datatypes::DataType) -> arrow::datatypes::DataType {
     }
 }
 
-/// What a gold table records of the refresh that wrote it.
-#[derive(Debug, Default)]
-struct Recorded {
-    /// Fingerprint of the query (and keys) it was computed with.
-    query: Option<i64>,
-    /// The Delta version of each input (in `upstream` order) it read.
-    inputs: Vec<Option<i64>>,
-    /// When it was computed (Unix ms).
-    refreshed_at_ms: Option<i64>,
-}
-
 /// Why a gold model is not recomputed this cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Skip {
+pub(crate) enum Skip {
     /// Same query, same input versions: nothing could differ.
     UpToDate,
     /// Inputs moved, but the model refreshes only on `medallion.refresh()`.
@@ -130,6 +133,15 @@ fn skip_refresh(
     }
 }
 
+/// The lowest watermark of the model's inputs (what it reflects).
+fn watermark_of<I: GoldInput>(def: &GoldDef, inputs: &HashMap<String, I>) -> Lsn {
+    def.upstream
+        .iter()
+        .filter_map(|u| inputs.get(u).map(|i| i.watermark()))
+        .min()
+        .unwrap_or(Lsn::ZERO)
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -139,6 +151,15 @@ fn model_error(name: &str, e: impl std::fmt::Display) -> Error {
         model: name.to_string(),
         message: e.to_string(),
     }
+}
+
+/// How far a refresh got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Not recomputed (`GoldReport::skipped` says why).
+    Skipped(Skip),
+    /// Recomputed and committed; `counted`: `rows_out` is known.
+    Written { counted: bool },
 }
 
 impl Refiner<'_> {
@@ -151,17 +172,6 @@ impl Refiner<'_> {
         forced: bool,
     ) -> Result<GoldReport> {
         let url = self.lake.refined_url("gold", &def.name)?;
-        let app = AppId::Gold(&def.name).to_string();
-        let watermark = def
-            .upstream
-            .iter()
-            .filter_map(|u| inputs.get(u).map(|i| i.watermark))
-            .min()
-            .unwrap_or(Lsn::ZERO);
-        let mut report = GoldReport {
-            watermark,
-            ..GoldReport::default()
-        };
         let fingerprint = query_hash(def);
         // An on-change model whose query and inputs' versions are those it
         // was last computed from is up to date without a look at its log.
@@ -179,68 +189,93 @@ impl Refiner<'_> {
         if let Some(p) = &proof
             && let Some(version) = self.tables.settled(&settle_key, p)
         {
-            report.skipped = Some("up to date");
-            report.version = version;
-            return Ok(report);
+            return Ok(GoldReport {
+                watermark: watermark_of(def, inputs),
+                skipped: Some("up to date"),
+                version,
+                ..GoldReport::default()
+            });
         }
-        let existing = self.tables.open(self.lake, &url).await?;
-        if let Some(t) = &existing {
-            let current: Vec<Option<i64>> = def
-                .upstream
-                .iter()
-                .map(|u| {
-                    inputs
-                        .get(u)
-                        .and_then(|i| i.table.version())
-                        .map(|v| v as i64)
-                })
-                .collect();
-            let mut recorded = Recorded {
-                query: self
-                    .tables
-                    .txn_version(t, &AppId::GoldQuery(&def.name).to_string())
-                    .await?,
-                inputs: Vec::with_capacity(def.upstream.len()),
-                refreshed_at_ms: self
-                    .tables
-                    .txn_version(t, &AppId::GoldRefreshedAt(&def.name).to_string())
-                    .await?,
-            };
-            for u in &def.upstream {
-                let app = AppId::GoldInput {
-                    model: &def.name,
-                    input: u,
-                };
-                recorded
-                    .inputs
-                    .push(self.tables.txn_version(t, &app.to_string()).await?);
+        let mut store = DeltaGold {
+            table: self.tables.open(self.lake, &url).await?,
+            url: url.clone(),
+            refiner: self,
+        };
+        let (mut report, progress) = self
+            .compute(def, inputs, forced, now_ms(), &mut store)
+            .await?;
+        match progress {
+            Progress::Skipped(Skip::UpToDate) => {
+                if let Some(p) = proof {
+                    self.tables.settle(&settle_key, p, report.version);
+                }
             }
-            if let Some(skip) = skip_refresh(
+            Progress::Skipped(_) => {}
+            Progress::Written { counted } => {
+                let mut table = store
+                    .table
+                    .ok_or_else(|| Error::Protocol(format!("gold.{} not written", def.name)))?;
+                crate::optimize::compact_refined(
+                    &mut table,
+                    &url,
+                    self.lake,
+                    self.compact_small_files,
+                )
+                .await?;
+                self.tables.remember(&url, &table);
+                report.version = table.version().map(|v| v as i64);
+                if let Some(p) = proof {
+                    self.tables.settle(&settle_key, p, report.version);
+                }
+                if !counted && report.rows_out == 0 {
+                    let count = lake::session();
+                    lake::register(&count, "g", &table).await?;
+                    report.rows_out = crate::expectations::count_of(
+                        &lake::collect(&count, "SELECT count(*) FROM g").await?,
+                    )?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// One refresh over any inputs and gold store (see [`store`]): the
+    /// decision to skip, the query, the expectations and the commit.
+    pub(crate) async fn compute<I: GoldInput>(
+        &self,
+        def: &GoldDef,
+        inputs: &HashMap<String, I>,
+        forced: bool,
+        now_ms: i64,
+        store: &mut impl GoldStore,
+    ) -> Result<(GoldReport, Progress)> {
+        let watermark = watermark_of(def, inputs);
+        let mut report = GoldReport {
+            watermark,
+            ..GoldReport::default()
+        };
+        let fingerprint = query_hash(def);
+        let current: Vec<Option<i64>> = def
+            .upstream
+            .iter()
+            .map(|u| inputs.get(u).and_then(|i| i.version()))
+            .collect();
+        if let Some(recorded) = store.recorded(def).await?
+            && let Some(skip) = skip_refresh(
                 def.refresh,
                 forced,
                 fingerprint,
                 &current,
                 &recorded,
-                now_ms(),
-            ) {
-                report.skipped = Some(skip.as_str());
-                report.version = t.version().map(|v| v as i64);
-                match skip {
-                    Skip::UpToDate => {
-                        if let Some(p) = proof {
-                            self.tables.settle(&settle_key, p, report.version);
-                        }
-                    }
-                    Skip::Manual | Skip::NotDue => {
-                        report.watermark = self
-                            .tables
-                            .txn_version(t, &app)
-                            .await?
-                            .map_or(Lsn::ZERO, Lsn::from_lake);
-                    }
-                }
-                return Ok(report);
+                now_ms,
+            )
+        {
+            report.skipped = Some(skip.as_str());
+            report.version = store.version();
+            if matches!(skip, Skip::Manual | Skip::NotDue) {
+                report.watermark = recorded.watermark.unwrap_or(Lsn::ZERO);
             }
+            return Ok((report, Progress::Skipped(skip)));
         }
         let ctx = lake::session();
         lake::ensure_layer_schemas(&ctx)?;
@@ -248,35 +283,21 @@ impl Refiner<'_> {
             let input = inputs.get(u).ok_or_else(|| {
                 model_error(&def.name, format!("input {u} is not available this cycle"))
             })?;
-            lake::register(&ctx, u, &input.table).await?;
+            input.register(&ctx, u).await?;
         }
         let df = crate::pg_sql::plan(&ctx, &def.query, self.numeric_scale)
             .await
             .map_err(|e| model_error(&def.name, e))?;
-        let mut txns = vec![
-            (app.clone(), watermark.lake_value()),
-            (AppId::GoldQuery(&def.name).to_string(), fingerprint),
-            (AppId::GoldRefreshedAt(&def.name).to_string(), now_ms()),
-        ];
-        for u in &def.upstream {
-            if let Some(v) = inputs.get(u).and_then(|i| i.table.version()) {
-                txns.push((
-                    AppId::GoldInput {
-                        model: &def.name,
-                        input: u,
-                    }
-                    .to_string(),
-                    v as i64,
-                ));
-            }
-        }
-        let props = lake::commit_properties(
-            txns,
-            vec![
-                ("medallion.kind", "gold".into()),
-                ("medallion.lsn", watermark.to_string().into()),
-            ],
-        );
+        let commit = Commit {
+            watermark,
+            query: fingerprint,
+            refreshed_at_ms: now_ms,
+            inputs: def
+                .upstream
+                .iter()
+                .filter_map(|u| inputs.get(u)?.version().map(|v| (u.clone(), v)))
+                .collect(),
+        };
         // Expectations need the rows; a model without any streams into the write.
         let batches = if def.expectations.is_empty() {
             None
@@ -299,140 +320,53 @@ impl Refiner<'_> {
         // typed wider), the table is rewritten whole instead.
         // (The collected batches, when there are any, have the plan's schema.)
         let result_schema = df.schema().as_arrow().clone();
-        let same_types = |target: &DeltaTable| -> bool {
-            let (Ok(snapshot), result) = (target.snapshot(), &result_schema) else {
-                return false;
-            };
-            let stored = snapshot.snapshot().arrow_schema();
-            result.fields().iter().all(|f| {
+        let same_types = store.stored_schema().is_some_and(|stored| {
+            result_schema.fields().iter().all(|f| {
                 stored
                     .field_with_name(f.name())
                     .is_ok_and(|s| storage_type(s.data_type()) == storage_type(f.data_type()))
             })
-        };
-        if def.keys.is_some()
-            && let Some(target) = &existing
-            && !same_types(target)
-        {
+        });
+        let keyed = def
+            .keys
+            .as_ref()
+            .filter(|_| store.stored_schema().is_some());
+        if keyed.is_some() && !same_types {
             tracing::warn!(gold = %def.name, "column types changed: the keyed model's table is rewritten whole");
         }
-        let table = match (&def.keys, existing) {
-            (Some(keys), Some(target)) if same_types(&target) => {
+        match keyed.filter(|_| same_types) {
+            Some(keys) => {
                 let source = match batches {
                     Some(b) => ctx
                         .read_batches(b)
                         .map_err(Error::datafusion("gold merge source"))?,
                     None => df,
                 };
-                let columns: Vec<String> = source
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect();
+                let columns: Vec<&String> =
+                    source.schema().fields().iter().map(|f| f.name()).collect();
                 for k in keys {
-                    if !columns.contains(k) {
+                    if !columns.contains(&k) {
                         return Err(model_error(
                             &def.name,
                             format!("key column {k} is not in the query's result"),
                         ));
                     }
                 }
-                let on: Vec<String> = keys
-                    .iter()
-                    .map(|k| format!("t.{} = s.{}", ident(k), ident(k)))
-                    .collect();
-                let same: Vec<String> = columns
-                    .iter()
-                    .filter(|c| !keys.contains(c))
-                    .map(|c| format!("(t.{} IS NOT DISTINCT FROM s.{})", ident(c), ident(c)))
-                    .collect();
-                let err = |e| Error::delta(format!("merge gold.{}", def.name))(e);
-                let mut merge = target
-                    .merge(source, on.join(" AND "))
-                    .with_source_alias("s")
-                    .with_target_alias("t")
-                    .with_merge_schema(true)
-                    .with_session_state(Arc::new(ctx.state()))
-                    .with_commit_properties(props);
-                if !same.is_empty() {
-                    let cols = columns.clone();
-                    merge = merge
-                        .when_matched_update(|mut u| {
-                            u = u.predicate(format!("NOT ({})", same.join(" AND ")));
-                            for c in &cols {
-                                u = u.update(c.as_str(), format!("s.{}", ident(c)));
-                            }
-                            u
-                        })
-                        .map_err(err)?;
+                let merged = store.merge_keyed(def, &ctx, source, keys, commit).await?;
+                if !counted && let Some(n) = merged {
+                    report.rows_out = n;
                 }
-                let (table, metrics) = merge
-                    .when_not_matched_insert(|mut i| {
-                        for c in &columns {
-                            i = i.set(c.as_str(), format!("s.{}", ident(c)));
-                        }
-                        i
-                    })
-                    .map_err(err)?
-                    .when_not_matched_by_source_delete(|d| d)
-                    .map_err(err)?
-                    .await
-                    .map_err(err)?;
-                if !counted {
-                    report.rows_out = (metrics.num_target_rows_inserted
-                        + metrics.num_target_rows_updated
-                        + metrics.num_target_rows_copied)
-                        as u64;
-                }
-                table
             }
-            (_, existing) => {
-                let handle = match existing {
-                    Some(t) => t,
-                    None => self.lake.handle(&url)?,
+            None => {
+                let rows = match batches {
+                    Some(b) => Rows::Batches(b),
+                    None => Rows::Plan(df),
                 };
-                let builder = match batches {
-                    Some(b) => handle.write(b),
-                    None => {
-                        let (_, plan) = df.into_parts();
-                        handle
-                            .write(Vec::<RecordBatch>::new())
-                            .with_input_plan(plan)
-                            .with_session_state(Arc::new(ctx.state()))
-                    }
-                };
-                builder
-                    .with_save_mode(SaveMode::Overwrite)
-                    .with_schema_mode(SchemaMode::Overwrite)
-                    .with_table_name(format!("gold_{}", def.name))
-                    .with_description(format!("medallion gold model {}", def.name))
-                    .with_commit_properties(props)
-                    .await
-                    .map_err(
-                        |e| match Error::delta(format!("write gold.{}", def.name))(e) {
-                            e if e.retry_policy() == crate::error::RetryPolicy::RetryOnTimer => e,
-                            e => model_error(&def.name, e),
-                        },
-                    )?
+                store.replace(def, &ctx, rows, commit).await?;
             }
-        };
-        let mut table = table;
-        crate::optimize::compact_refined(&mut table, &url, self.lake, self.compact_small_files)
-            .await?;
-        self.tables.remember(&url, &table);
-        report.version = table.version().map(|v| v as i64);
-        if let Some(p) = proof {
-            self.tables.settle(&settle_key, p, report.version);
         }
-        if !counted && report.rows_out == 0 {
-            let count = lake::session();
-            lake::register(&count, "g", &table).await?;
-            report.rows_out = crate::expectations::count_of(
-                &lake::collect(&count, "SELECT count(*) FROM g").await?,
-            )?;
-        }
-        Ok(report)
+        report.version = store.version();
+        Ok((report, Progress::Written { counted }))
     }
 
     async fn check_gold(
@@ -549,6 +483,7 @@ mod tests {
             query: Some(query),
             inputs: inputs.iter().map(|&v| Some(v)).collect(),
             refreshed_at_ms: Some(refreshed_at_ms),
+            watermark: None,
         }
     }
 

@@ -1,0 +1,326 @@
+//! The two seams of a gold refresh: the inputs it reads ([`GoldInput`]) and
+//! the gold table it writes ([`GoldStore`]), with their Delta
+//! implementations. The refresh itself ([`super`]) is written against the
+//! traits, so its unit tests use in-memory ones (`super::memory`).
+//!
+//! ```text
+//!   GoldInput (silver/gold tables at pinned versions) ── registered as <layer>.<name> ──► plan
+//!                                                                                          │ check
+//!   GoldStore ◄── replace(rows, commit) / merge_keyed(rows, keys, commit) ─────────────────┘
+//!        └── recorded(): query, input versions, refreshed at, watermark
+//! ```
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use deltalake::DeltaTable;
+use deltalake::datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use url::Url;
+
+use crate::app_id::AppId;
+use crate::catalog::GoldDef;
+use crate::error::{Error, Result};
+use crate::lake::{self, ident};
+use crate::lsn::Lsn;
+use crate::refine::Refiner;
+
+use super::{Input, model_error};
+
+/// What a gold table records of the refresh that wrote it (its `txn`
+/// versions, see [`crate::app_id`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// Fingerprint of the query (and keys) it was computed with.
+    pub query: Option<i64>,
+    /// The Delta version of each input (in `upstream` order) it read.
+    pub inputs: Vec<Option<i64>>,
+    /// When it was computed (Unix ms).
+    pub refreshed_at_ms: Option<i64>,
+    /// The watermark it was computed at.
+    pub watermark: Option<Lsn>,
+}
+
+/// What one refresh commits with its rows.
+#[derive(Debug, Clone)]
+pub(crate) struct Commit {
+    pub watermark: Lsn,
+    pub query: i64,
+    pub refreshed_at_ms: i64,
+    /// `(input, its Delta version)` for every input read.
+    pub inputs: Vec<(String, i64)>,
+}
+
+/// The rows of one refresh: collected (expectations needed them) or a plan
+/// that streams into the write.
+pub(crate) enum Rows {
+    Batches(Vec<RecordBatch>),
+    Plan(DataFrame),
+}
+
+/// One input of a gold model: a silver or gold table at the version this
+/// cycle pinned.
+#[async_trait]
+pub(crate) trait GoldInput: Send + Sync {
+    /// The version read (None: an input with no version yet).
+    fn version(&self) -> Option<i64>;
+    /// Every source transaction below it is reflected in the input.
+    fn watermark(&self) -> Lsn;
+    /// Make the rows readable as `name` (`silver.<n>` / `gold.<n>`).
+    async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()>;
+}
+
+#[async_trait]
+impl GoldInput for Input {
+    fn version(&self) -> Option<i64> {
+        self.table.version().map(|v| v as i64)
+    }
+
+    fn watermark(&self) -> Lsn {
+        self.watermark
+    }
+
+    async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
+        lake::register(ctx, name, &self.table).await
+    }
+}
+
+/// A gold table as a refresh writes it.
+///
+/// # Durability contract
+///
+/// - [`replace`](Self::replace) and [`merge_keyed`](Self::merge_keyed)
+///   each are one atomic commit: the rows and the [`Commit`] they record
+///   land together or not at all. After any crash
+///   [`recorded`](Self::recorded) returns what the last successful commit
+///   recorded and the rows are exactly that commit's; a refresh that failed
+///   before its commit (a failing expectation, a query error) leaves the
+///   last good rows.
+/// - `replace` makes the rows exactly the given ones; `merge_keyed` makes
+///   them the same through a MERGE on the keys that rewrites only rows
+///   that differ (and deletes keys no longer in the result).
+#[async_trait]
+pub(crate) trait GoldStore: Send {
+    /// What the last commit recorded (None: never written).
+    async fn recorded(&self, def: &GoldDef) -> Result<Option<Recorded>>;
+    /// The stored schema (None: never written).
+    fn stored_schema(&self) -> Option<SchemaRef>;
+    /// Make the rows exactly `rows`.
+    async fn replace(
+        &mut self,
+        def: &GoldDef,
+        ctx: &SessionContext,
+        rows: Rows,
+        commit: Commit,
+    ) -> Result<()>;
+    /// Make the rows those of `source` by a MERGE on `keys`; the rows the
+    /// result holds, when the MERGE counted them.
+    async fn merge_keyed(
+        &mut self,
+        def: &GoldDef,
+        ctx: &SessionContext,
+        source: DataFrame,
+        keys: &[String],
+        commit: Commit,
+    ) -> Result<Option<u64>>;
+    /// The table's version (None: never written).
+    fn version(&self) -> Option<i64>;
+}
+
+/// A gold Delta table (None until first written).
+pub(crate) struct DeltaGold<'r> {
+    pub table: Option<DeltaTable>,
+    pub url: Url,
+    pub refiner: &'r Refiner<'r>,
+}
+
+/// The `txn` versions and commit info of one refresh.
+fn properties(def: &GoldDef, commit: Commit) -> deltalake::kernel::transaction::CommitProperties {
+    let mut txns = vec![
+        (
+            AppId::Gold(&def.name).to_string(),
+            commit.watermark.lake_value(),
+        ),
+        (AppId::GoldQuery(&def.name).to_string(), commit.query),
+        (
+            AppId::GoldRefreshedAt(&def.name).to_string(),
+            commit.refreshed_at_ms,
+        ),
+    ];
+    for (input, version) in &commit.inputs {
+        txns.push((
+            AppId::GoldInput {
+                model: &def.name,
+                input,
+            }
+            .to_string(),
+            *version,
+        ));
+    }
+    lake::commit_properties(
+        txns,
+        vec![
+            ("medallion.kind", "gold".into()),
+            ("medallion.lsn", commit.watermark.to_string().into()),
+        ],
+    )
+}
+
+#[async_trait]
+impl GoldStore for DeltaGold<'_> {
+    async fn recorded(&self, def: &GoldDef) -> Result<Option<Recorded>> {
+        let Some(t) = &self.table else {
+            return Ok(None);
+        };
+        let tables = self.refiner.tables;
+        let mut recorded = Recorded {
+            query: tables
+                .txn_version(t, &AppId::GoldQuery(&def.name).to_string())
+                .await?,
+            inputs: Vec::with_capacity(def.upstream.len()),
+            refreshed_at_ms: tables
+                .txn_version(t, &AppId::GoldRefreshedAt(&def.name).to_string())
+                .await?,
+            watermark: tables
+                .txn_version(t, &AppId::Gold(&def.name).to_string())
+                .await?
+                .map(Lsn::from_lake),
+        };
+        for u in &def.upstream {
+            let app = AppId::GoldInput {
+                model: &def.name,
+                input: u,
+            };
+            recorded
+                .inputs
+                .push(tables.txn_version(t, &app.to_string()).await?);
+        }
+        Ok(Some(recorded))
+    }
+
+    fn stored_schema(&self) -> Option<SchemaRef> {
+        Some(
+            self.table
+                .as_ref()?
+                .snapshot()
+                .ok()?
+                .snapshot()
+                .arrow_schema(),
+        )
+    }
+
+    async fn replace(
+        &mut self,
+        def: &GoldDef,
+        ctx: &SessionContext,
+        rows: Rows,
+        commit: Commit,
+    ) -> Result<()> {
+        let handle = match self.table.take() {
+            Some(t) => t,
+            None => self.refiner.lake.handle(&self.url)?,
+        };
+        let builder = match rows {
+            Rows::Batches(b) => handle.write(b),
+            Rows::Plan(df) => {
+                let (_, plan) = df.into_parts();
+                handle
+                    .write(Vec::<RecordBatch>::new())
+                    .with_input_plan(plan)
+                    .with_session_state(Arc::new(ctx.state()))
+            }
+        };
+        let table = builder
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_table_name(format!("gold_{}", def.name))
+            .with_description(format!("medallion gold model {}", def.name))
+            .with_commit_properties(properties(def, commit))
+            .await
+            .map_err(
+                |e| match Error::delta(format!("write gold.{}", def.name))(e) {
+                    e if e.retry_policy() == crate::error::RetryPolicy::RetryOnTimer => e,
+                    e => model_error(&def.name, e),
+                },
+            )?;
+        self.table = Some(table);
+        Ok(())
+    }
+
+    async fn merge_keyed(
+        &mut self,
+        def: &GoldDef,
+        ctx: &SessionContext,
+        source: DataFrame,
+        keys: &[String],
+        commit: Commit,
+    ) -> Result<Option<u64>> {
+        let target = self
+            .table
+            .take()
+            .ok_or_else(|| Error::Protocol(format!("gold.{}: no table to merge into", def.name)))?;
+        let columns: Vec<String> = source
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let on: Vec<String> = keys
+            .iter()
+            .map(|k| format!("t.{} = s.{}", ident(k), ident(k)))
+            .collect();
+        let same: Vec<String> = columns
+            .iter()
+            .filter(|c| !keys.contains(c))
+            .map(|c| format!("(t.{} IS NOT DISTINCT FROM s.{})", ident(c), ident(c)))
+            .collect();
+        let err = |e| Error::delta(format!("merge gold.{}", def.name))(e);
+        let mut merge = target
+            .merge(source, on.join(" AND "))
+            .with_source_alias("s")
+            .with_target_alias("t")
+            .with_merge_schema(true)
+            .with_session_state(Arc::new(ctx.state()))
+            .with_commit_properties(properties(def, commit));
+        if !same.is_empty() {
+            let cols = columns.clone();
+            merge = merge
+                .when_matched_update(|mut u| {
+                    u = u.predicate(format!("NOT ({})", same.join(" AND ")));
+                    for c in &cols {
+                        u = u.update(c.as_str(), format!("s.{}", ident(c)));
+                    }
+                    u
+                })
+                .map_err(err)?;
+        }
+        let (table, metrics) = merge
+            .when_not_matched_insert(|mut i| {
+                for c in &columns {
+                    i = i.set(c.as_str(), format!("s.{}", ident(c)));
+                }
+                i
+            })
+            .map_err(err)?
+            .when_not_matched_by_source_delete(|d| d)
+            .map_err(err)?
+            .await
+            .map_err(err)?;
+        self.table = Some(table);
+        Ok(Some(
+            (metrics.num_target_rows_inserted
+                + metrics.num_target_rows_updated
+                + metrics.num_target_rows_copied) as u64,
+        ))
+    }
+
+    fn version(&self) -> Option<i64> {
+        self.table
+            .as_ref()
+            .and_then(|t| t.version())
+            .map(|v| v as i64)
+    }
+}
