@@ -5,6 +5,12 @@
 //! table reflects. The ids are part of the lake's format: a lake written by
 //! an earlier release is read with the same ids, so their text never changes.
 //!
+//! Ids are built here and never parsed back: every reader knows the table
+//! and name whose version it wants and builds that id. The text is not a
+//! format to parse: a source table's schema and name are quoted Postgres
+//! identifiers and may hold `:` and `.` themselves (a table named
+//! `t:snapshot` would read as another table's snapshot id).
+//!
 //! | id | table | its version |
 //! |---|---|---|
 //! | `medallion:<slot>:<schema.table>` | bronze | the stream position committed: the commit LSN of the last source transaction in the table; every one up to it is in the table |
