@@ -50,12 +50,13 @@ async fn an_s3_lake_gets_every_change_once_through_kill_9_and_a_gateway_outage()
     );
     assert!(!text.contains(wrong), "the secret key was printed: {text}");
 
+    use medallion::fault::AFTER_BRONZE_COMMIT;
     // kill -9 after a bronze commit and before its acknowledgement: during
     // the initial copy, then while streaming.
-    env.run_to_fault("after_bronze_commit:2", "200");
+    env.run_to_fault(&format!("{AFTER_BRONZE_COMMIT}:2"), "200");
     env.catch_up().await;
     odoo_workload(&env, 0.1, 32, 100);
-    env.run_to_fault("after_bronze_commit:3", "200");
+    env.run_to_fault(&format!("{AFTER_BRONZE_COMMIT}:3"), "200");
     env.catch_up().await;
 
     // The gateway goes away for a while as the sidecar streams, then comes

@@ -385,15 +385,17 @@ async fn kill_9_during_silver_merge_compaction_gold_and_publish_then_rerun_gives
     // Build once so later crashes hit incremental merges.
     let (st, err) = refine(None);
     assert!(st.success(), "{err}");
-    for (seed, fault) in (22..).zip([
-        "mid_silver:1",
-        "mid_silver:7",
-        "before_gold_commit:1",
-        "before_gold_commit:3",
-        "before_publish_commit:1",
-        "mid_compaction:1",
-        "mid_compaction:2",
+    use medallion::fault::{BEFORE_GOLD_COMMIT, BEFORE_PUBLISH_COMMIT, MID_COMPACTION, MID_SILVER};
+    for (seed, (point, n)) in (22..).zip([
+        (MID_SILVER, 1),
+        (MID_SILVER, 7),
+        (BEFORE_GOLD_COMMIT, 1),
+        (BEFORE_GOLD_COMMIT, 3),
+        (BEFORE_PUBLISH_COMMIT, 1),
+        (MID_COMPACTION, 1),
+        (MID_COMPACTION, 2),
     ]) {
+        let fault = &format!("{point}:{n}");
         odoo_workload(&env, 0.3, seed, 120);
         env.catch_up().await;
         let (st, err) = refine(Some(fault));
