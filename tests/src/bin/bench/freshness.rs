@@ -125,9 +125,19 @@ pub(crate) fn freshness(seconds: u64, tps: u64, idle_tables: usize) -> anyhow::R
            'SELECT count(*) AS lines, sum(debit) AS debit FROM silver.account_move_line')"
     ))?;
     b.catch_up()?;
+    // Silver and gold of every table are built before the load starts: the
+    // first cycle over hundreds of new tables is a catch-up, not freshness.
+    let st = b.sidecar(&["refine"]).status()?;
+    if !st.success() {
+        bail!("medallion refine failed: {st}");
+    }
+    // MEDALLION_REFINE_INTERVAL_MS=0 in the bench's environment measures
+    // bronze alone (the refiner then takes no CPU from the writer).
+    let interval = std::env::var("MEDALLION_REFINE_INTERVAL_MS").unwrap_or_else(|_| "5000".into());
+    let refined = interval != "0";
     let mut child = b
         .sidecar(&["run"])
-        .env("MEDALLION_REFINE_INTERVAL_MS", "5000")
+        .env("MEDALLION_REFINE_INTERVAL_MS", &interval)
         .spawn()?;
     std::thread::sleep(Duration::from_secs(2));
     // ~tps single-row transactions through pgbench.
@@ -185,22 +195,28 @@ pub(crate) fn freshness(seconds: u64, tps: u64, idle_tables: usize) -> anyhow::R
             }
         }
     }
-    let silver_app = AppId::Silver("account_move_line").to_string();
-    let gold_app = AppId::Gold(GOLD).to_string();
-    let mut silver = refined_latencies(
-        &b.lake().join("silver").join("account_move_line"),
-        &silver_app,
-        &changes,
-    )?;
-    let mut gold = refined_latencies(&b.lake().join("gold").join(GOLD), &gold_app, &changes)?;
     let (p50, p99) = quantiles("bronze", &mut bronze)?;
-    let (s50, s99) = quantiles("silver", &mut silver)?;
-    let (g50, g99) = quantiles("gold", &mut gold)?;
+    let refined = if refined {
+        let silver_app = AppId::Silver("account_move_line").to_string();
+        let gold_app = AppId::Gold(GOLD).to_string();
+        let mut silver = refined_latencies(
+            &b.lake().join("silver").join("account_move_line"),
+            &silver_app,
+            &changes,
+        )?;
+        let mut gold = refined_latencies(&b.lake().join("gold").join(GOLD), &gold_app, &changes)?;
+        let (s50, s99) = quantiles("silver", &mut silver)?;
+        let (g50, g99) = quantiles("gold", &mut gold)?;
+        format!(
+            "silver p50 {s50:.3} s, p99 {s99:.3} s (target p99 < 1 s); \
+             gold ({GOLD}, on_change) p50 {g50:.3} s, p99 {g99:.3} s (target p99 < 3 s)"
+        )
+    } else {
+        "silver and gold not refined (MEDALLION_REFINE_INTERVAL_MS=0)".into()
+    };
     println!(
         "freshness: {} commits at ~{tps} tps for {seconds} s beside {idle_tables} quiet tables: \
-         commit -> visible in bronze p50 {p50:.3} s, p99 {p99:.3} s (target p99 < 0.25 s); \
-         silver p50 {s50:.3} s, p99 {s99:.3} s (target p99 < 1 s); \
-         gold ({GOLD}, on_change) p50 {g50:.3} s, p99 {g99:.3} s (target p99 < 3 s)",
+         commit -> visible in bronze p50 {p50:.3} s, p99 {p99:.3} s (target p99 < 0.25 s); {refined}",
         changes.len()
     );
     Ok((p50, p99))
