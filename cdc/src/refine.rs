@@ -617,6 +617,26 @@ pub struct Refiner<'a> {
     pub tables: &'a lake::TableCache,
 }
 
+impl Refiner<'_> {
+    /// A refined table this refiner just wrote: compacted between its own
+    /// commits when `compact` (every MERGE adds files), kept for the next
+    /// cycle; the table and its version.
+    pub(crate) async fn keep_written(
+        &self,
+        mut table: deltalake::DeltaTable,
+        url: &url::Url,
+        compact: bool,
+    ) -> Result<(deltalake::DeltaTable, Option<i64>)> {
+        if compact {
+            crate::optimize::compact_refined(&mut table, url, self.lake, self.compact_small_files)
+                .await?;
+        }
+        self.tables.remember(url, &table);
+        let version = table.version().map(|v| v as i64);
+        Ok((table, version))
+    }
+}
+
 impl<'a> Refiner<'a> {
     /// The refiner `cfg` describes, over its lake root and storage options.
     pub fn new(cfg: &'a crate::Config, lake: &'a Lake, tables: &'a lake::TableCache) -> Self {

@@ -212,18 +212,11 @@ impl Refiner<'_> {
             }
             Progress::Skipped(_) => {}
             Progress::Written { counted } => {
-                let mut table = store
+                let written = store
                     .table
                     .ok_or_else(|| Error::Protocol(format!("gold.{} not written", def.name)))?;
-                crate::optimize::compact_refined(
-                    &mut table,
-                    &url,
-                    self.lake,
-                    self.compact_small_files,
-                )
-                .await?;
-                self.tables.remember(&url, &table);
-                report.version = table.version().map(|v| v as i64);
+                let table;
+                (table, report.version) = self.keep_written(written, &url, true).await?;
                 if let Some(p) = proof {
                     self.tables.settle(&settle_key, p, report.version);
                 }

@@ -20,7 +20,6 @@ use deltalake::datafusion::logical_expr::LogicalPlan;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::datafusion::scalar::ScalarValue;
 
-use crate::bronze::META_PREFIX;
 use crate::catalog::{History, SilverDef};
 use crate::error::{Error, Result};
 
@@ -46,14 +45,7 @@ impl BronzeLog for MemoryBronze {
     }
 
     fn data_fields(&self) -> Result<Vec<Field>> {
-        Ok(self
-            .rows
-            .schema()
-            .fields()
-            .iter()
-            .filter(|f| !f.name().starts_with(META_PREFIX))
-            .map(|f| f.as_ref().clone())
-            .collect())
+        Ok(super::store::source_fields(&self.rows.schema()))
     }
 
     async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {

@@ -192,21 +192,10 @@ impl Refiner<'_> {
                 }
             }
             Progress::Written { sliced } => {
-                let mut table = silver
+                let table = silver
                     .table
                     .ok_or_else(|| Error::Protocol("silver table missing".into()))?;
-                if sliced {
-                    // Every MERGE adds files; compact between our own commits.
-                    crate::optimize::compact_refined(
-                        &mut table,
-                        &url,
-                        self.lake,
-                        self.compact_small_files,
-                    )
-                    .await?;
-                }
-                self.tables.remember(&url, &table);
-                report.version = table.version().map(|v| v as i64);
+                (_, report.version) = self.keep_written(table, &url, sliced).await?;
             }
         }
         Ok(report)

@@ -130,47 +130,51 @@ pub(crate) struct DeltaBronze<'r> {
     pub source: &'r TableId,
 }
 
+impl DeltaBronze<'_> {
+    /// The version bronze records under `id`.
+    async fn txn(&self, id: AppId<'_>) -> Result<Option<i64>> {
+        self.refiner
+            .tables
+            .txn_version(&self.table, &id.to_string())
+            .await
+    }
+}
+
 #[async_trait]
 impl BronzeLog for DeltaBronze<'_> {
     async fn generation(&self) -> Result<Option<i64>> {
-        let id = AppId::Snapshot {
-            slot: self.refiner.slot,
-            table: self.source,
-        };
-        self.refiner
-            .tables
-            .txn_version(&self.table, &id.to_string())
-            .await
+        let (slot, table) = (self.refiner.slot, self.source);
+        self.txn(AppId::Snapshot { slot, table }).await
     }
 
     async fn stream_position(&self) -> Result<Option<i64>> {
-        let id = AppId::Stream {
-            slot: self.refiner.slot,
-            table: self.source,
-        };
-        self.refiner
-            .tables
-            .txn_version(&self.table, &id.to_string())
-            .await
+        let (slot, table) = (self.refiner.slot, self.source);
+        self.txn(AppId::Stream { slot, table }).await
     }
 
     fn data_fields(&self) -> Result<Vec<Field>> {
-        Ok(self
+        let schema = self
             .table
             .snapshot()
             .map_err(Error::delta("bronze snapshot"))?
             .snapshot()
-            .arrow_schema()
-            .fields()
-            .iter()
-            .filter(|f| !f.name().starts_with(META_PREFIX))
-            .map(|f| f.as_ref().clone())
-            .collect())
+            .arrow_schema();
+        Ok(source_fields(&schema))
     }
 
     async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
         lake::register(ctx, name, &self.table).await
     }
+}
+
+/// A bronze schema's source columns (without its `_mdl_` ones).
+pub(super) fn source_fields(schema: &arrow::datatypes::Schema) -> Vec<Field> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| !f.name().starts_with(META_PREFIX))
+        .map(|f| f.as_ref().clone())
+        .collect()
 }
 
 /// A silver Delta table (None until first written).
