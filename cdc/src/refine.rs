@@ -77,7 +77,17 @@ pub async fn watermark(client: &Client, slot: &str, floor: Option<Lsn>) -> Resul
     let Some(row) = row else { return Ok(None) };
     let confirmed: Option<Lsn> = row.field(0)?;
     let flushed: Option<Lsn> = row.field(1)?;
-    Ok(match (confirmed, floor) {
+    Ok(choose_watermark(confirmed, flushed, floor))
+}
+
+/// [`watermark`]'s choice: the slot's `confirmed` position, or `floor` when
+/// it is newer and within the server's `flushed` WAL.
+fn choose_watermark(
+    confirmed: Option<Lsn>,
+    flushed: Option<Lsn>,
+    floor: Option<Lsn>,
+) -> Option<Lsn> {
+    match (confirmed, floor) {
         (Some(c), Some(f)) if f > c && flushed.is_some_and(|w| f <= w) => {
             tracing::debug!(slot_position = %c,
                 refined = %f,
@@ -91,7 +101,21 @@ pub async fn watermark(client: &Client, slot: &str, floor: Option<Lsn>) -> Resul
             Some(c)
         }
         (c, _) => c,
-    })
+    }
+}
+
+/// Whether the refine loop runs a cycle at watermark `w`: when it moved
+/// since the `last` cycle's, when a refresh was asked for or a definition
+/// changed, and at least every twelve intervals (interval and manual
+/// models come due with time alone).
+fn cycle_due(
+    w: Lsn,
+    last: Option<Lsn>,
+    asked: bool,
+    since_last: Duration,
+    interval: Duration,
+) -> bool {
+    last != Some(w) || asked || since_last >= interval * 12
 }
 
 /// The highest position a silver table of this slot's lake already reflects:
@@ -571,11 +595,8 @@ async fn loop_once(
         // yet (the server applies feedback asynchronously); it is durable
         // in every bronze table all the same.
         let w = w.max(acknowledged.and_then(|a| a.get()).unwrap_or(w));
-        if last_w == Some(w)
-            && forced.is_empty()
-            && !config_changed
-            && last_cycle.elapsed() < interval * 12
-        {
+        let asked = !forced.is_empty() || config_changed;
+        if !cycle_due(w, last_w, asked, last_cycle.elapsed(), interval) {
             continue;
         }
         last_cycle = Instant::now();
@@ -648,5 +669,67 @@ impl<'a> Refiner<'a> {
             compact_small_files: cfg.compact_small_files,
             tables,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(v: i64) -> Option<Lsn> {
+        Some(Lsn::from_lake(v))
+    }
+
+    #[test]
+    fn the_watermark_never_goes_below_a_refined_position_this_server_holds() {
+        // No floor yet: the slot's position.
+        assert_eq!(choose_watermark(at(100), at(150), None), at(100));
+        // Postgres restarted and forgot an unpersisted confirmation: the
+        // floor (confirmed before, durable in bronze) wins.
+        assert_eq!(choose_watermark(at(100), at(150), at(120)), at(120));
+        assert_eq!(choose_watermark(at(100), at(120), at(120)), at(120));
+        // A floor beyond this server's WAL (restored from an older backup)
+        // is not one it confirmed: ignored.
+        assert_eq!(choose_watermark(at(100), at(110), at(120)), at(100));
+        assert_eq!(choose_watermark(at(100), None, at(120)), at(100));
+        // An older floor changes nothing; no slot position, no watermark.
+        assert_eq!(choose_watermark(at(100), at(150), at(90)), at(100));
+        assert_eq!(choose_watermark(None, at(150), at(90)), None);
+    }
+
+    #[test]
+    fn a_cycle_runs_when_the_watermark_moved_when_asked_and_on_the_long_timer() {
+        let (w, i) = (Lsn::from_lake(10), Duration::from_secs(5));
+        let short = Duration::from_secs(1);
+        assert!(cycle_due(w, None, false, short, i), "first cycle");
+        assert!(cycle_due(w, at(9), false, short, i), "watermark moved");
+        assert!(!cycle_due(w, Some(w), false, short, i), "nothing new");
+        assert!(
+            cycle_due(w, Some(w), true, short, i),
+            "refresh or definition change"
+        );
+        assert!(
+            cycle_due(w, Some(w), false, Duration::from_secs(60), i),
+            "interval models come due with time"
+        );
+        assert!(!cycle_due(w, Some(w), false, Duration::from_secs(59), i));
+    }
+
+    #[test]
+    fn only_transient_errors_stop_a_cycle_every_other_fails_its_table_alone() {
+        let transient = Error::LeaseLost {
+            slot: "medallion".into(),
+        };
+        assert_eq!(transient.retry_policy(), RetryPolicy::RetryOnTimer);
+        assert!(
+            table_error(transient).is_err(),
+            "a transient error retries the cycle"
+        );
+        let definite = Error::Config("key column id is not in bronze".into());
+        assert_ne!(definite.retry_policy(), RetryPolicy::RetryOnTimer);
+        assert_eq!(
+            table_error(definite).expect("the table fails alone"),
+            "configuration: key column id is not in bronze"
+        );
     }
 }
