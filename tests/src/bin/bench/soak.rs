@@ -79,19 +79,58 @@ impl Series {
         sxy / sxx * 360.0
     }
 
+    /// The median of each third: the level, untouched by spikes.
+    fn third_medians(&self) -> [f64; 3] {
+        let n = self.values.len();
+        [0, 1, 2].map(|i| median(self.values[i * n / 3..(i + 1) * n / 3].to_vec()))
+    }
+
+    /// Theil–Sen slope of the last `fraction` of the run, per hour: the
+    /// median of the slopes between every two samples, so a compaction
+    /// spike near the end does not pass for a rise (reported, not judged).
+    fn robust_slope_per_hour(&self, fraction: f64) -> f64 {
+        let start = ((1.0 - fraction) * self.values.len() as f64) as usize;
+        let tail = &self.values[start.min(self.values.len())..];
+        let mut slopes = Vec::with_capacity(tail.len() * tail.len() / 2);
+        for (i, a) in tail.iter().enumerate() {
+            for (j, b) in tail.iter().enumerate().skip(i + 1) {
+                slopes.push((b - a) / (j - i) as f64 * 360.0);
+            }
+        }
+        median(slopes)
+    }
+
     fn report(&self) -> String {
         let max = self.values.iter().cloned().fold(f64::MIN, f64::max);
         let (mid, last) = self.third_means();
+        let [m1, m2, m3] = self.third_medians();
         format!(
-            "{:<22} first {:>10.1} last {:>10.1} max {:>10.1} {} (last third / middle third {:.2}, slope of the last third {:+.1}/h)",
+            "{:<22} first {:>10.1} last {:>10.1} max {:>10.1} {} (last third / middle third {:.2}, slope of the last third {:+.1}/h; \
+             medians by third {m1:.1} / {m2:.1} / {m3:.1}, robust slope of the last third {:+.1}/h, of the last two thirds {:+.1}/h)",
             self.name,
             self.values.first().copied().unwrap_or(0.0),
             self.values.last().copied().unwrap_or(0.0),
             max,
             self.unit,
             if mid > 0.0 { last / mid } else { 0.0 },
-            self.last_third_slope_per_hour()
+            self.last_third_slope_per_hour(),
+            self.robust_slope_per_hour(1.0 / 3.0),
+            self.robust_slope_per_hour(2.0 / 3.0),
         )
+    }
+}
+
+/// The median of `values` (0 when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 
