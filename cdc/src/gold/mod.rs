@@ -312,18 +312,16 @@ impl Refiner<'_> {
         // table's column types; when they changed (a redefinition, a sum now
         // typed wider), the table is rewritten whole instead.
         // (The collected batches, when there are any, have the plan's schema.)
-        let result_schema = df.schema().as_arrow().clone();
-        let same_types = store.stored_schema().is_some_and(|stored| {
+        let stored = store.stored_schema();
+        let result_schema = df.schema().as_arrow();
+        let same_types = stored.as_ref().is_some_and(|stored| {
             result_schema.fields().iter().all(|f| {
                 stored
                     .field_with_name(f.name())
                     .is_ok_and(|s| storage_type(s.data_type()) == storage_type(f.data_type()))
             })
         });
-        let keyed = def
-            .keys
-            .as_ref()
-            .filter(|_| store.stored_schema().is_some());
+        let keyed = def.keys.as_ref().filter(|_| stored.is_some());
         if keyed.is_some() && !same_types {
             tracing::warn!(gold = %def.name, "column types changed: the keyed model's table is rewritten whole");
         }
