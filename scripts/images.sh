@@ -21,6 +21,10 @@
 #   MEDALLION_IMAGE_TAG      tag of both images (default dev)
 #   MEDALLION_IMAGE_PROFILE  cargo profile of the packaged sidecar (debug | release)
 #   MEDALLION_IMAGE_BIN      package this sidecar binary instead of building one
+#   MEDALLION_IMAGES_S3=1    also make localhost/medallion-test-s3 (Debian's Ceph
+#                            RGW taking MinIO's settings: the compose `s3`
+#                            profile's server in the deploy test, where MinIO
+#                            cannot be pulled; docker/s3-ceph/entrypoint.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${MEDALLION_IMAGE_TAG:-dev}
@@ -81,6 +85,16 @@ local_base docker.io/library/postgres:15-bookworm docker/base/postgres-entrypoin
   'CMD ["postgres"]' \
   'EXPOSE 5432' \
   'STOPSIGNAL SIGINT'
+
+if [ "${MEDALLION_IMAGES_S3:-}" = 1 ]; then
+  local_base localhost/medallion-test-s3:latest docker/s3-ceph/entrypoint.sh -- \
+    --include=ceph-mon,ceph-osd,radosgw,ceph-common,curl,ca-certificates \
+    --customize-hook='copy-in docker/s3-ceph/entrypoint.sh /usr/local/bin' \
+    -- \
+    'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]' \
+    'EXPOSE 9000' \
+    'STOPSIGNAL SIGTERM'
+fi
 
 # What this checkout built, as two tiny images the Dockerfiles copy from.
 log "packaging pg_medallion and the sidecar ($PROFILE) built by this checkout"

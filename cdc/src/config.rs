@@ -309,6 +309,25 @@ impl Default for Config {
     }
 }
 
+/// Prefixes of the environment variables the object-store layer reads.
+const OBJECT_STORE_ENV: [&str; 3] = ["AWS_", "AZURE_", "GOOGLE_"];
+
+/// The object-store variables among `vars` that are set but empty: `main`
+/// removes them before anything starts, so an empty one counts as unset, as
+/// an empty `MEDALLION_*` one does (a compose file passes them through blank
+/// when the lake is not on that store).
+pub fn blank_object_store_settings(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<std::ffi::OsString> {
+    vars.filter(|(k, v)| {
+        v.is_empty()
+            && k.to_str()
+                .is_some_and(|k| OBJECT_STORE_ENV.iter().any(|p| k.starts_with(p)))
+    })
+    .map(|(k, _)| k)
+    .collect()
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -509,6 +528,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_object_store_variables_count_as_unset() {
+        let vars = [
+            ("AWS_ENDPOINT_URL", ""),
+            ("AWS_REGION", "eu-west-1"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", ""),
+            ("GOOGLE_SERVICE_ACCOUNT", ""),
+            ("MEDALLION_LAKE_URL", ""),
+            ("HOME", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()));
+        let blank: Vec<String> = blank_object_store_settings(vars)
+            .into_iter()
+            .map(|k| k.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            blank,
+            [
+                "AWS_ENDPOINT_URL",
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                "GOOGLE_SERVICE_ACCOUNT"
+            ]
+        );
+    }
 
     fn no_env() -> bool {
         std::env::vars().all(|(k, _)| !k.starts_with("MEDALLION_"))

@@ -263,8 +263,27 @@ fn health_url(addr: &str) -> anyhow::Result<reqwest::Url> {
     Ok(reqwest::Url::parse(&url)?)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    forget_blank_object_store_settings();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(medallion_main())
+}
+
+/// An empty `AWS_*`, `AZURE_*` or `GOOGLE_*` variable counts as unset, as an
+/// empty `MEDALLION_*` one does. A compose file passes them through blank
+/// when the lake is not on that store, and the object-store layer would take
+/// `AWS_ENDPOINT_URL=` for an endpoint and `AWS_REGION=` for a region.
+fn forget_blank_object_store_settings() {
+    for k in medallion::config::blank_object_store_settings(std::env::vars_os()) {
+        // SAFETY: the first thing `main` does, before the runtime or any
+        // other thread exists, so nothing reads the environment meanwhile.
+        unsafe { std::env::remove_var(k) }
+    }
+}
+
+async fn medallion_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Openapi { markdown } = cli.command {
         // Needs no configuration: the document is the build's.
