@@ -5,7 +5,6 @@
 //! functions, so its permission checks, NOTIFY and audit stay in Postgres;
 //! reads of data go to the lake ([`super::query`]).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -568,14 +567,6 @@ impl Operations {
         Ok(defs)
     }
 
-    /// Defined silver and gold names, for queries.
-    pub(crate) async fn defined_names(&self) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
-        let defs = self.definitions().await?;
-        Ok((
-            defs.0.iter().map(|d| d.name.clone()).collect(),
-            defs.1.iter().map(|d| d.name.clone()).collect(),
-        ))
-    }
 
     async fn model_states(&self, name: Option<&str>) -> Result<Vec<(String, ModelState)>> {
         let client = self.db.client().await?;
@@ -832,9 +823,14 @@ impl Operations {
         if sql.trim().is_empty() {
             return Err(Error::refused(Refusal::Invalid, "the query is empty"));
         }
-        let (silver, gold) = self.defined_names().await?;
+        let defs = self.definitions().await?;
+        let defined = |layer: &str, name: &str| match layer {
+            "silver" => defs.0.iter().any(|d| d.name == name),
+            "gold" => defs.1.iter().any(|d| d.name == name),
+            _ => false,
+        };
         let limit = self.runner.row_limit(limit);
-        self.runner.sql(sql, &silver, &gold, limit).await
+        self.runner.sql(sql, defined, limit).await
     }
 }
 

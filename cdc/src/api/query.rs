@@ -3,14 +3,12 @@
 //! `gold.*` tables, a row limit, a time limit, a memory limit, a bounded
 //! number of queries at once.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::datafusion::common::DataFusionError;
-use deltalake::datafusion::config::Dialect;
 use deltalake::datafusion::dataframe::DataFrame;
 use deltalake::datafusion::prelude::SessionContext;
 use tokio::sync::Semaphore;
@@ -83,24 +81,21 @@ impl QueryRunner {
     }
 
     /// Run `sql` (one SELECT in PostgreSQL syntax) over the tables named in
-    /// it; `silver` and `gold` are the defined names. At most `limit` rows.
+    /// it, each of which `defined(layer, name)` must accept. At most `limit`
+    /// rows.
     pub async fn sql(
         &self,
         sql: &str,
-        silver: &BTreeSet<String>,
-        gold: &BTreeSet<String>,
+        defined: impl Fn(&str, &str) -> bool,
         limit: usize,
     ) -> Result<QueryResult> {
         self.bounded(async {
             let ctx = lake::session_within(Some(self.memory_bytes));
             lake::ensure_layer_schemas(&ctx)?;
-            for (layer, name) in referenced_tables(&ctx, sql)? {
-                let defined = match layer.as_str() {
-                    "silver" => silver.contains(&name),
-                    "gold" => gold.contains(&name),
-                    _ => false,
-                };
-                if !defined {
+            let parsed =
+                crate::pg_sql::Parsed::new(&ctx, sql, self.numeric_scale).map_err(user_error)?;
+            for (layer, name) in referenced_tables(&parsed)? {
+                if !defined(&layer, &name) {
                     return Err(Error::refused(
                         Refusal::Invalid,
                         format!(
@@ -115,9 +110,7 @@ impl QueryRunner {
                 }
                 self.register(&ctx, &layer, &name).await?;
             }
-            let df = crate::pg_sql::plan(&ctx, sql, self.numeric_scale)
-                .await
-                .map_err(user_error)?;
+            let df = parsed.plan(&ctx).await.map_err(user_error)?;
             self.collect(df, limit, false).await
         })
         .await
@@ -321,16 +314,10 @@ fn plain_schema(schema: &SchemaRef) -> SchemaRef {
         .unwrap_or_else(|_| schema.clone())
 }
 
-/// `(layer, name)` of every table `sql` names; a name without schema has
-/// an empty layer. SQL that does not parse is the client's error.
-fn referenced_tables(ctx: &SessionContext, sql: &str) -> Result<Vec<(String, String)>> {
-    let state = ctx.state();
-    let statement = state
-        .sql_to_statement(sql, &Dialect::PostgreSQL)
-        .map_err(user_error)?;
-    let refs = state
-        .resolve_table_references(&statement)
-        .map_err(user_error)?;
+/// `(layer, name)` of every table the parsed query names; a name without
+/// schema has an empty layer. SQL that does not parse is the client's error.
+fn referenced_tables(parsed: &crate::pg_sql::Parsed) -> Result<Vec<(String, String)>> {
+    let refs = parsed.tables().map_err(user_error)?;
     let mut out = Vec::new();
     for r in refs {
         // Common table expressions are references too; DataFusion resolves

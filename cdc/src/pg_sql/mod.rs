@@ -37,7 +37,7 @@ mod sums;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, TimeUnit};
-use deltalake::datafusion::common::{Column, Result as DfResult, plan_err};
+use deltalake::datafusion::common::{Column, Result as DfResult, TableReference, plan_err};
 use deltalake::datafusion::config::Dialect;
 use deltalake::datafusion::dataframe::DataFrame;
 use deltalake::datafusion::execution::FunctionRegistry;
@@ -72,23 +72,56 @@ pub(crate) async fn plan(
     sql: &str,
     numeric_scale: i8,
 ) -> DfResult<DataFrame> {
-    let state = ctx.state();
-    let mut statement = state.sql_to_statement(sql, &Dialect::PostgreSQL)?;
-    match &mut statement {
-        DfStatement::Statement(s) => rewrite::apply(s, numeric_scale)?,
-        _ => return plan_err!("a gold query is one SELECT statement"),
+    Parsed::new(ctx, sql, numeric_scale)?.plan(ctx).await
+}
+
+/// A query parsed and rewritten, not planned yet: what it reads can be
+/// checked (and registered) first, without parsing it twice.
+pub(crate) struct Parsed {
+    state: SessionState,
+    statement: DfStatement,
+    numeric_scale: i8,
+}
+
+impl Parsed {
+    /// Parse `sql` (one SELECT in PostgreSQL syntax) and apply the rewrites.
+    pub(crate) fn new(ctx: &SessionContext, sql: &str, numeric_scale: i8) -> DfResult<Parsed> {
+        // The state shares the context's catalogs: tables registered in
+        // `ctx` after this are visible to the plan.
+        let state = ctx.state();
+        let mut statement = state.sql_to_statement(sql, &Dialect::PostgreSQL)?;
+        match &mut statement {
+            DfStatement::Statement(s) => rewrite::apply(s, numeric_scale)?,
+            _ => return plan_err!("a gold query is one SELECT statement"),
+        }
+        Ok(Parsed {
+            state,
+            statement,
+            numeric_scale,
+        })
     }
-    let plan = state.statement_to_plan(statement).await?;
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-        .verify_plan(&plan)?;
-    // Analyzed first, so the schema is the one execution produces: a UNION
-    // of a lake numeric and a 256-bit sum is typed by the first branch
-    // until type coercion widens it, and the stored types follow from it.
-    let plan = state.optimize(&plan)?;
-    stored_types(ctx.execute_logical_plan(plan).await?, numeric_scale)
+
+    /// Every table the rewritten query names (common table expressions
+    /// included, as bare names).
+    pub(crate) fn tables(&self) -> DfResult<Vec<TableReference>> {
+        self.state.resolve_table_references(&self.statement)
+    }
+
+    /// The plan, checked read-only, with the types Delta stores.
+    pub(crate) async fn plan(self, ctx: &SessionContext) -> DfResult<DataFrame> {
+        let plan = self.state.statement_to_plan(self.statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        // Analyzed first, so the schema is the one execution produces: a
+        // UNION of a lake numeric and a 256-bit sum is typed by the first
+        // branch until type coercion widens it, and the stored types follow
+        // from it.
+        let plan = self.state.optimize(&plan)?;
+        stored_types(ctx.execute_logical_plan(plan).await?, self.numeric_scale)
+    }
 }
 
 /// Project the columns Delta cannot store as they are to what Postgres
