@@ -567,7 +567,6 @@ impl Operations {
         Ok(defs)
     }
 
-
     async fn model_states(&self, name: Option<&str>) -> Result<Vec<(String, ModelState)>> {
         let client = self.db.client().await?;
         let sql = format!(

@@ -125,6 +125,10 @@ enum What {
         clients: usize,
         #[arg(long, default_value_t = 20)]
         requests: usize,
+        /// In-process and API runs alternate this many times; the
+        /// percentiles are over all rounds' requests.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Kill -9 the sidecar, crash Postgres and stop the object store under
     /// an Odoo-shaped workload; then bronze, silver and gold must equal Postgres.
@@ -919,7 +923,8 @@ fn main() -> anyhow::Result<()> {
             rows,
             clients,
             requests,
-        } => api::api(rows, clients, requests)?,
+            rounds,
+        } => api::api(rows, clients, requests, rounds)?,
         What::Audit {
             seconds,
             clients,

@@ -413,3 +413,72 @@ async fn example_workflows_are_valid_and_run_in_n8n() {
         "{body}"
     );
 }
+
+/// The Mermaid diagram of a workflow: its nodes in file order (name and
+/// node type), each node's connections (in the same order) as arrows — an If node's outputs labelled
+/// true/false, an AI sub-node's connection dotted with its kind.
+fn diagram(w: &Value) -> String {
+    let nodes = w["nodes"].as_array().expect("nodes");
+    let id = |name: &str| {
+        let i = nodes
+            .iter()
+            .position(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("connection to unknown node {name}"));
+        format!("n{i}")
+    };
+    let mut out = String::from("flowchart LR\n");
+    for (i, n) in nodes.iter().enumerate() {
+        let kind = n["type"].as_str().unwrap_or_default();
+        let short = kind.rsplit('.').next().unwrap_or(kind);
+        out.push_str(&format!(
+            "  n{i}[\"{}<br/><small>{short}</small>\"]\n",
+            n["name"].as_str().unwrap_or_default()
+        ));
+    }
+    let connections = w["connections"].as_object().expect("connections");
+    for (i, node) in nodes.iter().enumerate() {
+        let from = node["name"].as_str().unwrap_or_default();
+        let Some(kinds) = connections.get(from) else {
+            continue;
+        };
+        let branches = node["type"] == "n8n-nodes-base.if";
+        for (kind, outputs) in kinds.as_object().unwrap() {
+            for (o, targets) in outputs.as_array().unwrap().iter().enumerate() {
+                for t in targets.as_array().unwrap() {
+                    let to = id(t["node"].as_str().unwrap());
+                    let arrow = match (kind.as_str(), branches) {
+                        ("main", true) => {
+                            format!("-->|{}|", if o == 0 { "true" } else { "false" })
+                        }
+                        ("main", false) => "-->".to_string(),
+                        (other, _) => format!("-. {other} .->"),
+                    };
+                    out.push_str(&format!("  n{i} {arrow} {to}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// docs/operate.md shows each example workflow as the diagram its file
+/// makes, so the picture cannot drift from what users import.
+#[test]
+fn the_workflow_diagrams_in_the_docs_are_the_workflows() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operate.md"))
+        .unwrap();
+    for file in [
+        "refresh-after-import.json",
+        "alert-on-lag.json",
+        "ai-agent-mcp.json",
+    ] {
+        let want = format!(
+            "<!-- diagram of examples/n8n/{file} -->\n```mermaid\n{}```",
+            diagram(&workflow(file))
+        );
+        assert!(
+            doc.contains(&want),
+            "docs/operate.md lacks (or has an old) diagram of {file}; it should hold:\n{want}"
+        );
+    }
+}
