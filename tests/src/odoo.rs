@@ -178,6 +178,8 @@ const SALE_ORDER: TableDef = TableDef {
         ("write_date", "timestamp without time zone"),
         ("prepayment_percent", "double precision"),
         ("picking_policy", "character varying NOT NULL"),
+        // sale_crm: the CRM opportunity the quotation was made from.
+        ("opportunity_id", "integer"),
     ],
 };
 
@@ -1319,6 +1321,12 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             ts(at),
             "1".into(),
             "direct".into(),
+            // Every third order comes from an opportunity (sale_crm).
+            if o % 3 == 0 {
+                (o / 3 % scale.leads + 1).to_string()
+            } else {
+                NULL.into()
+            },
         ]);
         if !invoiced {
             continue;

@@ -9,7 +9,8 @@
 -- in the order's currency, and untaxed in company currency through the
 -- order's currency_rate. margin: the line's margin where Odoo's sale_margin
 -- module is installed (NULL otherwise; install the package again after
--- installing the module).
+-- installing the module). opportunity_id: the CRM opportunity the order
+-- was made from, where sale_crm is installed (NULL otherwise).
 SELECT l.id,
        l.order_id,
        o.name AS order_name,
@@ -34,6 +35,7 @@ SELECT l.id,
        l.price_total AS total_amount,
        {{column(sale_order_line.margin, l.margin, numeric)}} AS margin,
        o.currency_id,
+       {{column(sale_order.opportunity_id, o.opportunity_id, integer)}} AS opportunity_id,
        l.price_subtotal / CASE WHEN COALESCE(o.currency_rate, 0) = 0 THEN 1 ELSE o.currency_rate END
          AS untaxed_amount_company
 FROM silver.sale_order_line l

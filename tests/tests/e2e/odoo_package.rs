@@ -383,11 +383,38 @@ async fn the_odoo_package_installs_and_equals_postgres_with_balanced_books() {
     );
     assert_eq!(
         env.sql("SELECT version || ' ' || array_length(models, 1) || ' ' || (options->>'lang') FROM medallion.packages WHERE name = 'odoo'").trim(),
-        format!("1.1.0 {} en_US", MODELS.len())
+        format!("1.2.0 {} en_US", MODELS.len())
     );
 
     let r = env.catch_up_and_refine().await;
     assert_package_right(&env, &MODELS, &r.tables).await;
+    // Orders made from an opportunity (sale_crm) are counted on it: every
+    // linked quotation or order once, the confirmed ones' amount in
+    // company currency; the sales lines name the opportunity.
+    let linked = env.sql(
+        "SELECT count(*) FILTER (WHERE state IN ('draft', 'sent')) || ' ' || \
+                count(*) FILTER (WHERE state = 'sale') || ' ' || \
+                COALESCE(sum(amount_untaxed / currency_rate) FILTER (WHERE state = 'sale'), 0)::numeric(20, 2) \
+         FROM public.sale_order WHERE opportunity_id IS NOT NULL",
+    );
+    let counted = env.sql(
+        "SELECT sum(quotation_count) || ' ' || sum(sale_order_count) || ' ' || \
+                sum(sale_amount_untaxed)::numeric(20, 2) FROM odoo_gold.crm_pipeline",
+    );
+    assert_eq!(counted.trim(), linked.trim(), "orders linked to opportunities");
+    assert!(
+        !linked.trim().starts_with("0 0"),
+        "no order is linked to an opportunity: the check proves nothing"
+    );
+    assert_eq!(
+        number(
+            &env,
+            "SELECT count(*) FROM odoo_gold.sales_order_lines l JOIN public.sale_order o ON o.id = l.order_id \
+             WHERE l.opportunity_id IS DISTINCT FROM o.opportunity_id"
+        ),
+        0.0,
+        "sales lines name their order's opportunity"
+    );
     // A year of books: the history has a month end per month, and what was
     // open changes from one to the next (payments came in between).
     let (ends, distinct) = (
