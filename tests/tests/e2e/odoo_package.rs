@@ -401,7 +401,11 @@ async fn the_odoo_package_installs_and_equals_postgres_with_balanced_books() {
         "SELECT sum(quotation_count) || ' ' || sum(sale_order_count) || ' ' || \
                 sum(sale_amount_untaxed)::numeric(20, 2) FROM odoo_gold.crm_pipeline",
     );
-    assert_eq!(counted.trim(), linked.trim(), "orders linked to opportunities");
+    assert_eq!(
+        counted.trim(),
+        linked.trim(),
+        "orders linked to opportunities"
+    );
     assert!(
         !linked.trim().starts_with("0 0"),
         "no order is linked to an opportunity: the check proves nothing"
