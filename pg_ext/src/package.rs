@@ -71,6 +71,7 @@ const PACKAGES: &[Package] = &[Package {
         package_file!("odoo", "18_tax_report.sql"),
         package_file!("odoo", "19_aged_receivable_history.sql"),
         package_file!("odoo", "20_aged_payable_history.sql"),
+        package_file!("odoo", "21_tax_grids.sql"),
     ],
 }];
 

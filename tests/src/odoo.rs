@@ -287,6 +287,8 @@ const MOVE_LINE: TableDef = TableDef {
         ("create_date", "timestamp without time zone"),
         ("write_date", "timestamp without time zone"),
         ("tax_line_id", "integer"),
+        // The item's tax tags count with the opposite sign (sales documents).
+        ("tax_tag_invert", "boolean"),
     ],
 };
 
@@ -300,6 +302,29 @@ const TAX: TableDef = TableDef {
         ("name", "jsonb NOT NULL"),
         ("amount", "numeric NOT NULL"),
         ("active", "boolean"),
+    ],
+};
+
+/// Tax tags: the grids of a localization's tax report ("+03", "-03": a
+/// tag per sign, `tax_negate` on the "-" one).
+const ACCOUNT_TAG: TableDef = TableDef {
+    name: "account_account_tag",
+    columns: &[
+        ("id", "serial PRIMARY KEY"),
+        ("country_id", "integer"),
+        ("applicability", "character varying NOT NULL"),
+        ("name", "jsonb NOT NULL"),
+        ("active", "boolean"),
+        ("tax_negate", "boolean"),
+    ],
+};
+
+/// Tax tags of a journal item (many2many; its primary key is both columns).
+const LINE_TAG: TableDef = TableDef {
+    name: "account_account_tag_account_move_line_rel",
+    columns: &[
+        ("account_move_line_id", "integer NOT NULL"),
+        ("account_account_tag_id", "integer NOT NULL"),
     ],
 };
 
@@ -498,6 +523,8 @@ const TABLES: &[&TableDef] = &[
     &MOVE_LINE,
     &TAX,
     &LINE_TAX,
+    &ACCOUNT_TAG,
+    &LINE_TAG,
     &PAYMENT,
     &PARTIAL_RECONCILE,
     &STOCK_MOVE,
@@ -531,6 +558,11 @@ pub fn schema() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
 const ACC_RECEIVABLE: i64 = 1;
 const ACC_INCOME: i64 = 2;
 const ACC_TAX: i64 = 3;
+/// Tax tags ("+" grid; its "-" tag is the next id).
+const TAG_SALES_BASE: i64 = 1;
+const TAG_SALES_TAX: i64 = 3;
+const TAG_PURCHASES_BASE: i64 = 5;
+const TAG_ACCOUNTS: i64 = 7;
 const ACC_BANK: i64 = 4;
 const ACC_PAYABLE: i64 = 5;
 const ACC_EXPENSE: i64 = 6;
@@ -622,6 +654,12 @@ impl JournalItem<'_> {
             ts(self.when),
             ts(self.when),
             if self.account == ACC_TAX { "1" } else { NULL }.into(),
+            if self.journal == JOURNAL_SALE {
+                "t"
+            } else {
+                "f"
+            }
+            .into(),
         ]
     }
 }
@@ -797,7 +835,8 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         out,
         "CREATE INDEX ON account_move_line (move_id);\nCREATE INDEX ON sale_order_line (order_id);\n\
          CREATE INDEX ON account_move (partner_id);\n\
-         ALTER TABLE account_move_line_account_tax_rel ADD PRIMARY KEY (account_move_line_id, account_tax_id);"
+         ALTER TABLE account_move_line_account_tax_rel ADD PRIMARY KEY (account_move_line_id, account_tax_id);\n\
+         ALTER TABLE account_account_tag_account_move_line_rel ADD PRIMARY KEY (account_move_line_id, account_account_tag_id);"
     )?;
     let t0 = ts(g.start);
 
@@ -982,6 +1021,34 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     }
     copy_end(out)?;
 
+    // Tax tags: the grids of a tax report, "+" and "-" per grid as Odoo
+    // makes them (the data uses the "+" ones), and a tag of another
+    // applicability.
+    copy_begin(out, &ACCOUNT_TAG)?;
+    for (id, applicability, name, negate) in [
+        (TAG_SALES_BASE, "taxes", "+03", "f"),
+        (TAG_SALES_BASE + 1, "taxes", "-03", "t"),
+        (TAG_SALES_TAX, "taxes", "+54", "f"),
+        (TAG_SALES_TAX + 1, "taxes", "-54", "t"),
+        (TAG_PURCHASES_BASE, "taxes", "+81", "f"),
+        (TAG_PURCHASES_BASE + 1, "taxes", "-81", "t"),
+        (TAG_ACCOUNTS, "accounts", "Operating Activities", "f"),
+    ] {
+        copy_row(
+            out,
+            &ACCOUNT_TAG,
+            &[
+                id.to_string(),
+                "1".into(),
+                applicability.into(),
+                esc(&translated(name)),
+                "t".into(),
+                negate.into(),
+            ],
+        )?;
+    }
+    copy_end(out)?;
+
     // Taxes: 15% on sales (invoice lines carry it) and on purchases.
     copy_begin(out, &TAX)?;
     for (id, kind) in [(1, "sale"), (2, "purchase")] {
@@ -1127,6 +1194,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     let mut payments = Vec::new();
     let mut reconciles = Vec::new();
     let mut line_taxes: Vec<Vec<String>> = Vec::new();
+    let mut line_tags: Vec<Vec<String>> = Vec::new();
     let mut stock = Vec::new();
     let mut layers: Vec<Vec<String>> = Vec::new();
     // Opening stock: 1,000 units of each product counted into WH/Stock.
@@ -1398,6 +1466,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             );
             if let Some(row) = items.last() {
                 line_taxes.push(vec![row[0].clone(), "1".into()]);
+                line_tags.push(vec![row[0].clone(), TAG_SALES_BASE.to_string()]);
             }
         }
         push_item(
@@ -1420,6 +1489,11 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 move_name: &inv_name,
             },
         );
+        if let Some(row) = items.last() {
+            line_tags.push(vec![row[0].clone(), TAG_SALES_TAX.to_string()]);
+            // A tag of another applicability on the same item: not a grid.
+            line_tags.push(vec![row[0].clone(), TAG_ACCOUNTS.to_string()]);
+        }
         push_item(
             &mut items,
             JournalItem {
@@ -1612,7 +1686,8 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             when: at,
             move_name: &bill_name,
         };
-        item(&mut items, bill_line);
+        let bill_item = item(&mut items, bill_line);
+        line_tags.push(vec![bill_item.to_string(), TAG_PURCHASES_BASE.to_string()]);
         let bill_payable = item(
             &mut items,
             JournalItem {
@@ -1734,6 +1809,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         (&MOVE, &moves),
         (&MOVE_LINE, &items),
         (&LINE_TAX, &line_taxes),
+        (&LINE_TAG, &line_tags),
         (&PAYMENT, &payments),
         (&PARTIAL_RECONCILE, &reconciles),
         (&STOCK_MOVE, &stock),

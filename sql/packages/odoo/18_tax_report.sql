@@ -8,7 +8,7 @@
 -- carry the tax (account_move_line_account_tax_rel); tax_amount: the
 -- balance of its tax lines (tax_line_id). Sales taxes are presented
 -- credit-positive (collected), purchase taxes debit-positive (deductible).
--- The tax grids of a localization (account tags) are not read yet.
+-- A localization's grids (account tags): odoo_tax_grids.
 WITH tax_lines AS (
     SELECT l.company_id, CAST(date_trunc('month', l.date) AS date) AS month,
            l.tax_line_id AS tax_id, sum(l.balance) AS balance

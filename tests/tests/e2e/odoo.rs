@@ -179,5 +179,25 @@ async fn real_odoo_18_replay_lands_exactly_once() {
         .collect();
     assert_eq!(defined.trim(), models.len().to_string());
     let report = env.refine_cycle(&env.cfg(), caught.acked_lsn).await;
+    // This database has no localization's tax report, so no tax tags: its
+    // tax grids are rightly empty (and an empty model proves nothing, so it
+    // is left out of the comparison; the synthetic books check it).
+    let tax_tags = env.sql(
+        "SELECT count(*) FROM public.account_account_tag_account_move_line_rel r \
+         JOIN public.account_account_tag t ON t.id = r.account_account_tag_id WHERE t.applicability = 'taxes'",
+    );
+    let models: Vec<&str> = if tax_tags.trim() == "0" {
+        assert_eq!(
+            env.sql("SELECT count(*) FROM odoo_gold.tax_grids").trim(),
+            "0",
+            "tax grids without tax tags"
+        );
+        models
+            .into_iter()
+            .filter(|m| *m != "odoo_tax_grids")
+            .collect()
+    } else {
+        models
+    };
     odoo_package::assert_package_right(&env, &models, &report.tables).await;
 }

@@ -10,7 +10,7 @@ use medallion::status::{Layer, ObjectState};
 
 /// The models the package defines over the synthetic Odoo database (every
 /// table they read exists there).
-pub(super) const MODELS: [&str; 19] = [
+pub(super) const MODELS: [&str; 20] = [
     "odoo_gl_journal_items",
     "odoo_gl_by_period",
     "odoo_trial_balance",
@@ -30,6 +30,7 @@ pub(super) const MODELS: [&str; 19] = [
     "odoo_tax_report",
     "odoo_aged_receivable_history",
     "odoo_aged_payable_history",
+    "odoo_tax_grids",
 ];
 
 /// Defined only where Odoo's purchase module is installed (the real
@@ -388,6 +389,36 @@ async fn the_odoo_package_installs_and_equals_postgres_with_balanced_books() {
 
     let r = env.catch_up_and_refine().await;
     assert_package_right(&env, &MODELS, &r.tables).await;
+    // Tax grids: the sales grids (tags +03 base, +54 tax, on invoices whose
+    // tags are inverted) are the tax report's sales base and tax, month by
+    // month, both ways; the purchase grid +81 is the bills' expense; the
+    // tag of another applicability is no grid.
+    let grids_vs = |expected: &str| {
+        let both = format!(
+            "SELECT (SELECT count(*) FROM (({expected}) EXCEPT ALL (SELECT company_id, month, grid, amount FROM odoo_gold.tax_grids)) a) \
+             + (SELECT count(*) FROM ((SELECT company_id, month, grid, amount FROM odoo_gold.tax_grids) EXCEPT ALL ({expected})) b)"
+        );
+        number(&env, &both)
+    };
+    assert_eq!(
+        grids_vs(
+            "SELECT company_id, month, '03', base_amount FROM odoo_gold.tax_report WHERE type_tax_use = 'sale' \
+             UNION ALL SELECT company_id, month, '54', tax_amount FROM odoo_gold.tax_report WHERE type_tax_use = 'sale' \
+             UNION ALL SELECT company_id, date_trunc('month', date)::date, '81', sum(balance) FROM public.account_move_line \
+                       WHERE journal_id = 3 AND display_type = 'product' AND parent_state = 'posted' GROUP BY 1, 2"
+        ),
+        0.0,
+        "odoo_gold.tax_grids differs from the tax report and the bills"
+    );
+    assert!(
+        number(&env, "SELECT count(DISTINCT grid) FROM odoo_gold.tax_grids") == 3.0
+            && number(
+                &env,
+                "SELECT count(*) FROM odoo_gold.tax_grids WHERE amount <= 0"
+            ) == 0.0,
+        "grids: {}",
+        env.sql("SELECT grid, count(*), sum(amount) FROM odoo_gold.tax_grids GROUP BY 1")
+    );
     // Orders made from an opportunity (sale_crm) are counted on it: every
     // linked quotation or order once, the confirmed ones' amount in
     // company currency; the sales lines name the opportunity.
