@@ -130,8 +130,20 @@ if [ "${1:-}" = "--tests" ]; then
   if [ ! -x "$N8N_DIR/node_modules/.bin/n8n" ] || [ ! -x "$N8N_DIR/node_modules/.bin/node" ]; then
     log "installing Node 24 and n8n 2.40.7 into $N8N_DIR (a few minutes)"
     mkdir -p "$N8N_DIR"
-    npm install --silent --no-audit --no-fund --prefix "$N8N_DIR" node@24 >/dev/null
-    PATH="$PWD/$N8N_DIR/node_modules/.bin:$PATH" npm install --silent --ignore-scripts \
-      --no-audit --no-fund --prefix "$N8N_DIR" n8n@2.40.7 >/dev/null
+    # A registry hiccup fails a large install now and then (a clean-clone
+    # CI lost one): three tries, npm's own message shown on the last.
+    npm_try() {
+      local i
+      for i in 1 2 3; do
+        "$@" >/dev/null 2>"$N8N_DIR/npm-error.log" && return 0
+        log "npm failed (try $i of 3): $(tail -n 3 "$N8N_DIR/npm-error.log" | tr '\n' ' ')"
+        sleep 10
+      done
+      cat "$N8N_DIR/npm-error.log" >&2
+      die "could not install into $N8N_DIR with npm"
+    }
+    npm_try npm install --no-audit --no-fund --prefix "$N8N_DIR" node@24
+    PATH="$PWD/$N8N_DIR/node_modules/.bin:$PATH" npm_try npm install --ignore-scripts \
+      --no-audit --no-fund --prefix "$N8N_DIR" n8n@2.40.7
   fi
 fi
