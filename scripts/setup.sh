@@ -127,11 +127,18 @@ if [ "${1:-}" = "--tests" ]; then
   # native builds (Kafka, SQLite) from hosts this machine cannot reach, and
   # the tests keep n8n's database in Postgres.
   N8N_DIR=.medallion/n8n
-  if [ ! -x "$N8N_DIR/node_modules/.bin/n8n" ] || [ ! -x "$N8N_DIR/node_modules/.bin/node" ]; then
-    log "installing Node 24 and n8n 2.40.7 into $N8N_DIR (a few minutes)"
+  # Installed from a lock file (scripts/n8n/package-lock.json, from an
+  # install that worked): resolving n8n's ranges afresh meets versions the
+  # registry here does not have yet (2026-12-05: ai@7.0.185), and the tree
+  # is 2,200 packages. Install scripts stay off except node's own, which
+  # fetches the Node 24 binary (`npm rebuild node`).
+  if [ ! -x "$N8N_DIR/node_modules/.bin/n8n" ] || [ ! -x "$N8N_DIR/node_modules/.bin/node" ] \
+     || ! cmp -s scripts/n8n/package-lock.json "$N8N_DIR/package-lock.json"; then
+    log "installing Node 24 and n8n 2.40.7 into $N8N_DIR from scripts/n8n/package-lock.json (a few minutes)"
     mkdir -p "$N8N_DIR"
-    # A registry hiccup fails a large install now and then (a clean-clone
-    # CI lost one): three tries, npm's own message shown on the last.
+    cp scripts/n8n/package.json scripts/n8n/package-lock.json "$N8N_DIR/"
+    # A registry hiccup fails a large install now and then: three tries,
+    # npm's own message shown on the last.
     npm_try() {
       local i
       for i in 1 2 3; do
@@ -142,8 +149,7 @@ if [ "${1:-}" = "--tests" ]; then
       cat "$N8N_DIR/npm-error.log" >&2
       die "could not install into $N8N_DIR with npm"
     }
-    npm_try npm install --no-audit --no-fund --prefix "$N8N_DIR" node@24
-    PATH="$PWD/$N8N_DIR/node_modules/.bin:$PATH" npm_try npm install --ignore-scripts \
-      --no-audit --no-fund --prefix "$N8N_DIR" n8n@2.40.7
+    npm_try npm ci --ignore-scripts --no-audit --no-fund --prefix "$N8N_DIR"
+    npm_try npm rebuild node --prefix "$N8N_DIR"
   fi
 fi
