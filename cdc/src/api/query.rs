@@ -315,7 +315,8 @@ fn plain_schema(schema: &SchemaRef) -> SchemaRef {
 }
 
 /// `(layer, name)` of every table the parsed query names; a name without
-/// schema has an empty layer. SQL that does not parse is the client's error.
+/// schema has an empty layer. A reference DataFusion cannot resolve is the
+/// client's error.
 fn referenced_tables(parsed: &crate::pg_sql::Parsed) -> Result<Vec<(String, String)>> {
     let refs = parsed.tables().map_err(user_error)?;
     let mut out = Vec::new();
