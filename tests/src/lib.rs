@@ -3,9 +3,11 @@
 //! Delta tables back ([`lake`]) and locate the real Odoo 18 facts in
 //! `../shared/odoo18` ([`shared`]), comparisons with Postgres itself
 //! ([`oracle`]), a private S3-compatible server (Ceph RGW, [`s3`]) and loopback ports
-//! for the servers a test starts ([`ports`]).
+//! for the servers a test starts ([`ports`]), and the soak's verdict on
+//! whether a measure stayed flat ([`flatness`]).
 
 pub mod cluster;
+pub mod flatness;
 pub mod harness;
 pub mod lake;
 pub mod odoo;
