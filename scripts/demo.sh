@@ -45,10 +45,10 @@ log "status (medallion status):"
 echo
 log "lake: $DIR/lake/{bronze,silver,gold}/... (Delta tables; read them with any Delta reader)"
 log "profit and loss by month, read back from the Delta table $DIR/lake/gold/odoo_profit_and_loss:"
-"$BIN/medallion" query "SELECT CAST(month AS DATE) AS month, section, CAST(sum(amount) AS DECIMAL(16,2)) AS amount FROM gold.odoo_profit_and_loss GROUP BY month, section, section_order ORDER BY month DESC, section_order LIMIT 8"
+"$BIN/medallion" query "SELECT company_id AS company, CAST(month AS DATE) AS month, section, CAST(sum(amount) AS DECIMAL(16,2)) AS amount FROM gold.odoo_profit_and_loss GROUP BY company_id, month, section, section_order ORDER BY month DESC, company_id, section_order LIMIT 8"
 echo
 log "the books balance: assets = liabilities + equity at each month end (gold.odoo_balance_sheet):"
-"$BIN/medallion" query "SELECT CAST(month_end AS DATE) AS month_end, CAST(sum(CASE WHEN section = 'Assets' THEN amount ELSE 0 END) AS DECIMAL(16,2)) AS assets, CAST(sum(CASE WHEN section <> 'Assets' THEN amount ELSE 0 END) AS DECIMAL(16,2)) AS liabilities_and_equity FROM gold.odoo_balance_sheet GROUP BY month_end ORDER BY month_end DESC LIMIT 4"
+"$BIN/medallion" query "SELECT company_id AS company, CAST(month_end AS DATE) AS month_end, CAST(sum(CASE WHEN section = 'Assets' THEN amount ELSE 0 END) AS DECIMAL(16,2)) AS assets, CAST(sum(CASE WHEN section <> 'Assets' THEN amount ELSE 0 END) AS DECIMAL(16,2)) AS liabilities_and_equity FROM gold.odoo_balance_sheet GROUP BY company_id, month_end ORDER BY month_end DESC, company_id LIMIT 4"
 echo
 log "aged receivable, published into Postgres (odoo_gold.aged_receivable):"
-psql "$DB" -X -c "SELECT partner_name, sum(residual)::numeric(16,2) AS due, sum(not_due)::numeric(16,2) AS not_due, sum(days_1_30)::numeric(16,2) AS \"1-30\", sum(days_31_60)::numeric(16,2) AS \"31-60\", sum(days_61_90 + days_91_120 + older)::numeric(16,2) AS \"61+\" FROM odoo_gold.aged_receivable GROUP BY partner_name ORDER BY due DESC LIMIT 10"
+psql "$DB" -X -c "SELECT company_id AS company, partner_name, sum(residual)::numeric(16,2) AS due, sum(not_due)::numeric(16,2) AS not_due, sum(days_1_30)::numeric(16,2) AS \"1-30\", sum(days_31_60)::numeric(16,2) AS \"31-60\", sum(days_61_90 + days_91_120 + older)::numeric(16,2) AS \"61+\" FROM odoo_gold.aged_receivable GROUP BY company_id, partner_name ORDER BY due DESC LIMIT 10"

@@ -570,6 +570,12 @@ const ACC_EXPENSE: i64 = 6;
 const JOURNAL_SALE: i64 = 1;
 const JOURNAL_BANK: i64 = 2;
 const JOURNAL_PURCHASE: i64 = 3;
+/// The second company's sales and bank journals (its purchase journal is 6).
+const JOURNAL_SALE_2: i64 = 4;
+const JOURNAL_BANK_2: i64 = 5;
+/// A foreign currency (`res_currency` id) some invoices of the second
+/// company are in.
+const CURRENCY_CZK: i64 = 2;
 
 /// Size of the generated history.
 #[derive(Debug, Clone, Copy)]
@@ -597,6 +603,11 @@ impl Scale {
 /// One journal item (`account_move_line`) as the generator writes it.
 #[derive(Clone, Copy)]
 struct JournalItem<'a> {
+    company: i64,
+    /// The document's currency and its units per unit of company currency
+    /// (an integer, so amounts in both currencies are exact).
+    currency: i64,
+    rate: i64,
     move_id: usize,
     journal: i64,
     seq: usize,
@@ -612,6 +623,9 @@ struct JournalItem<'a> {
     price: i64,
     when: NaiveDateTime,
     move_name: &'a str,
+    /// Tax tags count with the opposite sign (Odoo: a sales invoice or a
+    /// purchase refund, `move.is_inbound()`).
+    tag_invert: bool,
 }
 
 impl JournalItem<'_> {
@@ -624,11 +638,11 @@ impl JournalItem<'_> {
             id.to_string(),
             self.move_id.to_string(),
             self.journal.to_string(),
-            "1".into(),
+            self.company.to_string(),
             "1".into(),
             self.seq.to_string(),
             self.account.to_string(),
-            "1".into(),
+            self.currency.to_string(),
             self.partner.to_string(),
             self.product.map_or(NULL.into(), |p| p.to_string()),
             "2".into(),
@@ -643,23 +657,101 @@ impl JournalItem<'_> {
             money(self.debit),
             money(self.credit),
             money(self.debit - self.credit),
-            money(self.debit - self.credit),
+            money((self.debit - self.credit) * self.rate),
             money(self.residual),
             self.qty.to_string(),
-            money(self.price),
-            money(self.credit.max(self.debit)),
-            money(self.credit.max(self.debit)),
+            money(self.price * self.rate),
+            money(self.credit.max(self.debit) * self.rate),
+            money(self.credit.max(self.debit) * self.rate),
             "0".into(),
             if reconciled { "t" } else { "f" }.into(),
             ts(self.when),
             ts(self.when),
-            if self.account == ACC_TAX { "1" } else { NULL }.into(),
-            if self.journal == JOURNAL_SALE {
-                "t"
-            } else {
-                "f"
+            match (self.account, self.company) {
+                (ACC_TAX, 1) => "1",
+                (ACC_TAX, _) => "3",
+                _ => NULL,
             }
             .into(),
+            if self.tag_invert { "t" } else { "f" }.into(),
+        ]
+    }
+}
+
+/// A journal entry's header (`account_move`) as the generator writes it.
+/// Amounts in cents: unsigned in the document's currency, signed in the
+/// company's (`*_signed`).
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    id: usize,
+    /// The document's currency and its units per unit of company currency.
+    currency: i64,
+    rate: i64,
+    seq: usize,
+    journal: i64,
+    company: i64,
+    partner: usize,
+    /// The salesperson (invoices); none on payments.
+    salesperson: bool,
+    prefix: &'a str,
+    name: &'a str,
+    reference: Option<&'a str>,
+    move_type: &'a str,
+    payment_state: &'a str,
+    origin: Option<&'a str>,
+    date: NaiveDateTime,
+    /// Invoice date and due date (30 days later), for invoices.
+    due: bool,
+    untaxed: i64,
+    tax: i64,
+    total: i64,
+    residual: i64,
+    total_signed: i64,
+    residual_signed: i64,
+}
+
+impl Entry<'_> {
+    fn row(&self) -> Vec<String> {
+        let opt = |v: Option<&str>| v.map_or(NULL.into(), esc);
+        vec![
+            self.id.to_string(),
+            self.seq.to_string(),
+            self.journal.to_string(),
+            self.company.to_string(),
+            self.partner.to_string(),
+            self.partner.to_string(),
+            self.currency.to_string(),
+            if self.salesperson { "2" } else { NULL }.into(),
+            "2".into(),
+            "2".into(),
+            self.prefix.into(),
+            self.name.into(),
+            opt(self.reference),
+            "posted".into(),
+            self.move_type.into(),
+            "no".into(),
+            self.payment_state.into(),
+            opt(self.origin),
+            date(self.date),
+            if self.due {
+                date(self.date)
+            } else {
+                NULL.into()
+            },
+            if self.due {
+                date(self.date + Duration::days(30))
+            } else {
+                NULL.into()
+            },
+            NULL.into(),
+            money(self.untaxed * self.rate),
+            money(self.tax * self.rate),
+            money(self.total * self.rate),
+            money(self.residual * self.rate),
+            money(self.total_signed),
+            money(self.residual_signed),
+            ts(self.date),
+            ts(self.date),
         ]
     }
 }
@@ -841,21 +933,28 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     let t0 = ts(g.start);
 
     // The company: its partner is partner 1; fiscal years end on 31 March.
+    // A second company (its partner follows the customers) closes its
+    // fiscal year on 31 December.
     copy_begin(out, &COMPANY)?;
-    copy_row(
-        out,
-        &COMPANY,
-        &[
-            "1".into(),
-            "YourCompany".into(),
-            "1".into(),
-            "1".into(),
-            "31".into(),
-            "3".into(),
-            t0.clone(),
-            t0.clone(),
-        ],
-    )?;
+    for (id, name, partner, day, month) in [
+        (1, "YourCompany", 1, "31", "3"),
+        (2, "YourCompany (Antwerp)", scale.customers + 2, "31", "12"),
+    ] {
+        copy_row(
+            out,
+            &COMPANY,
+            &[
+                id.to_string(),
+                name.into(),
+                partner.to_string(),
+                "1".into(),
+                day.into(),
+                month.into(),
+                t0.clone(),
+                t0.clone(),
+            ],
+        )?;
+    }
     copy_end(out)?;
 
     // Units of measure, CRM stages and stock locations (Odoo's default ids).
@@ -938,33 +1037,45 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
 
     // Chart of accounts and journals.
     copy_begin(out, &ACCOUNT)?;
+    // One chart shared by both companies, each with its own codes
+    // (`code_store` keyed by company id, as Odoo 18 stores it).
     let accounts = [
         (
             ACC_RECEIVABLE,
             "asset_receivable",
             "Account Receivable",
             "121000",
+            "1210",
             true,
         ),
-        (ACC_INCOME, "income", "Product Sales", "400000", false),
+        (
+            ACC_INCOME,
+            "income",
+            "Product Sales",
+            "400000",
+            "4000",
+            false,
+        ),
         (
             ACC_TAX,
             "liability_current",
             "Tax Received",
             "251000",
+            "2510",
             false,
         ),
-        (ACC_BANK, "asset_cash", "Bank", "101401", false),
+        (ACC_BANK, "asset_cash", "Bank", "101401", "1014", false),
         (
             ACC_PAYABLE,
             "liability_payable",
             "Account Payable",
             "211000",
+            "2110",
             true,
         ),
-        (ACC_EXPENSE, "expense", "Expenses", "600000", false),
+        (ACC_EXPENSE, "expense", "Expenses", "600000", "6000", false),
     ];
-    for (id, kind, name, code, reconcile) in accounts {
+    for (id, kind, name, code, code2, reconcile) in accounts {
         copy_row(
             out,
             &ACCOUNT,
@@ -975,7 +1086,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 "1".into(),
                 kind.into(),
                 esc(&translated(name)),
-                esc(&serde_json::json!({ "1": code }).to_string()),
+                esc(&serde_json::json!({ "1": code, "2": code2 }).to_string()),
                 "f".into(),
                 if reconcile { "t" } else { "f" }.into(),
                 "f".into(),
@@ -986,11 +1097,36 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     }
     copy_end(out)?;
     copy_begin(out, &JOURNAL)?;
-    for (id, acc, code, kind, name) in [
-        (JOURNAL_SALE, ACC_INCOME, "INV", "sale", "Customer Invoices"),
-        (JOURNAL_BANK, ACC_BANK, "BNK1", "bank", "Bank"),
+    for (id, company, acc, code, kind, name) in [
+        (
+            JOURNAL_SALE,
+            1,
+            ACC_INCOME,
+            "INV",
+            "sale",
+            "Customer Invoices",
+        ),
+        (JOURNAL_BANK, 1, ACC_BANK, "BNK1", "bank", "Bank"),
         (
             JOURNAL_PURCHASE,
+            1,
+            ACC_EXPENSE,
+            "BILL",
+            "purchase",
+            "Vendor Bills",
+        ),
+        (
+            JOURNAL_SALE_2,
+            2,
+            ACC_INCOME,
+            "INV",
+            "sale",
+            "Customer Invoices",
+        ),
+        (JOURNAL_BANK_2, 2, ACC_BANK, "BNK1", "bank", "Bank"),
+        (
+            JOURNAL_SALE_2 + 2,
+            2,
             ACC_EXPENSE,
             "BILL",
             "purchase",
@@ -1004,7 +1140,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 id.to_string(),
                 acc.to_string(),
                 "10".into(),
-                "1".into(),
+                company.to_string(),
                 "1".into(),
                 "1".into(),
                 code.into(),
@@ -1051,17 +1187,23 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
 
     // Taxes: 15% on sales (invoice lines carry it) and on purchases.
     copy_begin(out, &TAX)?;
-    for (id, kind) in [(1, "sale"), (2, "purchase")] {
+    // The second company's: 10% (ids 3 and 4).
+    for (id, company, kind, rate) in [
+        (1, 1, "sale", 15),
+        (2, 1, "purchase", 15),
+        (3, 2, "sale", 10),
+        (4, 2, "purchase", 10),
+    ] {
         copy_row(
             out,
             &TAX,
             &[
                 id.to_string(),
-                "1".into(),
+                company.to_string(),
                 kind.into(),
                 "percent".into(),
-                esc(&translated("15%")),
-                "15.0".into(),
+                esc(&translated(&format!("{rate}%"))),
+                format!("{rate}.0"),
                 "t".into(),
             ],
         )?;
@@ -1071,26 +1213,38 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     // Partners: the company itself (1), then customers.
     copy_begin(out, &PARTNER)?;
     let n_partners = scale.customers + 1;
-    for id in 1..=n_partners {
-        let name = if id == 1 {
-            "My Company (San Francisco)".to_string()
+    // The second company's partner comes after the customers.
+    let company2_partner = n_partners + 1;
+    for id in 1..=company2_partner {
+        let (name, city, comment, lat) = if id == company2_partner {
+            (
+                "YourCompany (Antwerp)".to_string(),
+                "Antwerp".to_string(),
+                NULL.to_string(),
+                "51.2194475".to_string(),
+            )
         } else {
-            format!("{} #{id}", g.person())
+            let name = if id == 1 {
+                "My Company (San Francisco)".to_string()
+            } else {
+                format!("{} #{id}", g.person())
+            };
+            let city = g.pick(CITIES).to_string();
+            let comment = if id % 10 == 0 {
+                esc(&g.html_note(3_000))
+            } else {
+                NULL.into()
+            };
+            let lat = format!("{:.7}", g.rng.gen_range(-90.0..90.0f64));
+            (name, city, comment, lat)
         };
-        let city = g.pick(CITIES).to_string();
         let created = g.start + Duration::minutes(id as i64);
-        let comment = if id % 10 == 0 {
-            esc(&g.html_note(3_000))
-        } else {
-            NULL.into()
-        };
-        let lat = format!("{:.7}", g.rng.gen_range(-90.0..90.0f64));
         copy_row(
             out,
             &PARTNER,
             &[
                 id.to_string(),
-                "1".into(),
+                if id == company2_partner { "2" } else { "1" }.into(),
                 ts(created),
                 esc(&name),
                 NULL.into(),
@@ -1112,8 +1266,18 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 comment,
                 lat,
                 "t".into(),
-                if id == 1 || id % 3 == 0 { "t" } else { "f" }.into(),
-                if id == 1 { "0" } else { "1" }.into(),
+                if id == 1 || id == company2_partner || id % 3 == 0 {
+                    "t"
+                } else {
+                    "f"
+                }
+                .into(),
+                if id == 1 || id == company2_partner {
+                    "0"
+                } else {
+                    "1"
+                }
+                .into(),
                 "0".into(),
                 esc(&serde_json::json!({ "1": (id % 5) as f64 * 1000.0 }).to_string()),
                 "always_ask".into(),
@@ -1244,6 +1408,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
     let mut move_id = 0usize;
     let mut item_id = 0usize;
     let mut inv_seq = 0usize;
+    let mut refund_seq = 0usize;
     let mut pay_seq = 0usize;
     let span_minutes = 365 * 24 * 60;
     for o in 1..=scale.orders {
@@ -1253,6 +1418,10 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         let confirmed = g.rng.gen_bool(0.85);
         let invoiced = confirmed && g.rng.gen_bool(0.8);
         let paid = invoiced && g.rng.gen_bool(0.7);
+        // A credit note for the first line of some invoices (Odoo: "Credit
+        // Note", partial): reconciled with the invoice, whose residual and
+        // payment fall by its total.
+        let refunded = invoiced && n_lines >= 2 && o % 9 == 4;
         let invoice_status = if invoiced {
             "invoiced"
         } else if confirmed {
@@ -1302,7 +1471,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 } else {
                     "0".into()
                 },
-                if invoiced {
+                if invoiced && !(refunded && seq == 0) {
                     qty.to_string()
                 } else {
                     "0".into()
@@ -1405,39 +1574,45 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         let inv_id = move_id;
         let inv_at = at + Duration::days(1);
         let inv_name = format!("INV/{}/{inv_seq:05}", inv_at.format("%Y"));
-        let residual = if paid { 0 } else { total };
-        moves.push(vec![
-            inv_id.to_string(),
-            inv_seq.to_string(),
-            JOURNAL_SALE.to_string(),
-            "1".into(),
-            partner.to_string(),
-            partner.to_string(),
-            "1".into(),
-            "2".into(),
-            "2".into(),
-            "2".into(),
-            format!("INV/{}/", inv_at.format("%Y")),
-            inv_name.clone(),
-            NULL.into(),
-            "posted".into(),
-            "out_invoice".into(),
-            "no".into(),
-            if paid { "paid" } else { "not_paid" }.into(),
-            format!("S{o:05}"),
-            date(inv_at),
-            date(inv_at),
-            date(inv_at + Duration::days(30)),
-            NULL.into(),
-            money(untaxed),
-            money(tax_total),
-            money(total),
-            money(residual),
-            money(total),
-            money(residual),
-            ts(inv_at),
-            ts(inv_at),
-        ]);
+        let refund_total = if refunded {
+            order_lines[0].4 + order_lines[0].5
+        } else {
+            0
+        };
+        let residual = if paid { 0 } else { total - refund_total };
+        let inv_prefix = format!("INV/{}/", inv_at.format("%Y"));
+        let origin = format!("S{o:05}");
+        moves.push(
+            Entry {
+                currency: 1,
+                rate: 1,
+                id: inv_id,
+                seq: inv_seq,
+                journal: JOURNAL_SALE,
+                company: 1,
+                partner,
+                salesperson: true,
+                prefix: &inv_prefix,
+                name: &inv_name,
+                reference: None,
+                move_type: "out_invoice",
+                payment_state: match (paid, refunded) {
+                    (true, _) => "paid",
+                    (false, true) => "partial",
+                    (false, false) => "not_paid",
+                },
+                origin: Some(&origin),
+                date: inv_at,
+                due: true,
+                untaxed,
+                tax: tax_total,
+                total,
+                residual,
+                total_signed: total,
+                residual_signed: residual,
+            }
+            .row(),
+        );
         let mut push_item = |items: &mut Vec<Vec<String>>, line: JournalItem| {
             item_id += 1;
             items.push(line.row(item_id));
@@ -1447,6 +1622,10 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             push_item(
                 &mut items,
                 JournalItem {
+                    company: 1,
+                    currency: 1,
+                    rate: 1,
+                    tag_invert: true,
                     move_id: inv_id,
                     journal: JOURNAL_SALE,
                     seq: 10 + i,
@@ -1472,6 +1651,10 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         push_item(
             &mut items,
             JournalItem {
+                company: 1,
+                currency: 1,
+                rate: 1,
+                tag_invert: true,
                 move_id: inv_id,
                 journal: JOURNAL_SALE,
                 seq: 90,
@@ -1497,6 +1680,10 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         push_item(
             &mut items,
             JournalItem {
+                company: 1,
+                currency: 1,
+                rate: 1,
+                tag_invert: true,
                 move_id: inv_id,
                 journal: JOURNAL_SALE,
                 seq: 99,
@@ -1515,45 +1702,159 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             },
         );
         let invoice_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
+        if refunded {
+            // The credit note: income and tax debited back with the "-"
+            // grids (not inverted: not an inbound document), receivable
+            // credited and reconciled with the invoice's.
+            let (_, product, qty, price, subtotal, tax) = order_lines[0];
+            move_id += 1;
+            refund_seq += 1;
+            let refund_at = inv_at + Duration::days(5);
+            let refund_prefix = format!("RINV/{}/", refund_at.format("%Y"));
+            let refund_name = format!("{refund_prefix}{refund_seq:05}");
+            let reason = format!("Reversal of: {inv_name}, damaged goods");
+            moves.push(
+                Entry {
+                    currency: 1,
+                    rate: 1,
+                    id: move_id,
+                    seq: refund_seq,
+                    journal: JOURNAL_SALE,
+                    company: 1,
+                    partner,
+                    salesperson: true,
+                    prefix: &refund_prefix,
+                    name: &refund_name,
+                    reference: Some(&reason),
+                    move_type: "out_refund",
+                    payment_state: "paid",
+                    origin: Some(&origin),
+                    date: refund_at,
+                    due: true,
+                    untaxed: subtotal,
+                    tax,
+                    total: refund_total,
+                    residual: 0,
+                    total_signed: -refund_total,
+                    residual_signed: 0,
+                }
+                .row(),
+            );
+            let pname = format!(
+                "[FURN_{product:04}] {}",
+                PRODUCTS[(product - 1) % PRODUCTS.len()]
+            );
+            let refund_line = JournalItem {
+                company: 1,
+                currency: 1,
+                rate: 1,
+                tag_invert: false,
+                move_id,
+                journal: JOURNAL_SALE,
+                seq: 10,
+                account: ACC_INCOME,
+                partner,
+                product: Some(product),
+                name: &pname,
+                display: "product",
+                debit: subtotal,
+                credit: 0,
+                residual: 0,
+                qty,
+                price,
+                when: refund_at,
+                move_name: &refund_name,
+            };
+            push_item(&mut items, refund_line);
+            if let Some(row) = items.last() {
+                line_taxes.push(vec![row[0].clone(), "1".into()]);
+                line_tags.push(vec![row[0].clone(), (TAG_SALES_BASE + 1).to_string()]);
+            }
+            push_item(
+                &mut items,
+                JournalItem {
+                    seq: 90,
+                    account: ACC_TAX,
+                    product: None,
+                    name: "Tax 15%",
+                    display: "tax",
+                    debit: tax,
+                    qty: 1,
+                    price: tax,
+                    ..refund_line
+                },
+            );
+            if let Some(row) = items.last() {
+                line_tags.push(vec![row[0].clone(), (TAG_SALES_TAX + 1).to_string()]);
+            }
+            push_item(
+                &mut items,
+                JournalItem {
+                    seq: 99,
+                    account: ACC_RECEIVABLE,
+                    product: None,
+                    name: &refund_name,
+                    display: "payment_term",
+                    debit: 0,
+                    credit: refund_total,
+                    qty: 1,
+                    price: refund_total,
+                    ..refund_line
+                },
+            );
+            let refund_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
+            reconciles.push(vec![
+                (reconciles.len() + 1).to_string(),
+                invoice_receivable.clone(),
+                refund_receivable,
+                "1".into(),
+                "1".into(),
+                "1".into(),
+                date(refund_at),
+                money(refund_total),
+                money(refund_total),
+                money(refund_total),
+                ts(refund_at),
+                ts(refund_at),
+            ]);
+        }
         if !paid {
             continue;
         }
+        // The customer pays what the credit note left open.
+        let total = total - refund_total;
         move_id += 1;
         pay_seq += 1;
         let pay_at = inv_at + Duration::days(g.rng.gen_range(1..40));
         let pay_name = format!("PBNK1/{}/{pay_seq:05}", pay_at.format("%Y"));
-        moves.push(vec![
-            move_id.to_string(),
-            pay_seq.to_string(),
-            JOURNAL_BANK.to_string(),
-            "1".into(),
-            partner.to_string(),
-            partner.to_string(),
-            "1".into(),
-            NULL.into(),
-            "2".into(),
-            "2".into(),
-            format!("PBNK1/{}/", pay_at.format("%Y")),
-            pay_name.clone(),
-            esc(&inv_name),
-            "posted".into(),
-            "entry".into(),
-            "no".into(),
-            "not_paid".into(),
-            NULL.into(),
-            date(pay_at),
-            NULL.into(),
-            NULL.into(),
-            NULL.into(),
-            "0".into(),
-            "0".into(),
-            money(total),
-            "0".into(),
-            money(total),
-            "0".into(),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
+        let pay_prefix = format!("PBNK1/{}/", pay_at.format("%Y"));
+        moves.push(
+            Entry {
+                currency: 1,
+                rate: 1,
+                id: move_id,
+                seq: pay_seq,
+                journal: JOURNAL_BANK,
+                company: 1,
+                partner,
+                salesperson: false,
+                prefix: &pay_prefix,
+                name: &pay_name,
+                reference: Some(&inv_name),
+                move_type: "entry",
+                payment_state: "not_paid",
+                origin: None,
+                date: pay_at,
+                due: false,
+                untaxed: 0,
+                tax: 0,
+                total,
+                residual: 0,
+                total_signed: total,
+                residual_signed: 0,
+            }
+            .row(),
+        );
         // Bank debit, receivable credit.
         for (seq, account, debit, credit) in
             [(10, ACC_BANK, total, 0), (20, ACC_RECEIVABLE, 0, total)]
@@ -1561,6 +1862,10 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             push_item(
                 &mut items,
                 JournalItem {
+                    company: 1,
+                    currency: 1,
+                    rate: 1,
+                    tag_invert: false,
                     move_id,
                     journal: JOURNAL_BANK,
                     seq,
@@ -1635,41 +1940,42 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             items.push(line.row(item_id));
             item_id
         };
-        moves.push(vec![
-            bill_id.to_string(),
-            bill_seq.to_string(),
-            JOURNAL_PURCHASE.to_string(),
-            "1".into(),
-            vendor.to_string(),
-            vendor.to_string(),
-            "1".into(),
-            "2".into(),
-            "2".into(),
-            "2".into(),
-            format!("BILL/{}/", at.format("%Y")),
-            bill_name.clone(),
-            format!("INV-{b:04}"),
-            "posted".into(),
-            "in_invoice".into(),
-            "no".into(),
-            if paid { "paid" } else { "not_paid" }.into(),
-            NULL.into(),
-            date(at),
-            date(at),
-            date(at + Duration::days(30)),
-            NULL.into(),
-            money(total),
-            "0".into(),
-            money(total),
-            money(residual),
-            money(-total),
-            money(-residual),
-            ts(at),
-            ts(at),
-        ]);
+        let bill_prefix = format!("BILL/{}/", at.format("%Y"));
+        let bill_ref = format!("INV-{b:04}");
+        moves.push(
+            Entry {
+                currency: 1,
+                rate: 1,
+                id: bill_id,
+                seq: bill_seq,
+                journal: JOURNAL_PURCHASE,
+                company: 1,
+                partner: vendor,
+                salesperson: true,
+                prefix: &bill_prefix,
+                name: &bill_name,
+                reference: Some(&bill_ref),
+                move_type: "in_invoice",
+                payment_state: if paid { "paid" } else { "not_paid" },
+                origin: None,
+                date: at,
+                due: true,
+                untaxed: total,
+                tax: 0,
+                total,
+                residual,
+                total_signed: -total,
+                residual_signed: -residual,
+            }
+            .row(),
+        );
         // Every line of the bill and its payment: the vendor, no product,
         // one unit at the bill's total.
         let bill_line = JournalItem {
+            company: 1,
+            currency: 1,
+            rate: 1,
+            tag_invert: false,
             move_id: bill_id,
             journal: JOURNAL_PURCHASE,
             seq: 10,
@@ -1707,38 +2013,34 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         pay_seq += 1;
         let pay_at = at + Duration::days(g.rng.gen_range(5..45));
         let pay_name = format!("PBNK1/{}/{pay_seq:05}", pay_at.format("%Y"));
-        moves.push(vec![
-            move_id.to_string(),
-            pay_seq.to_string(),
-            JOURNAL_BANK.to_string(),
-            "1".into(),
-            vendor.to_string(),
-            vendor.to_string(),
-            "1".into(),
-            NULL.into(),
-            "2".into(),
-            "2".into(),
-            format!("PBNK1/{}/", pay_at.format("%Y")),
-            pay_name.clone(),
-            esc(&bill_name),
-            "posted".into(),
-            "entry".into(),
-            "no".into(),
-            "not_paid".into(),
-            NULL.into(),
-            date(pay_at),
-            NULL.into(),
-            NULL.into(),
-            NULL.into(),
-            "0".into(),
-            "0".into(),
-            money(total),
-            "0".into(),
-            money(total),
-            "0".into(),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
+        let pay_prefix = format!("PBNK1/{}/", pay_at.format("%Y"));
+        moves.push(
+            Entry {
+                currency: 1,
+                rate: 1,
+                id: move_id,
+                seq: pay_seq,
+                journal: JOURNAL_BANK,
+                company: 1,
+                partner: vendor,
+                salesperson: false,
+                prefix: &pay_prefix,
+                name: &pay_name,
+                reference: Some(&bill_name),
+                move_type: "entry",
+                payment_state: "not_paid",
+                origin: None,
+                date: pay_at,
+                due: false,
+                untaxed: 0,
+                tax: 0,
+                total,
+                residual: 0,
+                total_signed: total,
+                residual_signed: 0,
+            }
+            .row(),
+        );
         let payment_line = JournalItem {
             move_id,
             journal: JOURNAL_BANK,
@@ -1797,6 +2099,239 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             esc(&bill_name),
             date(pay_at),
             money(total),
+            "t".into(),
+            "t".into(),
+            ts(pay_at),
+            ts(pay_at),
+        ]);
+    }
+    // The second company: invoices straight from its sales journal (no
+    // orders), 10% tax with the same grids, about 60% paid through its own
+    // bank journal. A generator of its own keeps the first company's data
+    // as it was.
+    let mut g2 = Gen::new(seed.wrapping_add(2));
+    let n_invoices_2 = (scale.orders / 10).max(2);
+    let (mut inv2_seq, mut pay2_seq) = (0usize, 0usize);
+    for d in 1..=n_invoices_2 {
+        let partner = g2.rng.gen_range(2..=n_partners);
+        let at = g.start + Duration::minutes((d * span_minutes / n_invoices_2) as i64 + 300);
+        let n_lines = g2.rng.gen_range(1..=3);
+        let paid = g2.rng.gen_bool(0.6);
+        // Every fourth invoice is in Czech koruna, 25 to the euro.
+        let (currency, rate) = if d % 4 == 0 {
+            (CURRENCY_CZK, 25)
+        } else {
+            (1, 1)
+        };
+        let lines2: Vec<(usize, i64, i64, i64, i64)> = (0..n_lines)
+            .map(|_| {
+                let product = g2.rng.gen_range(1..=scale.products);
+                let qty = g2.rng.gen_range(1..=10) as i64;
+                let price = Gen::price(product);
+                (product, qty, price, qty * price, qty * price / 10)
+            })
+            .collect();
+        let untaxed: i64 = lines2.iter().map(|l| l.3).sum();
+        let tax_total: i64 = lines2.iter().map(|l| l.4).sum();
+        let total = untaxed + tax_total;
+        let residual = if paid { 0 } else { total };
+        move_id += 1;
+        inv2_seq += 1;
+        let inv_id = move_id;
+        let prefix = format!("INV/{}/", at.format("%Y"));
+        let inv_name = format!("{prefix}{inv2_seq:05}");
+        moves.push(
+            Entry {
+                currency,
+                rate,
+                id: inv_id,
+                seq: inv2_seq,
+                journal: JOURNAL_SALE_2,
+                company: 2,
+                partner,
+                salesperson: true,
+                prefix: &prefix,
+                name: &inv_name,
+                reference: None,
+                move_type: "out_invoice",
+                payment_state: if paid { "paid" } else { "not_paid" },
+                origin: None,
+                date: at,
+                due: true,
+                untaxed,
+                tax: tax_total,
+                total,
+                residual,
+                total_signed: total,
+                residual_signed: residual,
+            }
+            .row(),
+        );
+        let mut item = |items: &mut Vec<Vec<String>>, line: JournalItem| {
+            item_id += 1;
+            items.push(line.row(item_id));
+            item_id
+        };
+        let base = JournalItem {
+            company: 2,
+            currency,
+            rate,
+            tag_invert: true,
+            move_id: inv_id,
+            journal: JOURNAL_SALE_2,
+            seq: 10,
+            account: ACC_INCOME,
+            partner,
+            product: None,
+            name: &inv_name,
+            display: "product",
+            debit: 0,
+            credit: 0,
+            residual: 0,
+            qty: 1,
+            price: 0,
+            when: at,
+            move_name: &inv_name,
+        };
+        for (i, &(product, qty, price, subtotal, _)) in lines2.iter().enumerate() {
+            let pname = format!(
+                "[FURN_{product:04}] {}",
+                PRODUCTS[(product - 1) % PRODUCTS.len()]
+            );
+            let id = item(
+                &mut items,
+                JournalItem {
+                    seq: 10 + i,
+                    product: Some(product),
+                    name: &pname,
+                    credit: subtotal,
+                    qty,
+                    price,
+                    ..base
+                },
+            );
+            line_taxes.push(vec![id.to_string(), "3".into()]);
+            line_tags.push(vec![id.to_string(), TAG_SALES_BASE.to_string()]);
+        }
+        let tax_item = item(
+            &mut items,
+            JournalItem {
+                seq: 90,
+                account: ACC_TAX,
+                name: "Tax 10%",
+                display: "tax",
+                credit: tax_total,
+                price: tax_total,
+                ..base
+            },
+        );
+        line_tags.push(vec![tax_item.to_string(), TAG_SALES_TAX.to_string()]);
+        let receivable = item(
+            &mut items,
+            JournalItem {
+                seq: 99,
+                account: ACC_RECEIVABLE,
+                display: "payment_term",
+                debit: total,
+                residual,
+                price: total,
+                ..base
+            },
+        );
+        if !paid {
+            continue;
+        }
+        move_id += 1;
+        pay_seq += 1;
+        pay2_seq += 1;
+        let pay_at = at + Duration::days(g2.rng.gen_range(3..50));
+        let pay_prefix = format!("PBNK1/{}/", pay_at.format("%Y"));
+        let pay_name = format!("{pay_prefix}{pay2_seq:05}");
+        moves.push(
+            Entry {
+                currency,
+                rate,
+                id: move_id,
+                seq: pay2_seq,
+                journal: JOURNAL_BANK_2,
+                company: 2,
+                partner,
+                salesperson: false,
+                prefix: &pay_prefix,
+                name: &pay_name,
+                reference: Some(&inv_name),
+                move_type: "entry",
+                payment_state: "not_paid",
+                origin: None,
+                date: pay_at,
+                due: false,
+                untaxed: 0,
+                tax: 0,
+                total,
+                residual: 0,
+                total_signed: total,
+                residual_signed: 0,
+            }
+            .row(),
+        );
+        let payment = JournalItem {
+            tag_invert: false,
+            move_id,
+            journal: JOURNAL_BANK_2,
+            name: &pay_name,
+            when: pay_at,
+            move_name: &pay_name,
+            price: total,
+            ..base
+        };
+        item(
+            &mut items,
+            JournalItem {
+                seq: 10,
+                account: ACC_BANK,
+                debit: total,
+                ..payment
+            },
+        );
+        let paid_item = item(
+            &mut items,
+            JournalItem {
+                seq: 20,
+                account: ACC_RECEIVABLE,
+                credit: total,
+                ..payment
+            },
+        );
+        reconciles.push(vec![
+            (reconciles.len() + 1).to_string(),
+            receivable.to_string(),
+            paid_item.to_string(),
+            currency.to_string(),
+            currency.to_string(),
+            "2".into(),
+            date(pay_at),
+            money(total),
+            money(total * rate),
+            money(total * rate),
+            ts(pay_at),
+            ts(pay_at),
+        ]);
+        payments.push(vec![
+            pay_seq.to_string(),
+            move_id.to_string(),
+            JOURNAL_BANK_2.to_string(),
+            "2".into(),
+            currency.to_string(),
+            partner.to_string(),
+            "2".into(),
+            "2".into(),
+            pay_name,
+            "paid".into(),
+            "inbound".into(),
+            "customer".into(),
+            esc(&inv_name),
+            date(pay_at),
+            money(total * rate),
             "t".into(),
             "t".into(),
             ts(pay_at),

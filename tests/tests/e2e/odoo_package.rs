@@ -485,6 +485,129 @@ async fn the_odoo_package_installs_and_equals_postgres_with_balanced_books() {
         "inventory valuation: {off} of {valued} products valued otherwise than their layers"
     );
 
+    // The books have two companies and credit notes; the checks above ran
+    // over both. The data has what they need: refunds signed negative,
+    // invoices left partly open by a credit note, "-" grids on the credit
+    // notes' items (grid 03 and 54 above equal the tax report only if
+    // tax_negate is applied to them).
+    assert_eq!(
+        env.sql(
+            "SELECT (SELECT count(DISTINCT company_id) FROM odoo_gold.gl_journal_items) || ' ' || \
+                    (SELECT count(*) > 0 FROM odoo_gold.invoices WHERE move_type = 'out_refund' AND amount_total_signed < 0) || ' ' || \
+                    (SELECT count(*) > 0 FROM odoo_gold.invoices WHERE payment_state = 'partial' AND first_payment_date IS NOT NULL) || ' ' || \
+                    (SELECT count(*) > 0 FROM public.account_account_tag_account_move_line_rel r \
+                       JOIN public.account_account_tag t ON t.id = r.account_account_tag_id WHERE t.tax_negate) || ' ' || \
+                    (SELECT count(DISTINCT company_id) FROM odoo_gold.tax_grids)"
+        )
+        .trim(),
+        "2 true true true 2",
+        "two companies, refunds, partly open invoices and \"-\" grids"
+    );
+    // Invoices in a foreign currency (the generator's koruna, 25 to the
+    // euro): the items keep both amounts, the invoices their amounts in the
+    // invoice's currency beside the signed company-currency ones.
+    assert_eq!(
+        env.sql(
+            "SELECT (SELECT count(*) FROM odoo_gold.gl_journal_items WHERE currency_id <> 1 AND balance <> 0) || ' ' || \
+                    (SELECT count(*) FROM odoo_gold.gl_journal_items WHERE currency_id <> 1 AND amount_currency <> 25 * balance) || ' ' || \
+                    (SELECT count(*) > 0 FROM odoo_gold.invoices WHERE currency_id <> 1) || ' ' || \
+                    (SELECT count(*) FROM odoo_gold.invoices WHERE currency_id <> 1 AND amount_total <> 25 * amount_total_signed)"
+        )
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" "),
+        "0 true 0",
+        "foreign-currency amounts: {}",
+        env.sql("SELECT currency_id, count(*), sum(balance), sum(amount_currency) FROM odoo_gold.gl_journal_items GROUP BY 1")
+    );
+    assert!(
+        number(
+            &env,
+            "SELECT count(*) FROM odoo_gold.gl_journal_items WHERE currency_id <> 1 AND balance <> 0"
+        ) > 0.0,
+        "no foreign-currency item: the check proves nothing"
+    );
+    // Each company reads its own account codes (code_store) and closes its
+    // fiscal year in its own month: the first in March, the second in
+    // December.
+    assert_eq!(
+        env.sql(
+            "SELECT string_agg(DISTINCT company_id || ':' || length(account_code), ' ') FROM odoo_gold.gl_journal_items"
+        )
+        .trim(),
+        "1:6 2:4",
+        "account codes per company"
+    );
+    assert_eq!(
+        env.sql(
+            "SELECT string_agg(company_id || '@' || month_end || '=' || fiscal_year, ' ' ORDER BY company_id, month_end) \
+             FROM (SELECT DISTINCT company_id, month_end, fiscal_year FROM odoo_gold.trial_balance \
+                   WHERE (company_id, month_end) IN ((1, '2025-03-31'), (1, '2025-04-30'), (2, '2025-04-30'), (2, '2025-12-31'), (2, '2026-01-31'))) x"
+        )
+        .trim(),
+        "1@2025-03-31=2025 1@2025-04-30=2026 2@2025-04-30=2025 2@2025-12-31=2025 2@2026-01-31=2026",
+        "fiscal years per company"
+    );
+    // The companies option: installed again for the second company only,
+    // every published model holds its rows and none of the first's, and
+    // its trial balance is what it was beside the first.
+    let tb2 = "SELECT string_agg(concat_ws(' ', month_end, account_id, opening_balance, debit, credit, closing_balance), ',' \
+               ORDER BY month_end, account_id) FROM odoo_gold.trial_balance WHERE company_id = 2";
+    let before = env.sql(tb2);
+    let redone = states(
+        &env,
+        "SELECT object, state FROM medallion.install_package('odoo', '{\"companies\": [2]}')",
+    );
+    assert!(
+        redone
+            .iter()
+            .any(|(o, s)| o == "gold.odoo_gl_journal_items" && s != "unchanged"),
+        "{redone:?}"
+    );
+    let r = env.catch_up_and_refine().await;
+    for m in [
+        "odoo_gl_journal_items",
+        "odoo_trial_balance",
+        "odoo_invoices",
+        "odoo_tax_grids",
+    ] {
+        let t = r
+            .tables
+            .iter()
+            .find(|t| t.layer == Layer::Gold && t.name == m)
+            .unwrap_or_else(|| panic!("{m} not refreshed after the companies option changed"));
+        assert_eq!(t.state, ObjectState::Ok, "{m}: {:?}", t.error);
+        env.gold_differences(m)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let with_company: Vec<String> = env
+        .sql(
+            "SELECT table_name FROM information_schema.columns \
+             WHERE table_schema = 'odoo_gold' AND column_name = 'company_id' ORDER BY 1",
+        )
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(with_company.len() >= 15, "{with_company:?}");
+    let first_company = with_company
+        .iter()
+        .map(|t| format!("(SELECT count(*) FROM odoo_gold.{t} WHERE company_id <> 2)"))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    assert_eq!(
+        number(&env, &format!("SELECT {first_company}")),
+        0.0,
+        "rows of the first company left in odoo_gold"
+    );
+    assert!(
+        number(&env, "SELECT count(*) FROM odoo_gold.gl_journal_items") > 0.0,
+        "the second company's items are published"
+    );
+    assert_eq!(env.sql(tb2), before, "the second company's trial balance");
+
     // A model of the user's reading a package model keeps uninstall from
     // dropping it, unless cascade.
     env.sql(
