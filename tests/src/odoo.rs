@@ -756,6 +756,121 @@ impl Entry<'_> {
     }
 }
 
+/// A bank payment: its `account_payment` row and its journal entry.
+#[derive(Clone, Copy)]
+struct Payment<'a> {
+    /// The `account_payment` id.
+    id: usize,
+    move_id: usize,
+    /// Its number in the journal's sequence.
+    seq: usize,
+    journal: i64,
+    company: i64,
+    currency: i64,
+    rate: i64,
+    partner: usize,
+    prefix: &'a str,
+    name: &'a str,
+    /// The document it pays.
+    memo: &'a str,
+    date: NaiveDateTime,
+    /// In company currency, cents.
+    amount: i64,
+    /// A customer's payment (else one to a vendor).
+    inbound: bool,
+}
+
+impl Payment<'_> {
+    fn entry(&self) -> Vec<String> {
+        Entry {
+            currency: self.currency,
+            rate: self.rate,
+            id: self.move_id,
+            seq: self.seq,
+            journal: self.journal,
+            company: self.company,
+            partner: self.partner,
+            salesperson: false,
+            prefix: self.prefix,
+            name: self.name,
+            reference: Some(self.memo),
+            move_type: "entry",
+            payment_state: "not_paid",
+            origin: None,
+            date: self.date,
+            due: false,
+            untaxed: 0,
+            tax: 0,
+            total: self.amount,
+            residual: 0,
+            total_signed: self.amount,
+            residual_signed: 0,
+        }
+        .row()
+    }
+
+    fn row(&self) -> Vec<String> {
+        let (direction, kind) = if self.inbound {
+            ("inbound", "customer")
+        } else {
+            ("outbound", "supplier")
+        };
+        vec![
+            self.id.to_string(),
+            self.move_id.to_string(),
+            self.journal.to_string(),
+            self.company.to_string(),
+            self.currency.to_string(),
+            self.partner.to_string(),
+            "2".into(),
+            "2".into(),
+            self.name.into(),
+            "paid".into(),
+            direction.into(),
+            kind.into(),
+            esc(self.memo),
+            date(self.date),
+            money(self.amount * self.rate),
+            "t".into(),
+            "t".into(),
+            ts(self.date),
+            ts(self.date),
+        ]
+    }
+}
+
+/// A reconciliation of a debit item with a credit item
+/// (`account_partial_reconcile`).
+struct Reconcile {
+    debit_item: String,
+    credit_item: String,
+    company: i64,
+    currency: i64,
+    rate: i64,
+    date: NaiveDateTime,
+    /// In company currency, cents.
+    amount: i64,
+}
+
+impl Reconcile {
+    fn row(&self, id: usize) -> Vec<String> {
+        vec![
+            id.to_string(),
+            self.debit_item.clone(),
+            self.credit_item.clone(),
+            self.currency.to_string(),
+            self.currency.to_string(),
+            self.company.to_string(),
+            date(self.date),
+            money(self.amount),
+            money(self.amount * self.rate),
+            money(self.amount * self.rate),
+            ts(self.date),
+            ts(self.date),
+        ]
+    }
+}
+
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for ch in s.chars() {
@@ -1803,20 +1918,18 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 },
             );
             let refund_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
-            reconciles.push(vec![
-                (reconciles.len() + 1).to_string(),
-                invoice_receivable.clone(),
-                refund_receivable,
-                "1".into(),
-                "1".into(),
-                "1".into(),
-                date(refund_at),
-                money(refund_total),
-                money(refund_total),
-                money(refund_total),
-                ts(refund_at),
-                ts(refund_at),
-            ]);
+            reconciles.push(
+                Reconcile {
+                    debit_item: invoice_receivable.clone(),
+                    credit_item: refund_receivable,
+                    company: 1,
+                    currency: 1,
+                    rate: 1,
+                    date: refund_at,
+                    amount: refund_total,
+                }
+                .row(reconciles.len() + 1),
+            );
         }
         if !paid {
             continue;
@@ -1828,33 +1941,23 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         let pay_at = inv_at + Duration::days(g.rng.gen_range(1..40));
         let pay_name = format!("PBNK1/{}/{pay_seq:05}", pay_at.format("%Y"));
         let pay_prefix = format!("PBNK1/{}/", pay_at.format("%Y"));
-        moves.push(
-            Entry {
-                currency: 1,
-                rate: 1,
-                id: move_id,
-                seq: pay_seq,
-                journal: JOURNAL_BANK,
-                company: 1,
-                partner,
-                salesperson: false,
-                prefix: &pay_prefix,
-                name: &pay_name,
-                reference: Some(&inv_name),
-                move_type: "entry",
-                payment_state: "not_paid",
-                origin: None,
-                date: pay_at,
-                due: false,
-                untaxed: 0,
-                tax: 0,
-                total,
-                residual: 0,
-                total_signed: total,
-                residual_signed: 0,
-            }
-            .row(),
-        );
+        let payment = Payment {
+            id: pay_seq,
+            move_id,
+            seq: pay_seq,
+            journal: JOURNAL_BANK,
+            company: 1,
+            currency: 1,
+            rate: 1,
+            partner,
+            prefix: &pay_prefix,
+            name: &pay_name,
+            memo: &inv_name,
+            date: pay_at,
+            amount: total,
+            inbound: true,
+        };
+        moves.push(payment.entry());
         // Bank debit, receivable credit.
         for (seq, account, debit, credit) in
             [(10, ACC_BANK, total, 0), (20, ACC_RECEIVABLE, 0, total)]
@@ -1885,41 +1988,19 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
             );
         }
         let payment_receivable = items.last().map(|r| r[0].clone()).unwrap_or_default();
-        reconciles.push(vec![
-            (reconciles.len() + 1).to_string(),
-            invoice_receivable,
-            payment_receivable,
-            "1".into(),
-            "1".into(),
-            "1".into(),
-            date(pay_at),
-            money(total),
-            money(total),
-            money(total),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
-        payments.push(vec![
-            pay_seq.to_string(),
-            move_id.to_string(),
-            JOURNAL_BANK.to_string(),
-            "1".into(),
-            "1".into(),
-            partner.to_string(),
-            "2".into(),
-            "2".into(),
-            pay_name,
-            "paid".into(),
-            "inbound".into(),
-            "customer".into(),
-            esc(&inv_name),
-            date(pay_at),
-            money(total),
-            "t".into(),
-            "t".into(),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
+        reconciles.push(
+            Reconcile {
+                debit_item: invoice_receivable,
+                credit_item: payment_receivable,
+                company: 1,
+                currency: 1,
+                rate: 1,
+                date: pay_at,
+                amount: total,
+            }
+            .row(reconciles.len() + 1),
+        );
+        payments.push(payment.row());
     }
     // Vendor bills (expense debit, payable credit), about 60% paid by a bank
     // payment reconciled with the bill's payable line.
@@ -2014,33 +2095,23 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         let pay_at = at + Duration::days(g.rng.gen_range(5..45));
         let pay_name = format!("PBNK1/{}/{pay_seq:05}", pay_at.format("%Y"));
         let pay_prefix = format!("PBNK1/{}/", pay_at.format("%Y"));
-        moves.push(
-            Entry {
-                currency: 1,
-                rate: 1,
-                id: move_id,
-                seq: pay_seq,
-                journal: JOURNAL_BANK,
-                company: 1,
-                partner: vendor,
-                salesperson: false,
-                prefix: &pay_prefix,
-                name: &pay_name,
-                reference: Some(&bill_name),
-                move_type: "entry",
-                payment_state: "not_paid",
-                origin: None,
-                date: pay_at,
-                due: false,
-                untaxed: 0,
-                tax: 0,
-                total,
-                residual: 0,
-                total_signed: total,
-                residual_signed: 0,
-            }
-            .row(),
-        );
+        let payment = Payment {
+            id: pay_seq,
+            move_id,
+            seq: pay_seq,
+            journal: JOURNAL_BANK,
+            company: 1,
+            currency: 1,
+            rate: 1,
+            partner: vendor,
+            prefix: &pay_prefix,
+            name: &pay_name,
+            memo: &bill_name,
+            date: pay_at,
+            amount: total,
+            inbound: false,
+        };
+        moves.push(payment.entry());
         let payment_line = JournalItem {
             move_id,
             journal: JOURNAL_BANK,
@@ -2069,41 +2140,19 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 ..payment_line
             },
         );
-        reconciles.push(vec![
-            (reconciles.len() + 1).to_string(),
-            payment_payable.to_string(),
-            bill_payable.to_string(),
-            "1".into(),
-            "1".into(),
-            "1".into(),
-            date(pay_at),
-            money(total),
-            money(total),
-            money(total),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
-        payments.push(vec![
-            pay_seq.to_string(),
-            move_id.to_string(),
-            JOURNAL_BANK.to_string(),
-            "1".into(),
-            "1".into(),
-            vendor.to_string(),
-            "2".into(),
-            "2".into(),
-            pay_name,
-            "paid".into(),
-            "outbound".into(),
-            "supplier".into(),
-            esc(&bill_name),
-            date(pay_at),
-            money(total),
-            "t".into(),
-            "t".into(),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
+        reconciles.push(
+            Reconcile {
+                debit_item: payment_payable.to_string(),
+                credit_item: bill_payable.to_string(),
+                company: 1,
+                currency: 1,
+                rate: 1,
+                date: pay_at,
+                amount: total,
+            }
+            .row(reconciles.len() + 1),
+        );
+        payments.push(payment.row());
     }
     // The second company: invoices straight from its sales journal (no
     // orders), 10% tax with the same grids, about 60% paid through its own
@@ -2247,34 +2296,24 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
         let pay_at = at + Duration::days(g2.rng.gen_range(3..50));
         let pay_prefix = format!("PBNK1/{}/", pay_at.format("%Y"));
         let pay_name = format!("{pay_prefix}{pay2_seq:05}");
-        moves.push(
-            Entry {
-                currency,
-                rate,
-                id: move_id,
-                seq: pay2_seq,
-                journal: JOURNAL_BANK_2,
-                company: 2,
-                partner,
-                salesperson: false,
-                prefix: &pay_prefix,
-                name: &pay_name,
-                reference: Some(&inv_name),
-                move_type: "entry",
-                payment_state: "not_paid",
-                origin: None,
-                date: pay_at,
-                due: false,
-                untaxed: 0,
-                tax: 0,
-                total,
-                residual: 0,
-                total_signed: total,
-                residual_signed: 0,
-            }
-            .row(),
-        );
-        let payment = JournalItem {
+        let payment = Payment {
+            id: pay_seq,
+            move_id,
+            seq: pay2_seq,
+            journal: JOURNAL_BANK_2,
+            company: 2,
+            currency,
+            rate,
+            partner,
+            prefix: &pay_prefix,
+            name: &pay_name,
+            memo: &inv_name,
+            date: pay_at,
+            amount: total,
+            inbound: true,
+        };
+        moves.push(payment.entry());
+        let payment_item = JournalItem {
             tag_invert: false,
             move_id,
             journal: JOURNAL_BANK_2,
@@ -2290,7 +2329,7 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 seq: 10,
                 account: ACC_BANK,
                 debit: total,
-                ..payment
+                ..payment_item
             },
         );
         let paid_item = item(
@@ -2299,44 +2338,22 @@ pub fn write_base(out: &mut impl Write, scale: Scale, seed: u64) -> io::Result<(
                 seq: 20,
                 account: ACC_RECEIVABLE,
                 credit: total,
-                ..payment
+                ..payment_item
             },
         );
-        reconciles.push(vec![
-            (reconciles.len() + 1).to_string(),
-            receivable.to_string(),
-            paid_item.to_string(),
-            currency.to_string(),
-            currency.to_string(),
-            "2".into(),
-            date(pay_at),
-            money(total),
-            money(total * rate),
-            money(total * rate),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
-        payments.push(vec![
-            pay_seq.to_string(),
-            move_id.to_string(),
-            JOURNAL_BANK_2.to_string(),
-            "2".into(),
-            currency.to_string(),
-            partner.to_string(),
-            "2".into(),
-            "2".into(),
-            pay_name,
-            "paid".into(),
-            "inbound".into(),
-            "customer".into(),
-            esc(&inv_name),
-            date(pay_at),
-            money(total * rate),
-            "t".into(),
-            "t".into(),
-            ts(pay_at),
-            ts(pay_at),
-        ]);
+        reconciles.push(
+            Reconcile {
+                debit_item: receivable.to_string(),
+                credit_item: paid_item.to_string(),
+                company: 2,
+                currency,
+                rate,
+                date: pay_at,
+                amount: total,
+            }
+            .row(reconciles.len() + 1),
+        );
+        payments.push(payment.row());
     }
     for (t, rows) in [
         (&SALE_ORDER, &orders),
