@@ -3,10 +3,14 @@
 //! and a consistent, deterministic business history.
 //!
 //! Two outputs, both plain SQL for `psql`:
-//! - [`write_base`]: DDL + `COPY` blocks: company data, partners, products,
-//!   sale orders with lines, posted customer invoices whose journal items
-//!   balance (receivable debit = income credits + tax credit), payments with
-//!   their journal entries, stock moves and CRM leads.
+//! - [`write_base`]: DDL + `COPY` blocks: two companies (fiscal years ending
+//!   in March and in December, one chart with a code per company), partners,
+//!   products, sale orders with lines, posted customer invoices whose journal
+//!   items balance (receivable debit = income credits + tax credit), credit
+//!   notes reconciled with part of their invoice, vendor bills, payments
+//!   with their journal entries and reconciliations, tax tags ("+" and "-"
+//!   grids), invoices of the second company partly in a foreign currency,
+//!   stock moves with valuation layers and CRM leads.
 //! - [`write_workload`]: a stream of Odoo-like transactions to run *after* the
 //!   base is loaded (new orders, confirmations, invoicing, payments, partner
 //!   edits, draft-line deletes, large HTML notes that become unchanged-TOAST
