@@ -17,11 +17,15 @@
 //!   scale, the 25th decimal place: operands with at most 12 decimal places
 //!   each, as money, quantities and rates have, are never rounded);
 //! - a product whose integer part does not fit `38 - max(s1, s2)` digits is
-//!   an error at refresh ("cannot be represented in decimal(38, 24)"), never
+//!   an error at refresh ("a product does not fit Decimal128(38, 24)"), never
 //!   a wrong value. Lower `MEDALLION_NUMERIC_SCALE` (e.g. 12: 26 integer
 //!   digits) or cast the operands to a narrower `numeric(p, s)` in the model.
 //!
-//! Products whose scale fits 38 are left to DataFusion.
+//! Products whose scale fits 38 are left to DataFusion. The product of two
+//! stored numerics is `numeric_mul` ([`NumericMul`]): where the operands' trailing zeros
+//! cover the decimals to drop (money, quantities and rates at the lake
+//! scale have at least 12 each), it is one checked 128-bit multiplication,
+//! exact; otherwise the 256-bit product, rounded as above.
 //!
 //! **Division.** DataFusion gives `decimal(38, 24) / decimal(38, 24)` the
 //! scale 38 and scales the dividend by 10^38 first, which overflows for
@@ -111,6 +115,167 @@ fn div_round(a: i256, b: i256) -> i256 {
     }
 }
 
+/// Products of two `decimal(38, _)` scaled integers at `drop` fewer
+/// decimals than their scales add up to.
+///
+/// Fast path: the dropped decimals are taken from the operands' own
+/// trailing zeros (a value stored with at most 12 decimals at scale 24 has
+/// 12 zero digits), then one checked 128-bit multiplication — exact,
+/// nothing rounded. Otherwise the product is formed in 256 bits and rounded
+/// half away from zero.
+struct ScaledProduct {
+    /// Powers of ten `(px, py)` to divide the operands by, tried in order.
+    splits: [(i128, i128); 3],
+    /// `10^drop`, for the 256-bit path.
+    divisor: i256,
+}
+
+/// 10^38: a `decimal(38, _)` value's magnitude is below it.
+const DECIMAL128_LIMIT: i128 = 10i128.pow(38);
+
+impl ScaledProduct {
+    fn new(drop: u32) -> Self {
+        let p = |k: u32| 10i128.pow(k);
+        let half = drop / 2;
+        ScaledProduct {
+            splits: [(p(drop - half), p(half)), (p(drop), 1), (1, p(drop))],
+            divisor: pow10(drop),
+        }
+    }
+
+    /// `a · b`, `None` where it does not fit 38 digits.
+    fn of(&self, a: i128, b: i128) -> Option<i128> {
+        for (px, py) in self.splits {
+            if a % px == 0 && b % py == 0 {
+                return (a / px)
+                    .checked_mul(b / py)
+                    .filter(|p| p.abs() < DECIMAL128_LIMIT);
+            }
+        }
+        let product = i256::from_i128(a).checked_mul(i256::from_i128(b))?;
+        let q = div_round(product, self.divisor).to_i128()?;
+        (q.abs() < DECIMAL128_LIMIT).then_some(q)
+    }
+}
+
+/// Quotients of two `decimal(38, _)` scaled integers:
+/// `round(x · 10^e / d)`, half away from zero.
+///
+/// Fast path: the divisor's trailing zeros cancel part of `10^e` (an
+/// integer divisor stored at scale 24 cancels all of it, one with at most
+/// 12 decimals half), then 128-bit arithmetic where the dividend times the
+/// rest of `10^e` fits. Otherwise 256 bits.
+struct ScaledQuotient {
+    /// `(10^j, 10^(e - j))`: divisor stripped of `j` zeros, dividend scaled
+    /// by the rest; larger `j` first.
+    strips: [(i128, i128); 3],
+    /// `10^e`, for the 256-bit path.
+    factor: i256,
+}
+
+impl ScaledQuotient {
+    fn new(e: u32) -> Self {
+        let p = |k: u32| 10i128.checked_pow(k);
+        let strip = |j: u32| p(j).zip(p(e - j)).unwrap_or((1, 0));
+        ScaledQuotient {
+            strips: [strip(e), strip(e / 2), strip(0)],
+            factor: pow10(e),
+        }
+    }
+
+    /// `x / d` (`d` not zero), `None` where it does not fit 38 digits.
+    fn of(&self, x: i128, d: i128) -> Option<i128> {
+        for (pj, pe) in self.strips {
+            // `pe` 0: 10^(e - j) does not fit 128 bits; 256 bits below.
+            if pe != 0 && d % pj == 0 {
+                let Some(n) = x.checked_mul(pe) else {
+                    break; // a smaller `j` only makes `n` larger
+                };
+                let m = d / pj;
+                let (q, r) = (n.checked_div(m)?, n % m);
+                let q = if r.unsigned_abs() * 2 >= m.unsigned_abs() {
+                    if (n < 0) != (m < 0) { q - 1 } else { q + 1 }
+                } else {
+                    q
+                };
+                return (q.abs() < DECIMAL128_LIMIT).then_some(q);
+            }
+        }
+        let scaled = i256::from_i128(x).checked_mul(self.factor)?;
+        let q = div_round(scaled, i256::from_i128(d)).to_i128()?;
+        (q.abs() < DECIMAL128_LIMIT).then_some(q)
+    }
+}
+
+/// `a * b` of two `decimal(38, s)` whose scales add up beyond 38: exact
+/// where it can be, rounded half away from zero at `max(s1, s2)` decimals,
+/// an error where the result does not fit `decimal(38, max(s1, s2))`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NumericMul {
+    signature: Signature,
+}
+
+impl Default for NumericMul {
+    fn default() -> Self {
+        NumericMul {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for NumericMul {
+    fn name(&self) -> &str {
+        "numeric_mul"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        match args {
+            [DataType::Decimal128(..), DataType::Decimal128(..)] => Ok(args.to_vec()),
+            _ => plan_err!("numeric_mul takes two decimal(38, s)"),
+        }
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        let [a, b] = args else {
+            return plan_err!("numeric_mul takes two decimals");
+        };
+        Ok(DataType::Decimal128(
+            38,
+            decimal_scale(a)?.max(decimal_scale(b)?),
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [a, b] = arrays.as_slice() else {
+            return internal_err!("numeric_mul takes two decimals");
+        };
+        let (s1, s2) = (decimal_scale(a.data_type())?, decimal_scale(b.data_type())?);
+        let scale = s1.max(s2);
+        let drop = (i16::from(s1) + i16::from(s2) - i16::from(scale)) as u32;
+        let (a, b) = (
+            a.as_primitive::<Decimal128Type>(),
+            b.as_primitive::<Decimal128Type>(),
+        );
+        let scaled = ScaledProduct::new(drop);
+        let product: Decimal128Array = arrow::compute::kernels::arity::try_binary(a, b, |x, y| {
+            scaled.of(x, y).ok_or_else(|| {
+                arrow::error::ArrowError::ComputeError(format!(
+                    "numeric value out of range: a product does not fit Decimal128(38, {scale}) \
+                         (lower MEDALLION_NUMERIC_SCALE or cast the operands to a narrower numeric)"
+                ))
+            })
+        })?;
+        Ok(ColumnarValue::Array(Arc::new(
+            product.with_precision_and_scale(38, scale)?,
+        )))
+    }
+}
+
 /// Decimal division with Postgres' rounding at `max(s1, s2)` decimals.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct NumericDiv {
@@ -168,17 +333,38 @@ impl ScalarUDFImpl for NumericDiv {
         let (s1, s2) = (decimal_scale(a.data_type())?, decimal_scale(b.data_type())?);
         let scale = s1.max(s2);
         // a / b at `scale`: (a · 10^(scale - s1 + s2)) / b, all integers.
-        let factor = pow10((i16::from(scale) - i16::from(s1) + i16::from(s2)) as u32);
+        let e = (i16::from(scale) - i16::from(s1) + i16::from(s2)) as u32;
         let wide = is256(a.data_type()) || is256(b.data_type());
-        let (digits, limit) = if wide {
-            (76, pow10(76))
-        } else {
-            (38, pow10(38))
-        };
+        if !wide {
+            let quotient = ScaledQuotient::new(e);
+            let (a, b) = (
+                a.as_primitive::<Decimal128Type>(),
+                b.as_primitive::<Decimal128Type>(),
+            );
+            let q: Decimal128Array = arrow::compute::kernels::arity::try_binary(a, b, |x, d| {
+                if d == 0 {
+                    return Err(arrow::error::ArrowError::ComputeError(
+                        "division by zero".into(),
+                    ));
+                }
+                quotient.of(x, d).ok_or_else(|| {
+                    arrow::error::ArrowError::ComputeError(format!(
+                        "numeric value out of range: a quotient does not fit decimal(38, {scale}) \
+                         (lower MEDALLION_NUMERIC_SCALE or cast to a narrower numeric)"
+                    ))
+                })
+            })?;
+            return Ok(ColumnarValue::Array(Arc::new(
+                q.with_precision_and_scale(38, scale)?,
+            )));
+        }
+        // An operand is 256-bit (a sum or an average): 256 bits throughout.
+        let factor = pow10(e);
+        let limit = pow10(76);
         let (a, b) = (values_i256(a)?, values_i256(b)?);
         let out_of_range = || {
             exec_err!(
-                "numeric value out of range: a quotient does not fit decimal({digits}, {scale}) (lower MEDALLION_NUMERIC_SCALE or cast to a narrower numeric)"
+                "numeric value out of range: a quotient does not fit decimal(76, {scale}) (lower MEDALLION_NUMERIC_SCALE or cast to a narrower numeric)"
             )
         };
         let mut out: Vec<Option<i256>> = Vec::with_capacity(a.len());
@@ -199,18 +385,8 @@ impl ScalarUDFImpl for NumericDiv {
             }
             out.push(Some(q));
         }
-        let array: ArrayRef = if wide {
-            Arc::new(Decimal256Array::from(out).with_precision_and_scale(76, scale)?)
-        } else {
-            Arc::new(
-                Decimal128Array::from(
-                    out.into_iter()
-                        .map(|q| q.and_then(|q| q.to_i128()))
-                        .collect::<Vec<_>>(),
-                )
-                .with_precision_and_scale(38, scale)?,
-            )
-        };
+        let array: ArrayRef =
+            Arc::new(Decimal256Array::from(out).with_precision_and_scale(76, scale)?);
         Ok(ColumnarValue::Array(array))
     }
 }
@@ -381,10 +557,13 @@ impl ExprPlanner for WideProduct {
             }
             (s1, s2, DataType::Decimal256(76, s1.max(s2)))
         } else {
-            let Some((s1, s2, scale)) = wide_product(&l, &r) else {
+            if wide_product(&l, &r).is_none() {
                 return Ok(PlannerResult::Original(expr));
-            };
-            (s1, s2, DataType::Decimal128(38, scale))
+            }
+            let mul = ScalarUDF::new_from_impl(NumericMul::default());
+            return Ok(PlannerResult::Planned(
+                mul.call(vec![expr.left, expr.right]),
+            ));
         };
         let wide = |e: Expr, s: i8| Expr::Cast(Cast::new(Box::new(e), DataType::Decimal256(76, s)));
         let product = binary_expr(
@@ -440,6 +619,99 @@ mod tests {
             .to_string();
         assert!(text.contains("13551.55"), "{text}");
         assert!(text.contains("4517.182166666666666666666667"), "{text}");
+    }
+
+    #[test]
+    fn products_are_exact_on_the_fast_path_and_rounded_on_the_wide_one() {
+        // Scale 24 × scale 24 → 24: 24 decimals dropped.
+        let p = ScaledProduct::new(24);
+        let at24 = |units: i128, decimals: u32| units * 10i128.pow(24 - decimals);
+        // 1234.56 × 3.5 = 4320.96: both operands have trailing zeros.
+        assert_eq!(p.of(at24(123456, 2), at24(35, 1)), Some(at24(432096, 2)));
+        assert_eq!(p.of(at24(-123456, 2), at24(35, 1)), Some(at24(-432096, 2)));
+        // One operand with all 24 decimals used, the other an integer.
+        let third = 333_333_333_333_333_333_333_333i128; // 0.333… (24 digits)
+        assert_eq!(
+            p.of(third, at24(3, 0)),
+            Some(999_999_999_999_999_999_999_999)
+        );
+        // Neither operand has 12 zero digits: the 256-bit path, rounded half
+        // away from zero at the 25th decimal (0.333…3 × 0.5 = 0.1666…65).
+        assert_eq!(
+            p.of(third, at24(5, 1)),
+            Some(166_666_666_666_666_666_666_667)
+        );
+        assert_eq!(
+            p.of(-third, at24(5, 1)),
+            Some(-166_666_666_666_666_666_666_667)
+        );
+        assert_eq!(p.of(third, third), Some(111_111_111_111_111_111_111_111));
+        // The same values either way: the fast path agrees with 256 bits.
+        for (a, b) in [
+            (at24(7, 0), at24(-13, 3)),
+            (at24(99_999, 2), at24(12_345, 4)),
+        ] {
+            let wide = div_round(
+                i256::from_i128(a).wrapping_mul(i256::from_i128(b)),
+                pow10(24),
+            )
+            .to_i128();
+            assert_eq!(p.of(a, b), wide);
+        }
+        // 10^7 × 10^7 = 10^14 fits 38 - 24 = 14 integer digits only below 10^14.
+        assert_eq!(p.of(at24(10_000_000, 0), at24(10_000_000, 0)), None);
+        assert!(p.of(at24(9_999_999, 0), at24(10_000_000, 0)).is_some());
+        // Out of range on the wide path too.
+        assert_eq!(p.of(i128::MAX / 10, i128::MAX / 10), None);
+        // Scales 24 × 2 → 24: two decimals dropped, from either operand.
+        let p = ScaledProduct::new(2);
+        assert_eq!(p.of(third, 150), Some(500_000_000_000_000_000_000_000)); // × 1.50, rounded
+        assert_eq!(p.of(at24(1, 0), 155), Some(at24(155, 2))); // 1 × 1.55, exact
+        assert_eq!(p.of(third, 155), Some(516_666_666_666_666_666_666_666)); // × 1.55, rounded
+    }
+
+    #[test]
+    fn quotients_agree_with_256_bits_on_every_path() {
+        let at24 = |units: i128, decimals: u32| units * 10i128.pow(24 - decimals);
+        let wide = |x: i128, d: i128, e: u32| {
+            div_round(
+                i256::from_i128(x).wrapping_mul(pow10(e)),
+                i256::from_i128(d),
+            )
+            .to_i128()
+        };
+        // Scale 24 / scale 24: 10^24 to cancel. Divisors: an integer (all
+        // zeros strip: the fast path without scaling), money (12 strip),
+        // a 24-digit value (none strip: 256 bits).
+        let q = ScaledQuotient::new(24);
+        let third = 333_333_333_333_333_333_333_333i128;
+        let cases = [
+            (at24(2, 0), at24(3, 0)),
+            (at24(-2, 0), at24(3, 0)),
+            (at24(2, 0), at24(-3, 0)),
+            (at24(123_456, 2), at24(100, 0)),
+            (at24(1, 0), at24(-7, 1)),
+            (at24(98_765_432, 3), at24(123_456, 2)),
+            (at24(5, 1), third),
+            (third, third),
+            (at24(99_999_999_999_999, 0), at24(3, 0)),
+        ];
+        for (x, d) in cases {
+            assert_eq!(q.of(x, d), wide(x, d, 24), "{x} / {d}");
+        }
+        assert_eq!(
+            q.of(at24(2, 0), at24(3, 0)),
+            Some(666_666_666_666_666_666_666_667)
+        );
+        assert_eq!(q.of(at24(-1, 0), at24(8, 0)), Some(-at24(125, 3)));
+        // Out of range: 10^13 / 10^-3 = 10^16 has more than 14 integer digits.
+        assert_eq!(q.of(at24(10_000_000_000_000, 0), at24(1, 3)), None);
+        // Scale 24 / integer (`x / 100`, the integer as decimal(20, 0)):
+        // nothing to cancel, 128 bits.
+        let q = ScaledQuotient::new(0);
+        assert_eq!(q.of(at24(12_345, 2), 100), Some(at24(12_345, 4)));
+        assert_eq!(q.of(third, 2), Some(166_666_666_666_666_666_666_667));
+        assert_eq!(q.of(-third, 2), Some(-166_666_666_666_666_666_666_667));
     }
 
     #[test]
