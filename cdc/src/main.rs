@@ -14,6 +14,15 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: medallion::heap::Allocator = medallion::heap::Allocator;
 
+/// jemalloc reads its options from this symbol before `main` (the crate's
+/// jemalloc is built with the `_rjem_` prefix): see
+/// `medallion::heap::MALLOC_CONF` for what they are and why.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: Option<&'static std::ffi::c_char> =
+    // SAFETY: the pointer is that of a static NUL-terminated string.
+    Some(unsafe { &*medallion::heap::MALLOC_CONF.as_ptr() });
+
 #[derive(Parser)]
 #[command(
     name = "medallion",
@@ -299,6 +308,14 @@ async fn medallion_main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { until_caught_up } => {
             tracing::info!(config = %cfg.describe(), "medallion starting");
+            if let Some(heap) = medallion::heap::settings() {
+                tracing::info!(
+                    background_thread = heap.background_thread,
+                    dirty_decay_ms = heap.dirty_decay_ms,
+                    muzzy_decay_ms = heap.muzzy_decay_ms,
+                    "heap: jemalloc purging"
+                );
+            }
             let metrics = Arc::new(medallion::metrics::Metrics::default());
             let shutdown = stop_on_signal()?;
             serve_endpoints(&cfg, &metrics, true, &shutdown).await?;
@@ -497,4 +514,23 @@ async fn medallion_main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The options of `malloc_conf` reach jemalloc: a misspelt symbol or
+    /// option would leave its defaults (no background thread, 10 s decay)
+    /// without any error.
+    #[test]
+    fn jemalloc_runs_with_the_binarys_purging_options() {
+        let heap = medallion::heap::settings().expect("jemalloc is the allocator");
+        assert_eq!(
+            heap,
+            medallion::heap::HeapSettings {
+                background_thread: true,
+                dirty_decay_ms: 1000,
+                muzzy_decay_ms: 0,
+            }
+        );
+    }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     refiner_running: Gauge,
     heap_allocated: Gauge<u64, AtomicU64>,
     heap_resident: Gauge<u64, AtomicU64>,
+    heap_active: Gauge<u64, AtomicU64>,
+    heap_metadata: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -54,6 +56,8 @@ impl Default for Metrics {
             refiner_running: Gauge::default(),
             heap_allocated: Gauge::default(),
             heap_resident: Gauge::default(),
+            heap_active: Gauge::default(),
+            heap_metadata: Gauge::default(),
         };
         // Every series exists from the start (0), so an alert on a rate or
         // on a value sees it before the first event.
@@ -113,6 +117,16 @@ impl Default for Metrics {
             "medallion_heap_resident_bytes",
             "Bytes of heap pages the allocator keeps resident (jemalloc)",
             m.heap_resident.clone(),
+        );
+        r.register(
+            "medallion_heap_active_bytes",
+            "Bytes in heap pages that hold live allocations (jemalloc); active minus allocated is fragmentation",
+            m.heap_active.clone(),
+        );
+        r.register(
+            "medallion_heap_metadata_bytes",
+            "Bytes of the allocator's own bookkeeping (jemalloc)",
+            m.heap_metadata.clone(),
         );
         m
     }
@@ -186,6 +200,8 @@ impl Metrics {
         if let Some(h) = crate::heap::stats() {
             self.heap_allocated.set(h.allocated);
             self.heap_resident.set(h.resident);
+            self.heap_active.set(h.active);
+            self.heap_metadata.set(h.metadata);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -239,13 +239,18 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
             .samples
             .push(gauge(&text, "medallion_heap_resident_bytes")? / (1 << 20) as f64);
         // One line a minute: the curve, not only first/last/max, says
-        // whether a rising measure levels off.
+        // whether a rising measure levels off. Active and metadata bytes
+        // tell fragmentation and bookkeeping from unpurged pages when
+        // resident creeps (printed, not judged).
         if series[0].values().len().is_multiple_of(6) {
+            let mib = |name| gauge(&text, name).map(|b| b / (1 << 20) as f64);
             println!(
-                "soak: sample t={}s rss={:.1}MiB heap={:.1}/{:.1}MiB files={} current={} on_disk={} refined={}/{} lag={:.2}MiB",
+                "soak: sample t={}s rss={:.1}MiB heap={:.1}/{:.1}/{:.1}/{:.1}MiB files={} current={} on_disk={} refined={}/{} lag={:.2}MiB",
                 start.elapsed().as_secs(),
                 series[0].values().last().unwrap_or(&0.0),
                 series[5].values().last().unwrap_or(&0.0),
+                mib("medallion_heap_active_bytes")?,
+                mib("medallion_heap_metadata_bytes")?,
                 series[6].values().last().unwrap_or(&0.0),
                 series[1].values().last().unwrap_or(&0.0),
                 current,
