@@ -74,7 +74,14 @@ while IFS= read -r -d '' f; do
 done < <(find "$pkg" -type f -print0)
 if [ $same -eq 0 ]; then
   log "installing pg_medallion into $("$PG_CONFIG" --pkglibdir)"
-  as_root cp -R "$pkg"/. /
+  # Each file is written beside its target and renamed over it: a running
+  # Postgres that has the library loaded keeps its old inode instead of
+  # reading a file rewritten under it (cp would write in place).
+  while IFS= read -r -d '' f; do
+    rel=${f#"$pkg"}
+    as_root install -D -m "$(stat -c %a "$f")" "$f" "$rel.medallion-new"
+    as_root mv -f "$rel.medallion-new" "$rel"
+  done < <(find "$pkg" -type f -print0)
 else
   log "pg_medallion is up to date in the system Postgres 15"
 fi
