@@ -94,17 +94,41 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// COPY text-format escaping of one value.
+/// COPY text-format escaping of one value. The four escaped characters
+/// are ASCII, so runs between them are copied whole.
 fn escape(out: &mut String, s: &str) {
-    for ch in s.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+    let mut rest = s;
+    while let Some(i) = rest.find(['\\', '\t', '\n', '\r']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            _ => "\\r",
+        });
+        rest = &rest[i + 1..];
     }
+    out.push_str(rest);
+}
+
+/// Whether the text arrow renders for a value of this type can never hold
+/// a character COPY escapes (numbers, dates, times), so it is written
+/// straight into the COPY buffer.
+fn renders_plain(t: &DataType) -> bool {
+    t.is_integer()
+        || t.is_floating()
+        || matches!(
+            t,
+            DataType::Decimal32(..)
+                | DataType::Decimal64(..)
+                | DataType::Decimal128(..)
+                | DataType::Decimal256(..)
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(..)
+                | DataType::Time32(_)
+                | DataType::Time64(_)
+        )
 }
 
 fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
@@ -123,6 +147,13 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
                 .map_err(Error::arrow(format!("publish column {}", f.name()))),
         })
         .collect::<Result<_>>()?;
+    let plain: Vec<bool> = batch
+        .columns()
+        .iter()
+        .map(|c| renders_plain(c.data_type()))
+        .collect();
+    // One value's text before it is escaped (kept across values).
+    let mut scratch = String::new();
     for r in 0..batch.num_rows() {
         for (i, c) in batch.columns().iter().enumerate() {
             if i > 0 {
@@ -134,10 +165,15 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
             }
             match c.data_type() {
                 DataType::Boolean => out.push(if c.as_boolean().value(r) { 't' } else { 'f' }),
+                DataType::Utf8 => escape(out, c.as_string::<i32>().value(r)),
+                DataType::LargeUtf8 => escape(out, c.as_string::<i64>().value(r)),
+                DataType::Utf8View => escape(out, c.as_string_view().value(r)),
                 DataType::Binary => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
                     out.push_str("\\\\x");
                     for b in c.as_binary::<i32>().value(r) {
-                        out.push_str(&format!("{b:02x}"));
+                        out.push(HEX[usize::from(b >> 4)] as char);
+                        out.push(HEX[usize::from(b & 0xf)] as char);
                     }
                 }
                 DataType::List(_) => {
@@ -156,11 +192,17 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
                 }
                 _ => match &formatters[i] {
                     Some(f) => {
-                        let v = f.value(r).try_to_string().map_err(Error::arrow(format!(
+                        let failed = Error::arrow(format!(
                             "publish column {} row {r}",
                             batch.schema().field(i).name()
-                        )))?;
-                        escape(out, &v)
+                        ));
+                        if plain[i] {
+                            f.value(r).write(out).map_err(failed)?;
+                        } else {
+                            scratch.clear();
+                            f.value(r).write(&mut scratch).map_err(failed)?;
+                            escape(out, &scratch)
+                        }
                     }
                     None => {
                         return Err(Error::Protocol(format!(
@@ -325,7 +367,9 @@ pub async fn publish(
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(Error::datafusion("publish read"))?;
         copy_text(&batch, &mut buf)?;
-        sink.send(Bytes::from(std::mem::take(&mut buf)))
+        // The next batch's text starts at this one's size: no regrowing.
+        let next = String::with_capacity(buf.len());
+        sink.send(Bytes::from(std::mem::replace(&mut buf, next)))
             .await
             .map_err(Error::pg(format!("publish {schema}.{table}: copy data")))?;
     }
@@ -351,6 +395,168 @@ pub async fn publish(
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// The text of every plain type, written straight into the buffer, and
+    /// of every string type, escaped from the array, is what arrow's
+    /// formatter renders escaped character by character.
+    #[test]
+    fn copy_text_writes_what_the_formatter_renders_escaped() {
+        use arrow::array::*;
+        use arrow::datatypes::i256;
+        let texts = [
+            Some("plain"),
+            Some("tab\there\\back\nnew\rret"),
+            Some("Zoë — 東京 \t"),
+            None,
+            Some(""),
+        ];
+        let batch = RecordBatch::try_from_iter(vec![
+            ("s", Arc::new(StringArray::from(texts.to_vec())) as ArrayRef),
+            ("l", Arc::new(LargeStringArray::from(texts.to_vec())) as _),
+            ("v", Arc::new(StringViewArray::from(texts.to_vec())) as _),
+            (
+                "i",
+                Arc::new(Int64Array::from(vec![
+                    Some(-1),
+                    Some(i64::MAX),
+                    None,
+                    Some(0),
+                    Some(7),
+                ])) as _,
+            ),
+            (
+                "f",
+                Arc::new(Float64Array::from(vec![
+                    Some(1.5),
+                    Some(f64::NAN),
+                    Some(-0.0),
+                    None,
+                    Some(1e300),
+                ])) as _,
+            ),
+            (
+                "d",
+                Arc::new(
+                    Decimal128Array::from(vec![
+                        Some(-12345),
+                        Some(0),
+                        None,
+                        Some(1),
+                        Some(i128::MAX / 10),
+                    ])
+                    .with_precision_and_scale(38, 4)
+                    .unwrap(),
+                ) as _,
+            ),
+            (
+                "w",
+                Arc::new(
+                    Decimal256Array::from(vec![
+                        Some(i256::from_i128(-5)),
+                        None,
+                        Some(i256::MAX),
+                        Some(i256::ZERO),
+                        Some(i256::ONE),
+                    ])
+                    .with_precision_and_scale(76, 24)
+                    .unwrap(),
+                ) as _,
+            ),
+            (
+                "day",
+                Arc::new(Date32Array::from(vec![
+                    Some(0),
+                    Some(-1),
+                    Some(20_000),
+                    None,
+                    Some(2_932_896),
+                ])) as _,
+            ),
+            (
+                "at",
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![
+                        Some(0),
+                        None,
+                        Some(1_700_000_000_123_456),
+                        Some(-1),
+                        Some(86_400_000_000),
+                    ])
+                    .with_timezone("UTC"),
+                ) as _,
+            ),
+            (
+                "local",
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    Some(1),
+                    Some(2),
+                    None,
+                    Some(3),
+                    Some(4),
+                ])) as _,
+            ),
+            (
+                "b",
+                Arc::new(BinaryArray::from(vec![
+                    Some(&b"\x00\xff\t"[..]),
+                    None,
+                    Some(b""),
+                    Some(b"ab"),
+                    Some(b"\\"),
+                ])) as _,
+            ),
+        ])
+        .unwrap();
+        let mut ours = String::new();
+        copy_text(&batch, &mut ours).unwrap();
+
+        // The reference: every value through arrow's formatter, escaped
+        // one character at a time.
+        let opts = FormatOptions::default().with_display_error(false);
+        let mut reference = String::new();
+        for r in 0..batch.num_rows() {
+            for (i, c) in batch.columns().iter().enumerate() {
+                if i > 0 {
+                    reference.push('\t');
+                }
+                if c.is_null(r) {
+                    reference.push_str("\\N");
+                    continue;
+                }
+                let v = match c.data_type() {
+                    DataType::Binary => {
+                        let hex: String = c
+                            .as_binary::<i32>()
+                            .value(r)
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect();
+                        reference.push_str("\\\\x");
+                        reference.push_str(&hex);
+                        continue;
+                    }
+                    _ => ArrayFormatter::try_new(c.as_ref(), &opts)
+                        .unwrap()
+                        .value(r)
+                        .try_to_string()
+                        .unwrap(),
+                };
+                for ch in v.chars() {
+                    match ch {
+                        '\\' => reference.push_str("\\\\"),
+                        '\t' => reference.push_str("\\t"),
+                        '\n' => reference.push_str("\\n"),
+                        '\r' => reference.push_str("\\r"),
+                        c => reference.push(c),
+                    }
+                }
+            }
+            reference.push('\n');
+        }
+        assert_eq!(ours, reference);
+        assert!(ours.contains("tab\\there\\\\back\\nnew\\rret"), "{ours}");
+        assert!(ours.contains("\\\\x00ff09"), "{ours}");
+    }
 
     #[test]
     fn copy_text_escapes_and_nulls() {
