@@ -16,10 +16,11 @@
 //! `sum` of a 128-bit decimal (every stored `numeric`) does not widen the
 //! argument itself: casting each value to 256 bits before adding it was
 //! most of the cost of a grouped sum. Its groups accumulator
-//! ([`WideSumGroups`]) adds the 128-bit values straight into 256-bit
-//! totals, which is as exact; the other accumulators (no `GROUP BY`,
-//! `DISTINCT`, window frames) are DataFusion's over 256-bit values, each
-//! batch cast as it arrives ([`CastToWide`]). `avg` widens its argument.
+//! ([`WideSumGroups`]) and its accumulator without a `GROUP BY` or over a
+//! window frame ([`WideSum`]) add the 128-bit values straight into 256-bit
+//! totals, which is as exact; `DISTINCT` is DataFusion's over 256-bit
+//! values, each batch cast as it arrives ([`CastToWide`]). `avg` widens
+//! its argument.
 
 use std::sync::Arc;
 
@@ -56,10 +57,9 @@ pub(super) fn udafs() -> [AggregateUDF; 2] {
 /// The type a decimal argument is summed in: 76 digits, its own scale.
 fn widened(t: &DataType) -> Option<DataType> {
     match t {
-        DataType::Decimal32(_, s)
-        | DataType::Decimal64(_, s)
-        | DataType::Decimal128(_, s)
-        | DataType::Decimal256(_, s) => Some(DataType::Decimal256(76, *s)),
+        DataType::Decimal32(_, s) | DataType::Decimal64(_, s) | DataType::Decimal128(_, s) => {
+            Some(DataType::Decimal256(76, *s))
+        }
         _ => None,
     }
 }
@@ -125,6 +125,26 @@ impl WideDecimal {
             _ => None,
         }
     }
+
+    /// The accumulator for a kept 128-bit argument: [`WideSum`] (no
+    /// `GROUP BY`, window frames: a window calls it row by row, where a
+    /// cast per call would cost an array per row), or for `DISTINCT`
+    /// DataFusion's (`inner`) over each batch cast to 256 bits. Any other
+    /// argument: `inner` as it is.
+    fn kept_accumulator(
+        &self,
+        args: AccumulatorArgs,
+        inner: impl FnOnce(AccumulatorArgs) -> DfResult<Box<dyn Accumulator>>,
+    ) -> DfResult<Box<dyn Accumulator>> {
+        match self.kept(&args) {
+            Some(to) if !args.is_distinct => Ok(Box::new(WideSum::new(to))),
+            Some(to) => Ok(Box::new(CastToWide {
+                inner: inner(args)?,
+                to,
+            })),
+            None => inner(args),
+        }
+    }
 }
 
 impl AggregateUDFImpl for WideDecimal {
@@ -161,8 +181,8 @@ impl AggregateUDFImpl for WideDecimal {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
-        match arg_types {
-            [t] if self.totals_of(t).is_some() => Ok(self.totals_of(t).unwrap_or(t.clone())),
+        match arg_types.first().and_then(|t| self.totals_of(t)) {
+            Some(totals) if arg_types.len() == 1 => Ok(totals),
             _ => self.of().return_type(arg_types),
         }
     }
@@ -176,11 +196,7 @@ impl AggregateUDFImpl for WideDecimal {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        let inner = self.of().accumulator(args.clone())?;
-        Ok(match self.kept(&args) {
-            Some(to) => Box::new(CastToWide { inner, to }),
-            None => inner,
-        })
+        self.kept_accumulator(args, |a| self.of().accumulator(a))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
@@ -206,11 +222,7 @@ impl AggregateUDFImpl for WideDecimal {
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        let inner = self.of().create_sliding_accumulator(args.clone())?;
-        Ok(match self.kept(&args) {
-            Some(to) => Box::new(CastToWide { inner, to }),
-            None => inner,
-        })
+        self.kept_accumulator(args, |a| self.of().create_sliding_accumulator(a))
     }
 
     fn order_sensitivity(&self) -> AggregateOrderSensitivity {
@@ -233,9 +245,86 @@ impl AggregateUDFImpl for WideDecimal {
     }
 }
 
-/// One of DataFusion's accumulators over 256-bit values, fed 128-bit
-/// input: each batch of input (not of partial states, which are already
-/// 256 bits) is cast as it arrives.
+/// `sum` of 128-bit decimals into one 256-bit total, without a `GROUP BY`
+/// or over a window frame (values leaving the frame are retracted). The
+/// total is `NULL` while no non-null value is in it. Its partial state is
+/// the total, as DataFusion's `sum` declares it.
+#[derive(Debug)]
+struct WideSum {
+    total: i256,
+    /// Non-null values (or non-null partial totals) in the total.
+    count: u64,
+    /// `Decimal256(76, s)`.
+    data_type: DataType,
+}
+
+impl WideSum {
+    fn new(data_type: DataType) -> Self {
+        WideSum {
+            total: i256::ZERO,
+            count: 0,
+            data_type,
+        }
+    }
+}
+
+impl Accumulator for WideSum {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        let [values] = values else {
+            return deltalake::datafusion::common::internal_err!("sum takes one argument");
+        };
+        for v in values.as_primitive::<Decimal128Type>().iter().flatten() {
+            self.total = self.total.wrapping_add(i256::from_i128(v));
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        let [values] = values else {
+            return deltalake::datafusion::common::internal_err!("sum takes one argument");
+        };
+        for v in values.as_primitive::<Decimal128Type>().iter().flatten() {
+            self.total = self.total.wrapping_sub(i256::from_i128(v));
+            self.count -= 1;
+        }
+        Ok(())
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        let [partials] = states else {
+            return deltalake::datafusion::common::internal_err!("sum has one state");
+        };
+        for v in partials.as_primitive::<Decimal256Type>().iter().flatten() {
+            self.total = self.total.wrapping_add(v);
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        ScalarValue::new_primitive::<Decimal256Type>(
+            (self.count > 0).then_some(self.total),
+            &self.data_type,
+        )
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn size(&self) -> usize {
+        size_of::<Self>()
+    }
+}
+
+/// DataFusion's `sum(DISTINCT …)` over 256-bit values, fed 128-bit input:
+/// each batch of input (not of partial states, which are already 256
+/// bits) is cast as it arrives.
 #[derive(Debug)]
 struct CastToWide {
     inner: Box<dyn Accumulator>,
