@@ -253,6 +253,42 @@ fn attempting_commit(url: &Url) {
     }
 }
 
+/// The bronze commits this process attempted so far, per table location
+/// (what the bronze compactor of `medallion run` counts from).
+pub(crate) fn commits_attempted() -> HashMap<Url, u64> {
+    COMMITS_ATTEMPTED
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default()
+}
+
+/// Compactions this process committed, per bronze table location. The
+/// writer re-reads its table's log before its next commit when this moved
+/// (see [`BronzeTable::commit`]), so it commits on the current version:
+/// no conflict check to resolve, and a file list that holds the compacted
+/// files.
+static COMPACTIONS_COMMITTED: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A compaction of the bronze table at `url` was committed.
+pub(crate) fn compaction_committed(url: &Url) {
+    if let Ok(mut m) = COMPACTIONS_COMMITTED.lock() {
+        *m.entry(url.clone()).or_default() += 1;
+    }
+}
+
+fn compactions_committed(url: &Url) -> u64 {
+    COMPACTIONS_COMMITTED
+        .lock()
+        .ok()
+        .and_then(|m| m.get(url).copied())
+        .unwrap_or(0)
+}
+
+/// How often a commit that replaces every file is tried again when the
+/// table moved under it (a compaction committed meanwhile).
+const REPLACE_ALL_TRIES: usize = 5;
+
 /// A bronze Delta table being written.
 pub struct BronzeTable {
     pub id: TableId,
@@ -276,6 +312,8 @@ pub struct BronzeTable {
     /// Columns added to an existing table's schema since last taken (see
     /// [`BronzeTable::take_added_columns`]).
     added_columns: Vec<String>,
+    /// [`compactions_committed`] when the table's state was last read.
+    compactions_seen: u64,
 }
 
 impl BronzeTable {
@@ -315,6 +353,7 @@ impl BronzeTable {
                 .map_err(Error::delta(format!("create bronze {id}")))?
         };
         let existing = source_columns_of(&table)?;
+        let compactions_seen = compactions_committed(&url);
         let mut t = BronzeTable {
             id: id.clone(),
             url,
@@ -333,6 +372,7 @@ impl BronzeTable {
             schema_changed: false,
             replace_all: false,
             added_columns: Vec::new(),
+            compactions_seen,
         };
         t.extend_columns(columns)?;
         Ok(t)
@@ -531,6 +571,78 @@ impl BronzeTable {
         if self.staged.is_empty() && !self.schema_changed && txns.is_empty() {
             return Ok(None);
         }
+        // A compaction committed since the state was read: read the log
+        // up to it, so this commit starts from the current version.
+        let compactions = compactions_committed(&self.url);
+        if compactions != self.compactions_seen {
+            self.table
+                .update_state()
+                .await
+                .map_err(Error::delta(format!("reload bronze {}", self.id)))?;
+            self.compactions_seen = compactions;
+        }
+        let props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata(info);
+        crate::fault::hit(crate::fault::BEFORE_BRONZE_COMMIT);
+        let mut tries = 0;
+        let finalized = loop {
+            tries += 1;
+            let actions = self.commit_actions().await?;
+            let snapshot = self
+                .table
+                .snapshot()
+                .map_err(Error::delta("bronze snapshot"))?;
+            attempting_commit(&self.url);
+            let mut builder = CommitBuilder::from(props.clone()).with_actions(actions);
+            if self.replace_all {
+                // Removing every file is right only on the version the list
+                // was read from: a compaction (another process's `optimize`
+                // or this one's compactor) that committed meanwhile added a
+                // file with the old rows that Delta's conflict check lets
+                // through (its files do not change data). So no automatic
+                // retry on a newer version: read the log and list again.
+                builder = builder.with_max_retries(0);
+            }
+            let done = builder
+                .build(
+                    Some(snapshot),
+                    self.table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: None,
+                        predicate: None,
+                    },
+                )
+                .await;
+            match done {
+                Ok(finalized) => break finalized,
+                Err(e)
+                    if self.replace_all
+                        && tries < REPLACE_ALL_TRIES
+                        && crate::lake::moved_under(&e) =>
+                {
+                    tracing::debug!(table = %self.id, error = %e, "the table moved under a replacing commit; listing its files again");
+                    self.table
+                        .update_state()
+                        .await
+                        .map_err(Error::delta(format!("reload bronze {}", self.id)))?;
+                }
+                Err(e) => return Err(commit_error(&self.id, e)),
+            }
+        };
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot());
+        self.staged.clear();
+        self.schema_changed = false;
+        self.replace_all = false;
+        Ok(Some(version as i64))
+    }
+
+    /// The actions of the next commit on the table's current state: the
+    /// staged files, the removal of every current file when replacing, the
+    /// new schema when columns were added.
+    async fn commit_actions(&self) -> Result<Vec<Action>> {
         let mut actions: Vec<Action> = self.staged.iter().cloned().map(Action::Add).collect();
         if self.replace_all {
             let old: Vec<_> = self
@@ -564,34 +676,7 @@ impl BronzeTable {
                 })?;
             actions.push(Action::Metadata(meta));
         }
-        crate::fault::hit(crate::fault::BEFORE_BRONZE_COMMIT);
-        let props = CommitProperties::default()
-            .with_application_transactions(txns)
-            .with_metadata(info);
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(Error::delta("bronze snapshot"))?;
-        attempting_commit(&self.url);
-        let finalized = CommitBuilder::from(props)
-            .with_actions(actions)
-            .build(
-                Some(snapshot),
-                self.table.log_store(),
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by: None,
-                    predicate: None,
-                },
-            )
-            .await
-            .map_err(|e| commit_error(&self.id, e))?;
-        let version = finalized.version();
-        self.table.state = Some(finalized.snapshot());
-        self.staged.clear();
-        self.schema_changed = false;
-        self.replace_all = false;
-        Ok(Some(version as i64))
+        Ok(actions)
     }
 
     /// The version recorded for `app_id` in the table (`txn` action).

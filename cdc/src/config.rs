@@ -74,7 +74,10 @@ pub struct Config {
     /// bounds memory, never splits a source transaction.
     pub silver_batch_rows: usize,
     /// The refiner compacts a silver or gold table it wrote once that many
-    /// of its files are small (`MEDALLION_COMPACT_SMALL_FILES`); 0 never.
+    /// of its files are small, and `medallion run` compacts a bronze table
+    /// beside the stream once that many commits arrived and that many of
+    /// its files are of about one size (`MEDALLION_COMPACT_SMALL_FILES`,
+    /// default 16; see [`crate::compactor`]); 0 never.
     pub compact_small_files: usize,
     /// Where published tables go (`MEDALLION_PUBLISH_DATABASE_URL`); the
     /// source database when unset.

@@ -326,6 +326,19 @@ impl TableCache {
 }
 
 /// The version recorded for `app_id` in the table's `txn` actions.
+/// Whether a commit built with no automatic retry
+/// (`CommitBuilder::with_max_retries(0)`) failed only because the table
+/// has a newer version than the one it was built on.
+pub(crate) fn moved_under(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError as T;
+    matches!(
+        e,
+        deltalake::DeltaTableError::Transaction {
+            source: T::MaxCommitAttempts(_) | T::VersionAlreadyExists(_),
+        } | deltalake::DeltaTableError::VersionAlreadyExists(_)
+    )
+}
+
 pub(crate) async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
     let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
     snapshot

@@ -25,6 +25,7 @@ pub mod audit;
 pub mod bronze;
 pub mod catalog;
 pub mod check;
+pub mod compactor;
 pub mod config;
 pub mod decode;
 mod error;

@@ -330,6 +330,16 @@ async fn medallion_main() -> anyhow::Result<()> {
                     medallion::refine::run_loop(&cfg, shutdown, metrics, Some(acknowledged)).await
                 })
             });
+            // Bronze's small files are compacted beside the stream.
+            let compactor = (!until_caught_up).then(|| {
+                let cfg = cfg.clone();
+                let shutdown = shutdown.clone();
+                let metrics = metrics.clone();
+                let acknowledged = acknowledged.clone();
+                tokio::spawn(async move {
+                    medallion::compactor::run_loop(&cfg, shutdown, metrics, acknowledged).await
+                })
+            });
             let run = replicate::run(
                 &cfg,
                 RunOptions {
@@ -359,6 +369,14 @@ async fn medallion_main() -> anyhow::Result<()> {
                     }
                 }
             };
+            if let Some(task) = compactor {
+                shutdown.cancel();
+                match task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "bronze compaction stopped"),
+                    Err(e) => tracing::warn!(error = %e, "bronze compaction task"),
+                }
+            }
             let summary = summary.context("medallion run failed")?;
             println!(
                 "medallion: {} snapshot rows, {} changes, {} bronze commits, acknowledged {}",

@@ -21,6 +21,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LayerLabel {
     layer: &'static str,
 }
@@ -40,6 +45,8 @@ pub struct Metrics {
     heap_resident: Gauge<u64, AtomicU64>,
     heap_active: Gauge<u64, AtomicU64>,
     heap_metadata: Gauge<u64, AtomicU64>,
+    bronze_compactions: Family<OutcomeLabel, Counter>,
+    bronze_files_compacted: Counter,
 }
 
 impl Default for Metrics {
@@ -58,6 +65,8 @@ impl Default for Metrics {
             heap_resident: Gauge::default(),
             heap_active: Gauge::default(),
             heap_metadata: Gauge::default(),
+            bronze_compactions: Family::default(),
+            bronze_files_compacted: Counter::default(),
         };
         // Every series exists from the start (0), so an alert on a rate or
         // on a value sees it before the first event.
@@ -66,6 +75,12 @@ impl Default for Metrics {
         }
         for layer in ["silver", "gold"] {
             drop(m.failed.get_or_create(&LayerLabel { layer }));
+        }
+        for outcome in crate::compactor::OUTCOMES {
+            drop(
+                m.bronze_compactions
+                    .get_or_create(&OutcomeLabel { outcome }),
+            );
         }
         let r = &mut m.registry;
         r.register(
@@ -128,6 +143,16 @@ impl Default for Metrics {
             "Bytes of the allocator's own bookkeeping (jemalloc)",
             m.heap_metadata.clone(),
         );
+        r.register(
+            "medallion_bronze_compactions",
+            "Bronze compaction passes of `medallion run` by outcome: compacted, nothing (no size class was due), retry (the files moved; tried again), failed (logged)",
+            m.bronze_compactions.clone(),
+        );
+        r.register(
+            "medallion_bronze_files_compacted",
+            "Small bronze files `medallion run` rewrote into larger ones",
+            m.bronze_files_compacted.clone(),
+        );
         m
     }
 }
@@ -152,6 +177,15 @@ impl Metrics {
             RetryPolicy::Never => "fatal",
         };
         self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// One bronze table's compaction pass ended with `outcome` (one of
+    /// [`crate::compactor::OUTCOMES`]) after rewriting `files` small files.
+    pub fn bronze_compaction(&self, outcome: &'static str, files: u64) {
+        self.bronze_compactions
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        self.bronze_files_compacted.inc_by(files);
     }
 
     /// The replication stream started (`true`) or stopped (`false`).

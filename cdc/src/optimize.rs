@@ -90,14 +90,89 @@ pub(crate) struct Compaction {
     pub written: usize,
 }
 
-/// Rewrite `table`'s files smaller than half of `target_bytes` into files of
-/// about `target_bytes`, when at least `min_small` of them are small.
-async fn compact(
+/// Which small files a compaction rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// Every file under half the target size, once at least `min_small`
+    /// are (`medallion optimize`, the refiner's silver and gold).
+    AllSmall,
+    /// Files of about the same size, once at least `min_small` of one size
+    /// class are (the bronze compactor of `medallion run`, see
+    /// [`crate::compactor`]). A size class spans a factor of
+    /// [`SIZE_CLASS_FACTOR`]; `min_small` files of one class add up to the
+    /// next class or more, so a row is rewritten about once per class on its
+    /// way to the target size, not each time a few small files arrive.
+    SizeTiered,
+}
+
+/// The width of a size class of [`Selection::SizeTiered`].
+pub(crate) const SIZE_CLASS_FACTOR: u64 = 8;
+
+/// A data file as the selection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileSize {
+    pub bytes: u64,
+    /// When it was written (ms since the epoch): bins follow write order,
+    /// so a bronze file keeps a narrow range of positions.
+    pub written_ms: i64,
+}
+
+fn size_class(bytes: u64) -> u32 {
+    bytes.max(1).ilog(SIZE_CLASS_FACTOR)
+}
+
+/// The bins to rewrite, each a list of indexes into `files` (each bin of at
+/// least two files, at most about `target_bytes`, in write order).
+pub(crate) fn plan_bins(
+    files: &[FileSize],
+    selection: Selection,
+    target_bytes: u64,
+    min_small: usize,
+) -> Vec<Vec<usize>> {
+    let min_small = min_small.max(2);
+    let mut small: Vec<usize> = (0..files.len())
+        .filter(|&i| files[i].bytes < target_bytes / 2)
+        .collect();
+    small.sort_by_key(|&i| (files[i].written_ms, i));
+    let groups: Vec<Vec<usize>> = match selection {
+        Selection::AllSmall => vec![small],
+        Selection::SizeTiered => {
+            let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+            for i in small {
+                by_class
+                    .entry(size_class(files[i].bytes))
+                    .or_default()
+                    .push(i);
+            }
+            by_class.into_values().collect()
+        }
+    };
+    let mut bins: Vec<Vec<usize>> = Vec::new();
+    for group in groups.into_iter().filter(|g| g.len() >= min_small) {
+        let mut size = 0u64;
+        let first = bins.len();
+        for i in group {
+            if bins.len() == first || size + files[i].bytes > target_bytes {
+                bins.push(Vec::new());
+                size = 0;
+            }
+            size += files[i].bytes;
+            bins.last_mut().expect("pushed").push(i);
+        }
+    }
+    bins.retain(|b| b.len() >= 2);
+    bins
+}
+
+/// Rewrite `table`'s small files (see [`Selection`]) into files of about
+/// `target_bytes`, when at least `min_small` of them qualify.
+pub(crate) async fn compact(
     table: &mut DeltaTable,
     url: &Url,
     storage: &HashMap<String, String>,
     target_bytes: u64,
     min_small: usize,
+    selection: Selection,
 ) -> Result<Compaction> {
     let files: Vec<_> = table
         .get_active_add_actions_by_partitions(&[])
@@ -105,29 +180,17 @@ async fn compact(
         .await
         .map_err(Error::delta(format!("list files of {url}")))?;
     let before = files.len();
-    let mut small: Vec<_> = files
-        .into_iter()
-        .filter(|f| (f.size() as u64) < target_bytes / 2)
+    let sizes: Vec<FileSize> = files
+        .iter()
+        .map(|f| FileSize {
+            bytes: f.size().max(0) as u64,
+            written_ms: f.modification_time(),
+        })
         .collect();
-    if small.len() < min_small.max(2) {
-        return Ok(Compaction {
-            before,
-            ..Compaction::default()
-        });
-    }
-    small.sort_by_key(|f| f.path().to_string());
-    // Bins of small files up to the target size.
-    let mut bins: Vec<Vec<_>> = Vec::new();
-    let mut size = 0u64;
-    for f in small {
-        if bins.is_empty() || size + f.size() as u64 > target_bytes {
-            bins.push(Vec::new());
-            size = 0;
-        }
-        size += f.size() as u64;
-        bins.last_mut().expect("pushed").push(f);
-    }
-    bins.retain(|b| b.len() >= 2);
+    let bins: Vec<Vec<_>> = plan_bins(&sizes, selection, target_bytes, min_small)
+        .into_iter()
+        .map(|bin| bin.into_iter().map(|i| files[i].clone()).collect())
+        .collect();
     let (mut compacted, mut written) = (0, 0);
     for bin in bins {
         let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
@@ -168,8 +231,7 @@ async fn compact(
             .flush()
             .await
             .map_err(Error::delta("optimize flush"))?;
-        written += adds.len();
-        compacted += bin.len();
+        let added = adds.len();
         let mut actions: Vec<Action> = adds
             .into_iter()
             .map(|mut a| {
@@ -179,8 +241,65 @@ async fn compact(
             .collect();
         actions.extend(bin.iter().map(|f| Action::Remove(f.remove_action(false))));
         crate::fault::hit(crate::fault::MID_COMPACTION);
-        let finalized = CommitBuilder::from(CommitProperties::default())
-            .with_actions(actions)
+        if commit_compaction(table, url, actions, &bin, target_bytes).await? {
+            written += added;
+            compacted += bin.len();
+        }
+    }
+    Ok(Compaction {
+        before,
+        compacted,
+        written,
+    })
+}
+
+/// How often a compaction's commit is tried on a newer version.
+const COMPACTION_COMMIT_TRIES: usize = 10;
+
+/// Commit one bin's compaction (`actions`: its new files, then the removal
+/// of `bin`) on the table's newest version, and only while every file of
+/// `bin` is still in it. Delta's conflict check does not see two
+/// compactions removing the same file (their removals do not change data),
+/// so letting it rebase this commit could keep the rows twice: another
+/// `optimize`, or this process's bronze compactor, may have compacted the
+/// same files meanwhile. So the commit is built without automatic retry,
+/// and when the table moved the log is read again and the files checked
+/// again. False: the files are gone (the new files are deleted; vacuum
+/// would delete them too).
+async fn commit_compaction(
+    table: &mut DeltaTable,
+    url: &Url,
+    actions: Vec<Action>,
+    bin: &[deltalake::kernel::LogicalFileView],
+    target_bytes: u64,
+) -> Result<bool> {
+    for attempt in 1..=COMPACTION_COMMIT_TRIES {
+        table
+            .update_state()
+            .await
+            .map_err(Error::delta(format!("reload {url}")))?;
+        let active: std::collections::HashSet<String> = table
+            .get_active_add_actions_by_partitions(&[])
+            .map_ok(|f| f.path().to_string())
+            .try_collect()
+            .await
+            .map_err(Error::delta(format!("list files of {url}")))?;
+        if !bin.iter().all(|f| active.contains(f.path().as_ref())) {
+            tracing::debug!(table = %url, "files to compact were removed meanwhile; compaction dropped");
+            let store = table.object_store();
+            for a in &actions {
+                if let Action::Add(add) = a {
+                    let _ = store
+                        .delete(&deltalake::Path::from(add.path.as_str()))
+                        .await;
+                }
+            }
+            return Ok(false);
+        }
+        let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
+        let done = CommitBuilder::from(CommitProperties::default())
+            .with_actions(actions.clone())
+            .with_max_retries(0)
             .build(
                 Some(snapshot),
                 table.log_store(),
@@ -189,18 +308,24 @@ async fn compact(
                     target_size: target_bytes as i64,
                 },
             )
-            .await
-            .map_err(|e| Error::Delta {
-                context: format!("optimize commit {url}"),
-                source: e,
-            })?;
-        table.state = Some(finalized.snapshot());
+            .await;
+        match done {
+            Ok(finalized) => {
+                table.state = Some(finalized.snapshot());
+                return Ok(true);
+            }
+            Err(e) if attempt < COMPACTION_COMMIT_TRIES && crate::lake::moved_under(&e) => {
+                tracing::debug!(table = %url, attempt, "the table moved under a compaction; checking its files again");
+            }
+            Err(e) => {
+                return Err(Error::Delta {
+                    context: format!("optimize commit {url}"),
+                    source: e,
+                });
+            }
+        }
     }
-    Ok(Compaction {
-        before,
-        compacted,
-        written,
-    })
+    unreachable!("the last attempt returns")
 }
 
 /// Compact a silver or gold table the refiner has just written, once at
@@ -226,7 +351,15 @@ pub(crate) async fn compact_refined(
     {
         return Ok(Compaction::default());
     }
-    let done = compact(table, url, lake.storage(), REFINED_TARGET_BYTES, min_small).await?;
+    let done = compact(
+        table,
+        url,
+        lake.storage(),
+        REFINED_TARGET_BYTES,
+        min_small,
+        Selection::AllSmall,
+    )
+    .await?;
     if done.compacted > 0 {
         tracing::info!(
             table = %url,
@@ -348,7 +481,15 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
             continue;
         };
         let done = if layer == "bronze" {
-            compact(&mut table, &url, lake.storage(), opts.target_bytes, 2).await?
+            compact(
+                &mut table,
+                &url,
+                lake.storage(),
+                opts.target_bytes,
+                2,
+                Selection::AllSmall,
+            )
+            .await?
         } else {
             Compaction {
                 before: table
@@ -382,4 +523,72 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(sizes: &[u64]) -> Vec<FileSize> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &bytes)| FileSize {
+                bytes,
+                // written in reverse of their index: bins follow write order
+                written_ms: 1_000 - i as i64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn size_tiered_bins_hold_files_of_one_size_class_in_write_order() {
+        const MIB: u64 = 1 << 20;
+        // 5 files of ~20 KB (class 4), 3 of ~300 KB (class 6), one big file.
+        let f = files(&[
+            20_000,
+            21_000,
+            300_000,
+            19_000,
+            310_000,
+            22_000,
+            320_000,
+            20_500,
+            100 * MIB,
+        ]);
+        // Each class has fewer than 6 files: nothing is due.
+        assert!(plan_bins(&f, Selection::SizeTiered, 128 * MIB, 6).is_empty());
+        // 5 tiny files are due; the 3 of class 6 are not; the big one never.
+        assert_eq!(
+            plan_bins(&f, Selection::SizeTiered, 128 * MIB, 4),
+            vec![vec![7, 5, 3, 1, 0]]
+        );
+        // Both classes due: one bin each, never mixing them.
+        assert_eq!(
+            plan_bins(&f, Selection::SizeTiered, 128 * MIB, 3),
+            vec![vec![7, 5, 3, 1, 0], vec![6, 4, 2]]
+        );
+        // All small files together, as `optimize` does.
+        assert_eq!(
+            plan_bins(&f, Selection::AllSmall, 128 * MIB, 2),
+            vec![vec![7, 6, 5, 4, 3, 2, 1, 0]]
+        );
+        // A bin stops at the target size; a bin of one file is no bin.
+        assert_eq!(
+            plan_bins(&f, Selection::SizeTiered, 50_000, 4),
+            vec![vec![7, 5], vec![3, 1]]
+        );
+    }
+
+    #[test]
+    fn min_small_files_of_one_class_add_up_to_a_higher_class() {
+        for bytes in [1u64, 7, 8, 4_096, 20_000, 32_767, 1 << 20, 9 << 20] {
+            let class = size_class(bytes);
+            let lowest = SIZE_CLASS_FACTOR.pow(class);
+            assert!(lowest <= bytes && bytes < lowest * SIZE_CLASS_FACTOR);
+            // A compaction merges at least SIZE_CLASS_FACTOR files of a class
+            // (the default `compact_small_files` is 16).
+            assert!(size_class(lowest * SIZE_CLASS_FACTOR) > class);
+        }
+    }
 }

@@ -693,6 +693,142 @@ async fn optimize_compacts_and_vacuums_while_the_sidecar_runs() {
     );
 }
 
+/// `OPTIMIZE` commits in a table's Delta log.
+fn optimize_commits(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("_delta_log"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .filter(|e| {
+                    std::fs::read_to_string(e.path())
+                        .is_ok_and(|log| log.contains("\"operation\":\"OPTIMIZE\""))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_compacts_bronze_beside_the_stream_and_a_kill_mid_compaction_changes_nothing() {
+    let env = Env::new();
+    env.sql("CREATE TABLE ev (id int PRIMARY KEY, v int)");
+    env.sql("INSERT INTO ev SELECT g, g FROM generate_series(1, 100) g");
+    env.sql("SELECT medallion.add_source('ev')");
+    // A commit per small transaction, a compaction every 4 commits; bronze only.
+    let compacting = [
+        ("MEDALLION_FLUSH_INTERVAL_MS", "20"),
+        ("MEDALLION_COMPACT_SMALL_FILES", "4"),
+        ("MEDALLION_REFINE_INTERVAL_MS", "0"),
+    ];
+    let (mut next, mut inserted, mut updated, mut deleted) = (101, 0, 0, 0);
+    let mut change = |env: &Env, round: usize| {
+        env.sql(&format!(
+            "INSERT INTO ev SELECT g, g FROM generate_series({next}, {}) g",
+            next + 9
+        ));
+        env.sql(&format!("UPDATE ev SET v = v + 1 WHERE id = {next}"));
+        inserted += 10;
+        updated += 1;
+        if round.is_multiple_of(5) {
+            env.sql(&format!("DELETE FROM ev WHERE id = {}", next + 1));
+            deleted += 1;
+        }
+        next += 10;
+    };
+    // First run: dies like kill -9 in its second compaction, after the new
+    // files are written and before the commit that removes the small ones.
+    let log = tempfile::NamedTempFile::new().expect("stderr file");
+    let mut envs = compacting.to_vec();
+    envs.push(("MEDALLION_FAULT", "mid_compaction:2"));
+    let mut child = env
+        .sidecar(&["run"], &envs)
+        .stderr(Stdio::from(log.reopen().expect("stderr file")))
+        .spawn()
+        .expect("spawn sidecar");
+    // The changes start after the copy, so each is in the stream.
+    wait_until(Duration::from_secs(60), "public.ev is streaming", || {
+        env.sql("SELECT state FROM medallion.table_status WHERE name = 'public.ev'")
+            .trim()
+            == "streaming"
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut round = 0;
+    while child.try_wait().expect("sidecar state").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never reached its second compaction"
+        );
+        round += 1;
+        change(&env, round);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        err.contains("fault injected at mid_compaction "),
+        "the sidecar died at the compaction's fault point: {err}"
+    );
+    let dir = env.bronze("public", "ev");
+    let first_run = optimize_commits(&dir);
+    assert_eq!(
+        first_run, 1,
+        "the first compaction committed, the second did not"
+    );
+    // Second run: compacts again while the stream goes on.
+    let mut child = KillOnDrop(
+        env.sidecar(&["run"], &compacting)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sidecar"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let started = round;
+    while round < started + 40 || optimize_commits(&dir) < first_run + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the running sidecar compacted {} times in 180 s",
+            optimize_commits(&dir) - first_run
+        );
+        round += 1;
+        change(&env, round);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let target = env.sql("SELECT pg_current_wal_lsn()");
+    wait_until(Duration::from_secs(60), "the sidecar caught up", || {
+        env.sql(&format!(
+            "SELECT confirmed_flush_lsn >= '{}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'medallion'",
+            target.trim()
+        ))
+        .trim()
+            == "t"
+    });
+    sigterm(&child.0);
+    let st = wait_exit(&mut child.0, Duration::from_secs(30));
+    assert!(st.success(), "SIGTERM exits cleanly: {st:?}");
+    env.catch_up().await;
+    // Every change once, in one snapshot generation, in fewer files than commits.
+    env.assert_bronze_matches("public", "ev").await;
+    assert_eq!(env.snapshot_generations("public", "ev").await, 1);
+    assert_eq!(
+        env.bronze_op_counts("public", "ev").await,
+        format!("delete={deleted} insert={inserted} snapshot=100 update={updated}")
+    );
+    let table = medallion::lake::Lake::from_config(&env.cfg())
+        .expect("lake")
+        .open(&url::Url::from_directory_path(&dir).expect("table URL"))
+        .await
+        .expect("open bronze")
+        .expect("bronze table");
+    let (files, version) = (
+        table.snapshot().expect("snapshot").log_data().num_files(),
+        table.version().expect("version"),
+    );
+    assert!(
+        files * 4 < version as usize,
+        "{files} files after {version} commits"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_with_a_default_is_backfilled_by_a_resync() {
     // `ADD COLUMN … DEFAULT` gives existing rows the value without a WAL
