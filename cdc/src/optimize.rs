@@ -264,8 +264,8 @@ const COMPACTION_COMMIT_TRIES: usize = 10;
 /// `optimize`, or this process's bronze compactor, may have compacted the
 /// same files meanwhile. So the commit is built without automatic retry,
 /// and when the table moved the log is read again and the files checked
-/// again. False: the files are gone (the new files are deleted; vacuum
-/// would delete them too).
+/// again. False: the files are gone, or the table moved during each try
+/// (the new files are deleted; vacuum would delete them too).
 async fn commit_compaction(
     table: &mut DeltaTable,
     url: &Url,
@@ -286,14 +286,7 @@ async fn commit_compaction(
             .map_err(Error::delta(format!("list files of {url}")))?;
         if !bin.iter().all(|f| active.contains(f.path().as_ref())) {
             tracing::debug!(table = %url, "files to compact were removed meanwhile; compaction dropped");
-            let store = table.object_store();
-            for a in &actions {
-                if let Action::Add(add) = a {
-                    let _ = store
-                        .delete(&deltalake::Path::from(add.path.as_str()))
-                        .await;
-                }
-            }
+            drop_new_files(table, &actions).await;
             return Ok(false);
         }
         let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
@@ -314,8 +307,14 @@ async fn commit_compaction(
                 table.state = Some(finalized.snapshot());
                 return Ok(true);
             }
-            Err(e) if attempt < COMPACTION_COMMIT_TRIES && crate::lake::moved_under(&e) => {
+            Err(e) if crate::lake::moved_under(&e) => {
+                if attempt == COMPACTION_COMMIT_TRIES {
+                    tracing::warn!(table = %url, "compaction skipped: the table was written during each try; the next compaction takes these files");
+                    drop_new_files(table, &actions).await;
+                    return Ok(false);
+                }
                 tracing::debug!(table = %url, attempt, "the table moved under a compaction; checking its files again");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt as u64)).await;
             }
             Err(e) => {
                 return Err(Error::Delta {
@@ -326,6 +325,19 @@ async fn commit_compaction(
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// Delete the files a compaction wrote but did not commit (best effort:
+/// vacuum deletes what is left, as for a compaction killed before its commit).
+async fn drop_new_files(table: &DeltaTable, actions: &[Action]) {
+    let store = table.object_store();
+    for a in actions {
+        if let Action::Add(add) = a {
+            let _ = store
+                .delete(&deltalake::Path::from(add.path.as_str()))
+                .await;
+        }
+    }
 }
 
 /// Compact a silver or gold table the refiner has just written, once at
