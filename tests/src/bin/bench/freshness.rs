@@ -26,8 +26,9 @@ use super::{Bench, DB, insert_sql};
 /// The gold model refreshed as silver moves.
 const GOLD: &str = "fresh_totals";
 
-/// Commit time (ms since the epoch) of each Delta version, with the files it
-/// added and the `txn` version it recorded for `app_id` (if any).
+/// Commit time (ms since the epoch) of each Delta version, with the data
+/// files it added (not a compaction's) and the `txn` version it recorded
+/// for `app_id` (if any).
 struct Version {
     ts_ms: i64,
     files: Vec<String>,
@@ -52,7 +53,11 @@ fn delta_versions(table: &Path, app_id: &str) -> anyhow::Result<Vec<Version>> {
             if let Some(t) = j.pointer("/commitInfo/timestamp").and_then(|t| t.as_i64()) {
                 v.ts_ms = t;
             }
-            if let Some(path) = j.pointer("/add/path").and_then(|t| t.as_str()) {
+            // A compaction's files (dataChange = false) hold rows already
+            // visible in an earlier version.
+            if let Some(path) = j.pointer("/add/path").and_then(|t| t.as_str())
+                && j.pointer("/add/dataChange").and_then(|d| d.as_bool()) != Some(false)
+            {
                 v.files.push(path.to_string());
             }
             if j.pointer("/txn/appId").and_then(|a| a.as_str()) == Some(app_id) {
