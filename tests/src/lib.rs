@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod flatness;
+pub mod growth;
 pub mod harness;
 pub mod lake;
 pub mod odoo;

@@ -39,6 +39,8 @@ mod api;
 mod chaos;
 #[path = "bench/freshness.rs"]
 mod freshness;
+#[path = "bench/growth.rs"]
+mod growth;
 #[path = "bench/refine_scale.rs"]
 mod refine_scale;
 #[path = "bench/soak.rs"]
@@ -93,6 +95,22 @@ enum What {
     Package {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+    },
+    /// How time and peak RSS grow with the work (streaming, snapshot,
+    /// merge, refine), each size in a process of its own; flags any step
+    /// worse than linear.
+    Growth {
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000_000u64, 5_000_000])]
+        streaming: Vec<u64>,
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000_000u64, 5_000_000])]
+        snapshot: Vec<u64>,
+        #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000, 10_000_000])]
+        merge_keys: Vec<u64>,
+        /// Changes per merge size (the same at every key count).
+        #[arg(long, default_value_t = 100_000)]
+        merge_changes: u64,
+        #[arg(long, value_delimiter = ',', default_values_t = [10u64, 100, 400, 1000])]
+        refine_tables: Vec<u64>,
     },
     /// Silver MERGE throughput vs Postgres applying the same change log.
     Merge {
@@ -475,7 +493,9 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
     b.cluster
         .psql(DB, &["-f", path.to_str().context("path")?])?;
     b.catch_up()?;
+    reset_peak_rss();
     let ours = b.refine(&[])?.as_secs_f64();
+    growth::figure("merge", keys, ours, peak_rss_kb());
     // Postgres applying the same change log: last change per key wins, as a
     // MERGE (INSERT … ON CONFLICT) into a copy of the table before the changes.
     b.sql(&format!(
@@ -727,6 +747,7 @@ fn streaming(rows: u64) -> anyhow::Result<(f64, f64)> {
     }
     let baseline = t.elapsed().as_secs_f64();
     let ours = b.catch_up()?.as_secs_f64();
+    growth::figure("streaming", rows, ours, growth::children_peak_rss_kib());
     println!(
         "streaming: {rows} row changes: pg_recvlogical {baseline:.2} s, medallion {ours:.2} s to durable bronze, ratio {:.2}x (target <= 1.25x)",
         ours / baseline
@@ -752,6 +773,7 @@ fn snapshot(rows: u64) -> anyhow::Result<(f64, f64)> {
     let baseline = t.elapsed().as_secs_f64();
     b.sql("SELECT medallion.add_source('account_move_line')")?;
     let ours = b.catch_up()?.as_secs_f64();
+    growth::figure("snapshot", rows, ours, growth::children_peak_rss_kib());
     println!(
         "snapshot: {rows} rows: COPY (FORMAT binary) {baseline:.2} s, medallion {ours:.2} s to bronze, ratio {:.2}x (target <= 2x)",
         ours / baseline
@@ -1046,6 +1068,19 @@ fn main() -> anyhow::Result<()> {
         What::Gold { rows } => drop(gold(rows)?),
         What::Package { rows } => drop(package(rows)?),
         What::Merge { changes, keys } => drop(merge(changes, keys)?),
+        What::Growth {
+            streaming,
+            snapshot,
+            merge_keys,
+            merge_changes,
+            refine_tables,
+        } => growth::growth(&growth::Sizes {
+            streaming,
+            snapshot,
+            merge_keys,
+            merge_changes,
+            refine_tables,
+        })?,
         What::Api {
             rows,
             clients,

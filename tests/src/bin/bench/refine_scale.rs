@@ -207,6 +207,12 @@ pub fn refine_scale(counts: &[usize], changed: usize, rounds: usize) -> anyhow::
             "refine-scale: {n} tables: idle {:.1} ms wall / {:.1} ms CPU; {changed} changed {:.1} ms wall / {:.1} ms CPU",
             idle.wall_ms, idle.cpu_ms, busy.wall_ms, busy.cpu_ms
         );
+        super::growth::figure(
+            "refine",
+            n as u64,
+            idle.wall_ms / 1000.0,
+            super::peak_rss_kb(),
+        );
         rows.push((n, idle, busy));
     }
     println!(
