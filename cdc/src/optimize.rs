@@ -273,6 +273,10 @@ async fn commit_compaction(
     bin: &[deltalake::kernel::LogicalFileView],
     target_bytes: u64,
 ) -> Result<bool> {
+    // This process's bronze writer does not commit meanwhile; it reads the
+    // log before its next commit.
+    let lock = crate::bronze::commit_lock(url);
+    let _committing = lock.lock().await;
     for attempt in 1..=COMPACTION_COMMIT_TRIES {
         table
             .update_state()
@@ -305,6 +309,7 @@ async fn commit_compaction(
         match done {
             Ok(finalized) => {
                 table.state = Some(finalized.snapshot());
+                crate::bronze::compaction_committed(url);
                 return Ok(true);
             }
             Err(e) if crate::lake::moved_under(&e) => {
