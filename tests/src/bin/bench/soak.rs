@@ -100,6 +100,11 @@ fn files_on_disk(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Entries of a directory (0 when it does not exist).
+fn files_on_disk_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
 pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()> {
     let bin = std::env::current_exe()?.with_file_name("medallion-sidecar");
     if !bin.exists() {
@@ -164,6 +169,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         Series::new("heap resident", "MiB"),
         Series::new("silver+gold files (current)", ""),
         Series::new("silver+gold files on disk", ""),
+        Series::new("bronze log entries", ""),
     ];
     let start = Instant::now();
     let mut last_optimize = Instant::now();
@@ -210,6 +216,18 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
             }
             anyhow::Ok((current, disk, refined_current, refined_disk))
         })?;
+        // Printed, not judged: entries stay for the tables' log retention
+        // (Delta's default: 30 days), and a local directory's listing reads
+        // them all.
+        let log_entries: usize = tables
+            .iter()
+            .map(|t| {
+                files_on_disk_in(
+                    &medallion_tests::lake::bronze_dir(&lake, "public", t).join("_delta_log"),
+                )
+            })
+            .sum();
+        series[9].samples.push(log_entries as f64);
         series[2].samples.push(current as f64);
         series[3].samples.push(disk as f64);
         series[7].samples.push(refined_current as f64);
@@ -245,7 +263,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
         if series[0].values().len().is_multiple_of(6) {
             let mib = |name| gauge(&text, name).map(|b| b / (1 << 20) as f64);
             println!(
-                "soak: sample t={}s rss={:.1}MiB heap={:.1}/{:.1}/{:.1}/{:.1}MiB files={} current={} on_disk={} refined={}/{} lag={:.2}MiB",
+                "soak: sample t={}s rss={:.1}MiB heap={:.1}/{:.1}/{:.1}/{:.1}MiB files={} current={} on_disk={} log={log_entries} refined={}/{} lag={:.2}MiB compactions={}/{}",
                 start.elapsed().as_secs(),
                 series[0].values().last().unwrap_or(&0.0),
                 series[5].values().last().unwrap_or(&0.0),
@@ -257,7 +275,15 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
                 disk,
                 refined_current,
                 refined_disk,
-                lag / (1 << 20) as f64
+                lag / (1 << 20) as f64,
+                gauge(
+                    &text,
+                    "medallion_bronze_compactions_total{outcome=\"compacted\"}"
+                )?,
+                gauge(
+                    &text,
+                    "medallion_bronze_compactions_total{outcome=\"failed\"}"
+                )?,
             );
         }
     }
@@ -285,7 +311,7 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
             1.5 * mid.max(1.0)
         };
         // Files on disk wait for the retention window (1 h) before vacuum.
-        if !s.name.ends_with("files on disk") && last > limit {
+        if !s.name.ends_with("files on disk") && s.name != "bronze log entries" && last > limit {
             grew.push(s.name);
         }
         // Memory must also not creep (see the module doc): the level of
