@@ -493,9 +493,31 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
     b.cluster
         .psql(DB, &["-f", path.to_str().context("path")?])?;
     b.catch_up()?;
+    let silver = medallion_tests::lake::refined_dir(&b.lake(), "silver", "account_move_line");
+    let merged_before = merge_commits(&silver)?.len();
     reset_peak_rss();
     let ours = b.refine(&[])?.as_secs_f64();
     growth::figure("merge", keys, ours, peak_rss_kb());
+    // What the MERGEs of this cycle did to silver's files (#17 item 4: few
+    // changes in a big table should rewrite few files).
+    let merges = merge_commits(&silver)?;
+    let sum = |key: &str| -> u64 {
+        merges[merged_before..]
+            .iter()
+            .filter_map(|m| m.get(key).and_then(|v| v.as_u64()))
+            .sum()
+    };
+    println!(
+        "merge: silver MERGE commits {}: target files scanned {}, skipped {}, removed (rewritten) {}, added {}; \
+         target rows copied unchanged {}, updated {}",
+        merges.len() - merged_before,
+        sum("num_target_files_scanned"),
+        sum("num_target_files_skipped_during_scan"),
+        sum("num_target_files_removed"),
+        sum("num_target_files_added"),
+        sum("num_target_rows_copied"),
+        sum("num_target_rows_updated"),
+    );
     // Postgres applying the same change log: last change per key wins, as a
     // MERGE (INSERT … ON CONFLICT) into a copy of the table before the changes.
     b.sql(&format!(
@@ -521,6 +543,46 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
         ours / baseline
     );
     Ok((baseline, ours))
+}
+
+/// The `operationMetrics` of each MERGE commit in a Delta table's log
+/// (a local directory), in version order.
+fn merge_commits(table: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    let mut out = Vec::new();
+    for p in entries {
+        for line in std::fs::read_to_string(&p)?.lines() {
+            let j: serde_json::Value = serde_json::from_str(line)?;
+            if j.pointer("/commitInfo/operation").and_then(|o| o.as_str()) == Some("MERGE") {
+                let metrics = j
+                    .pointer("/commitInfo/operationMetrics")
+                    .cloned()
+                    .unwrap_or_default();
+                // Values may be numbers or strings of numbers.
+                let metrics = match metrics {
+                    serde_json::Value::Object(m) => serde_json::Value::Object(
+                        m.into_iter()
+                            .map(|(k, v)| {
+                                let n = v
+                                    .as_u64()
+                                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                                    .map(serde_json::Value::from)
+                                    .unwrap_or(v);
+                                (k, n)
+                            })
+                            .collect(),
+                    ),
+                    other => other,
+                };
+                out.push(metrics);
+            }
+        }
+    }
+    Ok(out)
 }
 
 const DB: &str = "bench";
