@@ -545,16 +545,22 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
     Ok((baseline, ours))
 }
 
-/// The `operationMetrics` of each MERGE commit in a Delta table's log
-/// (a local directory), in version order.
-fn merge_commits(table: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+/// The commit files (`_delta_log/*.json`) of a Delta table in a local
+/// directory, in version order.
+fn commit_files(table: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     entries.sort();
+    Ok(entries)
+}
+
+/// The `operationMetrics` of each MERGE commit in a Delta table's log
+/// (a local directory), in version order.
+fn merge_commits(table: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
-    for p in entries {
+    for p in commit_files(table)? {
         for line in std::fs::read_to_string(&p)?.lines() {
             let j: serde_json::Value = serde_json::from_str(line)?;
             if j.pointer("/commitInfo/operation").and_then(|o| o.as_str()) == Some("MERGE") {

@@ -36,13 +36,8 @@ struct Version {
 }
 
 fn delta_versions(table: &Path, app_id: &str) -> anyhow::Result<Vec<Version>> {
-    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(table.join("_delta_log"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    entries.sort();
     let mut out = Vec::new();
-    for p in entries {
+    for p in super::commit_files(table)? {
         let mut v = Version {
             ts_ms: 0,
             files: Vec::new(),
