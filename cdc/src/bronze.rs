@@ -262,46 +262,29 @@ pub(crate) fn commits_attempted() -> HashMap<Url, u64> {
         .unwrap_or_default()
 }
 
-/// Compactions this process committed, per bronze table location. The
-/// writer re-reads its table's log before its next commit when this moved
-/// (see [`BronzeTable::commit`]), so it commits on the current version:
-/// no conflict check to resolve, and a file list that holds the compacted
-/// files.
-static COMPACTIONS_COMMITTED: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, u64>>> =
-    std::sync::LazyLock::new(Default::default);
-
 /// Per table location: held by this process's writer while it commits and
 /// by a compaction while it checks its files and commits, so the two never
 /// race each other (no conflict check, no commit built on an old version);
-/// other processes' commits are still handled by Delta's protocol.
+/// other processes' commits are still handled by Delta's protocol. It
+/// guards the number of compactions committed: the writer reads the log
+/// before its next commit when that number moved (see
+/// [`BronzeTable::commit`]), so it commits on the current version with a
+/// file list that holds the compacted files.
 static COMMIT_LOCKS: std::sync::LazyLock<
-    std::sync::Mutex<HashMap<Url, Arc<tokio::sync::Mutex<()>>>>,
+    std::sync::Mutex<HashMap<Url, Arc<tokio::sync::Mutex<u64>>>>,
 > = std::sync::LazyLock::new(Default::default);
 
-/// The commit lock of the table at `url` (see [`COMMIT_LOCKS`]).
-pub(crate) fn commit_lock(url: &Url) -> Arc<tokio::sync::Mutex<()>> {
+/// The commit lock of the table at `url`, guarding the compactions
+/// committed to it (see [`COMMIT_LOCKS`]); a compaction adds one to it when
+/// it commits.
+pub(crate) fn commit_lock(url: &Url) -> Arc<tokio::sync::Mutex<u64>> {
     match COMMIT_LOCKS.lock() {
         Ok(mut m) => m.entry(url.clone()).or_default().clone(),
         // A panic while holding the map: go on without mutual exclusion
-        // (Delta's protocol still keeps commits correct).
+        // (Delta's protocol still keeps commits correct; the writer then
+        // resolves a compaction through the conflict check).
         Err(_) => Arc::default(),
     }
-}
-
-/// A compaction of the bronze table at `url` was committed (called with
-/// its [`commit_lock`] held).
-pub(crate) fn compaction_committed(url: &Url) {
-    if let Ok(mut m) = COMPACTIONS_COMMITTED.lock() {
-        *m.entry(url.clone()).or_default() += 1;
-    }
-}
-
-fn compactions_committed(url: &Url) -> u64 {
-    COMPACTIONS_COMMITTED
-        .lock()
-        .ok()
-        .and_then(|m| m.get(url).copied())
-        .unwrap_or(0)
 }
 
 /// How often a commit that replaces every file is tried again when the
@@ -331,7 +314,8 @@ pub struct BronzeTable {
     /// Columns added to an existing table's schema since last taken (see
     /// [`BronzeTable::take_added_columns`]).
     added_columns: Vec<String>,
-    /// [`compactions_committed`] when the table's state was last read.
+    /// The compactions committed (see [`commit_lock`]) when the table's
+    /// state was last read.
     compactions_seen: u64,
 }
 
@@ -372,7 +356,7 @@ impl BronzeTable {
                 .map_err(Error::delta(format!("create bronze {id}")))?
         };
         let existing = source_columns_of(&table)?;
-        let compactions_seen = compactions_committed(&url);
+        let compactions_seen = *commit_lock(&url).lock().await;
         let mut t = BronzeTable {
             id: id.clone(),
             url,
@@ -591,16 +575,15 @@ impl BronzeTable {
             return Ok(None);
         }
         let lock = commit_lock(&self.url);
-        let _committing = lock.lock().await;
+        let compactions = lock.lock().await;
         // A compaction committed since the state was read: read the log
         // up to it, so this commit starts from the current version.
-        let compactions = compactions_committed(&self.url);
-        if compactions != self.compactions_seen {
+        if *compactions != self.compactions_seen {
             self.table
                 .update_state()
                 .await
                 .map_err(Error::delta(format!("reload bronze {}", self.id)))?;
-            self.compactions_seen = compactions;
+            self.compactions_seen = *compactions;
         }
         let props = CommitProperties::default()
             .with_application_transactions(txns)
@@ -725,8 +708,8 @@ impl BronzeTable {
     /// reading the log: the state of a writer in another process than the
     /// compaction's (tests of the cross-process races).
     #[cfg(test)]
-    pub(crate) fn overlook_compactions(&mut self) {
-        self.compactions_seen = compactions_committed(&self.url);
+    pub(crate) async fn overlook_compactions(&mut self) {
+        self.compactions_seen = *commit_lock(&self.url).lock().await;
     }
 
     /// Current Delta version of the table.

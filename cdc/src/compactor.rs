@@ -7,7 +7,7 @@
 //!  compactor: each table with `compact_small_files` commits since its last pass
 //!        └─► size-tiered compaction: one Delta commit per bin, dataChange = false,
 //!            no txn; on the newest version, only while its files are all there
-//!        └─► compaction_committed(table), under the table's commit lock
+//!        └─► one more compaction counted under the table's commit lock
 //!  bronze writer: commits under the same lock; reads the log first when a
 //!        compaction committed (current version, current files)
 //! ```
@@ -285,7 +285,7 @@ mod tests {
         .await
         .expect("compaction");
         assert_eq!(done.compacted, 20);
-        writer.overlook_compactions();
+        writer.overlook_compactions().await;
         assert!(
             writer.version() < other.version().map(|v| v as i64),
             "the writer's state is behind the compaction ({:?} < {:?})",
