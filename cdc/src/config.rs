@@ -73,6 +73,12 @@ pub struct Config {
     /// Changes applied per silver MERGE (`MEDALLION_SILVER_BATCH_ROWS`);
     /// bounds memory, never splits a source transaction.
     pub silver_batch_rows: usize,
+    /// Target size of a silver table's data files in MiB
+    /// (`MEDALLION_SILVER_FILE_MIB`, default 16): its MERGEs and the
+    /// refiner's compaction write files of about this size, laid out along
+    /// the table's first key, so a MERGE of a few keys rewrites few rows.
+    /// Recorded as the table's `delta.targetFileSize`.
+    pub silver_file_mib: u64,
     /// The refiner compacts a silver or gold table it wrote once that many
     /// of its files are small, and `medallion run` compacts a bronze table
     /// beside the stream once that many commits arrived and that many of
@@ -271,6 +277,7 @@ impl std::fmt::Debug for Config {
             .field("refine_interval_ms", &self.refine_interval_ms)
             .field("refine_on_commit", &self.refine_on_commit)
             .field("silver_batch_rows", &self.silver_batch_rows)
+            .field("silver_file_mib", &self.silver_file_mib)
             .field("compact_small_files", &self.compact_small_files)
             .field(
                 "publish_database_url",
@@ -304,6 +311,7 @@ impl Default for Config {
             refine_interval_ms: 5000,
             refine_on_commit: true,
             silver_batch_rows: 500_000,
+            silver_file_mib: 16,
             compact_small_files: 16,
             publish_database_url: None,
             lease_timeout_ms: 600_000,
@@ -396,6 +404,7 @@ impl Config {
         env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
         env_parse("MEDALLION_REFINE_ON_COMMIT", &mut cfg.refine_on_commit)?;
         env_parse("MEDALLION_SILVER_BATCH_ROWS", &mut cfg.silver_batch_rows)?;
+        env_parse("MEDALLION_SILVER_FILE_MIB", &mut cfg.silver_file_mib)?;
         env_parse(
             "MEDALLION_COMPACT_SMALL_FILES",
             &mut cfg.compact_small_files,
@@ -451,6 +460,11 @@ impl Config {
         if self.flush_rows == 0 || self.snapshot_parallelism == 0 {
             return Err(Error::Config(
                 "flush_rows and snapshot_parallelism must be at least 1".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.silver_file_mib) {
+            return Err(Error::Config(
+                "silver_file_mib must be between 1 and 1024".into(),
             ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {

@@ -44,8 +44,27 @@ use crate::error::{Error, Result};
 /// files before it commits them.
 pub const MIN_RETAIN_HOURS: u64 = 1;
 
-/// Target size of the files the refiner's compaction writes.
+/// Target size of the files the refiner's compaction writes into a gold
+/// or quarantine table (silver's is `silver_file_mib`).
 const REFINED_TARGET_BYTES: u64 = 128 << 20;
+
+/// How the refiner lays out the files of a table it compacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout<'a> {
+    /// Files smaller than half of this are compacted into files of about this size.
+    pub target_bytes: u64,
+    /// Bin small files along this column ([`Selection::KeyOrder`]), else
+    /// in write order.
+    pub cluster_key: Option<&'a str>,
+}
+
+impl Layout<'_> {
+    /// Gold models: large files, in write order.
+    pub(crate) const GOLD: Layout<'static> = Layout {
+        target_bytes: REFINED_TARGET_BYTES,
+        cluster_key: None,
+    };
+}
 
 /// What `optimize` does.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +111,7 @@ pub(crate) struct Compaction {
 
 /// Which small files a compaction rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Selection {
+pub(crate) enum Selection<'a> {
     /// Every file under half the target size, once at least `min_small`
     /// are (`medallion optimize`, the refiner's silver and gold).
     AllSmall,
@@ -103,18 +122,56 @@ pub(crate) enum Selection {
     /// next class or more, so a row is rewritten about once per class on its
     /// way to the target size, not each time a few small files arrive.
     SizeTiered,
+    /// Runs of small files that lie next to each other along the table's
+    /// clustering key, this column (silver: its first key), once at least
+    /// `min_small` files are small. A bin never spans a large file's key
+    /// range, so files keep narrow key ranges and a MERGE of a few keys
+    /// rewrites few files (see [`crate::silver`], file layout). Files
+    /// without key statistics are binned in write order, apart.
+    KeyOrder(&'a str),
 }
 
 /// The width of a size class of [`Selection::SizeTiered`].
 pub(crate) const SIZE_CLASS_FACTOR: u64 = 8;
 
 /// A data file as the selection sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FileSize {
     pub bytes: u64,
     /// When it was written (ms since the epoch): bins follow write order,
     /// so a bronze file keeps a narrow range of positions.
     pub written_ms: i64,
+    /// The smallest and largest value of the clustering key in the file
+    /// (from its statistics), for [`Selection::KeyOrder`].
+    pub key_range: Option<(KeyBound, KeyBound)>,
+}
+
+/// A clustering key's bound as a file's statistics record it: integers
+/// compare as numbers, everything else as its JSON text (dates and
+/// timestamps are ISO text, so their text order is their order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum KeyBound {
+    Int(i64),
+    Text(String),
+}
+
+impl KeyBound {
+    fn from_stat(v: &serde_json::Value) -> Option<KeyBound> {
+        match v {
+            serde_json::Value::Number(n) => n.as_i64().map(KeyBound::Int),
+            serde_json::Value::String(s) => Some(KeyBound::Text(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The range of column `key` in a file's statistics (`stats` JSON of its
+/// add action), when it has both bounds of one kind.
+pub(crate) fn key_range(stats: Option<&str>, key: &str) -> Option<(KeyBound, KeyBound)> {
+    let stats: serde_json::Value = serde_json::from_str(stats?).ok()?;
+    let lo = KeyBound::from_stat(stats.get("minValues")?.get(key)?)?;
+    let hi = KeyBound::from_stat(stats.get("maxValues")?.get(key)?)?;
+    (std::mem::discriminant(&lo) == std::mem::discriminant(&hi)).then_some((lo, hi))
 }
 
 fn size_class(bytes: u64) -> u32 {
@@ -125,17 +182,50 @@ fn size_class(bytes: u64) -> u32 {
 /// least two files, at most about `target_bytes`, in write order).
 pub(crate) fn plan_bins(
     files: &[FileSize],
-    selection: Selection,
+    selection: Selection<'_>,
     target_bytes: u64,
     min_small: usize,
 ) -> Vec<Vec<usize>> {
     let min_small = min_small.max(2);
-    let mut small: Vec<usize> = (0..files.len())
-        .filter(|&i| files[i].bytes < target_bytes / 2)
-        .collect();
+    let is_small = |i: usize| files[i].bytes < target_bytes / 2;
+    let mut small: Vec<usize> = (0..files.len()).filter(|&i| is_small(i)).collect();
     small.sort_by_key(|&i| (files[i].written_ms, i));
     let groups: Vec<Vec<usize>> = match selection {
         Selection::AllSmall => vec![small],
+        Selection::KeyOrder(_) => {
+            if small.len() < min_small {
+                return Vec::new();
+            }
+            // Every file with a key range in key order; each run of small
+            // files between two large ones is a group.
+            let mut ordered: Vec<usize> = (0..files.len())
+                .filter(|&i| files[i].key_range.is_some())
+                .collect();
+            ordered.sort_by(|&a, &b| {
+                (&files[a].key_range, files[a].written_ms, a).cmp(&(
+                    &files[b].key_range,
+                    files[b].written_ms,
+                    b,
+                ))
+            });
+            let mut groups = vec![Vec::new()];
+            for i in ordered {
+                if is_small(i) {
+                    groups.last_mut().expect("one group").push(i);
+                } else if !groups.last().expect("one group").is_empty() {
+                    groups.push(Vec::new());
+                }
+            }
+            groups.push(
+                small
+                    .iter()
+                    .copied()
+                    .filter(|&i| files[i].key_range.is_none())
+                    .collect(),
+            );
+            // The threshold is on all small files: a run of two is a bin.
+            return bins_of(files, groups, target_bytes, 2);
+        }
         Selection::SizeTiered => {
             let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
             for i in small {
@@ -147,8 +237,19 @@ pub(crate) fn plan_bins(
             by_class.into_values().collect()
         }
     };
+    bins_of(files, groups, target_bytes, min_small)
+}
+
+/// Each group of at least `min_group` files cut into bins of about
+/// `target_bytes`, in the group's order; bins of one file are dropped.
+fn bins_of(
+    files: &[FileSize],
+    groups: Vec<Vec<usize>>,
+    target_bytes: u64,
+    min_group: usize,
+) -> Vec<Vec<usize>> {
     let mut bins: Vec<Vec<usize>> = Vec::new();
-    for group in groups.into_iter().filter(|g| g.len() >= min_small) {
+    for group in groups.into_iter().filter(|g| g.len() >= min_group) {
         let mut size = 0u64;
         let first = bins.len();
         for i in group {
@@ -172,7 +273,7 @@ pub(crate) async fn compact(
     storage: &HashMap<String, String>,
     target_bytes: u64,
     min_small: usize,
-    selection: Selection,
+    selection: Selection<'_>,
 ) -> Result<Compaction> {
     let files: Vec<_> = table
         .get_active_add_actions_by_partitions(&[])
@@ -185,6 +286,10 @@ pub(crate) async fn compact(
         .map(|f| FileSize {
             bytes: f.size().max(0) as u64,
             written_ms: f.modification_time(),
+            key_range: match selection {
+                Selection::KeyOrder(key) => key_range(f.stats().as_deref(), key),
+                _ => None,
+            },
         })
         .collect();
     let bins: Vec<Vec<_>> = plan_bins(&sizes, selection, target_bytes, min_small)
@@ -355,6 +460,7 @@ pub(crate) async fn compact_refined(
     url: &Url,
     lake: &Lake,
     min_small: usize,
+    layout: Layout<'_>,
 ) -> Result<Compaction> {
     if min_small == 0 {
         return Ok(Compaction::default());
@@ -372,9 +478,12 @@ pub(crate) async fn compact_refined(
         table,
         url,
         lake.storage(),
-        REFINED_TARGET_BYTES,
+        layout.target_bytes,
         min_small,
-        Selection::AllSmall,
+        match layout.cluster_key {
+            Some(key) => Selection::KeyOrder(key),
+            None => Selection::AllSmall,
+        },
     )
     .await?;
     if done.compacted > 0 {
@@ -554,6 +663,7 @@ mod tests {
                 bytes,
                 // written in reverse of their index: bins follow write order
                 written_ms: 1_000 - i as i64,
+                key_range: None,
             })
             .collect()
     }
@@ -595,6 +705,165 @@ mod tests {
             plan_bins(&f, Selection::SizeTiered, 50_000, 4),
             vec![vec![7, 5], vec![3, 1]]
         );
+    }
+
+    #[test]
+    fn key_ordered_bins_join_neighbouring_small_files_and_never_span_a_large_one() {
+        const MIB: u64 = 1 << 20;
+        let file = |bytes: u64, written_ms: i64, range: Option<(i64, i64)>| FileSize {
+            bytes,
+            written_ms,
+            key_range: range.map(|(lo, hi)| (KeyBound::Int(lo), KeyBound::Int(hi))),
+        };
+        // Written in this order; along the key: [0] 1–100, [3] 101–200,
+        // the large [1] 201–900, [4] 901–950, [2] 951–1000, [5] no stats.
+        let f = vec![
+            file(MIB, 1, Some((1, 100))),
+            file(14 * MIB, 2, Some((201, 900))),
+            file(MIB, 3, Some((951, 1_000))),
+            file(MIB, 4, Some((101, 200))),
+            file(MIB, 5, Some((901, 950))),
+            file(MIB, 6, None),
+        ];
+        // Write order would bin 0, 2, 3, 4 together: a file spanning 1–1000
+        // across the large one.
+        assert_eq!(
+            plan_bins(&f, Selection::AllSmall, 16 * MIB, 2),
+            vec![vec![0, 2, 3, 4, 5]]
+        );
+        // Along the key: the run below the large file, the run above it;
+        // the file without statistics alone is no bin.
+        assert_eq!(
+            plan_bins(&f, Selection::KeyOrder("id"), 16 * MIB, 2),
+            vec![vec![0, 3], vec![4, 2]]
+        );
+        // Fewer small files than asked for: nothing.
+        assert!(plan_bins(&f, Selection::KeyOrder("id"), 16 * MIB, 6).is_empty());
+        // Overlapping files (a MERGE's output split by hash) sort by their
+        // lower bound and bin together.
+        let g = vec![
+            file(MIB, 1, Some((1, 1_000))),
+            file(MIB, 2, Some((2, 999))),
+            file(MIB, 3, Some((1_001, 2_000))),
+        ];
+        assert_eq!(
+            plan_bins(&g, Selection::KeyOrder("id"), 16 * MIB, 2),
+            vec![vec![0, 1, 2]]
+        );
+        // A bin stops at the target size.
+        assert_eq!(
+            plan_bins(&g, Selection::KeyOrder("id"), 5 * MIB / 2, 2),
+            vec![vec![0, 1]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_ordered_compaction_keeps_each_files_key_range_narrow() {
+        use arrow::array::Int32Array;
+        use arrow::datatypes::{DataType, Field};
+        use deltalake::protocol::SaveMode;
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = crate::Config {
+            lake_url: dir.path().display().to_string(),
+            ..crate::Config::default()
+        };
+        let lake = Lake::from_config(&cfg).expect("lake");
+        let url = lake.refined_url("silver", "t").expect("url");
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        // Eight commits of one file each, out of key order: ids 700–799,
+        // then 0–99, 400–499, …
+        let mut table = None;
+        for k in [7, 0, 4, 2, 6, 1, 5, 3] {
+            let ids = Int32Array::from_iter_values(k * 100..k * 100 + 100);
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids)]).expect("batch");
+            table = Some(
+                lake.handle(&url)
+                    .expect("handle")
+                    .write(vec![batch])
+                    .with_save_mode(SaveMode::Append)
+                    .await
+                    .expect("write"),
+            );
+        }
+        let mut table = table.expect("table");
+        let ranges = |t: &DeltaTable| {
+            let t = t.clone();
+            async move {
+                let files: Vec<_> = t
+                    .get_active_add_actions_by_partitions(&[])
+                    .try_collect()
+                    .await
+                    .expect("files");
+                let mut r: Vec<_> = files
+                    .iter()
+                    .map(|f| key_range(f.stats().as_deref(), "id").expect("id statistics"))
+                    .collect();
+                r.sort();
+                (r, files.iter().map(|f| f.size() as u64).max().unwrap_or(0))
+            }
+        };
+        let (before, largest) = ranges(&table).await;
+        assert_eq!(before.len(), 8);
+        // Four files fit in a bin: two bins.
+        let target = largest * 4 + largest / 2;
+        let done = compact(
+            &mut table,
+            &url,
+            lake.storage(),
+            target,
+            2,
+            Selection::KeyOrder("id"),
+        )
+        .await
+        .expect("compact");
+        assert_eq!((done.before, done.compacted, done.written), (8, 8, 2));
+        // Along the key: 0–399 and 400–799. In write order the bins would
+        // have been 700–799, 0–99, 400–499, 200–299 (0–799) and the rest
+        // (100–699), overlapping.
+        let (after, _) = ranges(&table).await;
+        let int = |lo, hi| (KeyBound::Int(lo), KeyBound::Int(hi));
+        assert_eq!(after, vec![int(0, 399), int(400, 799)]);
+        let ctx = crate::lake::session();
+        crate::lake::register(&ctx, "t", &table)
+            .await
+            .expect("register");
+        let counted = crate::lake::collect(&ctx, "SELECT count(*), count(DISTINCT id) FROM t")
+            .await
+            .expect("count");
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&counted)
+                .expect("format")
+                .to_string()
+                .lines()
+                .nth(3)
+                .map(|l| l
+                    .split('|')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect::<Vec<_>>()),
+            Some(vec!["800", "800"]),
+            "each row once"
+        );
+    }
+
+    #[test]
+    fn a_files_key_range_comes_from_its_statistics() {
+        let stats = r#"{"numRecords":3,"minValues":{"id":7,"code":"A1","d":"2025-01-01","x":1.5},
+            "maxValues":{"id":90,"code":"Z9","d":"2025-12-31","x":2.5},"nullCount":{"id":0}}"#;
+        assert_eq!(
+            key_range(Some(stats), "id"),
+            Some((KeyBound::Int(7), KeyBound::Int(90)))
+        );
+        assert_eq!(
+            key_range(Some(stats), "code"),
+            Some((KeyBound::Text("A1".into()), KeyBound::Text("Z9".into())))
+        );
+        assert!(KeyBound::Text("2025-01-01".into()) < KeyBound::Text("2025-12-31".into()));
+        // Floats, missing columns, missing or broken statistics: no range.
+        assert_eq!(key_range(Some(stats), "x"), None);
+        assert_eq!(key_range(Some(stats), "nope"), None);
+        assert_eq!(key_range(None, "id"), None);
+        assert_eq!(key_range(Some("{"), "id"), None);
     }
 
     #[test]

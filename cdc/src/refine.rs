@@ -634,23 +634,31 @@ pub struct Refiner<'a> {
     /// Compact a table this refiner wrote once this many of its files are
     /// small (`MEDALLION_COMPACT_SMALL_FILES`; 0 never).
     pub compact_small_files: usize,
+    /// Target size of a silver table's files (`MEDALLION_SILVER_FILE_MIB`).
+    pub silver_file_bytes: u64,
     /// Delta tables kept open between cycles.
     pub tables: &'a lake::TableCache,
 }
 
 impl Refiner<'_> {
     /// A refined table this refiner just wrote: compacted between its own
-    /// commits when `compact` (every MERGE adds files), kept for the next
-    /// cycle; the table and its version.
+    /// commits into `compact`'s layout when given (every MERGE adds files),
+    /// kept for the next cycle; the table and its version.
     pub(crate) async fn keep_written(
         &self,
         mut table: deltalake::DeltaTable,
         url: &url::Url,
-        compact: bool,
+        compact: Option<crate::optimize::Layout<'_>>,
     ) -> Result<(deltalake::DeltaTable, Option<i64>)> {
-        if compact {
-            crate::optimize::compact_refined(&mut table, url, self.lake, self.compact_small_files)
-                .await?;
+        if let Some(layout) = compact {
+            crate::optimize::compact_refined(
+                &mut table,
+                url,
+                self.lake,
+                self.compact_small_files,
+                layout,
+            )
+            .await?;
         }
         self.tables.remember(url, &table);
         let version = table.version().map(|v| v as i64);
@@ -667,6 +675,7 @@ impl<'a> Refiner<'a> {
             batch_rows: cfg.silver_batch_rows.max(1),
             numeric_scale: cfg.numeric_scale,
             compact_small_files: cfg.compact_small_files,
+            silver_file_bytes: cfg.silver_file_mib.max(1) << 20,
             tables,
         }
     }

@@ -216,7 +216,9 @@ impl Refiner<'_> {
                     .table
                     .ok_or_else(|| Error::Protocol(format!("gold.{} not written", def.name)))?;
                 let table;
-                (table, report.version) = self.keep_written(written, &url, true).await?;
+                (table, report.version) = self
+                    .keep_written(written, &url, Some(crate::optimize::Layout::GOLD))
+                    .await?;
                 if let Some(p) = proof {
                     self.tables.settle(&settle_key, p, report.version);
                 }

@@ -34,7 +34,9 @@ impl Refiner<'_> {
              ORDER BY {COL_LSN}, {}",
             bronze::COL_SEQ
         );
+        let started = std::time::Instant::now();
         let batches = lake::collect(ctx, &sql).await?;
+        let read = started.elapsed();
         let schema = match batches.first() {
             Some(b) => b.schema(),
             None => return Ok(()),
@@ -57,6 +59,7 @@ impl Refiner<'_> {
         report.toast_missing += log.toast_missing.load(std::sync::atomic::Ordering::Relaxed);
         let source = self.check_slice(def, ctx, source, hi, report).await?;
         report.rows_out += source.num_rows() as u64;
+        let reduced = started.elapsed();
         silver
             .apply(
                 def,
@@ -70,6 +73,14 @@ impl Refiner<'_> {
                 },
             )
             .await?;
+        tracing::debug!(
+            silver = %def.name,
+            changes = changes.num_rows(),
+            read_ms = read.as_millis() as u64,
+            reduce_ms = (reduced - read).as_millis() as u64,
+            apply_ms = (started.elapsed() - reduced).as_millis() as u64,
+            "slice applied"
+        );
         report.changed = true;
         Ok(())
     }

@@ -195,7 +195,11 @@ impl Refiner<'_> {
                 let table = silver
                     .table
                     .ok_or_else(|| Error::Protocol("silver table missing".into()))?;
-                (_, report.version) = self.keep_written(table, &url, sliced).await?;
+                let layout = sliced.then_some(crate::optimize::Layout {
+                    target_bytes: self.silver_file_bytes,
+                    cluster_key: def.keys.first().map(String::as_str),
+                });
+                (_, report.version) = self.keep_written(table, &url, layout).await?;
             }
         }
         Ok(report)

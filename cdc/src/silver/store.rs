@@ -10,6 +10,8 @@
 //!        └── recorded(): what the last commit says the table holds
 //! ```
 
+use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
@@ -20,6 +22,7 @@ use deltalake::datafusion::logical_expr::LogicalPlan;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
+use deltalake::table::config::TablePropertiesExt as _;
 use url::Url;
 
 use crate::app_id::AppId;
@@ -253,6 +256,11 @@ impl SilverStore for DeltaSilver<'_> {
             .with_session_state(Arc::new(ctx.state()))
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(SchemaMode::Overwrite)
+            .with_target_file_size(NonZeroU64::new(self.refiner.silver_file_bytes))
+            .with_configuration([(
+                TARGET_FILE_SIZE,
+                Some(self.refiner.silver_file_bytes.to_string()),
+            )])
             .with_table_name(format!("silver_{}", def.name))
             .with_description(format!(
                 "medallion silver {} of {} ({})",
@@ -280,7 +288,7 @@ impl SilverStore for DeltaSilver<'_> {
             ))
             .await
             .map_err(Error::delta(format!("write silver.{}", def.name)))?;
-        self.table = Some(table);
+        self.table = Some(with_file_size(table, self.refiner.silver_file_bytes, &def.name).await?);
         Ok(())
     }
 
@@ -294,6 +302,7 @@ impl SilverStore for DeltaSilver<'_> {
             .table
             .take()
             .ok_or_else(|| Error::Protocol("silver table missing".into()))?;
+        let silver = with_file_size(silver, self.refiner.silver_file_bytes, &def.name).await?;
         self.table = Some(merge(def, ctx, silver, slice).await?);
         Ok(())
     }
@@ -304,6 +313,37 @@ impl SilverStore for DeltaSilver<'_> {
             .and_then(|t| t.version())
             .map(|v| v as i64)
     }
+}
+
+/// The table property that sets the size of the files Delta writers
+/// (MERGE, write, optimize; delta-rs and other engines) aim at.
+const TARGET_FILE_SIZE: &str = "delta.targetFileSize";
+
+/// `silver` with `delta.targetFileSize` = `bytes`: set in a commit of its
+/// own when it differs (a table written before the setting existed, or
+/// `silver_file_mib` changed), so every later MERGE writes files of that
+/// size. The commit changes no data and carries no `txn`.
+async fn with_file_size(silver: DeltaTable, bytes: u64, name: &str) -> Result<DeltaTable> {
+    let current = silver
+        .snapshot()
+        .map_err(Error::delta("silver snapshot"))?
+        .table_config()
+        .target_file_size()
+        .get();
+    if current == bytes {
+        return Ok(silver);
+    }
+    tracing::info!(silver = %name, from = current, to = bytes, "setting the target file size");
+    silver
+        .set_tbl_properties()
+        .with_properties(HashMap::from([(
+            TARGET_FILE_SIZE.to_string(),
+            bytes.to_string(),
+        )]))
+        .await
+        .map_err(Error::delta(format!(
+            "silver.{name}: set {TARGET_FILE_SIZE}"
+        )))
 }
 
 /// One slice MERGEd into a silver Delta table in one commit (after a
@@ -489,7 +529,22 @@ async fn merge(
                 .map_err(err)?;
         }
     }
-    let (table, _metrics) = merge.await.map_err(err)?;
+    let (table, m) = merge.await.map_err(err)?;
+    // How well the files fit the change: a MERGE rewrites each file that
+    // holds a changed key, copying its other rows.
+    tracing::debug!(
+        silver = %def.name,
+        files_scanned = m.num_target_files_scanned,
+        files_skipped = m.num_target_files_skipped_during_scan,
+        files_rewritten = m.num_target_files_removed,
+        files_written = m.num_target_files_added,
+        rows_copied = m.num_target_rows_copied,
+        rows_updated = m.num_target_rows_updated,
+        rows_inserted = m.num_target_rows_inserted,
+        scan_ms = m.scan_time_ms,
+        rewrite_ms = m.rewrite_time_ms,
+        "merged"
+    );
     Ok(table)
 }
 

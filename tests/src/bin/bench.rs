@@ -472,6 +472,11 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
     b.sql("SELECT medallion.add_source('account_move_line')")?;
     b.catch_up()?;
     b.refine(&[])?; // silver from the initial copy
+    let silver = medallion_tests::lake::refined_dir(&b.lake(), "silver", "account_move_line");
+    println!(
+        "merge: silver from the initial copy: {}",
+        key_layout(&silver, "id")?
+    );
     // `changes` updates spread over the keys, in 1,000-row transactions.
     let per_tx = 1000u64;
     let mut script = String::new();
@@ -493,7 +498,6 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
     b.cluster
         .psql(DB, &["-f", path.to_str().context("path")?])?;
     b.catch_up()?;
-    let silver = medallion_tests::lake::refined_dir(&b.lake(), "silver", "account_move_line");
     let merged_before = merge_commits(&silver)?.len();
     reset_peak_rss();
     let ours = b.refine(&[])?.as_secs_f64();
@@ -517,6 +521,10 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
         sum("num_target_files_added"),
         sum("num_target_rows_copied"),
         sum("num_target_rows_updated"),
+    );
+    println!(
+        "merge: silver after the MERGEs: {}",
+        key_layout(&silver, "id")?
     );
     // Postgres applying the same change log: last change per key wins, as a
     // MERGE (INSERT … ON CONFLICT) into a copy of the table before the changes.
@@ -543,6 +551,57 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
         ours / baseline
     );
     Ok((baseline, ours))
+}
+
+/// How a Delta table's current files lie along integer key column `key`
+/// (from their statistics): how many, their rows, and how many pairs of
+/// files have overlapping key ranges (0: each key value is in one file's
+/// range, so a MERGE of a narrow key range touches few files).
+fn key_layout(table: &Path, key: &str) -> anyhow::Result<String> {
+    let url = url::Url::from_directory_path(table).map_err(|()| anyhow::anyhow!("table path"))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let files = rt.block_on(async {
+        use futures::TryStreamExt;
+        let t = deltalake::open_table(url).await?;
+        let files: Vec<_> = t
+            .get_active_add_actions_by_partitions(&[])
+            .try_collect()
+            .await?;
+        anyhow::Ok(files)
+    })?;
+    let mut ranges = Vec::new();
+    let mut rows = Vec::new();
+    for f in &files {
+        let stats: serde_json::Value =
+            serde_json::from_str(&f.stats().context("file without statistics")?)?;
+        let bound = |which: &str| {
+            stats
+                .pointer(&format!("/{which}/{key}"))
+                .and_then(|v| v.as_i64())
+                .with_context(|| format!("no {which} of {key} in {stats}"))
+        };
+        ranges.push((bound("minValues")?, bound("maxValues")?));
+        rows.push(
+            stats
+                .get("numRecords")
+                .and_then(|n| n.as_u64())
+                .unwrap_or(0),
+        );
+    }
+    ranges.sort();
+    let mut overlapping = 0usize;
+    for (i, a) in ranges.iter().enumerate() {
+        overlapping += ranges[i + 1..].iter().take_while(|b| b.0 <= a.1).count();
+    }
+    rows.sort();
+    let mib = files.iter().map(|f| f.size()).sum::<i64>() as f64 / (1 << 20) as f64;
+    Ok(format!(
+        "{} files, {mib:.1} MiB, rows per file min/median/max {}/{}/{}, pairs of files with overlapping {key} ranges {overlapping}",
+        files.len(),
+        rows.first().unwrap_or(&0),
+        rows.get(rows.len() / 2).unwrap_or(&0),
+        rows.last().unwrap_or(&0),
+    ))
 }
 
 /// The commit files (`_delta_log/*.json`) of a Delta table in a local
@@ -672,10 +731,20 @@ impl Bench {
     }
 
     fn config(&self) -> medallion::Config {
+        let default = medallion::Config::default();
         medallion::Config {
             database_url: self.cluster.url(DB),
             lake_url: self.lake().display().to_string(),
-            ..medallion::Config::default()
+            // The in-process refiner takes silver's file size from the
+            // environment as `medallion run` does, to compare layouts.
+            silver_file_mib: std::env::var("MEDALLION_SILVER_FILE_MIB")
+                .ok()
+                .map(|v| {
+                    v.parse()
+                        .unwrap_or_else(|e| panic!("MEDALLION_SILVER_FILE_MIB={v}: {e}"))
+                })
+                .unwrap_or(default.silver_file_mib),
+            ..default
         }
     }
 
@@ -1124,6 +1193,14 @@ fn audit(seconds: u64, clients: u64, rows: u64, rounds: usize) -> anyhow::Result
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The logs of the refiner the bench runs in process, when asked for
+    // (e.g. `RUST_LOG=medallion=debug`: each silver MERGE's files and times).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match cli.what {
         What::Streaming { rows } => drop(streaming(rows)?),
         What::Snapshot { rows } => drop(snapshot(rows)?),

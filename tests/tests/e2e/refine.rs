@@ -735,16 +735,21 @@ async fn one_failing_model_fails_alone_and_medallion_status_says_degraded() {
     );
 }
 
-/// Files of a refined table's current version and the operations of its
-/// Delta history, newest first.
-async fn files_and_operations(env: &Env, layer: &str, name: &str) -> (usize, Vec<String>) {
+/// A refined table's newest version.
+async fn open_refined(env: &Env, layer: &str, name: &str) -> deltalake::DeltaTable {
     let url = env
         .lake_root()
         .join(&format!("{layer}/{name}/"))
         .expect("refined table URL");
-    let table = deltalake::open_table_with_storage_options(url, env.storage())
+    deltalake::open_table_with_storage_options(url, env.storage())
         .await
-        .unwrap_or_else(|e| panic!("open {layer}.{name}: {e}"));
+        .unwrap_or_else(|e| panic!("open {layer}.{name}: {e}"))
+}
+
+/// Files of a refined table's current version and the operations of its
+/// Delta history, newest first.
+async fn files_and_operations(env: &Env, layer: &str, name: &str) -> (usize, Vec<String>) {
+    let table = open_refined(env, layer, name).await;
     let files = table.get_file_uris().expect("file list").count();
     let ops = futures::TryStreamExt::try_collect::<Vec<_>>(table.history(None))
         .await
@@ -824,6 +829,121 @@ async fn the_refiner_compacts_silver_and_keyed_gold_and_optimize_vacuums_every_l
     }
     env.assert_silver_matches("public", "t", "t").await;
     env.assert_gold_matches("t_rows").await;
+}
+
+/// Each current file of a refined table: its rows and its `id` range
+/// (from the file's statistics), in key order; and the table's
+/// `delta.targetFileSize`.
+async fn id_layout(env: &Env, layer: &str, name: &str) -> (Vec<(u64, i64, i64)>, Option<String>) {
+    let table = open_refined(env, layer, name).await;
+    let files: Vec<_> =
+        futures::TryStreamExt::try_collect(table.get_active_add_actions_by_partitions(&[]))
+            .await
+            .expect("files");
+    let mut layout: Vec<(u64, i64, i64)> = files
+        .iter()
+        .map(|f| {
+            let stats: serde_json::Value =
+                serde_json::from_str(&f.stats().expect("statistics")).expect("statistics JSON");
+            let n = |p: &str| {
+                stats
+                    .pointer(p)
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or_else(|| panic!("{p} in {stats}"))
+            };
+            (
+                n("/numRecords") as u64,
+                n("/minValues/id"),
+                n("/maxValues/id"),
+            )
+        })
+        .collect();
+    layout.sort_by_key(|&(_, lo, hi)| (lo, hi));
+    let size = table
+        .snapshot()
+        .expect("snapshot")
+        .metadata()
+        .configuration()
+        .get("delta.targetFileSize")
+        .cloned();
+    (layout, size)
+}
+
+/// The `operationMetrics` number `key` of a refined table's newest MERGE.
+async fn last_merge_metric(env: &Env, layer: &str, name: &str, key: &str) -> u64 {
+    let table = open_refined(env, layer, name).await;
+    let history = futures::TryStreamExt::try_collect::<Vec<_>>(table.history(None))
+        .await
+        .expect("commit infos");
+    let merge = history
+        .iter()
+        .find(|c| c.operation.as_deref() == Some("MERGE"))
+        .unwrap_or_else(|| panic!("a MERGE in {history:?}"));
+    let metrics = merge
+        .info
+        .get("operationMetrics")
+        .unwrap_or_else(|| panic!("operationMetrics in {merge:?}"));
+    metrics
+        .get(key)
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or_else(|| panic!("{key} in {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them() {
+    let env = Env::new();
+    // ~100 incompressible bytes a row: about 6 MiB of Parquet.
+    env.sql(
+        "CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL); \
+         INSERT INTO big SELECT g, md5(g::text) || md5((g + 1000000)::text) || md5((g + 2000000)::text) \
+           FROM generate_series(1, 60000) g; \
+         SELECT medallion.add_source('big');",
+    );
+    let mut cfg = env.cfg();
+    cfg.silver_file_mib = 1;
+    // Run `sql` at the source, then bronze and one refine cycle.
+    let refine_after = async |cfg: &medallion::Config, sql: &str| {
+        env.sql(sql);
+        let s = env.catch_up_with(cfg).await;
+        assert_all_ok(&env.refine_cycle(cfg, s.acked_lsn).await);
+    };
+    refine_after(&cfg, "SELECT 1").await;
+    let (files, size) = id_layout(&env, "silver", "big").await;
+    assert_eq!(
+        size.as_deref(),
+        Some("1048576"),
+        "silver.big's delta.targetFileSize"
+    );
+    assert!(
+        files.len() >= 4 && files.iter().all(|f| f.0 < 40_000),
+        "the copy is written in files of about 1 MiB: {files:?}"
+    );
+    // A change of 300 keys at the start of the key range: the MERGE
+    // rewrites the files holding them, not the table.
+    refine_after(&cfg, "UPDATE big SET pad = 'changed' WHERE id <= 300").await;
+    let holding = files.iter().filter(|f| f.1 <= 300).count();
+    let rewritten = last_merge_metric(&env, "silver", "big", "num_target_files_removed").await;
+    let copied = last_merge_metric(&env, "silver", "big", "num_target_rows_copied").await;
+    assert!(
+        rewritten >= 1 && rewritten as usize <= holding && copied < 60_000 / 2,
+        "rewrote {rewritten} of {} files ({holding} hold ids <= 300), copying {copied} rows: {files:?}",
+        files.len()
+    );
+    env.assert_silver_matches("public", "big", "big").await;
+    // A changed setting (or a table written before it existed) is recorded
+    // on the table before its next MERGE.
+    cfg.silver_file_mib = 2;
+    refine_after(&cfg, "UPDATE big SET pad = 'again' WHERE id = 60000").await;
+    let (_, size) = id_layout(&env, "silver", "big").await;
+    assert_eq!(
+        size.as_deref(),
+        Some("2097152"),
+        "silver.big's delta.targetFileSize"
+    );
+    env.assert_silver_matches("public", "big", "big").await;
 }
 
 /// Rows of `source` that its published copy `published` lacks, and the
