@@ -37,7 +37,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -585,7 +585,7 @@ impl BronzeTable {
                 .map_err(Error::delta(format!("reload bronze {}", self.id)))?;
             self.compactions_seen = *compactions;
         }
-        let props = CommitProperties::default()
+        let props = crate::lake::routine_commit()
             .with_application_transactions(txns)
             .with_metadata(info);
         crate::fault::hit(crate::fault::BEFORE_BRONZE_COMMIT);
@@ -640,6 +640,7 @@ impl BronzeTable {
         self.staged.clear();
         self.schema_changed = false;
         self.replace_all = false;
+        crate::lake::clean_log_hourly(&self.table, &self.url).await;
         Ok(Some(version as i64))
     }
 

@@ -177,11 +177,7 @@ pub(crate) async fn open(
         .with_storage_options(storage.clone())
         .build()
         .map_err(Error::delta(format!("table at {url}")))?;
-    let exists = table
-        .verify_deltatable_existence()
-        .await
-        .map_err(Error::delta(format!("table at {url}")))?;
-    if !exists {
+    if !exists(&table, url).await? {
         return Ok(None);
     }
     table
@@ -189,6 +185,36 @@ pub(crate) async fn open(
         .await
         .map_err(Error::delta(format!("load table at {url}")))?;
     Ok(Some(table))
+}
+
+/// Whether a Delta table is at `table`'s location. Its log's
+/// `_last_checkpoint` or first commit answers by name; delta-rs's own check
+/// lists the log directory, which on a local lake walks every entry of a
+/// long log (see [`crate::log_listing`]), and is asked only when neither
+/// is there (a log cleaned up past version 0 whose writer keeps no
+/// `_last_checkpoint`).
+async fn exists(table: &DeltaTable, url: &Url) -> Result<bool> {
+    use object_store::ObjectStoreExt as _;
+    let store = table.log_store().object_store(None);
+    for name in ["_last_checkpoint", "00000000000000000000.json"] {
+        match store
+            .head(&deltalake::Path::from(format!("_delta_log/{name}")))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(Error::Delta {
+                    context: format!("table at {url}: {name}"),
+                    source: e.into(),
+                });
+            }
+        }
+    }
+    table
+        .verify_deltatable_existence()
+        .await
+        .map_err(Error::delta(format!("table at {url}")))
 }
 
 /// A handle for a table that may not exist yet (writes create it).
@@ -347,13 +373,80 @@ pub(crate) async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Opti
         .map_err(Error::delta(format!("txn {app_id}")))
 }
 
+/// The properties of medallion's routine commits (bronze appends, silver
+/// MERGEs, gold writes, compactions): without delta-rs's cleanup of expired
+/// log entries after each commit. That cleanup lists the whole `_delta_log`
+/// directory every time, so a commit's cost grew with the log (about 95,000
+/// entries a day for a table committed to once a second, kept 30 days):
+/// 2–3 s per commit beside 200,000 entries in a debug build. [`clean_log`]
+/// does it at most once an hour per table instead.
+pub(crate) fn routine_commit() -> CommitProperties {
+    CommitProperties::default().with_cleanup_expired_logs(Some(false))
+}
+
+/// At most one cleanup of a table's expired log entries per this interval
+/// in a process ([`LogCleanup::Hourly`]).
+const LOG_CLEANUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// When [`clean_log`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogCleanup {
+    /// Unless this process cleaned the table's log within the last hour.
+    Hourly,
+    /// Now (`medallion optimize`).
+    Now,
+}
+
+/// Delete `table`'s log entries that are older than its
+/// `delta.logRetentionDuration` (30 days unless set) and that no version
+/// within it needs (delta-rs's cleanup, which keeps everything from the
+/// newest checkpoint before the cutoff on); nothing when the table turns
+/// cleanup off (`delta.enableExpiredLogCleanup = false`). Returns the
+/// entries deleted.
+pub(crate) async fn clean_log(table: &DeltaTable, url: &Url, when: LogCleanup) -> Result<usize> {
+    static LAST: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, std::time::Instant>>> =
+        std::sync::LazyLock::new(Default::default);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if when == LogCleanup::Hourly
+            && last
+                .get(url)
+                .is_some_and(|t| now.duration_since(*t) < LOG_CLEANUP_INTERVAL)
+        {
+            return Ok(0);
+        }
+        last.insert(url.clone(), now);
+    }
+    use deltalake::table::config::TablePropertiesExt as _;
+    let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
+    if !snapshot.table_config().enable_expired_log_cleanup() {
+        return Ok(0);
+    }
+    let cleaned = deltalake::protocol::checkpoints::cleanup_metadata(table, None)
+        .await
+        .map_err(Error::delta(format!("clean the log of {url}")))?;
+    if cleaned > 0 {
+        tracing::debug!(table = %url, cleaned, "expired log entries deleted");
+    }
+    Ok(cleaned)
+}
+
+/// [`clean_log`] hourly after a routine commit: a failure is logged, the
+/// commit stands.
+pub(crate) async fn clean_log_hourly(table: &DeltaTable, url: &Url) {
+    if let Err(e) = clean_log(table, url, LogCleanup::Hourly).await {
+        tracing::warn!(table = %url, error = %e, "cleaning expired log entries failed; tried again in an hour");
+    }
+}
+
 /// Commit properties carrying application transactions and `medallion.*`
-/// metadata.
+/// metadata (a [`routine_commit`]).
 pub(crate) fn commit_properties(
     txns: Vec<(String, i64)>,
     info: Vec<(&str, serde_json::Value)>,
 ) -> CommitProperties {
-    CommitProperties::default()
+    routine_commit()
         .with_application_transactions(
             txns.into_iter()
                 .map(|(id, v)| Transaction::new(id, v))
@@ -597,6 +690,105 @@ pub async fn query(
 mod tests {
     use super::*;
     use crate::bronze::{TableId, table_url};
+
+    #[tokio::test]
+    async fn routine_commits_leave_expired_log_entries_to_the_hourly_cleanup() {
+        use arrow::array::Int32Array;
+        use deltalake::protocol::SaveMode;
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::from_config(&crate::Config {
+            lake_url: dir.path().display().to_string(),
+            ..crate::Config::default()
+        })
+        .expect("lake");
+        let url = lake.refined_url("silver", "t").expect("url");
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let log = dir.path().join("silver/t/_delta_log");
+        let entries = || std::fs::read_dir(&log).expect("log").count();
+        let write = async |table: DeltaTable, id: i32, props: CommitProperties| {
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![id]))])
+                    .expect("batch");
+            table
+                .write(vec![batch])
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(props)
+                .await
+                .expect("write")
+        };
+        // Entries expire after a second; a checkpoint every 5 commits.
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![0]))])
+            .expect("batch");
+        let mut table = lake
+            .handle(&url)
+            .expect("handle")
+            .write(vec![batch])
+            .with_configuration([
+                ("delta.logRetentionDuration", Some("interval 1 second")),
+                ("delta.checkpointInterval", Some("5")),
+            ])
+            .await
+            .expect("create");
+        let version = |v: u64| log.join(format!("{v:020}.json"));
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(1_500));
+        for id in 1..=11 {
+            table = write(table, id, routine_commit()).await;
+        }
+        pause().await;
+        table = write(table, 12, routine_commit()).await;
+        assert!(
+            version(0).exists(),
+            "a routine commit cleaned the log: {} entries",
+            entries()
+        );
+        // The hourly cleanup deletes what expired before the checkpoint (10)…
+        let cleaned = clean_log(&table, &url, LogCleanup::Hourly)
+            .await
+            .expect("clean");
+        assert!(
+            cleaned >= 10 && !version(0).exists() && version(10).exists(),
+            "{cleaned} cleaned"
+        );
+        // … and then not again within the hour; `optimize` (`Now`) does.
+        for id in 13..=16 {
+            table = write(table, id, routine_commit()).await;
+        }
+        pause().await;
+        table = write(table, 17, routine_commit()).await;
+        assert_eq!(
+            clean_log(&table, &url, LogCleanup::Hourly)
+                .await
+                .expect("clean"),
+            0
+        );
+        assert!(version(10).exists());
+        assert!(
+            clean_log(&table, &url, LogCleanup::Now)
+                .await
+                .expect("clean")
+                > 0
+        );
+        assert!(!version(10).exists() && version(15).exists());
+        // A commit with delta-rs's default properties cleans by itself: the
+        // cost routine commits avoid.
+        for id in 18..=21 {
+            table = write(table, id, routine_commit()).await;
+        }
+        pause().await;
+        table = write(table, 22, routine_commit()).await;
+        assert!(version(15).exists());
+        table = write(table, 23, CommitProperties::default()).await;
+        assert!(!version(15).exists(), "delta-rs's own cleanup did not run");
+        drop(table);
+        // The table reads as written: 24 rows.
+        let ctx = session();
+        let table = lake.open(&url).await.expect("open").expect("table");
+        register(&ctx, "t", &table).await.expect("register");
+        let n = collect(&ctx, "SELECT count(*) FROM t")
+            .await
+            .expect("count");
+        assert_eq!(crate::expectations::count_of(&n).expect("count"), 24);
+    }
 
     /// `Config::lake_root` only parses; `Lake::from_config` prepares: the
     /// local directory is created and its real path (symlinks resolved) is

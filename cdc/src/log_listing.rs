@@ -26,6 +26,19 @@
 //! missing stays missing, for the kernel to report. Object stores (S3
 //! and the like) list in lexical order with read-after-write consistency and
 //! are not wrapped.
+//!
+//! The same walk makes a listing cost grow with the log: `readdir` visits
+//! every entry, and a busy table's log keeps about 95,000 entries a day at
+//! one commit a second (`delta.logRetentionDuration`, 30 days by default).
+//! The kernel lists a log *from a version* (`list_with_offset` at
+//! `_delta_log/<version>`) each time it opens a table or brings an open one
+//! up to date, and that version is recent: the last checkpoint, or the
+//! version the caller already has. Such a listing is answered by name
+//! instead ([`probe`]): each commit and checkpoint from that version until
+//! the first version without a commit, and `_last_checkpoint`, so its cost
+//! follows the versions since, not the log's length. Whenever the names
+//! cannot be trusted to be complete (nothing at the first version, a
+//! multi-part or v2 checkpoint hint, a long range), the directory is listed.
 
 use std::fmt;
 use std::ops::Range;
@@ -45,6 +58,12 @@ use url::Url;
 /// At most this many missing commits are looked up per listing (a gap that
 /// large is not a race).
 const MAX_LOOKUPS: usize = 10_000;
+
+/// At most this many versions are looked up by name per listing from a
+/// version; a longer range (a listing of history) is listed. A table opened
+/// afresh is read from its last checkpoint: bronze checkpoints every
+/// `checkpoint_interval` (10) commits, delta-rs every 100 by default.
+const MAX_PROBED: u64 = 256;
 
 /// A local-directory store whose listings of a `_delta_log/` directory show
 /// every commit between the first and the last they show.
@@ -115,6 +134,91 @@ impl GaplessLogListing {
         .try_flatten()
         .boxed()
     }
+}
+
+/// The version an offset names when it is a bare version
+/// (`_delta_log/00000000000000003110`), as the kernel lists from.
+fn bare_version(offset: &Path) -> Option<u64> {
+    let name = offset.filename()?;
+    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
+
+/// `dir/name`'s metadata, or `None` when there is no such file.
+async fn head(
+    store: &Arc<dyn ObjectStore>,
+    dir: &Path,
+    name: &str,
+) -> object_store::Result<Option<ObjectMeta>> {
+    match store.head(&dir.clone().join(name)).await {
+        Ok(meta) => Ok(Some(meta)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The entries of log directory `dir` from version `from` on, found by
+/// name: the commit and the single-part checkpoint of each version from
+/// `from` to the last version with a commit, and `_last_checkpoint`, which
+/// is what a listing of `dir` from `from` returns for a log written by
+/// delta-rs (names of other kinds, such as `.crc` files or temporary
+/// files, are optional to the kernel or not read at all). A later version
+/// never exists without the one before it: a writer commits `n + 1` only
+/// after `n`, and log cleanup removes only versions older than the last
+/// checkpoint.
+///
+/// `None` when the directory must be listed instead: neither a commit nor
+/// a checkpoint at `from` (a log cleaned up past it, or no log), a
+/// `_last_checkpoint` at or after `from` naming a checkpoint not found here
+/// (multi-part or v2, written by another engine), or more than
+/// [`MAX_PROBED`] versions.
+async fn probe(
+    store: &Arc<dyn ObjectStore>,
+    dir: &Path,
+    from: u64,
+) -> object_store::Result<Option<Vec<ObjectMeta>>> {
+    let mut found = Vec::new();
+    for v in from.. {
+        if v - from >= MAX_PROBED {
+            return Ok(None);
+        }
+        let commit = head(store, dir, &format!("{v:020}.json")).await?;
+        let checkpoint = head(store, dir, &format!("{v:020}.checkpoint.parquet")).await?;
+        if commit.is_none() && (v > from || checkpoint.is_none()) {
+            break;
+        }
+        found.extend(checkpoint);
+        found.extend(commit);
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let hint = match store.get(&dir.clone().join("_last_checkpoint")).await {
+        Ok(got) => got,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Some(found)),
+        Err(e) => return Err(e),
+    };
+    let meta = hint.meta.clone();
+    let bytes = hint.bytes().await?;
+    let Ok(hint) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(None);
+    };
+    let Some(version) = hint.get("version").and_then(|v| v.as_u64()) else {
+        return Ok(None);
+    };
+    if version >= from {
+        let single_part = hint
+            .get("parts")
+            .is_none_or(|p| p.is_null() || p.as_u64() == Some(1))
+            && hint.get("v2Checkpoint").is_none_or(|p| p.is_null());
+        let listed = found.iter().any(|m| checkpoint_version(m) == Some(version));
+        if !(single_part && listed) {
+            return Ok(None);
+        }
+    }
+    found.push(meta);
+    Ok(Some(found))
 }
 
 /// The version of a checkpoint file (`00000000000000003110.checkpoint.parquet`,
@@ -218,7 +322,24 @@ impl ObjectStore for GaplessLogListing {
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let (p, o) = (prefix.cloned(), offset.clone());
-        self.gapless(prefix, move |s| s.list_with_offset(p.as_ref(), &o))
+        let from = bare_version(offset).filter(|_| is_log(prefix));
+        let dir: Path = offset
+            .parts()
+            .take(offset.parts().count().saturating_sub(1))
+            .collect();
+        let (Some(from), true) = (from, prefix == Some(&dir)) else {
+            return self.gapless(prefix, move |s| s.list_with_offset(p.as_ref(), &o));
+        };
+        let inner = Arc::clone(&self.inner);
+        let walk = self.gapless(prefix, move |s| s.list_with_offset(p.as_ref(), &o));
+        stream::once(async move {
+            Ok::<_, object_store::Error>(match probe(&inner, &dir, from).await? {
+                Some(found) => stream::iter(found.into_iter().map(Ok)).boxed(),
+                None => walk,
+            })
+        })
+        .try_flatten()
+        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -290,6 +411,8 @@ mod tests {
         inner: InMemory,
         hidden: Path,
         lookups: AtomicUsize,
+        /// Directory listings asked of it.
+        lists: AtomicUsize,
     }
 
     impl fmt::Display for Racing {
@@ -329,6 +452,7 @@ mod tests {
             &self,
             prefix: Option<&Path>,
         ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
             let hidden = self.hidden.clone();
             self.inner
                 .list(prefix)
@@ -354,6 +478,7 @@ mod tests {
             inner: InMemory::new(),
             hidden: Path::from(format!("t/_delta_log/{hidden:020}.json")),
             lookups: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
         };
         for v in versions.filter(|v| !absent.contains(v)) {
             store
@@ -550,5 +675,123 @@ mod tests {
             "the race did not fire in {rounds} plain listings"
         );
         assert_eq!(gaps, 0, "the wrapped store showed a gap");
+    }
+
+    /// A log written as delta-rs writes one: commits `versions`, a
+    /// checkpoint at `checkpoint` named by `_last_checkpoint` (`hint`), and
+    /// a data file; no listing misses anything.
+    async fn delta_log(
+        versions: std::ops::RangeInclusive<u64>,
+        checkpoint: Option<u64>,
+        hint: Option<&str>,
+    ) -> Arc<Racing> {
+        let store = Racing {
+            inner: InMemory::new(),
+            hidden: Path::from("nothing"),
+            lookups: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+        };
+        let put = async |name: String, body: String| {
+            store
+                .put(&Path::from(format!("t/_delta_log/{name}")), body.into())
+                .await
+                .unwrap();
+        };
+        for v in versions {
+            put(format!("{v:020}.json"), "{}".into()).await;
+        }
+        if let Some(c) = checkpoint {
+            put(format!("{c:020}.checkpoint.parquet"), "x".into()).await;
+        }
+        if let Some(h) = hint {
+            put("_last_checkpoint".into(), h.into()).await;
+        }
+        store
+            .put(&Path::from("t/part-0.parquet"), "x".into())
+            .await
+            .unwrap();
+        Arc::new(store)
+    }
+
+    #[tokio::test]
+    async fn a_log_listed_from_a_version_is_found_by_name_and_equals_the_listing() {
+        let log = delta_log(
+            3100..=3112,
+            Some(3110),
+            Some(r#"{"version":3110,"size":7}"#),
+        )
+        .await;
+        let store = GaplessLogListing::new(log.clone());
+        for from in [3110u64, 3111, 3112, 3113] {
+            let offset = format!("t/_delta_log/{from:020}");
+            let want = names(&listed(&log.inner, "t/_delta_log", Some(&offset)).await);
+            let lists = log.lists.load(Ordering::SeqCst);
+            let got = names(&listed(&store, "t/_delta_log", Some(&offset)).await);
+            assert_eq!(got, want, "from {from}");
+            let walked = log.lists.load(Ordering::SeqCst) - lists;
+            // Past the last commit nothing is there to find by name: listed.
+            assert_eq!(walked, usize::from(from == 3113), "listings from {from}");
+        }
+        // From the checkpoint: its file, 3 commits, the hint.
+        let got = listed(
+            &store,
+            "t/_delta_log",
+            Some("t/_delta_log/00000000000000003110"),
+        )
+        .await;
+        assert_eq!(got.len(), 5, "{:?}", names(&got));
+    }
+
+    #[tokio::test]
+    async fn a_log_the_names_may_not_cover_is_listed() {
+        let from_version = async |store: &GaplessLogListing, v: u64| {
+            let offset = format!("t/_delta_log/{v:020}");
+            names(&listed(store, "t/_delta_log", Some(&offset)).await)
+        };
+        // Cleaned up before 3105: nothing at 3100.
+        let log = delta_log(3105..=3112, Some(3110), Some(r#"{"version":3110}"#)).await;
+        let store = GaplessLogListing::new(log.clone());
+        let got = from_version(&store, 3100).await;
+        assert_eq!(log.lists.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            got.len(),
+            10,
+            "8 commits, the checkpoint, the hint: {got:?}"
+        );
+        // A multi-part checkpoint hint (another engine): its parts have
+        // names this does not look for.
+        let log = delta_log(3100..=3112, None, Some(r#"{"version":3110,"parts":2}"#)).await;
+        for part in 1..=2 {
+            log.put(
+                &Path::from(format!(
+                    "t/_delta_log/00000000000000003110.checkpoint.{part:010}.0000000002.parquet"
+                )),
+                "x".into(),
+            )
+            .await
+            .unwrap();
+        }
+        let store = GaplessLogListing::new(log.clone());
+        let got = from_version(&store, 3110).await;
+        assert_eq!(log.lists.load(Ordering::SeqCst), 1);
+        assert!(
+            got.iter().any(|n| n.contains("checkpoint.0000000002")),
+            "{got:?}"
+        );
+        // A hint naming a checkpoint that is not there, or no hint at all.
+        let log = delta_log(3100..=3112, None, Some(r#"{"version":3110}"#)).await;
+        let store = GaplessLogListing::new(log.clone());
+        from_version(&store, 3110).await;
+        assert_eq!(log.lists.load(Ordering::SeqCst), 1);
+        let log = delta_log(3100..=3112, None, None).await;
+        let store = GaplessLogListing::new(log.clone());
+        assert_eq!(from_version(&store, 3110).await.len(), 3);
+        assert_eq!(log.lists.load(Ordering::SeqCst), 0);
+        // History from version 0 of a long log: listed, not looked up
+        // version by version.
+        let log = delta_log(0..=MAX_PROBED + 10, None, None).await;
+        let store = GaplessLogListing::new(log.clone());
+        assert_eq!(from_version(&store, 0).await.len() as u64, MAX_PROBED + 11);
+        assert_eq!(log.lists.load(Ordering::SeqCst), 1);
     }
 }

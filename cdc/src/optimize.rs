@@ -28,7 +28,7 @@ use arrow::array::{RecordBatch, new_null_array};
 use arrow::datatypes::{Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -399,7 +399,7 @@ async fn commit_compaction(
             return Ok(false);
         }
         let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
-        let done = CommitBuilder::from(CommitProperties::default())
+        let done = CommitBuilder::from(crate::lake::routine_commit())
             .with_actions(actions.clone())
             .with_max_retries(0)
             .build(
@@ -626,6 +626,10 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
                 ..Compaction::default()
             }
         };
+        // Routine commits leave expired log entries to an hourly cleanup
+        // (`lake::routine_commit`); `optimize` cleans each log it visits.
+        let log_entries_cleaned =
+            crate::lake::clean_log(&table, &url, crate::lake::LogCleanup::Now).await?;
         let mut vacuumed = 0;
         if opts.vacuum {
             vacuumed = vacuum(table, &url, &lake, opts.retain_hours).await?;
@@ -637,6 +641,7 @@ pub async fn optimize(cfg: &Config, opts: OptimizeOptions) -> Result<Vec<TableRe
             compacted = done.compacted,
             written = done.written,
             vacuumed,
+            log_entries_cleaned,
             "optimized"
         );
         out.push(TableReport {
