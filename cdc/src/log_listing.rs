@@ -169,7 +169,8 @@ async fn head(
 /// checkpoint.
 ///
 /// `None` when the directory must be listed instead: neither a commit nor
-/// a checkpoint at `from` (a log cleaned up past it, or no log), a
+/// a checkpoint at `from` nor at `from - 1` (a log cleaned up past it, or
+/// no log; nothing at `from` after `from - 1` is an up-to-date caller), a
 /// `_last_checkpoint` at or after `from` naming a checkpoint not found here
 /// (multi-part or v2, written by another engine), or more than
 /// [`MAX_PROBED`] versions.
@@ -192,7 +193,21 @@ async fn probe(
         found.extend(commit);
     }
     if found.is_empty() {
-        return Ok(None);
+        // Nothing at `from`: the log ends just before it (the caller is up
+        // to date) when `from - 1` is there; otherwise it was cleaned up
+        // past `from`, or there is no log, and a listing decides.
+        let Some(before) = from.checked_sub(1) else {
+            return Ok(None);
+        };
+        if head(store, dir, &format!("{before:020}.json"))
+            .await?
+            .is_none()
+            && head(store, dir, &format!("{before:020}.checkpoint.parquet"))
+                .await?
+                .is_none()
+        {
+            return Ok(None);
+        }
     }
     let hint = match store.get(&dir.clone().join("_last_checkpoint")).await {
         Ok(got) => got,
@@ -729,10 +744,10 @@ mod tests {
             let got = names(&listed(&store, "t/_delta_log", Some(&offset)).await);
             assert_eq!(got, want, "from {from}");
             let walked = log.lists.load(Ordering::SeqCst) - lists;
-            // Past the last commit nothing is there to find by name: listed.
-            assert_eq!(walked, usize::from(from == 3113), "listings from {from}");
+            assert_eq!(walked, 0, "listings from {from}");
         }
-        // From the checkpoint: its file, 3 commits, the hint.
+        // From the checkpoint: its file, 3 commits, the hint. Past the last
+        // commit (an up-to-date caller): the hint alone.
         let got = listed(
             &store,
             "t/_delta_log",
@@ -740,6 +755,16 @@ mod tests {
         )
         .await;
         assert_eq!(got.len(), 5, "{:?}", names(&got));
+        let got = listed(
+            &store,
+            "t/_delta_log",
+            Some("t/_delta_log/00000000000000003113"),
+        )
+        .await;
+        assert_eq!(
+            names(&got),
+            vec!["t/_delta_log/_last_checkpoint".to_string()]
+        );
     }
 
     #[tokio::test]
@@ -748,7 +773,7 @@ mod tests {
             let offset = format!("t/_delta_log/{v:020}");
             names(&listed(store, "t/_delta_log", Some(&offset)).await)
         };
-        // Cleaned up before 3105: nothing at 3100.
+        // Cleaned up before 3105: nothing at 3100 nor at 3099.
         let log = delta_log(3105..=3112, Some(3110), Some(r#"{"version":3110}"#)).await;
         let store = GaplessLogListing::new(log.clone());
         let got = from_version(&store, 3100).await;

@@ -77,6 +77,12 @@ enum What {
         /// hundreds of quiet tables the refiner must not wait for).
         #[arg(long, default_value_t = 0)]
         idle_tables: usize,
+        /// Leftover entries put in the `_delta_log` of the timed tables
+        /// (bronze, silver and gold of `account_move_line`) before the load:
+        /// a stand-in for the log of a table committed to for that many
+        /// seconds (kept 30 days by default), as a directory listing costs.
+        #[arg(long, default_value_t = 0)]
+        aged_log: u64,
     },
     Rss {
         #[arg(long, default_value_t = 1_000_000)]
@@ -1208,7 +1214,8 @@ fn main() -> anyhow::Result<()> {
             seconds,
             tps,
             idle_tables,
-        } => drop(freshness::freshness(seconds, tps, idle_tables)?),
+            aged_log,
+        } => drop(freshness::freshness(seconds, tps, idle_tables, aged_log)?),
         What::Rss { rows } => drop(rss(rows)?),
         What::Gold { rows } => drop(gold(rows)?),
         What::Package { rows } => drop(package(rows)?),
@@ -1257,7 +1264,7 @@ fn main() -> anyhow::Result<()> {
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;
-            freshness::freshness(20, 1000, 0)?;
+            freshness::freshness(20, 1000, 0, 0)?;
             rss(rows)?;
             gold(rows)?;
             merge(rows, rows / 10)?;
