@@ -640,7 +640,7 @@ impl BronzeTable {
         self.staged.clear();
         self.schema_changed = false;
         self.replace_all = false;
-        crate::lake::clean_log_hourly(&self.table, &self.url).await;
+        crate::lake::clean_log_hourly(&self.table, &self.url);
         Ok(Some(version as i64))
     }
 

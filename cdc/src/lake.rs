@@ -404,6 +404,60 @@ pub(crate) enum LogCleanup {
 /// cleanup off (`delta.enableExpiredLogCleanup = false`). Returns the
 /// entries deleted.
 pub(crate) async fn clean_log(table: &DeltaTable, url: &Url, when: LogCleanup) -> Result<usize> {
+    match log_cleanup(table, url, when)? {
+        Some(cleanup) => cleanup.run().await,
+        None => Ok(0),
+    }
+}
+
+/// [`clean_log`] hourly after a routine commit, in a task of its own: the
+/// cleanup lists the whole log, and the commit's caller (the bronze writer,
+/// the refiner) does not wait for it. A failure is logged; the commit
+/// stands, and the next hour tries again.
+pub(crate) fn clean_log_hourly(table: &DeltaTable, url: &Url) {
+    match log_cleanup(table, url, LogCleanup::Hourly) {
+        Ok(Some(cleanup)) => {
+            tokio::spawn(async move {
+                if let Err(e) = cleanup.run().await {
+                    tracing::warn!(error = %e, "cleaning expired log entries failed; tried again in an hour");
+                }
+            });
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(table = %url, error = %e, "cleaning expired log entries failed; tried again in an hour")
+        }
+    }
+}
+
+/// One cleanup of a table's expired log entries, due now.
+struct PendingCleanup {
+    url: Url,
+    log_store: deltalake::logstore::LogStoreRef,
+    version: deltalake::kernel::Version,
+    cutoff_ms: i64,
+}
+
+impl PendingCleanup {
+    async fn run(self) -> Result<usize> {
+        let cleaned = deltalake::protocol::checkpoints::cleanup_expired_logs_for(
+            self.version,
+            self.log_store.as_ref(),
+            self.cutoff_ms,
+            None,
+        )
+        .await
+        .map_err(Error::delta(format!("clean the log of {}", self.url)))?;
+        if cleaned > 0 {
+            tracing::debug!(table = %self.url, cleaned, "expired log entries deleted");
+        }
+        Ok(cleaned)
+    }
+}
+
+/// The cleanup of `table`'s log when it is due (`when`, marked as done for
+/// the hour) and the table allows it.
+fn log_cleanup(table: &DeltaTable, url: &Url, when: LogCleanup) -> Result<Option<PendingCleanup>> {
     static LAST: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, std::time::Instant>>> =
         std::sync::LazyLock::new(Default::default);
     {
@@ -414,30 +468,23 @@ pub(crate) async fn clean_log(table: &DeltaTable, url: &Url, when: LogCleanup) -
                 .get(url)
                 .is_some_and(|t| now.duration_since(*t) < LOG_CLEANUP_INTERVAL)
         {
-            return Ok(0);
+            return Ok(None);
         }
         last.insert(url.clone(), now);
     }
     use deltalake::table::config::TablePropertiesExt as _;
     let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
-    if !snapshot.table_config().enable_expired_log_cleanup() {
-        return Ok(0);
+    let config = snapshot.table_config();
+    if !config.enable_expired_log_cleanup() {
+        return Ok(None);
     }
-    let cleaned = deltalake::protocol::checkpoints::cleanup_metadata(table, None)
-        .await
-        .map_err(Error::delta(format!("clean the log of {url}")))?;
-    if cleaned > 0 {
-        tracing::debug!(table = %url, cleaned, "expired log entries deleted");
-    }
-    Ok(cleaned)
-}
-
-/// [`clean_log`] hourly after a routine commit: a failure is logged, the
-/// commit stands.
-pub(crate) async fn clean_log_hourly(table: &DeltaTable, url: &Url) {
-    if let Err(e) = clean_log(table, url, LogCleanup::Hourly).await {
-        tracing::warn!(table = %url, error = %e, "cleaning expired log entries failed; tried again in an hour");
-    }
+    Ok(Some(PendingCleanup {
+        url: url.clone(),
+        log_store: table.log_store(),
+        version: snapshot.version() as deltalake::kernel::Version,
+        cutoff_ms: chrono::Utc::now().timestamp_millis()
+            - config.log_retention_duration().as_millis() as i64,
+    }))
 }
 
 /// Commit properties carrying application transactions and `medallion.*`
