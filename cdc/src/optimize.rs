@@ -563,6 +563,9 @@ async fn vacuum(mut table: DeltaTable, url: &Url, lake: &Lake, retain_hours: u64
             .with_retention_period(chrono::Duration::hours(retain_hours as i64))
             .with_enforce_retention_duration(false)
             .with_mode(VacuumMode::Full)
+            // Its two commits would each list the whole log to clean it;
+            // `optimize` has just cleaned it (`lake::clean_log`).
+            .with_commit_properties(crate::lake::routine_commit())
             .await;
         match done {
             Ok((_, metrics)) => return Ok(metrics.files_deleted.len()),
