@@ -287,6 +287,193 @@ pub(crate) fn commit_lock(url: &Url) -> Arc<tokio::sync::Mutex<u64>> {
     }
 }
 
+/// Rows appended and not yet staged, column by column.
+struct RowBuffer {
+    builders: Vec<ColumnBuilder>,
+    meta: MetaBuilders,
+    rows: usize,
+    bytes: usize,
+}
+
+impl RowBuffer {
+    fn new(columns: &[(String, Kind)]) -> RowBuffer {
+        RowBuffer {
+            builders: columns.iter().map(|(_, k)| ColumnBuilder::new(k)).collect(),
+            meta: MetaBuilders::new(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// A column added after `rows` rows: those rows get NULL in it.
+    fn add_column(&mut self, kind: &Kind) {
+        let mut b = ColumnBuilder::new(kind);
+        for _ in 0..self.rows {
+            b.append_null();
+        }
+        self.builders.push(b);
+    }
+
+    /// Append one change; `values[i]` is the value of `columns[i]`.
+    fn append(
+        &mut self,
+        id: &TableId,
+        columns: &[(String, Kind)],
+        meta: RowMeta,
+        values: &[Value<'_>],
+    ) -> Result<()> {
+        debug_assert_eq!(values.len(), columns.len());
+        let mut unchanged: Vec<usize> = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Value::Null => self.builders[i].append_null(),
+                Value::Unchanged => {
+                    self.builders[i].append_null();
+                    unchanged.push(i);
+                }
+                Value::Text(raw) => {
+                    if let Err(e) = self.builders[i].append_text(raw) {
+                        let (name, kind) = &columns[i];
+                        return Err(value_error(&id.to_string(), name, kind, raw, e));
+                    }
+                    self.bytes += raw.len();
+                }
+            }
+        }
+        self.meta.op.append_value(meta.op.as_str());
+        self.meta.lsn.append_value(meta.lsn.lake_value());
+        self.meta.seq.append_value(meta.seq);
+        self.meta.ts.append_value(meta.commit_ts_us);
+        self.meta.xid.append_value(meta.xid);
+        if unchanged.is_empty() {
+            self.meta.toast.append_null();
+        } else {
+            for i in unchanged {
+                self.meta.toast.values().append_value(&columns[i].0);
+            }
+            self.meta.toast.append(true);
+        }
+        self.rows += 1;
+        self.bytes += 48;
+        Ok(())
+    }
+
+    /// The buffered rows as one batch of `schema`, leaving the buffer empty;
+    /// None when nothing is buffered.
+    fn take_batch(&mut self, id: &TableId, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let mut arrays = self.meta.finish()?;
+        for b in &mut self.builders {
+            arrays.push(b.finish());
+        }
+        let batch = RecordBatch::try_new(schema.clone(), arrays)
+            .map_err(Error::arrow(format!("bronze {id} batch")))?;
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(Some(batch))
+    }
+}
+
+/// Parquet files written into a table's directory and not yet committed.
+struct Stager {
+    url: Url,
+    storage: HashMap<String, String>,
+    /// The Parquet writer is `Send` but not `Sync`; it is only used through
+    /// `&mut self`, which `SyncWrapper` makes explicit. It encodes one
+    /// schema: a schema change drops it ([`Stager::new_schema`]).
+    writer: SyncWrapper<Option<RecordBatchWriter>>,
+    staged: Vec<Add>,
+}
+
+impl Stager {
+    fn new(url: &Url, storage: &HashMap<String, String>) -> Stager {
+        Stager {
+            url: url.clone(),
+            storage: storage.clone(),
+            writer: SyncWrapper::new(None),
+            staged: Vec::new(),
+        }
+    }
+
+    /// Files staged so far keep their schema (Delta reads their missing
+    /// columns as NULL); the next ones are written with the new one.
+    fn new_schema(&mut self) {
+        *self.writer.get_mut() = None;
+    }
+
+    fn clear(&mut self) {
+        self.staged.clear();
+        self.new_schema();
+    }
+
+    /// Write `batch` to a new Parquet file, invisible until committed.
+    async fn write(&mut self, id: &TableId, batch: RecordBatch) -> Result<()> {
+        let slot = self.writer.get_mut();
+        if slot.is_none() {
+            *slot = Some(
+                RecordBatchWriter::try_new(
+                    self.url.as_str(),
+                    batch.schema(),
+                    None,
+                    Some(self.storage.clone()),
+                )
+                .map_err(Error::delta(format!("bronze {id} writer")))?,
+            );
+        }
+        let writer = slot.as_mut().expect("writer was just created");
+        writer
+            .write(batch)
+            .await
+            .map_err(Error::delta(format!("write bronze {id}")))?;
+        let adds = writer
+            .flush()
+            .await
+            .map_err(Error::delta(format!("flush bronze {id}")))?;
+        self.staged.extend(adds);
+        crate::fault::hit(crate::fault::MID_TRANSACTION);
+        Ok(())
+    }
+}
+
+/// Rows of one table written apart from its [`BronzeTable`] (one page range
+/// of a parallel copy, in a task of its own), staged as Parquet files of the
+/// table and committed by the table once [adopted](BronzeTable::adopt).
+pub struct BronzePart {
+    id: TableId,
+    columns: Vec<(String, Kind)>,
+    schema: SchemaRef,
+    buffer: RowBuffer,
+    stager: Stager,
+}
+
+impl BronzePart {
+    /// Append one change. `values[i]` is the value of bronze column `i`.
+    pub fn append(&mut self, meta: RowMeta, values: &[Value<'_>]) -> Result<()> {
+        self.buffer.append(&self.id, &self.columns, meta, values)
+    }
+
+    /// Rows buffered in memory (not yet staged).
+    pub fn buffered_rows(&self) -> usize {
+        self.buffer.rows
+    }
+
+    /// Approximate bytes buffered in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.bytes
+    }
+
+    /// Write buffered rows to a Parquet file of the table, invisible until
+    /// the table commits it. Bounds memory.
+    pub async fn stage(&mut self) -> Result<()> {
+        if let Some(batch) = self.buffer.take_batch(&self.id, &self.schema)? {
+            self.stager.write(&self.id, batch).await?;
+        }
+        Ok(())
+    }
+}
+
 /// How often a commit that replaces every file is tried again when the
 /// table moved under it (a compaction committed meanwhile).
 const REPLACE_ALL_TRIES: usize = 5;
@@ -299,14 +486,8 @@ pub struct BronzeTable {
     storage: HashMap<String, String>,
     /// Source columns in bronze order.
     columns: Vec<(String, Kind)>,
-    builders: Vec<ColumnBuilder>,
-    meta: MetaBuilders,
-    rows: usize,
-    bytes: usize,
-    staged: Vec<Add>,
-    /// The Parquet writer is `Send` but not `Sync`; it is only used through
-    /// `&mut self`, which `SyncWrapper` makes explicit.
-    writer: SyncWrapper<Option<RecordBatchWriter>>,
+    buffer: RowBuffer,
+    stager: Stager,
     /// Columns added since the last commit (the commit carries new metadata).
     schema_changed: bool,
     /// The next commit replaces the whole table (resync after a type change).
@@ -359,19 +540,12 @@ impl BronzeTable {
         let compactions_seen = *commit_lock(&url).lock().await;
         let mut t = BronzeTable {
             id: id.clone(),
+            buffer: RowBuffer::new(&existing),
+            stager: Stager::new(&url, storage),
             url,
             table,
             storage: storage.clone(),
-            builders: existing
-                .iter()
-                .map(|(_, k)| ColumnBuilder::new(k))
-                .collect(),
             columns: existing,
-            meta: MetaBuilders::new(),
-            rows: 0,
-            bytes: 0,
-            staged: Vec::new(),
-            writer: SyncWrapper::new(None),
             schema_changed: false,
             replace_all: false,
             added_columns: Vec::new(),
@@ -426,17 +600,11 @@ impl BronzeTable {
             if existed {
                 self.added_columns.push(name.clone());
             }
-            let mut b = ColumnBuilder::new(&kind);
-            for _ in 0..self.rows {
-                b.append_null();
-            }
-            self.builders.push(b);
+            self.buffer.add_column(&kind);
             self.columns.push((name, kind));
         }
         self.schema_changed = true;
-        // The writer encodes one schema: files staged so far keep theirs
-        // (Delta reads their missing columns as NULL), new ones get the new one.
-        *self.writer.get_mut() = None;
+        self.stager.new_schema();
         Ok(())
     }
 
@@ -456,109 +624,64 @@ impl BronzeTable {
     /// On a value error the buffer is left inconsistent: the caller must
     /// stop the table and [`discard`](Self::discard) it (a resync repairs it).
     pub fn append(&mut self, meta: RowMeta, values: &[Value<'_>]) -> Result<()> {
-        debug_assert_eq!(values.len(), self.columns.len());
-        let mut unchanged: Vec<usize> = Vec::new();
-        for (i, v) in values.iter().enumerate() {
-            match v {
-                Value::Null => self.builders[i].append_null(),
-                Value::Unchanged => {
-                    self.builders[i].append_null();
-                    unchanged.push(i);
-                }
-                Value::Text(raw) => {
-                    if let Err(e) = self.builders[i].append_text(raw) {
-                        let (name, kind) = &self.columns[i];
-                        return Err(value_error(&self.id.to_string(), name, kind, raw, e));
-                    }
-                    self.bytes += raw.len();
-                }
-            }
+        self.buffer.append(&self.id, &self.columns, meta, values)
+    }
+
+    /// A part of this table to write apart (a range of a parallel copy),
+    /// with the table's current columns. Its files are committed by this
+    /// table once [adopted](Self::adopt).
+    pub fn part(&self) -> BronzePart {
+        BronzePart {
+            id: self.id.clone(),
+            columns: self.columns.clone(),
+            schema: arrow_schema(&self.columns),
+            buffer: RowBuffer::new(&self.columns),
+            stager: Stager::new(&self.url, &self.storage),
         }
-        self.meta.op.append_value(meta.op.as_str());
-        self.meta.lsn.append_value(meta.lsn.lake_value());
-        self.meta.seq.append_value(meta.seq);
-        self.meta.ts.append_value(meta.commit_ts_us);
-        self.meta.xid.append_value(meta.xid);
-        if unchanged.is_empty() {
-            self.meta.toast.append_null();
-        } else {
-            for i in unchanged {
-                self.meta.toast.values().append_value(&self.columns[i].0);
-            }
-            self.meta.toast.append(true);
+    }
+
+    /// Stage what `part` still buffers and take its files into the next
+    /// commit. The part must have this table's columns.
+    pub async fn adopt(&mut self, mut part: BronzePart) -> Result<()> {
+        if part.columns != self.columns {
+            return Err(Error::Protocol(format!(
+                "bronze {}: a part written with other columns than the table's",
+                self.id
+            )));
         }
-        self.rows += 1;
-        self.bytes += 48;
+        part.stage().await?;
+        self.stager.staged.append(&mut part.stager.staged);
         Ok(())
     }
 
     /// Rows buffered in memory (not yet staged).
     pub fn buffered_rows(&self) -> usize {
-        self.rows
+        self.buffer.rows
     }
 
     /// Approximate bytes buffered in memory.
     pub fn buffered_bytes(&self) -> usize {
-        self.bytes
+        self.buffer.bytes
     }
 
     /// Whether anything (buffered or staged) awaits a commit.
     pub fn has_pending(&self) -> bool {
-        self.rows > 0 || !self.staged.is_empty() || self.schema_changed
+        self.buffer.rows > 0 || !self.stager.staged.is_empty() || self.schema_changed
     }
 
     /// Drop everything not committed (after a definite error).
     pub fn discard(&mut self) {
-        self.builders = self
-            .columns
-            .iter()
-            .map(|(_, k)| ColumnBuilder::new(k))
-            .collect();
-        self.meta = MetaBuilders::new();
-        self.rows = 0;
-        self.bytes = 0;
-        self.staged.clear();
-        *self.writer.get_mut() = None;
+        self.buffer = RowBuffer::new(&self.columns);
+        self.stager.clear();
     }
 
     /// Write buffered rows to a Parquet file in the table's directory. The
     /// file is invisible until [`commit`](Self::commit). Bounds memory.
     pub async fn stage(&mut self) -> Result<()> {
-        if self.rows == 0 {
-            return Ok(());
-        }
         let schema = arrow_schema(&self.columns);
-        let mut arrays = self.meta.finish()?;
-        for b in &mut self.builders {
-            arrays.push(b.finish());
+        if let Some(batch) = self.buffer.take_batch(&self.id, &schema)? {
+            self.stager.write(&self.id, batch).await?;
         }
-        let batch = RecordBatch::try_new(schema.clone(), arrays)
-            .map_err(Error::arrow(format!("bronze {} batch", self.id)))?;
-        self.rows = 0;
-        self.bytes = 0;
-        let slot = self.writer.get_mut();
-        if slot.is_none() {
-            *slot = Some(
-                RecordBatchWriter::try_new(
-                    self.url.as_str(),
-                    schema,
-                    None,
-                    Some(self.storage.clone()),
-                )
-                .map_err(Error::delta(format!("bronze {} writer", self.id)))?,
-            );
-        }
-        let writer = slot.as_mut().expect("writer was just created");
-        writer
-            .write(batch)
-            .await
-            .map_err(Error::delta(format!("write bronze {}", self.id)))?;
-        let adds = writer
-            .flush()
-            .await
-            .map_err(Error::delta(format!("flush bronze {}", self.id)))?;
-        self.staged.extend(adds);
-        crate::fault::hit(crate::fault::MID_TRANSACTION);
         Ok(())
     }
 
@@ -571,7 +694,7 @@ impl BronzeTable {
         info: Vec<(String, serde_json::Value)>,
     ) -> Result<Option<i64>> {
         self.stage().await?;
-        if self.staged.is_empty() && !self.schema_changed && txns.is_empty() {
+        if self.stager.staged.is_empty() && !self.schema_changed && txns.is_empty() {
             return Ok(None);
         }
         let lock = commit_lock(&self.url);
@@ -637,7 +760,7 @@ impl BronzeTable {
         };
         let version = finalized.version();
         self.table.state = Some(finalized.snapshot());
-        self.staged.clear();
+        self.stager.staged.clear();
         self.schema_changed = false;
         self.replace_all = false;
         crate::lake::clean_log_hourly(&self.table, &self.url);
@@ -648,7 +771,13 @@ impl BronzeTable {
     /// staged files, the removal of every current file when replacing, the
     /// new schema when columns were added.
     async fn commit_actions(&self) -> Result<Vec<Action>> {
-        let mut actions: Vec<Action> = self.staged.iter().cloned().map(Action::Add).collect();
+        let mut actions: Vec<Action> = self
+            .stager
+            .staged
+            .iter()
+            .cloned()
+            .map(Action::Add)
+            .collect();
         if self.replace_all {
             let old: Vec<_> = self
                 .table

@@ -48,6 +48,14 @@ pub struct Config {
     pub checkpoint_interval: u64,
     /// Tables copied in parallel during the initial snapshot (`MEDALLION_SNAPSHOT_PARALLELISM`).
     pub snapshot_parallelism: usize,
+    /// Connections that copy one large table, each a range of its heap pages
+    /// inside the same snapshot (`MEDALLION_SNAPSHOT_RANGES`; default 0: as
+    /// many as the machine has CPUs, at most 8; 1 copies every table through
+    /// one connection). See [`Config::snapshot_ranges`].
+    pub snapshot_ranges: usize,
+    /// A table is copied in page ranges once its heap holds at least two
+    /// ranges of this many MiB (`MEDALLION_SNAPSHOT_RANGE_MIB`, default 64).
+    pub snapshot_range_mib: u64,
     /// Scale of unconstrained `numeric` in bronze, as decimal(38, scale)
     /// (`MEDALLION_NUMERIC_SCALE`, default 24: Odoo's Float fields hold Python
     /// floats of ≤ 17 significant digits — the real Odoo 18 base has up to 19
@@ -269,6 +277,8 @@ impl std::fmt::Debug for Config {
             .field("idle_flush_ms", &self.idle_flush_ms)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
+            .field("snapshot_ranges", &self.snapshot_ranges)
+            .field("snapshot_range_mib", &self.snapshot_range_mib)
             .field("numeric_scale", &self.numeric_scale)
             .field("spill_dir", &self.spill_dir)
             .field("metrics_addr", &self.metrics_addr)
@@ -303,6 +313,8 @@ impl Default for Config {
             idle_flush_ms: 100,
             checkpoint_interval: 10,
             snapshot_parallelism: 2,
+            snapshot_ranges: 0,
+            snapshot_range_mib: 64,
             numeric_scale: 24,
             spill_dir: None,
             metrics_addr: None,
@@ -399,6 +411,8 @@ impl Config {
             "MEDALLION_SNAPSHOT_PARALLELISM",
             &mut cfg.snapshot_parallelism,
         )?;
+        env_parse("MEDALLION_SNAPSHOT_RANGES", &mut cfg.snapshot_ranges)?;
+        env_parse("MEDALLION_SNAPSHOT_RANGE_MIB", &mut cfg.snapshot_range_mib)?;
         env_parse("MEDALLION_NUMERIC_SCALE", &mut cfg.numeric_scale)?;
         env_parse("MEDALLION_STATUS_INTERVAL_MS", &mut cfg.status_interval_ms)?;
         env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
@@ -462,6 +476,11 @@ impl Config {
                 "flush_rows and snapshot_parallelism must be at least 1".into(),
             ));
         }
+        if self.snapshot_ranges > 64 || !(1..=1 << 20).contains(&self.snapshot_range_mib) {
+            return Err(Error::Config(
+                "snapshot_ranges must be at most 64 (0: one per CPU) and snapshot_range_mib between 1 and 1048576".into(),
+            ));
+        }
         if !(1..=1024).contains(&self.silver_file_mib) {
             return Err(Error::Config(
                 "silver_file_mib must be between 1 and 1024".into(),
@@ -516,6 +535,18 @@ impl Config {
             .map_err(|e| Error::Config(format!("lake directory {}: {e}", path.display())))?;
         url::Url::from_directory_path(&abs)
             .map_err(|_| Error::Config(format!("lake directory {} is not absolute", abs.display())))
+    }
+
+    /// How many page ranges a large table's copy may use at most (see
+    /// `snapshot_ranges`): the configured number, or the machine's CPUs.
+    pub fn snapshot_ranges(&self) -> usize {
+        match self.snapshot_ranges {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8),
+            n => n,
+        }
     }
 
     pub fn flush_interval(&self) -> Duration {

@@ -19,6 +19,9 @@
 //! - [`COPY_PLANNED`]: a copy is planned (its table chosen), its snapshot
 //!   not taken yet (for the exported snapshot of the initial copy: taken,
 //!   not imported yet).
+//! - [`RANGES_PLANNED`]: a large table's copy has read its size and exported
+//!   its snapshot to the other page ranges' connections, none of which has
+//!   started.
 //! - [`MID_SILVER`], [`BEFORE_GOLD_COMMIT`], [`BEFORE_PUBLISH_COMMIT`]: see
 //!   [`crate::refine`].
 //! - [`MID_COMPACTION`]: a compaction's new files are written, its commit
@@ -31,6 +34,7 @@ pub const MID_SNAPSHOT: &str = "mid_snapshot";
 pub const MID_TRANSACTION: &str = "mid_transaction";
 pub const BEFORE_BRONZE_COMMIT: &str = "before_bronze_commit";
 pub const COPY_PLANNED: &str = "copy_planned";
+pub const RANGES_PLANNED: &str = "ranges_planned";
 pub const MID_SILVER: &str = "mid_silver";
 pub const BEFORE_GOLD_COMMIT: &str = "before_gold_commit";
 pub const BEFORE_PUBLISH_COMMIT: &str = "before_publish_commit";

@@ -39,7 +39,8 @@
 //! ([`Error::ShapeChanged`]).
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use deltalake::kernel::Transaction;
 use futures::StreamExt;
@@ -48,7 +49,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::app_id::AppId;
-use crate::bronze::{BronzeTable, Op, RowMeta, TableId, Value};
+use crate::bronze::{BronzePart, BronzeTable, Op, RowMeta, TableId, Value};
 use crate::catalog::Field;
 use crate::catalog::{self, PublishedTable, TypeResolver};
 use crate::config::Config;
@@ -184,18 +185,21 @@ fn relation_sql(table: &PublishedTable) -> String {
     )
 }
 
-fn select_sql(table: &PublishedTable, shape: &Shape) -> String {
+/// The copy's query: the shape's columns, the publication's row filter and
+/// `range` (a condition on `ctid`), when given.
+fn select_sql(table: &PublishedTable, shape: &Shape, range: Option<&str>) -> String {
     let select_list = shape
         .columns
         .iter()
         .map(|(c, ..)| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let filter = shape
-        .row_filter
-        .as_ref()
-        .map(|f| format!(" WHERE {f}"))
-        .unwrap_or_default();
+    let filter = match (&shape.row_filter, range) {
+        (None, None) => String::new(),
+        (Some(f), None) => format!(" WHERE {f}"),
+        (None, Some(r)) => format!(" WHERE {r}"),
+        (Some(f), Some(r)) => format!(" WHERE ({f}) AND {r}"),
+    };
     format!("SELECT {select_list} FROM {}{filter}", relation_sql(table))
 }
 
@@ -358,7 +362,7 @@ async fn read_shape(client: &Client, cfg: &Config, table: &PublishedTable) -> Re
     // The current catalog types the columns the same (no type change
     // without a rewrite, e.g. varchar → text, after the snapshot).
     let stmt = client
-        .prepare(&select_sql(table, &shape))
+        .prepare(&select_sql(table, &shape, None))
         .await
         .map_err(|e| copy_failure(id, "describe the copy", e))?;
     for ((name, oid, _), col) in shape.columns.iter().zip(stmt.columns()) {
@@ -385,6 +389,210 @@ async fn shape_kinds(
         out.push((name.clone(), kind));
     }
     Ok(out)
+}
+
+/// Tuples of a table's heap that one connection copies: those whose `ctid`
+/// lies in pages [`first`, `end`) (no `end`: to the end of the heap, so
+/// pages added after the size was read are copied too). Postgres reads such
+/// a range with a TID range scan, touching only its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PageRange {
+    first: u32,
+    end: Option<u32>,
+}
+
+impl PageRange {
+    /// The whole heap (one connection).
+    const ALL: PageRange = PageRange {
+        first: 0,
+        end: None,
+    };
+
+    /// The range as a condition on `ctid`; None for the whole heap.
+    fn condition(self) -> Option<String> {
+        let from =
+            (self.first > 0).then(|| format!("ctid >= '({},0)'::pg_catalog.tid", self.first));
+        let to = self
+            .end
+            .map(|e| format!("ctid < '({e},0)'::pg_catalog.tid"));
+        match (from, to) {
+            (None, None) => None,
+            (Some(c), None) | (None, Some(c)) => Some(c),
+            (Some(f), Some(t)) => Some(format!("{f} AND {t}")),
+        }
+    }
+}
+
+/// A heap of `pages` split into at most `max` ranges of at least
+/// `min_pages` pages each, in page order, together covering every page and
+/// any added after (the last one is open).
+fn page_ranges(pages: u64, max: usize, min_pages: u64) -> Vec<PageRange> {
+    let n = (pages / min_pages.max(1)).clamp(1, max.max(1) as u64);
+    if n == 1 {
+        return vec![PageRange::ALL];
+    }
+    let step = pages.div_ceil(n);
+    let page = |p: u64| u32::try_from(p).unwrap_or(u32::MAX);
+    (0..n)
+        .map(|k| PageRange {
+            first: page(k * step),
+            end: (k + 1 < n).then(|| page((k + 1) * step)),
+        })
+        .collect()
+}
+
+/// `_mdl_seq` of a copied row: the range's index in the high bits, the
+/// row's place in its range below (so `(lsn, seq)` stays unique across
+/// ranges, up to 2^40 rows a range).
+const RANGE_SEQ_BITS: u32 = 40;
+
+/// What the ranges of one copy share: the rows copied so far, for the
+/// progress log, and whether a range has staged a file yet.
+struct Progress {
+    id: TableId,
+    estimate: i64,
+    started: std::time::Instant,
+    rows: AtomicU64,
+    /// When progress was last logged, in ms since `started`.
+    reported_ms: AtomicU64,
+    staged_once: AtomicBool,
+}
+
+impl Progress {
+    /// Count `rows` more and log the copy's progress every 5 s.
+    fn copied(&self, rows: u64) {
+        let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = self.reported_ms.load(Ordering::Relaxed);
+        if now_ms < last + 5000
+            || self
+                .reported_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let rate = total as f64 / (now_ms as f64 / 1000.0).max(0.001);
+        let eta = if self.estimate as u64 > total && rate > 0.0 {
+            format!("{:.0} s", (self.estimate as u64 - total) as f64 / rate)
+        } else {
+            "soon".into()
+        };
+        tracing::info!(
+            table = %self.id,
+            rows = total,
+            estimated_total = self.estimate,
+            rows_per_s = rate as u64,
+            eta = %eta,
+            "snapshot: copying"
+        );
+    }
+}
+
+/// One range's copy: its `COPY` statement and how its rows become bronze
+/// rows.
+struct RangeCopy {
+    sql: String,
+    /// Fields of a `COPY` row.
+    fields: usize,
+    /// For each bronze column, the copied column it takes its value from.
+    map: Arc<[Option<usize>]>,
+    /// Every row's metadata; `seq` is the range's first.
+    meta: RowMeta,
+    flush_rows: usize,
+    flush_bytes: usize,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+}
+
+impl RangeCopy {
+    /// Run the `COPY` on `client` (inside the copy's snapshot) into `part`,
+    /// staging a file every `flush_rows` rows or `flush_bytes` bytes.
+    /// Returns the part, to be adopted by the table, and its rows.
+    async fn run(self, client: &Client, mut part: BronzePart) -> Result<(BronzePart, u64)> {
+        let id = &self.progress.id;
+        let stream = client
+            .copy_out(&self.sql)
+            .await
+            .map_err(|e| copy_failure(id, "COPY", e))?;
+        futures::pin_mut!(stream);
+        let mut carry: Vec<u8> = Vec::new();
+        let mut meta = self.meta;
+        let mut rows: u64 = 0;
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    tracing::info!(table = %id, rows = self.progress.rows.load(Ordering::Relaxed), "snapshot: interrupted by shutdown; nothing committed, copied again at next start");
+                    return Err(Error::Interrupted);
+                }
+                c = stream.next() => c,
+            };
+            let Some(chunk) = chunk else { break };
+            let chunk = chunk.map_err(|e| copy_failure(id, "COPY data", e))?;
+            // Whole lines straight from the chunk; only a line cut by the
+            // chunk's end is carried over to the next.
+            let mut data: &[u8] = &chunk;
+            let before = rows;
+            if !carry.is_empty() {
+                let Some(pos) = data.iter().position(|&b| b == b'\n') else {
+                    carry.extend_from_slice(data);
+                    continue;
+                };
+                carry.extend_from_slice(&data[..pos]);
+                data = &data[pos + 1..];
+                self.append_line(&mut part, &carry, &mut meta)?;
+                carry.clear();
+                rows += 1;
+            }
+            while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+                self.append_line(&mut part, &data[..pos], &mut meta)?;
+                data = &data[pos + 1..];
+                rows += 1;
+            }
+            carry.extend_from_slice(data);
+            self.progress.copied(rows - before);
+            if part.buffered_rows() >= self.flush_rows || part.buffered_bytes() >= self.flush_bytes
+            {
+                part.stage().await?;
+                if !self.progress.staged_once.swap(true, Ordering::Relaxed) {
+                    crate::fault::hit(crate::fault::MID_SNAPSHOT);
+                    crate::fault::pause(crate::fault::MID_SNAPSHOT).await;
+                }
+            }
+        }
+        if !carry.is_empty() {
+            return Err(Error::Protocol(format!(
+                "snapshot of {id}: COPY data ended inside a row"
+            )));
+        }
+        Ok((part, rows))
+    }
+
+    /// Append one `COPY` text line as the next row of the range.
+    fn append_line(&self, part: &mut BronzePart, line: &[u8], meta: &mut RowMeta) -> Result<()> {
+        let mut fields: Vec<Option<Cow<[u8]>>> = Vec::with_capacity(self.fields);
+        parse_copy_line(line, &mut fields);
+        if fields.len() != self.fields {
+            return Err(Error::Protocol(format!(
+                "snapshot of {}: COPY row has {} fields, expected {}",
+                self.progress.id,
+                fields.len(),
+                self.fields
+            )));
+        }
+        let values: Vec<Value> = self
+            .map
+            .iter()
+            .map(|m| match m.and_then(|i| fields[i].as_ref()) {
+                Some(v) => Value::Text(v.as_ref()),
+                None => Value::Null,
+            })
+            .collect();
+        part.append(*meta, &values)?;
+        meta.seq += 1;
+        Ok(())
+    }
 }
 
 /// Copy one table into its bronze table. `resync_us` records which resync
@@ -438,109 +646,116 @@ pub async fn copy_table(
     bronze.take_added_columns();
     let columns: Vec<&str> = shape.columns.iter().map(|(n, ..)| n.as_str()).collect();
 
-    // 4. Copy.
-    let estimate: i64 = client
+    // 4. Copy, in page ranges when the table is large.
+    let size = client
         .query_one(
-            "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class WHERE oid = $1::int8::oid",
+            "SELECT greatest(c.reltuples, 0)::int8, \
+                    pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::int8, \
+                    pg_catalog.current_setting('block_size')::int8 \
+               FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
             &[&(table.oid as i64)],
         )
         .await
-        .ok()
-        .and_then(|r| r.field(0).ok())
-        .unwrap_or(0);
-    let sql = format!("COPY ({}) TO STDOUT", select_sql(&table, &shape));
-    let stream = client
-        .copy_out(&sql)
-        .await
-        .map_err(|e| copy_failure(&id, "COPY", e))?;
-    futures::pin_mut!(stream);
-
-    // bronze column index for each copied column
-    let map: Vec<Option<usize>> = bronze
+        .map_err(|e| copy_failure(&id, "size of the table", e))?;
+    let (estimate, pages, block_size): (i64, i64, i64) =
+        (size.field(0)?, size.field(1)?, size.field(2)?);
+    // `ctid` orders the tuples of one heap: a partitioned table has one
+    // heap per partition, so it is copied through one connection.
+    let ranges = if table.partitioned {
+        vec![PageRange::ALL]
+    } else {
+        page_ranges(
+            pages.max(0) as u64,
+            cfg.snapshot_ranges(),
+            (cfg.snapshot_range_mib << 20) / block_size.max(1) as u64,
+        )
+    };
+    if ranges.len() > 1 {
+        tracing::info!(table = %id, ranges = ranges.len(), pages, "snapshot: copying in page ranges, one connection each");
+    }
+    // bronze column index -> copied column index
+    let map: Arc<[Option<usize>]> = bronze
         .columns()
         .iter()
         .map(|(name, _)| columns.iter().position(|c| c == name))
         .collect();
-    let now_us = chrono::Utc::now().timestamp_micros();
-    let mut carry: Vec<u8> = Vec::new();
+    let progress = Arc::new(Progress {
+        id: id.clone(),
+        estimate,
+        started: std::time::Instant::now(),
+        rows: AtomicU64::new(0),
+        reported_ms: AtomicU64::new(0),
+        staged_once: AtomicBool::new(false),
+    });
+    let plan = |k: usize, range: PageRange| RangeCopy {
+        sql: format!(
+            "COPY ({}) TO STDOUT",
+            select_sql(&table, &shape, range.condition().as_deref())
+        ),
+        fields: columns.len(),
+        map: map.clone(),
+        meta: RowMeta {
+            op: Op::Snapshot,
+            lsn,
+            seq: (k as i64) << RANGE_SEQ_BITS,
+            commit_ts_us: chrono::Utc::now().timestamp_micros(),
+            xid: 0,
+        },
+        flush_rows: cfg.flush_rows,
+        flush_bytes: cfg.flush_bytes,
+        progress: progress.clone(),
+        shutdown: shutdown.clone(),
+    };
+    // The other ranges read the same snapshot on connections of their own,
+    // each in a task of its own (their decoding and Parquet encoding run
+    // beside this one's); this connection keeps the snapshot and the lock.
+    let mut others = tokio::task::JoinSet::new();
+    if ranges.len() > 1 {
+        let name: String = client
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+            .await
+            .map_err(Error::pg(format!(
+                "snapshot of {id}: export the snapshot to the other ranges"
+            )))?
+            .field(0)?;
+        crate::fault::pause(crate::fault::RANGES_PLANNED).await;
+        for (k, range) in ranges.iter().enumerate().skip(1) {
+            let job = plan(k, *range);
+            let part = bronze.part();
+            let url = cfg.database_url.clone();
+            let name = name.clone();
+            others.spawn(async move {
+                let id = job.progress.id.clone();
+                let (client, conn_task) = catalog::session(&url, "snapshot").await?;
+                import_snapshot(&client, &id, &name).await?;
+                let copied = job.run(&client, part).await;
+                drop(client);
+                conn_task.abort();
+                copied
+            });
+        }
+    }
+    let first = plan(0, ranges[0]).run(&client, bronze.part());
+    let rest = async move {
+        let mut parts = Vec::new();
+        while let Some(done) = others.join_next().await {
+            let done = done.map_err(|e| {
+                Error::Protocol(format!(
+                    "snapshot of {}: a range's copy task failed: {e}",
+                    progress.id
+                ))
+            })?;
+            parts.push(done?);
+        }
+        Ok::<_, Error>(parts)
+    };
+    // The first error ends the copy: the other ranges' tasks are dropped
+    // with `rest` (a `JoinSet` aborts its tasks when dropped).
+    let (first, rest) = tokio::try_join!(first, rest)?;
     let mut rows: u64 = 0;
-    let mut staged_once = false;
-    let started = std::time::Instant::now();
-    let mut last_report = started;
-    loop {
-        let chunk = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                tracing::info!(table = %id, rows, "snapshot: interrupted by shutdown; nothing committed, copied again at next start");
-                return Err(Error::Interrupted);
-            }
-            c = stream.next() => c,
-        };
-        let Some(chunk) = chunk else { break };
-        let chunk = chunk.map_err(|e| copy_failure(&id, "COPY data", e))?;
-        carry.extend_from_slice(&chunk);
-        let mut fields: Vec<Option<Cow<[u8]>>> = Vec::new();
-        let mut start = 0;
-        while let Some(pos) = carry[start..].iter().position(|&b| b == b'\n') {
-            let line = &carry[start..start + pos];
-            parse_copy_line(line, &mut fields);
-            if fields.len() != columns.len() {
-                return Err(Error::Protocol(format!(
-                    "snapshot of {id}: COPY row has {} fields, expected {}",
-                    fields.len(),
-                    columns.len()
-                )));
-            }
-            let values: Vec<Value> = map
-                .iter()
-                .map(|m| match m {
-                    Some(i) => match &fields[*i] {
-                        Some(v) => Value::Text(v.as_ref()),
-                        None => Value::Null,
-                    },
-                    None => Value::Null,
-                })
-                .collect();
-            bronze.append(
-                RowMeta {
-                    op: Op::Snapshot,
-                    lsn,
-                    seq: rows as i64,
-                    commit_ts_us: now_us,
-                    xid: 0,
-                },
-                &values,
-            )?;
-            rows += 1;
-            start += pos + 1;
-        }
-        drop(fields);
-        carry.drain(..start);
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = std::time::Instant::now();
-            let rate = rows as f64 / started.elapsed().as_secs_f64().max(0.001);
-            let eta = if estimate as u64 > rows && rate > 0.0 {
-                format!("{:.0} s", (estimate as u64 - rows) as f64 / rate)
-            } else {
-                "soon".into()
-            };
-            tracing::info!(
-                table = %id,
-                rows,
-                estimated_total = estimate,
-                rows_per_s = rate as u64,
-                eta = %eta,
-                "snapshot: copying"
-            );
-        }
-        if bronze.buffered_rows() >= cfg.flush_rows || bronze.buffered_bytes() >= cfg.flush_bytes {
-            bronze.stage().await?;
-            if !staged_once {
-                staged_once = true;
-                crate::fault::hit(crate::fault::MID_SNAPSHOT);
-                crate::fault::pause(crate::fault::MID_SNAPSHOT).await;
-            }
-        }
+    for (part, n) in std::iter::once(first).chain(rest) {
+        bronze.adopt(part).await?;
+        rows += n;
     }
     client
         .batch_execute("COMMIT")
@@ -585,6 +800,7 @@ pub async fn copy_table(
                 ("medallion.kind".into(), "snapshot".into()),
                 ("medallion.lsn".into(), lsn.to_string().into()),
                 ("medallion.rows".into(), rows.into()),
+                ("medallion.ranges".into(), ranges.len().into()),
             ],
         )
         .await?;
@@ -596,6 +812,89 @@ pub async fn copy_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_ranges_cover_the_heap_once_in_order() {
+        assert_eq!(page_ranges(0, 4, 128), vec![PageRange::ALL]);
+        assert_eq!(
+            page_ranges(255, 4, 128),
+            vec![PageRange::ALL],
+            "below two ranges"
+        );
+        assert_eq!(
+            page_ranges(10_000, 1, 128),
+            vec![PageRange::ALL],
+            "one connection"
+        );
+        assert_eq!(
+            page_ranges(1000, 3, 128),
+            vec![
+                PageRange {
+                    first: 0,
+                    end: Some(334)
+                },
+                PageRange {
+                    first: 334,
+                    end: Some(668)
+                },
+                PageRange {
+                    first: 668,
+                    end: None
+                },
+            ]
+        );
+        assert_eq!(
+            page_ranges(300, 8, 128).len(),
+            2,
+            "ranges of at least min_pages"
+        );
+        for (pages, max, min) in [(7, 3, 1), (1_000_003, 8, 8192), (u32::MAX as u64, 64, 1)] {
+            let r = page_ranges(pages, max, min);
+            assert!(r.len() <= max, "{pages} {max} {min}");
+            assert_eq!(r[0].first, 0);
+            assert_eq!(
+                r.last().map(|l| l.end),
+                Some(None),
+                "the last range is open"
+            );
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, Some(w[1].first), "adjacent");
+                assert!(w[0].first < w[1].first, "in page order");
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_range_is_a_tid_range_condition() {
+        assert_eq!(PageRange::ALL.condition(), None);
+        assert_eq!(
+            PageRange {
+                first: 0,
+                end: Some(10)
+            }
+            .condition()
+            .as_deref(),
+            Some("ctid < '(10,0)'::pg_catalog.tid")
+        );
+        assert_eq!(
+            PageRange {
+                first: 10,
+                end: Some(20)
+            }
+            .condition()
+            .as_deref(),
+            Some("ctid >= '(10,0)'::pg_catalog.tid AND ctid < '(20,0)'::pg_catalog.tid")
+        );
+        assert_eq!(
+            PageRange {
+                first: 20,
+                end: None
+            }
+            .condition()
+            .as_deref(),
+            Some("ctid >= '(20,0)'::pg_catalog.tid")
+        );
+    }
 
     #[test]
     fn copy_text_fields() {
