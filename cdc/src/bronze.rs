@@ -193,7 +193,7 @@ impl MetaBuilders {
 }
 
 /// One value of a row being appended: `None` = NULL, `Unchanged` = TOAST not sent.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum Value<'a> {
     Null,
     Text(&'a [u8]),
@@ -314,17 +314,19 @@ impl RowBuffer {
         self.builders.push(b);
     }
 
-    /// Append one change; `values[i]` is the value of `columns[i]`.
-    fn append(
+    /// Append one change; the `i`-th value is the value of `columns[i]`,
+    /// one value for each column.
+    fn append<'v>(
         &mut self,
         id: &TableId,
         columns: &[(String, Kind)],
         meta: RowMeta,
-        values: &[Value<'_>],
+        values: impl IntoIterator<Item = Value<'v>>,
     ) -> Result<()> {
-        debug_assert_eq!(values.len(), columns.len());
         let mut unchanged: Vec<usize> = Vec::new();
-        for (i, v) in values.iter().enumerate() {
+        let mut n = 0;
+        for (i, v) in values.into_iter().enumerate() {
+            n += 1;
             match v {
                 Value::Null => self.builders[i].append_null(),
                 Value::Unchanged => {
@@ -339,6 +341,12 @@ impl RowBuffer {
                     self.bytes += raw.len();
                 }
             }
+        }
+        if n != columns.len() {
+            return Err(Error::Protocol(format!(
+                "bronze {id}: a row of {n} values for {} columns",
+                columns.len()
+            )));
         }
         self.meta.op.append_value(meta.op.as_str());
         self.meta.lsn.append_value(meta.lsn.lake_value());
@@ -449,8 +457,13 @@ pub struct BronzePart {
 }
 
 impl BronzePart {
-    /// Append one change. `values[i]` is the value of bronze column `i`.
-    pub fn append(&mut self, meta: RowMeta, values: &[Value<'_>]) -> Result<()> {
+    /// Append one change: the `i`-th value is the value of bronze column
+    /// `i`, one value for each column.
+    pub fn append_all<'v>(
+        &mut self,
+        meta: RowMeta,
+        values: impl IntoIterator<Item = Value<'v>>,
+    ) -> Result<()> {
         self.buffer.append(&self.id, &self.columns, meta, values)
     }
 
@@ -624,7 +637,8 @@ impl BronzeTable {
     /// On a value error the buffer is left inconsistent: the caller must
     /// stop the table and [`discard`](Self::discard) it (a resync repairs it).
     pub fn append(&mut self, meta: RowMeta, values: &[Value<'_>]) -> Result<()> {
-        self.buffer.append(&self.id, &self.columns, meta, values)
+        self.buffer
+            .append(&self.id, &self.columns, meta, values.iter().copied())
     }
 
     /// A part of this table to write apart (a range of a parallel copy),

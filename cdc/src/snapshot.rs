@@ -95,13 +95,22 @@ fn quote_ident(s: &str) -> String {
 /// Decode one line of COPY text format into fields (None = NULL).
 pub fn parse_copy_line<'a>(line: &'a [u8], out: &mut Vec<Option<Cow<'a, [u8]>>>) {
     out.clear();
-    for field in line.split(|&b| b == b'\t') {
-        if field == b"\\N" {
-            out.push(None);
-        } else if field.contains(&b'\\') {
-            out.push(Some(Cow::Owned(unescape(field))));
+    let mut rest = line;
+    loop {
+        let (field, next) = match memchr::memchr(b'\t', rest) {
+            Some(p) => (&rest[..p], Some(&rest[p + 1..])),
+            None => (rest, None),
+        };
+        out.push(if field == b"\\N" {
+            None
+        } else if memchr::memchr(b'\\', field).is_some() {
+            Some(Cow::Owned(unescape(field)))
         } else {
-            out.push(Some(Cow::Borrowed(field)));
+            Some(Cow::Borrowed(field))
+        });
+        match next {
+            Some(n) => rest = n,
+            None => return,
         }
     }
 }
@@ -535,18 +544,20 @@ impl RangeCopy {
             let mut data: &[u8] = &chunk;
             let before = rows;
             if !carry.is_empty() {
-                let Some(pos) = data.iter().position(|&b| b == b'\n') else {
+                let Some(pos) = memchr::memchr(b'\n', data) else {
                     carry.extend_from_slice(data);
                     continue;
                 };
                 carry.extend_from_slice(&data[..pos]);
                 data = &data[pos + 1..];
-                self.append_line(&mut part, &carry, &mut meta)?;
+                let mut fields = Vec::with_capacity(self.fields);
+                self.append_line(&mut part, &carry, &mut fields, &mut meta)?;
                 carry.clear();
                 rows += 1;
             }
-            while let Some(pos) = data.iter().position(|&b| b == b'\n') {
-                self.append_line(&mut part, &data[..pos], &mut meta)?;
+            let mut fields = Vec::with_capacity(self.fields);
+            while let Some(pos) = memchr::memchr(b'\n', data) {
+                self.append_line(&mut part, &data[..pos], &mut fields, &mut meta)?;
                 data = &data[pos + 1..];
                 rows += 1;
             }
@@ -570,9 +581,16 @@ impl RangeCopy {
     }
 
     /// Append one `COPY` text line as the next row of the range.
-    fn append_line(&self, part: &mut BronzePart, line: &[u8], meta: &mut RowMeta) -> Result<()> {
-        let mut fields: Vec<Option<Cow<[u8]>>> = Vec::with_capacity(self.fields);
-        parse_copy_line(line, &mut fields);
+    /// Append one `COPY` text line as the next row of the range; `fields`
+    /// is scratch space reused from line to line.
+    fn append_line<'a>(
+        &self,
+        part: &mut BronzePart,
+        line: &'a [u8],
+        fields: &mut Vec<Option<Cow<'a, [u8]>>>,
+        meta: &mut RowMeta,
+    ) -> Result<()> {
+        parse_copy_line(line, fields);
         if fields.len() != self.fields {
             return Err(Error::Protocol(format!(
                 "snapshot of {}: COPY row has {} fields, expected {}",
@@ -581,15 +599,14 @@ impl RangeCopy {
                 self.fields
             )));
         }
-        let values: Vec<Value> = self
+        let values = self
             .map
             .iter()
             .map(|m| match m.and_then(|i| fields[i].as_ref()) {
                 Some(v) => Value::Text(v.as_ref()),
                 None => Value::Null,
-            })
-            .collect();
-        part.append(*meta, &values)?;
+            });
+        part.append_all(*meta, values)?;
         meta.seq += 1;
         Ok(())
     }
