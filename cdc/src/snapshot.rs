@@ -38,7 +38,6 @@
 //! differ, throws the snapshot away and copies from a new one
 //! ([`Error::ShapeChanged`]).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -92,31 +91,51 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Decode one line of COPY text format into fields (None = NULL).
-pub fn parse_copy_line<'a>(line: &'a [u8], out: &mut Vec<Option<Cow<'a, [u8]>>>) {
-    out.clear();
-    let mut rest = line;
-    loop {
-        let (field, next) = match memchr::memchr(b'\t', rest) {
-            Some(p) => (&rest[..p], Some(&rest[p + 1..])),
-            None => (rest, None),
-        };
-        out.push(if field == b"\\N" {
-            None
-        } else if memchr::memchr(b'\\', field).is_some() {
-            Some(Cow::Owned(unescape(field)))
-        } else {
-            Some(Cow::Borrowed(field))
-        });
-        match next {
-            Some(n) => rest = n,
-            None => return,
+/// Where one field of a `COPY` text line is: NULL, bytes of the line as
+/// they are, or bytes unescaped into a scratch buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldAt {
+    Null,
+    Line(usize, usize),
+    Unescaped(usize, usize),
+}
+
+impl FieldAt {
+    fn bytes<'a>(self, line: &'a [u8], scratch: &'a [u8]) -> Option<&'a [u8]> {
+        match self {
+            FieldAt::Null => None,
+            FieldAt::Line(from, to) => Some(&line[from..to]),
+            FieldAt::Unescaped(from, to) => Some(&scratch[from..to]),
         }
     }
 }
 
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut o = Vec::with_capacity(f.len());
+/// Split one line of `COPY` text format into its fields; escaped fields are
+/// unescaped into `scratch`. Both vectors are reused from line to line.
+fn split_copy_line(line: &[u8], out: &mut Vec<FieldAt>, scratch: &mut Vec<u8>) {
+    out.clear();
+    scratch.clear();
+    let mut from = 0;
+    loop {
+        let to = memchr::memchr(b'\t', &line[from..]).map_or(line.len(), |p| from + p);
+        let field = &line[from..to];
+        out.push(if field == b"\\N" {
+            FieldAt::Null
+        } else if memchr::memchr(b'\\', field).is_some() {
+            let start = scratch.len();
+            unescape_into(field, scratch);
+            FieldAt::Unescaped(start, scratch.len())
+        } else {
+            FieldAt::Line(from, to)
+        });
+        if to == line.len() {
+            return;
+        }
+        from = to + 1;
+    }
+}
+
+fn unescape_into(f: &[u8], o: &mut Vec<u8>) {
     let mut i = 0;
     while i < f.len() {
         let b = f[i];
@@ -157,7 +176,6 @@ fn unescape(f: &[u8]) -> Vec<u8> {
             other => o.push(other),
         }
     }
-    o
 }
 
 async fn import_snapshot(client: &Client, id: &TableId, name: &str) -> Result<()> {
@@ -526,12 +544,19 @@ impl RangeCopy {
             .map_err(|e| copy_failure(id, "COPY", e))?;
         futures::pin_mut!(stream);
         let mut carry: Vec<u8> = Vec::new();
+        let mut fields: Vec<FieldAt> = Vec::with_capacity(self.fields);
+        let mut scratch: Vec<u8> = Vec::new();
         let mut meta = self.meta;
         let mut rows: u64 = 0;
+        let mut unreported: u64 = 0;
+        // Postgres sends a `COPY` row a message: what is done per message
+        // is done per row, so the wait for shutdown is made once.
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let chunk = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     tracing::info!(table = %id, rows = self.progress.rows.load(Ordering::Relaxed), "snapshot: interrupted by shutdown; nothing committed, copied again at next start");
                     return Err(Error::Interrupted);
                 }
@@ -550,19 +575,26 @@ impl RangeCopy {
                 };
                 carry.extend_from_slice(&data[..pos]);
                 data = &data[pos + 1..];
-                let mut fields = Vec::with_capacity(self.fields);
-                self.append_line(&mut part, &carry, &mut fields, &mut meta)?;
+                self.append_line(&mut part, &carry, &mut fields, &mut scratch, &mut meta)?;
                 carry.clear();
                 rows += 1;
             }
-            let mut fields = Vec::with_capacity(self.fields);
             while let Some(pos) = memchr::memchr(b'\n', data) {
-                self.append_line(&mut part, &data[..pos], &mut fields, &mut meta)?;
+                self.append_line(
+                    &mut part,
+                    &data[..pos],
+                    &mut fields,
+                    &mut scratch,
+                    &mut meta,
+                )?;
                 data = &data[pos + 1..];
                 rows += 1;
             }
             carry.extend_from_slice(data);
-            self.progress.copied(rows - before);
+            unreported += rows - before;
+            if unreported >= 4096 {
+                self.progress.copied(std::mem::take(&mut unreported));
+            }
             if part.buffered_rows() >= self.flush_rows || part.buffered_bytes() >= self.flush_bytes
             {
                 part.stage().await?;
@@ -577,20 +609,22 @@ impl RangeCopy {
                 "snapshot of {id}: COPY data ended inside a row"
             )));
         }
+        self.progress.copied(unreported);
         Ok((part, rows))
     }
 
     /// Append one `COPY` text line as the next row of the range.
     /// Append one `COPY` text line as the next row of the range; `fields`
-    /// is scratch space reused from line to line.
-    fn append_line<'a>(
+    /// and `scratch` are reused from line to line.
+    fn append_line(
         &self,
         part: &mut BronzePart,
-        line: &'a [u8],
-        fields: &mut Vec<Option<Cow<'a, [u8]>>>,
+        line: &[u8],
+        fields: &mut Vec<FieldAt>,
+        scratch: &mut Vec<u8>,
         meta: &mut RowMeta,
     ) -> Result<()> {
-        parse_copy_line(line, fields);
+        split_copy_line(line, fields, scratch);
         if fields.len() != self.fields {
             return Err(Error::Protocol(format!(
                 "snapshot of {}: COPY row has {} fields, expected {}",
@@ -599,13 +633,13 @@ impl RangeCopy {
                 self.fields
             )));
         }
-        let values = self
-            .map
-            .iter()
-            .map(|m| match m.and_then(|i| fields[i].as_ref()) {
-                Some(v) => Value::Text(v.as_ref()),
-                None => Value::Null,
-            });
+        let values =
+            self.map
+                .iter()
+                .map(|m| match m.and_then(|i| fields[i].bytes(line, scratch)) {
+                    Some(v) => Value::Text(v),
+                    None => Value::Null,
+                });
         part.append_all(*meta, values)?;
         meta.seq += 1;
         Ok(())
@@ -915,20 +949,43 @@ mod tests {
 
     #[test]
     fn copy_text_fields() {
-        let mut out = Vec::new();
-        parse_copy_line(b"1\t\\N\ta\\tb\\\\c\\nd\t\\101\\x41", &mut out);
-        let got: Vec<Option<Vec<u8>>> =
-            out.iter().map(|f| f.as_ref().map(|c| c.to_vec())).collect();
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let line = b"1\t\\N\ta\\tb\\\\c\\nd\t\\101\\x41\tplain";
+        split_copy_line(line, &mut out, &mut scratch);
+        let got: Vec<Option<Vec<u8>>> = out
+            .iter()
+            .map(|f| f.bytes(line, &scratch).map(<[u8]>::to_vec))
+            .collect();
         assert_eq!(
             got,
             vec![
                 Some(b"1".to_vec()),
                 None,
                 Some(b"a\tb\\c\nd".to_vec()),
-                Some(b"AA".to_vec())
+                Some(b"AA".to_vec()),
+                Some(b"plain".to_vec())
             ]
         );
-        parse_copy_line(b"", &mut out);
-        assert_eq!(out.len(), 1, "an empty line is one empty field");
+        assert_eq!(
+            out[4],
+            FieldAt::Line(25, 30),
+            "a plain field is read in place"
+        );
+        split_copy_line(b"", &mut out, &mut scratch);
+        assert_eq!(
+            out,
+            vec![FieldAt::Line(0, 0)],
+            "an empty line is one empty field"
+        );
+        assert!(
+            scratch.is_empty(),
+            "the scratch buffer is cleared for each line"
+        );
+        split_copy_line(b"\\N\t", &mut out, &mut scratch);
+        assert_eq!(
+            out,
+            vec![FieldAt::Null, FieldAt::Line(3, 3)],
+            "NULL, then an empty field"
+        );
     }
 }

@@ -260,9 +260,6 @@ fn utf8(v: &[u8]) -> VResult<&str> {
 /// loss: extra fractional digits must be zeros, total digits ≤ precision.
 pub fn parse_decimal(s: &str, precision: u8, scale: i8) -> VResult<i128> {
     let s = s.trim();
-    if s.eq_ignore_ascii_case("nan") || s.contains("inf") || s.contains("Inf") {
-        return Err(ValueError(format!("{s} has no decimal representation")));
-    }
     let (neg, body) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
@@ -272,6 +269,9 @@ pub fn parse_decimal(s: &str, precision: u8, scale: i8) -> VResult<i128> {
         || !int_part.bytes().all(|b| b.is_ascii_digit())
         || !frac_part.bytes().all(|b| b.is_ascii_digit())
     {
+        if s.eq_ignore_ascii_case("nan") || s.contains("inf") || s.contains("Inf") {
+            return Err(ValueError(format!("{s} has no decimal representation")));
+        }
         return Err(ValueError(format!("{s:?} is not a number")));
     }
     let scale = scale.max(0) as usize;

@@ -708,7 +708,35 @@ async fn a_large_table_is_copied_in_page_ranges_that_read_one_snapshot() {
         .await;
 
     // A resync copies through a temporary slot's snapshot, in ranges too.
+    // Killed once a range has staged a file (the others still copying), it
+    // commits nothing, and the copy again gives the same lake.
     env.sql("UPDATE account_move_line SET name = 'resynced' WHERE id % 7 = 0; SELECT medallion.resync('account_move_line')");
+    let log = tempfile::NamedTempFile::new().expect("stderr file");
+    let mut killed = env
+        .sidecar(
+            &["run", "--until-caught-up"],
+            &[
+                ("MEDALLION_FAULT", &format!("{}:1", fault::MID_SNAPSHOT)),
+                ("MEDALLION_SNAPSHOT_RANGES", "3"),
+                ("MEDALLION_SNAPSHOT_RANGE_MIB", "1"),
+                ("MEDALLION_FLUSH_ROWS", "2000"),
+                ("MEDALLION_REFINE_INTERVAL_MS", "0"),
+            ],
+        )
+        .stderr(Stdio::from(log.reopen().expect("stderr file")))
+        .spawn()
+        .expect("spawn sidecar");
+    let st = wait_exit(&mut killed, Duration::from_secs(180));
+    let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        !st.success() && err.contains("fault injected at mid_snapshot "),
+        "the kill happened mid-copy ({st}): {err}"
+    );
+    assert_eq!(
+        snapshot_commit_ranges(&env, "account_move_line").await,
+        vec![3],
+        "the killed copy committed nothing"
+    );
     let mut cfg = env.cfg();
     cfg.snapshot_ranges = 2;
     cfg.snapshot_range_mib = 1;
