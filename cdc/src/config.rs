@@ -49,12 +49,12 @@ pub struct Config {
     /// Tables copied in parallel during the initial snapshot (`MEDALLION_SNAPSHOT_PARALLELISM`).
     pub snapshot_parallelism: usize,
     /// Connections that copy one large table, each a range of its heap pages
-    /// inside the same snapshot (`MEDALLION_SNAPSHOT_RANGES`; default 0: as
-    /// many as the machine has CPUs, at most 8; 1 copies every table through
-    /// one connection). See [`Config::snapshot_ranges`].
+    /// inside the same snapshot (`MEDALLION_SNAPSHOT_RANGES`; default 0: two
+    /// per CPU, at most 8; 1 copies every table through one connection).
+    /// See [`Config::snapshot_ranges`].
     pub snapshot_ranges: usize,
     /// A table is copied in page ranges once its heap holds at least two
-    /// ranges of this many MiB (`MEDALLION_SNAPSHOT_RANGE_MIB`, default 64).
+    /// ranges of this many MiB (`MEDALLION_SNAPSHOT_RANGE_MIB`, default 32).
     pub snapshot_range_mib: u64,
     /// Scale of unconstrained `numeric` in bronze, as decimal(38, scale)
     /// (`MEDALLION_NUMERIC_SCALE`, default 24: Odoo's Float fields hold Python
@@ -314,7 +314,7 @@ impl Default for Config {
             checkpoint_interval: 10,
             snapshot_parallelism: 2,
             snapshot_ranges: 0,
-            snapshot_range_mib: 64,
+            snapshot_range_mib: 32,
             numeric_scale: 24,
             spill_dir: None,
             metrics_addr: None,
@@ -538,11 +538,13 @@ impl Config {
     }
 
     /// How many page ranges a large table's copy may use at most (see
-    /// `snapshot_ranges`): the configured number, or the machine's CPUs.
+    /// `snapshot_ranges`): the configured number, or two per CPU (a range
+    /// alternates between waiting for its Postgres backend and decoding and
+    /// encoding what it sent; two keep a CPU busy), at most 8.
     pub fn snapshot_ranges(&self) -> usize {
         match self.snapshot_ranges {
             0 => std::thread::available_parallelism()
-                .map(|n| n.get())
+                .map(|n| 2 * n.get())
                 .unwrap_or(1)
                 .min(8),
             n => n,
