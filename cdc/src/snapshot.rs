@@ -646,6 +646,23 @@ impl RangeCopy {
     }
 }
 
+/// A connection for one more page range of a copy, inside the copy's
+/// snapshot `name`.
+async fn range_session(
+    cfg: &Config,
+    id: &TableId,
+    name: &str,
+) -> Result<(Client, tokio::task::JoinHandle<()>)> {
+    let (client, conn_task) = catalog::session(&cfg.database_url, "snapshot").await?;
+    match import_snapshot(&client, id, name).await {
+        Ok(()) => Ok((client, conn_task)),
+        Err(e) => {
+            conn_task.abort();
+            Err(e)
+        }
+    }
+}
+
 /// Copy one table into its bronze table. `resync_us` records which resync
 /// request this copy serves. On shutdown the copy stops at once and commits
 /// nothing ([`Error::Interrupted`]).
@@ -712,15 +729,40 @@ pub async fn copy_table(
         (size.field(0)?, size.field(1)?, size.field(2)?);
     // `ctid` orders the tuples of one heap: a partitioned table has one
     // heap per partition, so it is copied through one connection.
-    let ranges = if table.partitioned {
-        vec![PageRange::ALL]
-    } else {
-        page_ranges(
-            pages.max(0) as u64,
-            cfg.snapshot_ranges(),
-            (cfg.snapshot_range_mib << 20) / block_size.max(1) as u64,
-        )
+    let min_pages = (cfg.snapshot_range_mib << 20) / block_size.max(1) as u64;
+    let ranges_for = |connections: usize| {
+        if table.partitioned {
+            vec![PageRange::ALL]
+        } else {
+            page_ranges(pages.max(0) as u64, connections, min_pages)
+        }
     };
+    // The other ranges' connections, each inside this copy's snapshot
+    // (exported again by this connection, which keeps it and the lock
+    // until the copy ends). One that cannot be opened (`max_connections`,
+    // a role's connection limit) makes fewer ranges, never a failed copy.
+    let wanted = ranges_for(cfg.snapshot_ranges()).len();
+    let mut sessions = Vec::with_capacity(wanted.saturating_sub(1));
+    if wanted > 1 {
+        let name: String = client
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+            .await
+            .map_err(Error::pg(format!(
+                "snapshot of {id}: export the snapshot to the other ranges"
+            )))?
+            .field(0)?;
+        crate::fault::pause(crate::fault::RANGES_PLANNED).await;
+        while sessions.len() + 1 < wanted {
+            match range_session(cfg, &id, &name).await {
+                Ok(s) => sessions.push(s),
+                Err(e) => {
+                    tracing::warn!(table = %id, error = %e, wanted, opened = sessions.len() + 1, "snapshot: could not open another connection for a page range; copying in fewer ranges");
+                    break;
+                }
+            }
+        }
+    }
+    let ranges = ranges_for(1 + sessions.len());
     if ranges.len() > 1 {
         tracing::info!(table = %id, ranges = ranges.len(), pages, "snapshot: copying in page ranges, one connection each");
     }
@@ -757,34 +799,19 @@ pub async fn copy_table(
         progress: progress.clone(),
         shutdown: shutdown.clone(),
     };
-    // The other ranges read the same snapshot on connections of their own,
-    // each in a task of its own (their decoding and Parquet encoding run
-    // beside this one's); this connection keeps the snapshot and the lock.
+    // The other ranges run in tasks of their own, so their decoding and
+    // Parquet encoding run beside this one's. A range's connection left
+    // over (the heap is smaller than the ranges opened) closes here.
     let mut others = tokio::task::JoinSet::new();
-    if ranges.len() > 1 {
-        let name: String = client
-            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-            .await
-            .map_err(Error::pg(format!(
-                "snapshot of {id}: export the snapshot to the other ranges"
-            )))?
-            .field(0)?;
-        crate::fault::pause(crate::fault::RANGES_PLANNED).await;
-        for (k, range) in ranges.iter().enumerate().skip(1) {
-            let job = plan(k, *range);
-            let part = bronze.part();
-            let url = cfg.database_url.clone();
-            let name = name.clone();
-            others.spawn(async move {
-                let id = job.progress.id.clone();
-                let (client, conn_task) = catalog::session(&url, "snapshot").await?;
-                import_snapshot(&client, &id, &name).await?;
-                let copied = job.run(&client, part).await;
-                drop(client);
-                conn_task.abort();
-                copied
-            });
-        }
+    for ((k, range), (client, conn_task)) in ranges.iter().enumerate().skip(1).zip(sessions) {
+        let job = plan(k, *range);
+        let part = bronze.part();
+        others.spawn(async move {
+            let copied = job.run(&client, part).await;
+            drop(client);
+            conn_task.abort();
+            copied
+        });
     }
     let first = plan(0, ranges[0]).run(&client, bronze.part());
     let rest = async move {

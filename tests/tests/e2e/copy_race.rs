@@ -748,3 +748,64 @@ async fn a_large_table_is_copied_in_page_ranges_that_read_one_snapshot() {
     );
     assert_lake_equals_source(&env, "account_move_line", 2).await;
 }
+
+/// A page range whose connection cannot be opened (here the sidecar role's
+/// connection limit leaves room for fewer than the copy wants) makes the
+/// copy use fewer ranges, with a warning, never fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_without_a_connection_makes_fewer_ranges_not_a_failed_copy() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE account_move_line (id int PRIMARY KEY, name text NOT NULL); \
+         INSERT INTO account_move_line SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 30000) g; \
+         CREATE ROLE sidecar LOGIN REPLICATION; GRANT medallion_admin TO sidecar; \
+         GRANT USAGE ON SCHEMA public TO sidecar; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO sidecar",
+    );
+    env.sql("SELECT medallion.add_source('account_move_line')");
+    let url = env.url().replace("postgres@", "sidecar@");
+    let mut p = paused_sidecar(
+        &env,
+        &["run", "--until-caught-up"],
+        fault::RANGES_PLANNED,
+        1,
+        &[
+            ("MEDALLION_DATABASE_URL", &url),
+            ("MEDALLION_SNAPSHOT_RANGES", "4"),
+            ("MEDALLION_SNAPSHOT_RANGE_MIB", "1"),
+            ("MEDALLION_LOG", "warn,medallion::snapshot=info"),
+        ],
+    );
+    p.wait_paused();
+    let open: i64 = env
+        .sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'sidecar'")
+        .trim()
+        .parse()
+        .expect("count");
+    assert!(open >= 2, "the stream's and the copy's connections: {open}");
+    env.sql(&format!("ALTER ROLE sidecar CONNECTION LIMIT {}", open + 1));
+    p.resume();
+    let (st, err) = p.finish(Duration::from_secs(180));
+    env.sql("ALTER ROLE sidecar CONNECTION LIMIT -1");
+    assert!(st.success(), "{err}");
+    assert!(
+        err.contains("copying in fewer ranges") && err.contains("too many connections"),
+        "the refused connection was reported:\n{err}"
+    );
+    // 4 wanted; at least one more connection was allowed (walsenders may
+    // or may not count against the limit), so 2 or 3.
+    let ranges = snapshot_commit_ranges(&env, "account_move_line").await;
+    assert!(
+        ranges.len() == 1 && (2..4).contains(&ranges[0]),
+        "the copy went on in the ranges it had connections for: {ranges:?}"
+    );
+    let copied = env
+        .bronze_rows("public", "account_move_line")
+        .await
+        .iter()
+        .filter(|r| r.op == "snapshot")
+        .count();
+    assert_eq!(copied, 30000);
+    env.assert_bronze_matches("public", "account_move_line")
+        .await;
+}
