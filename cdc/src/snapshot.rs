@@ -647,14 +647,32 @@ impl RangeCopy {
 }
 
 /// A connection for one more page range of a copy, inside the copy's
-/// snapshot `name`.
+/// snapshot `name`, holding its own lock on the table.
+///
+/// The lock is taken at once or not at all (`NOWAIT`): a DDL statement
+/// waiting for the copy's lock queues every later lock request behind it,
+/// so a range that waited would wait for the DDL, which waits for the copy,
+/// which waits for the range — a cycle Postgres cannot see, as one of its
+/// edges is in the sidecar. Taken before any DDL queued, the locks of all
+/// ranges are held, and the DDL waits for the whole copy.
 async fn range_session(
     cfg: &Config,
-    id: &TableId,
+    table: &PublishedTable,
     name: &str,
 ) -> Result<(Client, tokio::task::JoinHandle<()>)> {
     let (client, conn_task) = catalog::session(&cfg.database_url, "snapshot").await?;
-    match import_snapshot(&client, id, name).await {
+    let locked = async {
+        import_snapshot(&client, &table.id, name).await?;
+        client
+            .batch_execute(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
+                relation_sql(table)
+            ))
+            .await
+            .map_err(|e| copy_failure(&table.id, "lock the table for a page range", e))
+    }
+    .await;
+    match locked {
         Ok(()) => Ok((client, conn_task)),
         Err(e) => {
             conn_task.abort();
@@ -740,7 +758,8 @@ pub async fn copy_table(
     // The other ranges' connections, each inside this copy's snapshot
     // (exported again by this connection, which keeps it and the lock
     // until the copy ends). One that cannot be opened (`max_connections`,
-    // a role's connection limit) makes fewer ranges, never a failed copy.
+    // a role's connection limit) or whose lock would wait (a DDL statement
+    // queued for the table) makes fewer ranges, never a failed copy.
     let wanted = ranges_for(cfg.snapshot_ranges()).len();
     let mut sessions = Vec::with_capacity(wanted.saturating_sub(1));
     if wanted > 1 {
@@ -753,7 +772,7 @@ pub async fn copy_table(
             .field(0)?;
         crate::fault::pause(crate::fault::RANGES_PLANNED).await;
         while sessions.len() + 1 < wanted {
-            match range_session(cfg, &id, &name).await {
+            match range_session(cfg, &table, &name).await {
                 Ok(s) => sessions.push(s),
                 Err(e) => {
                     tracing::warn!(table = %id, error = %e, wanted, opened = sessions.len() + 1, "snapshot: could not open another connection for a page range; copying in fewer ranges");
@@ -794,8 +813,10 @@ pub async fn copy_table(
             commit_ts_us: chrono::Utc::now().timestamp_micros(),
             xid: 0,
         },
-        flush_rows: cfg.flush_rows,
-        flush_bytes: cfg.flush_bytes,
+        // The copy's buffers, all ranges together, stay within one
+        // `flush_rows` / `flush_bytes`, as with one connection.
+        flush_rows: (cfg.flush_rows / ranges.len()).max(1),
+        flush_bytes: (cfg.flush_bytes / ranges.len()).max(1),
         progress: progress.clone(),
         shutdown: shutdown.clone(),
     };

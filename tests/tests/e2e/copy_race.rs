@@ -809,3 +809,71 @@ async fn a_range_without_a_connection_makes_fewer_ranges_not_a_failed_copy() {
     env.assert_bronze_matches("public", "account_move_line")
         .await;
 }
+
+/// A DDL statement that queued for the table while a copy was about to
+/// open its page ranges: a range waiting for its lock would wait behind the
+/// DDL, which waits for the copy, which waits for the range, a cycle
+/// Postgres cannot see. The ranges take their locks at once or not at all,
+/// so the copy goes on in fewer ranges and the DDL runs after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddl_queued_for_the_table_makes_the_copy_use_fewer_ranges_not_a_deadlock() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE account_move_line (id int PRIMARY KEY, name text NOT NULL); \
+         INSERT INTO account_move_line SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 30000) g",
+    );
+    env.sql("SELECT medallion.add_source('account_move_line')");
+    let mut p = paused_sidecar(
+        &env,
+        &["run", "--until-caught-up"],
+        fault::RANGES_PLANNED,
+        1,
+        &[
+            ("MEDALLION_SNAPSHOT_RANGES", "3"),
+            ("MEDALLION_SNAPSHOT_RANGE_MIB", "1"),
+            ("MEDALLION_LOG", "warn,medallion::snapshot=info"),
+        ],
+    );
+    p.wait_paused();
+    // An Odoo module upgrade's ALTER TABLE, queued behind the copy's lock.
+    let mut ddl = Command::new(env.cluster.bin("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &env.url()])
+        .args(["-c", "ALTER TABLE account_move_line ADD COLUMN note text"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psql");
+    poll(
+        Duration::from_secs(30),
+        "the ALTER TABLE waits for the copy's lock",
+        || {
+            let waiting = env.sql(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'ALTER TABLE account_move_line%'",
+            );
+            if waiting.trim() == "1" {
+                Ok(())
+            } else {
+                Err(waiting)
+            }
+        },
+    );
+    p.resume();
+    let (st, err) = p.finish(Duration::from_secs(180));
+    assert!(st.success(), "{err}");
+    let ddl_st = wait_exit(&mut ddl, Duration::from_secs(60));
+    assert!(ddl_st.success(), "the ALTER TABLE ran after the copy");
+    assert!(
+        err.contains("copying in fewer ranges") && err.contains("lock"),
+        "the ranges' locks were refused, not waited for:\n{err}"
+    );
+    assert_eq!(
+        snapshot_commit_ranges(&env, "account_move_line").await,
+        vec![1],
+        "no range could lock the table: the copy went on alone"
+    );
+    env.sql("UPDATE account_move_line SET note = 'after' WHERE id <= 10");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "account_move_line")
+        .await;
+}
