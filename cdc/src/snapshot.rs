@@ -799,6 +799,8 @@ pub async fn copy_table(
         reported_ms: AtomicU64::new(0),
         staged_once: AtomicBool::new(false),
     });
+    // Every row of the copy: one snapshot, one time.
+    let copied_at_us = chrono::Utc::now().timestamp_micros();
     let plan = |k: usize, range: PageRange| RangeCopy {
         sql: format!(
             "COPY ({}) TO STDOUT",
@@ -810,7 +812,7 @@ pub async fn copy_table(
             op: Op::Snapshot,
             lsn,
             seq: (k as i64) << RANGE_SEQ_BITS,
-            commit_ts_us: chrono::Utc::now().timestamp_micros(),
+            commit_ts_us: copied_at_us,
             xid: 0,
         },
         // The copy's buffers, all ranges together, stay within one
