@@ -66,6 +66,11 @@ enum What {
     Snapshot {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// Runs, each on a fresh cluster and lake; with more than one the
+        /// verdict is the median ratio (the COPY baseline itself varies
+        /// by 10% from run to run on a small machine).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
     },
     /// Source commit -> visible in bronze, silver and a gold model.
     Freshness {
@@ -925,6 +930,31 @@ fn snapshot(rows: u64) -> anyhow::Result<(f64, f64)> {
     Ok((baseline, ours))
 }
 
+/// `runs` snapshot runs; with more than one, the median ratio and the range.
+fn snapshot_runs(rows: u64, runs: usize) -> anyhow::Result<()> {
+    let mut ratios = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let (baseline, ours) = snapshot(rows)?;
+        ratios.push(ours / baseline);
+    }
+    if ratios.len() > 1 {
+        ratios.sort_by(f64::total_cmp);
+        let mid = ratios.len() / 2;
+        let median = if ratios.len() % 2 == 0 {
+            (ratios[mid - 1] + ratios[mid]) / 2.0
+        } else {
+            ratios[mid]
+        };
+        println!(
+            "snapshot: {rows} rows, {} runs: median ratio {median:.2}x (min {:.2}x, max {:.2}x; target <= 1.25x)",
+            ratios.len(),
+            ratios[0],
+            ratios[ratios.len() - 1]
+        );
+    }
+    Ok(())
+}
+
 /// The page ranges the bronze table's snapshot commit was copied in
 /// (its commit's `medallion.ranges`).
 fn snapshot_ranges(table: &Path) -> anyhow::Result<u64> {
@@ -1231,7 +1261,7 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.what {
         What::Streaming { rows } => drop(streaming(rows)?),
-        What::Snapshot { rows } => drop(snapshot(rows)?),
+        What::Snapshot { rows, runs } => snapshot_runs(rows, runs)?,
         What::Freshness {
             seconds,
             tps,
