@@ -804,6 +804,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rebuild_reports_the_rows_it_writes() {
+        let copy: Vec<_> = log().into_iter().filter(|r| r.0 == "snapshot").collect();
+        let bronze = memory_bronze(&copy);
+        let d = def(History::Current, false);
+        let mut silver = MemorySilver::default();
+        let (p, report) = run(&d, 15, 1000, &bronze, &mut silver).await;
+        p.expect("run");
+        assert_eq!(rows(&silver), ["id=1 v=a", "id=2 v=b", "id=3 v=c"]);
+        assert_eq!((report.rows_in, report.rows_out), (3, 3));
+
+        // A `drop` rule keeps a row out of silver: read, not written.
+        let mut d = def(History::Current, false);
+        d.expectations.push(Expectation {
+            name: "v_is_not_b".into(),
+            predicate: "v <> 'b'".into(),
+            on_violation: OnViolation::Drop,
+        });
+        let mut silver = MemorySilver::default();
+        let (p, report) = run(&d, 15, 1000, &bronze, &mut silver).await;
+        p.expect("run");
+        assert_eq!(rows(&silver), ["id=1 v=a", "id=3 v=c"]);
+        assert_eq!((report.rows_in, report.rows_out), (3, 2));
+    }
+
+    #[tokio::test]
     async fn a_failing_expectation_stops_the_table_at_its_last_good_slice() {
         let mut d = def(History::Current, false);
         d.expectations.push(Expectation {

@@ -355,12 +355,20 @@ impl Refiner<'_> {
             .check_generation(def, ctx, &rows, &cols, generation)
             .await?;
         report.expectations.extend(counts);
+        let n = count_of(&lake::collect(ctx, &format!("SELECT count(*) {rows}")).await?)?;
+        report.rows_in += n;
+        // The generation's rows are silver's rows: all, or those that pass
+        // every `drop` rule.
+        report.rows_out += match &filter {
+            Some(f) => {
+                count_of(&lake::collect(ctx, &format!("SELECT count(*) {rows} AND {f}")).await?)?
+            }
+            None => n,
+        };
         let sql = match filter {
             Some(f) => format!("{select} AND {f}"),
             None => select,
         };
-        let n = lake::collect(ctx, &format!("SELECT count(*) {rows}")).await?;
-        report.rows_in += count_of(&n)?;
         let df = ctx
             .sql(&sql)
             .await
