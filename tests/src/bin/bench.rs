@@ -99,6 +99,16 @@ enum What {
     Gold {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// Rounds of the A/B of gl's query alone (each round runs both
+        /// sums once); more rounds give a profiler a longer window.
+        #[arg(long, default_value_t = 5)]
+        query_rounds: usize,
+        /// After the figures, refresh this model again and again for
+        /// `profile_seconds` (a window for a profiler; prints the best).
+        #[arg(long)]
+        profile_model: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        profile_seconds: u64,
     },
     /// The Odoo package (`install_package('odoo')`) over generated Odoo
     /// books with about `rows` journal items: each model's refresh vs
@@ -239,7 +249,11 @@ fn best_of(n: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Resu
     Ok(best)
 }
 
-fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
+fn gold(
+    rows: u64,
+    query_rounds: usize,
+    profile: Option<(String, Duration)>,
+) -> anyhow::Result<(f64, f64)> {
     let b = Bench::new()?;
     b.load(rows)?;
     b.sql("SELECT medallion.add_source('account_move_line')")?;
@@ -291,7 +305,7 @@ fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
     let rt = tokio::runtime::Runtime::new()?;
     let (mut wide_sum, mut cast_sum) = (f64::MAX, f64::MAX);
     let mut results = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..query_rounds.max(1) {
         for (sql, best) in [(&gl, &mut wide_sum), (&cast, &mut cast_sum)] {
             let t = Instant::now();
             let batches = rt.block_on(medallion::lake::query(
@@ -312,12 +326,15 @@ fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
         }
     }
     anyhow::ensure!(
-        results.len() == 10 && results[0].len() > 4 && results.iter().all(|r| *r == results[0]),
+        results.len() == 2 * query_rounds.max(1)
+            && results[0].len() > 4
+            && results.iter().all(|r| *r == results[0]),
         "the two sums gave different results"
     );
     println!(
-        "gold: gl's query alone (no Delta write), best of 5: 128-bit values into 256-bit totals {wide_sum:.3} s, \
+        "gold: gl's query alone (no Delta write), best of {}: 128-bit values into 256-bit totals {wide_sum:.3} s, \
          each value cast to 256 bits first {cast_sum:.3} s, ratio {:.2}x",
+        query_rounds.max(1),
         wide_sum / cast_sum
     );
     // What each figure above includes besides the model: a refine cycle's
@@ -329,6 +346,19 @@ fn gold(rows: u64) -> anyhow::Result<(f64, f64)> {
         "gold: a refine cycle with nothing to refresh: {idle:.3} s with the tables kept (included in each \
          model's figure), {cold:.3} s with every table opened afresh"
     );
+    if let Some((name, window)) = profile {
+        anyhow::ensure!(
+            GOLD_MODELS.iter().any(|(n, _)| *n == name),
+            "no gold model {name} in this bench"
+        );
+        let model = format!("gold.{name}");
+        let (start, mut runs, mut best) = (Instant::now(), 0, f64::MAX);
+        while start.elapsed() < window {
+            best = best.min(b.refine(&[model.as_str()])?.as_secs_f64());
+            runs += 1;
+        }
+        println!("gold: {name} refreshed {runs} times in {window:?}, best {best:.3} s");
+    }
     Ok((baseline_total, ours_total))
 }
 
@@ -1269,7 +1299,16 @@ fn main() -> anyhow::Result<()> {
             aged_log,
         } => drop(freshness::freshness(seconds, tps, idle_tables, aged_log)?),
         What::Rss { rows } => drop(rss(rows)?),
-        What::Gold { rows } => drop(gold(rows)?),
+        What::Gold {
+            rows,
+            query_rounds,
+            profile_model,
+            profile_seconds,
+        } => drop(gold(
+            rows,
+            query_rounds,
+            profile_model.map(|m| (m, Duration::from_secs(profile_seconds))),
+        )?),
         What::Package { rows } => drop(package(rows)?),
         What::Merge { changes, keys } => drop(merge(changes, keys)?),
         What::Growth {
@@ -1318,7 +1357,7 @@ fn main() -> anyhow::Result<()> {
             snapshot(rows)?;
             freshness::freshness(20, 1000, 0, 0)?;
             rss(rows)?;
-            gold(rows)?;
+            gold(rows, 5, None)?;
             merge(rows, rows / 10)?;
             audit(20, 8, 100_000, 5)?;
         }
