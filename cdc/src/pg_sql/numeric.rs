@@ -125,7 +125,7 @@ fn div_round(a: i256, b: i256) -> i256 {
 /// half away from zero.
 struct ScaledProduct {
     /// Powers of ten `(px, py)` to divide the operands by, tried in order.
-    splits: [(i128, i128); 3],
+    splits: [(ExactPow10, ExactPow10); 3],
     /// `10^drop`, for the 256-bit path.
     divisor: i256,
 }
@@ -135,10 +135,10 @@ const DECIMAL128_LIMIT: i128 = 10i128.pow(38);
 
 impl ScaledProduct {
     fn new(drop: u32) -> Self {
-        let p = |k: u32| 10i128.pow(k);
+        let p = ExactPow10::new;
         let half = drop / 2;
         ScaledProduct {
-            splits: [(p(drop - half), p(half)), (p(drop), 1), (1, p(drop))],
+            splits: [(p(drop - half), p(half)), (p(drop), p(0)), (p(0), p(drop))],
             divisor: pow10(drop),
         }
     }
@@ -146,15 +146,62 @@ impl ScaledProduct {
     /// `a · b`, `None` where it does not fit 38 digits.
     fn of(&self, a: i128, b: i128) -> Option<i128> {
         for (px, py) in self.splits {
-            if a % px == 0 && b % py == 0 {
-                return (a / px)
-                    .checked_mul(b / py)
-                    .filter(|p| p.abs() < DECIMAL128_LIMIT);
+            if let (Some(x), Some(y)) = (px.divide(a), py.divide(b)) {
+                return x.checked_mul(y).filter(|p| p.abs() < DECIMAL128_LIMIT);
             }
         }
         let product = i256::from_i128(a).checked_mul(i256::from_i128(b))?;
         let q = div_round(product, self.divisor).to_i128()?;
         (q.abs() < DECIMAL128_LIMIT).then_some(q)
+    }
+}
+
+/// Division by `10^k` (k ≤ 38) where it leaves no remainder, without a
+/// 128-bit division (a library call of tens of cycles, per value):
+/// `10^k = 2^k · 5^k`; the `2^k` is a shift, and an exact division by the
+/// odd `5^k` is a multiplication by its inverse modulo 2^128 (Granlund and
+/// Montgomery, "Division by invariant integers using multiplication", §9).
+#[derive(Clone, Copy, Debug)]
+struct ExactPow10 {
+    k: u32,
+    /// `5^k · inverse ≡ 1 (mod 2^128)`.
+    inverse: u128,
+    /// `(2^128 − 1) / 5^k`: a product above it had a remainder.
+    limit: u128,
+}
+
+impl ExactPow10 {
+    fn new(k: u32) -> Self {
+        let five = 5u128.pow(k);
+        // Newton's iteration doubles the correct low bits: 3 (an odd d
+        // is its own inverse mod 8) → 6 → … → 192.
+        let mut inverse = five;
+        for _ in 0..6 {
+            inverse = inverse.wrapping_mul(2u128.wrapping_sub(five.wrapping_mul(inverse)));
+        }
+        ExactPow10 {
+            k,
+            inverse,
+            limit: u128::MAX / five,
+        }
+    }
+
+    /// `a / 10^k` when `10^k` divides `a`, else `None`.
+    fn divide(self, a: i128) -> Option<i128> {
+        if self.k == 0 {
+            return Some(a);
+        }
+        let u = a.unsigned_abs();
+        if u.trailing_zeros() < self.k {
+            return None; // not even divisible by 2^k (0 has 128 zeros)
+        }
+        let q = (u >> self.k).wrapping_mul(self.inverse);
+        if q > self.limit {
+            return None;
+        }
+        // q ≤ |a| / 10 < 2^127: a valid i128 of either sign.
+        let q = q as i128;
+        Some(if a < 0 { -q } else { q })
     }
 }
 
@@ -168,15 +215,17 @@ impl ScaledProduct {
 struct ScaledQuotient {
     /// `(10^j, 10^(e - j))`: divisor stripped of `j` zeros, dividend scaled
     /// by the rest; larger `j` first.
-    strips: [(i128, i128); 3],
+    strips: [(ExactPow10, i128); 3],
     /// `10^e`, for the 256-bit path.
     factor: i256,
 }
 
 impl ScaledQuotient {
     fn new(e: u32) -> Self {
-        let p = |k: u32| 10i128.checked_pow(k);
-        let strip = |j: u32| p(j).zip(p(e - j)).unwrap_or((1, 0));
+        let strip = |j: u32| match (10i128.checked_pow(j), 10i128.checked_pow(e - j)) {
+            (Some(_), Some(pe)) => (ExactPow10::new(j), pe),
+            _ => (ExactPow10::new(0), 0),
+        };
         ScaledQuotient {
             strips: [strip(e), strip(e / 2), strip(0)],
             factor: pow10(e),
@@ -187,11 +236,12 @@ impl ScaledQuotient {
     fn of(&self, x: i128, d: i128) -> Option<i128> {
         for (pj, pe) in self.strips {
             // `pe` 0: 10^(e - j) does not fit 128 bits; 256 bits below.
-            if pe != 0 && d % pj == 0 {
+            if pe != 0
+                && let Some(m) = pj.divide(d)
+            {
                 let Some(n) = x.checked_mul(pe) else {
                     break; // a smaller `j` only makes `n` larger
                 };
-                let m = d / pj;
                 let (q, r) = (n.checked_div(m)?, n % m);
                 let q = if r.unsigned_abs() * 2 >= m.unsigned_abs() {
                     if (n < 0) != (m < 0) { q - 1 } else { q + 1 }
@@ -619,6 +669,63 @@ mod tests {
             .to_string();
         assert!(text.contains("13551.55"), "{text}");
         assert!(text.contains("4517.182166666666666666666667"), "{text}");
+    }
+
+    /// The exact division by 10^k agrees with `%` and `/` for every k a
+    /// scale can drop, on multiples, near-multiples, signs and the ends of
+    /// the range.
+    #[test]
+    fn exact_division_by_a_power_of_ten_agrees_with_remainder_and_quotient() {
+        let mut values = vec![
+            0,
+            1,
+            -1,
+            7,
+            i128::MAX,
+            i128::MIN,
+            i128::MIN + 1,
+            i128::MAX - 1,
+        ];
+        let mut x: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C834;
+        for k in 0..=38u32 {
+            let p = 10i128.pow(k);
+            for m in [1i128, 3, 12_345, 999_999_937, i128::MAX / p] {
+                let Some(mp) = m.checked_mul(p) else {
+                    continue;
+                };
+                for v in [
+                    mp,
+                    -mp,
+                    mp.wrapping_add(1),
+                    mp - 1,
+                    mp.wrapping_add(p / 2),
+                    mp.wrapping_add(5),
+                ] {
+                    values.push(v);
+                }
+            }
+        }
+        for _ in 0..20_000 {
+            // xorshift: values of every size, half of them made multiples.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x >> (x % 100)) as i128;
+            values.push(v);
+            values.push(-v);
+            values.push(v / 10i128.pow((x % 39) as u32) * 10i128.pow((x % 39) as u32));
+        }
+        let mut exact = 0;
+        for k in 0..=38u32 {
+            let d = ExactPow10::new(k);
+            let p = 10i128.pow(k);
+            for &v in &values {
+                let expected = (v % p == 0).then(|| v / p);
+                assert_eq!(d.divide(v), expected, "{v} / 10^{k}");
+                exact += usize::from(expected.is_some() && k > 0);
+            }
+        }
+        assert!(exact > 10_000, "too few exact cases: {exact}");
     }
 
     #[test]
