@@ -233,6 +233,25 @@ LEFT JOIN silver.product_product p ON p.id = l.product_id
 LEFT JOIN silver.product_template t ON t.id = p.product_tmpl_id
 WHERE l.display_type = 'product' AND m.move_type = 'out_invoice' AND m.state = 'posted'
 
+-- model: report_invoice_lines_uom
+-- invoice analysis in the product's unit of measure (Odoo's
+-- account.invoice.report): the line's quantity divided by its unit's UoM
+-- factor and multiplied by the product's (a line in Dozens of a product
+-- kept in Units counts 12 per dozen), per product and month.
+SELECT l.product_id, date_trunc('month', l.date)::date AS month,
+       pu.name ->> 'en_US' AS unit,
+       sum(l.quantity / lu.factor * pu.factor) AS product_qty,
+       sum(l.quantity) AS line_qty,
+       count(*) FILTER (WHERE lu.id <> pu.id) AS lines_converted
+FROM silver.account_move_line l
+JOIN silver.account_move m ON m.id = l.move_id
+JOIN silver.product_product p ON p.id = l.product_id
+JOIN silver.product_template t ON t.id = p.product_tmpl_id
+JOIN silver.uom_uom lu ON lu.id = l.product_uom_id
+JOIN silver.uom_uom pu ON pu.id = t.uom_id
+WHERE l.display_type = 'product' AND m.state = 'posted'
+GROUP BY l.product_id, date_trunc('month', l.date)::date, pu.name ->> 'en_US'
+
 -- model: report_stock_valuation
 -- stock valuation: done quantities signed by direction (internal location
 -- 8 as stock) valued at the company-dependent standard price.

@@ -293,6 +293,9 @@ const MOVE_LINE: TableDef = TableDef {
         ("tax_line_id", "integer"),
         // The item's tax tags count with the opposite sign (sales documents).
         ("tax_tag_invert", "boolean"),
+        // The unit the quantity is in: Dozens on every third product's
+        // lines, Units on the others (every product is kept in Units).
+        ("product_uom_id", "integer"),
     ],
 };
 
@@ -678,6 +681,8 @@ impl JournalItem<'_> {
             }
             .into(),
             if self.tag_invert { "t" } else { "f" }.into(),
+            self.product
+                .map_or(NULL.into(), |p| if p % 3 == 0 { "2" } else { "1" }.into()),
         ]
     }
 }

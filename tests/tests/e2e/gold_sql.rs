@@ -136,6 +136,20 @@ async fn the_gold_sql_corpus_equals_postgres_or_is_refused_with_a_hint() {
         cases.len(),
         problems.join("\n")
     );
+    // The UoM model converted lines (every third product's lines are in
+    // Dozens), so its equality above covered a real conversion.
+    let uom = &cases
+        .iter()
+        .find(|c| c.name == "report_invoice_lines_uom")
+        .expect("the UoM model")
+        .query;
+    let converted = env.sql(&format!(
+        "SELECT sum(lines_converted) FROM ({uom}) q WHERE round(product_qty, 6) = 12 * line_qty"
+    ));
+    assert!(
+        converted.trim().parse::<i64>().is_ok_and(|n| n > 10),
+        "lines converted from Dozens: {converted:?}"
+    );
     for m in PUBLISHED {
         env.assert_published_matches(m).await;
         // Column by column, the published type is Postgres' own for the
