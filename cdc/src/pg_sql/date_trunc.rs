@@ -35,10 +35,13 @@ pub(super) fn udf() -> ScalarUDF {
     ScalarUDF::new_from_impl(DateTrunc::new())
 }
 
+/// The zone gold labels a date's truncation with (its sessions run in UTC).
+const UTC: &str = "UTC";
+
 /// The type a date or an untyped literal becomes for `date_trunc`:
 /// Postgres resolves both to `timestamptz`.
 fn timestamptz() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
 }
 
 /// A timestamp in microseconds without a zone: what a date is truncated as.
@@ -132,20 +135,18 @@ impl ScalarUDFImpl for DateTrunc {
         if !dates {
             return self.inner.invoke_with_args(args);
         }
-        let utc = timestamptz();
         if let (Some(unit), ColumnarValue::Array(dates)) =
             (DateUnit::of(&args.args[0]), &args.args[1])
             && let Some(dates) = dates.as_primitive_opt::<Date32Type>()
             && let Some(truncated) = unit.truncate(dates)
         {
-            return Ok(ColumnarValue::Array(Arc::new(
-                truncated.with_timezone("UTC"),
-            )));
+            return Ok(ColumnarValue::Array(Arc::new(truncated.with_timezone(UTC))));
         }
         // Dates: truncate as naive timestamps, then label the result UTC.
         args.args[1] = args.args[1].cast_to(&naive(), None)?;
         args.arg_fields[1] = Arc::new(args.arg_fields[1].as_ref().clone().with_data_type(naive()));
         args.return_field = Arc::new(args.return_field.as_ref().clone().with_data_type(naive()));
+        let utc = timestamptz();
         Ok(match self.inner.invoke_with_args(args)? {
             ColumnarValue::Array(a) => ColumnarValue::Array(arrow::compute::cast(&a, &utc)?),
             ColumnarValue::Scalar(v) => ColumnarValue::Scalar(v.cast_to(&utc)?),

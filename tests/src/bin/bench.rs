@@ -254,6 +254,13 @@ fn gold(
     query_rounds: usize,
     profile: Option<(String, Duration)>,
 ) -> anyhow::Result<(f64, f64)> {
+    if let Some((name, _)) = &profile {
+        anyhow::ensure!(
+            GOLD_MODELS.iter().any(|(n, _)| n == name),
+            "no gold model {name} in this bench"
+        );
+    }
+    let rounds = query_rounds.max(1);
     let b = Bench::new()?;
     b.load(rows)?;
     b.sql("SELECT medallion.add_source('account_move_line')")?;
@@ -305,7 +312,7 @@ fn gold(
     let rt = tokio::runtime::Runtime::new()?;
     let (mut wide_sum, mut cast_sum) = (f64::MAX, f64::MAX);
     let mut results = Vec::new();
-    for _ in 0..query_rounds.max(1) {
+    for _ in 0..rounds {
         for (sql, best) in [(&gl, &mut wide_sum), (&cast, &mut cast_sum)] {
             let t = Instant::now();
             let batches = rt.block_on(medallion::lake::query(
@@ -326,7 +333,7 @@ fn gold(
         }
     }
     anyhow::ensure!(
-        results.len() == 2 * query_rounds.max(1)
+        results.len() == 2 * rounds
             && results[0].len() > 4
             && results.iter().all(|r| *r == results[0]),
         "the two sums gave different results"
@@ -334,7 +341,7 @@ fn gold(
     println!(
         "gold: gl's query alone (no Delta write), best of {}: 128-bit values into 256-bit totals {wide_sum:.3} s, \
          each value cast to 256 bits first {cast_sum:.3} s, ratio {:.2}x",
-        query_rounds.max(1),
+        rounds,
         wide_sum / cast_sum
     );
     // What each figure above includes besides the model: a refine cycle's
@@ -347,10 +354,6 @@ fn gold(
          model's figure), {cold:.3} s with every table opened afresh"
     );
     if let Some((name, window)) = profile {
-        anyhow::ensure!(
-            GOLD_MODELS.iter().any(|(n, _)| *n == name),
-            "no gold model {name} in this bench"
-        );
         let model = format!("gold.{name}");
         let (start, mut runs, mut best) = (Instant::now(), 0, f64::MAX);
         while start.elapsed() < window {
@@ -969,12 +972,7 @@ fn snapshot_runs(rows: u64, runs: usize) -> anyhow::Result<()> {
     }
     if ratios.len() > 1 {
         ratios.sort_by(f64::total_cmp);
-        let mid = ratios.len() / 2;
-        let median = if ratios.len() % 2 == 0 {
-            (ratios[mid - 1] + ratios[mid]) / 2.0
-        } else {
-            ratios[mid]
-        };
+        let median = medallion_tests::flatness::median(ratios.clone());
         println!(
             "snapshot: {rows} rows, {} runs: median ratio {median:.2}x (min {:.2}x, max {:.2}x; target <= 1.25x)",
             ratios.len(),
