@@ -270,7 +270,12 @@ pub async fn cycle_with(
                 || !published_current(cfg, client, p, &input.table).await?)
         {
             let node = format!("silver.{}", def.name);
-            if let Err(e) = publish_one(cfg, client, &input.table, p, &node, w).await {
+            // A current-state table's key is one row; an SCD2 table has a
+            // row per version of a key.
+            let keys = matches!(def.history, crate::catalog::History::Current)
+                .then_some(def.keys.as_slice())
+                .filter(|k| !k.is_empty());
+            if let Err(e) = publish_one(cfg, client, &input.table, p, keys, &node, w).await {
                 out = publish_failed(out, e)?;
             }
         }
@@ -356,7 +361,8 @@ pub async fn cycle_with(
             let wm = out.watermark.unwrap_or(w);
             if let Some(p) = &def.publish
                 && (run || forced.contains(&node) || !published_current(cfg, client, p, &t).await?)
-                && let Err(e) = publish_one(cfg, client, &t, p, &node, wm).await
+                && let Err(e) =
+                    publish_one(cfg, client, &t, p, def.keys.as_deref(), &node, wm).await
             {
                 out = publish_failed(out, e)?;
             }
@@ -414,8 +420,7 @@ async fn published_current(
         None => None,
     };
     Ok(comment.is_some_and(|c| {
-        c.starts_with("medallion: ")
-            && c.ends_with(&format!("(Delta version {})", delta_version(table)))
+        c.starts_with("medallion: ") && crate::publish::version_in_comment(&c) == table.version()
     }))
 }
 
@@ -428,6 +433,7 @@ async fn publish_one(
     client: &mut Client,
     table: &deltalake::DeltaTable,
     target: &(String, String),
+    keys: Option<&[String]>,
     node: &str,
     w: Lsn,
 ) -> Result<()> {
@@ -435,18 +441,30 @@ async fn publish_one(
         "medallion: {node} at source LSN {w} (Delta version {})",
         delta_version(table)
     );
-    let rows = match &cfg.publish_database_url {
+    let to = crate::publish::Target {
+        schema: &target.0,
+        table: &target.1,
+        keys,
+    };
+    let published = match &cfg.publish_database_url {
         Some(url) => {
             let (mut other, conn) = catalog::connect(url).await?;
             let task = tokio::spawn(conn);
-            let r =
-                crate::publish::publish(&mut other, table, &target.0, &target.1, &comment).await;
+            let r = crate::publish::publish(&mut other, table, &to, &comment).await;
             task.abort();
             r?
         }
-        None => crate::publish::publish(client, table, &target.0, &target.1, &comment).await?,
+        None => crate::publish::publish(client, table, &to, &comment).await?,
     };
-    tracing::info!(table = %node, target = %format!("{}.{}", target.0, target.1), rows, "published to Postgres");
+    let target = format!("{}.{}", target.0, target.1);
+    match published {
+        crate::publish::Published::Replaced { rows } => {
+            tracing::info!(table = %node, target = %target, rows, "published to Postgres")
+        }
+        crate::publish::Published::Difference { deleted, inserted } => {
+            tracing::info!(table = %node, target = %target, deleted, inserted, "published to Postgres by difference")
+        }
+    }
     Ok(())
 }
 

@@ -169,6 +169,39 @@ fn properties(def: &GoldDef, commit: Commit) -> deltalake::kernel::transaction::
     )
 }
 
+/// A commit that only records a refresh (`txn` actions and commit info, no
+/// file added or removed): a refresh whose rows did not change.
+async fn record_only(
+    table: DeltaTable,
+    props: deltalake::kernel::transaction::CommitProperties,
+    model: &str,
+) -> Result<DeltaTable> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::protocol::DeltaOperation;
+    let snapshot = table
+        .snapshot()
+        .map_err(Error::delta(format!("gold.{model} snapshot")))?;
+    let done = CommitBuilder::from(props)
+        .with_actions(Vec::new())
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(Error::delta(format!("record refresh of gold.{model}")))?;
+    let mut table = table;
+    table
+        .update_incremental(Some(done.version()))
+        .await
+        .map_err(Error::delta(format!("reload gold.{model}")))?;
+    Ok(table)
+}
+
 #[async_trait]
 impl GoldStore for DeltaGold<'_> {
     async fn recorded(&self, def: &GoldDef) -> Result<Option<Recorded>> {
@@ -278,6 +311,8 @@ impl GoldStore for DeltaGold<'_> {
             .map(|c| format!("(t.{} IS NOT DISTINCT FROM s.{})", ident(c), ident(c)))
             .collect();
         let err = |e| Error::delta(format!("merge gold.{}", def.name))(e);
+        let before = target.version();
+        let recorded = properties(def, commit.clone());
         let mut merge = target
             .merge(source, on.join(" AND "))
             .with_source_alias("s")
@@ -309,6 +344,13 @@ impl GoldStore for DeltaGold<'_> {
             .map_err(err)?
             .await
             .map_err(err)?;
+        // A MERGE that changes no row makes no commit; the refresh is still
+        // recorded (its watermark, inputs and time), in a commit of its own.
+        let table = if table.version() == before {
+            record_only(table, recorded, &def.name).await?
+        } else {
+            table
+        };
         self.table = Some(table);
         Ok(Some(
             (metrics.num_target_rows_inserted

@@ -7,6 +7,12 @@
 //! a half-written table — and is not blocked meanwhile. The table keeps its
 //! OID, grants and dependent views. When the columns change, the table is
 //! dropped and recreated inside the same transaction.
+//!
+//! A table published with keys gets a unique index on them, and later
+//! publications delete and copy only the rows that changed since the
+//! version it holds ([`difference`]), as `REFRESH MATERIALIZED VIEW
+//! CONCURRENTLY` does: less work, WAL and bloat on a big table where a
+//! refresh changes a few rows.
 
 use std::pin::pin;
 
@@ -21,6 +27,10 @@ use tokio_postgres::Client;
 use crate::catalog::Field;
 use crate::error::{Error, Result};
 use crate::lake;
+
+mod difference;
+
+pub(crate) use difference::version_in_comment;
 
 /// The Postgres type that holds an Arrow type without loss (text otherwise).
 fn pg_type(t: &DataType) -> String {
@@ -228,18 +238,20 @@ const MARK: &str = "medallion: ";
 /// medallion publication. Otherwise the sidecar would delete another role's
 /// rows with its own privileges, or fire the triggers a squatter put on a
 /// table it prepared in advance.
+///
+/// Returns the Delta version an existing publication says it holds.
 async fn check_target(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     table: &str,
-) -> Result<()> {
+) -> Result<Option<u64>> {
     let row = tx
         .query_one(
             "SELECT n.nspowner = r.oid, pg_catalog.pg_get_userbyid(n.nspowner)::text, \
                     c.oid IS NOT NULL, c.relkind::text, c.relowner = r.oid, \
                     pg_catalog.pg_get_userbyid(c.relowner)::text, \
                     COALESCE(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), $3), false), \
-                    r.rolname::text \
+                    r.rolname::text, pg_catalog.obj_description(c.oid, 'pg_class') \
              FROM pg_catalog.pg_namespace n \
              JOIN pg_catalog.pg_roles r ON r.rolname = pg_catalog.current_user() \
              LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = $2 \
@@ -280,19 +292,201 @@ async fn check_target(
                     .into(),
             ));
         }
+        let comment: Option<String> = row.field(8)?;
+        return Ok(comment.as_deref().and_then(difference::version_in_comment));
     }
-    Ok(())
+    Ok(None)
 }
 
-/// Replace `schema.table` in Postgres with the rows of a Delta table.
-/// Returns the number of rows published.
+/// How a publication brought the Postgres table to the Delta table's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Every row deleted (or the table created) and copied in again.
+    Replaced { rows: u64 },
+    /// Only the rows that changed: `deleted` old rows (left or changed),
+    /// `inserted` new ones (arrived or changed); see [`difference`].
+    Difference { deleted: u64, inserted: u64 },
+}
+
+/// Where a Delta table is published, and its keys.
+pub struct Target<'a> {
+    pub schema: &'a str,
+    pub table: &'a str,
+    /// Columns that identify a row (a gold model's `keys`, a current-state
+    /// silver table's primary key): the published table gets a unique index
+    /// on them and later publications copy only the rows that changed.
+    pub keys: Option<&'a [String]>,
+}
+
+/// The COPY of `batches` into `target` (its columns `names`).
+async fn copy_batches(
+    tx: &tokio_postgres::Transaction<'_>,
+    into: &str,
+    names: &[String],
+    mut batches: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
+    what: &str,
+) -> Result<u64> {
+    let sink = tx
+        .copy_in(&format!("COPY {into} ({}) FROM STDIN", names.join(", ")))
+        .await
+        .map_err(Error::pg(format!("publish {what}: copy")))?;
+    let mut sink = pin!(sink);
+    let mut buf = String::new();
+    while let Some(batch) = batches.next().await {
+        copy_text(&batch?, &mut buf)?;
+        // The next batch's text starts at this one's size: no regrowing.
+        let next = String::with_capacity(buf.len());
+        sink.send(Bytes::from(std::mem::replace(&mut buf, next)))
+            .await
+            .map_err(Error::pg(format!("publish {what}: copy data")))?;
+    }
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(Error::pg(format!("publish {what}: copy end")))
+}
+
+/// Whether `target` has a valid unique index on exactly `keys` (in order,
+/// no expression, no predicate) and this role may create temporary tables:
+/// what a publication by difference needs.
+async fn can_apply_difference(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &str,
+    keys: &[String],
+) -> Result<bool> {
+    let row = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                 WHERE i.indrelid = pg_catalog.to_regclass($1) AND i.indisunique AND i.indisvalid \
+                   AND i.indexprs IS NULL AND i.indpred IS NULL \
+                   AND ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
+                             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                             ORDER BY k.n) = $2::text[]) \
+                AND pg_catalog.has_database_privilege(pg_catalog.current_database(), 'TEMPORARY')",
+            &[&target, &keys],
+        )
+        .await
+        .map_err(Error::pg(format!("publish {target}: read its key index")))?;
+    row.field(0)
+}
+
+/// Create the unique index on `keys` a publication by difference needs,
+/// unless it is there. Rows that are not unique on the keys leave the table
+/// without it (and so replaced whole every time), with a warning.
+async fn ensure_key_index(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+    target: &str,
+    keys: &[String],
+) -> Result<()> {
+    if can_apply_difference(tx, target, keys).await? {
+        return Ok(());
+    }
+    let sp = tx
+        .savepoint("medallion_key_index")
+        .await
+        .map_err(Error::pg(format!("publish {target}: savepoint")))?;
+    let cols: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+    let made = sp
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX {} ON {target} ({})",
+            quote(&format!("{table}_medallion_keys")),
+            cols.join(", ")
+        ))
+        .await;
+    match made {
+        Ok(()) => sp
+            .commit()
+            .await
+            .map_err(Error::pg(format!("publish {target}: release savepoint"))),
+        Err(e) => {
+            tracing::warn!(
+                target = %format!("{schema}.{table}"), keys = ?keys, error = %e,
+                "no unique index on the keys: the table is replaced whole at every publication"
+            );
+            sp.rollback()
+                .await
+                .map_err(Error::pg(format!("publish {target}: roll back savepoint")))
+        }
+    }
+}
+
+/// Apply `diff` to `target` inside a savepoint; `false` (rolled back) when
+/// the table does not hold the rows the difference was computed from.
+async fn apply_difference(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    target: &str,
+    names: &[String],
+    keys: &[String],
+    diff: difference::Difference,
+) -> Result<bool> {
+    let what = target;
+    let sp = tx
+        .savepoint("medallion_difference")
+        .await
+        .map_err(Error::pg(format!("publish {what}: savepoint")))?;
+    let held: i64 = sp
+        .query_one(&format!("SELECT count(*) FROM {target}"), &[])
+        .await
+        .map_err(Error::pg(format!("publish {what}: count rows")))?
+        .field(0)?;
+    let expected = diff.gone_rows();
+    let mut deleted = 0;
+    if held as u64 == diff.old_rows && expected > 0 {
+        const GONE: &str = "pg_temp.\"medallion gone\"";
+        let cols: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+        sp.batch_execute(&format!(
+            "CREATE TEMPORARY TABLE {GONE} ON COMMIT DROP AS SELECT {} FROM {target} WITH NO DATA",
+            cols.join(", ")
+        ))
+        .await
+        .map_err(Error::pg(format!("publish {what}: gone keys table")))?;
+        let gone = futures::stream::iter(diff.gone.into_iter().map(Ok));
+        copy_batches(&sp, GONE, &cols, gone, what).await?;
+        let on: Vec<String> = cols.iter().map(|c| format!("t.{c} = g.{c}")).collect();
+        deleted = sp
+            .execute(
+                &format!(
+                    "DELETE FROM {target} t USING {GONE} g WHERE {}",
+                    on.join(" AND ")
+                ),
+                &[],
+            )
+            .await
+            .map_err(Error::pg(format!("publish {what}: delete changed rows")))?;
+        sp.batch_execute(&format!("DROP TABLE {GONE}"))
+            .await
+            .map_err(Error::pg(format!("publish {what}: drop gone keys")))?;
+    }
+    if held as u64 != diff.old_rows || deleted != expected {
+        tracing::warn!(
+            target = %target, held, expected_rows = diff.old_rows, deleted, expected_deleted = expected,
+            "the published table does not hold the rows it was published with: replacing it whole"
+        );
+        sp.rollback()
+            .await
+            .map_err(Error::pg(format!("publish {what}: roll back savepoint")))?;
+        return Ok(false);
+    }
+    let arrived = futures::stream::iter(diff.arrived.into_iter().map(Ok));
+    copy_batches(&sp, target, names, arrived, what).await?;
+    sp.commit()
+        .await
+        .map_err(Error::pg(format!("publish {what}: release savepoint")))?;
+    Ok(true)
+}
+
+/// Make `schema.table` in Postgres hold the rows of a Delta table, in one
+/// transaction: by difference when it can ([`difference`]), else by
+/// replacing every row.
 pub async fn publish(
     client: &mut Client,
     source: &DeltaTable,
-    schema: &str,
-    table: &str,
+    to: &Target<'_>,
     comment: &str,
-) -> Result<u64> {
+) -> Result<Published> {
+    let (schema, table) = (to.schema, to.table);
     let ctx = lake::session();
     lake::register(&ctx, "t", source).await?;
     let df = ctx
@@ -306,7 +500,7 @@ pub async fn publish(
         .map(|f| (f.name().clone(), pg_type(f.data_type())))
         .collect();
     let target = format!("{}.{}", quote(schema), quote(table));
-    let tx = client
+    let mut tx = client
         .transaction()
         .await
         .map_err(Error::pg(format!("publish {schema}.{table}: begin")))?;
@@ -315,7 +509,7 @@ pub async fn publish(
         .map_err(Error::pg(format!(
             "publish {schema}.{table}: create schema"
         )))?;
-    check_target(&tx, schema, table).await?;
+    let held_version = check_target(&tx, schema, table).await?;
     let existing: Vec<(String, String)> = tx
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
@@ -337,47 +531,59 @@ pub async fn publish(
                     || (a.1 == "timestamp without time zone" && b.1 == "timestamp")
                     || (a.1 == "time without time zone" && b.1 == "time"))
         });
-    if same {
-        tx.batch_execute(&format!("DELETE FROM {target}"))
-            .await
-            .map_err(Error::pg(format!("publish {schema}.{table}: delete")))?;
-    } else {
-        let defs: Vec<String> = columns
-            .iter()
-            .map(|(n, t)| format!("{} {t}", quote(n)))
-            .collect();
-        tx.batch_execute(&format!(
-            "DROP TABLE IF EXISTS {target}; CREATE TABLE {target} ({})",
-            defs.join(", ")
-        ))
-        .await
-        .map_err(Error::pg(format!("publish {schema}.{table}: create table")))?;
-    }
     let names: Vec<String> = columns.iter().map(|(n, _)| quote(n)).collect();
-    let sink = tx
-        .copy_in(&format!("COPY {target} ({}) FROM STDIN", names.join(", ")))
-        .await
-        .map_err(Error::pg(format!("publish {schema}.{table}: copy")))?;
-    let mut sink = pin!(sink);
-    let mut stream = df
-        .execute_stream()
-        .await
-        .map_err(Error::datafusion("publish read"))?;
-    let mut buf = String::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(Error::datafusion("publish read"))?;
-        copy_text(&batch, &mut buf)?;
-        // The next batch's text starts at this one's size: no regrowing.
-        let next = String::with_capacity(buf.len());
-        sink.send(Bytes::from(std::mem::replace(&mut buf, next)))
-            .await
-            .map_err(Error::pg(format!("publish {schema}.{table}: copy data")))?;
+    let mut published = None;
+    if let (true, Some(keys), Some(old)) = (same, to.keys, held_version)
+        && can_apply_difference(&tx, &target, keys).await?
+    {
+        match difference::compute(source, old, keys).await {
+            Ok(Ok(diff)) => {
+                let (deleted, inserted) = (diff.gone_rows(), diff.arrived_rows());
+                if apply_difference(&mut tx, &target, &names, keys, diff).await? {
+                    published = Some(Published::Difference { deleted, inserted });
+                }
+            }
+            Ok(Err(why)) => {
+                tracing::debug!(target = %format!("{schema}.{table}"), why, "published whole")
+            }
+            Err(e) => tracing::warn!(
+                target = %format!("{schema}.{table}"), error = %e,
+                "the difference could not be computed: the table is replaced whole"
+            ),
+        }
     }
-    let rows = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(Error::pg(format!("publish {schema}.{table}: copy end")))?;
+    let published = match published {
+        Some(p) => p,
+        None => {
+            if same {
+                tx.batch_execute(&format!("DELETE FROM {target}"))
+                    .await
+                    .map_err(Error::pg(format!("publish {schema}.{table}: delete")))?;
+            } else {
+                let defs: Vec<String> = columns
+                    .iter()
+                    .map(|(n, t)| format!("{} {t}", quote(n)))
+                    .collect();
+                tx.batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {target}; CREATE TABLE {target} ({})",
+                    defs.join(", ")
+                ))
+                .await
+                .map_err(Error::pg(format!("publish {schema}.{table}: create table")))?;
+            }
+            let stream = df
+                .execute_stream()
+                .await
+                .map_err(Error::datafusion("publish read"))?
+                .map(|b| b.map_err(Error::datafusion("publish read")));
+            let rows =
+                copy_batches(&tx, &target, &names, stream, &format!("{schema}.{table}")).await?;
+            if let Some(keys) = to.keys {
+                ensure_key_index(&mut tx, schema, table, &target, keys).await?;
+            }
+            Published::Replaced { rows }
+        }
+    };
     tx.batch_execute(&format!(
         "COMMENT ON TABLE {target} IS '{}'",
         comment.replace('\'', "''")
@@ -388,7 +594,7 @@ pub async fn publish(
     tx.commit()
         .await
         .map_err(Error::pg(format!("publish {schema}.{table}: commit")))?;
-    Ok(rows)
+    Ok(published)
 }
 
 #[cfg(test)]
