@@ -2493,8 +2493,8 @@ pub fn write_workload(
                 writeln!(
                     out,
                     "UPDATE sale_order o SET amount_untaxed = s.u, amount_tax = round(s.u * 0.15, 2), amount_total = s.u + round(s.u * 0.15, 2), state = 'sale', invoice_status = 'to invoice', write_date = {now} \
-                     FROM (SELECT order_id, sum(price_subtotal) u FROM sale_order_line WHERE order_id = currval(pg_get_serial_sequence('sale_order','id')) GROUP BY order_id) s WHERE o.id = s.order_id;\n\
-                     UPDATE sale_order_line SET state = 'sale', invoice_status = 'to invoice', qty_delivered = product_uom_qty, write_date = {now} WHERE order_id = currval(pg_get_serial_sequence('sale_order','id'));"
+                     FROM (SELECT order_id, sum(price_subtotal) u FROM sale_order_line WHERE order_id = (SELECT currval(pg_get_serial_sequence('sale_order','id'))) GROUP BY order_id) s WHERE o.id = s.order_id;\n\
+                     UPDATE sale_order_line SET state = 'sale', invoice_status = 'to invoice', qty_delivered = product_uom_qty, write_date = {now} WHERE order_id = (SELECT currval(pg_get_serial_sequence('sale_order','id')));"
                 )?;
             }
             // Partner e-mail edit.

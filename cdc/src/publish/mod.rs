@@ -413,7 +413,9 @@ async fn ensure_key_index(
 }
 
 /// Apply `diff` to `target` inside a savepoint; `false` (rolled back) when
-/// the table does not hold the rows the difference was computed from.
+/// the table does not hold the rows the difference was computed from, or
+/// Postgres refused a step (a key changed by hand that now collides): the
+/// caller then replaces the table whole in the same transaction.
 async fn apply_difference(
     tx: &mut tokio_postgres::Transaction<'_>,
     target: &str,
@@ -421,60 +423,75 @@ async fn apply_difference(
     keys: &[String],
     diff: difference::Difference,
 ) -> Result<bool> {
-    let what = target;
     let sp = tx
         .savepoint("medallion_difference")
         .await
-        .map_err(Error::pg(format!("publish {what}: savepoint")))?;
-    let held: i64 = sp
-        .query_one(&format!("SELECT count(*) FROM {target}"), &[])
-        .await
-        .map_err(Error::pg(format!("publish {what}: count rows")))?
-        .field(0)?;
+        .map_err(Error::pg(format!("publish {target}: savepoint")))?;
+    let old_rows = diff.old_rows;
     let expected = diff.gone_rows();
-    let mut deleted = 0;
-    if held as u64 == diff.old_rows && expected > 0 {
-        const GONE: &str = "pg_temp.\"medallion gone\"";
-        let cols: Vec<String> = keys.iter().map(|k| quote(k)).collect();
-        sp.batch_execute(&format!(
-            "CREATE TEMPORARY TABLE {GONE} ON COMMIT DROP AS SELECT {} FROM {target} WITH NO DATA",
-            cols.join(", ")
-        ))
-        .await
-        .map_err(Error::pg(format!("publish {what}: gone keys table")))?;
-        let gone = futures::stream::iter(diff.gone.into_iter().map(Ok));
-        copy_batches(&sp, GONE, &cols, gone, what).await?;
-        let on: Vec<String> = cols.iter().map(|c| format!("t.{c} = g.{c}")).collect();
-        deleted = sp
-            .execute(
-                &format!(
-                    "DELETE FROM {target} t USING {GONE} g WHERE {}",
-                    on.join(" AND ")
-                ),
-                &[],
-            )
+    let applied = async {
+        let held: i64 = sp
+            .query_one(&format!("SELECT count(*) FROM {target}"), &[])
             .await
-            .map_err(Error::pg(format!("publish {what}: delete changed rows")))?;
-        sp.batch_execute(&format!("DROP TABLE {GONE}"))
+            .map_err(Error::pg(format!("publish {target}: count rows")))?
+            .field(0)?;
+        if held as u64 != old_rows {
+            return Ok(Err(format!("it holds {held} rows, not {old_rows}")));
+        }
+        if expected > 0 {
+            const GONE: &str = "pg_temp.\"medallion gone\"";
+            let cols: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+            sp.batch_execute(&format!(
+                "CREATE TEMPORARY TABLE {GONE} ON COMMIT DROP AS SELECT {} FROM {target} WITH NO DATA",
+                cols.join(", ")
+            ))
             .await
-            .map_err(Error::pg(format!("publish {what}: drop gone keys")))?;
+            .map_err(Error::pg(format!("publish {target}: gone keys table")))?;
+            let gone = futures::stream::iter(diff.gone.into_iter().map(Ok));
+            copy_batches(&sp, GONE, &cols, gone, target).await?;
+            let on: Vec<String> = cols.iter().map(|c| format!("t.{c} = g.{c}")).collect();
+            let deleted = sp
+                .execute(
+                    &format!(
+                        "DELETE FROM {target} t USING {GONE} g WHERE {}",
+                        on.join(" AND ")
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(Error::pg(format!("publish {target}: delete changed rows")))?;
+            if deleted != expected {
+                return Ok(Err(format!(
+                    "{expected} keys that changed or left deleted {deleted} rows"
+                )));
+            }
+            sp.batch_execute(&format!("DROP TABLE {GONE}"))
+                .await
+                .map_err(Error::pg(format!("publish {target}: drop gone keys")))?;
+        }
+        let arrived = futures::stream::iter(diff.arrived.into_iter().map(Ok));
+        copy_batches(&sp, target, names, arrived, target).await?;
+        Ok::<_, Error>(Ok(()))
     }
-    if held as u64 != diff.old_rows || deleted != expected {
-        tracing::warn!(
-            target = %target, held, expected_rows = diff.old_rows, deleted, expected_deleted = expected,
-            "the published table does not hold the rows it was published with: replacing it whole"
-        );
-        sp.rollback()
-            .await
-            .map_err(Error::pg(format!("publish {what}: roll back savepoint")))?;
-        return Ok(false);
-    }
-    let arrived = futures::stream::iter(diff.arrived.into_iter().map(Ok));
-    copy_batches(&sp, target, names, arrived, what).await?;
-    sp.commit()
+    .await;
+    let why = match applied {
+        Ok(Ok(())) => {
+            sp.commit()
+                .await
+                .map_err(Error::pg(format!("publish {target}: release savepoint")))?;
+            return Ok(true);
+        }
+        Ok(Err(why)) => {
+            format!("the published table does not hold the rows it was published with: {why}")
+        }
+        Err(e) => format!("Postgres refused the difference: {e}"),
+    };
+    tracing::warn!(target = %target, %why, "publishing by difference failed: replacing the table whole");
+    // A broken connection fails here, and so the publication.
+    sp.rollback()
         .await
-        .map_err(Error::pg(format!("publish {what}: release savepoint")))?;
-    Ok(true)
+        .map_err(Error::pg(format!("publish {target}: roll back savepoint")))?;
+    Ok(false)
 }
 
 /// Make `schema.table` in Postgres hold the rows of a Delta table, in one

@@ -1258,4 +1258,18 @@ async fn a_keyed_publication_writes_only_the_rows_that_changed_and_replaces_a_co
     );
     assert_eq!(writers(&env, "medallion_gold.acct_view"), fourth);
     env.assert_published_matches("acct_view").await;
+
+    // A key changed by hand in the copy collides with a row that arrives:
+    // Postgres refuses the difference, and the table is replaced whole in
+    // the same transaction instead of the publication failing forever.
+    env.sql("UPDATE medallion_gold.acct_view SET id = 6000 WHERE id = 100");
+    env.sql("INSERT INTO acct VALUES (6000, 'late', 6)");
+    assert_all_ok(&env.catch_up_and_refine().await);
+    env.assert_published_matches("acct_view").await;
+    let sixth = writers(&env, "medallion_gold.acct_view");
+    assert_eq!(sixth.len(), 3001);
+    assert!(
+        sixth.iter().all(|(id, x)| fourth.get(id) != Some(x)),
+        "the copy with a colliding key was not replaced whole"
+    );
 }
