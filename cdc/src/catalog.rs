@@ -331,8 +331,26 @@ pub struct SilverDef {
     pub track_columns: Option<Vec<String>>,
     pub soft_delete: bool,
     pub expectations: Vec<Expectation>,
-    /// Publish to Postgres: (schema, table).
-    pub publish: Option<(String, String)>,
+    /// Publish to Postgres (`medallion.publications`).
+    pub publish: Option<Publication>,
+}
+
+/// Where a silver table or gold model is published in Postgres
+/// (`medallion.publish`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub schema: String,
+    pub table: String,
+    /// The columns that identify a published row (`publish(…, keys => …)`);
+    /// None: the model's or table's own keys, if any.
+    pub keys: Option<Vec<String>>,
+}
+
+impl Publication {
+    /// `schema.table`, as people read it.
+    pub fn target(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
 }
 
 /// When a gold model is recomputed.
@@ -356,7 +374,7 @@ pub struct GoldDef {
     /// Tables it reads: `silver.<name>` / `gold.<name>`.
     pub upstream: Vec<String>,
     pub expectations: Vec<Expectation>,
-    pub publish: Option<(String, String)>,
+    pub publish: Option<Publication>,
 }
 
 /// Every silver and gold definition, gold in dependency order.
@@ -383,14 +401,23 @@ pub async fn refined_definitions(client: &Client) -> Result<(Vec<SilverDef>, Vec
     }
     let publications = client
         .query(
-            "SELECT node, target_schema::text, target_table::text FROM medallion.publications",
+            "SELECT node, target_schema::text, target_table::text, keys FROM medallion.publications",
             &[],
         )
         .await
         .map_err(Error::pg("read medallion.publications"))?;
-    let mut publish: HashMap<String, (String, String)> = publications
+    let mut publish: HashMap<String, Publication> = publications
         .into_iter()
-        .map(|r| Ok((r.field(0)?, (r.field(1)?, r.field(2)?))))
+        .map(|r| {
+            Ok((
+                r.field(0)?,
+                Publication {
+                    schema: r.field(1)?,
+                    table: r.field(2)?,
+                    keys: r.field(3)?,
+                },
+            ))
+        })
         .collect::<Result<_>>()?;
     let silver = client
         .query(

@@ -272,9 +272,11 @@ pub async fn cycle_with(
             let node = format!("silver.{}", def.name);
             // A current-state table's key is one row; an SCD2 table has a
             // row per version of a key.
-            let keys = matches!(def.history, crate::catalog::History::Current)
-                .then_some(def.keys.as_slice())
-                .filter(|k| !k.is_empty());
+            let keys = p.keys.as_deref().or_else(|| {
+                matches!(def.history, crate::catalog::History::Current)
+                    .then_some(def.keys.as_slice())
+                    .filter(|k| !k.is_empty())
+            });
             if let Err(e) = publish_one(cfg, client, &input.table, p, keys, &node, w).await {
                 out = publish_failed(out, e)?;
             }
@@ -361,8 +363,16 @@ pub async fn cycle_with(
             let wm = out.watermark.unwrap_or(w);
             if let Some(p) = &def.publish
                 && (run || forced.contains(&node) || !published_current(cfg, client, p, &t).await?)
-                && let Err(e) =
-                    publish_one(cfg, client, &t, p, def.keys.as_deref(), &node, wm).await
+                && let Err(e) = publish_one(
+                    cfg,
+                    client,
+                    &t,
+                    p,
+                    p.keys.as_deref().or(def.keys.as_deref()),
+                    &node,
+                    wm,
+                )
+                .await
             {
                 out = publish_failed(out, e)?;
             }
@@ -399,7 +409,7 @@ pub async fn cycle_with(
 async fn published_current(
     cfg: &Config,
     client: &Client,
-    target: &(String, String),
+    target: &crate::catalog::Publication,
     table: &deltalake::DeltaTable,
 ) -> Result<bool> {
     const COMMENT: &str = "SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c \
@@ -408,11 +418,17 @@ async fn published_current(
         Some(url) => {
             let (other, conn) = catalog::connect(url).await?;
             let task = tokio::spawn(conn);
-            let r = other.query_opt(COMMENT, &[&target.0, &target.1]).await;
+            let r = other
+                .query_opt(COMMENT, &[&target.schema, &target.table])
+                .await;
             task.abort();
             r
         }
-        None => client.query_opt(COMMENT, &[&target.0, &target.1]).await,
+        None => {
+            client
+                .query_opt(COMMENT, &[&target.schema, &target.table])
+                .await
+        }
     }
     .map_err(Error::pg("check published table"))?;
     let comment: Option<String> = match row {
@@ -432,7 +448,7 @@ async fn publish_one(
     cfg: &Config,
     client: &mut Client,
     table: &deltalake::DeltaTable,
-    target: &(String, String),
+    target: &crate::catalog::Publication,
     keys: Option<&[String]>,
     node: &str,
     w: Lsn,
@@ -442,8 +458,8 @@ async fn publish_one(
         delta_version(table)
     );
     let to = crate::publish::Target {
-        schema: &target.0,
-        table: &target.1,
+        schema: &target.schema,
+        table: &target.table,
         keys,
     };
     let published = match &cfg.publish_database_url {
@@ -456,7 +472,7 @@ async fn publish_one(
         }
         None => crate::publish::publish(client, table, &to, &comment).await?,
     };
-    let target = format!("{}.{}", target.0, target.1);
+    let target = target.target();
     match published {
         crate::publish::Published::Replaced { rows } => {
             tracing::info!(table = %node, target = %target, rows, "published to Postgres")

@@ -92,6 +92,9 @@ CREATE TABLE medallion.publications (
     node text PRIMARY KEY CHECK (node ~ '^(silver|gold)\.'),
     target_schema name NOT NULL DEFAULT 'medallion_gold',
     target_table name NOT NULL,
+    -- Columns identifying a published row: a unique index on them, and
+    -- publication by difference (NULL: the model's or table's own keys).
+    keys text[] CHECK (keys IS NULL OR pg_catalog.cardinality(keys) > 0),
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     UNIQUE (target_schema, target_table)

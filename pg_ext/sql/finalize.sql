@@ -84,7 +84,7 @@ GRANT EXECUTE ON FUNCTION
     medallion.define_gold(text, text, text, text[]),
     medallion.drop_gold(text, boolean),
     medallion.refresh(text),
-    medallion.publish(text, text, text),
+    medallion.publish(text, text, text, text[]),
     medallion.unpublish(text),
     medallion.lineage_mermaid(),
     medallion.enable_audit(regclass, text[], text[]),

@@ -344,13 +344,16 @@ fn node_of(name: &str) -> String {
 
 /// Copy a silver table or gold model into Postgres after each refresh,
 /// replacing the previous contents atomically (readers see the old or the
-/// new rows, never a mix).
+/// new rows, never a mix). `keys`: the columns that identify a published
+/// row (a unique index on them; later refreshes copy only the rows that
+/// changed); by default the model's `keys` or the table's primary key.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn publish(
     name: &str,
     target_schema: default!(String, "'medallion_gold'"),
     target_table: default!(Option<String>, "NULL"),
+    keys: default!(Option<Vec<String>>, "NULL"),
 ) {
     let node = node_of(name);
     let table = target_table.unwrap_or_else(|| {
@@ -360,6 +363,13 @@ fn publish(
     });
     names::check("target schema", &target_schema);
     names::check("target table", &table);
+    if keys.as_ref().is_some_and(|k| k.is_empty()) {
+        raise::error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "keys must name at least one column",
+            "Pass NULL to use the model's keys or the table's primary key.",
+        );
+    }
     if matches!(
         target_schema.as_str(),
         "medallion" | "pg_catalog" | "information_schema" | "public"
@@ -420,10 +430,10 @@ fn publish(
         );
     }
     catalog::exec(
-        "INSERT INTO medallion.publications (node, target_schema, target_table) VALUES ($1, $2, $3) \
+        "INSERT INTO medallion.publications (node, target_schema, target_table, keys) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (node) DO UPDATE SET target_schema = EXCLUDED.target_schema, \
-            target_table = EXCLUDED.target_table, updated_at = now()",
-        &[node.into(), target_schema.into(), table.into()],
+            target_table = EXCLUDED.target_table, keys = EXCLUDED.keys, updated_at = now()",
+        &[node.into(), target_schema.into(), table.into(), keys.into()],
     );
     catalog::notify_config("publish");
 }

@@ -76,7 +76,8 @@ const PACKAGES: &[Package] = &[Package {
 }];
 
 /// A model file: header lines `-- model:`, `-- publish:`, `-- requires:`,
-/// optionally `-- keys:` and `-- refresh:`, then the query.
+/// optionally `-- keys:` (the model's), `-- publish keys:` (the published
+/// table's) and `-- refresh:`, then the query.
 #[derive(Debug, PartialEq)]
 struct ModelFile {
     model: String,
@@ -84,6 +85,7 @@ struct ModelFile {
     /// Source tables (in `public`) and `gold.<model>`s of the same package.
     requires: Vec<String>,
     keys: Option<Vec<String>>,
+    publish_keys: Option<Vec<String>>,
     refresh: String,
     query: String,
 }
@@ -99,6 +101,7 @@ fn list(value: &str) -> Vec<String> {
 fn parse_model_file(file: &str, text: &str) -> Result<ModelFile, String> {
     let (mut model, mut publish, mut requires, mut keys, mut refresh) =
         (None, None, Vec::new(), None, "on_change".to_string());
+    let mut publish_keys = None;
     let mut query = String::new();
     for line in text.lines() {
         let header = line
@@ -110,6 +113,7 @@ fn parse_model_file(file: &str, text: &str) -> Result<ModelFile, String> {
             Some(("publish", v)) => publish = Some(v.trim().to_string()),
             Some(("requires", v)) => requires = list(v),
             Some(("keys", v)) => keys = Some(list(v)),
+            Some(("publish keys", v)) => publish_keys = Some(list(v)),
             Some(("refresh", v)) => refresh = v.trim().to_string(),
             _ if line.starts_with("--") && query.is_empty() => {}
             _ => {
@@ -128,6 +132,7 @@ fn parse_model_file(file: &str, text: &str) -> Result<ModelFile, String> {
         publish,
         requires,
         keys,
+        publish_keys,
         refresh,
         query,
     })
@@ -526,19 +531,25 @@ fn apply(p: &Package, o: &Options) -> Vec<Outcome> {
         };
         let node = format!("gold.{}", f.model);
         let publication: Option<String> = catalog::one(
-            "SELECT target_schema || '.' || target_table FROM medallion.publications WHERE node = $1",
+            "SELECT target_schema || '.' || target_table || COALESCE(' ' || keys::text, '') \
+             FROM medallion.publications WHERE node = $1",
             &[node.as_str().into()],
         );
         match (&f.publish, o.publish) {
             (Some(table), true) => {
-                let target = format!("{}.{table}", o.schema);
+                let target = format!("{}.{table}", o.schema)
+                    + &f.publish_keys
+                        .as_ref()
+                        .map(|k| format!(" {{{}}}", k.join(",")))
+                        .unwrap_or_default();
                 if publication.as_deref() != Some(target.as_str()) {
                     call(
-                        "SELECT medallion.publish($1, $2, $3)",
+                        "SELECT medallion.publish($1, $2, $3, $4)",
                         &[
                             f.model.as_str().into(),
                             o.schema.as_str().into(),
                             table.as_str().into(),
+                            f.publish_keys.clone().into(),
                         ],
                     );
                     if state == "unchanged" {

@@ -612,10 +612,7 @@ impl Operations {
                     state: s.state,
                     last_refreshed_at: s.last_refreshed_at,
                     rows_total: s.rows_total,
-                    published_as: g
-                        .publish
-                        .as_ref()
-                        .map(|(schema, table)| format!("{schema}.{table}")),
+                    published_as: g.publish.as_ref().map(|p| p.target()),
                     name: g.name.clone(),
                 }
             })
@@ -668,9 +665,7 @@ impl Operations {
                     on_violation: e.on_violation.as_str().into(),
                 })
                 .collect(),
-            published_as: def
-                .publish
-                .map(|(schema, table)| format!("{schema}.{table}")),
+            published_as: def.publish.map(|p| p.target()),
             columns,
             state: state.state,
             last_refreshed_at: state.last_refreshed_at,

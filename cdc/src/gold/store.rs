@@ -332,7 +332,7 @@ impl GoldStore for DeltaGold<'_> {
                 })
                 .map_err(err)?;
         }
-        let (table, metrics) = merge
+        let (table, _metrics) = merge
             .when_not_matched_insert(|mut i| {
                 for c in &columns {
                     i = i.set(c.as_str(), format!("s.{}", ident(c)));
@@ -352,11 +352,10 @@ impl GoldStore for DeltaGold<'_> {
             table
         };
         self.table = Some(table);
-        Ok(Some(
-            (metrics.num_target_rows_inserted
-                + metrics.num_target_rows_updated
-                + metrics.num_target_rows_copied) as u64,
-        ))
+        // The MERGE's metrics count the rows it wrote (inserted, updated,
+        // copied from the files it rewrote), not the rows the table holds:
+        // the caller counts those.
+        Ok(None)
     }
 
     fn version(&self) -> Option<i64> {

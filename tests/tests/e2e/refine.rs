@@ -1160,10 +1160,13 @@ async fn a_keyed_publication_writes_only_the_rows_that_changed_and_replaces_a_co
          INSERT INTO acct SELECT g, 'o' || (g % 7), g FROM generate_series(1, 3000) g; \
          SELECT medallion.add_source('acct'); \
          SELECT medallion.define_gold('acct_view', 'SELECT id, owner, v * 2 AS v2 FROM silver.acct', keys => ARRAY['id']); \
-         SELECT medallion.publish('acct_view');",
+         SELECT medallion.publish('acct_view'); \
+         SELECT medallion.define_gold('acct_plain', 'SELECT id, owner FROM silver.acct'); \
+         SELECT medallion.publish('acct_plain', keys => ARRAY['id']);",
     );
     assert_all_ok(&env.catch_up_and_refine().await);
     env.assert_published_matches("acct_view").await;
+    let plain = writers(&env, "medallion_gold.acct_plain");
     // The first publication made the unique index on the keys.
     assert_eq!(
         env.sql(
@@ -1199,6 +1202,17 @@ async fn a_keyed_publication_writes_only_the_rows_that_changed_and_replaces_a_co
             "row {id} changed and was not rewritten"
         );
     }
+    // A model without keys published with keys (`publish(…, keys => …)`):
+    // only the row that left and the row that arrived were written.
+    env.assert_published_matches("acct_plain").await;
+    let plain_after = writers(&env, "medallion_gold.acct_plain");
+    assert_eq!(
+        plain_after
+            .iter()
+            .filter(|(id, x)| plain.get(id) == Some(x))
+            .count(),
+        2999
+    );
 
     // Someone deletes a row of the copy: the next publication sees that the
     // table no longer holds the version it says and replaces it whole.

@@ -52,7 +52,10 @@ SELECT layer, name FROM medallion.pipeline ORDER BY 1, 2;
 SELECT medallion.publish('revenue_by_partner');
 SELECT medallion.publish('silver.sale_order', target_schema => 'bi', target_table => 'orders_current');
 SELECT medallion.publish('revenue_by_partner', target_schema => 'bi');
-SELECT node, target_schema, target_table FROM medallion.publications ORDER BY node;
+-- keys of the published rows: a unique index on them, publication by difference
+SELECT medallion.publish('revenue_by_partner', target_schema => 'bi', keys => ARRAY['name']);
+SELECT err($$SELECT medallion.publish('revenue_by_partner', target_schema => 'bi', keys => '{}')$$);
+SELECT node, target_schema, target_table, keys FROM medallion.publications ORDER BY node;
 SELECT err($$SELECT medallion.publish('nothing')$$);
 SELECT err($$SELECT medallion.publish('revenue_by_partner', target_schema => 'public')$$);
 SELECT err($$SELECT medallion.publish('revenue_by_partner', target_schema => 'bi', target_table => 'orders_current')$$);
