@@ -436,7 +436,9 @@ async fn published_current(
         None => None,
     };
     Ok(comment.is_some_and(|c| {
-        c.starts_with("medallion: ") && crate::publish::version_in_comment(&c) == table.version()
+        c.starts_with("medallion: ")
+            && crate::publish::version_in_comment(&c) == table.version()
+            && crate::publish::table_in_comment(&c) == crate::publish::table_id(table).as_deref()
     }))
 }
 
@@ -453,8 +455,11 @@ async fn publish_one(
     node: &str,
     w: Lsn,
 ) -> Result<()> {
+    // The table's identity, then its version: a publication by difference
+    // starts from that version of that table (`publish::difference`).
     let comment = format!(
-        "medallion: {node} at source LSN {w} (Delta version {})",
+        "medallion: {node} at source LSN {w} (Delta table {}) (Delta version {})",
+        crate::publish::table_id(table).unwrap_or_default(),
         delta_version(table)
     );
     let to = crate::publish::Target {

@@ -16,7 +16,9 @@
 //! whole otherwise ([`super::publish`]):
 //!
 //! - the table is ours (checked for both paths), has the same columns, and
-//!   its comment names the version it holds;
+//!   its comment names the version it holds of this very Delta table (its
+//!   metadata id: a lake rebuilt at the same path counts versions from 0
+//!   again);
 //! - it has a valid unique index on exactly the keys, so a key is one row
 //!   (created when the table is replaced whole);
 //! - version N can still be read (vacuum keeps a week of versions by
@@ -77,6 +79,9 @@ pub(super) async fn compute(
     let mut before = source.clone();
     if before.load_version(old).await.is_err() {
         return Ok(Err("the version it holds can no longer be read"));
+    }
+    if table_id(&before).is_none() || table_id(&before) != table_id(source) {
+        return Ok(Err("the version it holds is of another Delta table"));
     }
     let ctx = lake::session();
     lake::register(&ctx, "o", &before).await?;
@@ -221,6 +226,20 @@ pub(super) async fn compute(
     Ok(Ok(diff))
 }
 
+/// The identity of a Delta table: its metadata id, made when the table is
+/// created. A version number names a state only within one table: a lake
+/// rebuilt at the same path counts its versions again from 0.
+pub(crate) fn table_id(table: &DeltaTable) -> Option<String> {
+    Some(table.snapshot().ok()?.metadata().id().to_string())
+}
+
+/// The Delta table a published table's comment names
+/// (`… (Delta table <id>) (Delta version N)`, see `refine::publish_one`).
+pub(crate) fn table_in_comment(comment: &str) -> Option<&str> {
+    let (_, rest) = comment.rsplit_once("(Delta table ")?;
+    rest.split_once(')').map(|(id, _)| id)
+}
+
 /// The Delta version a published table's comment names
 /// (`… (Delta version N)`, see `refine::publish_one`).
 pub(crate) fn version_in_comment(comment: &str) -> Option<u64> {
@@ -248,5 +267,12 @@ mod tests {
         );
         assert_eq!(version_in_comment("medallion: gold.x"), None);
         assert_eq!(version_in_comment("(Delta version 3) trailing"), None);
+        let c = "medallion: gold.x at source LSN 0/1 (Delta table 5d6f-aa) (Delta version 4)";
+        assert_eq!(table_in_comment(c), Some("5d6f-aa"));
+        assert_eq!(version_in_comment(c), Some(4));
+        assert_eq!(
+            table_in_comment("medallion: gold.x (Delta version 4)"),
+            None
+        );
     }
 }

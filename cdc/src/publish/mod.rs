@@ -30,7 +30,7 @@ use crate::lake;
 
 mod difference;
 
-pub(crate) use difference::version_in_comment;
+pub(crate) use difference::{table_id, table_in_comment, version_in_comment};
 
 /// The Postgres type that holds an Arrow type without loss (text otherwise).
 fn pg_type(t: &DataType) -> String {
@@ -244,6 +244,7 @@ async fn check_target(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     table: &str,
+    table_id: Option<String>,
 ) -> Result<Option<u64>> {
     let row = tx
         .query_one(
@@ -292,8 +293,14 @@ async fn check_target(
                     .into(),
             ));
         }
+        // The version it holds counts only within the table it came from.
         let comment: Option<String> = row.field(8)?;
-        return Ok(comment.as_deref().and_then(difference::version_in_comment));
+        return Ok(comment.as_deref().and_then(|c| {
+            (difference::table_in_comment(c).is_some()
+                && difference::table_in_comment(c) == table_id.as_deref())
+            .then(|| difference::version_in_comment(c))
+            .flatten()
+        }));
     }
     Ok(None)
 }
@@ -526,7 +533,7 @@ pub async fn publish(
         .map_err(Error::pg(format!(
             "publish {schema}.{table}: create schema"
         )))?;
-    let held_version = check_target(&tx, schema, table).await?;
+    let held_version = check_target(&tx, schema, table, difference::table_id(source)).await?;
     let existing: Vec<(String, String)> = tx
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \

@@ -1286,4 +1286,25 @@ async fn a_keyed_publication_writes_only_the_rows_that_changed_and_replaces_a_co
         sixth.iter().all(|(id, x)| fourth.get(id) != Some(x)),
         "the copy with a colliding key was not replaced whole"
     );
+
+    // A copy that names the same version of another Delta table (a lake
+    // rebuilt at the same path counts versions from 0 again) is no base for
+    // a difference: replaced whole.
+    let comment = version(&env);
+    let (head, _) = comment
+        .trim()
+        .split_once("(Delta table ")
+        .expect("table in comment");
+    env.sql(&format!(
+        "COMMENT ON TABLE medallion_gold.acct_view IS '{head}(Delta table 00000000-rebuilt) (Delta version {})'",
+        delta_version(&comment)
+    ));
+    env.sql("UPDATE acct SET v = v + 1 WHERE id = 3");
+    assert_all_ok(&env.catch_up_and_refine().await);
+    env.assert_published_matches("acct_view").await;
+    let seventh = writers(&env, "medallion_gold.acct_view");
+    assert!(
+        seventh.iter().all(|(id, x)| sixth.get(id) != Some(x)),
+        "a copy of another Delta table was updated by difference"
+    );
 }
