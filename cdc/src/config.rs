@@ -81,6 +81,11 @@ pub struct Config {
     /// Changes applied per silver MERGE (`MEDALLION_SILVER_BATCH_ROWS`);
     /// bounds memory, never splits a source transaction.
     pub silver_batch_rows: usize,
+    /// Gold models a cycle refreshes at once (`MEDALLION_GOLD_PARALLELISM`,
+    /// default 2): a model starts once every model it reads is done, and
+    /// each refresh beyond the first publishes through a connection of its
+    /// own. 1 refreshes them one after the other.
+    pub gold_parallelism: usize,
     /// Target size of a silver table's data files in MiB
     /// (`MEDALLION_SILVER_FILE_MIB`, default 16): its MERGEs and the
     /// refiner's compaction write files of about this size, laid out along
@@ -287,6 +292,7 @@ impl std::fmt::Debug for Config {
             .field("refine_interval_ms", &self.refine_interval_ms)
             .field("refine_on_commit", &self.refine_on_commit)
             .field("silver_batch_rows", &self.silver_batch_rows)
+            .field("gold_parallelism", &self.gold_parallelism)
             .field("silver_file_mib", &self.silver_file_mib)
             .field("compact_small_files", &self.compact_small_files)
             .field(
@@ -323,6 +329,7 @@ impl Default for Config {
             refine_interval_ms: 5000,
             refine_on_commit: true,
             silver_batch_rows: 500_000,
+            gold_parallelism: 2,
             silver_file_mib: 16,
             compact_small_files: 16,
             publish_database_url: None,
@@ -418,6 +425,7 @@ impl Config {
         env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
         env_parse("MEDALLION_REFINE_ON_COMMIT", &mut cfg.refine_on_commit)?;
         env_parse("MEDALLION_SILVER_BATCH_ROWS", &mut cfg.silver_batch_rows)?;
+        env_parse("MEDALLION_GOLD_PARALLELISM", &mut cfg.gold_parallelism)?;
         env_parse("MEDALLION_SILVER_FILE_MIB", &mut cfg.silver_file_mib)?;
         env_parse(
             "MEDALLION_COMPACT_SMALL_FILES",
@@ -474,6 +482,11 @@ impl Config {
         if self.flush_rows == 0 || self.snapshot_parallelism == 0 {
             return Err(Error::Config(
                 "flush_rows and snapshot_parallelism must be at least 1".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.gold_parallelism) {
+            return Err(Error::Config(
+                "gold_parallelism must be between 1 and 64".into(),
             ));
         }
         if self.snapshot_ranges > 64 || !(1..=1 << 20).contains(&self.snapshot_range_mib) {

@@ -241,12 +241,15 @@ pub(crate) fn handle(url: &Url, storage: &HashMap<String, String>) -> Result<Del
 ///   the table's log, and a version's `txn` actions never change.
 /// - What earlier cycles proved up to date (see
 ///   [`settled`](TableCache::settled)), so an idle cycle touches no log.
-#[derive(Default)]
+///
+/// A clone is the same cache (the gold models a cycle refreshes at once
+/// share it).
+#[derive(Default, Clone)]
 pub struct TableCache {
-    tables: std::sync::Mutex<HashMap<Url, DeltaTable>>,
-    txns: std::sync::Mutex<HashMap<TxnKey, TxnAt>>,
+    tables: Arc<std::sync::Mutex<HashMap<Url, DeltaTable>>>,
+    txns: Arc<std::sync::Mutex<HashMap<TxnKey, TxnAt>>>,
     /// `layer.name` → when it was last proved up to date.
-    settled: std::sync::Mutex<HashMap<String, Settled>>,
+    settled: Arc<std::sync::Mutex<HashMap<String, Settled>>>,
 }
 
 /// A table and an application id.

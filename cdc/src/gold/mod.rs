@@ -49,6 +49,7 @@ mod store;
 use store::{Commit, DeltaGold, GoldInput, GoldStore, Recorded, Rows};
 
 /// An input of a gold refresh: a table at a pinned version and its watermark.
+#[derive(Clone)]
 pub struct Input {
     pub table: DeltaTable,
     pub watermark: Lsn,

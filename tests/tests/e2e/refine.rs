@@ -1308,3 +1308,128 @@ async fn a_keyed_publication_writes_only_the_rows_that_changed_and_replaces_a_co
         "a copy of another Delta table was updated by difference"
     );
 }
+
+/// Whether the newest runs of gold models `a` and `b` overlapped in time.
+fn newest_runs_overlap(env: &Env, a: &str, b: &str) -> bool {
+    let sql = format!(
+        "WITH r AS (SELECT DISTINCT ON (name) name, started_at, finished_at FROM medallion.runs \
+                    WHERE layer = 'gold' ORDER BY name, started_at DESC) \
+         SELECT x.started_at < y.finished_at AND y.started_at < x.finished_at \
+         FROM r x, r y WHERE x.name = '{a}' AND y.name = '{b}'"
+    );
+    match env.sql(&sql).trim() {
+        "t" => true,
+        "f" => false,
+        other => panic!("runs of {a} and {b}: {other:?}"),
+    }
+}
+
+/// `pubs.c` (a + b, published) against Postgres computing it from `t`.
+fn assert_c_is_five_times_t(env: &Env) {
+    let rows = env.sql("SELECT count(*) FROM pubs.c");
+    assert_eq!(rows.trim(), env.sql("SELECT count(*) FROM t").trim());
+    let differ = env.sql(
+        "SELECT count(*) FROM ((SELECT id, v FROM pubs.c EXCEPT SELECT id, v * 5 FROM t) \
+                              UNION ALL (SELECT id, v * 5 FROM t EXCEPT SELECT id, v FROM pubs.c)) d",
+    );
+    assert_eq!(differ.trim(), "0", "pubs.c is not 5 × t.v");
+}
+
+/// `gold_parallelism`: models that read nothing of each other refresh side
+/// by side, a model starts only once the models it reads are computed (so
+/// it reads their new versions), and a publication that cannot open a
+/// connection of its own goes through the cycle's connection instead of
+/// failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gold_models_refresh_side_by_side_each_after_the_models_it_reads() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 2000) g; \
+         CREATE ROLE sidecar LOGIN REPLICATION; GRANT medallion_admin TO sidecar; \
+         GRANT USAGE ON SCHEMA public TO sidecar; GRANT SELECT ON t TO sidecar; \
+         CREATE SCHEMA pubs AUTHORIZATION sidecar",
+    );
+    env.sql(
+        "SELECT medallion.add_source('t'); \
+         SELECT medallion.define_gold('a', 'SELECT id, v * 2 AS v FROM silver.t'); \
+         SELECT medallion.define_gold('b', 'SELECT id, v * 3 AS v FROM silver.t'); \
+         SELECT medallion.define_gold('c', 'SELECT a.id, a.v + b.v AS v FROM gold.a a JOIN gold.b b ON a.id = b.id'); \
+         SELECT medallion.publish('a', 'pubs', 'a', keys => ARRAY['id']); \
+         SELECT medallion.publish('b', 'pubs', 'b', keys => ARRAY['id']); \
+         SELECT medallion.publish('c', 'pubs', 'c', keys => ARRAY['id']);",
+    );
+    let url = env.url().replace("postgres@", "sidecar@");
+    let side_by_side = medallion::Config {
+        database_url: url.clone(),
+        ..env.cfg()
+    };
+    assert_eq!(side_by_side.gold_parallelism, 2, "the default");
+    let one_by_one = medallion::Config {
+        gold_parallelism: 1,
+        ..side_by_side.clone()
+    };
+    let cycle = |cfg: medallion::Config| {
+        let env = &env;
+        async move {
+            let s = env.catch_up_with(&cfg).await;
+            let r = env.refine_cycle(&cfg, s.acked_lsn).await;
+            assert_all_ok(&r);
+            let gold: Vec<&str> = r
+                .tables
+                .iter()
+                .filter(|t| t.layer == Layer::Gold)
+                .map(|t| t.name.as_str())
+                .collect();
+            assert_eq!(gold, ["a", "b", "c"], "outcomes in dependency order");
+        }
+    };
+
+    // Side by side: a and b run at once; c reads what they just wrote.
+    cycle(side_by_side.clone()).await;
+    assert_c_is_five_times_t(&env);
+    assert!(
+        newest_runs_overlap(&env, "a", "b"),
+        "a and b ran one after the other"
+    );
+    env.sql("UPDATE t SET v = v + 1 WHERE id <= 10; DELETE FROM t WHERE id = 2000");
+    cycle(side_by_side.clone()).await;
+    assert_c_is_five_times_t(&env);
+    assert!(newest_runs_overlap(&env, "a", "b"));
+
+    // One after the other.
+    env.sql("UPDATE t SET v = v + 1 WHERE id <= 20");
+    cycle(one_by_one).await;
+    assert_c_is_five_times_t(&env);
+    assert!(
+        !newest_runs_overlap(&env, "a", "b"),
+        "gold_parallelism = 1 ran a and b at once"
+    );
+
+    // No connection beyond the cycle's: the publications go through it.
+    env.sql("UPDATE t SET v = v + 1 WHERE id <= 30");
+    env.catch_up_with(&side_by_side).await;
+    env.sql("ALTER ROLE sidecar CONNECTION LIMIT 1");
+    let out = env
+        .sidecar(
+            &["refine"],
+            &[("MEDALLION_DATABASE_URL", &url), ("MEDALLION_LOG", "warn")],
+        )
+        .output()
+        .expect("medallion refine");
+    env.sql("ALTER ROLE sidecar CONNECTION LIMIT -1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("no connection of its own") && err.contains("too many connections"),
+        "the refused connection was reported:\n{err}"
+    );
+    assert_c_is_five_times_t(&env);
+    assert_eq!(
+        env.sql(
+            "SELECT count(*) FROM medallion.table_status WHERE layer = 'gold' AND state <> 'ok'"
+        )
+        .trim(),
+        "0"
+    );
+}

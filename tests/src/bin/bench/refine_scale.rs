@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use super::Bench;
 
 /// This process's CPU time (all threads).
-fn cpu_time() -> Duration {
+pub(super) fn cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -37,6 +37,8 @@ use crate::lsn::Lsn;
 pub use crate::status::TableOutcome;
 use crate::status::{self, Layer, ObjectState};
 
+mod gold_models;
+
 /// What a cycle did.
 #[derive(Debug, Clone, Default)]
 pub struct CycleReport {
@@ -289,112 +291,19 @@ pub async fn cycle_with(
         }
         report.tables.push(out);
     }
-    for def in &gold {
-        let started = chrono::Utc::now();
-        let node = format!("gold.{}", def.name);
-        let missing: Vec<&String> = def
-            .upstream
-            .iter()
-            .filter(|u| !inputs.contains_key(*u))
-            .collect();
-        let out = if !missing.is_empty() {
-            // Read the last refresh's inputs if they exist but are behind:
-            // a model never mixes watermarks.
-            let reason = format!(
-                "waiting for {}",
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let out = TableOutcome {
-                layer: Layer::Gold,
-                name: def.name.clone(),
-                state: ObjectState::Blocked,
-                watermark: None,
-                rows_in: 0,
-                rows_out: 0,
-                version: None,
-                error: Some(reason),
-            };
-            quiet.push(out.clone());
-            report.tables.push(out);
-            continue;
-        } else {
-            refiner
-                .refresh_gold(def, &inputs, forced.contains(&node))
-                .await
-        };
-        let (mut out, expectations, run) = match out {
-            Ok(r) => (
-                TableOutcome {
-                    layer: Layer::Gold,
-                    name: def.name.clone(),
-                    state: if r.skipped.is_some() {
-                        ObjectState::UpToDate
-                    } else {
-                        ObjectState::Ok
-                    },
-                    watermark: Some(r.watermark),
-                    rows_in: 0,
-                    rows_out: r.rows_out,
-                    version: r.version,
-                    error: None,
-                },
-                r.expectations,
-                r.skipped.is_none(),
-            ),
-            Err(e) => {
-                let message = table_error(e)?;
-                tracing::error!(gold = %def.name, error = %message, "gold model stopped");
-                (
-                    TableOutcome::failed(Layer::Gold, &def.name, message),
-                    Default::default(),
-                    true,
-                )
-            }
-        };
-        if out.state != ObjectState::Failed
-            && let Some(t) = tables
-                .current(&lake, &lake.refined_url("gold", &def.name)?)
-                .await?
-        {
-            let wm = out.watermark.unwrap_or(w);
-            if let Some(p) = &def.publish
-                && (run || forced.contains(&node) || !published_current(cfg, client, p, &t).await?)
-                && let Err(e) = publish_one(
-                    cfg,
-                    client,
-                    &t,
-                    p,
-                    p.keys.as_deref().or(def.keys.as_deref()),
-                    &node,
-                    wm,
-                )
-                .await
-            {
-                out = publish_failed(out, e)?;
-            }
-            inputs.insert(
-                node.clone(),
-                Input {
-                    table: t,
-                    watermark: wm,
-                },
-            );
-        }
-        if out.state == ObjectState::UpToDate {
-            out.state = ObjectState::Ok;
-        }
-        if run {
-            let counts = expectations_json(&expectations);
-            status::record(client, &cfg.slot, &out, started, counts, run).await?;
-        } else {
-            quiet.push(out.clone());
-        }
-        report.tables.push(out);
-    }
+    let gold = gold_models::refresh(
+        cfg,
+        client,
+        &lake,
+        tables,
+        &gold,
+        forced,
+        w,
+        &mut inputs,
+        &mut quiet,
+    )
+    .await?;
+    report.tables.extend(gold);
     status::record_quiet(client, &cfg.slot, &quiet).await?;
     Ok(report)
 }
@@ -455,6 +364,28 @@ async fn publish_one(
     node: &str,
     w: Lsn,
 ) -> Result<()> {
+    match &cfg.publish_database_url {
+        Some(url) => {
+            let (mut other, conn) = catalog::connect(url).await?;
+            let task = tokio::spawn(conn);
+            let r = publish_to(&mut other, table, target, keys, node, w).await;
+            task.abort();
+            r
+        }
+        None => publish_to(client, table, target, keys, node, w).await,
+    }
+}
+
+/// Publish `table` (the Delta table of `node`, at watermark `w`) through
+/// `client`, a connection to the database it is published in.
+async fn publish_to(
+    client: &mut Client,
+    table: &deltalake::DeltaTable,
+    target: &crate::catalog::Publication,
+    keys: Option<&[String]>,
+    node: &str,
+    w: Lsn,
+) -> Result<()> {
     // The table's identity, then its version: a publication by difference
     // starts from that version of that table (`publish::difference`).
     let comment = format!(
@@ -467,16 +398,7 @@ async fn publish_one(
         table: &target.table,
         keys,
     };
-    let published = match &cfg.publish_database_url {
-        Some(url) => {
-            let (mut other, conn) = catalog::connect(url).await?;
-            let task = tokio::spawn(conn);
-            let r = crate::publish::publish(&mut other, table, &to, &comment).await;
-            task.abort();
-            r?
-        }
-        None => crate::publish::publish(client, table, &to, &comment).await?,
-    };
+    let published = crate::publish::publish(client, table, &to, &comment).await?;
     let target = target.target();
     match published {
         crate::publish::Published::Replaced { rows } => {
