@@ -15,7 +15,9 @@
 //! ```
 //!
 //! A model starts as soon as the models it reads are computed: their
-//! publication into Postgres runs beside it. Nothing a model reads is
+//! publication into Postgres runs beside it. Of the models ready, those
+//! more models wait for start first (the general ledger before the
+//! summaries of other tables). Nothing a model reads is
 //! written by a model running beside it, so each model sees exactly what it
 //! saw when the models ran one after the other, and each one fails alone as
 //! before. A transient error (the lake or Postgres unreachable) stops the
@@ -91,6 +93,7 @@ pub(super) async fn refresh(
         .enumerate()
         .map(|(i, d)| (format!("gold.{}", d.name), i))
         .collect();
+    let order = start_order(gold, &position);
     // A model is computed once its refresh ended (or it was blocked): the
     // models after it may start.
     let mut computed = vec![false; gold.len()];
@@ -106,7 +109,8 @@ pub(super) async fn refresh(
     loop {
         // Start, in dependency order, every model whose gold inputs are
         // computed, while there is room.
-        for (i, def) in gold.iter().enumerate() {
+        for &i in &order {
+            let def = &gold[i];
             if computing >= parallel {
                 break;
             }
@@ -334,6 +338,35 @@ pub(super) async fn refresh(
     Ok(outcomes.into_iter().flatten().collect())
 }
 
+/// The order in which ready models start: the models more models wait for
+/// first (a model that others read transitively is on their path), else in
+/// dependency order. A model always comes after every model it reads: its
+/// readers are a subset of theirs, without itself.
+fn start_order(gold: &[GoldDef], position: &HashMap<String, usize>) -> Vec<usize> {
+    // `gold` is in dependency order, so each model's upstream models'
+    // ancestors are known when it comes.
+    let mut ancestors: Vec<HashSet<usize>> = Vec::with_capacity(gold.len());
+    for def in gold {
+        let mut mine = HashSet::new();
+        for &u in def.upstream.iter().filter_map(|u| position.get(u)) {
+            if let Some(theirs) = ancestors.get(u) {
+                mine.extend(theirs.iter().copied());
+            }
+            mine.insert(u);
+        }
+        ancestors.push(mine);
+    }
+    let mut waiting = vec![0usize; gold.len()];
+    for mine in &ancestors {
+        for &a in mine {
+            waiting[a] += 1;
+        }
+    }
+    let mut order: Vec<usize> = (0..gold.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(waiting[i]), i));
+    order
+}
+
 /// A model's outcome from its refresh: the status, its expectation counts,
 /// and whether it ran (a skipped model records no run).
 fn outcome(
@@ -424,4 +457,54 @@ async fn finish(
         quiet.push(out.clone());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, upstream: &[&str]) -> GoldDef {
+        GoldDef {
+            name: name.into(),
+            query: String::new(),
+            refresh: crate::catalog::Refresh::OnChange,
+            keys: None,
+            upstream: upstream.iter().map(|u| u.to_string()).collect(),
+            expectations: Vec::new(),
+            publish: None,
+        }
+    }
+
+    #[test]
+    fn the_models_others_wait_for_start_first_and_none_before_what_it_reads() {
+        // In dependency order as the catalog gives it: independent models
+        // first (z before gl, as it happens), then their readers.
+        let gold = vec![
+            model("z", &["silver.t"]),
+            model("gl", &["silver.aml"]),
+            model("by_period", &["gold.gl", "silver.c"]),
+            model("ledger", &["gold.gl"]),
+            model("trial", &["gold.by_period"]),
+            model("history", &["gold.by_period", "gold.gl"]),
+        ];
+        let position: HashMap<String, usize> = gold
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("gold.{}", d.name), i))
+            .collect();
+        let order: Vec<&str> = start_order(&gold, &position)
+            .into_iter()
+            .map(|i| gold[i].name.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            ["gl", "by_period", "z", "ledger", "trial", "history"]
+        );
+        for (at, name) in order.iter().enumerate() {
+            let def = gold.iter().find(|d| d.name == *name).unwrap();
+            for u in def.upstream.iter().filter_map(|u| u.strip_prefix("gold.")) {
+                assert!(order[..at].contains(&u), "{name} before {u}: {order:?}");
+            }
+        }
+    }
 }

@@ -1381,7 +1381,10 @@ async fn gold_models_refresh_side_by_side_each_after_the_models_it_reads() {
                 .filter(|t| t.layer == Layer::Gold)
                 .map(|t| t.name.as_str())
                 .collect();
-            assert_eq!(gold, ["a", "b", "c"], "outcomes in dependency order");
+            assert!(
+                gold.len() == 3 && gold[2] == "c" && gold.contains(&"a") && gold.contains(&"b"),
+                "outcomes in dependency order: {gold:?}"
+            );
         }
     };
 
