@@ -232,6 +232,43 @@ fn copy_text(batch: &RecordBatch, out: &mut String) -> Result<()> {
 /// What a published table's comment starts with: the mark that it is ours.
 const MARK: &str = "medallion: ";
 
+/// Make sure the target schema exists. It is created only when missing:
+/// `CREATE SCHEMA IF NOT EXISTS` needs the `CREATE` privilege on the
+/// database even when the schema exists, and a role publishing into a
+/// schema it was given need not have it. Publications that run at once
+/// (`gold_parallelism`) into a schema that does not exist yet take turns on
+/// a transaction lock, so the second sees the first's schema instead of
+/// failing on a duplicate key.
+async fn ensure_schema(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> Result<()> {
+    const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
+    let context = || format!("publish {schema}.{table}: create schema");
+    let exists = |row: tokio_postgres::Row| -> Result<bool> {
+        Ok(row.try_get(0).map_err(Error::pg(context()))?)
+    };
+    if exists(
+        tx.query_one(EXISTS, &[&schema])
+            .await
+            .map_err(Error::pg(context()))?,
+    )? {
+        return Ok(());
+    }
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('medallion publish schema'), \
+                pg_catalog.hashtext($1))",
+        &[&schema],
+    )
+    .await
+    .map_err(Error::pg(context()))?;
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)))
+        .await
+        .map_err(Error::pg(context()))?;
+    Ok(())
+}
+
 /// Refuse to write into anything that is not the sidecar's own: the schema
 /// must be owned by the sidecar's role (it creates it), and an existing
 /// table must be an ordinary table owned by that role and marked as a
@@ -528,11 +565,7 @@ pub async fn publish(
         .transaction()
         .await
         .map_err(Error::pg(format!("publish {schema}.{table}: begin")))?;
-    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)))
-        .await
-        .map_err(Error::pg(format!(
-            "publish {schema}.{table}: create schema"
-        )))?;
+    ensure_schema(&tx, schema, table).await?;
     let held_version = check_target(&tx, schema, table, difference::table_id(source)).await?;
     let existing: Vec<(String, String)> = tx
         .query(

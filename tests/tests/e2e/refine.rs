@@ -1412,7 +1412,21 @@ async fn gold_models_refresh_side_by_side_each_after_the_models_it_reads() {
     // No connection beyond the cycle's: the publications go through it.
     env.sql("UPDATE t SET v = v + 1 WHERE id <= 30");
     env.catch_up_with(&side_by_side).await;
-    env.sql("ALTER ROLE sidecar CONNECTION LIMIT 1");
+    // The connections of the cycles above close asynchronously.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env
+        .sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'sidecar'")
+        .trim()
+        != "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecar role's connections did not close"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // `medallion refine` holds two: the cycle's and its lease's.
+    env.sql("ALTER ROLE sidecar CONNECTION LIMIT 2");
     let out = env
         .sidecar(
             &["refine"],
