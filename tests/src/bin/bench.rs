@@ -866,23 +866,11 @@ impl Bench {
         medallion::Config {
             database_url: self.cluster.url(DB),
             lake_url: self.lake().display().to_string(),
-            // The in-process refiner takes silver's file size from the
-            // environment as `medallion run` does, to compare layouts.
-            silver_file_mib: std::env::var("MEDALLION_SILVER_FILE_MIB")
-                .ok()
-                .map(|v| {
-                    v.parse()
-                        .unwrap_or_else(|e| panic!("MEDALLION_SILVER_FILE_MIB={v}: {e}"))
-                })
-                .unwrap_or(default.silver_file_mib),
-            // ... and how many gold models a cycle refreshes at once.
-            gold_parallelism: std::env::var("MEDALLION_GOLD_PARALLELISM")
-                .ok()
-                .map(|v| {
-                    v.parse()
-                        .unwrap_or_else(|e| panic!("MEDALLION_GOLD_PARALLELISM={v}: {e}"))
-                })
-                .unwrap_or(default.gold_parallelism),
+            // The in-process refiner takes silver's file size (to compare
+            // layouts) and how many gold models a cycle refreshes at once
+            // from the environment, as `medallion run` does.
+            silver_file_mib: env_or("MEDALLION_SILVER_FILE_MIB", default.silver_file_mib),
+            gold_parallelism: env_or("MEDALLION_GOLD_PARALLELISM", default.gold_parallelism),
             ..default
         }
     }
@@ -1477,4 +1465,15 @@ fn peak_rss_kb() -> f64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// The setting `name` from the environment, else `default`; a value that
+/// does not parse stops the bench.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse().unwrap_or_else(|e| panic!("{name}={v}: {e}"))
+    })
 }
