@@ -26,7 +26,6 @@ impl Replicator<'_> {
             self.last_change,
             Instant::now(),
             buffered,
-            self.commits.expected(),
         )
     }
 
@@ -60,7 +59,7 @@ impl Replicator<'_> {
         let end = self.last_commit_end;
         self.ack(stream, end).await?;
         if self.pending_since.take().is_some() {
-            self.commits.record(flush_started, Instant::now());
+            self.last_flush.record(flush_started, Instant::now());
         }
         Ok(())
     }
@@ -109,10 +108,7 @@ impl Replicator<'_> {
 pub(super) struct FlushPolicy {
     pub rows: usize,
     pub bytes: usize,
-    /// The oldest buffered change is visible in bronze by this age: its
-    /// batch's commit starts early by what recent commits took (at most
-    /// half of it, so batches stay at least half this long however slow
-    /// the lake is).
+    /// The oldest buffered change is this old.
     pub interval: Duration,
     /// No change arrived for this long: nothing more is coming soon, so
     /// waiting only delays what is buffered. A busy stream never pauses this
@@ -131,20 +127,18 @@ impl FlushPolicy {
     }
 
     /// Whether changes buffered since `pending_since` (None: nothing
-    /// buffered), the last of which arrived at `last_change`, are due now,
-    /// when a commit is `expected` to take that long.
+    /// buffered), the last of which arrived at `last_change`, are due now.
     pub(super) fn due(
         &self,
         pending_since: Option<Instant>,
         last_change: Instant,
         now: Instant,
         (rows, bytes): (usize, usize),
-        expected: Duration,
     ) -> bool {
         let Some(since) = pending_since else {
             return false;
         };
-        now.duration_since(since) >= self.by_age(expected)
+        now.duration_since(since) >= self.interval
             || rows >= self.rows
             || bytes >= self.bytes
             || self
@@ -154,69 +148,39 @@ impl FlushPolicy {
 
     /// How long the loop may wait for the next message before it must look
     /// again: until the batch is due by age or by quiet.
-    pub(super) fn wait(
-        &self,
-        pending_since: Option<Instant>,
-        last_change: Instant,
-        expected: Duration,
-    ) -> Duration {
+    pub(super) fn wait(&self, pending_since: Option<Instant>, last_change: Instant) -> Duration {
         let Some(since) = pending_since else {
             return Duration::from_millis(500);
         };
-        let by_age = self.by_age(expected).saturating_sub(since.elapsed());
+        let by_age = self.interval.saturating_sub(since.elapsed());
         let by_quiet = self
             .idle
             .map(|idle| idle.saturating_sub(last_change.elapsed()))
             .unwrap_or(by_age);
         by_age.min(by_quiet).max(Duration::from_millis(5))
     }
-
-    /// The age at which a batch's commit starts: early by the commit's
-    /// expected time, so the batch is visible at `interval`, but never
-    /// before half of it.
-    fn by_age(&self, expected: Duration) -> Duration {
-        self.interval - expected.min(self.interval / 2)
-    }
 }
 
-/// What the last few flushes took, and when the last one ran: how early a
-/// batch must start its commit to be visible by its deadline, and since
-/// when the changes read right after a flush have been waiting.
+/// The last flush: since when the changes read right after it have been
+/// waiting.
 #[derive(Debug, Default)]
-pub(super) struct CommitTimes {
-    /// The most recent flushes (start, end), oldest first.
-    recent: std::collections::VecDeque<(Instant, Instant)>,
-}
+pub(super) struct LastFlush(Option<(Instant, Instant)>);
 
-impl CommitTimes {
-    /// Flushes remembered: a slow commit counts until this many more ran.
-    const KEPT: usize = 8;
-
+impl LastFlush {
     pub(super) fn record(&mut self, started: Instant, ended: Instant) {
-        if self.recent.len() == Self::KEPT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((started, ended));
-    }
-
-    /// The slowest of the recent flushes (zero before the first).
-    pub(super) fn expected(&self) -> Duration {
-        self.recent
-            .iter()
-            .map(|(s, e)| e.duration_since(*s))
-            .max()
-            .unwrap_or_default()
+        self.0 = Some((started, ended));
     }
 
     /// Since when a change that completed a transaction at `now`, the first
     /// one after a flush, has been waiting. The stream is not read during a
     /// flush, so what arrived meanwhile is read in a burst right after it:
-    /// a change read within one flush's time after the last flush ended is
-    /// counted from that flush's start (at worst its batch commits that
-    /// much early); a later one from `now`.
+    /// a change read within one flush's time after the flush ended is
+    /// counted from the flush's start, so the time a commit takes is not
+    /// added to the next batch's wait (at worst that batch commits as much
+    /// early); a later one from `now`.
     pub(super) fn waiting_since(&self, now: Instant) -> Instant {
-        match self.recent.back() {
-            Some(&(started, ended))
+        match self.0 {
+            Some((started, ended))
                 if now.duration_since(ended) <= ended.duration_since(started) =>
             {
                 started
@@ -236,12 +200,11 @@ mod tests {
         interval: Duration::from_millis(1000),
         idle: Some(Duration::from_millis(100)),
     };
-    const ZERO: Duration = Duration::ZERO;
 
     #[test]
     fn nothing_buffered_is_never_due() {
         let now = Instant::now();
-        assert!(!POLICY.due(None, now - Duration::from_secs(60), now, (0, 0), ZERO));
+        assert!(!POLICY.due(None, now - Duration::from_secs(60), now, (0, 0)));
     }
 
     #[test]
@@ -249,28 +212,28 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         // One transaction, then silence: due 100 ms after its last change.
-        assert!(!POLICY.due(Some(t0), t0, ms(50), (1, 10), ZERO));
-        assert!(POLICY.due(Some(t0), t0, ms(100), (1, 10), ZERO));
+        assert!(!POLICY.due(Some(t0), t0, ms(50), (1, 10)));
+        assert!(POLICY.due(Some(t0), t0, ms(100), (1, 10)));
         // A change every 10 ms: never quiet, due at the 1 s interval.
-        assert!(!POLICY.due(Some(t0), ms(990), ms(999), (99, 10), ZERO));
-        assert!(POLICY.due(Some(t0), ms(1000), ms(1000), (99, 10), ZERO));
+        assert!(!POLICY.due(Some(t0), ms(990), ms(999), (99, 10)));
+        assert!(POLICY.due(Some(t0), ms(1000), ms(1000), (99, 10)));
         // Size triggers whatever the time.
-        assert!(POLICY.due(Some(t0), ms(1), ms(1), (100, 10), ZERO));
-        assert!(POLICY.due(Some(t0), ms(1), ms(1), (1, 1 << 20), ZERO));
+        assert!(POLICY.due(Some(t0), ms(1), ms(1), (100, 10)));
+        assert!(POLICY.due(Some(t0), ms(1), ms(1), (1, 1 << 20)));
         // Without an idle flush, only age and size count.
         let off = FlushPolicy {
             idle: None,
             ..POLICY
         };
-        assert!(!off.due(Some(t0), t0, ms(999), (1, 10), ZERO));
-        assert!(off.due(Some(t0), t0, ms(1000), (1, 10), ZERO));
+        assert!(!off.due(Some(t0), t0, ms(999), (1, 10)));
+        assert!(off.due(Some(t0), t0, ms(1000), (1, 10)));
     }
 
     #[test]
     fn the_loop_waits_no_longer_than_the_next_reason_to_commit() {
         let now = Instant::now();
-        assert_eq!(POLICY.wait(None, now, ZERO), Duration::from_millis(500));
-        let w = POLICY.wait(Some(now), now, ZERO);
+        assert_eq!(POLICY.wait(None, now), Duration::from_millis(500));
+        let w = POLICY.wait(Some(now), now);
         assert!(
             w <= Duration::from_millis(100) && w > Duration::from_millis(50),
             "{w:?}"
@@ -279,53 +242,15 @@ mod tests {
             idle: None,
             ..POLICY
         };
-        let w = off.wait(Some(now), now, ZERO);
+        let w = off.wait(Some(now), now);
         assert!(w > Duration::from_millis(900), "{w:?}");
-    }
-
-    #[test]
-    fn a_batch_starts_its_commit_early_by_what_commits_took_but_never_before_half_its_age() {
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        let busy = |now| ms(now) - Duration::from_millis(1);
-        let took = Duration::from_millis(120);
-        assert!(!POLICY.due(Some(t0), busy(879), ms(879), (1, 10), took));
-        assert!(POLICY.due(Some(t0), busy(880), ms(880), (1, 10), took));
-        // A lake slower than half the interval: the batch still waits half of it.
-        let slow = Duration::from_secs(3);
-        assert!(!POLICY.due(Some(t0), busy(499), ms(499), (1, 10), slow));
-        assert!(POLICY.due(Some(t0), busy(500), ms(500), (1, 10), slow));
-        let off = FlushPolicy {
-            idle: None,
-            ..POLICY
-        };
-        let w = off.wait(Some(Instant::now()), Instant::now(), took);
-        assert!(
-            w <= Duration::from_millis(880) && w > Duration::from_millis(800),
-            "{w:?}"
-        );
-    }
-
-    #[test]
-    fn the_slowest_recent_flush_counts_until_eight_more_ran() {
-        let t0 = Instant::now();
-        let ms = |n| Duration::from_millis(n);
-        let mut c = CommitTimes::default();
-        assert_eq!(c.expected(), Duration::ZERO);
-        c.record(t0, t0 + ms(300));
-        for i in 1..CommitTimes::KEPT as u64 {
-            c.record(t0 + ms(1000 * i), t0 + ms(1000 * i + 40));
-            assert_eq!(c.expected(), ms(300), "after {i} fast flushes");
-        }
-        c.record(t0 + ms(9000), t0 + ms(9050));
-        assert_eq!(c.expected(), ms(50));
     }
 
     #[test]
     fn a_change_read_right_after_a_flush_waited_since_the_flush_began() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let mut c = CommitTimes::default();
+        let mut c = LastFlush::default();
         // Before any flush: since it was read.
         assert_eq!(c.waiting_since(ms(10)), ms(10));
         // A flush from 100 to 180 ms: the stream was not read meanwhile.

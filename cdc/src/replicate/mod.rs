@@ -166,8 +166,8 @@ struct Replicator<'a> {
     pending_since: Option<Instant>,
     /// When buffered changes are committed.
     policy: flush::FlushPolicy,
-    /// What recent flushes took.
-    commits: flush::CommitTimes,
+    /// When the last flush ran.
+    last_flush: flush::LastFlush,
     /// When the last message of the stream (not a keepalive) arrived.
     last_change: Instant,
     status: StatusBoard,
@@ -250,9 +250,7 @@ async fn run_once(
         // A token that fires at the next deadline bounds each wait, so the
         // loop can flush by age or quiet, acknowledge while idle and see
         // shutdown. A batch that began waits no longer than its policy says.
-        let wait = r
-            .policy
-            .wait(r.pending_since, r.last_change, r.commits.expected());
+        let wait = r.policy.wait(r.pending_since, r.last_change);
         if tick.is_cancelled()
             || Instant::now() >= tick_deadline
             || Instant::now() + wait < tick_deadline
@@ -478,7 +476,7 @@ impl<'a> Replicator<'a> {
             acknowledged: None,
             pending_since: None,
             policy: flush::FlushPolicy::of(cfg),
-            commits: flush::CommitTimes::default(),
+            last_flush: flush::LastFlush::default(),
             last_change: Instant::now(),
             status: StatusBoard::new(
                 &cfg.slot,

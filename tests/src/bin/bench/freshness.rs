@@ -184,7 +184,10 @@ pub(crate) fn freshness(
     let table = medallion_tests::lake::bronze_dir(&b.lake(), "public", "account_move_line");
     let mut bronze = Vec::new();
     let mut changes = Vec::new();
+    // Commit times (ms) of the versions that added streamed rows.
+    let mut streamed_at = Vec::new();
     for v in delta_versions(&table, "")? {
+        let before = changes.len();
         for f in v.files {
             let file = std::fs::File::open(table.join(&f))?;
             let reader =
@@ -214,8 +217,24 @@ pub(crate) fn freshness(
                 }
             }
         }
+        if changes.len() > before {
+            streamed_at.push(v.ts_ms);
+        }
     }
     let (p50, p99) = quantiles("bronze", &mut bronze)?;
+    // How often the writer committed, and its longest pause: a tail in the
+    // latencies with long gaps is the writer stalled, not batched.
+    let mut gaps: Vec<f64> = streamed_at
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e3)
+        .collect();
+    let (gap50, gap99) = quantiles("bronze commit gaps", &mut gaps)?;
+    println!(
+        "freshness: {} bronze commits of streamed rows, {:.1} a second; time between them p50 {gap50:.3} s, p99 {gap99:.3} s, max {:.3} s",
+        streamed_at.len(),
+        gaps.len() as f64 / gaps.iter().sum::<f64>().max(1e-3),
+        gaps.last().copied().unwrap_or_default(),
+    );
     let refined = if refined {
         let silver_app = AppId::Silver("account_move_line").to_string();
         let gold_app = AppId::Gold(GOLD).to_string();
