@@ -250,6 +250,8 @@ pub struct TableCache {
     txns: Arc<std::sync::Mutex<HashMap<TxnKey, TxnAt>>>,
     /// `layer.name` → when it was last proved up to date.
     settled: Arc<std::sync::Mutex<HashMap<String, Settled>>>,
+    /// The status rows of quiet objects last written.
+    quiet: Arc<std::sync::Mutex<crate::status::QuietStatus>>,
 }
 
 /// A table and an application id.
@@ -286,6 +288,13 @@ impl TableCache {
         if let Ok(mut m) = self.settled.lock() {
             m.insert(key.to_string(), Settled { proof, version });
         }
+    }
+
+    /// The status rows of the objects that did not run, kept with the
+    /// tables (a refiner that keeps its tables between cycles writes them
+    /// less often: [`crate::status::QuietStatus`]).
+    pub(crate) fn quiet_status(&self) -> std::sync::MutexGuard<'_, crate::status::QuietStatus> {
+        self.quiet.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// [`txn_version`] of the table's current version, read once per version.

@@ -180,6 +180,77 @@ pub(crate) async fn record(
     Ok(())
 }
 
+/// What one refiner last wrote for the objects its cycles did not run, so
+/// that a cycle a second over hundreds of quiet tables does not rewrite
+/// hundreds of status rows in the customer's database each time (every
+/// such row is WAL that the slot's walsender decodes too). A quiet row is
+/// written when its state or error changed, when its object was asked for
+/// (`medallion.refresh`), and otherwise at most every `status_interval_ms`:
+/// only its position is that much behind meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct QuietStatus {
+    written: std::collections::HashMap<(Layer, String), Written>,
+}
+
+#[derive(Debug)]
+struct Written {
+    state: ObjectState,
+    error: Option<String>,
+    at: Instant,
+}
+
+impl QuietStatus {
+    /// Of `outcomes`, those to write now (`asked`: the object was asked
+    /// for by name); they are taken as written.
+    pub(crate) fn due(
+        &mut self,
+        outcomes: &[TableOutcome],
+        asked: impl Fn(&TableOutcome) -> bool,
+        every: Duration,
+        now: Instant,
+    ) -> Vec<TableOutcome> {
+        let mut due = Vec::new();
+        for o in outcomes {
+            let key = (o.layer, o.name.clone());
+            let fresh = self.written.get(&key).is_some_and(|w| {
+                w.state == o.state && w.error == o.error && now.duration_since(w.at) < every
+            });
+            if fresh && !asked(o) {
+                continue;
+            }
+            self.written.insert(
+                key,
+                Written {
+                    state: o.state,
+                    error: o.error.clone(),
+                    at: now,
+                },
+            );
+            due.push(o.clone());
+        }
+        due
+    }
+
+    /// A cycle ran `outcome`'s object and wrote its status at `now`.
+    pub(crate) fn ran(&mut self, outcome: &TableOutcome, now: Instant) {
+        self.written.insert(
+            (outcome.layer, outcome.name.clone()),
+            Written {
+                state: outcome.state,
+                error: outcome.error.clone(),
+                at: now,
+            },
+        );
+    }
+
+    /// `outcomes` were not written after all (the write failed).
+    pub(crate) fn forget(&mut self, outcomes: &[TableOutcome]) {
+        for o in outcomes {
+            self.written.remove(&(o.layer, o.name.clone()));
+        }
+    }
+}
+
 /// The status of tables and models a cycle did not run (nothing new,
 /// waiting, blocked), in one statement: their position and state move, their
 /// row counts stay.
@@ -462,5 +533,55 @@ mod tests {
         h.slot = None;
         assert!(h.degraded());
         assert!(h.to_string().contains("slot missing"));
+    }
+
+    #[test]
+    fn a_quiet_row_is_rewritten_when_it_changed_was_asked_for_or_is_due() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(2);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let quiet = |name: &str, state, error: Option<&str>| TableOutcome {
+            layer: Layer::Silver,
+            name: name.into(),
+            state,
+            watermark: Some(Lsn::new(1)),
+            rows_in: 0,
+            rows_out: 0,
+            version: None,
+            error: error.map(String::from),
+        };
+        let names = |v: Vec<TableOutcome>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
+        let no = |_: &TableOutcome| false;
+        let mut w = QuietStatus::default();
+        let cycle = [
+            quiet("a", ObjectState::Ok, None),
+            quiet("b", ObjectState::Waiting, Some("bronze not there yet")),
+        ];
+        // Never written: both.
+        assert_eq!(names(w.due(&cycle, no, every, at(0))), ["a", "b"]);
+        // Unchanged within the interval: neither, unless asked for.
+        assert!(w.due(&cycle, no, every, at(500)).is_empty());
+        assert_eq!(
+            names(w.due(&cycle, |o| o.name == "b", every, at(600))),
+            ["b"]
+        );
+        // A changed state or error: at once.
+        let moved = [
+            quiet("a", ObjectState::Blocked, None),
+            quiet("b", ObjectState::Waiting, Some("another reason")),
+        ];
+        assert_eq!(names(w.due(&moved, no, every, at(700))), ["a", "b"]);
+        // Due again after the interval.
+        assert!(w.due(&moved, no, every, at(2600)).is_empty());
+        assert_eq!(names(w.due(&moved, no, every, at(2700))), ["a", "b"]);
+        // A run's own write counts; a failed write does not.
+        let ran = quiet("a", ObjectState::Ok, None);
+        w.ran(&ran, at(3000));
+        assert!(
+            w.due(std::slice::from_ref(&ran), no, every, at(3100))
+                .is_empty()
+        );
+        w.forget(std::slice::from_ref(&ran));
+        assert_eq!(names(w.due(&[ran], no, every, at(3200))), ["a"]);
     }
 }

@@ -304,7 +304,27 @@ pub async fn cycle_with(
     )
     .await?;
     report.tables.extend(gold);
-    status::record_quiet(client, &cfg.slot, &quiet).await?;
+    let due = {
+        let mut written = tables.quiet_status();
+        let now = Instant::now();
+        let was_quiet: HashSet<(Layer, &str)> =
+            quiet.iter().map(|o| (o.layer, o.name.as_str())).collect();
+        for o in &report.tables {
+            if !was_quiet.contains(&(o.layer, o.name.as_str())) {
+                written.ran(o, now);
+            }
+        }
+        written.due(
+            &quiet,
+            |o| forced.contains(&format!("{}.{}", o.layer, o.name)),
+            Duration::from_millis(cfg.status_interval_ms),
+            now,
+        )
+    };
+    if let Err(e) = status::record_quiet(client, &cfg.slot, &due).await {
+        tables.quiet_status().forget(&due);
+        return Err(e);
+    }
     Ok(report)
 }
 

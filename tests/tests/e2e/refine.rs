@@ -1042,8 +1042,8 @@ fn published_total(env: &Env) -> Result<String, String> {
 }
 
 /// Wait for a started `run`'s first refinement cycle: the silver status of
-/// `acct` written after `since` (a Postgres timestamp; every cycle writes
-/// it, a table it skips too).
+/// `acct` written after `since` (a Postgres timestamp; a process's first
+/// cycle writes it, a table it skips too).
 fn first_cycle_after(env: &Env, since: &str) {
     wait_until(
         Duration::from_secs(120),
