@@ -182,6 +182,12 @@ pub(crate) fn freshness(
         started.elapsed().as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(1));
+    // What the sidecar writes into the source database beside the load:
+    // status rows, and the WAL of everything (which the walsender decodes).
+    let writes = "SELECT (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables \
+                    WHERE relid = 'medallion.table_status'::regclass) || ' ' || \
+                  (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+    let writes_before = b.sql(writes)?;
     // ~tps single-row transactions through pgbench.
     let script = b.dir.path().join("fresh.sql");
     std::fs::write(&script, format!("{};\n", insert_sql(1, 1)))?;
@@ -198,6 +204,7 @@ pub(crate) fn freshness(
     // Long enough for the refiner's fallback timer: a change waiting for it
     // shows as a latency of seconds, not as a change never refined.
     std::thread::sleep(Duration::from_secs(8));
+    let writes_after = b.sql(writes)?;
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -244,6 +251,20 @@ pub(crate) fn freshness(
         }
     }
     let (p50, p99) = quantiles("bronze", &mut bronze)?;
+    let counts = |s: &str| -> anyhow::Result<(i64, i64)> {
+        let mut it = s.split_whitespace().map(str::parse::<i64>);
+        match (it.next(), it.next()) {
+            (Some(a), Some(b)) => Ok((a?, b?)),
+            _ => bail!("unexpected counts {s:?}"),
+        }
+    };
+    let ((rows0, wal0), (rows1, wal1)) = (counts(&writes_before)?, counts(&writes_after)?);
+    let span = (seconds + 8) as f64;
+    println!(
+        "freshness: status rows written into the source database {:.0} a second; WAL {:.2} MiB a second (the load's and the sidecar's)",
+        (rows1 - rows0) as f64 / span,
+        (wal1 - wal0) as f64 / span / (1 << 20) as f64,
+    );
     // How often the writer committed, and its longest pause: a tail in the
     // latencies with long gaps is the writer stalled, not batched.
     let mut gaps: Vec<f64> = streamed_at
