@@ -1450,3 +1450,130 @@ async fn gold_models_refresh_side_by_side_each_after_the_models_it_reads() {
         "0"
     );
 }
+
+/// `name=xmin` of the silver status rows of the quiet tables: which
+/// transaction last wrote each.
+fn quiet_status_writers(env: &Env) -> Vec<String> {
+    env.sql(
+        "SELECT name || '=' || xmin::text FROM medallion.table_status \
+         WHERE layer = 'silver' AND name LIKE 'quiet%' ORDER BY name",
+    )
+    .lines()
+    .map(|l| l.trim().to_string())
+    .filter(|l| !l.is_empty())
+    .collect()
+}
+
+/// Wait for a started `run`'s first cycle, which writes every quiet row.
+fn first_quiet_cycle_after(env: &Env, since: &str) {
+    wait_until(Duration::from_secs(120), "the first cycle", || {
+        env.sql(&format!(
+            "SELECT count(*) FROM medallion.table_status \
+             WHERE layer = 'silver' AND name LIKE 'quiet%' AND updated_at > '{since}'"
+        ))
+        .trim()
+            == "12"
+    });
+}
+
+/// Silver runs of `busy` that started after `since`.
+fn busy_runs_after(env: &Env, since: &str) -> u64 {
+    env.sql(&format!(
+        "SELECT count(*) FROM medallion.runs WHERE layer = 'silver' AND name = 'busy' \
+         AND started_at > '{since}'"
+    ))
+    .trim()
+    .parse()
+    .expect("a count")
+}
+
+/// Commit one change to `busy` and wait until silver ran it.
+fn one_busy_cycle(env: &Env, since: &str) {
+    let before = busy_runs_after(env, since);
+    env.sql("UPDATE busy SET v = v + 1 WHERE id = 1");
+    wait_until(Duration::from_secs(60), "a silver run of busy", || {
+        busy_runs_after(env, since) > before
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_was_asked_for_or_is_due() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE busy (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO busy SELECT g, 0 FROM generate_series(1, 10) g; \
+         SELECT medallion.add_source('busy'); \
+         DO $$ BEGIN FOR i IN 1..12 LOOP \
+           EXECUTE format('CREATE TABLE quiet%s (id int PRIMARY KEY)', i); \
+           EXECUTE format('INSERT INTO quiet%s VALUES (1)', i); \
+           PERFORM medallion.add_source(format('quiet%s', i)); \
+         END LOOP; END $$;",
+    );
+    let st = env
+        .sidecar(&["run", "--until-caught-up"], &[])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run --until-caught-up");
+    assert!(st.success(), "run --until-caught-up: {st}");
+    // Cycles only on bronze commits (the timer would take two minutes).
+    let timer = ("MEDALLION_REFINE_INTERVAL_MS", "120000");
+
+    let since = env.sql("SELECT now()::text").trim().to_string();
+    let mut run = KillOnDrop(
+        env.sidecar(
+            &["run"],
+            &[timer, ("MEDALLION_STATUS_INTERVAL_MS", "600000")],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sidecar"),
+    );
+    first_quiet_cycle_after(&env, &since);
+    let first = quiet_status_writers(&env);
+    assert_eq!(first.len(), 12, "{first:?}");
+    for _ in 0..4 {
+        one_busy_cycle(&env, &since);
+    }
+    assert!(busy_runs_after(&env, &since) >= 4);
+    // Asked for by name: written in the next cycle. A cycle writes the
+    // quiet rows last, so once quiet3's row moved, every cycle before it
+    // has written what it wrote.
+    env.sql("SELECT medallion.refresh('silver.quiet3')");
+    one_busy_cycle(&env, &since);
+    wait_until(Duration::from_secs(60), "quiet3's status written", || {
+        quiet_status_writers(&env)
+            .iter()
+            .any(|r| r.starts_with("quiet3=") && !first.contains(r))
+    });
+    let changed: Vec<String> = quiet_status_writers(&env)
+        .into_iter()
+        .filter(|r| !first.contains(r))
+        .collect();
+    assert_eq!(
+        changed.len(),
+        1,
+        "the cycles rewrote the status of tables that had nothing new: {changed:?}"
+    );
+    let _ = run.0.kill();
+    let _ = run.0.wait();
+
+    // Control: with no interval every cycle rewrites them (what the
+    // assertions above would have seen before).
+    let since = env.sql("SELECT now()::text").trim().to_string();
+    let _run = KillOnDrop(
+        env.sidecar(&["run"], &[timer, ("MEDALLION_STATUS_INTERVAL_MS", "0")])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sidecar"),
+    );
+    first_quiet_cycle_after(&env, &since);
+    let before = quiet_status_writers(&env);
+    one_busy_cycle(&env, &since);
+    wait_until(Duration::from_secs(60), "every quiet row rewritten", || {
+        quiet_status_writers(&env)
+            .iter()
+            .filter(|r| !before.contains(r))
+            .count()
+            == 12
+    });
+}
