@@ -1538,7 +1538,7 @@ async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_was_asked_for_o
     // Asked for by name: written in the next cycle. A cycle writes the
     // quiet rows last, so once quiet3's row moved, every cycle before it
     // has written what it wrote.
-    env.sql("SELECT medallion.refresh('silver.quiet3')");
+    env.sql("SELECT medallion.refresh('quiet3')");
     one_busy_cycle(&env, &since);
     wait_until(Duration::from_secs(60), "quiet3's status written", || {
         quiet_status_writers(&env)
