@@ -59,10 +59,13 @@ async fn nudge(client: &tokio_postgres::Client) -> anyhow::Result<()> {
         .context("nudge")
 }
 
-/// Wait until the slot has confirmed everything written so far.
+/// Wait until the slot has confirmed everything written so far. The bench
+/// cluster commits asynchronously: the last commits may still be in WAL
+/// buffers, behind `pg_current_wal_lsn()` (the write position), so the
+/// target is the insert position.
 async fn caught_up(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<()> {
     let target: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await?
         .get(0);
     let deadline = Instant::now() + Duration::from_secs(300);
