@@ -246,13 +246,12 @@ async fn ensure_schema(
 ) -> Result<()> {
     const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
     let context = || format!("publish {schema}.{table}: create schema");
-    let exists =
-        |row: tokio_postgres::Row| -> Result<bool> { row.try_get(0).map_err(Error::pg(context())) };
-    if exists(
-        tx.query_one(EXISTS, &[&schema])
-            .await
-            .map_err(Error::pg(context()))?,
-    )? {
+    let exists: bool = tx
+        .query_one(EXISTS, &[&schema])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(Error::pg(context()))?;
+    if exists {
         return Ok(());
     }
     tx.execute(
