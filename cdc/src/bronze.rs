@@ -524,7 +524,7 @@ impl BronzeTable {
         let storage = lake.storage();
         let url = lake.bronze_url(id)?;
         let table = if let Some(t) = lake.open(&url).await? {
-            t
+            crate::lake::with_retention(t, lake.retention()).await
         } else {
             let schema = arrow_schema(columns);
             let kernel: StructType =
@@ -544,6 +544,11 @@ impl BronzeTable {
                 .with_configuration_property(
                     TableProperty::CheckpointInterval,
                     Some(lake.checkpoint_interval().to_string()),
+                )
+                .with_configuration(
+                    lake.retention()
+                        .properties()
+                        .map(|(k, v)| (k.as_ref().to_string(), Some(v))),
                 )
                 .with_save_mode(SaveMode::Ignore)
                 .await

@@ -46,6 +46,14 @@ pub struct Config {
     pub idle_flush_ms: u64,
     /// Write a Delta checkpoint every N commits (`MEDALLION_CHECKPOINT_INTERVAL`).
     pub checkpoint_interval: u64,
+    /// How far back every Delta version of a lake table stays readable
+    /// (`MEDALLION_TIME_TRAVEL_HOURS`, default 6): the tables' removed-file
+    /// tombstones and log entries are kept this long
+    /// (`delta.deletedFileRetentionDuration`, `delta.logRetentionDuration`).
+    /// Each busy table's checkpoint holds a tombstone per file removed in
+    /// that time, so the checkpoints, and every fresh load of a table, grow
+    /// with it. See [`crate::lake::Retention`].
+    pub time_travel_hours: u64,
     /// Tables copied in parallel during the initial snapshot (`MEDALLION_SNAPSHOT_PARALLELISM`).
     pub snapshot_parallelism: usize,
     /// Connections that copy one large table, each a range of its heap pages
@@ -281,6 +289,7 @@ impl std::fmt::Debug for Config {
             .field("flush_interval_ms", &self.flush_interval_ms)
             .field("idle_flush_ms", &self.idle_flush_ms)
             .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("time_travel_hours", &self.time_travel_hours)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
             .field("snapshot_ranges", &self.snapshot_ranges)
             .field("snapshot_range_mib", &self.snapshot_range_mib)
@@ -318,6 +327,7 @@ impl Default for Config {
             flush_interval_ms: 1000,
             idle_flush_ms: 100,
             checkpoint_interval: 10,
+            time_travel_hours: 6,
             snapshot_parallelism: 2,
             snapshot_ranges: 0,
             snapshot_range_mib: 32,
@@ -414,6 +424,7 @@ impl Config {
             "MEDALLION_CHECKPOINT_INTERVAL",
             &mut cfg.checkpoint_interval,
         )?;
+        env_parse("MEDALLION_TIME_TRAVEL_HOURS", &mut cfg.time_travel_hours)?;
         env_parse(
             "MEDALLION_SNAPSHOT_PARALLELISM",
             &mut cfg.snapshot_parallelism,
@@ -497,6 +508,11 @@ impl Config {
         if !(1..=1024).contains(&self.silver_file_mib) {
             return Err(Error::Config(
                 "silver_file_mib must be between 1 and 1024".into(),
+            ));
+        }
+        if !(1..=24 * 365).contains(&self.time_travel_hours) {
+            return Err(Error::Config(
+                "time_travel_hours must be between 1 and 8760 (a year): a running reader needs the files of the version it reads".into(),
             ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {

@@ -51,6 +51,8 @@ pub struct Lake {
     storage: HashMap<String, String>,
     /// Commits between Delta checkpoints of the tables medallion creates.
     checkpoint_interval: u64,
+    /// How long the tables medallion writes keep what time travel needs.
+    retention: Retention,
 }
 
 impl Lake {
@@ -80,6 +82,7 @@ impl Lake {
             root,
             storage: cfg.storage.to_map(),
             checkpoint_interval: cfg.checkpoint_interval.max(1),
+            retention: Retention::hours(cfg.time_travel_hours.max(1)),
         })
     }
 
@@ -97,6 +100,12 @@ impl Lake {
     /// (`delta.checkpointInterval`).
     pub fn checkpoint_interval(&self) -> u64 {
         self.checkpoint_interval
+    }
+
+    /// How long the tables medallion writes keep removed files' tombstones
+    /// and log entries (`time_travel_hours`).
+    pub fn retention(&self) -> Retention {
+        self.retention
     }
 
     /// Where a silver, gold or quarantine table lives.
@@ -122,6 +131,103 @@ impl Lake {
     /// The object store at the root.
     pub fn store(&self) -> Result<deltalake::logstore::ObjectStoreRef> {
         store(&self.root, &self.storage)
+    }
+}
+
+/// How far back every version of a table medallion writes stays readable:
+/// how long its log keeps each removed file's tombstone
+/// (`delta.deletedFileRetentionDuration`) and each commit
+/// (`delta.logRetentionDuration`).
+///
+/// ```text
+///  commit n: remove f ──► tombstone(f, deleted at t) in every checkpoint until t + retention
+///                         (Delta's default: a week) ── then dropped from the next one
+/// ```
+///
+/// A busy table removes a file with almost every commit: bronze compacts its
+/// small files, a MERGE rewrites the silver files it touches, a gold model
+/// is overwritten. Its checkpoint (written every `checkpoint_interval`
+/// commits) and every fresh load of it then carry one tombstone per file
+/// removed within the retention: at a commit a second and Delta's week,
+/// ~600,000 per busy table. So the lake keeps them for `time_travel_hours`
+/// (6 hours by default), set on each table it creates and, in a commit of its
+/// own, on each older table its writer opens ([`with_retention`]).
+/// `medallion optimize`'s vacuum (full mode) deletes an unreferenced file
+/// once it is older than `--retain-hours` *and* its tombstone expired, so a
+/// version older than this retention may have lost files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    hours: u64,
+}
+
+impl Retention {
+    /// A retention of `hours` hours.
+    pub fn hours(hours: u64) -> Retention {
+        Retention { hours }
+    }
+
+    fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.hours * 3600)
+    }
+
+    /// The table properties that set it, as Delta writes them.
+    pub(crate) fn properties(self) -> [(deltalake::TableProperty, String); 2] {
+        let interval = format!("interval {} hours", self.hours);
+        [
+            (
+                deltalake::TableProperty::DeletedFileRetentionDuration,
+                interval.clone(),
+            ),
+            (deltalake::TableProperty::LogRetentionDuration, interval),
+        ]
+    }
+
+    /// Whether `table` keeps exactly this (an older table keeps Delta's
+    /// defaults: a week of tombstones, 30 days of log).
+    fn held_by(self, table: &DeltaTable) -> Result<bool> {
+        use deltalake::table::config::TablePropertiesExt as _;
+        let config = table
+            .snapshot()
+            .map_err(Error::delta("table snapshot"))?
+            .table_config();
+        Ok(config.deleted_file_retention_duration() == self.duration()
+            && config.log_retention_duration() == self.duration())
+    }
+}
+
+/// `table` with `retention` set, in a commit of its own when it differs
+/// (a table created before the setting existed, or `time_travel_hours`
+/// changed). The commit changes no data and carries no `txn`. A failure
+/// (a concurrent commit, the store) is logged and leaves the table as it
+/// was: the next writer to open it tries again.
+pub(crate) async fn with_retention(table: DeltaTable, retention: Retention) -> DeltaTable {
+    match retention.held_by(&table) {
+        Ok(true) => return table,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(table = %table.table_url(), error = %e, "cannot read the table's retention; left as it is");
+            return table;
+        }
+    }
+    tracing::info!(table = %table.table_url(), hours = retention.hours,
+        "setting how long removed files and log entries are kept (time_travel_hours)");
+    let properties = retention
+        .properties()
+        .into_iter()
+        .map(|(k, v)| (k.as_ref().to_string(), v))
+        .collect();
+    match table
+        .clone()
+        .set_tbl_properties()
+        .with_properties(properties)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(table = %table.table_url(), error = %e,
+                "setting the table's retention failed; it keeps its older one until its writer opens it again");
+            table
+        }
     }
 }
 
@@ -847,6 +953,111 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(crate::expectations::count_of(&n).expect("count"), 24);
+    }
+
+    /// A checkpoint keeps a removed file's tombstone for the lake's
+    /// retention (`time_travel_hours`), not Delta's week; an older table
+    /// gets the retention in one commit of its own, once.
+    #[tokio::test]
+    async fn checkpoints_keep_tombstones_for_the_lakes_retention_only() {
+        use arrow::array::{Array, Int32Array};
+        use deltalake::kernel::transaction::CommitBuilder;
+        use deltalake::kernel::{Action, Remove};
+        use deltalake::protocol::{DeltaOperation, SaveMode};
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::from_config(&crate::Config {
+            lake_url: dir.path().display().to_string(),
+            time_travel_hours: 1,
+            ..crate::Config::default()
+        })
+        .expect("lake");
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let batch = |id: i32| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![id]))])
+                .expect("batch")
+        };
+        let mut kept = Vec::new();
+        for name in ["retained", "delta_default"] {
+            let url = lake.refined_url("gold", name).expect("url");
+            // Created with Delta's defaults, as an older medallion did.
+            let mut table = lake
+                .handle(&url)
+                .expect("handle")
+                .write(vec![batch(1)])
+                .await
+                .expect("create");
+            for id in 2..=3 {
+                table = table
+                    .write(vec![batch(id)])
+                    .with_save_mode(SaveMode::Append)
+                    .await
+                    .expect("write");
+            }
+            if name == "retained" {
+                let before = table.version().expect("version");
+                table = with_retention(table, lake.retention()).await;
+                assert_eq!(table.version(), Some(before + 1), "one commit of its own");
+                let again = with_retention(table.clone(), lake.retention()).await;
+                assert_eq!(again.version(), table.version(), "set once");
+            }
+            // Two of its three files removed: one two hours ago, one now.
+            let table_dir = dir.path().join("gold").join(name);
+            let mut files: Vec<String> = std::fs::read_dir(&table_dir)
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|f| f.ends_with(".parquet"))
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), 3, "{files:?}");
+            let now = chrono::Utc::now().timestamp_millis();
+            let remove = |path: &str, at: i64| {
+                Action::Remove(Remove {
+                    path: path.to_string(),
+                    data_change: true,
+                    deletion_timestamp: Some(at),
+                    ..Default::default()
+                })
+            };
+            CommitBuilder::default()
+                .with_actions(vec![
+                    remove(&files[0], now - 2 * 3600 * 1000),
+                    remove(&files[1], now),
+                ])
+                .build(
+                    Some(table.snapshot().expect("snapshot")),
+                    table.log_store(),
+                    DeltaOperation::Delete { predicate: None },
+                )
+                .await
+                .expect("remove");
+            table.update_incremental(None).await.expect("update");
+            deltalake::protocol::checkpoints::create_checkpoint(&table, None)
+                .await
+                .expect("checkpoint");
+            let checkpoint = std::fs::read_dir(table_dir.join("_delta_log"))
+                .expect("log")
+                .map(|e| e.expect("entry").path())
+                .find(|p| p.to_string_lossy().ends_with(".checkpoint.parquet"))
+                .expect("a checkpoint");
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&checkpoint).expect("open"),
+            )
+            .expect("parquet")
+            .build()
+            .expect("reader");
+            let mut tombstones = 0;
+            for b in reader {
+                let b = b.expect("batch");
+                let removes = b.column_by_name("remove").expect("remove column");
+                tombstones += removes.len() - removes.null_count();
+            }
+            kept.push(tombstones);
+        }
+        assert_eq!(
+            kept,
+            vec![1, 2],
+            "with the lake's hour only the fresh tombstone stays; Delta's week keeps both"
+        );
     }
 
     /// `Config::lake_root` only parses; `Lake::from_config` prepares: the

@@ -252,8 +252,9 @@ impl GoldStore for DeltaGold<'_> {
         rows: Rows,
         commit: Commit,
     ) -> Result<()> {
+        let retention = self.refiner.lake.retention();
         let handle = match self.table.take() {
-            Some(t) => t,
+            Some(t) => lake::with_retention(t, retention).await,
             None => self.refiner.lake.handle(&self.url)?,
         };
         let builder = match rows {
@@ -271,6 +272,11 @@ impl GoldStore for DeltaGold<'_> {
             .with_schema_mode(SchemaMode::Overwrite)
             .with_table_name(format!("gold_{}", def.name))
             .with_description(format!("medallion gold model {}", def.name))
+            .with_configuration(
+                retention
+                    .properties()
+                    .map(|(k, v)| (k.as_ref().to_string(), Some(v))),
+            )
             .with_commit_properties(properties(def, commit))
             .await
             .map_err(
@@ -295,6 +301,7 @@ impl GoldStore for DeltaGold<'_> {
             .table
             .take()
             .ok_or_else(|| Error::Protocol(format!("gold.{}: no table to merge into", def.name)))?;
+        let target = lake::with_retention(target, self.refiner.lake.retention()).await;
         let columns: Vec<String> = source
             .schema()
             .fields()

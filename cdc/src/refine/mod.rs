@@ -191,7 +191,10 @@ pub async fn cycle_with(
 ) -> Result<CycleReport> {
     let lake = Lake::from_config(cfg)?;
     let refiner = Refiner::new(cfg, &lake, tables);
+    let cycle_clock = Instant::now();
     let (silver, gold) = catalog::refined_definitions(client).await?;
+    let definitions_took = cycle_clock.elapsed();
+    let mut slowest_silver: (Duration, &str) = (Duration::ZERO, "");
     let mut report = CycleReport {
         watermark: w,
         tables: Vec::new(),
@@ -264,6 +267,7 @@ pub async fn cycle_with(
             );
         }
         tracing::debug!(silver = %def.name, state = %out.state, elapsed = ?clock.elapsed(), "silver run");
+        slowest_silver = slowest_silver.max((clock.elapsed(), def.name.as_str()));
         if let Some(p) = &def.publish
             && out.state == ObjectState::Ok
             && let Some(input) = inputs.get(&format!("silver.{}", def.name))
@@ -291,6 +295,7 @@ pub async fn cycle_with(
         }
         report.tables.push(out);
     }
+    let silver_took = cycle_clock.elapsed();
     let gold = gold_models::refresh(
         cfg,
         client,
@@ -304,6 +309,7 @@ pub async fn cycle_with(
     )
     .await?;
     report.tables.extend(gold);
+    let gold_took = cycle_clock.elapsed();
     let due = {
         let mut written = tables.quiet_status();
         let now = Instant::now();
@@ -325,6 +331,18 @@ pub async fn cycle_with(
         tables.quiet_status().forget(&due);
         return Err(e);
     }
+    // Where a cycle's time goes, one line a cycle (the per-table lines are
+    // `medallion::refine`'s).
+    tracing::debug!(target: "medallion::refine::cycle",
+        watermark = %w,
+        definitions = ?definitions_took,
+        silver = ?silver_took.saturating_sub(definitions_took),
+        slowest_silver = ?slowest_silver.0,
+        slowest_silver_table = slowest_silver.1,
+        gold = ?gold_took.saturating_sub(silver_took),
+        status = ?cycle_clock.elapsed().saturating_sub(gold_took),
+        status_rows = due.len(),
+        "cycle phases");
     Ok(report)
 }
 
@@ -558,6 +576,7 @@ async fn loop_once(
                 config_changed = true;
             }
         }
+        let woke = Instant::now();
         if let Err(e) = lease.check() {
             break Err(e);
         }
@@ -583,7 +602,8 @@ async fn loop_once(
         last_cycle = Instant::now();
         match cycle_with(cfg, &mut client, w, &forced, &tables).await {
             Ok(r) => {
-                tracing::debug!(watermark = %w, tables = r.tables.len(), "refinement cycle");
+                tracing::debug!(target: "medallion::refine::cycle", watermark = %w, tables = r.tables.len(),
+                    before_cycle = ?last_cycle.duration_since(woke), took = ?last_cycle.elapsed(), "refinement cycle");
                 let failed = |layer: Layer| {
                     r.tables
                         .iter()

@@ -257,10 +257,19 @@ impl SilverStore for DeltaSilver<'_> {
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(SchemaMode::Overwrite)
             .with_target_file_size(NonZeroU64::new(self.refiner.silver_file_bytes))
-            .with_configuration([(
-                TARGET_FILE_SIZE,
-                Some(self.refiner.silver_file_bytes.to_string()),
-            )])
+            .with_configuration(
+                std::iter::once((
+                    TARGET_FILE_SIZE.to_string(),
+                    Some(self.refiner.silver_file_bytes.to_string()),
+                ))
+                .chain(
+                    self.refiner
+                        .lake
+                        .retention()
+                        .properties()
+                        .map(|(k, v)| (k.as_ref().to_string(), Some(v))),
+                ),
+            )
             .with_table_name(format!("silver_{}", def.name))
             .with_description(format!(
                 "medallion silver {} of {} ({})",
@@ -303,6 +312,7 @@ impl SilverStore for DeltaSilver<'_> {
             .take()
             .ok_or_else(|| Error::Protocol("silver table missing".into()))?;
         let silver = with_file_size(silver, self.refiner.silver_file_bytes, &def.name).await?;
+        let silver = lake::with_retention(silver, self.refiner.lake.retention()).await;
         self.table = Some(merge(def, ctx, silver, slice).await?);
         Ok(())
     }

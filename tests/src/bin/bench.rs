@@ -22,6 +22,9 @@
 //! 6. refine-scale: one refinement cycle's wall and CPU time over 10 … 1,000
 //!    silver tables, idle and with k changed tables (growth per 100 tables).
 //!
+//! 7. tombstones: a checkpoint's write and a fresh load of a table with N
+//!    removed files' tombstones, against none.
+//!
 //! `chaos` and `soak` are not speed figures but robustness runs that print
 //! counts and samples (see their module docs).
 
@@ -45,6 +48,8 @@ mod growth;
 mod refine_scale;
 #[path = "bench/soak.rs"]
 mod soak;
+#[path = "bench/tombstones.rs"]
+mod tombstones;
 
 /// The sidecar's allocator, so refinement in this process uses memory as
 /// `medallion` does.
@@ -203,6 +208,23 @@ enum What {
         tables: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         changed: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// What a busy table's tombstones cost: checkpoint write and fresh
+    /// load with N removed files within the retention, against none.
+    Tombstones {
+        /// Live files of the table.
+        #[arg(long, default_value_t = 100)]
+        live: usize,
+        /// Tombstone counts, comma-separated (a commit a second for a day,
+        /// for Delta's week; five a second for a day).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "3600,86400,432000,604800"
+        )]
+        counts: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
@@ -1436,6 +1458,11 @@ fn main() -> anyhow::Result<()> {
             changed,
             rounds,
         } => refine_scale::refine_scale(&tables, changed, rounds)?,
+        What::Tombstones {
+            live,
+            counts,
+            rounds,
+        } => tombstones::tombstones(live, &counts, rounds)?,
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;

@@ -831,6 +831,13 @@ async fn the_refiner_compacts_silver_and_keyed_gold_and_optimize_vacuums_every_l
     env.assert_gold_matches("t_rows").await;
 }
 
+/// Run `sql` at the source, then bronze and one refine cycle under `cfg`.
+async fn refine_after(env: &Env, cfg: &medallion::Config, sql: &str) {
+    env.sql(sql);
+    let s = env.catch_up_with(cfg).await;
+    assert_all_ok(&env.refine_cycle(cfg, s.acked_lsn).await);
+}
+
 /// Each current file of a refined table: its rows and its `id` range
 /// (from the file's statistics), in key order; and the table's
 /// `delta.targetFileSize`.
@@ -904,13 +911,7 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
     );
     let mut cfg = env.cfg();
     cfg.silver_file_mib = 1;
-    // Run `sql` at the source, then bronze and one refine cycle.
-    let refine_after = async |cfg: &medallion::Config, sql: &str| {
-        env.sql(sql);
-        let s = env.catch_up_with(cfg).await;
-        assert_all_ok(&env.refine_cycle(cfg, s.acked_lsn).await);
-    };
-    refine_after(&cfg, "SELECT 1").await;
+    refine_after(&env, &cfg, "SELECT 1").await;
     let (files, size) = id_layout(&env, "silver", "big").await;
     assert_eq!(
         size.as_deref(),
@@ -923,7 +924,7 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
     );
     // A change of 300 keys at the start of the key range: the MERGE
     // rewrites the files holding them, not the table.
-    refine_after(&cfg, "UPDATE big SET pad = 'changed' WHERE id <= 300").await;
+    refine_after(&env, &cfg, "UPDATE big SET pad = 'changed' WHERE id <= 300").await;
     let holding = files.iter().filter(|f| f.1 <= 300).count();
     let rewritten = last_merge_metric(&env, "silver", "big", "num_target_files_removed").await;
     let copied = last_merge_metric(&env, "silver", "big", "num_target_rows_copied").await;
@@ -936,7 +937,7 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
     // A changed setting (or a table written before it existed) is recorded
     // on the table before its next MERGE.
     cfg.silver_file_mib = 2;
-    refine_after(&cfg, "UPDATE big SET pad = 'again' WHERE id = 60000").await;
+    refine_after(&env, &cfg, "UPDATE big SET pad = 'again' WHERE id = 60000").await;
     let (_, size) = id_layout(&env, "silver", "big").await;
     assert_eq!(
         size.as_deref(),
@@ -944,6 +945,86 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
         "silver.big's delta.targetFileSize"
     );
     env.assert_silver_matches("public", "big", "big").await;
+}
+
+/// How long a lake table keeps removed files' tombstones and log entries
+/// (`delta.deletedFileRetentionDuration`, `delta.logRetentionDuration`).
+async fn retention_of(env: &Env, layer: &str, name: &str) -> (Option<String>, Option<String>) {
+    let table = open_refined(env, layer, name).await;
+    let snapshot = table.snapshot().expect("snapshot");
+    let config = snapshot.metadata().configuration();
+    (
+        config.get("delta.deletedFileRetentionDuration").cloned(),
+        config.get("delta.logRetentionDuration").cloned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layer_keeps_tombstones_and_log_entries_for_time_travel_hours() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE tt (id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO tt SELECT g, g FROM generate_series(1, 100) g; \
+         SELECT medallion.add_source('tt'); \
+         SELECT medallion.define_gold('tt_sum', 'SELECT count(*) AS n, sum(v) AS v FROM silver.tt');",
+    );
+    let mut cfg = env.cfg();
+    cfg.time_travel_hours = 3;
+    let tables = [
+        ("bronze/public", "tt"),
+        ("silver", "tt"),
+        ("gold", "tt_sum"),
+    ];
+    // Created with it.
+    refine_after(&env, &cfg, "SELECT 1").await;
+    let hours = |h: u64| {
+        let i = Some(format!("interval {h} hours"));
+        (i.clone(), i)
+    };
+    for (layer, name) in tables {
+        assert_eq!(
+            retention_of(&env, layer, name).await,
+            hours(3),
+            "{layer}/{name}"
+        );
+    }
+    // Changed (as for a table an older medallion wrote with Delta's
+    // defaults): each table gets it, in a commit of its own, when its
+    // writer next writes it; the rows are as before.
+    cfg.time_travel_hours = 48;
+    refine_after(&env, &cfg, "UPDATE tt SET v = v + 1 WHERE id <= 10").await;
+    for (layer, name) in tables {
+        assert_eq!(
+            retention_of(&env, layer, name).await,
+            hours(48),
+            "{layer}/{name}"
+        );
+        let table = open_refined(&env, layer, name).await;
+        let history = futures::TryStreamExt::try_collect::<Vec<_>>(table.history(None))
+            .await
+            .expect("commit infos");
+        assert!(
+            history
+                .iter()
+                .any(|c| c.operation.as_deref() == Some("SET TBLPROPERTIES")),
+            "{layer}/{name}: {:?}",
+            history.iter().map(|c| &c.operation).collect::<Vec<_>>()
+        );
+    }
+    env.assert_silver_matches("public", "tt", "tt").await;
+    env.assert_gold_matches("tt_sum").await;
+    // Refused outside 1 hour … a year.
+    for bad in ["0", "8761"] {
+        let out = env
+            .sidecar(&["check"], &[("MEDALLION_TIME_TRAVEL_HOURS", bad)])
+            .output()
+            .expect("medallion check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("time_travel_hours"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 /// Rows of `source` that its published copy `published` lacks, and the
