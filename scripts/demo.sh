@@ -32,7 +32,7 @@ psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "SELECT medallion.add_sources('public') AS 
 log "the Odoo package: general ledger, trial balance, P&L, balance sheet, aged receivable/payable, invoices (sql/packages/odoo)"
 psql "$DB" -Xq -v ON_ERROR_STOP=1 -c "SELECT state, count(*) AS objects, string_agg(object, ', ' ORDER BY object) AS which FROM medallion.install_package('odoo') GROUP BY state"
 
-export MEDALLION_DATABASE_URL="$DB" MEDALLION_LAKE_URL="$DIR/lake" MEDALLION_LOG="warn,pg_walstream=error"
+export MEDALLION_DATABASE_URL="$DB" MEDALLION_LAKE_URL="$DIR/lake" MEDALLION_LOG="warn,pg_walstream=error,deltalake_core::operations::merge=error"
 log "initial copy into bronze, then silver and gold (medallion run --until-caught-up)"
 "$BIN/medallion" run --until-caught-up
 
