@@ -545,11 +545,7 @@ impl BronzeTable {
                     TableProperty::CheckpointInterval,
                     Some(lake.checkpoint_interval().to_string()),
                 )
-                .with_configuration(
-                    lake.retention()
-                        .properties()
-                        .map(|(k, v)| (k.as_ref().to_string(), Some(v))),
-                )
+                .with_configuration(lake.retention().configuration())
                 .with_save_mode(SaveMode::Ignore)
                 .await
                 .map_err(Error::delta(format!("create bronze {id}")))?

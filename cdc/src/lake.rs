@@ -170,16 +170,15 @@ impl Retention {
         std::time::Duration::from_secs(self.hours * 3600)
     }
 
-    /// The table properties that set it, as Delta writes them.
-    pub(crate) fn properties(self) -> [(deltalake::TableProperty, String); 2] {
+    /// The table properties that set it, as a Delta table's configuration
+    /// holds them.
+    pub(crate) fn configuration(self) -> [(String, Option<String>); 2] {
         let interval = format!("interval {} hours", self.hours);
         [
-            (
-                deltalake::TableProperty::DeletedFileRetentionDuration,
-                interval.clone(),
-            ),
-            (deltalake::TableProperty::LogRetentionDuration, interval),
+            deltalake::TableProperty::DeletedFileRetentionDuration,
+            deltalake::TableProperty::LogRetentionDuration,
         ]
+        .map(|p| (p.as_ref().to_string(), Some(interval.clone())))
     }
 
     /// Whether `table` keeps exactly this (an older table keeps Delta's
@@ -212,9 +211,9 @@ pub(crate) async fn with_retention(table: DeltaTable, retention: Retention) -> D
     tracing::info!(table = %table.table_url(), hours = retention.hours,
         "setting how long removed files and log entries are kept (time_travel_hours)");
     let properties = retention
-        .properties()
+        .configuration()
         .into_iter()
-        .map(|(k, v)| (k.as_ref().to_string(), v))
+        .filter_map(|(k, v)| Some((k, v?)))
         .collect();
     match table
         .clone()

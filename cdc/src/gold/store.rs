@@ -272,11 +272,7 @@ impl GoldStore for DeltaGold<'_> {
             .with_schema_mode(SchemaMode::Overwrite)
             .with_table_name(format!("gold_{}", def.name))
             .with_description(format!("medallion gold model {}", def.name))
-            .with_configuration(
-                retention
-                    .properties()
-                    .map(|(k, v)| (k.as_ref().to_string(), Some(v))),
-            )
+            .with_configuration(retention.configuration())
             .with_commit_properties(properties(def, commit))
             .await
             .map_err(

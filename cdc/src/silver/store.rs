@@ -262,13 +262,7 @@ impl SilverStore for DeltaSilver<'_> {
                     TARGET_FILE_SIZE.to_string(),
                     Some(self.refiner.silver_file_bytes.to_string()),
                 ))
-                .chain(
-                    self.refiner
-                        .lake
-                        .retention()
-                        .properties()
-                        .map(|(k, v)| (k.as_ref().to_string(), Some(v))),
-                ),
+                .chain(self.refiner.lake.retention().configuration()),
             )
             .with_table_name(format!("silver_{}", def.name))
             .with_description(format!(
