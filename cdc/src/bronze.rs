@@ -778,7 +778,7 @@ impl BronzeTable {
         self.stager.staged.clear();
         self.schema_changed = false;
         self.replace_all = false;
-        crate::lake::clean_log_hourly(&self.table, &self.url);
+        crate::lake::after_commit(&self.table, &self.url);
         Ok(Some(version as i64))
     }
 

@@ -67,7 +67,7 @@ impl Refiner<'_> {
             Some(t) => t,
             None => self.lake.handle(&url)?,
         };
-        table
+        let written = table
             .write(out)
             .with_save_mode(SaveMode::Append)
             .with_schema_mode(SchemaMode::Merge)
@@ -80,6 +80,7 @@ impl Refiner<'_> {
             ))
             .await
             .map_err(Error::delta(format!("write quarantine/{name}")))?;
+        lake::after_commit(&written, &url);
         Ok(())
     }
 }

@@ -26,6 +26,8 @@
 //!   [`crate::refine`].
 //! - [`MID_COMPACTION`]: a compaction's new files are written, its commit
 //!   (which removes the small files) not attempted.
+//! - [`BEFORE_CHECKPOINT`]: a commit made a table's checkpoint due; the
+//!   task that writes it has not started (the commit's caller went on).
 //!
 //! Without the feature, [`hit`] and [`pause`] compile to nothing.
 
@@ -39,6 +41,7 @@ pub const MID_SILVER: &str = "mid_silver";
 pub const BEFORE_GOLD_COMMIT: &str = "before_gold_commit";
 pub const BEFORE_PUBLISH_COMMIT: &str = "before_publish_commit";
 pub const MID_COMPACTION: &str = "mid_compaction";
+pub const BEFORE_CHECKPOINT: &str = "before_checkpoint";
 
 #[cfg(feature = "fault-injection")]
 mod imp {

@@ -23,6 +23,11 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+mod log_upkeep;
+
+pub(crate) use log_upkeep::{LogCleanup, clean_log};
+pub use log_upkeep::{after_commit, routine_commit};
+
 /// Register Delta's object stores (S3 and S3-compatible, Azure, GCS) for
 /// their URL schemes, and a local directory's store whose Delta log listings
 /// have no gaps (`log_listing`); idempotent. Commits use conditional put
@@ -166,65 +171,69 @@ impl Retention {
         Retention { hours }
     }
 
-    fn duration(self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.hours * 3600)
-    }
-
     /// The table properties that set it, as a Delta table's configuration
     /// holds them.
-    pub(crate) fn configuration(self) -> [(String, Option<String>); 2] {
+    pub(crate) fn properties(self) -> [(String, String); 2] {
         let interval = format!("interval {} hours", self.hours);
         [
             deltalake::TableProperty::DeletedFileRetentionDuration,
             deltalake::TableProperty::LogRetentionDuration,
         ]
-        .map(|p| (p.as_ref().to_string(), Some(interval.clone())))
+        .map(|p| (p.as_ref().to_string(), interval.clone()))
     }
 
-    /// Whether `table` keeps exactly this (an older table keeps Delta's
-    /// defaults: a week of tombstones, 30 days of log).
-    fn held_by(self, table: &DeltaTable) -> Result<bool> {
-        use deltalake::table::config::TablePropertiesExt as _;
-        let config = table
-            .snapshot()
-            .map_err(Error::delta("table snapshot"))?
-            .table_config();
-        Ok(config.deleted_file_retention_duration() == self.duration()
-            && config.log_retention_duration() == self.duration())
+    /// [`properties`](Retention::properties) in the form every Delta
+    /// builder takes.
+    pub(crate) fn configuration(self) -> [(String, Option<String>); 2] {
+        self.properties().map(|(k, v)| (k, Some(v)))
     }
 }
 
-/// `table` with `retention` set, in a commit of its own when it differs
-/// (a table created before the setting existed, or `time_travel_hours`
-/// changed). The commit changes no data and carries no `txn`. A failure
-/// (a concurrent commit, the store) is logged and leaves the table as it
-/// was: the next writer to open it tries again.
+/// `table` with the retention set ([`with_properties`]).
 pub(crate) async fn with_retention(table: DeltaTable, retention: Retention) -> DeltaTable {
-    match retention.held_by(&table) {
-        Ok(true) => return table,
-        Ok(false) => {}
+    with_properties(table, retention.properties()).await
+}
+
+/// `table` holding each of `wanted` (table property, value), set in one
+/// commit of its own when any differs: a table created before medallion
+/// kept that property, or whose setting changed (`time_travel_hours`,
+/// `silver_file_mib`). Medallion's writers call this before their next
+/// commit, so that commit and every later one follow the properties. The
+/// property commit changes no data and carries no `txn`. A failure (a
+/// concurrent commit, the store) is logged and leaves the table as it was:
+/// nothing it holds depends on these properties, and the writer's next
+/// commit tries again.
+pub(crate) async fn with_properties(
+    table: DeltaTable,
+    wanted: impl IntoIterator<Item = (String, String)>,
+) -> DeltaTable {
+    let differing: HashMap<String, String> = match table.snapshot() {
+        Ok(snapshot) => {
+            let held = snapshot.metadata().configuration();
+            wanted
+                .into_iter()
+                .filter(|(k, v)| held.get(k) != Some(v))
+                .collect()
+        }
         Err(e) => {
-            tracing::warn!(table = %table.table_url(), error = %e, "cannot read the table's retention; left as it is");
+            tracing::warn!(table = %table.table_url(), error = %e, "cannot read the table's properties; left as they are");
             return table;
         }
+    };
+    if differing.is_empty() {
+        return table;
     }
-    tracing::info!(table = %table.table_url(), hours = retention.hours,
-        "setting how long removed files and log entries are kept (time_travel_hours)");
-    let properties = retention
-        .configuration()
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
-        .collect();
+    tracing::info!(table = %table.table_url(), properties = ?differing, "setting table properties");
     match table
         .clone()
         .set_tbl_properties()
-        .with_properties(properties)
+        .with_properties(differing)
         .await
     {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(table = %table.table_url(), error = %e,
-                "setting the table's retention failed; it keeps its older one until its writer opens it again");
+                "setting the table's properties failed; it keeps its older ones until its writer's next commit");
             table
         }
     }
@@ -490,120 +499,6 @@ pub(crate) async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Opti
         .map_err(Error::delta(format!("txn {app_id}")))
 }
 
-/// The properties of medallion's routine commits (bronze appends, silver
-/// MERGEs, gold writes, compactions): without delta-rs's cleanup of expired
-/// log entries after each commit. That cleanup lists the whole `_delta_log`
-/// directory every time, so a commit's cost grew with the log (about 95,000
-/// entries a day for a table committed to once a second, kept 30 days):
-/// 2–3 s per commit beside 200,000 entries in a debug build. [`clean_log`]
-/// does it at most once an hour per table instead.
-pub(crate) fn routine_commit() -> CommitProperties {
-    CommitProperties::default().with_cleanup_expired_logs(Some(false))
-}
-
-/// At most one cleanup of a table's expired log entries per this interval
-/// in a process ([`LogCleanup::Hourly`]).
-const LOG_CLEANUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// When [`clean_log`] runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LogCleanup {
-    /// Unless this process cleaned the table's log within the last hour.
-    Hourly,
-    /// Now (`medallion optimize`).
-    Now,
-}
-
-/// Delete `table`'s log entries that are older than its
-/// `delta.logRetentionDuration` (30 days unless set) and that no version
-/// within it needs (delta-rs's cleanup, which keeps everything from the
-/// newest checkpoint before the cutoff on); nothing when the table turns
-/// cleanup off (`delta.enableExpiredLogCleanup = false`). Returns the
-/// entries deleted.
-pub(crate) async fn clean_log(table: &DeltaTable, url: &Url, when: LogCleanup) -> Result<usize> {
-    match log_cleanup(table, url, when)? {
-        Some(cleanup) => cleanup.run().await,
-        None => Ok(0),
-    }
-}
-
-/// [`clean_log`] hourly after a routine commit, in a task of its own: the
-/// cleanup lists the whole log, and the commit's caller (the bronze writer,
-/// the refiner) does not wait for it. A failure is logged; the commit
-/// stands, and the next hour tries again.
-pub(crate) fn clean_log_hourly(table: &DeltaTable, url: &Url) {
-    match log_cleanup(table, url, LogCleanup::Hourly) {
-        Ok(Some(cleanup)) => {
-            tokio::spawn(async move {
-                if let Err(e) = cleanup.run().await {
-                    tracing::warn!(error = %e, "cleaning expired log entries failed; tried again in an hour");
-                }
-            });
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(table = %url, error = %e, "cleaning expired log entries failed; tried again in an hour")
-        }
-    }
-}
-
-/// One cleanup of a table's expired log entries, due now.
-struct PendingCleanup {
-    url: Url,
-    log_store: deltalake::logstore::LogStoreRef,
-    version: deltalake::kernel::Version,
-    cutoff_ms: i64,
-}
-
-impl PendingCleanup {
-    async fn run(self) -> Result<usize> {
-        let cleaned = deltalake::protocol::checkpoints::cleanup_expired_logs_for(
-            self.version,
-            self.log_store.as_ref(),
-            self.cutoff_ms,
-            None,
-        )
-        .await
-        .map_err(Error::delta(format!("clean the log of {}", self.url)))?;
-        if cleaned > 0 {
-            tracing::debug!(table = %self.url, cleaned, "expired log entries deleted");
-        }
-        Ok(cleaned)
-    }
-}
-
-/// The cleanup of `table`'s log when it is due (`when`, marked as done for
-/// the hour) and the table allows it.
-fn log_cleanup(table: &DeltaTable, url: &Url, when: LogCleanup) -> Result<Option<PendingCleanup>> {
-    static LAST: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, std::time::Instant>>> =
-        std::sync::LazyLock::new(Default::default);
-    {
-        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        if when == LogCleanup::Hourly
-            && last
-                .get(url)
-                .is_some_and(|t| now.duration_since(*t) < LOG_CLEANUP_INTERVAL)
-        {
-            return Ok(None);
-        }
-        last.insert(url.clone(), now);
-    }
-    use deltalake::table::config::TablePropertiesExt as _;
-    let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
-    let config = snapshot.table_config();
-    if !config.enable_expired_log_cleanup() {
-        return Ok(None);
-    }
-    Ok(Some(PendingCleanup {
-        url: url.clone(),
-        log_store: table.log_store(),
-        version: snapshot.version() as deltalake::kernel::Version,
-        cutoff_ms: chrono::Utc::now().timestamp_millis()
-            - config.log_retention_duration().as_millis() as i64,
-    }))
-}
-
 /// Commit properties carrying application transactions and `medallion.*`
 /// metadata (a [`routine_commit`]).
 pub(crate) fn commit_properties(
@@ -854,105 +749,6 @@ pub async fn query(
 mod tests {
     use super::*;
     use crate::bronze::{TableId, table_url};
-
-    #[tokio::test]
-    async fn routine_commits_leave_expired_log_entries_to_the_hourly_cleanup() {
-        use arrow::array::Int32Array;
-        use deltalake::protocol::SaveMode;
-        let dir = tempfile::tempdir().expect("dir");
-        let lake = Lake::from_config(&crate::Config {
-            lake_url: dir.path().display().to_string(),
-            ..crate::Config::default()
-        })
-        .expect("lake");
-        let url = lake.refined_url("silver", "t").expect("url");
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
-        let log = dir.path().join("silver/t/_delta_log");
-        let entries = || std::fs::read_dir(&log).expect("log").count();
-        let write = async |table: DeltaTable, id: i32, props: CommitProperties| {
-            let batch =
-                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![id]))])
-                    .expect("batch");
-            table
-                .write(vec![batch])
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(props)
-                .await
-                .expect("write")
-        };
-        // Entries expire after a second; a checkpoint every 5 commits.
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![0]))])
-            .expect("batch");
-        let mut table = lake
-            .handle(&url)
-            .expect("handle")
-            .write(vec![batch])
-            .with_configuration([
-                ("delta.logRetentionDuration", Some("interval 1 second")),
-                ("delta.checkpointInterval", Some("5")),
-            ])
-            .await
-            .expect("create");
-        let version = |v: u64| log.join(format!("{v:020}.json"));
-        let pause = || tokio::time::sleep(std::time::Duration::from_millis(1_500));
-        for id in 1..=11 {
-            table = write(table, id, routine_commit()).await;
-        }
-        pause().await;
-        table = write(table, 12, routine_commit()).await;
-        assert!(
-            version(0).exists(),
-            "a routine commit cleaned the log: {} entries",
-            entries()
-        );
-        // The hourly cleanup deletes what expired before the checkpoint (10)…
-        let cleaned = clean_log(&table, &url, LogCleanup::Hourly)
-            .await
-            .expect("clean");
-        assert!(
-            cleaned >= 10 && !version(0).exists() && version(10).exists(),
-            "{cleaned} cleaned"
-        );
-        // … and then not again within the hour; `optimize` (`Now`) does.
-        for id in 13..=16 {
-            table = write(table, id, routine_commit()).await;
-        }
-        pause().await;
-        table = write(table, 17, routine_commit()).await;
-        assert_eq!(
-            clean_log(&table, &url, LogCleanup::Hourly)
-                .await
-                .expect("clean"),
-            0
-        );
-        assert!(version(10).exists());
-        assert!(
-            clean_log(&table, &url, LogCleanup::Now)
-                .await
-                .expect("clean")
-                > 0
-        );
-        assert!(!version(10).exists() && version(15).exists());
-        // A commit with delta-rs's default properties cleans by itself: the
-        // cost routine commits avoid.
-        for id in 18..=21 {
-            table = write(table, id, routine_commit()).await;
-        }
-        pause().await;
-        table = write(table, 22, routine_commit()).await;
-        assert!(version(15).exists());
-        table = write(table, 23, CommitProperties::default()).await;
-        assert!(!version(15).exists(), "delta-rs's own cleanup did not run");
-        drop(table);
-        // The table reads as written: 24 rows.
-        let ctx = session();
-        let table = lake.open(&url).await.expect("open").expect("table");
-        register(&ctx, "t", &table).await.expect("register");
-        let n = collect(&ctx, "SELECT count(*) FROM t")
-            .await
-            .expect("count");
-        assert_eq!(crate::expectations::count_of(&n).expect("count"), 24);
-    }
 
     /// A checkpoint keeps a removed file's tombstone for the lake's
     /// retention (`time_travel_hours`), not Delta's week; an older table

@@ -415,6 +415,7 @@ async fn commit_compaction(
             Ok(finalized) => {
                 table.state = Some(finalized.snapshot());
                 *compactions += 1;
+                crate::lake::after_commit(table, url);
                 return Ok(true);
             }
             Err(e) if crate::lake::moved_under(&e) => {
@@ -564,7 +565,9 @@ async fn vacuum(mut table: DeltaTable, url: &Url, lake: &Lake, retain_hours: u64
             .with_enforce_retention_duration(false)
             .with_mode(VacuumMode::Full)
             // Its two commits would each list the whole log to clean it;
-            // `optimize` has just cleaned it (`lake::clean_log`).
+            // `optimize` has just cleaned it (`lake::clean_log`). They
+            // write no checkpoint either: the table's writer does, at its
+            // next commit (`lake::after_commit`).
             .with_commit_properties(crate::lake::routine_commit())
             .await;
         match done {

@@ -661,7 +661,7 @@ impl Refiner<'_> {
             )
             .await?;
         }
-        lake::clean_log_hourly(&table, url);
+        lake::after_commit(&table, url);
         self.tables.remember(url, &table);
         let version = table.version().map(|v| v as i64);
         Ok((table, version))

@@ -10,7 +10,6 @@
 //!        └── recorded(): what the last commit says the table holds
 //! ```
 
-use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
@@ -22,7 +21,6 @@ use deltalake::datafusion::logical_expr::LogicalPlan;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use deltalake::table::config::TablePropertiesExt as _;
 use url::Url;
 
 use crate::app_id::AppId;
@@ -291,7 +289,8 @@ impl SilverStore for DeltaSilver<'_> {
             ))
             .await
             .map_err(Error::delta(format!("write silver.{}", def.name)))?;
-        self.table = Some(with_file_size(table, self.refiner.silver_file_bytes, &def.name).await?);
+        // An existing table keeps its properties through an overwrite.
+        self.table = Some(with_silver_properties(table, self.refiner).await);
         Ok(())
     }
 
@@ -305,8 +304,7 @@ impl SilverStore for DeltaSilver<'_> {
             .table
             .take()
             .ok_or_else(|| Error::Protocol("silver table missing".into()))?;
-        let silver = with_file_size(silver, self.refiner.silver_file_bytes, &def.name).await?;
-        let silver = lake::with_retention(silver, self.refiner.lake.retention()).await;
+        let silver = with_silver_properties(silver, self.refiner).await;
         self.table = Some(merge(def, ctx, silver, slice).await?);
         Ok(())
     }
@@ -323,31 +321,20 @@ impl SilverStore for DeltaSilver<'_> {
 /// (MERGE, write, optimize; delta-rs and other engines) aim at.
 const TARGET_FILE_SIZE: &str = "delta.targetFileSize";
 
-/// `silver` with `delta.targetFileSize` = `bytes`: set in a commit of its
-/// own when it differs (a table written before the setting existed, or
-/// `silver_file_mib` changed), so every later MERGE writes files of that
-/// size. The commit changes no data and carries no `txn`.
-async fn with_file_size(silver: DeltaTable, bytes: u64, name: &str) -> Result<DeltaTable> {
-    let current = silver
-        .snapshot()
-        .map_err(Error::delta("silver snapshot"))?
-        .table_config()
-        .target_file_size()
-        .get();
-    if current == bytes {
-        return Ok(silver);
-    }
-    tracing::info!(silver = %name, from = current, to = bytes, "setting the target file size");
-    silver
-        .set_tbl_properties()
-        .with_properties(HashMap::from([(
+/// `silver` holding what medallion keeps on a silver table
+/// ([`lake::with_properties`]): `delta.targetFileSize` = `silver_file_mib`,
+/// so every later MERGE writes files of that size, and the lake's
+/// retention (`time_travel_hours`).
+async fn with_silver_properties(silver: DeltaTable, refiner: &Refiner<'_>) -> DeltaTable {
+    lake::with_properties(
+        silver,
+        std::iter::once((
             TARGET_FILE_SIZE.to_string(),
-            bytes.to_string(),
-        )]))
-        .await
-        .map_err(Error::delta(format!(
-            "silver.{name}: set {TARGET_FILE_SIZE}"
-        )))
+            refiner.silver_file_bytes.to_string(),
+        ))
+        .chain(refiner.lake.retention().properties()),
+    )
+    .await
 }
 
 /// One slice MERGEd into a silver Delta table in one commit (after a

@@ -293,6 +293,129 @@ async fn kill_9_inside_a_streamed_transaction_gives_the_same_lake() {
 /// position. With position 0, a kill before the acknowledgement made the
 /// next start apply every change above the slot's position again (found by
 /// `medallion-bench chaos`).
+/// Checkpoint files (`NNN.checkpoint.parquet`) in a Delta log, by version.
+fn checkpoint_versions(log: &std::path::Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(log)
+        .expect("delta log")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".checkpoint.parquet")?.parse().ok()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// A bronze commit does not wait for the checkpoint it makes due
+/// (`lake::after_commit` writes it in a task of its own): with that task
+/// paused for good, the running sidecar still commits every change; killed
+/// there (kill -9), it leaves a lake the next run completes, whose next due
+/// commit writes the checkpoint. Bronze equals the source throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bronze_commits_do_not_wait_for_their_checkpoint() {
+    let env = Env::new();
+    env.sql("CREATE TABLE ledger (id int PRIMARY KEY, amount int)");
+    env.sql("SELECT medallion.add_source('ledger')");
+    // A checkpoint every 2 commits (set when the table is created).
+    let cfg = Config {
+        checkpoint_interval: 2,
+        ..env.cfg()
+    };
+    env.catch_up_with(&cfg).await;
+    let log = env.bronze("public", "ledger").join("_delta_log");
+    let commits = || {
+        std::fs::read_dir(&log)
+            .expect("delta log")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+    };
+    // Ten rows a transaction, each after the sidecar's flush interval
+    // (200 ms): a bronze commit each.
+    let insert = |i: i32| {
+        env.sql(&format!(
+            "INSERT INTO ledger SELECT g, g FROM generate_series({}, {}) g",
+            i * 10 + 1,
+            i * 10 + 10
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // The first run's copy made a checkpoint due; its task writes it.
+    let before = poll(
+        Duration::from_secs(60),
+        "the first run's checkpoint",
+        || {
+            let v = checkpoint_versions(&log);
+            if v.is_empty() {
+                Err(format!("{} commits", commits()))
+            } else {
+                Ok(v)
+            }
+        },
+    );
+    let mut p =
+        copy_race::paused_sidecar(&env, &["run"], medallion::fault::BEFORE_CHECKPOINT, 1, &[]);
+    let mut i = 0;
+    while !p.dir.path().join("before_checkpoint.paused").exists() && i < 10 {
+        insert(i);
+        i += 1;
+    }
+    p.wait_paused();
+    let paused_at = commits();
+    while i < 20 {
+        insert(i);
+        i += 1;
+    }
+    poll_async(
+        Duration::from_secs(60),
+        "every change in bronze while the checkpoint is paused",
+        || async {
+            let n = env.bronze_rows("public", "ledger").await.len();
+            if n == 200 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        commits() >= paused_at + 5,
+        "{} commits, {paused_at} when the checkpoint was paused",
+        commits()
+    );
+    assert_eq!(
+        checkpoint_versions(&log),
+        before,
+        "a checkpoint was written while its task was paused"
+    );
+    assert!(
+        p.child.try_wait().expect("wait").is_none(),
+        "{}",
+        p.stderr()
+    );
+    assert!(!p.stderr().contains("resumed at"), "{}", p.stderr());
+    p.child.kill().expect("kill -9");
+    p.child.wait().expect("wait");
+    assert_eq!(env.assert_bronze_matches("public", "ledger").await, 200);
+    // The next run: its next due commit writes the checkpoint.
+    for i in 20..30 {
+        insert(i);
+    }
+    env.catch_up_with(&cfg).await;
+    poll(Duration::from_secs(60), "a new bronze checkpoint", || {
+        let now = checkpoint_versions(&log);
+        if now.last() > before.last() {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    assert_eq!(env.assert_bronze_matches("public", "ledger").await, 300);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_only_commit_keeps_the_stream_position() {
     use medallion::fault::AFTER_BRONZE_COMMIT;

@@ -14,10 +14,11 @@ use medallion::fault;
 
 use super::*;
 
-/// A sidecar process that will stop at a pause point.
-struct Paused {
-    child: Child,
-    dir: tempfile::TempDir,
+/// A sidecar process that will stop at a pause point (also used by
+/// [`super::bronze`]).
+pub(super) struct Paused {
+    pub(super) child: Child,
+    pub(super) dir: tempfile::TempDir,
     point: &'static str,
 }
 
@@ -27,12 +28,12 @@ impl Paused {
     }
 
     /// What the process printed on stderr so far.
-    fn stderr(&self) -> String {
+    pub(super) fn stderr(&self) -> String {
         std::fs::read_to_string(Self::stderr_path(self.dir.path())).unwrap_or_default()
     }
 
     /// Wait until the process is paused at its point.
-    fn wait_paused(&mut self) {
+    pub(super) fn wait_paused(&mut self) {
         let flag = self.dir.path().join(format!("{}.paused", self.point));
         let what = format!("the sidecar reached {}", self.point);
         poll(Duration::from_secs(120), &what, || {
@@ -84,7 +85,7 @@ impl Paused {
 }
 
 /// Start the sidecar with `args`, pausing at the `nth` arrival at `point`.
-fn paused_sidecar(
+pub(super) fn paused_sidecar(
     env: &Env,
     args: &[&str],
     point: &'static str,

@@ -9,9 +9,13 @@
 //! tombstones and times, against N = 0 in the same run:
 //!
 //! ```text
-//!  checkpoint write ── what the writer pays every checkpoint_interval commits
+//!  checkpoint write ── what delta-rs's writer pays every checkpoint_interval commits
 //!  fresh load       ── what every reader pays that opens the table afresh
 //!                      (the refiner, for each bronze table that moved)
+//!  due commit       ── the commit that reaches the interval, as delta-rs makes it
+//!                      (the checkpoint written inside it) and as medallion does
+//!                      (`lake::routine_commit`, then `lake::after_commit` writes
+//!                      it in a task of its own): what the bronze writer waits for
 //! ```
 //!
 //! The data files are not written: neither a checkpoint nor a load reads them.
@@ -20,7 +24,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 
@@ -28,7 +32,20 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 const CHUNK: usize = 50_000;
 
 async fn commit(table: &mut DeltaTable, actions: Vec<Action>) -> anyhow::Result<()> {
-    CommitBuilder::default()
+    commit_with(
+        table,
+        actions,
+        CommitProperties::default().with_create_checkpoint(false),
+    )
+    .await
+}
+
+async fn commit_with(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    properties: CommitProperties,
+) -> anyhow::Result<()> {
+    CommitBuilder::from(properties)
         .with_actions(actions)
         .build(
             Some(table.snapshot()?),
@@ -55,22 +72,43 @@ fn add(path: &str, now: i64) -> Action {
     })
 }
 
-/// One table with `live` files and `tombstones` removed ones: seconds to
-/// write its checkpoint, the checkpoint's bytes, and the best of `rounds`
-/// fresh loads in seconds.
+/// What one table with `live` files and `tombstones` removed ones costs.
+struct Costs {
+    /// Seconds to write its checkpoint.
+    write_s: f64,
+    /// The checkpoint's bytes.
+    bytes: u64,
+    /// The best of the fresh loads, in seconds.
+    load_s: f64,
+    /// The median commit that makes a checkpoint due, in seconds: with the
+    /// checkpoint inside it (delta-rs), and medallion's.
+    due_inline_s: f64,
+    due_routine_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 async fn measure(
     lake: &medallion::lake::Lake,
     name: &str,
     live: usize,
     tombstones: usize,
     rounds: usize,
-) -> anyhow::Result<(f64, u64, f64)> {
+) -> anyhow::Result<Costs> {
     use arrow::array::{Int32Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
     let url = lake.refined_url("gold", name)?;
     let schema = std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
     let batch = RecordBatch::try_new(schema, vec![std::sync::Arc::new(Int32Array::from(vec![1]))])?;
-    let mut table = lake.handle(&url)?.write(vec![batch]).await?;
+    // A checkpoint due at every commit, so each timed commit makes one due.
+    let mut table = lake
+        .handle(&url)?
+        .write(vec![batch])
+        .with_configuration([("delta.checkpointInterval", Some("1"))])
+        .await?;
     let now = chrono::Utc::now().timestamp_millis();
     let paths: Vec<String> = (0..live + tombstones)
         .map(|i| format!("part-{i:09}.parquet"))
@@ -117,7 +155,35 @@ async fn measure(
             "{name}: the load does not hold the {live} live files"
         );
     }
-    Ok((write_s, bytes, load_s))
+    let (mut due_inline, mut due_routine) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let started = Instant::now();
+        commit_with(
+            &mut table,
+            vec![add(&format!("inline-{round}.parquet"), now)],
+            CommitProperties::default().with_cleanup_expired_logs(Some(false)),
+        )
+        .await?;
+        due_inline.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        commit_with(
+            &mut table,
+            vec![add(&format!("routine-{round}.parquet"), now)],
+            medallion::lake::routine_commit(),
+        )
+        .await?;
+        medallion::lake::after_commit(&table, &url);
+        due_routine.push(started.elapsed().as_secs_f64());
+        // Let the checkpoint task end before the next round is timed.
+        tokio::time::sleep(std::time::Duration::from_secs_f64(write_s * 2.0 + 0.05)).await;
+    }
+    Ok(Costs {
+        write_s,
+        bytes,
+        load_s,
+        due_inline_s: median(due_inline),
+        due_routine_s: median(due_routine),
+    })
 }
 
 /// Print the cost of each count of `tombstones` beside `live` files.
@@ -128,22 +194,28 @@ pub(crate) fn tombstones(live: usize, counts: &[usize], rounds: usize) -> anyhow
         ..medallion::Config::default()
     })?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (base_write, _, base_load) = rt.block_on(measure(&lake, "none", live, 0, rounds))?;
+    let base = rt.block_on(measure(&lake, "none", live, 0, rounds))?;
     println!(
-        "tombstones: {live} live files, no tombstone: checkpoint written in {:.1} ms, fresh load {:.1} ms",
-        base_write * 1e3,
-        base_load * 1e3
+        "tombstones: {live} live files, no tombstone: checkpoint written in {:.1} ms, fresh load {:.1} ms; \
+         due commit {:.1} ms with the checkpoint inside, {:.1} ms medallion's",
+        base.write_s * 1e3,
+        base.load_s * 1e3,
+        base.due_inline_s * 1e3,
+        base.due_routine_s * 1e3,
     );
     for &n in counts {
-        let (write, bytes, load) =
-            rt.block_on(measure(&lake, &format!("t{n}"), live, n, rounds))?;
+        let c = rt.block_on(measure(&lake, &format!("t{n}"), live, n, rounds))?;
         println!(
-            "tombstones: {n} beside {live} live files: checkpoint {:.1} MiB written in {:.0} ms ({:.1}x), fresh load {:.0} ms ({:.1}x)",
-            bytes as f64 / (1 << 20) as f64,
-            write * 1e3,
-            write / base_write,
-            load * 1e3,
-            load / base_load,
+            "tombstones: {n} beside {live} live files: checkpoint {:.1} MiB written in {:.0} ms ({:.1}x), fresh load {:.0} ms ({:.1}x); \
+             due commit {:.1} ms with the checkpoint inside, {:.1} ms medallion's ({:.3}x)",
+            c.bytes as f64 / (1 << 20) as f64,
+            c.write_s * 1e3,
+            c.write_s / base.write_s,
+            c.load_s * 1e3,
+            c.load_s / base.load_s,
+            c.due_inline_s * 1e3,
+            c.due_routine_s * 1e3,
+            c.due_routine_s / c.due_inline_s,
         );
     }
     Ok(())

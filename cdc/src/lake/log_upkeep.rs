@@ -1,0 +1,526 @@
+//! The upkeep of a table's Delta log after medallion's routine commits:
+//! checkpoints and the cleanup of expired entries, both off the commit's
+//! path.
+//!
+//! ```text
+//!  writer ── commit v ──► after_commit(table at v) ──► returns at once
+//!                              │ due? (v ≥ last checkpoint + interval)
+//!                              ▼
+//!                  task per table: checkpoint at v ── then the hourly cleanup
+//!                  (one at a time; a commit due meanwhile is checkpointed next)
+//! ```
+//!
+//! delta-rs writes a checkpoint inside the commit that reaches
+//! `delta.checkpointInterval`, so every tenth commit of a busy table waits
+//! for it: replaying the log since the last checkpoint and writing every
+//! live file and every tombstone within the retention again (about 7 µs a
+//! tombstone: 0.15 s with 21,600 of them, `medallion-bench tombstones`).
+//! The bronze writer holds its table's commit lock and the next batch
+//! meanwhile, so that cost landed on bronze freshness's tail. Routine
+//! commits therefore write no checkpoint ([`routine_commit`]) and
+//! [`after_commit`] writes it in a task of its own.
+//!
+//! A checkpoint is never needed for correctness: readers replay the commits
+//! since the last one. A checkpoint that fails is logged and the next due
+//! commit tries again. A process killed while writing one leaves no partial
+//! file (object stores and the local store publish a file whole).
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use deltalake::DeltaTable;
+use deltalake::kernel::Version;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::table::config::TablePropertiesExt as _;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// The properties of medallion's routine commits (bronze appends, silver
+/// MERGEs, gold writes, compactions, vacuums):
+///
+/// - no checkpoint inside the commit: [`after_commit`] writes it in a task
+///   of its own (the module's doc says why);
+/// - no cleanup of expired log entries after each commit. That cleanup
+///   lists the whole `_delta_log` directory every time, so a commit's cost
+///   grew with the log (about 95,000 entries a day for a table committed
+///   to once a second, kept 30 days): 2–3 s per commit beside 200,000
+///   entries in a debug build. [`clean_log`] does it at most once an hour
+///   per table instead.
+pub fn routine_commit() -> CommitProperties {
+    CommitProperties::default()
+        .with_create_checkpoint(false)
+        .with_cleanup_expired_logs(Some(false))
+}
+
+/// What a routine commit leaves to do, off its path: the table's checkpoint
+/// when one is due and the hourly cleanup of its expired log entries, in a
+/// task of its own. `table` is the table as the commit left it. Returns at
+/// once; failures are logged and retried by a later commit.
+pub fn after_commit(table: &DeltaTable, url: &Url) {
+    if let Err(e) = checkpoint_when_due(table, url) {
+        tracing::warn!(table = %url, error = %e, "cannot tell whether a checkpoint is due; a later commit tries again");
+    }
+    clean_log_hourly(table, url);
+}
+
+/// Checkpoints of one table in this process.
+#[derive(Default)]
+struct Checkpoints {
+    /// The version last checkpointed (or attempted) in this process; before
+    /// the first, the last version checkpointed by delta-rs's rule (see
+    /// [`due`]).
+    last: Option<Version>,
+    /// A task is writing one.
+    running: bool,
+    /// The newest table state that became due while the task ran.
+    pending: Option<DeltaTable>,
+}
+
+static CHECKPOINTS: LazyLock<Mutex<HashMap<Url, Checkpoints>>> = LazyLock::new(Default::default);
+
+fn checkpoints() -> std::sync::MutexGuard<'static, HashMap<Url, Checkpoints>> {
+    CHECKPOINTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether version `v` needs a checkpoint, `last` being the version last
+/// checkpointed in this process. Before the first, delta-rs's own rule
+/// stands: every `interval`-th version (`v + 1` a multiple of it), so a
+/// restarted writer neither checkpoints at once nor skips one. After it:
+/// `interval` versions on, whoever committed the versions between (a
+/// compaction, `optimize`, another process), so none is missed.
+fn due(v: Version, last: Option<Version>, interval: u64) -> bool {
+    match last {
+        Some(last) => v >= last + interval,
+        None => (v + 1).is_multiple_of(interval),
+    }
+}
+
+/// The version delta-rs's rule last checkpointed at or before `v` (or
+/// `None` before the first): where [`due`] counts from when this process
+/// first sees a table.
+fn last_by_rule(v: Version, interval: u64) -> Option<Version> {
+    let behind = (v + 1) % interval;
+    (v + 1 >= interval + behind).then(|| v - behind)
+}
+
+fn checkpoint_when_due(table: &DeltaTable, url: &Url) -> Result<()> {
+    let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
+    let v = snapshot.version() as Version;
+    let interval = snapshot.table_config().checkpoint_interval().get();
+    let mut all = checkpoints();
+    let state = all.entry(url.clone()).or_default();
+    if !due(v, state.last, interval) {
+        if state.last.is_none() {
+            state.last = last_by_rule(v, interval);
+        }
+        return Ok(());
+    }
+    if state.running {
+        state.pending = Some(table.clone());
+        return Ok(());
+    }
+    state.running = true;
+    let (table, url) = (table.clone(), url.clone());
+    tokio::spawn(checkpoint_task(table, url, interval));
+    Ok(())
+}
+
+/// Write `table`'s checkpoint, then any that became due meanwhile.
+async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
+    loop {
+        let v = table.version().unwrap_or_default();
+        let started = Instant::now();
+        crate::fault::pause(crate::fault::BEFORE_CHECKPOINT).await;
+        match deltalake::protocol::checkpoints::create_checkpoint(&table, None).await {
+            Ok(()) => {
+                tracing::debug!(table = %url, version = v, took = ?started.elapsed(), "checkpoint written")
+            }
+            Err(e) => {
+                tracing::warn!(table = %url, version = v, error = %e,
+                    "writing a checkpoint failed; readers replay the commits since the last one, and the next due commit tries again")
+            }
+        }
+        let mut all = checkpoints();
+        let state = all.entry(url.clone()).or_default();
+        state.last = Some(state.last.map_or(v, |l| l.max(v)));
+        match state.pending.take() {
+            Some(next) if next.version().is_some_and(|n| due(n, state.last, interval)) => {
+                table = next;
+            }
+            _ => {
+                state.running = false;
+                return;
+            }
+        }
+    }
+}
+
+/// Whether no checkpoint of `url` is being written (tests wait for it).
+#[cfg(test)]
+pub(crate) fn checkpoints_idle(url: &Url) -> bool {
+    !checkpoints().get(url).is_some_and(|s| s.running)
+}
+
+/// At most one cleanup of a table's expired log entries per this interval
+/// in a process ([`LogCleanup::Hourly`]).
+const LOG_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// When [`clean_log`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogCleanup {
+    /// Unless this process cleaned the table's log within the last hour.
+    Hourly,
+    /// Now (`medallion optimize`).
+    Now,
+}
+
+/// Delete `table`'s log entries that are older than its
+/// `delta.logRetentionDuration` (30 days unless set) and that no version
+/// within it needs (delta-rs's cleanup, which keeps everything from the
+/// newest checkpoint before the cutoff on); nothing when the table turns
+/// cleanup off (`delta.enableExpiredLogCleanup = false`). Returns the
+/// entries deleted.
+pub(crate) async fn clean_log(table: &DeltaTable, url: &Url, when: LogCleanup) -> Result<usize> {
+    match log_cleanup(table, url, when)? {
+        Some(cleanup) => cleanup.run().await,
+        None => Ok(0),
+    }
+}
+
+/// [`clean_log`] hourly after a routine commit, in a task of its own: the
+/// cleanup lists the whole log, and the commit's caller (the bronze writer,
+/// the refiner) does not wait for it. A failure is logged; the commit
+/// stands, and the next hour tries again.
+fn clean_log_hourly(table: &DeltaTable, url: &Url) {
+    match log_cleanup(table, url, LogCleanup::Hourly) {
+        Ok(Some(cleanup)) => {
+            tokio::spawn(async move {
+                if let Err(e) = cleanup.run().await {
+                    tracing::warn!(error = %e, "cleaning expired log entries failed; tried again in an hour");
+                }
+            });
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(table = %url, error = %e, "cleaning expired log entries failed; tried again in an hour")
+        }
+    }
+}
+
+/// One cleanup of a table's expired log entries, due now.
+struct PendingCleanup {
+    url: Url,
+    log_store: deltalake::logstore::LogStoreRef,
+    version: Version,
+    cutoff_ms: i64,
+}
+
+impl PendingCleanup {
+    async fn run(self) -> Result<usize> {
+        let cleaned = deltalake::protocol::checkpoints::cleanup_expired_logs_for(
+            self.version,
+            self.log_store.as_ref(),
+            self.cutoff_ms,
+            None,
+        )
+        .await
+        .map_err(Error::delta(format!("clean the log of {}", self.url)))?;
+        if cleaned > 0 {
+            tracing::debug!(table = %self.url, cleaned, "expired log entries deleted");
+        }
+        Ok(cleaned)
+    }
+}
+
+/// The cleanup of `table`'s log when it is due (`when`, marked as done for
+/// the hour) and the table allows it.
+fn log_cleanup(table: &DeltaTable, url: &Url, when: LogCleanup) -> Result<Option<PendingCleanup>> {
+    static LAST: LazyLock<Mutex<HashMap<Url, Instant>>> = LazyLock::new(Default::default);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if when == LogCleanup::Hourly
+            && last
+                .get(url)
+                .is_some_and(|t| now.duration_since(*t) < LOG_CLEANUP_INTERVAL)
+        {
+            return Ok(None);
+        }
+        last.insert(url.clone(), now);
+    }
+    let snapshot = table.snapshot().map_err(Error::delta("snapshot"))?;
+    let config = snapshot.table_config();
+    if !config.enable_expired_log_cleanup() {
+        return Ok(None);
+    }
+    Ok(Some(PendingCleanup {
+        url: url.clone(),
+        log_store: table.log_store(),
+        version: snapshot.version() as Version,
+        cutoff_ms: chrono::Utc::now().timestamp_millis()
+            - config.log_retention_duration().as_millis() as i64,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use arrow::array::{Int32Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+    use deltalake::protocol::SaveMode;
+
+    use super::*;
+    use crate::lake::{Lake, collect, register, session};
+
+    #[test]
+    fn a_checkpoint_is_due_every_interval_versions_whoever_committed_between() {
+        // Before this process wrote one: delta-rs's rule (versions 9, 19, …).
+        assert!(!due(8, None, 10));
+        assert!(due(9, None, 10));
+        assert!(!due(10, None, 10));
+        assert!(due(19, None, 10));
+        // After: ten versions on, even when another writer's commit took
+        // version 19 (a compaction) and this one is first called at 20.
+        assert!(!due(18, Some(9), 10));
+        assert!(due(19, Some(9), 10));
+        assert!(due(20, Some(9), 10));
+        // Where a table first seen counts from.
+        assert_eq!(last_by_rule(0, 10), None);
+        assert_eq!(last_by_rule(8, 10), None);
+        assert_eq!(last_by_rule(9, 10), Some(9));
+        assert_eq!(last_by_rule(14, 10), Some(9));
+        assert_eq!(last_by_rule(25, 10), Some(19));
+        assert_eq!(last_by_rule(3, 1), Some(3));
+    }
+
+    /// A one-column silver table `t` in a lake of its own.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        lake: Lake,
+        url: Url,
+        log: PathBuf,
+        schema: SchemaRef,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("dir");
+            let lake = Lake::from_config(&crate::Config {
+                lake_url: dir.path().display().to_string(),
+                ..crate::Config::default()
+            })
+            .expect("lake");
+            Fixture {
+                url: lake.refined_url("silver", "t").expect("url"),
+                log: dir.path().join("silver/t/_delta_log"),
+                schema: Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)])),
+                lake,
+                _dir: dir,
+            }
+        }
+
+        fn batch(&self, id: i32) -> RecordBatch {
+            RecordBatch::try_new(
+                self.schema.clone(),
+                vec![Arc::new(Int32Array::from(vec![id]))],
+            )
+            .expect("batch")
+        }
+
+        /// Version 0, with row 0 and these properties.
+        async fn create(&self, configuration: &[(&str, &str)]) -> DeltaTable {
+            self.lake
+                .handle(&self.url)
+                .expect("handle")
+                .write(vec![self.batch(0)])
+                .with_configuration(configuration.iter().map(|(k, v)| (*k, Some(*v))))
+                .await
+                .expect("create")
+        }
+
+        async fn write(&self, table: DeltaTable, id: i32, props: CommitProperties) -> DeltaTable {
+            table
+                .write(vec![self.batch(id)])
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(props)
+                .await
+                .expect("write")
+        }
+
+        fn entry(&self, name: String) -> PathBuf {
+            self.log.join(name)
+        }
+
+        fn commit(&self, v: u64) -> PathBuf {
+            self.entry(format!("{v:020}.json"))
+        }
+
+        fn checkpoint(&self, v: u64) -> PathBuf {
+            self.entry(format!("{v:020}.checkpoint.parquet"))
+        }
+
+        fn entries(&self) -> usize {
+            std::fs::read_dir(&self.log).expect("log").count()
+        }
+
+        /// Wait (at most 30 s) for the checkpoint task of the table to end.
+        async fn checkpoints_written(&self) {
+            for _ in 0..300 {
+                if checkpoints_idle(&self.url) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the checkpoint task of {} did not end", self.url);
+        }
+
+        async fn rows(&self) -> u64 {
+            let ctx = session();
+            let table = self
+                .lake
+                .open(&self.url)
+                .await
+                .expect("open")
+                .expect("table");
+            register(&ctx, "t", &table).await.expect("register");
+            let n = collect(&ctx, "SELECT count(*) FROM t")
+                .await
+                .expect("count");
+            crate::expectations::count_of(&n).expect("count")
+        }
+    }
+
+    /// A routine commit returns without writing the checkpoint it made due;
+    /// [`after_commit`]'s task writes it, and the next one `interval`
+    /// versions on, whoever made the versions between.
+    #[tokio::test]
+    async fn routine_commits_leave_checkpoints_to_a_task_of_their_own() {
+        let f = Fixture::new();
+        let mut table = f.create(&[("delta.checkpointInterval", "5")]).await;
+        for id in 1..=4 {
+            table = f.write(table, id, routine_commit()).await;
+        }
+        // Version 4 reached the interval: delta-rs would have written the
+        // checkpoint before returning.
+        assert!(f.commit(4).exists());
+        assert!(
+            !f.checkpoint(4).exists(),
+            "a routine commit wrote a checkpoint"
+        );
+        after_commit(&table, &f.url);
+        f.checkpoints_written().await;
+        assert!(f.checkpoint(4).exists(), "no checkpoint at version 4");
+        // Versions 5 to 9 by another writer that leaves no checkpoint (a
+        // compaction in another process): version 10, the first this
+        // process sees, is five versions on, so due (delta-rs's rule would
+        // wait for 14).
+        for id in 5..=9 {
+            table = f.write(table, id, routine_commit()).await;
+        }
+        table = f.write(table, 10, routine_commit()).await;
+        after_commit(&table, &f.url);
+        f.checkpoints_written().await;
+        assert!(f.checkpoint(10).exists(), "no checkpoint at version 10");
+        assert!(!f.checkpoint(9).exists());
+        // Not again until 15.
+        for id in 11..=14 {
+            table = f.write(table, id, routine_commit()).await;
+            after_commit(&table, &f.url);
+            f.checkpoints_written().await;
+        }
+        let checkpoints = std::fs::read_dir(&f.log)
+            .expect("log")
+            .filter(|e| {
+                e.as_ref().is_ok_and(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(".checkpoint.parquet")
+                })
+            })
+            .count();
+        assert_eq!(checkpoints, 2);
+        let last: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(f.entry("_last_checkpoint".into())).expect("_last_checkpoint"),
+        )
+        .expect("json");
+        assert_eq!(last["version"], 10);
+        drop(table);
+        assert_eq!(f.rows().await, 15);
+    }
+
+    #[tokio::test]
+    async fn routine_commits_leave_expired_log_entries_to_the_hourly_cleanup() {
+        let f = Fixture::new();
+        // Entries expire after a second; a checkpoint every 5 commits
+        // (written as `after_commit` does, without its hourly cleanup:
+        // this test runs that by hand).
+        let mut table = f
+            .create(&[
+                ("delta.logRetentionDuration", "interval 1 second"),
+                ("delta.checkpointInterval", "5"),
+            ])
+            .await;
+        let write = async |table: DeltaTable, id: i32, props: CommitProperties| {
+            let table = f.write(table, id, props).await;
+            checkpoint_when_due(&table, &f.url).expect("due");
+            f.checkpoints_written().await;
+            table
+        };
+        let pause = || tokio::time::sleep(Duration::from_millis(1_500));
+        for id in 1..=11 {
+            table = write(table, id, routine_commit()).await;
+        }
+        pause().await;
+        table = write(table, 12, routine_commit()).await;
+        assert!(
+            f.commit(0).exists(),
+            "a routine commit cleaned the log: {} entries",
+            f.entries()
+        );
+        // The hourly cleanup deletes what expired before the checkpoint (10)…
+        let cleaned = clean_log(&table, &f.url, LogCleanup::Hourly)
+            .await
+            .expect("clean");
+        assert!(
+            cleaned >= 10 && !f.commit(0).exists() && f.commit(10).exists(),
+            "{cleaned} cleaned"
+        );
+        // … and then not again within the hour; `optimize` (`Now`) does.
+        for id in 13..=16 {
+            table = write(table, id, routine_commit()).await;
+        }
+        pause().await;
+        table = write(table, 17, routine_commit()).await;
+        assert_eq!(
+            clean_log(&table, &f.url, LogCleanup::Hourly)
+                .await
+                .expect("clean"),
+            0
+        );
+        assert!(f.commit(10).exists());
+        assert!(
+            clean_log(&table, &f.url, LogCleanup::Now)
+                .await
+                .expect("clean")
+                > 0
+        );
+        assert!(!f.commit(10).exists() && f.commit(15).exists());
+        // A commit with delta-rs's default properties cleans by itself: the
+        // cost routine commits avoid.
+        for id in 18..=21 {
+            table = write(table, id, routine_commit()).await;
+        }
+        pause().await;
+        table = write(table, 22, routine_commit()).await;
+        assert!(f.commit(15).exists());
+        table = f.write(table, 23, CommitProperties::default()).await;
+        assert!(!f.commit(15).exists(), "delta-rs's own cleanup did not run");
+        drop(table);
+        // The table reads as written: 24 rows.
+        assert_eq!(f.rows().await, 24);
+    }
+}
