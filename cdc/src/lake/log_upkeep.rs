@@ -89,11 +89,12 @@ fn checkpoints() -> std::sync::MutexGuard<'static, HashMap<Url, Checkpoints>> {
 /// stands: every `interval`-th version (`v + 1` a multiple of it), so a
 /// restarted writer neither checkpoints at once nor skips one. After it:
 /// `interval` versions on, whoever committed the versions between (a
-/// compaction, `optimize`, another process), so none is missed.
+/// compaction, `optimize`, another process), so none is missed. A version
+/// below `last` is a table created anew at the same place: the rule again.
 fn due(v: Version, last: Option<Version>, interval: u64) -> bool {
     match last {
-        Some(last) => v >= last + interval,
-        None => (v + 1).is_multiple_of(interval),
+        Some(last) if v >= last => v >= last + interval,
+        _ => (v + 1).is_multiple_of(interval),
     }
 }
 
@@ -112,7 +113,7 @@ fn checkpoint_when_due(table: &DeltaTable, url: &Url) -> Result<()> {
     let mut all = checkpoints();
     let state = all.entry(url.clone()).or_default();
     if !due(v, state.last, interval) {
-        if state.last.is_none() {
+        if state.last.is_none_or(|last| v < last) {
             state.last = last_by_rule(v, interval);
         }
         return Ok(());
@@ -144,7 +145,7 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
         }
         let mut all = checkpoints();
         let state = all.entry(url.clone()).or_default();
-        state.last = Some(state.last.map_or(v, |l| l.max(v)));
+        state.last = Some(v);
         match state.pending.take() {
             Some(next) if next.version().is_some_and(|n| due(n, state.last, interval)) => {
                 table = next;
@@ -288,6 +289,9 @@ mod tests {
         assert!(!due(18, Some(9), 10));
         assert!(due(19, Some(9), 10));
         assert!(due(20, Some(9), 10));
+        // A table created anew where one was: the rule again.
+        assert!(!due(3, Some(50), 10));
+        assert!(due(9, Some(50), 10));
         // Where a table first seen counts from.
         assert_eq!(last_by_rule(0, 10), None);
         assert_eq!(last_by_rule(8, 10), None);
