@@ -128,8 +128,25 @@ fn checkpoint_when_due(table: &DeltaTable, url: &Url) -> Result<()> {
     Ok(())
 }
 
+/// Ends a table's checkpoint task in its state when the task panics (in
+/// the kernel, say), so the next due commit starts another instead of
+/// waiting for one that is gone. A task that returns ends itself.
+struct EndOnPanic(Url);
+
+impl Drop for EndOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(state) = checkpoints().get_mut(&self.0)
+        {
+            state.running = false;
+            state.pending = None;
+        }
+    }
+}
+
 /// Write `table`'s checkpoint, then any that became due meanwhile.
 async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
+    let _end_on_panic = EndOnPanic(url.clone());
     loop {
         let v = table.version().unwrap_or_default();
         let started = Instant::now();
