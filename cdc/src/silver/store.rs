@@ -255,13 +255,7 @@ impl SilverStore for DeltaSilver<'_> {
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(SchemaMode::Overwrite)
             .with_target_file_size(NonZeroU64::new(self.refiner.silver_file_bytes))
-            .with_configuration(
-                std::iter::once((
-                    TARGET_FILE_SIZE.to_string(),
-                    Some(self.refiner.silver_file_bytes.to_string()),
-                ))
-                .chain(self.refiner.lake.retention().configuration()),
-            )
+            .with_configuration(silver_properties(self.refiner).map(|(k, v)| (k, Some(v))))
             .with_table_name(format!("silver_{}", def.name))
             .with_description(format!(
                 "medallion silver {} of {} ({})",
@@ -321,20 +315,21 @@ impl SilverStore for DeltaSilver<'_> {
 /// (MERGE, write, optimize; delta-rs and other engines) aim at.
 const TARGET_FILE_SIZE: &str = "delta.targetFileSize";
 
-/// `silver` holding what medallion keeps on a silver table
-/// ([`lake::with_properties`]): `delta.targetFileSize` = `silver_file_mib`,
-/// so every later MERGE writes files of that size, and the lake's
-/// retention (`time_travel_hours`).
+/// What medallion keeps on a silver table: `delta.targetFileSize` =
+/// `silver_file_mib`, so every MERGE writes files of that size, and the
+/// lake's retention (`time_travel_hours`). Set at creation, and on an
+/// existing table by [`with_silver_properties`].
+fn silver_properties(refiner: &Refiner<'_>) -> impl Iterator<Item = (String, String)> {
+    std::iter::once((
+        TARGET_FILE_SIZE.to_string(),
+        refiner.silver_file_bytes.to_string(),
+    ))
+    .chain(refiner.lake.retention().properties())
+}
+
+/// `silver` holding [`silver_properties`] ([`lake::with_properties`]).
 async fn with_silver_properties(silver: DeltaTable, refiner: &Refiner<'_>) -> DeltaTable {
-    lake::with_properties(
-        silver,
-        std::iter::once((
-            TARGET_FILE_SIZE.to_string(),
-            refiner.silver_file_bytes.to_string(),
-        ))
-        .chain(refiner.lake.retention().properties()),
-    )
-    .await
+    lake::with_properties(silver, silver_properties(refiner)).await
 }
 
 /// One slice MERGEd into a silver Delta table in one commit (after a
