@@ -392,13 +392,13 @@ async fn bronze_commits_do_not_wait_for_their_checkpoint() {
         "a checkpoint was written while its task was paused"
     );
     assert!(
-        p.child.try_wait().expect("wait").is_none(),
+        p.child.0.try_wait().expect("wait").is_none(),
         "{}",
         p.stderr()
     );
     assert!(!p.stderr().contains("resumed at"), "{}", p.stderr());
-    p.child.kill().expect("kill -9");
-    p.child.wait().expect("wait");
+    p.child.0.kill().expect("kill -9");
+    p.child.0.wait().expect("wait");
     assert_eq!(env.assert_bronze_matches("public", "ledger").await, 200);
     // The next run: its next due commit writes the checkpoint.
     for i in 20..30 {

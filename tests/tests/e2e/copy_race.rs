@@ -15,9 +15,10 @@ use medallion::fault;
 use super::*;
 
 /// A sidecar process that will stop at a pause point (also used by
-/// [`super::bronze`]).
+/// [`super::bronze`] and [`super::refine`]); killed when dropped, so a failing test leaves no
+/// sidecar behind.
 pub(super) struct Paused {
-    pub(super) child: Child,
+    pub(super) child: KillOnDrop,
     pub(super) dir: tempfile::TempDir,
     point: &'static str,
 }
@@ -40,7 +41,7 @@ impl Paused {
             if flag.exists() {
                 return Ok(());
             }
-            if let Some(st) = self.child.try_wait().expect("wait") {
+            if let Some(st) = self.child.0.try_wait().expect("wait") {
                 panic!(
                     "sidecar exited ({st}) before reaching {}:\n{}",
                     self.point,
@@ -56,7 +57,7 @@ impl Paused {
         );
     }
 
-    fn resume(&self) {
+    pub(super) fn resume(&self) {
         std::fs::write(self.dir.path().join(format!("{}.resume", self.point)), b"")
             .expect("resume flag");
     }
@@ -65,11 +66,11 @@ impl Paused {
     fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
         let start = Instant::now();
         let st = loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
+            if let Some(st) = self.child.0.try_wait().expect("wait") {
                 break st;
             }
             if start.elapsed() > limit {
-                let _ = self.child.kill();
+                let _ = self.child.0.kill();
                 panic!("sidecar did not exit within {limit:?}:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -113,7 +114,11 @@ pub(super) fn paused_sidecar(
         .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn sidecar");
-    Paused { child, dir, point }
+    Paused {
+        child: KillOnDrop(child),
+        dir,
+        point,
+    }
 }
 
 /// Stream what is left, refine once, and compare bronze and silver of
@@ -307,9 +312,8 @@ async fn a_late_table_keeps_a_column_added_and_filled_under_its_copy() {
     // exactly what the stream resumes from (a clean stop is tested below).
     let err = p.stderr();
     assert!(err.contains("medallion: resumed at copy_planned"), "{err}");
-    let mut child = p.child;
-    child.kill().expect("kill -9");
-    let _ = child.wait();
+    p.child.0.kill().expect("kill -9");
+    let _ = p.child.0.wait();
     assert_source_changed(&env, MODULE_INSTALL);
     assert_lake_equals_source(&env, "account_journal", 1).await;
     assert_lake_equals_source(&env, "res_partner", 1).await;
@@ -331,7 +335,7 @@ async fn sigterm_during_a_copy_stops_at_once_and_commits_nothing() {
         ],
     );
     p.wait_paused();
-    sigterm(&p.child);
+    sigterm(&p.child.0);
     std::thread::sleep(Duration::from_millis(300));
     let stopping = Instant::now();
     p.resume();
@@ -375,7 +379,7 @@ async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
     );
     a.wait_paused();
     // B starts (a rolling restart) and waits.
-    let b = paused_sidecar(
+    let mut b = paused_sidecar(
         &env,
         &["run"],
         fault::COPY_PLANNED,
@@ -409,7 +413,7 @@ async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
         b.stderr()
     );
     // A stops (SIGTERM); B takes over without copying again.
-    sigterm(&a.child);
+    sigterm(&a.child.0);
     let (st, err) = a.finish(Duration::from_secs(30));
     assert!(st.success(), "{err}");
     env.sql(
@@ -427,9 +431,8 @@ async fn a_second_sidecar_waits_for_the_first_and_takes_over() {
         !err_b.contains("snapshot: starting copy"),
         "B copied again: {err_b}"
     );
-    let mut child_b = b.child;
-    sigterm(&child_b);
-    let st = wait_exit(&mut child_b, Duration::from_secs(30));
+    sigterm(&b.child.0);
+    let st = wait_exit(&mut b.child.0, Duration::from_secs(30));
     assert!(
         st.success(),
         "{}",
