@@ -89,6 +89,11 @@ pub struct Config {
     /// Changes applied per silver MERGE (`MEDALLION_SILVER_BATCH_ROWS`);
     /// bounds memory, never splits a source transaction.
     pub silver_batch_rows: usize,
+    /// Silver tables a cycle refreshes at once
+    /// (`MEDALLION_SILVER_PARALLELISM`, default 2), each in a task of its
+    /// own; their publications and status rows follow in order through the
+    /// cycle's connection. 1 refreshes them one after the other.
+    pub silver_parallelism: usize,
     /// Gold models a cycle refreshes at once (`MEDALLION_GOLD_PARALLELISM`,
     /// default 2): a model starts once every model it reads is done, and
     /// each refresh beyond the first publishes through a connection of its
@@ -301,6 +306,7 @@ impl std::fmt::Debug for Config {
             .field("refine_interval_ms", &self.refine_interval_ms)
             .field("refine_on_commit", &self.refine_on_commit)
             .field("silver_batch_rows", &self.silver_batch_rows)
+            .field("silver_parallelism", &self.silver_parallelism)
             .field("gold_parallelism", &self.gold_parallelism)
             .field("silver_file_mib", &self.silver_file_mib)
             .field("compact_small_files", &self.compact_small_files)
@@ -339,6 +345,7 @@ impl Default for Config {
             refine_interval_ms: 5000,
             refine_on_commit: true,
             silver_batch_rows: 500_000,
+            silver_parallelism: 2,
             gold_parallelism: 2,
             silver_file_mib: 16,
             compact_small_files: 16,
@@ -436,6 +443,7 @@ impl Config {
         env_parse("MEDALLION_REFINE_INTERVAL_MS", &mut cfg.refine_interval_ms)?;
         env_parse("MEDALLION_REFINE_ON_COMMIT", &mut cfg.refine_on_commit)?;
         env_parse("MEDALLION_SILVER_BATCH_ROWS", &mut cfg.silver_batch_rows)?;
+        env_parse("MEDALLION_SILVER_PARALLELISM", &mut cfg.silver_parallelism)?;
         env_parse("MEDALLION_GOLD_PARALLELISM", &mut cfg.gold_parallelism)?;
         env_parse("MEDALLION_SILVER_FILE_MIB", &mut cfg.silver_file_mib)?;
         env_parse(
@@ -493,6 +501,11 @@ impl Config {
         if self.flush_rows == 0 || self.snapshot_parallelism == 0 {
             return Err(Error::Config(
                 "flush_rows and snapshot_parallelism must be at least 1".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.silver_parallelism) {
+            return Err(Error::Config(
+                "silver_parallelism must be between 1 and 64".into(),
             ));
         }
         if !(1..=64).contains(&self.gold_parallelism) {

@@ -28,6 +28,8 @@
 //!   (which removes the small files) not attempted.
 //! - [`BEFORE_CHECKPOINT`]: a commit made a table's checkpoint due; the
 //!   task that writes it has not started (the commit's caller went on).
+//! - [`BEFORE_SILVER_SLICE`]: a silver table's run has planned its slices
+//!   of bronze changes; the next one is not applied yet.
 //!
 //! Without the feature, [`hit`] and [`pause`] compile to nothing.
 
@@ -42,6 +44,7 @@ pub const BEFORE_GOLD_COMMIT: &str = "before_gold_commit";
 pub const BEFORE_PUBLISH_COMMIT: &str = "before_publish_commit";
 pub const MID_COMPACTION: &str = "mid_compaction";
 pub const BEFORE_CHECKPOINT: &str = "before_checkpoint";
+pub const BEFORE_SILVER_SLICE: &str = "before_silver_slice";
 
 #[cfg(feature = "fault-injection")]
 mod imp {

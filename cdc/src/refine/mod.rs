@@ -4,7 +4,9 @@
 //!  W = confirmed_flush_lsn of the slot   (every transaction with commit LSN < W
 //!      │                                  is durable in bronze: acknowledged
 //!      ▼                                  only after its bronze commit)
-//!  silver tables ── each to exactly W (or waiting / failed)
+//!  silver tables ── each to exactly W (or waiting / failed), up to
+//!      │            silver_parallelism at once; then, in order, their
+//!      │            publications and status rows
 //!      ▼
 //!  gold DAG ─────── models whose inputs are all at W, in dependency order
 //!      ▼
@@ -170,6 +172,89 @@ fn publish_failed(out: TableOutcome, e: Error) -> Result<TableOutcome> {
     ))
 }
 
+/// One silver table's refresh: when it started, how long it took, what it did.
+type SilverRun = (
+    chrono::DateTime<chrono::Utc>,
+    Duration,
+    Result<crate::silver::SilverReport>,
+);
+
+/// Refresh every silver table to `w`, up to `silver_parallelism` at a time,
+/// each in a task of its own; the results in `silver`'s order.
+///
+/// Silver tables are independent: each reads its own bronze table and
+/// writes only itself (and its quarantine), so running them side by side
+/// changes nothing any of them holds. Each fails alone as before: a task
+/// that panicked is that table's error. What follows a refresh (its
+/// publication, its status row) runs afterwards through the cycle's one
+/// connection, in `silver`'s order.
+async fn refresh_silver(
+    cfg: &Config,
+    lake: &Lake,
+    tables: &lake::TableCache,
+    silver: &[catalog::SilverDef],
+    w: Lsn,
+) -> Vec<SilverRun> {
+    let parallel = cfg.silver_parallelism.max(1);
+    let mut done: Vec<Option<SilverRun>> = silver.iter().map(|_| None).collect();
+    let mut tasks: tokio::task::JoinSet<(usize, SilverRun)> = tokio::task::JoinSet::new();
+    let mut which: HashMap<tokio::task::Id, (usize, chrono::DateTime<chrono::Utc>)> =
+        HashMap::new();
+    let mut next = 0;
+    loop {
+        while tasks.len() < parallel && next < silver.len() {
+            let (i, started) = (next, chrono::Utc::now());
+            next += 1;
+            let (cfg, lake, tables, def) =
+                (cfg.clone(), lake.clone(), tables.clone(), silver[i].clone());
+            let task = tasks.spawn(async move {
+                let clock = Instant::now();
+                let refiner = Refiner::new(&cfg, &lake, &tables);
+                let report = refiner.refresh(&def, w).await;
+                (i, (started, clock.elapsed(), report))
+            });
+            which.insert(task.id(), (i, started));
+        }
+        let Some(joined) = tasks.join_next_with_id().await else {
+            break;
+        };
+        match joined {
+            Ok((id, (i, run))) => {
+                which.remove(&id);
+                done[i] = Some(run);
+            }
+            Err(e) => {
+                // A task that panicked: its table fails alone.
+                if let Some((i, started)) = which.remove(&e.id()) {
+                    done[i] = Some((
+                        started,
+                        Duration::ZERO,
+                        Err(Error::Protocol(format!(
+                            "silver.{}: the refresh stopped unexpectedly: {e}",
+                            silver[i].name
+                        ))),
+                    ));
+                }
+            }
+        }
+    }
+    done.into_iter()
+        .zip(silver)
+        .map(|(run, def)| {
+            run.unwrap_or_else(|| {
+                (
+                    chrono::Utc::now(),
+                    Duration::ZERO,
+                    Err(Error::Protocol(format!(
+                        "silver.{}: the refresh ended unaccounted for",
+                        def.name
+                    ))),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Run one cycle at watermark `w`. `forced` names (`gold.<n>`/`silver.<n>`)
 /// were asked for with `medallion.refresh()`.
 pub async fn cycle(
@@ -190,7 +275,6 @@ pub async fn cycle_with(
     tables: &lake::TableCache,
 ) -> Result<CycleReport> {
     let lake = Lake::from_config(cfg)?;
-    let refiner = Refiner::new(cfg, &lake, tables);
     let cycle_clock = Instant::now();
     let (silver, gold) = catalog::refined_definitions(client).await?;
     let definitions_took = cycle_clock.elapsed();
@@ -203,10 +287,8 @@ pub async fn cycle_with(
     // Outcomes without a run (nothing new, waiting, blocked): one status
     // write for all of them at the end of the cycle.
     let mut quiet: Vec<TableOutcome> = Vec::new();
-    for def in &silver {
-        let started = chrono::Utc::now();
-        let clock = Instant::now();
-        let outcome = refiner.refresh(def, w).await;
+    let refreshed = refresh_silver(cfg, &lake, tables, &silver, w).await;
+    for (def, (started, took, outcome)) in silver.iter().zip(refreshed) {
         let (mut out, expectations, run) = match outcome {
             Ok(r) if r.waiting.is_some() => (
                 TableOutcome {
@@ -266,8 +348,8 @@ pub async fn cycle_with(
                 },
             );
         }
-        tracing::debug!(silver = %def.name, state = %out.state, elapsed = ?clock.elapsed(), "silver run");
-        slowest_silver = slowest_silver.max((clock.elapsed(), def.name.as_str()));
+        tracing::debug!(silver = %def.name, state = %out.state, elapsed = ?took, "silver run");
+        slowest_silver = slowest_silver.max((took, def.name.as_str()));
         if let Some(p) = &def.publish
             && out.state == ObjectState::Ok
             && let Some(input) = inputs.get(&format!("silver.{}", def.name))

@@ -275,6 +275,7 @@ impl Refiner<'_> {
         if sliced {
             let source = format!("bronze {}", def.source);
             for (lo, hi) in self.slices(&ctx, &source, from, w).await? {
+                crate::fault::pause(crate::fault::BEFORE_SILVER_SLICE).await;
                 self.apply_slice(def, &ctx, silver, lo, hi, report).await?;
                 crate::fault::hit(crate::fault::MID_SILVER);
             }

@@ -889,9 +889,11 @@ impl Bench {
             database_url: self.cluster.url(DB),
             lake_url: self.lake().display().to_string(),
             // The in-process refiner takes silver's file size (to compare
-            // layouts) and how many gold models a cycle refreshes at once
-            // from the environment, as `medallion run` does.
+            // layouts) and how many silver tables and gold models a cycle
+            // refreshes at once from the environment, as `medallion run`
+            // does.
             silver_file_mib: env_or("MEDALLION_SILVER_FILE_MIB", default.silver_file_mib),
+            silver_parallelism: env_or("MEDALLION_SILVER_PARALLELISM", default.silver_parallelism),
             gold_parallelism: env_or("MEDALLION_GOLD_PARALLELISM", default.gold_parallelism),
             ..default
         }

@@ -1658,3 +1658,86 @@ async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_was_asked_for_o
             == 12
     });
 }
+
+/// Silver tables run side by side (`silver_parallelism`, default 2): while
+/// one table's run is paused before it applies its changes, the other's
+/// changes reach silver; once it goes on, both equal their sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silver_tables_refresh_side_by_side() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE side_a (id int PRIMARY KEY, v text); \
+         CREATE TABLE side_b (id int PRIMARY KEY, v text); \
+         INSERT INTO side_a SELECT g, 'a' FROM generate_series(1, 10) g; \
+         INSERT INTO side_b SELECT g, 'b' FROM generate_series(1, 10) g; \
+         SELECT medallion.add_source('side_a'); SELECT medallion.add_source('side_b'); \
+         SELECT medallion.define_silver('side_a', 'side_a'); \
+         SELECT medallion.define_silver('side_b', 'side_b')",
+    );
+    // Copies and the silver tables' first runs (rebuilds, no slice).
+    env.catch_up_and_refine().await;
+    let changed = |rows: &[std::collections::HashMap<String, Option<String>>]| {
+        rows.iter()
+            .filter(|r| r.get("v").cloned().flatten().as_deref() == Some("changed"))
+            .count()
+    };
+    let mut p = super::copy_race::paused_sidecar(
+        &env,
+        &["run"],
+        medallion::fault::BEFORE_SILVER_SLICE,
+        1,
+        &[("MEDALLION_REFINE_INTERVAL_MS", "200")],
+    );
+    // One transaction: both tables' changes are below the same watermark.
+    env.sql(
+        "BEGIN; UPDATE side_a SET v = 'changed' WHERE id <= 3; \
+         UPDATE side_b SET v = 'changed' WHERE id <= 3; COMMIT",
+    );
+    p.wait_paused();
+    // The other table's run goes on beside the paused one.
+    let (paused, ran) = poll_async(
+        Duration::from_secs(60),
+        "one silver table changed while the other's run is paused",
+        || async {
+            let a = changed(&env.refined_rows("silver", "side_a").await);
+            let b = changed(&env.refined_rows("silver", "side_b").await);
+            match (a, b) {
+                (0, 3) => Ok(("side_a", "side_b")),
+                (3, 0) => Ok(("side_b", "side_a")),
+                seen => Err(format!("changed rows (a, b): {seen:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        p.child.0.try_wait().expect("wait").is_none(),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(
+        changed(&env.refined_rows("silver", paused).await),
+        0,
+        "silver.{paused} changed while its run was paused ({ran} ran)"
+    );
+    p.resume();
+    poll_async(
+        Duration::from_secs(60),
+        "both silver tables changed once the paused run goes on",
+        || async {
+            let a = changed(&env.refined_rows("silver", "side_a").await);
+            let b = changed(&env.refined_rows("silver", "side_b").await);
+            if (a, b) == (3, 3) {
+                Ok(())
+            } else {
+                Err(format!("changed rows (a, b): {:?}", (a, b)))
+            }
+        },
+    )
+    .await;
+    p.child.0.kill().expect("kill");
+    p.child.0.wait().expect("wait");
+    env.assert_silver_matches("public", "side_a", "side_a")
+        .await;
+    env.assert_silver_matches("public", "side_b", "side_b")
+        .await;
+}
