@@ -180,6 +180,13 @@ impl<S: BronzeSink> TableBatch<S> {
         (self.sink.buffered_rows(), self.sink.buffered_bytes())
     }
 
+    /// What counts towards a commit being due: every row since the last
+    /// commit (also those a large transaction staged to Parquet, no longer
+    /// in memory) and the bytes buffered in memory.
+    pub(super) fn due_size(&self) -> (usize, usize) {
+        (self.pending_rows as usize, self.sink.buffered_bytes())
+    }
+
     /// Bounded memory inside large transactions: once `rows` or `bytes` are
     /// buffered, stage them (written, still invisible), don't commit.
     pub(super) async fn bound_memory(&mut self, rows: usize, bytes: usize) -> Result<()> {
@@ -244,6 +251,8 @@ pub(super) mod memory {
         pub position: Option<Lsn>,
         pub commits: usize,
         pub pending: Vec<Row>,
+        /// Of `pending`, how many the last `stage` wrote out of memory.
+        pub staged: usize,
         pub fail_next_commit: bool,
     }
 
@@ -258,15 +267,16 @@ pub(super) mod memory {
             Ok(())
         }
         fn buffered_rows(&self) -> usize {
-            self.pending.len()
+            self.pending.len() - self.staged
         }
         fn buffered_bytes(&self) -> usize {
-            self.pending.len() * 16
+            self.buffered_rows() * 16
         }
         fn has_pending(&self) -> bool {
             !self.pending.is_empty()
         }
         async fn stage(&mut self) -> Result<()> {
+            self.staged = self.pending.len();
             Ok(())
         }
         async fn commit(&mut self, _app: &str, position: Lsn, rows: u64) -> Result<Option<i64>> {
@@ -275,12 +285,14 @@ pub(super) mod memory {
                 return Err(Error::Protocol("injected commit failure".into()));
             }
             self.committed.append(&mut self.pending);
+            self.staged = 0;
             self.position = Some(position);
             self.commits += 1;
             Ok(Some(self.commits as i64))
         }
         fn discard(&mut self) {
             self.pending.clear();
+            self.staged = 0;
         }
     }
 }
@@ -349,6 +361,32 @@ mod tests {
 
     fn values(rows: &[Row]) -> Vec<&str> {
         rows.iter().map(|r| r.2.as_str()).collect()
+    }
+
+    /// A transaction larger than `flush_rows` is staged out of memory as it
+    /// arrives; at its end the batch is still due by its rows, so it is
+    /// committed then and does not wait for `flush_interval_ms`.
+    #[tokio::test]
+    async fn rows_a_large_transaction_staged_still_make_its_batch_due() {
+        let mut b = TableBatch::resume(MemorySink::default(), Lsn::ZERO);
+        for seq in 0..10 {
+            b.append(meta(100, seq), &[Value::Text(b"v")]).unwrap();
+            b.bound_memory(4, usize::MAX).await.unwrap();
+        }
+        assert_eq!(b.sink.staged, 8, "staged at 4 and 8 rows");
+        assert_eq!(b.buffered(), (2, 32), "in memory: the last 2 rows");
+        assert_eq!(b.due_size(), (10, 32), "due by rows: all 10");
+        let policy = super::super::flush::FlushPolicy {
+            rows: 10,
+            bytes: usize::MAX,
+            interval: std::time::Duration::from_secs(60),
+            idle: None,
+        };
+        let now = std::time::Instant::now();
+        assert!(policy.due(Some(now), now, now, b.due_size()));
+        assert!(!policy.due(Some(now), now, now, b.buffered()));
+        let done = b.commit("app").await.unwrap();
+        assert_eq!((done.rows, b.due_size()), (10, (0, 0)));
     }
 
     #[tokio::test]

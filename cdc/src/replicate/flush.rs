@@ -17,16 +17,12 @@ impl Replicator<'_> {
     /// Whether the buffered changes are due for a commit (called at a
     /// transaction boundary).
     pub(super) fn should_flush(&self) -> bool {
-        let buffered = self.tables.values().fold((0usize, 0usize), |(r, b), t| {
-            let (tr, tb) = t.batch.buffered();
+        let size = self.tables.values().fold((0usize, 0usize), |(r, b), t| {
+            let (tr, tb) = t.batch.due_size();
             (r + tr, b + tb)
         });
-        self.policy.due(
-            self.pending_since,
-            self.last_change,
-            Instant::now(),
-            buffered,
-        )
+        self.policy
+            .due(self.pending_since, self.last_change, Instant::now(), size)
     }
 
     /// Commit every table with pending changes, then acknowledge (only

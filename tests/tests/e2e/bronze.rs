@@ -1142,3 +1142,58 @@ async fn metrics_are_served_in_prometheus_format() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
+
+/// A transaction of more than `flush_rows` changes is staged to Parquet as
+/// it streams; at its end its batch is due by those rows and is committed
+/// then, not after `flush_interval_ms` (here a minute, with the idle flush
+/// off). A small transaction before it waits, as the control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_flush_rows_is_committed_at_its_end() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE big_tx (id int PRIMARY KEY, v text); \
+         SELECT medallion.add_source('big_tx')",
+    );
+    let _run = KillOnDrop(
+        env.sidecar(
+            &["run"],
+            &[
+                ("MEDALLION_FLUSH_ROWS", "100"),
+                ("MEDALLION_FLUSH_INTERVAL_MS", "60000"),
+                ("MEDALLION_IDLE_FLUSH_MS", "0"),
+                ("MEDALLION_REFINE_INTERVAL_MS", "0"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sidecar"),
+    );
+    wait_until(Duration::from_secs(60), "the copy is streaming", || {
+        env.sql(
+            "SELECT count(*) FROM medallion.table_status WHERE name = 'public.big_tx' AND state = 'streaming'",
+        )
+        .trim()
+            == "1"
+    });
+    // Control: one row, below every bound, waits for the interval.
+    env.sql("INSERT INTO big_tx VALUES (0, 'small')");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.bronze_rows("public", "big_tx").await.len(),
+        0,
+        "a one-row transaction was committed before its interval: the control does not hold"
+    );
+    env.sql("INSERT INTO big_tx SELECT g, 'big' FROM generate_series(1, 500) g");
+    poll_async(
+        Duration::from_secs(20),
+        "the large transaction (and the row before it) in bronze",
+        || async {
+            match env.bronze_rows("public", "big_tx").await.len() {
+                501 => Ok(()),
+                n => Err(format!("{n} rows")),
+            }
+        },
+    )
+    .await;
+}
