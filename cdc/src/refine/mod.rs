@@ -196,46 +196,41 @@ async fn refresh_silver(
     w: Lsn,
 ) -> Vec<SilverRun> {
     let parallel = cfg.silver_parallelism.max(1);
+    // One copy of the settings for every task of the cycle (an idle cycle
+    // starts one per table).
+    let shared = std::sync::Arc::new((cfg.clone(), lake.clone(), tables.clone()));
     let mut done: Vec<Option<SilverRun>> = silver.iter().map(|_| None).collect();
-    let mut tasks: tokio::task::JoinSet<(usize, SilverRun)> = tokio::task::JoinSet::new();
-    let mut which: HashMap<tokio::task::Id, (usize, chrono::DateTime<chrono::Utc>)> =
+    let mut tasks: tokio::task::JoinSet<Result<crate::silver::SilverReport>> =
+        tokio::task::JoinSet::new();
+    // Which table a task refreshes, and since when.
+    let mut which: HashMap<tokio::task::Id, (usize, chrono::DateTime<chrono::Utc>, Instant)> =
         HashMap::new();
     let mut next = 0;
     loop {
         while tasks.len() < parallel && next < silver.len() {
-            let (i, started) = (next, chrono::Utc::now());
-            next += 1;
-            let (cfg, lake, tables, def) =
-                (cfg.clone(), lake.clone(), tables.clone(), silver[i].clone());
+            let (shared, def) = (shared.clone(), silver[next].clone());
             let task = tasks.spawn(async move {
-                let clock = Instant::now();
-                let refiner = Refiner::new(&cfg, &lake, &tables);
-                let report = refiner.refresh(&def, w).await;
-                (i, (started, clock.elapsed(), report))
+                let (cfg, lake, tables) = &*shared;
+                Refiner::new(cfg, lake, tables).refresh(&def, w).await
             });
-            which.insert(task.id(), (i, started));
+            which.insert(task.id(), (next, chrono::Utc::now(), Instant::now()));
+            next += 1;
         }
         let Some(joined) = tasks.join_next_with_id().await else {
             break;
         };
-        match joined {
-            Ok((id, (i, run))) => {
-                which.remove(&id);
-                done[i] = Some(run);
-            }
-            Err(e) => {
-                // A task that panicked: its table fails alone.
-                if let Some((i, started)) = which.remove(&e.id()) {
-                    done[i] = Some((
-                        started,
-                        Duration::ZERO,
-                        Err(Error::Protocol(format!(
-                            "silver.{}: the refresh stopped unexpectedly: {e}",
-                            silver[i].name
-                        ))),
-                    ));
-                }
-            }
+        let (id, report) = match joined {
+            Ok((id, report)) => (id, report),
+            // A task that panicked: its table fails alone.
+            Err(e) => (
+                e.id(),
+                Err(Error::Protocol(format!(
+                    "the silver refresh stopped unexpectedly: {e}"
+                ))),
+            ),
+        };
+        if let Some((i, started, clock)) = which.remove(&id) {
+            done[i] = Some((started, clock.elapsed(), report));
         }
     }
     done.into_iter()

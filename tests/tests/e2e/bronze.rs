@@ -1154,7 +1154,7 @@ async fn a_transaction_larger_than_flush_rows_is_committed_at_its_end() {
         "CREATE TABLE big_tx (id int PRIMARY KEY, v text); \
          SELECT medallion.add_source('big_tx')",
     );
-    let _run = KillOnDrop(
+    let mut run = KillOnDrop(
         env.sidecar(
             &["run"],
             &[
@@ -1196,4 +1196,12 @@ async fn a_transaction_larger_than_flush_rows_is_committed_at_its_end() {
         },
     )
     .await;
+    // kill -9 right after: what was committed is the source, and the next
+    // run resumes from it without a duplicate.
+    run.0.kill().expect("kill -9");
+    run.0.wait().expect("wait");
+    assert_eq!(env.assert_bronze_matches("public", "big_tx").await, 501);
+    env.sql("INSERT INTO big_tx SELECT g, 'after' FROM generate_series(501, 520) g");
+    env.catch_up_with(&env.cfg()).await;
+    assert_eq!(env.assert_bronze_matches("public", "big_tx").await, 521);
 }
