@@ -95,6 +95,14 @@ pub struct TableOutcome {
 }
 
 impl TableOutcome {
+    /// Whether the cycle at watermark `cycle` proved this object up to date
+    /// at it: its status row then follows the refiner's position
+    /// (`medallion.refiner_position`) until a cycle finds otherwise, instead
+    /// of being rewritten as the watermark moves.
+    pub(crate) fn follows(&self, cycle: Lsn) -> bool {
+        self.state == ObjectState::Ok && self.watermark == Some(cycle)
+    }
+
     pub(crate) fn failed(layer: Layer, name: &str, message: String) -> TableOutcome {
         TableOutcome {
             layer,
@@ -109,15 +117,18 @@ impl TableOutcome {
     }
 }
 
-/// Write the status of a silver table or gold model a cycle ran, and with
-/// `run` (it did work, or failed) its row in `medallion.runs`, with the
-/// counts of its expectations (`rule → {on_violation, failed}`).
+/// Write the status of a silver table or gold model the cycle at watermark
+/// `cycle` ran, and with `run` (it did work, or failed) its row in
+/// `medallion.runs`, with the counts of its expectations (`rule →
+/// {on_violation, failed}`).
 ///
-/// This module is the one writer of `medallion.table_status`: bronze rows
-/// through [`StatusBoard`], refined ones here and in [`record_quiet`].
+/// This module is the one writer of `medallion.table_status` and
+/// `medallion.refiner_position`: bronze rows through [`StatusBoard`],
+/// refined ones here, in [`record_quiet`] and in [`record_position`].
 pub(crate) async fn record(
     client: &Client,
     slot: &str,
+    cycle: Lsn,
     outcome: &TableOutcome,
     started: chrono::DateTime<chrono::Utc>,
     expectations: Option<serde_json::Value>,
@@ -127,9 +138,9 @@ pub(crate) async fn record(
     client
         .execute(
             "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
-                rows_total, last_error, last_commit_at, updated_at) \
+                rows_total, last_error, last_commit_at, updated_at, follows_refiner) \
              VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7, $8, \
-                CASE WHEN $4 = 'ok' THEN clock_timestamp() END, clock_timestamp()) \
+                CASE WHEN $4 = 'ok' THEN clock_timestamp() END, clock_timestamp(), $9) \
              ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
                 last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
                 delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
@@ -137,7 +148,7 @@ pub(crate) async fn record(
                                   ELSE s.rows_total + EXCLUDED.rows_total END, \
                 last_error = EXCLUDED.last_error, \
                 last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
-                updated_at = EXCLUDED.updated_at",
+                updated_at = EXCLUDED.updated_at, follows_refiner = EXCLUDED.follows_refiner",
             &[
                 &slot,
                 &outcome.layer.as_str(),
@@ -147,6 +158,7 @@ pub(crate) async fn record(
                 &outcome.version,
                 &(outcome.rows_out as i64),
                 &outcome.error,
+                &outcome.follows(cycle),
             ],
         )
         .await
@@ -183,28 +195,38 @@ pub(crate) async fn record(
 /// What one refiner last wrote for the objects its cycles did not run, so
 /// that a cycle a second over hundreds of quiet tables does not rewrite
 /// hundreds of status rows in the customer's database each time (every
-/// such row is WAL that the slot's walsender decodes too). A quiet row is
-/// written when its state or error changed, when its object was asked for
-/// (`medallion.refresh`), and otherwise at most every `status_interval_ms`:
-/// only its position is that much behind meanwhile.
+/// such row is WAL that the slot's walsender decodes too).
+///
+/// A quiet row is written when its state, its error or whether it follows
+/// the refiner changed, and when its object was asked for
+/// (`medallion.refresh`). A row that follows the refiner (up to date at the
+/// cycle's watermark: [`TableOutcome::follows`]) is not written again while
+/// it does: its position is the refiner's, one row a slot
+/// ([`record_position`], at most every `status_interval_ms`). Any other
+/// quiet row is written again at most every `status_interval_ms`.
 #[derive(Debug, Default)]
 pub(crate) struct QuietStatus {
     written: std::collections::HashMap<(Layer, String), Written>,
+    /// The refiner position last written, and when.
+    position: Option<(Lsn, Instant)>,
 }
 
 #[derive(Debug)]
 struct Written {
     state: ObjectState,
     error: Option<String>,
+    follows: bool,
     at: Instant,
 }
 
 impl QuietStatus {
-    /// Of `outcomes`, those to write now (`asked`: the object was asked
-    /// for by name); they are taken as written.
+    /// Of `outcomes` of the cycle at watermark `cycle`, those to write now
+    /// (`asked`: the object was asked for by name); they are taken as
+    /// written.
     pub(crate) fn due(
         &mut self,
         outcomes: &[TableOutcome],
+        cycle: Lsn,
         asked: impl Fn(&TableOutcome) -> bool,
         every: Duration,
         now: Instant,
@@ -212,8 +234,12 @@ impl QuietStatus {
         let mut due = Vec::new();
         for o in outcomes {
             let key = (o.layer, o.name.clone());
+            let follows = o.follows(cycle);
             let fresh = self.written.get(&key).is_some_and(|w| {
-                w.state == o.state && w.error == o.error && now.duration_since(w.at) < every
+                w.state == o.state
+                    && w.error == o.error
+                    && w.follows == follows
+                    && (follows || now.duration_since(w.at) < every)
             });
             if fresh && !asked(o) {
                 continue;
@@ -223,6 +249,7 @@ impl QuietStatus {
                 Written {
                     state: o.state,
                     error: o.error.clone(),
+                    follows,
                     at: now,
                 },
             );
@@ -231,13 +258,15 @@ impl QuietStatus {
         due
     }
 
-    /// A cycle ran `outcome`'s object and wrote its status at `now`.
-    pub(crate) fn ran(&mut self, outcome: &TableOutcome, now: Instant) {
+    /// The cycle at watermark `cycle` ran `outcome`'s object and wrote its
+    /// status at `now`.
+    pub(crate) fn ran(&mut self, outcome: &TableOutcome, cycle: Lsn, now: Instant) {
         self.written.insert(
             (outcome.layer, outcome.name.clone()),
             Written {
                 state: outcome.state,
                 error: outcome.error.clone(),
+                follows: outcome.follows(cycle),
                 at: now,
             },
         );
@@ -249,6 +278,53 @@ impl QuietStatus {
             self.written.remove(&(o.layer, o.name.clone()));
         }
     }
+
+    /// Whether to write the refiner's position `cycle` now: the first time,
+    /// and then at most every `every` (while it moves, and to show the
+    /// refiner alive while it does not). Taken as written.
+    pub(crate) fn position_due(&mut self, cycle: Lsn, every: Duration, now: Instant) -> bool {
+        if self
+            .position
+            .is_some_and(|(_, at)| now.duration_since(at) < every)
+        {
+            return false;
+        }
+        self.position = Some((cycle, now));
+        true
+    }
+
+    /// The position was not written after all (the write failed).
+    pub(crate) fn forget_position(&mut self) {
+        self.position = None;
+    }
+}
+
+/// The refiner's position: the watermark `cycle` of the cycle that just
+/// wrote its status rows, which every row that follows the refiner is at.
+/// `objects` (`layer.name`) are the silver tables and gold models the cycle
+/// had; a row of any other (a dropped definition) stops following in the
+/// same statement, so it never shows a position its object did not reach.
+pub(crate) async fn record_position(
+    client: &Client,
+    slot: &str,
+    cycle: Lsn,
+    objects: &[String],
+) -> Result<()> {
+    client
+        .execute(
+            "WITH gone AS ( \
+                UPDATE medallion.table_status SET follows_refiner = false \
+                 WHERE slot_name = $1 AND follows_refiner \
+                   AND NOT ((layer || '.' || name) = ANY ($3::text[]))) \
+             INSERT INTO medallion.refiner_position AS p (slot_name, watermark, updated_at) \
+             VALUES ($1, $2::pg_lsn, clock_timestamp()) \
+             ON CONFLICT (slot_name) DO UPDATE SET watermark = EXCLUDED.watermark, \
+                updated_at = EXCLUDED.updated_at",
+            &[&slot, &cycle, &objects],
+        )
+        .await
+        .map_err(Error::pg("write medallion.refiner_position"))?;
+    Ok(())
 }
 
 /// The status of tables and models a cycle did not run (nothing new,
@@ -257,6 +333,7 @@ impl QuietStatus {
 pub(crate) async fn record_quiet(
     client: &Client,
     slot: &str,
+    cycle: Lsn,
     outcomes: &[TableOutcome],
 ) -> Result<()> {
     if outcomes.is_empty() {
@@ -271,26 +348,38 @@ pub(crate) async fn record_quiet(
     let lsns = column(|o| o.watermark.map(|w| w.to_string()));
     let errors = column(|o| o.error.clone());
     let versions: Vec<Option<i64>> = outcomes.iter().map(|o| o.version).collect();
+    let follows: Vec<bool> = outcomes.iter().map(|o| o.follows(cycle)).collect();
     client
         .execute(
             "INSERT INTO medallion.table_status AS s (slot_name, layer, name, state, last_lsn, delta_version, \
-                rows_total, last_error, last_commit_at, updated_at) \
+                rows_total, last_error, last_commit_at, updated_at, follows_refiner) \
              SELECT $1, u.layer, u.name, u.state, u.lsn::pg_lsn, u.version, 0, u.error, \
-                CASE WHEN u.state = 'ok' THEN clock_timestamp() END, clock_timestamp() \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[]) \
-                AS u(layer, name, state, lsn, version, error) \
+                CASE WHEN u.state = 'ok' THEN clock_timestamp() END, clock_timestamp(), u.follows \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::bool[]) \
+                AS u(layer, name, state, lsn, version, error, follows) \
              ON CONFLICT (slot_name, layer, name) DO UPDATE SET state = EXCLUDED.state, \
                 last_lsn = COALESCE(EXCLUDED.last_lsn, s.last_lsn), \
                 delta_version = COALESCE(EXCLUDED.delta_version, s.delta_version), \
                 last_error = EXCLUDED.last_error, \
                 last_commit_at = COALESCE(EXCLUDED.last_commit_at, s.last_commit_at), \
-                updated_at = EXCLUDED.updated_at",
-            &[&slot, &layers, &names, &states, &lsns, &versions, &errors],
+                updated_at = EXCLUDED.updated_at, follows_refiner = EXCLUDED.follows_refiner",
+            &[&slot, &layers, &names, &states, &lsns, &versions, &errors, &follows],
         )
         .await
         .map_err(Error::pg("write medallion.table_status"))?;
     Ok(())
 }
+
+/// `medallion.table_status` as `medallion.status()` shows it, aliased `t`:
+/// a row that follows the refiner has the refiner's position and time as its
+/// `last_lsn` and `updated_at`; `written_at` is when the row itself was
+/// last written (a refresh that was asked for is written).
+pub(crate) const SHOWN_STATUS: &str = "(SELECT s.slot_name, s.layer, s.name, s.state, s.delta_version, \
+        s.rows_total, s.last_error, s.updated_at AS written_at, \
+        CASE WHEN s.follows_refiner THEN GREATEST(s.last_lsn, r.watermark) ELSE s.last_lsn END AS last_lsn, \
+        CASE WHEN s.follows_refiner THEN GREATEST(s.updated_at, r.updated_at) ELSE s.updated_at END AS updated_at \
+     FROM medallion.table_status s \
+     LEFT JOIN medallion.refiner_position r ON r.slot_name = s.slot_name) t";
 
 /// State of one bronze table as shown in `medallion.status()`.
 #[derive(Debug, Clone, Default)]
@@ -484,9 +573,11 @@ pub async fn health(
         .transpose()?;
     health.refined_ago_s = client
         .query_one(
-            "SELECT extract(epoch FROM pg_catalog.clock_timestamp() - max(updated_at))::float8 \
-             FROM medallion.table_status WHERE slot_name = $1 AND layer IN ('silver', 'gold') \
-               AND state IN ('ok', 'up to date')",
+            &format!(
+                "SELECT extract(epoch FROM pg_catalog.clock_timestamp() - max(t.updated_at))::float8 \
+                 FROM {SHOWN_STATUS} WHERE t.slot_name = $1 AND t.layer IN ('silver', 'gold') \
+                   AND t.state IN ('ok', 'up to date')"
+            ),
             &[&slot],
         )
         .await
@@ -552,17 +643,20 @@ mod tests {
         };
         let names = |v: Vec<TableOutcome>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
         let no = |_: &TableOutcome| false;
+        // The cycles' watermark is past the rows' own: none follows the
+        // refiner (see the next test).
+        let behind = Lsn::new(2);
         let mut w = QuietStatus::default();
         let cycle = [
             quiet("a", ObjectState::Ok, None),
             quiet("b", ObjectState::Waiting, Some("bronze not there yet")),
         ];
         // Never written: both.
-        assert_eq!(names(w.due(&cycle, no, every, at(0))), ["a", "b"]);
+        assert_eq!(names(w.due(&cycle, behind, no, every, at(0))), ["a", "b"]);
         // Unchanged within the interval: neither, unless asked for.
-        assert!(w.due(&cycle, no, every, at(500)).is_empty());
+        assert!(w.due(&cycle, behind, no, every, at(500)).is_empty());
         assert_eq!(
-            names(w.due(&cycle, |o| o.name == "b", every, at(600))),
+            names(w.due(&cycle, behind, |o| o.name == "b", every, at(600))),
             ["b"]
         );
         // A changed state or error: at once.
@@ -570,18 +664,85 @@ mod tests {
             quiet("a", ObjectState::Blocked, None),
             quiet("b", ObjectState::Waiting, Some("another reason")),
         ];
-        assert_eq!(names(w.due(&moved, no, every, at(700))), ["a", "b"]);
+        assert_eq!(names(w.due(&moved, behind, no, every, at(700))), ["a", "b"]);
         // Due again after the interval.
-        assert!(w.due(&moved, no, every, at(2600)).is_empty());
-        assert_eq!(names(w.due(&moved, no, every, at(2700))), ["a", "b"]);
+        assert!(w.due(&moved, behind, no, every, at(2600)).is_empty());
+        assert_eq!(
+            names(w.due(&moved, behind, no, every, at(2700))),
+            ["a", "b"]
+        );
         // A run's own write counts; a failed write does not.
         let ran = quiet("a", ObjectState::Ok, None);
-        w.ran(&ran, at(3000));
+        w.ran(&ran, behind, at(3000));
         assert!(
-            w.due(std::slice::from_ref(&ran), no, every, at(3100))
+            w.due(std::slice::from_ref(&ran), behind, no, every, at(3100))
                 .is_empty()
         );
         w.forget(std::slice::from_ref(&ran));
-        assert_eq!(names(w.due(&[ran], no, every, at(3200))), ["a"]);
+        assert_eq!(names(w.due(&[ran], behind, no, every, at(3200))), ["a"]);
+    }
+
+    #[test]
+    fn a_row_up_to_date_at_the_cycle_follows_the_refiner_and_is_not_rewritten() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(2);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let outcome = |state, watermark: u64| TableOutcome {
+            layer: Layer::Gold,
+            name: "m".into(),
+            state,
+            watermark: Some(Lsn::new(watermark)),
+            rows_in: 0,
+            rows_out: 0,
+            version: None,
+            error: None,
+        };
+        let no = |_: &TableOutcome| false;
+        let mut w = QuietStatus::default();
+        // Up to date at the cycle's watermark: written once, as following.
+        let at_10 = outcome(ObjectState::Ok, 10);
+        assert!(at_10.follows(Lsn::new(10)));
+        assert_eq!(w.due(&[at_10], Lsn::new(10), no, every, at(0)).len(), 1);
+        // Later cycles where it is still up to date: never again, however
+        // long (its position is the refiner's).
+        for (cycle, ms) in [(11, 500), (20, 5_000), (30, 60_000)] {
+            let o = outcome(ObjectState::Ok, cycle);
+            assert!(w.due(&[o], Lsn::new(cycle), no, every, at(ms)).is_empty());
+        }
+        // Still ok, but held at its own older watermark (a model on an
+        // interval that is not due): it stops following, written at once.
+        let held = outcome(ObjectState::Ok, 30);
+        assert!(!held.follows(Lsn::new(40)));
+        assert_eq!(w.due(&[held], Lsn::new(40), no, every, at(60_100)).len(), 1);
+        // Not following: rewritten every interval again.
+        let held = outcome(ObjectState::Ok, 30);
+        assert!(
+            w.due(
+                std::slice::from_ref(&held),
+                Lsn::new(41),
+                no,
+                every,
+                at(61_000)
+            )
+            .is_empty()
+        );
+        assert_eq!(w.due(&[held], Lsn::new(42), no, every, at(62_200)).len(), 1);
+        // Neither a failed nor a blocked object follows.
+        assert!(!TableOutcome::failed(Layer::Gold, "m", "x".into()).follows(Lsn::new(42)));
+        assert!(!outcome(ObjectState::Blocked, 42).follows(Lsn::new(42)));
+    }
+
+    #[test]
+    fn the_refiner_position_is_written_first_then_at_most_every_interval() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(2);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut w = QuietStatus::default();
+        assert!(w.position_due(Lsn::new(1), every, at(0)));
+        assert!(!w.position_due(Lsn::new(2), every, at(1_999)));
+        assert!(w.position_due(Lsn::new(3), every, at(2_000)));
+        // A failed write is tried again at the next cycle.
+        w.forget_position();
+        assert!(w.position_due(Lsn::new(4), every, at(2_100)));
     }
 }

@@ -138,7 +138,20 @@ CREATE TABLE medallion.table_status (
     lag_seconds double precision,
     last_error text,
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- A silver table or gold model the refiner's last cycles proved up to
+    -- date at their watermark: its position and time are the refiner's
+    -- (medallion.refiner_position), so a quiet row is not rewritten every
+    -- cycle. medallion.status() shows the later of the two.
+    follows_refiner boolean NOT NULL DEFAULT false,
     PRIMARY KEY (slot_name, layer, name)
+);
+
+-- Written by the sidecar: the watermark of the refiner's last cycle, one row
+-- per slot. Rows of medallion.table_status that follow the refiner are at it.
+CREATE TABLE medallion.refiner_position (
+    slot_name text PRIMARY KEY,
+    watermark pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
 CREATE TABLE medallion.runs (
@@ -354,8 +367,10 @@ RETURNS TABLE (
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT t.slot_name, t.layer, t.name, t.state, t.last_lsn, t.last_commit_at,
-           t.delta_version, t.rows_total,
+    SELECT t.slot_name, t.layer, t.name, t.state,
+           -- A row that follows the refiner is at its last cycle's watermark.
+           CASE WHEN t.follows_refiner THEN GREATEST(t.last_lsn, r.watermark) ELSE t.last_lsn END,
+           t.last_commit_at, t.delta_version, t.rows_total,
            -- Every bronze table holds everything before the slot's confirmed
            -- position, so its lag is the slot's distance to the WAL end.
            CASE WHEN t.layer = 'bronze' AND s.slot_name IS NOT NULL
@@ -364,8 +379,10 @@ AS $$
            t.lag_seconds, s.active, s.wal_status,
            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint,
            pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint,
-           t.last_error, t.updated_at
+           t.last_error,
+           CASE WHEN t.follows_refiner THEN GREATEST(t.updated_at, r.updated_at) ELSE t.updated_at END
       FROM medallion.table_status t
+      LEFT JOIN medallion.refiner_position r ON r.slot_name = t.slot_name
       LEFT JOIN pg_replication_slots s ON s.slot_name = t.slot_name
      ORDER BY t.slot_name, CASE t.layer WHEN 'bronze' THEN 1 WHEN 'silver' THEN 2 ELSE 3 END, t.name
 $$;
@@ -390,7 +407,7 @@ $$;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA medallion FROM PUBLIC;
 GRANT SELECT ON ALL TABLES IN SCHEMA medallion TO medallion_reader, medallion_admin;
-GRANT INSERT, UPDATE, DELETE ON medallion.table_status, medallion.runs TO medallion_admin;
+GRANT INSERT, UPDATE, DELETE ON medallion.table_status, medallion.refiner_position, medallion.runs TO medallion_admin;
 -- The audit trail is for auditors (and admins), not for every reader.
 REVOKE ALL ON medallion.audit_tables, medallion.audit_log, medallion.audit_seal, medallion.audit_chain,
     medallion.audit_checkpoints, medallion.audit_sealer, medallion.audit_gaps FROM medallion_reader;

@@ -571,9 +571,10 @@ impl Operations {
         let client = self.db.client().await?;
         let sql = format!(
             "SELECT name, state, {}, delta_version, last_lsn::text, rows_total, last_error \
-             FROM medallion.table_status \
+             FROM {} \
              WHERE slot_name = $1 AND layer = 'gold' AND ($2::text IS NULL OR name = $2)",
-            iso("updated_at")
+            iso("updated_at"),
+            crate::status::SHOWN_STATUS
         );
         let rows = client
             .query(&sql, &[&self.slot, &name])
@@ -715,8 +716,11 @@ impl Operations {
         };
         let deadline = Instant::now() + wait;
         let poll = format!(
-            "SELECT state, {}, last_error, last_lsn::text, updated_at > $3,                     coalesce(last_lsn >= $4::text::pg_lsn, false)              FROM medallion.table_status WHERE slot_name = $1 AND layer = 'gold' AND name = $2",
-            iso("updated_at")
+            "SELECT state, {}, last_error, last_lsn::text, written_at > $3, \
+                    coalesce(last_lsn >= $4::text::pg_lsn, false) \
+             FROM {} WHERE slot_name = $1 AND layer = 'gold' AND name = $2",
+            iso("updated_at"),
+            crate::status::SHOWN_STATUS
         );
         loop {
             let row = client

@@ -303,7 +303,7 @@ pub(super) async fn refresh(
                 }
                 computed[index] = true;
                 if refreshed.publish.is_none() {
-                    outcomes[index] = Some(finish(cfg, client, refreshed, quiet).await?);
+                    outcomes[index] = Some(finish(cfg, client, w, refreshed, quiet).await?);
                 } else if parallel > 1 {
                     pending.insert(index, refreshed);
                     publications.push_back(index);
@@ -312,7 +312,7 @@ pub(super) async fn refresh(
                         refreshed.out =
                             publish_here(cfg, client, def, t, *wm, refreshed.out).await?;
                     }
-                    outcomes[index] = Some(finish(cfg, client, refreshed, quiet).await?);
+                    outcomes[index] = Some(finish(cfg, client, w, refreshed, quiet).await?);
                 }
             }
             Step::Published { index, result } => {
@@ -331,7 +331,7 @@ pub(super) async fn refresh(
                         }
                     }
                 }
-                outcomes[index] = Some(finish(cfg, client, refreshed, quiet).await?);
+                outcomes[index] = Some(finish(cfg, client, w, refreshed, quiet).await?);
             }
         }
     }
@@ -437,10 +437,11 @@ async fn publish_here(
     }
 }
 
-/// Record a model's status (and its run, when it ran).
+/// Record a model's status (and its run, when it ran) in the cycle at `w`.
 async fn finish(
     cfg: &Config,
     client: &mut Client,
+    w: Lsn,
     r: Refreshed,
     quiet: &mut Vec<TableOutcome>,
 ) -> Result<TableOutcome> {
@@ -452,7 +453,7 @@ async fn finish(
     }
     if r.run {
         let counts = expectations_json(&r.expectations);
-        status::record(client, &cfg.slot, &out, r.started, counts, r.run).await?;
+        status::record(client, &cfg.slot, w, &out, r.started, counts, r.run).await?;
     } else {
         quiet.push(out.clone());
     }

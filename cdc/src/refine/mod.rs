@@ -366,7 +366,7 @@ pub async fn cycle_with(
         }
         if run {
             let counts = expectations_json(&expectations);
-            status::record(client, &cfg.slot, &out, started, counts, run).await?;
+            status::record(client, &cfg.slot, w, &out, started, counts, run).await?;
         } else {
             quiet.push(out.clone());
         }
@@ -394,19 +394,39 @@ pub async fn cycle_with(
             quiet.iter().map(|o| (o.layer, o.name.as_str())).collect();
         for o in &report.tables {
             if !was_quiet.contains(&(o.layer, o.name.as_str())) {
-                written.ran(o, now);
+                written.ran(o, w, now);
             }
         }
         written.due(
             &quiet,
+            w,
             |o| forced.contains(&format!("{}.{}", o.layer, o.name)),
             Duration::from_millis(cfg.status_interval_ms),
             now,
         )
     };
-    if let Err(e) = status::record_quiet(client, &cfg.slot, &due).await {
+    if let Err(e) = status::record_quiet(client, &cfg.slot, w, &due).await {
         tables.quiet_status().forget(&due);
         return Err(e);
+    }
+    // The rows that follow the refiner are at `w` from here on: after every
+    // row of this cycle is written, so none shows `w` before its object
+    // reached it.
+    let position_due = tables.quiet_status().position_due(
+        w,
+        Duration::from_millis(cfg.status_interval_ms),
+        Instant::now(),
+    );
+    if position_due {
+        let objects: Vec<String> = report
+            .tables
+            .iter()
+            .map(|o| format!("{}.{}", o.layer, o.name))
+            .collect();
+        if let Err(e) = status::record_position(client, &cfg.slot, w, &objects).await {
+            tables.quiet_status().forget_position();
+            return Err(e);
+        }
     }
     // Where a cycle's time goes, one line a cycle (the per-table lines are
     // `medallion::refine`'s).

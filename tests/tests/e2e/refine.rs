@@ -1545,16 +1545,28 @@ fn quiet_status_writers(env: &Env) -> Vec<String> {
     .collect()
 }
 
-/// Wait for a started `run`'s first cycle, which writes every quiet row.
-fn first_quiet_cycle_after(env: &Env, since: &str) {
+/// Wait for a started `run`'s first cycle, which writes every quiet row
+/// (`rows` of them).
+fn first_quiet_cycle_after(env: &Env, since: &str, rows: usize) {
     wait_until(Duration::from_secs(120), "the first cycle", || {
         env.sql(&format!(
             "SELECT count(*) FROM medallion.table_status \
              WHERE layer = 'silver' AND name LIKE 'quiet%' AND updated_at > '{since}'"
         ))
         .trim()
-            == "12"
+            == rows.to_string()
     });
+}
+
+/// `medallion.status()`'s position of `layer.name`, as bytes from 0/0.
+fn shown_lsn(env: &Env, layer: &str, name: &str) -> i64 {
+    env.sql(&format!(
+        "SELECT coalesce((last_lsn - '0/0'::pg_lsn)::bigint, -1) FROM medallion.status() \
+         WHERE layer = '{layer}' AND name = '{name}'"
+    ))
+    .trim()
+    .parse()
+    .expect("a position")
 }
 
 /// Silver runs of `busy` that started after `since`.
@@ -1578,7 +1590,7 @@ fn one_busy_cycle(env: &Env, since: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_was_asked_for_or_is_due() {
+async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_or_was_asked_for() {
     let env = Env::new();
     env.sql(
         "CREATE TABLE busy (id int PRIMARY KEY, v int NOT NULL); \
@@ -1609,7 +1621,7 @@ async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_was_asked_for_o
         .spawn()
         .expect("start sidecar"),
     );
-    first_quiet_cycle_after(&env, &since);
+    first_quiet_cycle_after(&env, &since, 12);
     let first = quiet_status_writers(&env);
     assert_eq!(first.len(), 12, "{first:?}");
     for _ in 0..4 {
@@ -1638,8 +1650,18 @@ async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_was_asked_for_o
     let _ = run.0.kill();
     let _ = run.0.wait();
 
-    // Control: with no interval every cycle rewrites them (what the
-    // assertions above would have seen before).
+    // The quiet rows follow the refiner: with no interval at all (the
+    // refiner's position written every cycle; before, every quiet row was
+    // rewritten every cycle), no cycle rewrites them and
+    // medallion.status() shows them at each cycle's watermark. A model held
+    // back by its interval and a dropped definition do not follow.
+    env.sql(
+        "SELECT medallion.define_gold('held', 'SELECT count(*) AS n, sum(v) AS s FROM silver.busy', \
+            refresh => '1 hour'); \
+         SELECT medallion.drop_silver('quiet12')",
+    );
+    let dropped = shown_lsn(&env, "silver", "quiet12");
+    assert!(dropped > 0, "quiet12 was at a position: {dropped}");
     let since = env.sql("SELECT now()::text").trim().to_string();
     let _run = KillOnDrop(
         env.sidecar(&["run"], &[timer, ("MEDALLION_STATUS_INTERVAL_MS", "0")])
@@ -1647,16 +1669,59 @@ async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_was_asked_for_o
             .spawn()
             .expect("start sidecar"),
     );
-    first_quiet_cycle_after(&env, &since);
-    let before = quiet_status_writers(&env);
-    one_busy_cycle(&env, &since);
-    wait_until(Duration::from_secs(60), "every quiet row rewritten", || {
-        quiet_status_writers(&env)
-            .iter()
-            .filter(|r| !before.contains(r))
-            .count()
-            == 12
+    first_quiet_cycle_after(&env, &since, 11);
+    wait_until(Duration::from_secs(60), "gold.held computed", || {
+        env.sql(
+            "SELECT count(*) FROM medallion.runs WHERE layer = 'gold' AND name = 'held' AND status = 'ok'",
+        )
+        .trim()
+            == "1"
     });
+    let before = quiet_status_writers(&env);
+    // The watermark it was computed at (its own row's).
+    let held_at: i64 = env
+        .sql(
+            "SELECT (last_lsn - '0/0'::pg_lsn)::bigint FROM medallion.table_status \
+             WHERE layer = 'gold' AND name = 'held'",
+        )
+        .trim()
+        .parse()
+        .expect("a position");
+    for _ in 0..3 {
+        one_busy_cycle(&env, &since);
+    }
+    let busy = || shown_lsn(&env, "silver", "busy");
+    wait_until(
+        Duration::from_secs(60),
+        "the quiet rows shown at busy's position",
+        || {
+            let at = busy();
+            (1..=11).all(|i| shown_lsn(&env, "silver", &format!("quiet{i}")) >= at)
+        },
+    );
+    assert!(busy() > held_at, "busy moved past the model's position");
+    let rewritten: Vec<String> = quiet_status_writers(&env)
+        .into_iter()
+        .filter(|r| !before.contains(r))
+        .collect();
+    assert_eq!(
+        rewritten,
+        Vec::<String>::new(),
+        "cycles rewrote quiet rows that follow the refiner"
+    );
+    // Held back by its interval: at the watermark it was computed at.
+    assert_eq!(shown_lsn(&env, "gold", "held"), held_at);
+    // Dropped while no sidecar ran: it stopped following at the first
+    // cycle, at the position it had.
+    assert_eq!(shown_lsn(&env, "silver", "quiet12"), dropped);
+    assert_eq!(
+        env.sql(
+            "SELECT string_agg(name, ',' ORDER BY name) FROM medallion.table_status \
+             WHERE follows_refiner AND name IN ('held', 'quiet12', 'quiet1')"
+        )
+        .trim(),
+        "quiet1"
+    );
 }
 
 /// Silver tables run side by side (`silver_parallelism`, default 2): while

@@ -183,9 +183,11 @@ pub(crate) fn freshness(
     );
     std::thread::sleep(Duration::from_secs(1));
     // What the sidecar writes into the source database beside the load:
-    // status rows, and the WAL of everything (which the walsender decodes).
-    let writes = "SELECT (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables \
-                    WHERE relid = 'medallion.table_status'::regclass) || ' ' || \
+    // status rows (and the refiner's position), and the WAL of everything
+    // (which the walsender decodes).
+    let writes = "SELECT (SELECT sum(n_tup_ins + n_tup_upd) FROM pg_stat_user_tables \
+                    WHERE relid IN ('medallion.table_status'::regclass, \
+                                    to_regclass('medallion.refiner_position'))) || ' ' || \
                   (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
     let writes_before = b.sql(writes)?;
     // ~tps single-row transactions through pgbench.
