@@ -54,6 +54,10 @@ pub struct Config {
     /// that time, so the checkpoints, and every fresh load of a table, grow
     /// with it. See [`crate::lake::Retention`].
     pub time_travel_hours: u64,
+    /// How long the refiner keeps rows of `medallion.runs`
+    /// (`MEDALLION_RUNS_RETENTION_DAYS`, default 7, 1–3650): older rows are
+    /// deleted about once an hour, except each table's and model's latest.
+    pub runs_retention_days: u64,
     /// Tables copied in parallel during the initial snapshot (`MEDALLION_SNAPSHOT_PARALLELISM`).
     pub snapshot_parallelism: usize,
     /// Connections that copy one large table, each a range of its heap pages
@@ -295,6 +299,7 @@ impl std::fmt::Debug for Config {
             .field("idle_flush_ms", &self.idle_flush_ms)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("time_travel_hours", &self.time_travel_hours)
+            .field("runs_retention_days", &self.runs_retention_days)
             .field("snapshot_parallelism", &self.snapshot_parallelism)
             .field("snapshot_ranges", &self.snapshot_ranges)
             .field("snapshot_range_mib", &self.snapshot_range_mib)
@@ -334,6 +339,7 @@ impl Default for Config {
             idle_flush_ms: 100,
             checkpoint_interval: 10,
             time_travel_hours: 6,
+            runs_retention_days: 7,
             snapshot_parallelism: 2,
             snapshot_ranges: 0,
             snapshot_range_mib: 32,
@@ -433,6 +439,10 @@ impl Config {
         )?;
         env_parse("MEDALLION_TIME_TRAVEL_HOURS", &mut cfg.time_travel_hours)?;
         env_parse(
+            "MEDALLION_RUNS_RETENTION_DAYS",
+            &mut cfg.runs_retention_days,
+        )?;
+        env_parse(
             "MEDALLION_SNAPSHOT_PARALLELISM",
             &mut cfg.snapshot_parallelism,
         )?;
@@ -526,6 +536,11 @@ impl Config {
         if !(1..=24 * 365).contains(&self.time_travel_hours) {
             return Err(Error::Config(
                 "time_travel_hours must be between 1 and 8760 (a year): a running reader needs the files of the version it reads".into(),
+            ));
+        }
+        if !(1..=3650).contains(&self.runs_retention_days) {
+            return Err(Error::Config(
+                "runs_retention_days must be between 1 and 3650 (ten years)".into(),
             ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
@@ -727,6 +742,22 @@ mod tests {
         );
         let zero: Config = toml::from_str("database_url = \"x\"\n[api]\nmax_rows = 0\n").unwrap();
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn runs_retention_days_is_between_a_day_and_ten_years() {
+        let cfg = |days| Config {
+            database_url: "x".into(),
+            runs_retention_days: days,
+            ..Config::default()
+        };
+        assert_eq!(Config::default().runs_retention_days, 7);
+        cfg(1).validate().unwrap();
+        cfg(3650).validate().unwrap();
+        for days in [0, 3651] {
+            let e = cfg(days).validate().unwrap_err().to_string();
+            assert!(e.contains("runs_retention_days"), "{e}");
+        }
     }
 
     #[test]

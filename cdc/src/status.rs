@@ -209,6 +209,8 @@ pub(crate) struct QuietStatus {
     written: std::collections::HashMap<(Layer, String), Written>,
     /// The refiner position last written, and when.
     position: Option<(Lsn, Instant)>,
+    /// When this refiner last deleted expired rows of `medallion.runs`.
+    runs_pruned: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -296,6 +298,59 @@ impl QuietStatus {
     /// The position was not written after all (the write failed).
     pub(crate) fn forget_position(&mut self) {
         self.position = None;
+    }
+
+    /// Whether to delete expired rows of `medallion.runs` now: at a
+    /// refiner's first cycle, then at most every [`RUNS_PRUNE_EVERY`].
+    /// Taken as done (a failure is retried at the next due time).
+    pub(crate) fn runs_prune_due(&mut self, now: Instant) -> bool {
+        if self
+            .runs_pruned
+            .is_some_and(|at| now.duration_since(at) < RUNS_PRUNE_EVERY)
+        {
+            return false;
+        }
+        self.runs_pruned = Some(now);
+        true
+    }
+}
+
+/// How often a refiner deletes the expired rows of `medallion.runs`.
+const RUNS_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Rows of `medallion.runs` deleted per statement, so no transaction holds
+/// many row locks or much WAL.
+const RUNS_PRUNE_BATCH: i64 = 10_000;
+
+/// Delete `slot`'s rows of `medallion.runs` that started more than `days`
+/// ago, except the latest run of each silver table and gold model (a
+/// `manual` model's last run stays visible however old). Returns how many
+/// were deleted. A refiner that starts a cycle on every bronze commit
+/// writes a row per table or model that did something in each: without
+/// this, the history grows without end in the customer's database.
+pub(crate) async fn prune_runs(client: &Client, slot: &str, days: u64) -> Result<u64> {
+    let days = i32::try_from(days)
+        .map_err(|_| Error::Config(format!("runs_retention_days {days} is too large")))?;
+    let mut deleted = 0;
+    loop {
+        let n = client
+            .execute(
+                "DELETE FROM medallion.runs WHERE id IN ( \
+                    SELECT r.id FROM medallion.runs r \
+                     WHERE r.started_at < pg_catalog.clock_timestamp() - pg_catalog.make_interval(days => $2) \
+                       AND r.slot_name = $1 \
+                       AND EXISTS (SELECT 1 FROM medallion.runs n \
+                                    WHERE n.layer = r.layer AND n.name = r.name \
+                                      AND n.slot_name = r.slot_name AND n.started_at > r.started_at) \
+                     ORDER BY r.started_at LIMIT $3)",
+                &[&slot, &days, &RUNS_PRUNE_BATCH],
+            )
+            .await
+            .map_err(Error::pg("delete expired rows of medallion.runs"))?;
+        deleted += n;
+        if n < RUNS_PRUNE_BATCH as u64 {
+            return Ok(deleted);
+        }
     }
 }
 

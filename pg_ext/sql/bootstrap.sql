@@ -169,6 +169,8 @@ CREATE TABLE medallion.runs (
     error text
 );
 CREATE INDEX ON medallion.runs (layer, name, started_at DESC);
+-- The sidecar deletes rows older than runs_retention_days, oldest first.
+CREATE INDEX ON medallion.runs (started_at);
 
 
 -- Audit: a tamper-evident row-change trail (see docs/sql-api.md "Audit").

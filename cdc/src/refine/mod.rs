@@ -428,6 +428,21 @@ pub async fn cycle_with(
             return Err(e);
         }
     }
+    // The run history's retention: its own failure stops nothing (the
+    // rows wait for the next hour), and is logged.
+    let prune_due = tables.quiet_status().runs_prune_due(Instant::now());
+    if prune_due {
+        match status::prune_runs(client, &cfg.slot, cfg.runs_retention_days).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                rows = n,
+                days = cfg.runs_retention_days,
+                "deleted expired rows of medallion.runs"
+            ),
+            Err(e) => tracing::warn!(error = %e, days = cfg.runs_retention_days,
+                "deleting expired rows of medallion.runs failed; tried again in an hour"),
+        }
+    }
     // Where a cycle's time goes, one line a cycle (the per-table lines are
     // `medallion::refine`'s).
     tracing::debug!(target: "medallion::refine::cycle",

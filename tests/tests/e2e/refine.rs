@@ -1724,6 +1724,66 @@ async fn run_rewrites_a_quiet_tables_status_only_when_it_changed_or_was_asked_fo
     );
 }
 
+/// `medallion.runs` keeps `runs_retention_days` of history: a refiner
+/// deletes its slot's older rows, except the latest run of each table and
+/// model (a `manual` model's last run stays however old).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refiner_deletes_runs_past_their_retention_but_each_objects_latest() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE kept (id int PRIMARY KEY, v int); INSERT INTO kept VALUES (1, 1); \
+         SELECT medallion.add_source('kept')",
+    );
+    env.catch_up_and_refine().await;
+    let slot = env.cfg().slot;
+    let day = |d: i32| format!("now() - interval '{d} days'");
+    let row = |slot: &str, layer: &str, name: &str, d: i32| {
+        format!(
+            "('{slot}', '{layer}', '{name}', {}, {}, 'ok')",
+            day(d),
+            day(d)
+        )
+    };
+    env.sql(&format!(
+        "INSERT INTO medallion.runs (slot_name, layer, name, started_at, finished_at, status) VALUES {}",
+        [
+            row(&slot, "silver", "kept", 30),
+            row(&slot, "silver", "kept", 20),
+            row(&slot, "silver", "kept", 3),
+            row(&slot, "gold", "old_manual", 41),
+            row(&slot, "gold", "old_manual", 40),
+            row("another_slot", "silver", "kept", 30),
+        ]
+        .join(", ")
+    ));
+    let runs = || {
+        env.sql(
+            "SELECT string_agg(slot_name || ':' || layer || '.' || name || ':' || \
+                (CASE WHEN started_at < now() - interval '7 days' THEN 'old' ELSE 'recent' END), \
+                ',' ORDER BY slot_name, layer, name, started_at) FROM medallion.runs",
+        )
+        .trim()
+        .to_string()
+    };
+    let before = runs();
+    // A refiner's first cycle deletes what expired.
+    let cfg = Config {
+        runs_retention_days: 7,
+        ..env.cfg()
+    };
+    env.sql("UPDATE kept SET v = 2");
+    let s = env.catch_up_with(&cfg).await;
+    env.refine_cycle(&cfg, s.acked_lsn).await;
+    assert_eq!(
+        runs(),
+        format!(
+            "another_slot:silver.kept:old,{slot}:gold.old_manual:old,\
+             {slot}:silver.kept:recent,{slot}:silver.kept:recent,{slot}:silver.kept:recent"
+        ),
+        "before the cycle: {before}"
+    );
+}
+
 /// Silver tables run side by side (`silver_parallelism`, default 2): while
 /// one table's run is paused before it applies its changes, the other's
 /// changes reach silver; once it goes on, both equal their sources.
