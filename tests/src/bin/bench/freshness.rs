@@ -190,6 +190,7 @@ pub(crate) fn freshness(
                                     to_regclass('medallion.refiner_position'))) || ' ' || \
                   (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
     let writes_before = b.sql(writes)?;
+    let load_started_at = b.sql("SELECT clock_timestamp()")?;
     // ~tps single-row transactions through pgbench.
     let script = b.dir.path().join("fresh.sql");
     std::fs::write(&script, format!("{};\n", insert_sql(1, 1)))?;
@@ -266,6 +267,17 @@ pub(crate) fn freshness(
         "freshness: status rows written into the source database {:.0} a second; WAL {:.2} MiB a second (the load's and the sidecar's)",
         (rows1 - rows0) as f64 / span,
         (wal1 - wal0) as f64 / span / (1 << 20) as f64,
+    );
+    // What the status rows are for: the runs recorded over the same span
+    // (a run writes its object's status row and a row of medallion.runs).
+    println!(
+        "freshness: runs recorded (medallion.runs, by layer and object): {}",
+        b.sql(&format!(
+            "SELECT coalesce(string_agg(layer || '.' || name || ' ' || n || ' (' || round(n / {span:.1}, 1) || '/s)', ', ' ORDER BY layer, name), 'none') \
+             FROM (SELECT layer, name, count(*) AS n FROM medallion.runs \
+                   WHERE started_at >= '{load_started_at}' GROUP BY layer, name) r"
+        ))?
+        .trim()
     );
     // How often the writer committed, and its longest pause: a tail in the
     // latencies with long gaps is the writer stalled, not batched.

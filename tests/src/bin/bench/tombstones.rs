@@ -16,6 +16,12 @@
 //!                      (the checkpoint written inside it) and as medallion does
 //!                      (`lake::routine_commit`, then `lake::after_commit` writes
 //!                      it in a task of its own): what the bronze writer waits for
+//!  stall            ── the longest a task that wants to run every millisecond
+//!                      waits, on a runtime of one worker thread, while
+//!                      `lake::after_commit`'s task writes the checkpoint: what
+//!                      the stream and the refiner, which share the workers,
+//!                      wait behind it (the kernel's synchronous parts give the
+//!                      worker up with `block_in_place`)
 //! ```
 //!
 //! The data files are not written: neither a checkpoint nor a load reads them.
@@ -84,6 +90,62 @@ struct Costs {
     /// checkpoint inside it (delta-rs), and medallion's.
     due_inline_s: f64,
     due_routine_s: f64,
+    /// The longest wait of a task beside medallion's checkpoint task, in
+    /// seconds.
+    stall_s: f64,
+}
+
+/// The longest a task that sleeps 1 ms at a time waited beyond it while
+/// `work` ran, on the current runtime.
+async fn worst_wait_during(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<f64> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut worst = 0f64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                worst = worst.max(t.elapsed().as_secs_f64() - 0.001);
+            }
+            worst
+        }
+    });
+    // The ticker runs before the work starts.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let done = work.await;
+    stop.store(true, Ordering::Relaxed);
+    let worst = ticker.await?;
+    done.map(|()| worst)
+}
+
+/// [`Costs::stall_s`] of `table` (whose checkpoint is due at every
+/// commit), on a runtime of one worker.
+fn stall(mut table: DeltaTable, url: url::Url, write_s: f64) -> anyhow::Result<f64> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let now = chrono::Utc::now().timestamp_millis();
+        commit_with(
+            &mut table,
+            vec![add("stall.parquet", now)],
+            medallion::lake::routine_commit(),
+        )
+        .await?;
+        // The commit's own work is done; the window holds the checkpoint.
+        worst_wait_during(async {
+            medallion::lake::after_commit(&table, &url);
+            tokio::time::sleep(std::time::Duration::from_secs_f64(write_s * 2.0 + 0.1)).await;
+            Ok(())
+        })
+        .await
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -177,12 +239,15 @@ async fn measure(
         // Let the checkpoint task end before the next round is timed.
         tokio::time::sleep(std::time::Duration::from_secs_f64(write_s * 2.0 + 0.05)).await;
     }
+    let (t, u) = (table.clone(), url.clone());
+    let stall_s = tokio::task::spawn_blocking(move || stall(t, u, write_s)).await??;
     Ok(Costs {
         write_s,
         bytes,
         load_s,
         due_inline_s: median(due_inline),
         due_routine_s: median(due_routine),
+        stall_s,
     })
 }
 
@@ -197,17 +262,21 @@ pub(crate) fn tombstones(live: usize, counts: &[usize], rounds: usize) -> anyhow
     let base = rt.block_on(measure(&lake, "none", live, 0, rounds))?;
     println!(
         "tombstones: {live} live files, no tombstone: checkpoint written in {:.1} ms, fresh load {:.1} ms; \
-         due commit {:.1} ms with the checkpoint inside, {:.1} ms medallion's",
+         due commit {:.1} ms with the checkpoint inside, {:.1} ms medallion's; \
+         longest wait of a task beside the checkpoint task {:.1} ms ({:.3}x the checkpoint's time)",
         base.write_s * 1e3,
         base.load_s * 1e3,
         base.due_inline_s * 1e3,
         base.due_routine_s * 1e3,
+        base.stall_s * 1e3,
+        base.stall_s / base.write_s,
     );
     for &n in counts {
         let c = rt.block_on(measure(&lake, &format!("t{n}"), live, n, rounds))?;
         println!(
             "tombstones: {n} beside {live} live files: checkpoint {:.1} MiB written in {:.0} ms ({:.1}x), fresh load {:.0} ms ({:.1}x); \
-             due commit {:.1} ms with the checkpoint inside, {:.1} ms medallion's ({:.3}x)",
+             due commit {:.1} ms with the checkpoint inside, {:.1} ms medallion's ({:.3}x); \
+             longest wait of a task beside the checkpoint task {:.1} ms ({:.3}x the checkpoint's time)",
             c.bytes as f64 / (1 << 20) as f64,
             c.write_s * 1e3,
             c.write_s / base.write_s,
@@ -216,6 +285,8 @@ pub(crate) fn tombstones(live: usize, counts: &[usize], rounds: usize) -> anyhow
             c.due_inline_s * 1e3,
             c.due_routine_s * 1e3,
             c.due_routine_s / c.due_inline_s,
+            c.stall_s * 1e3,
+            c.stall_s / c.write_s,
         );
     }
     Ok(())
