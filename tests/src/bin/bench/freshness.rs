@@ -188,7 +188,9 @@ pub(crate) fn freshness(
     let writes = "SELECT (SELECT sum(n_tup_ins + n_tup_upd) FROM pg_stat_user_tables \
                     WHERE relid IN ('medallion.table_status'::regclass, \
                                     to_regclass('medallion.refiner_position'))) || ' ' || \
-                  (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+                  (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint || ' ' || \
+                  coalesce((SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables \
+                    WHERE relid = to_regclass('medallion.refiner_position')), 0)";
     let writes_before = b.sql(writes)?;
     let load_started_at = b.sql("SELECT clock_timestamp()")?;
     // ~tps single-row transactions through pgbench.
@@ -254,19 +256,32 @@ pub(crate) fn freshness(
         }
     }
     let (p50, p99) = quantiles("bronze", &mut bronze)?;
-    let counts = |s: &str| -> anyhow::Result<(i64, i64)> {
+    let counts = |s: &str| -> anyhow::Result<(i64, i64, i64)> {
         let mut it = s.split_whitespace().map(str::parse::<i64>);
-        match (it.next(), it.next()) {
-            (Some(a), Some(b)) => Ok((a?, b?)),
+        match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), Some(c)) => Ok((a?, b?, c?)),
             _ => bail!("unexpected counts {s:?}"),
         }
     };
-    let ((rows0, wal0), (rows1, wal1)) = (counts(&writes_before)?, counts(&writes_after)?);
+    let ((rows0, wal0, pos0), (rows1, wal1, pos1)) =
+        (counts(&writes_before)?, counts(&writes_after)?);
     let span = (seconds + 8) as f64;
     println!(
-        "freshness: status rows written into the source database {:.0} a second; WAL {:.2} MiB a second (the load's and the sidecar's)",
+        "freshness: status rows written into the source database {:.0} a second ({:.1} of them the refiner's position); WAL {:.2} MiB a second (the load's and the sidecar's)",
         (rows1 - rows0) as f64 / span,
+        (pos1 - pos0) as f64 / span,
         (wal1 - wal0) as f64 / span / (1 << 20) as f64,
+    );
+    // Which status rows were written over the span, by layer and state.
+    println!(
+        "freshness: status rows written over the load, by layer and state: {}",
+        b.sql(&format!(
+            "SELECT coalesce(string_agg(k || ' ' || n, ', ' ORDER BY k), 'none') FROM ( \
+               SELECT layer || '/' || state || CASE WHEN follows_refiner THEN '/following' ELSE '' END AS k, \
+                      count(*) AS n FROM medallion.table_status \
+                WHERE updated_at >= '{load_started_at}' GROUP BY 1) r"
+        ))?
+        .trim()
     );
     // What the status rows are for: the runs recorded over the same span
     // (a run writes its object's status row and a row of medallion.runs).
