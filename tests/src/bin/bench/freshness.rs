@@ -104,6 +104,10 @@ fn quantiles(layer: &str, lat: &mut [f64]) -> anyhow::Result<(f64, f64)> {
 }
 
 /// Run the load; print p50/p99 per layer; the bronze (p50, p99).
+/// Seconds after which Postgres 15 has reported a backend's table counters
+/// (`PGSTAT_IDLE_INTERVAL` is 10 s).
+const STATS_DELAY_S: u64 = 11;
+
 pub(crate) fn freshness(
     seconds: u64,
     tps: u64,
@@ -181,7 +185,10 @@ pub(crate) fn freshness(
         if refined { " and refined once" } else { "" },
         started.elapsed().as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // A backend reports its table counters once a second while busy, and
+    // within 10 s once idle (Postgres 15): wait past that, so the first
+    // cycle's writes (every quiet row) are counted before the load, not in it.
+    std::thread::sleep(Duration::from_secs(STATS_DELAY_S));
     // What the sidecar writes into the source database beside the load:
     // status rows (and the refiner's position), and the WAL of everything
     // (which the walsender decodes).
@@ -206,9 +213,10 @@ pub(crate) fn freshness(
     if !st.success() {
         bail!("pgbench failed");
     }
-    // Long enough for the refiner's fallback timer: a change waiting for it
-    // shows as a latency of seconds, not as a change never refined.
-    std::thread::sleep(Duration::from_secs(8));
+    // Long enough for the refiner's fallback timer (a change waiting for it
+    // shows as a latency of seconds, not as a change never refined) and for
+    // the counters of the load's writes to be reported.
+    std::thread::sleep(Duration::from_secs(STATS_DELAY_S));
     let writes_after = b.sql(writes)?;
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -265,7 +273,7 @@ pub(crate) fn freshness(
     };
     let ((rows0, wal0, pos0), (rows1, wal1, pos1)) =
         (counts(&writes_before)?, counts(&writes_after)?);
-    let span = (seconds + 8) as f64;
+    let span = (seconds + STATS_DELAY_S) as f64;
     println!(
         "freshness: status rows written into the source database {:.0} a second ({:.1} of them the refiner's position); WAL {:.2} MiB a second (the load's and the sidecar's)",
         (rows1 - rows0) as f64 / span,
