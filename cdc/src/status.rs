@@ -313,6 +313,11 @@ impl QuietStatus {
         self.runs_pruned = Some(now);
         true
     }
+
+    /// More expired rows are left: the next cycle deletes again.
+    pub(crate) fn runs_prune_unfinished(&mut self) {
+        self.runs_pruned = None;
+    }
 }
 
 /// How often a refiner deletes the expired rows of `medallion.runs`.
@@ -322,17 +327,24 @@ const RUNS_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// many row locks or much WAL.
 const RUNS_PRUNE_BATCH: i64 = 10_000;
 
+/// Statements of [`RUNS_PRUNE_BATCH`] rows one cycle runs at most: a long
+/// history (the first cycle after an upgrade, say) is deleted over several
+/// cycles instead of holding one back.
+const RUNS_PRUNE_BATCHES_PER_CYCLE: usize = 10;
+
 /// Delete `slot`'s rows of `medallion.runs` that started more than `days`
 /// ago, except the latest run of each silver table and gold model (a
-/// `manual` model's last run stays visible however old). Returns how many
-/// were deleted. A refiner that starts a cycle on every bronze commit
-/// writes a row per table or model that did something in each: without
-/// this, the history grows without end in the customer's database.
-pub(crate) async fn prune_runs(client: &Client, slot: &str, days: u64) -> Result<u64> {
+/// `manual` model's last run stays visible however old), at most
+/// [`RUNS_PRUNE_BATCHES_PER_CYCLE`] statements of them. Returns how many
+/// were deleted and whether more may be left. A refiner that starts a cycle
+/// on every bronze commit writes a row per table or model that did
+/// something in each: without this, the history grows without end in the
+/// customer's database.
+pub(crate) async fn prune_runs(client: &Client, slot: &str, days: u64) -> Result<(u64, bool)> {
     let days = i32::try_from(days)
         .map_err(|_| Error::Config(format!("runs_retention_days {days} is too large")))?;
     let mut deleted = 0;
-    loop {
+    for _ in 0..RUNS_PRUNE_BATCHES_PER_CYCLE {
         let n = client
             .execute(
                 "DELETE FROM medallion.runs WHERE id IN ( \
@@ -349,9 +361,10 @@ pub(crate) async fn prune_runs(client: &Client, slot: &str, days: u64) -> Result
             .map_err(Error::pg("delete expired rows of medallion.runs"))?;
         deleted += n;
         if n < RUNS_PRUNE_BATCH as u64 {
-            return Ok(deleted);
+            return Ok((deleted, false));
         }
     }
+    Ok((deleted, true))
 }
 
 /// The refiner's position: the watermark `cycle` of the cycle that just

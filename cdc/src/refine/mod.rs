@@ -433,12 +433,18 @@ pub async fn cycle_with(
     let prune_due = tables.quiet_status().runs_prune_due(Instant::now());
     if prune_due {
         match status::prune_runs(client, &cfg.slot, cfg.runs_retention_days).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                rows = n,
-                days = cfg.runs_retention_days,
-                "deleted expired rows of medallion.runs"
-            ),
+            Ok((0, _)) => {}
+            Ok((n, more)) => {
+                tracing::info!(
+                    rows = n,
+                    days = cfg.runs_retention_days,
+                    more,
+                    "deleted expired rows of medallion.runs"
+                );
+                if more {
+                    tables.quiet_status().runs_prune_unfinished();
+                }
+            }
             Err(e) => tracing::warn!(error = %e, days = cfg.runs_retention_days,
                 "deleting expired rows of medallion.runs failed; tried again in an hour"),
         }

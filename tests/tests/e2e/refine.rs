@@ -1782,6 +1782,48 @@ async fn the_refiner_deletes_runs_past_their_retention_but_each_objects_latest()
         ),
         "before the cycle: {before}"
     );
+
+    // A long history is deleted over several cycles, 100,000 rows at most
+    // in each; a refiner that keeps its tables between cycles goes on at
+    // the next one instead of waiting an hour.
+    env.sql(&format!(
+        "INSERT INTO medallion.runs (slot_name, layer, name, started_at, finished_at, status) \
+         SELECT '{slot}', 'silver', 'kept', now() - interval '9 days' - g * interval '1 second', \
+                now() - interval '9 days', 'ok' FROM generate_series(1, 150000) g"
+    ));
+    let old = || -> i64 {
+        env.sql(&format!(
+            "SELECT count(*) FROM medallion.runs WHERE slot_name = '{slot}' AND name = 'kept' \
+             AND started_at < now() - interval '7 days'"
+        ))
+        .trim()
+        .parse()
+        .expect("a count")
+    };
+    assert_eq!(old(), 150_000);
+    let cache = medallion::lake::TableCache::default();
+    let (mut client, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let none = HashSet::new();
+    refine::cycle_with(&cfg, &mut client, s.acked_lsn, &none, &cache)
+        .await
+        .expect("a cycle");
+    assert_eq!(old(), 50_000, "one cycle deletes 100,000 rows at most");
+    refine::cycle_with(&cfg, &mut client, s.acked_lsn, &none, &cache)
+        .await
+        .expect("a cycle");
+    assert_eq!(old(), 0, "the next cycle deletes the rest");
+    // Done: the next cycle of this refiner does not look again this hour.
+    env.sql(&format!(
+        "INSERT INTO medallion.runs (slot_name, layer, name, started_at, finished_at, status) VALUES {}",
+        [row(&slot, "silver", "kept", 10), row(&slot, "silver", "kept", 9)].join(", ")
+    ));
+    refine::cycle_with(&cfg, &mut client, s.acked_lsn, &none, &cache)
+        .await
+        .expect("a cycle");
+    assert_eq!(old(), 2);
 }
 
 /// Silver tables run side by side (`silver_parallelism`, default 2): while
