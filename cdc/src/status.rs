@@ -207,8 +207,8 @@ pub(crate) async fn record(
 #[derive(Debug, Default)]
 pub(crate) struct QuietStatus {
     written: std::collections::HashMap<(Layer, String), Written>,
-    /// The refiner position last written, and when.
-    position: Option<(Lsn, Instant)>,
+    /// When the refiner's position was last written.
+    position_at: Option<Instant>,
     /// When this refiner last deleted expired rows of `medallion.runs`.
     runs_pruned: Option<Instant>,
 }
@@ -281,23 +281,23 @@ impl QuietStatus {
         }
     }
 
-    /// Whether to write the refiner's position `cycle` now: the first time,
-    /// and then at most every `every` (while it moves, and to show the
-    /// refiner alive while it does not). Taken as written.
-    pub(crate) fn position_due(&mut self, cycle: Lsn, every: Duration, now: Instant) -> bool {
+    /// Whether to write the refiner's position now: the first time, and
+    /// then at most every `every` (while it moves, and to show the refiner
+    /// alive while it does not). Taken as written.
+    pub(crate) fn position_due(&mut self, every: Duration, now: Instant) -> bool {
         if self
-            .position
-            .is_some_and(|(_, at)| now.duration_since(at) < every)
+            .position_at
+            .is_some_and(|at| now.duration_since(at) < every)
         {
             return false;
         }
-        self.position = Some((cycle, now));
+        self.position_at = Some(now);
         true
     }
 
     /// The position was not written after all (the write failed).
     pub(crate) fn forget_position(&mut self) {
-        self.position = None;
+        self.position_at = None;
     }
 
     /// Whether to delete expired rows of `medallion.runs` now: at a
@@ -438,7 +438,9 @@ pub(crate) async fn record_quiet(
     Ok(())
 }
 
-/// `medallion.table_status` as `medallion.status()` shows it, aliased `t`:
+/// `medallion.table_status` as `medallion.status()` shows it (the same rule
+/// as that function in `pg_ext/sql/bootstrap.sql`), aliased `t`, for the
+/// readers that also need `written_at`, which `status()` does not return:
 /// a row that follows the refiner has the refiner's position and time as its
 /// `last_lsn` and `updated_at`; `written_at` is when the row itself was
 /// last written (a refresh that was asked for is written).
@@ -641,11 +643,9 @@ pub async fn health(
         .transpose()?;
     health.refined_ago_s = client
         .query_one(
-            &format!(
-                "SELECT extract(epoch FROM pg_catalog.clock_timestamp() - max(t.updated_at))::float8 \
-                 FROM {SHOWN_STATUS} WHERE t.slot_name = $1 AND t.layer IN ('silver', 'gold') \
-                   AND t.state IN ('ok', 'up to date')"
-            ),
+            "SELECT extract(epoch FROM pg_catalog.clock_timestamp() - max(updated_at))::float8 \
+             FROM medallion.status() WHERE slot_name = $1 AND layer IN ('silver', 'gold') \
+               AND state IN ('ok', 'up to date')",
             &[&slot],
         )
         .await
@@ -806,11 +806,11 @@ mod tests {
         let every = Duration::from_secs(2);
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut w = QuietStatus::default();
-        assert!(w.position_due(Lsn::new(1), every, at(0)));
-        assert!(!w.position_due(Lsn::new(2), every, at(1_999)));
-        assert!(w.position_due(Lsn::new(3), every, at(2_000)));
+        assert!(w.position_due(every, at(0)));
+        assert!(!w.position_due(every, at(1_999)));
+        assert!(w.position_due(every, at(2_000)));
         // A failed write is tried again at the next cycle.
         w.forget_position();
-        assert!(w.position_due(Lsn::new(4), every, at(2_100)));
+        assert!(w.position_due(every, at(2_100)));
     }
 }

@@ -413,7 +413,6 @@ pub async fn cycle_with(
     // row of this cycle is written, so none shows `w` before its object
     // reached it.
     let position_due = tables.quiet_status().position_due(
-        w,
         Duration::from_millis(cfg.status_interval_ms),
         Instant::now(),
     );
