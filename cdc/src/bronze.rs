@@ -441,6 +441,7 @@ impl Stager {
             .map_err(Error::delta(format!("flush bronze {id}")))?;
         self.staged.extend(adds);
         crate::fault::hit(crate::fault::MID_TRANSACTION);
+        crate::fault::pause(crate::fault::MID_TRANSACTION).await;
         Ok(())
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! - [`AFTER_BRONZE_COMMIT`]: a bronze Delta commit is durable, its LSN not yet acknowledged.
 //! - [`MID_SNAPSHOT`]: some snapshot files are written to the lake, not committed.
-//! - [`MID_TRANSACTION`]: part of a large transaction is staged, not committed.
+//! - [`MID_TRANSACTION`]: part of a large transaction is staged, not committed
+//!   (the sidecar is inside the transaction: it has not read its end).
 //! - [`BEFORE_BRONZE_COMMIT`]: files written, commit not attempted.
 //! - [`COPY_PLANNED`]: a copy is planned (its table chosen), its snapshot
 //!   not taken yet (for the exported snapshot of the initial copy: taken,

@@ -200,10 +200,14 @@ fn stop_on_signal() -> anyhow::Result<CancellationToken> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install the SIGTERM handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::info!(
+            signal,
+            "stop requested: finishing the transaction in hand, committing and acknowledging it"
+        );
         s.cancel();
     });
     Ok(shutdown)

@@ -208,9 +208,30 @@ pub(crate) async fn record(
 pub(crate) struct QuietStatus {
     written: std::collections::HashMap<(Layer, String), Written>,
     /// When the refiner's position was last written.
-    position_at: Option<Instant>,
+    position: Throttle,
     /// When this refiner last deleted expired rows of `medallion.runs`.
-    runs_pruned: Option<Instant>,
+    runs_pruned: Throttle,
+}
+
+/// Something done at most once per interval: the first time at once.
+#[derive(Debug, Default)]
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    /// Whether it is due at `now` (`every` after the last time); when it
+    /// is, it is taken as done now.
+    fn due(&mut self, every: Duration, now: Instant) -> bool {
+        if self.0.is_some_and(|at| now.duration_since(at) < every) {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+
+    /// It was not done after all (or must go on): due again at once.
+    fn again(&mut self) {
+        self.0 = None;
+    }
 }
 
 #[derive(Debug)]
@@ -285,38 +306,24 @@ impl QuietStatus {
     /// then at most every `every` (while it moves, and to show the refiner
     /// alive while it does not). Taken as written.
     pub(crate) fn position_due(&mut self, every: Duration, now: Instant) -> bool {
-        if self
-            .position_at
-            .is_some_and(|at| now.duration_since(at) < every)
-        {
-            return false;
-        }
-        self.position_at = Some(now);
-        true
+        self.position.due(every, now)
     }
 
     /// The position was not written after all (the write failed).
     pub(crate) fn forget_position(&mut self) {
-        self.position_at = None;
+        self.position.again();
     }
 
     /// Whether to delete expired rows of `medallion.runs` now: at a
     /// refiner's first cycle, then at most every [`RUNS_PRUNE_EVERY`].
     /// Taken as done (a failure is retried at the next due time).
     pub(crate) fn runs_prune_due(&mut self, now: Instant) -> bool {
-        if self
-            .runs_pruned
-            .is_some_and(|at| now.duration_since(at) < RUNS_PRUNE_EVERY)
-        {
-            return false;
-        }
-        self.runs_pruned = Some(now);
-        true
+        self.runs_pruned.due(RUNS_PRUNE_EVERY, now)
     }
 
     /// More expired rows are left: the next cycle deletes again.
     pub(crate) fn runs_prune_unfinished(&mut self) {
-        self.runs_pruned = None;
+        self.runs_pruned.again();
     }
 }
 

@@ -255,7 +255,14 @@ async fn run_once(
             || Instant::now() >= tick_deadline
             || Instant::now() + wait < tick_deadline
         {
-            tick = shutdown.child_token();
+            // Once stopping, shutdown no longer ends the wait: the rest of
+            // the current transaction is still read (a token already
+            // cancelled would return before reading anything, for ever).
+            tick = if stopping {
+                CancellationToken::new()
+            } else {
+                shutdown.child_token()
+            };
             tick_deadline = Instant::now() + wait;
             let t = tick.clone();
             tokio::spawn(async move {

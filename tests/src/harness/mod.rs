@@ -21,6 +21,24 @@ pub mod refined;
 /// The database each test's sources live in.
 pub const DB: &str = "app";
 
+/// The log of sidecars running in this process ([`InProcess`], the
+/// catch-ups) goes to each test's captured output, so a failing test shows
+/// what its sidecar did. `MEDALLION_TEST_LOG` (a `tracing` filter) chooses
+/// what is kept; `medallion=info` unless set.
+fn capture_sidecar_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("MEDALLION_TEST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("medallion=info"));
+        // Another subscriber already set (a test's own) wins.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// One test's world: a private cluster, its database and the lake.
 pub struct Env {
     pub cluster: PgCluster,
@@ -40,6 +58,7 @@ impl Env {
     }
 
     pub fn with(opts: ClusterOptions) -> Env {
+        capture_sidecar_log();
         let cluster = PgCluster::start_with(opts).expect("start private Postgres cluster");
         cluster.create_db(DB).expect("create database");
         cluster
@@ -60,6 +79,7 @@ impl Env {
     /// A private cluster with the real Odoo 18 base restored into database
     /// `odoo` (collation C, as Odoo creates it) and pg_medallion installed.
     pub fn real_odoo(dir: &std::path::Path) -> Env {
+        capture_sidecar_log();
         let cluster = PgCluster::start().expect("start private Postgres cluster");
         cluster
             .create_db("odoo")
@@ -143,7 +163,7 @@ impl Env {
     }
 
     pub async fn catch_up_with(&self, cfg: &Config) -> RunSummary {
-        tokio::time::timeout(
+        let run = tokio::time::timeout(
             Duration::from_secs(300),
             replicate::run(
                 cfg,
@@ -155,9 +175,31 @@ impl Env {
                 Arc::new(Default::default()),
             ),
         )
-        .await
-        .expect("catch-up finished within 300 s")
-        .expect("medallion run --until-caught-up")
+        .await;
+        match run {
+            Ok(ended) => ended.expect("medallion run --until-caught-up"),
+            Err(_) => panic!(
+                "catch-up did not finish within 300 s (its log is above); the server saw:\n{}",
+                self.server_activity()
+            ),
+        }
+    }
+
+    /// What the server is doing (sessions, the slots, locks waited for): for
+    /// a test that waited too long to say what was in the way.
+    pub fn server_activity(&self) -> String {
+        [
+            "SELECT pid, backend_type, application_name, state, wait_event_type, wait_event, \
+                    now() - state_change AS for, left(query, 120) AS query \
+             FROM pg_stat_activity WHERE pid <> pg_backend_pid() ORDER BY pid",
+            "SELECT slot_name, active, active_pid, restart_lsn, confirmed_flush_lsn, \
+                    pg_current_wal_lsn() AS wal_end FROM pg_replication_slots",
+            "SELECT pid, locktype, mode, relation::regclass, classid, objid FROM pg_locks WHERE NOT granted",
+        ]
+        .iter()
+        .map(|q| self.try_sql(q).unwrap_or_else(|e| e))
+        .collect::<Vec<_>>()
+        .join("\n--\n")
     }
 
     pub async fn catch_up(&self) -> RunSummary {

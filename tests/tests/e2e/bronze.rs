@@ -246,6 +246,67 @@ async fn kill_9_at_every_fault_point_gives_the_same_lake() {
     }
 }
 
+/// SIGTERM while the sidecar is inside a transaction (part of it staged,
+/// its end not read yet): it reads the rest, commits, acknowledges and
+/// exits 0. It used to spin without reading once shutdown was asked (the
+/// wait for the next message ended at once), never reaching the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_inside_a_transaction_reads_its_end_commits_and_exits() {
+    let env = Env::new();
+    env.sql("CREATE TABLE ledger (id int PRIMARY KEY, amount numeric, note text)");
+    env.sql("INSERT INTO ledger SELECT g, g, 'base' FROM generate_series(1, 1000) g");
+    env.sql("SELECT medallion.add_source('ledger')");
+    env.catch_up().await;
+    env.sql("INSERT INTO ledger SELECT g, g, 'big ' || g FROM generate_series(1001, 21000) g");
+    let end = env.sql("SELECT pg_current_wal_lsn()");
+    // 2,000 rows staged: the sidecar is inside the transaction.
+    let mut p = copy_race::paused_sidecar(
+        &env,
+        &["run"],
+        medallion::fault::MID_TRANSACTION,
+        1,
+        &[
+            ("MEDALLION_FLUSH_ROWS", "2000"),
+            (
+                "MEDALLION_LOG",
+                "warn,medallion=info,medallion_sidecar=info",
+            ),
+        ],
+    );
+    p.wait_paused();
+    sigterm(&p.child.0);
+    // The signal is handled while the stage is paused.
+    poll(
+        Duration::from_secs(30),
+        "the sidecar saw the SIGTERM",
+        || {
+            if p.stderr().contains("stop requested") {
+                Ok(())
+            } else {
+                Err(p.stderr())
+            }
+        },
+    );
+    p.resume();
+    let (st, err) = p.finish(Duration::from_secs(60));
+    assert!(st.success(), "SIGTERM exits cleanly: {st}\n{err}");
+    assert_eq!(
+        env.bronze_op_counts("public", "ledger").await,
+        "insert=20000 snapshot=1000",
+        "the whole transaction is in bronze"
+    );
+    assert_eq!(
+        env.sql(&format!(
+            "SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots WHERE slot_name = 'medallion'",
+            end.trim()
+        ))
+        .trim(),
+        "t",
+        "the transaction is acknowledged"
+    );
+    assert_eq!(env.catch_up().await.changes, 0, "nothing is read again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_inside_a_streamed_transaction_gives_the_same_lake() {
     // Postgres streams the transaction before its commit (64kB of decoding

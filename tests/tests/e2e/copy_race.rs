@@ -63,7 +63,7 @@ impl Paused {
     }
 
     /// Wait for the process to exit; returns its status and stderr.
-    fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
+    pub(super) fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
         let start = Instant::now();
         let st = loop {
             if let Some(st) = self.child.0.try_wait().expect("wait") {
