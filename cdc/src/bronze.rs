@@ -209,34 +209,52 @@ pub enum Value<'a> {
 static COMMITS_ATTEMPTED: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, u64>>> =
     std::sync::LazyLock::new(Default::default);
 
-/// This process's tenures as the slot's bronze writer: odd while its writer
-/// holds the bronze lease ([`Tenure`]), even otherwise.
-static WRITER_TENURE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// This process's tenures as a lake's bronze writer, per lake root: odd
+/// while its writer holds the bronze lease ([`Tenure`]), even otherwise. A
+/// sidecar writes one lake; keyed by lake, a process running several (the
+/// end-to-end tests) never takes one lake's writer for another's.
+static WRITER_TENURE: std::sync::LazyLock<std::sync::Mutex<HashMap<Url, u64>>> =
+    std::sync::LazyLock::new(Default::default);
 
-/// This process holds the bronze lease while a `Tenure` lives: the writer
-/// creates one right after it acquires the lease and drops it when it stops
-/// writing, whatever the reason.
-pub(crate) struct Tenure(());
+/// This process holds the bronze lease of the lake at `root` while a
+/// `Tenure` lives: the writer creates one right after it acquires the
+/// lease and drops it when it stops writing, whatever the reason.
+pub(crate) struct Tenure(Url);
 
 impl Tenure {
-    pub(crate) fn begin() -> Tenure {
-        WRITER_TENURE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Tenure(())
+    pub(crate) fn begin(root: &Url) -> Tenure {
+        next_tenure(root);
+        Tenure(root.clone())
     }
 }
 
 impl Drop for Tenure {
     fn drop(&mut self) {
-        WRITER_TENURE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        next_tenure(&self.0);
+    }
+}
+
+/// A poisoned map is never read again ([`unmoved_proof`] gives `None`), so
+/// a tenure it could not count proves nothing.
+fn next_tenure(root: &Url) {
+    if let Ok(mut m) = WRITER_TENURE.lock() {
+        *m.entry(root.clone()).or_default() += 1;
     }
 }
 
 /// What proves that the bronze table at `url` has not moved: while this
-/// process's writer holds the bronze lease no other process writes bronze,
-/// so the same (tenure, commits attempted) later means no commit since.
-/// `None` when this process is not the writer (nothing can be proved).
+/// process's writer holds the bronze lease of its lake no other process
+/// writes bronze there, so the same (tenure, commits attempted) later means
+/// no commit since. `None` when this process is not that lake's writer
+/// (nothing can be proved).
 pub(crate) fn unmoved_proof(url: &Url) -> Option<[i64; 2]> {
-    let tenure = WRITER_TENURE.load(std::sync::atomic::Ordering::SeqCst);
+    let tenure = WRITER_TENURE
+        .lock()
+        .ok()?
+        .iter()
+        .filter(|(root, _)| within(url, root))
+        .max_by_key(|(root, _)| root.as_str().len())
+        .map(|(_, t)| *t)?;
     if tenure.is_multiple_of(2) {
         return None;
     }
@@ -245,6 +263,14 @@ pub(crate) fn unmoved_proof(url: &Url) -> Option<[i64; 2]> {
         .ok()
         .map(|m| m.get(url).copied().unwrap_or(0))?;
     Some([tenure as i64, commits as i64])
+}
+
+/// Whether `url` lies inside the lake at `root`.
+fn within(url: &Url, root: &Url) -> bool {
+    let root = root.as_str().trim_end_matches('/');
+    url.as_str()
+        .strip_prefix(root)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn attempting_commit(url: &Url) {
@@ -908,4 +934,36 @@ fn source_columns_of(table: &DeltaTable) -> Result<Vec<(String, Kind)>> {
         out.push((f.name().clone(), kind));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_tenure_proves_only_its_own_lakes_tables() {
+        let (a, b) = (url("file:///tmp/tenure-a/"), url("file:///tmp/tenure-a2"));
+        let in_a = url("file:///tmp/tenure-a/bronze/public/t/");
+        let in_b = url("file:///tmp/tenure-a2/bronze/public/t/");
+        assert_eq!(unmoved_proof(&in_a), None, "no writer yet");
+        let writing_b = Tenure::begin(&b);
+        assert_eq!(unmoved_proof(&in_a), None, "another lake's writer");
+        let proof_b = unmoved_proof(&in_b).expect("b's writer");
+        let writing_a = Tenure::begin(&a);
+        let proof_a = unmoved_proof(&in_a).expect("a's writer");
+        attempting_commit(&in_a);
+        assert_ne!(unmoved_proof(&in_a), Some(proof_a), "a commit moves it");
+        assert_eq!(unmoved_proof(&in_b), Some(proof_b), "not b's");
+        drop(writing_a);
+        assert_eq!(unmoved_proof(&in_a), None, "a's writer stopped");
+        assert_eq!(unmoved_proof(&in_b), Some(proof_b));
+        let again = Tenure::begin(&a);
+        assert_ne!(unmoved_proof(&in_a), Some(proof_a), "a new tenure");
+        drop((again, writing_b));
+        assert_eq!(unmoved_proof(&in_b), None);
+    }
 }

@@ -191,7 +191,7 @@ async fn run_once(
     // One writer per slot: wait here while another sidecar still writes.
     let lease = Lease::acquire(cfg, LeaseKind::Bronze, &shutdown).await?;
     // While this lives, this process is the only bronze writer of the slot.
-    let _tenure = bronze::Tenure::begin();
+    let _tenure = bronze::Tenure::begin(lake.root());
     let control = Control::connect(cfg).await?;
     let mut notifications = control.notifications;
     let conn_task = control.task;
