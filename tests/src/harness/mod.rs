@@ -404,12 +404,16 @@ impl InProcess {
     }
 
     /// SIGTERM-equivalent: finish the transaction, commit, acknowledge.
+    /// Fails the test (instead of hanging it) when the run does not end
+    /// within two minutes.
     pub async fn stop(self) -> RunSummary {
         self.shutdown.cancel();
-        self.handle
-            .await
-            .expect("sidecar task")
-            .expect("sidecar run ends cleanly")
+        match tokio::time::timeout(Duration::from_secs(120), self.handle).await {
+            Ok(ended) => ended
+                .expect("sidecar task")
+                .expect("sidecar run ends cleanly"),
+            Err(_) => panic!("the in-process sidecar did not stop within 120 s (its log is above)"),
+        }
     }
 }
 
