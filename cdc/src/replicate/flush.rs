@@ -174,12 +174,19 @@ impl LastFlush {
     /// counted from the flush's start, so the time a commit takes is not
     /// added to the next batch's wait (at worst that batch commits as much
     /// early); a later one from `now`.
-    pub(super) fn waiting_since(&self, now: Instant) -> Instant {
+    ///
+    /// The next batch still reads for at least half an `interval` after the
+    /// flush: a flush slower than that (a loaded machine, a slow store)
+    /// would otherwise leave every batch due at its first transaction's end,
+    /// one transaction a commit, and a backlog would be read no faster than
+    /// commits are made.
+    pub(super) fn waiting_since(&self, now: Instant, interval: Duration) -> Instant {
         match self.0 {
             Some((started, ended))
                 if now.duration_since(ended) <= ended.duration_since(started) =>
             {
-                started
+                let read_for = interval / 2;
+                started.max((ended + read_for).checked_sub(interval).unwrap_or(started))
             }
             _ => now,
         }
@@ -189,6 +196,8 @@ impl LastFlush {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECOND: Duration = Duration::from_millis(1000);
 
     const POLICY: FlushPolicy = FlushPolicy {
         rows: 100,
@@ -248,12 +257,28 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut c = LastFlush::default();
         // Before any flush: since it was read.
-        assert_eq!(c.waiting_since(ms(10)), ms(10));
+        assert_eq!(c.waiting_since(ms(10), SECOND), ms(10));
         // A flush from 100 to 180 ms: the stream was not read meanwhile.
         c.record(ms(100), ms(180));
-        assert_eq!(c.waiting_since(ms(181)), ms(100));
-        assert_eq!(c.waiting_since(ms(260)), ms(100));
+        assert_eq!(c.waiting_since(ms(181), SECOND), ms(100));
+        assert_eq!(c.waiting_since(ms(260), SECOND), ms(100));
         // Read later than one flush's time after it: it arrived late.
-        assert_eq!(c.waiting_since(ms(261)), ms(261));
+        assert_eq!(c.waiting_since(ms(261), SECOND), ms(261));
+    }
+
+    #[test]
+    fn after_a_flush_slower_than_half_the_interval_the_next_batch_reads_for_half_of_it() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut c = LastFlush::default();
+        // A flush of 800 ms (interval 1 s): the changes read right after it
+        // are due 500 ms after it ended, not at once.
+        c.record(ms(100), ms(900));
+        assert_eq!(c.waiting_since(ms(901), SECOND), ms(400));
+        assert!(!POLICY.due(Some(ms(400)), ms(1399), ms(1399), (1, 10)));
+        assert!(POLICY.due(Some(ms(400)), ms(1400), ms(1400), (1, 10)));
+        // Exactly half: as before, since the flush began.
+        c.record(ms(2000), ms(2500));
+        assert_eq!(c.waiting_since(ms(2501), SECOND), ms(2000));
     }
 }

@@ -121,7 +121,10 @@ impl Replicator<'_> {
         self.last_commit_end = end_lsn;
         if self.pending_since.is_none() && self.tables.values().any(|t| t.batch.sink.has_pending())
         {
-            self.pending_since = Some(self.last_flush.waiting_since(Instant::now()));
+            self.pending_since = Some(
+                self.last_flush
+                    .waiting_since(Instant::now(), self.policy.interval),
+            );
         }
     }
 

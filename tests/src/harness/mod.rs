@@ -163,22 +163,20 @@ impl Env {
     }
 
     pub async fn catch_up_with(&self, cfg: &Config) -> RunSummary {
-        let run = tokio::time::timeout(
-            Duration::from_secs(300),
-            replicate::run(
-                cfg,
-                RunOptions {
-                    until_caught_up: true,
-                    ..Default::default()
-                },
-                CancellationToken::new(),
-                Arc::new(Default::default()),
-            ),
-        )
-        .await;
-        match run {
-            Ok(ended) => ended.expect("medallion run --until-caught-up"),
-            Err(_) => panic!(
+        let run = replicate::run(
+            cfg,
+            RunOptions {
+                until_caught_up: true,
+                ..Default::default()
+            },
+            CancellationToken::new(),
+            Arc::new(Default::default()),
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            ended = &mut run => ended.expect("medallion run --until-caught-up"),
+            // Read while the run still holds its sessions.
+            _ = tokio::time::sleep(Duration::from_secs(300)) => panic!(
                 "catch-up did not finish within 300 s (its log is above); the server saw:\n{}",
                 self.server_activity()
             ),
