@@ -185,8 +185,9 @@ impl LastFlush {
             Some((started, ended))
                 if now.duration_since(ended) <= ended.duration_since(started) =>
             {
-                let read_for = interval / 2;
-                started.max((ended + read_for).checked_sub(interval).unwrap_or(started))
+                ended
+                    .checked_sub(interval / 2)
+                    .map_or(started, |t| t.max(started))
             }
             _ => now,
         }

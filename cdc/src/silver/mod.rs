@@ -151,7 +151,7 @@ impl Refiner<'_> {
         // move, read before the log, so a commit racing this run is never
         // taken for seen.
         let settle_key = format!("silver.{}", def.name);
-        let proof = bronze::unmoved_proof(&bronze_url)
+        let proof = bronze::unmoved_proof(self.lake.root(), &bronze_url)
             .map(|[tenure, commits]| vec![tenure, commits, fingerprint]);
         if let Some(p) = &proof
             && let Some(version) = self.tables.settled(&settle_key, p)
