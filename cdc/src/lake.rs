@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 
 mod log_upkeep;
 
+pub use log_upkeep::{
+    CHECKPOINT_CORE_SHARE, after_commit, routine_commit, set_checkpoint_core_share,
+};
 pub(crate) use log_upkeep::{LogCleanup, clean_log};
-pub use log_upkeep::{after_commit, routine_commit};
 
 /// Register Delta's object stores (S3 and S3-compatible, Azure, GCS) for
 /// their URL schemes, and a local directory's store whose Delta log listings

@@ -6,7 +6,8 @@
 //!  writer ── commit v ──► after_commit(table at v) ──► returns at once
 //!                              │ due? (v ≥ last checkpoint + interval)
 //!                              ▼
-//!                  task per table: checkpoint at v ── then the hourly cleanup
+//!                  task per table: rest (9× the last checkpoint's time), then
+//!                  checkpoint the newest due version ── then the hourly cleanup
 //!                  (one at a time; a commit due meanwhile is checkpointed next)
 //! ```
 //!
@@ -20,12 +21,22 @@
 //! commits therefore write no checkpoint ([`routine_commit`]) and
 //! [`after_commit`] writes it in a task of its own.
 //!
+//! A table's checkpoints take at most a tenth of a core
+//! ([`CHECKPOINT_CORE_SHARE`]): after one that took `t`, the next waits
+//! `9 t`, and then writes the newest version due. A checkpoint's cost grows
+//! with the tombstones in the retention, not with the commits since the
+//! last: at a 200 ms flush and the 6-hour default a busy bronze table holds
+//! about 108,000 tombstones, 0.5–1 s a checkpoint, which every tenth commit
+//! (every 2 s) made half a core. Cheap checkpoints (a few ms, most tables)
+//! are not held back.
+//!
 //! A checkpoint is never needed for correctness: readers replay the commits
 //! since the last one. A checkpoint that fails is logged and the next due
 //! commit tries again. A process killed while writing one leaves no partial
 //! file (object stores and the local store publish a file whole).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +76,29 @@ pub fn after_commit(table: &DeltaTable, url: &Url) {
     clean_log_hourly(table, url);
 }
 
+/// The share of one core a table's checkpoints may take: after a
+/// checkpoint that took `t`, the table's next one waits until
+/// `t × (1 − share) / share` has passed (see [`rest_after`]).
+pub const CHECKPOINT_CORE_SHARE: f64 = 0.1;
+
+/// [`CHECKPOINT_CORE_SHARE`], as `f64` bits; benchmarks change it.
+static CORE_SHARE: AtomicU64 = AtomicU64::new(CHECKPOINT_CORE_SHARE.to_bits());
+
+/// Set the share of a core a table's checkpoints may take in this process
+/// (`1.0`: no rest between them, delta-rs's cadence). For benchmarks that
+/// time one checkpoint after another; the sidecar keeps
+/// [`CHECKPOINT_CORE_SHARE`].
+#[doc(hidden)]
+pub fn set_checkpoint_core_share(share: f64) {
+    CORE_SHARE.store(share.clamp(0.01, 1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// How long a table rests after a checkpoint that took `took`, so that its
+/// checkpoints take at most `share` of a core.
+fn rest_after(took: Duration, share: f64) -> Duration {
+    took.mul_f64((1.0 - share) / share)
+}
+
 /// Checkpoints of one table in this process.
 #[derive(Default)]
 struct Checkpoints {
@@ -76,6 +110,9 @@ struct Checkpoints {
     running: bool,
     /// The newest table state that became due while the task ran.
     pending: Option<DeltaTable>,
+    /// No checkpoint before this: the rest after the last one
+    /// ([`rest_after`]).
+    not_before: Option<tokio::time::Instant>,
 }
 
 static CHECKPOINTS: LazyLock<Mutex<HashMap<Url, Checkpoints>>> = LazyLock::new(Default::default);
@@ -144,13 +181,22 @@ impl Drop for EndOnPanic {
     }
 }
 
-/// Write `table`'s checkpoint, then any that became due meanwhile.
+/// Write `table`'s checkpoint once the table's rest is over (the newest
+/// state due by then), then any that became due meanwhile.
 async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
     let _end_on_panic = EndOnPanic(url.clone());
     loop {
+        let not_before = checkpoints().get(&url).and_then(|s| s.not_before);
+        if let Some(at) = not_before.filter(|at| *at > tokio::time::Instant::now()) {
+            tokio::time::sleep_until(at).await;
+            // Commits made during the rest handed over newer states.
+            if let Some(newer) = checkpoints().get_mut(&url).and_then(|s| s.pending.take()) {
+                table = newer;
+            }
+        }
         let v = table.version().unwrap_or_default();
-        let started = Instant::now();
         crate::fault::pause(crate::fault::BEFORE_CHECKPOINT).await;
+        let started = Instant::now();
         match deltalake::protocol::checkpoints::create_checkpoint(&table, None).await {
             Ok(()) => {
                 tracing::debug!(table = %url, version = v, took = ?started.elapsed(), "checkpoint written")
@@ -160,9 +206,11 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
                     "writing a checkpoint failed; readers replay the commits since the last one, and the next due commit tries again")
             }
         }
+        let share = f64::from_bits(CORE_SHARE.load(Ordering::Relaxed));
         let mut all = checkpoints();
         let state = all.entry(url.clone()).or_default();
         state.last = Some(v);
+        state.not_before = Some(tokio::time::Instant::now() + rest_after(started.elapsed(), share));
         match state.pending.take() {
             Some(next) if next.version().is_some_and(|n| due(n, state.last, interval)) => {
                 table = next;
@@ -413,6 +461,61 @@ mod tests {
                 .expect("count");
             crate::expectations::count_of(&n).expect("count")
         }
+    }
+
+    #[test]
+    fn checkpoints_rest_nine_times_their_time_at_a_tenth_of_a_core() {
+        assert_eq!(
+            rest_after(Duration::from_millis(100), CHECKPOINT_CORE_SHARE),
+            Duration::from_millis(900)
+        );
+        assert_eq!(
+            rest_after(Duration::from_millis(5), 0.5),
+            Duration::from_millis(5)
+        );
+        assert_eq!(rest_after(Duration::from_secs(1), 1.0), Duration::ZERO);
+    }
+
+    /// A checkpoint due while the table rests after the last one waits for
+    /// the rest to end, then writes the newest version due, without
+    /// another commit.
+    #[tokio::test]
+    async fn a_checkpoint_due_during_the_rest_is_written_after_it_at_the_newest_version() {
+        let f = Fixture::new();
+        let mut table = f.create(&[("delta.checkpointInterval", "2")]).await;
+        table = f.write(table, 1, routine_commit()).await;
+        after_commit(&table, &f.url);
+        f.checkpoints_written().await;
+        assert!(f.checkpoint(1).exists(), "no checkpoint at version 1");
+        // As if that checkpoint had taken 150 ms: a rest of 1.35 s.
+        let rest = Duration::from_millis(1350);
+        let rested_from = tokio::time::Instant::now();
+        checkpoints().get_mut(&f.url).expect("state").not_before = Some(rested_from + rest);
+        for id in 2..=4 {
+            table = f.write(table, id, routine_commit()).await;
+            after_commit(&table, &f.url);
+        }
+        // Version 3 was due (two on from 1), and 4 handed over meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!checkpoints_idle(&f.url), "no checkpoint is waiting");
+        assert!(
+            !f.checkpoint(3).exists() && !f.checkpoint(4).exists(),
+            "a checkpoint was written during the rest"
+        );
+        f.checkpoints_written().await;
+        assert!(
+            rested_from.elapsed() >= rest,
+            "the checkpoint task ended before the rest did"
+        );
+        assert!(
+            f.checkpoint(4).exists(),
+            "no checkpoint of the newest version after the rest"
+        );
+        assert!(
+            !f.checkpoint(3).exists(),
+            "the older due version was checkpointed too"
+        );
+        assert_eq!(f.rows().await, 5);
     }
 
     /// A routine commit returns without writing the checkpoint it made due;

@@ -23,7 +23,8 @@
 //!    silver tables, idle and with k changed tables (growth per 100 tables).
 //!
 //! 7. tombstones: a checkpoint's write and a fresh load of a table with N
-//!    removed files' tombstones, against none.
+//!    removed files' tombstones, against none; with `--busy-seconds`, the
+//!    CPU a busy table's checkpoints take.
 //!
 //! `chaos` and `soak` are not speed figures but robustness runs that print
 //! counts and samples (see their module docs).
@@ -227,6 +228,15 @@ enum What {
         counts: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Also commit to a table with each count every `busy_flush_ms`
+        /// for this many seconds, three ways (no checkpoint; one every
+        /// `checkpoint_interval` commits; medallion's, resting between
+        /// checkpoints), printing the process' CPU share and the longest
+        /// replay a fresh reader faced. 0: not run.
+        #[arg(long, default_value_t = 0)]
+        busy_seconds: u64,
+        #[arg(long, default_value_t = 200)]
+        busy_flush_ms: u64,
     },
     All {
         #[arg(long, default_value_t = 1_000_000)]
@@ -1464,7 +1474,17 @@ fn main() -> anyhow::Result<()> {
             live,
             counts,
             rounds,
-        } => tombstones::tombstones(live, &counts, rounds)?,
+            busy_seconds,
+            busy_flush_ms,
+        } => tombstones::tombstones(
+            live,
+            &counts,
+            rounds,
+            tombstones::Busy {
+                seconds: busy_seconds,
+                flush_ms: busy_flush_ms,
+            },
+        )?,
         What::All { rows } => {
             streaming(rows)?;
             snapshot(rows)?;

@@ -16,6 +16,13 @@
 //!                      (the checkpoint written inside it) and as medallion does
 //!                      (`lake::routine_commit`, then `lake::after_commit` writes
 //!                      it in a task of its own): what the bronze writer waits for
+//!  busy (--busy-seconds) ── a commit every `busy_flush_ms` for that long on a
+//!                      table with N tombstones and an interval of 10, three
+//!                      ways: no checkpoint, delta-rs's cadence (every tenth
+//!                      commit) and medallion's (resting 9× a checkpoint's time
+//!                      after it): the process' CPU per second of wall time,
+//!                      the checkpoints written and the longest run of commits
+//!                      a fresh reader had to replay
 //!  stall            ── the longest a task that wants to run every millisecond
 //!                      waits, on a runtime of one worker thread, while
 //!                      `lake::after_commit`'s task writes the checkpoint: what
@@ -148,29 +155,149 @@ fn stall(mut table: DeltaTable, url: url::Url, write_s: f64) -> anyhow::Result<f
     })
 }
 
+/// The busy-table measurement's settings ([`busy`]).
+pub(crate) struct Busy {
+    pub(crate) seconds: u64,
+    pub(crate) flush_ms: u64,
+}
+
+/// One busy run: the process' CPU seconds per wall second, the
+/// checkpoints written, the longest run of commits without one.
+struct BusyRun {
+    cpu_share: f64,
+    checkpoints: usize,
+    longest_replay: u64,
+}
+
+/// Versions of the checkpoints in `log`.
+fn checkpoint_versions(log: &std::path::Path) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(log)? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some((v, _)) = name.split_once(".checkpoint.") {
+            out.push(v.parse()?);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Commit to `table` every `busy.flush_ms` for `busy.seconds`, with
+/// `after_commit` (medallion's checkpoints at `share`) or without it (none).
+async fn busy_run(
+    table: &mut DeltaTable,
+    url: &url::Url,
+    busy: &Busy,
+    share: Option<f64>,
+    rest_s: f64,
+) -> anyhow::Result<BusyRun> {
+    let log = url
+        .to_file_path()
+        .map_err(|_| anyhow::anyhow!("{url} is no local path"))?
+        .join("_delta_log");
+    if let Some(share) = share {
+        medallion::lake::set_checkpoint_core_share(share);
+    }
+    let first = table.version().unwrap_or_default();
+    let before = checkpoint_versions(&log)?.len();
+    let now = chrono::Utc::now().timestamp_millis();
+    let (wall, cpu) = (Instant::now(), super::refine_scale::cpu_time());
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(busy.flush_ms));
+    let mut n = 0u64;
+    while wall.elapsed().as_secs() < busy.seconds {
+        tick.tick().await;
+        commit_with(
+            table,
+            vec![add(&format!("busy-{first}-{n}.parquet"), now)],
+            medallion::lake::routine_commit(),
+        )
+        .await?;
+        if share.is_some() {
+            medallion::lake::after_commit(table, url);
+        }
+        n += 1;
+    }
+    let cpu_share =
+        (super::refine_scale::cpu_time() - cpu).as_secs_f64() / wall.elapsed().as_secs_f64();
+    // Let a checkpoint task (resting or writing) end before the next run.
+    tokio::time::sleep(std::time::Duration::from_secs_f64(rest_s)).await;
+    let last = table.version().unwrap_or_default();
+    let versions = checkpoint_versions(&log)?;
+    let mut longest = 0;
+    let mut from = first;
+    for v in versions
+        .iter()
+        .copied()
+        .filter(|v| *v > first && *v <= last)
+    {
+        longest = longest.max(v - from);
+        from = v;
+    }
+    longest = longest.max(last - from);
+    Ok(BusyRun {
+        cpu_share,
+        checkpoints: versions.len() - before,
+        longest_replay: longest,
+    })
+}
+
+/// The busy measurement of a table with `tombstones`: no checkpoint,
+/// delta-rs's cadence, medallion's.
+async fn busy(
+    lake: &medallion::lake::Lake,
+    live: usize,
+    tombstones: usize,
+    busy: &Busy,
+    write_s: f64,
+) -> anyhow::Result<[BusyRun; 3]> {
+    // medallion's tables' interval (`checkpoint_interval`, 10).
+    let (mut table, url) = build(
+        lake,
+        &format!("busy{tombstones}"),
+        live,
+        tombstones,
+        Some("10"),
+    )
+    .await?;
+    let rest_s = write_s * 12.0 + 1.0;
+    let none = busy_run(&mut table, &url, busy, None, 0.5).await?;
+    let cadence = busy_run(&mut table, &url, busy, Some(1.0), rest_s).await?;
+    let rested = busy_run(
+        &mut table,
+        &url,
+        busy,
+        Some(medallion::lake::CHECKPOINT_CORE_SHARE),
+        rest_s,
+    )
+    .await?;
+    medallion::lake::set_checkpoint_core_share(1.0);
+    Ok([none, cadence, rested])
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-async fn measure(
+/// A table `name` of `live` files and `tombstones` removed ones, with
+/// `delta.checkpointInterval` = `interval` (None: delta-rs's default, 100).
+async fn build(
     lake: &medallion::lake::Lake,
     name: &str,
     live: usize,
     tombstones: usize,
-    rounds: usize,
-) -> anyhow::Result<Costs> {
+    interval: Option<&str>,
+) -> anyhow::Result<(DeltaTable, url::Url)> {
     use arrow::array::{Int32Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
     let url = lake.refined_url("gold", name)?;
     let schema = std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
     let batch = RecordBatch::try_new(schema, vec![std::sync::Arc::new(Int32Array::from(vec![1]))])?;
-    // A checkpoint due at every commit, so each timed commit makes one due.
-    let mut table = lake
-        .handle(&url)?
-        .write(vec![batch])
-        .with_configuration([("delta.checkpointInterval", Some("1"))])
-        .await?;
+    let mut write = lake.handle(&url)?.write(vec![batch]);
+    if let Some(interval) = interval {
+        write = write.with_configuration([("delta.checkpointInterval", Some(interval))]);
+    }
+    let mut table = write.await?;
     let now = chrono::Utc::now().timestamp_millis();
     let paths: Vec<String> = (0..live + tombstones)
         .map(|i| format!("part-{i:09}.parquet"))
@@ -193,6 +320,19 @@ async fn measure(
             .collect();
         commit(&mut table, removes).await?;
     }
+    Ok((table, url))
+}
+
+async fn measure(
+    lake: &medallion::lake::Lake,
+    name: &str,
+    live: usize,
+    tombstones: usize,
+    rounds: usize,
+) -> anyhow::Result<Costs> {
+    // A checkpoint due at every commit, so each timed commit makes one due.
+    let (mut table, url) = build(lake, name, live, tombstones, Some("1")).await?;
+    let now = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
     deltalake::protocol::checkpoints::create_checkpoint(&table, None).await?;
     let write_s = started.elapsed().as_secs_f64();
@@ -252,7 +392,14 @@ async fn measure(
 }
 
 /// Print the cost of each count of `tombstones` beside `live` files.
-pub(crate) fn tombstones(live: usize, counts: &[usize], rounds: usize) -> anyhow::Result<()> {
+pub(crate) fn tombstones(
+    live: usize,
+    counts: &[usize],
+    rounds: usize,
+    busy_settings: Busy,
+) -> anyhow::Result<()> {
+    // The due commit and the stall time one checkpoint after another.
+    medallion::lake::set_checkpoint_core_share(1.0);
     let dir = tempfile::tempdir()?;
     let lake = medallion::lake::Lake::from_config(&medallion::Config {
         lake_url: dir.path().display().to_string(),
@@ -288,6 +435,30 @@ pub(crate) fn tombstones(live: usize, counts: &[usize], rounds: usize) -> anyhow
             c.stall_s * 1e3,
             c.stall_s / c.write_s,
         );
+        if busy_settings.seconds > 0 {
+            let [none, cadence, rested] =
+                rt.block_on(busy(&lake, live, n, &busy_settings, c.write_s))?;
+            println!(
+                "tombstones: {n}, a commit every {} ms for {} s: CPU {:.3} s/s with no checkpoint; \
+                 delta-rs's cadence (every checkpoint_interval-th commit): {:.3} s/s, {} checkpoints, longest replay {} commits; \
+                 medallion's (resting {:.0}x a checkpoint's time): {:.3} s/s, {} checkpoints, longest replay {} commits; \
+                 the checkpoints' CPU {:.3} -> {:.3} s/s ({:.2}x)",
+                busy_settings.flush_ms,
+                busy_settings.seconds,
+                none.cpu_share,
+                cadence.cpu_share,
+                cadence.checkpoints,
+                cadence.longest_replay,
+                (1.0 - medallion::lake::CHECKPOINT_CORE_SHARE)
+                    / medallion::lake::CHECKPOINT_CORE_SHARE,
+                rested.cpu_share,
+                rested.checkpoints,
+                rested.longest_replay,
+                cadence.cpu_share - none.cpu_share,
+                rested.cpu_share - none.cpu_share,
+                (rested.cpu_share - none.cpu_share) / (cadence.cpu_share - none.cpu_share),
+            );
+        }
     }
     Ok(())
 }
