@@ -68,6 +68,11 @@ enum What {
     Streaming {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// The lake on a private S3 server (Ceph RGW) instead of a local
+        /// directory: each bronze commit pays the object store's round
+        /// trips, as in production.
+        #[arg(long)]
+        s3: bool,
     },
     Snapshot {
         #[arg(long, default_value_t = 1_000_000)]
@@ -855,6 +860,9 @@ struct Bench {
     /// Delta tables kept open between [`Bench::refine`] cycles, as
     /// `medallion run` keeps them (`refine::cycle_with`).
     tables: medallion::lake::TableCache,
+    /// The sidecar's lake on this S3 server instead of [`Bench::lake`]
+    /// (streaming only: the in-process refiner reads the local lake).
+    s3: Option<medallion_tests::s3::CephS3>,
 }
 
 impl Bench {
@@ -874,6 +882,7 @@ impl Bench {
             dir: tempfile::tempdir()?,
             sidecar,
             tables: medallion::lake::TableCache::default(),
+            s3: None,
         })
     }
 
@@ -890,6 +899,9 @@ impl Bench {
             // Bronze benchmarks time bronze only; `gold` and `merge` refine explicitly.
             .env("MEDALLION_REFINE_INTERVAL_MS", "0")
             .stdout(Stdio::null());
+        if let Some(s3) = &self.s3 {
+            c.env("MEDALLION_LAKE_URL", s3.url("lake")).envs(s3.env());
+        }
         c
     }
 
@@ -1012,10 +1024,38 @@ impl Bench {
 }
 
 fn streaming(rows: u64) -> anyhow::Result<(f64, f64)> {
-    let b = Bench::new()?;
+    streaming_to(rows, false)
+}
+
+/// The version of bronze `account_move_line` in the bench's S3 lake.
+fn s3_version(b: &Bench) -> anyhow::Result<u64> {
+    let s3 = b.s3.as_ref().context("no S3 lake")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let cfg = medallion::Config {
+            lake_url: s3.url("lake"),
+            storage: medallion::config::StorageOptions(s3.storage_options().into_iter().collect()),
+            ..medallion::Config::default()
+        };
+        let lake = medallion::lake::Lake::from_config(&cfg)?;
+        let url = lake.bronze_url(&medallion::bronze::TableId::new("public", "account_move_line"))?;
+        let table = lake.open(&url).await?.context("bronze table")?;
+        Ok(table.version().unwrap_or_default())
+    })
+}
+
+fn streaming_to(rows: u64, s3: bool) -> anyhow::Result<(f64, f64)> {
+    let mut b = Bench::new()?;
+    if s3 {
+        b.s3 = Some(
+            medallion_tests::s3::CephS3::start("medallion")
+                .context("start the private S3 server (Ceph RGW)")?,
+        );
+    }
     b.sql("SELECT medallion.add_source('account_move_line')")?;
     b.catch_up()?;
     b.sql("SELECT pg_create_logical_replication_slot('baseline', 'pgoutput')")?;
+    let copied = if s3 { s3_version(&b)? } else { 0 };
     b.workload(rows)?;
     let end = b.sql("SELECT pg_current_wal_lsn()")?;
     let t = Instant::now();
@@ -1045,6 +1085,15 @@ fn streaming(rows: u64) -> anyhow::Result<(f64, f64)> {
     }
     let baseline = t.elapsed().as_secs_f64();
     let ours = b.catch_up()?.as_secs_f64();
+    if s3 {
+        let commits = s3_version(&b)? - copied;
+        println!(
+            "streaming: {rows} row changes: pg_recvlogical {baseline:.2} s, medallion {ours:.2} s to durable bronze in S3 (Ceph RGW; {commits} bronze commits, one every {:.0} ms), ratio {:.2}x",
+            ours * 1e3 / commits.max(1) as f64,
+            ours / baseline
+        );
+        return Ok((baseline, ours));
+    }
     growth::figure("streaming", rows, ours, growth::children_peak_rss_kib());
     println!(
         "streaming: {rows} row changes: pg_recvlogical {baseline:.2} s, medallion {ours:.2} s to durable bronze, ratio {:.2}x (target <= 1.25x)",
@@ -1405,7 +1454,7 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     match cli.what {
-        What::Streaming { rows } => drop(streaming(rows)?),
+        What::Streaming { rows, s3 } => drop(streaming_to(rows, s3)?),
         What::Snapshot { rows, runs } => snapshot_runs(rows, runs)?,
         What::Freshness {
             seconds,
