@@ -6,7 +6,7 @@
 //!  writer ── commit v ──► after_commit(table at v) ──► returns at once
 //!                              │ due? (v ≥ last checkpoint + interval)
 //!                              ▼
-//!                  task per table: rest (9× the last checkpoint's time), then
+//!                  task per table: rest (9× the last checkpoint's CPU), then
 //!                  checkpoint the newest due version ── then the hourly cleanup
 //!                  (one at a time; a commit due meanwhile is checkpointed next)
 //! ```
@@ -21,14 +21,17 @@
 //! commits therefore write no checkpoint ([`routine_commit`]) and
 //! [`after_commit`] writes it in a task of its own.
 //!
-//! A table's checkpoints take at most a tenth of a core
-//! ([`CHECKPOINT_CORE_SHARE`]): after one that took `t`, the next waits
-//! `9 t`, and then writes the newest version due. A checkpoint's cost grows
-//! with the tombstones in the retention, not with the commits since the
-//! last: at a 200 ms flush and the 6-hour default a busy bronze table holds
-//! about 108,000 tombstones, 0.5–1 s a checkpoint, which every tenth commit
-//! (every 2 s) made half a core. Cheap checkpoints (a few ms, most tables)
-//! are not held back.
+//! A table's checkpoints take at most about a tenth of a core
+//! ([`CHECKPOINT_CORE_SHARE`]): after one during which the process spent
+//! `c` of CPU time, the next waits `9 c` (at most [`REST_MAX`]) and then
+//! writes the newest version due. A checkpoint's cost grows with the
+//! tombstones in the retention, not with the commits since the last, and it
+//! is written by several threads: at a 200 ms flush and the 6-hour default a
+//! busy bronze table holds about 108,000 tombstones, a checkpoint of
+//! 0.1–0.15 s and 0.3 s of CPU, which every tenth commit (every 2 s) made
+//! 0.15 of a core; under Delta's week, several times that. The process'
+//! CPU time counts its other work too, which only lengthens the rest. Cheap
+//! checkpoints (a few ms, most tables) are not held back.
 //!
 //! A checkpoint is never needed for correctness: readers replay the commits
 //! since the last one. A checkpoint that fails is logged and the next due
@@ -77,9 +80,14 @@ pub fn after_commit(table: &DeltaTable, url: &Url) {
 }
 
 /// The share of one core a table's checkpoints may take: after a
-/// checkpoint that took `t`, the table's next one waits until
-/// `t × (1 − share) / share` has passed (see [`rest_after`]).
+/// checkpoint during which the process spent `c` of CPU time, the table's
+/// next one waits until `c × (1 − share) / share` has passed (see
+/// [`rest_after`]).
 pub const CHECKPOINT_CORE_SHARE: f64 = 0.1;
+
+/// The longest rest between a table's checkpoints: a fresh reader replays
+/// at most about this much of its commits.
+const REST_MAX: Duration = Duration::from_secs(60);
 
 /// [`CHECKPOINT_CORE_SHARE`], as `f64` bits; benchmarks change it.
 static CORE_SHARE: AtomicU64 = AtomicU64::new(CHECKPOINT_CORE_SHARE.to_bits());
@@ -93,10 +101,26 @@ pub fn set_checkpoint_core_share(share: f64) {
     CORE_SHARE.store(share.clamp(0.01, 1.0).to_bits(), Ordering::Relaxed);
 }
 
-/// How long a table rests after a checkpoint that took `took`, so that its
-/// checkpoints take at most `share` of a core.
-fn rest_after(took: Duration, share: f64) -> Duration {
-    took.mul_f64((1.0 - share) / share)
+/// How long a table rests after a checkpoint during which the process spent
+/// `cpu`, so that its checkpoints take at most `share` of a core.
+fn rest_after(cpu: Duration, share: f64) -> Duration {
+    cpu.mul_f64((1.0 - share) / share).min(REST_MAX)
+}
+
+/// This process' CPU time, all threads.
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Checkpoints of one table in this process.
@@ -196,7 +220,7 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
         }
         let v = table.version().unwrap_or_default();
         crate::fault::pause(crate::fault::BEFORE_CHECKPOINT).await;
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), process_cpu());
         match deltalake::protocol::checkpoints::create_checkpoint(&table, None).await {
             Ok(()) => {
                 tracing::debug!(table = %url, version = v, took = ?started.elapsed(), "checkpoint written")
@@ -210,7 +234,8 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
         let mut all = checkpoints();
         let state = all.entry(url.clone()).or_default();
         state.last = Some(v);
-        state.not_before = Some(tokio::time::Instant::now() + rest_after(started.elapsed(), share));
+        let spent = process_cpu().saturating_sub(cpu);
+        state.not_before = Some(tokio::time::Instant::now() + rest_after(spent, share));
         match state.pending.take() {
             Some(next) if next.version().is_some_and(|n| due(n, state.last, interval)) => {
                 table = next;
@@ -464,7 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn checkpoints_rest_nine_times_their_time_at_a_tenth_of_a_core() {
+    fn checkpoints_rest_nine_times_their_cpu_at_a_tenth_of_a_core() {
         assert_eq!(
             rest_after(Duration::from_millis(100), CHECKPOINT_CORE_SHARE),
             Duration::from_millis(900)
@@ -474,6 +499,16 @@ mod tests {
             Duration::from_millis(5)
         );
         assert_eq!(rest_after(Duration::from_secs(1), 1.0), Duration::ZERO);
+        assert_eq!(
+            rest_after(Duration::from_secs(30), CHECKPOINT_CORE_SHARE),
+            REST_MAX
+        );
+        let before = process_cpu();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(process_cpu() > before, "the process' CPU time did not move");
     }
 
     /// A checkpoint due while the table rests after the last one waits for
@@ -487,7 +522,7 @@ mod tests {
         after_commit(&table, &f.url);
         f.checkpoints_written().await;
         assert!(f.checkpoint(1).exists(), "no checkpoint at version 1");
-        // As if that checkpoint had taken 150 ms: a rest of 1.35 s.
+        // As if that checkpoint had taken 150 ms of CPU: a rest of 1.35 s.
         let rest = Duration::from_millis(1350);
         let rested_from = tokio::time::Instant::now();
         checkpoints().get_mut(&f.url).expect("state").not_before = Some(rested_from + rest);

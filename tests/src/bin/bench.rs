@@ -1038,7 +1038,10 @@ fn s3_version(b: &Bench) -> anyhow::Result<u64> {
             ..medallion::Config::default()
         };
         let lake = medallion::lake::Lake::from_config(&cfg)?;
-        let url = lake.bronze_url(&medallion::bronze::TableId::new("public", "account_move_line"))?;
+        let url = lake.bronze_url(&medallion::bronze::TableId::new(
+            "public",
+            "account_move_line",
+        ))?;
         let table = lake.open(&url).await?.context("bronze table")?;
         Ok(table.version().unwrap_or_default())
     })

@@ -19,8 +19,8 @@
 //!  busy (--busy-seconds) ── a commit every `busy_flush_ms` for that long on a
 //!                      table with N tombstones and an interval of 10, three
 //!                      ways: no checkpoint, delta-rs's cadence (every tenth
-//!                      commit) and medallion's (resting 9× a checkpoint's time
-//!                      after it): the process' CPU per second of wall time,
+//!                      commit) and medallion's (resting 9× the CPU time of a
+//!                      checkpoint after it): the process' CPU per second of wall time,
 //!                      the checkpoints written and the longest run of commits
 //!                      a fresh reader had to replay
 //!  stall            ── the longest a task that wants to run every millisecond
@@ -259,7 +259,9 @@ async fn busy(
         Some("10"),
     )
     .await?;
-    let rest_s = write_s * 12.0 + 1.0;
+    // Long enough for a resting task to end (its rest: 9× the CPU time of
+    // a checkpoint, written by up to all of the cores).
+    let rest_s = write_s * 25.0 + 1.0;
     let none = busy_run(&mut table, &url, busy, None, 0.5).await?;
     let cadence = busy_run(&mut table, &url, busy, Some(1.0), rest_s).await?;
     let rested = busy_run(
@@ -441,7 +443,7 @@ pub(crate) fn tombstones(
             println!(
                 "tombstones: {n}, a commit every {} ms for {} s: CPU {:.3} s/s with no checkpoint; \
                  delta-rs's cadence (every checkpoint_interval-th commit): {:.3} s/s, {} checkpoints, longest replay {} commits; \
-                 medallion's (resting {:.0}x a checkpoint's time): {:.3} s/s, {} checkpoints, longest replay {} commits; \
+                 medallion's (resting {:.0}x a checkpoint's CPU time): {:.3} s/s, {} checkpoints, longest replay {} commits; \
                  the checkpoints' CPU {:.3} -> {:.3} s/s ({:.2}x)",
                 busy_settings.flush_ms,
                 busy_settings.seconds,
