@@ -25,13 +25,14 @@
 //! ([`CHECKPOINT_CORE_SHARE`]): after one during which the process spent
 //! `c` of CPU time, the next waits `9 c` (at most [`REST_MAX`]) and then
 //! writes the newest version due. A checkpoint's cost grows with the
-//! tombstones in the retention, not with the commits since the last, and it
-//! is written by several threads: at a 200 ms flush and the 6-hour default a
-//! busy bronze table holds about 108,000 tombstones, a checkpoint of
-//! 0.1–0.15 s and 0.3 s of CPU, which every tenth commit (every 2 s) made
-//! 0.15 of a core; under Delta's week, several times that. The process'
-//! CPU time counts its other work too, which only lengthens the rest. Cheap
-//! checkpoints (a few ms, most tables) are not held back.
+//! tombstones in the retention, not with the commits since the last: a busy
+//! table committed every 200 ms with 604,800 tombstones (Delta's week at one
+//! removed file a second) spent a quarter of a core on checkpoints at one
+//! every tenth commit, and a tenth resting (`medallion-bench tombstones
+//! --busy-seconds`). The process' CPU time counts its other work too, which
+//! only lengthens the rest. Cheap checkpoints (a few ms, most tables; about
+//! 0.1 s with the 6-hour default's 108,000 at a 200 ms flush) are not held
+//! back.
 //!
 //! A checkpoint is never needed for correctness: readers replay the commits
 //! since the last one. A checkpoint that fails is logged and the next due
