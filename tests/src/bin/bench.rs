@@ -205,6 +205,13 @@ enum What {
         tps: u64,
         #[arg(long, default_value_t = 120)]
         optimize_every_s: u64,
+        /// Tombstones to give each bronze, silver and gold table before
+        /// the load starts (removed files that never existed, removed
+        /// now): a run that starts where a long one would be once its
+        /// `time_travel_hours` filled (108,000: 6 hours at five removed
+        /// files a second, a 200 ms flush).
+        #[arg(long, default_value_t = 0)]
+        aged_tombstones: usize,
     },
     /// One refinement cycle's wall and CPU time as silver tables grow,
     /// idle and with `changed` tables changed.
@@ -1516,7 +1523,8 @@ fn main() -> anyhow::Result<()> {
             minutes,
             tps,
             optimize_every_s,
-        } => soak::soak(minutes, tps, optimize_every_s)?,
+            aged_tombstones,
+        } => soak::soak(minutes, tps, optimize_every_s, aged_tombstones)?,
         What::RefineScale {
             tables,
             changed,

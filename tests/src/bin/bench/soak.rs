@@ -10,7 +10,9 @@
 //! tells live data from allocator fragmentation when RSS moves. Memory
 //! (RSS, heap allocated, heap resident) also fails when it creeps, in runs
 //! of 30 minutes or more: the rule, and why it is that rule, are in
-//! [`medallion_tests::flatness`].
+//! [`medallion_tests::flatness`]. `--aged-tombstones N` first gives every
+//! table N tombstones, so a short run starts where a long one would be
+//! once its `time_travel_hours` filled.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -105,7 +107,75 @@ fn files_on_disk_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()> {
+/// The tables the soak's sidecar writes: (layer, name); bronze tables are
+/// `public.<name>`.
+const LAKE_TABLES: [(&str, &str); 5] = [
+    ("bronze", "account_move"),
+    ("bronze", "account_move_line"),
+    ("silver", "account_move"),
+    ("silver", "account_move_line"),
+    ("gold", "by_state"),
+];
+
+fn table_dir(lake: &Path, layer: &str, name: &str) -> std::path::PathBuf {
+    if layer == "bronze" {
+        medallion_tests::lake::bronze_dir(lake, "public", name)
+    } else {
+        medallion_tests::lake::refined_dir(lake, layer, name)
+    }
+}
+
+/// Give each of the soak's tables `n` tombstones: removed files that never
+/// existed, removed now, so they stay within `time_travel_hours` for the
+/// run. The sidecar is stopped meanwhile.
+async fn age_tables(lake: &Path, n: usize) -> anyhow::Result<()> {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::{Action, Remove};
+    use deltalake::protocol::{DeltaOperation, SaveMode};
+    let now = chrono::Utc::now().timestamp_millis();
+    for (layer, name) in LAKE_TABLES {
+        let url = url::Url::from_directory_path(table_dir(lake, layer, name))
+            .map_err(|()| anyhow::anyhow!("{layer}.{name}: no absolute path"))?;
+        let mut table = deltalake::open_table(url).await?;
+        let paths: Vec<String> = (0..n).map(|i| format!("aged-{i:09}.parquet")).collect();
+        for chunk in paths.chunks(50_000) {
+            let removes = chunk
+                .iter()
+                .map(|p| {
+                    Action::Remove(Remove {
+                        path: p.clone(),
+                        data_change: true,
+                        deletion_timestamp: Some(now),
+                        size: Some(1 << 20),
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            CommitBuilder::from(CommitProperties::default())
+                .with_actions(removes)
+                .build(
+                    Some(table.snapshot()?),
+                    table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: None,
+                        predicate: None,
+                    },
+                )
+                .await?;
+            table.update_incremental(None).await?;
+        }
+        eprintln!("soak: {layer}.{name}: {n} tombstones added");
+    }
+    Ok(())
+}
+
+pub fn soak(
+    minutes: u64,
+    tps: u64,
+    optimize_every_s: u64,
+    aged_tombstones: usize,
+) -> anyhow::Result<()> {
     let bin = std::env::current_exe()?.with_file_name("medallion-sidecar");
     if !bin.exists() {
         bail!(
@@ -145,6 +215,29 @@ pub fn soak(minutes: u64, tps: u64, optimize_every_s: u64) -> anyhow::Result<()>
     let mut run = sidecar(&["run"])
         .env("MEDALLION_METRICS_ADDR", &metrics_addr)
         .spawn()?;
+    if aged_tombstones > 0 {
+        // Every table exists once the first refine wrote the model.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while LAKE_TABLES.iter().any(|(layer, name)| {
+            !table_dir(&lake, layer, name)
+                .join("_delta_log/00000000000000000000.json")
+                .exists()
+        }) {
+            if Instant::now() > deadline {
+                bail!("the sidecar did not create every table within 180 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        sigterm(run.id());
+        let st = run.wait()?;
+        if !st.success() {
+            bail!("the sidecar did not stop cleanly before the tables were aged: {st}");
+        }
+        tokio::runtime::Runtime::new()?.block_on(age_tables(&lake, aged_tombstones))?;
+        run = sidecar(&["run"])
+            .env("MEDALLION_METRICS_ADDR", &metrics_addr)
+            .spawn()?;
+    }
     let http = reqwest::Client::new();
     let metrics_url = format!("http://{metrics_addr}/metrics");
     let script = dir.join("soak.sql");
