@@ -523,8 +523,9 @@ mod tests {
         after_commit(&table, &f.url);
         f.checkpoints_written().await;
         assert!(f.checkpoint(1).exists(), "no checkpoint at version 1");
-        // As if that checkpoint had taken 150 ms of CPU: a rest of 1.35 s.
-        let rest = Duration::from_millis(1350);
+        // As if that checkpoint had taken 0.5 s of CPU: a rest of 4.5 s
+        // (long beside the three commits below, even on a loaded host).
+        let rest = Duration::from_millis(4500);
         let rested_from = tokio::time::Instant::now();
         checkpoints().get_mut(&f.url).expect("state").not_before = Some(rested_from + rest);
         for id in 2..=4 {
@@ -532,7 +533,10 @@ mod tests {
             after_commit(&table, &f.url);
         }
         // Version 3 was due (two on from 1), and 4 handed over meanwhile.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            rested_from.elapsed() < rest,
+            "the commits outlasted the rest"
+        );
         assert!(!checkpoints_idle(&f.url), "no checkpoint is waiting");
         assert!(
             !f.checkpoint(3).exists() && !f.checkpoint(4).exists(),
