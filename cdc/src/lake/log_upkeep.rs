@@ -222,21 +222,22 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
         let v = table.version().unwrap_or_default();
         crate::fault::pause(crate::fault::BEFORE_CHECKPOINT).await;
         let (started, cpu) = (Instant::now(), process_cpu());
-        match deltalake::protocol::checkpoints::create_checkpoint(&table, None).await {
+        let written = deltalake::protocol::checkpoints::create_checkpoint(&table, None).await;
+        let share = f64::from_bits(CORE_SHARE.load(Ordering::Relaxed));
+        let rest = rest_after(process_cpu().saturating_sub(cpu), share);
+        match written {
             Ok(()) => {
-                tracing::debug!(table = %url, version = v, took = ?started.elapsed(), "checkpoint written")
+                tracing::debug!(table = %url, version = v, took = ?started.elapsed(), ?rest, "checkpoint written; the next waits for the rest")
             }
             Err(e) => {
                 tracing::warn!(table = %url, version = v, error = %e,
                     "writing a checkpoint failed; readers replay the commits since the last one, and the next due commit tries again")
             }
         }
-        let share = f64::from_bits(CORE_SHARE.load(Ordering::Relaxed));
         let mut all = checkpoints();
         let state = all.entry(url.clone()).or_default();
         state.last = Some(v);
-        let spent = process_cpu().saturating_sub(cpu);
-        state.not_before = Some(tokio::time::Instant::now() + rest_after(spent, share));
+        state.not_before = Some(tokio::time::Instant::now() + rest);
         match state.pending.take() {
             Some(next) if next.version().is_some_and(|n| due(n, state.last, interval)) => {
                 table = next;
