@@ -129,42 +129,13 @@ fn table_dir(lake: &Path, layer: &str, name: &str) -> std::path::PathBuf {
 /// existed, removed now, so they stay within `time_travel_hours` for the
 /// run. The sidecar is stopped meanwhile.
 async fn age_tables(lake: &Path, n: usize) -> anyhow::Result<()> {
-    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-    use deltalake::kernel::{Action, Remove};
-    use deltalake::protocol::{DeltaOperation, SaveMode};
     let now = chrono::Utc::now().timestamp_millis();
+    let paths: Vec<String> = (0..n).map(|i| format!("aged-{i:09}.parquet")).collect();
     for (layer, name) in LAKE_TABLES {
         let url = url::Url::from_directory_path(table_dir(lake, layer, name))
             .map_err(|()| anyhow::anyhow!("{layer}.{name}: no absolute path"))?;
         let mut table = deltalake::open_table(url).await?;
-        let paths: Vec<String> = (0..n).map(|i| format!("aged-{i:09}.parquet")).collect();
-        for chunk in paths.chunks(50_000) {
-            let removes = chunk
-                .iter()
-                .map(|p| {
-                    Action::Remove(Remove {
-                        path: p.clone(),
-                        data_change: true,
-                        deletion_timestamp: Some(now),
-                        size: Some(1 << 20),
-                        ..Default::default()
-                    })
-                })
-                .collect();
-            CommitBuilder::from(CommitProperties::default())
-                .with_actions(removes)
-                .build(
-                    Some(table.snapshot()?),
-                    table.log_store(),
-                    DeltaOperation::Write {
-                        mode: SaveMode::Append,
-                        partition_by: None,
-                        predicate: None,
-                    },
-                )
-                .await?;
-            table.update_incremental(None).await?;
-        }
+        super::tombstones::remove(&mut table, &paths, now).await?;
         eprintln!("soak: {layer}.{name}: {n} tombstones added");
     }
     Ok(())

@@ -312,7 +312,18 @@ async fn build(
     for chunk in paths.chunks(CHUNK) {
         commit(&mut table, chunk.iter().map(|p| add(p, now)).collect()).await?;
     }
-    for chunk in paths[live..].chunks(CHUNK) {
+    remove(&mut table, &paths[live..], now).await?;
+    Ok((table, url))
+}
+
+/// Commit the removal of `paths` from `table` at `now` (ms), in commits of
+/// [`CHUNK`] actions: as many tombstones, whether or not the files exist.
+pub(crate) async fn remove(
+    table: &mut DeltaTable,
+    paths: &[String],
+    now: i64,
+) -> anyhow::Result<()> {
+    for chunk in paths.chunks(CHUNK) {
         let removes = chunk
             .iter()
             .map(|p| {
@@ -325,9 +336,9 @@ async fn build(
                 })
             })
             .collect();
-        commit(&mut table, removes).await?;
+        commit(table, removes).await?;
     }
-    Ok((table, url))
+    Ok(())
 }
 
 async fn measure(
