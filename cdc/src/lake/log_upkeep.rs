@@ -108,22 +108,6 @@ fn rest_after(cpu: Duration, share: f64) -> Duration {
     cpu.mul_f64((1.0 - share) / share).min(REST_MAX)
 }
 
-/// This process' CPU time, all threads.
-fn process_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec and the clock a constant.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        ts.tv_sec.max(0) as u64,
-        ts.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
-}
-
 /// Checkpoints of one table in this process.
 #[derive(Default)]
 struct Checkpoints {
@@ -221,10 +205,13 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
         }
         let v = table.version().unwrap_or_default();
         crate::fault::pause(crate::fault::BEFORE_CHECKPOINT).await;
-        let (started, cpu) = (Instant::now(), process_cpu());
+        let (started, cpu) = (Instant::now(), crate::metrics::process_cpu_time());
         let written = deltalake::protocol::checkpoints::create_checkpoint(&table, None).await;
         let share = f64::from_bits(CORE_SHARE.load(Ordering::Relaxed));
-        let rest = rest_after(process_cpu().saturating_sub(cpu), share);
+        let rest = rest_after(
+            crate::metrics::process_cpu_time().saturating_sub(cpu),
+            share,
+        );
         match written {
             Ok(()) => {
                 tracing::debug!(table = %url, version = v, took = ?started.elapsed(), ?rest, "checkpoint written; the next waits for the rest")
@@ -505,12 +492,15 @@ mod tests {
             rest_after(Duration::from_secs(30), CHECKPOINT_CORE_SHARE),
             REST_MAX
         );
-        let before = process_cpu();
+        let before = crate::metrics::process_cpu_time();
         let mut x = 0u64;
         for i in 0..20_000_000u64 {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
-        assert!(process_cpu() > before, "the process' CPU time did not move");
+        assert!(
+            crate::metrics::process_cpu_time() > before,
+            "the process' CPU time did not move"
+        );
     }
 
     /// A checkpoint due while the table rests after the last one waits for

@@ -26,16 +26,7 @@ use super::Bench;
 
 /// This process's CPU time (all threads).
 pub(super) fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    medallion::metrics::process_cpu_time()
 }
 
 /// Wall and CPU time of one cycle, in milliseconds.
