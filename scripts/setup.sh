@@ -86,14 +86,17 @@ else
   log "pg_medallion is up to date in the system Postgres 15"
 fi
 
-# 6. An independent Delta reader for the tests (proves other engines read
-#    what medallion writes): the Python deltalake package in a private venv.
+# 6. Independent Delta readers for the tests (proves other engines read
+#    what medallion writes, deletion vectors included): the Python deltalake
+#    package and DuckDB with its Delta extension (the wheel ships the
+#    extension file; nothing is downloaded at query time), in a private venv.
 PY=.medallion/py
-if ! "$PY/bin/python" -c "import deltalake, pyarrow" 2>/dev/null; then
+if ! "$PY/bin/python" -c "import deltalake, pyarrow, duckdb, duckdb_extension_delta" 2>/dev/null; then
   command -v python3 >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
   log "installing the Python deltalake reader into $PY"
   python3 -m venv "$PY" 2>/dev/null || { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$PY"; }
-  "$PY/bin/pip" install -q --disable-pip-version-check "deltalake>=1.1,<2" "pyarrow>=15"
+  "$PY/bin/pip" install -q --disable-pip-version-check "deltalake>=1.1,<2" "pyarrow>=15" \
+    "duckdb==1.5.5" "duckdb-extension-delta==1.5.5"
 fi
 
 # 7. `--tests`: the real clients of the API tests — the MCP Python SDK and

@@ -109,6 +109,15 @@ pub struct Config {
     /// the table's first key, so a MERGE of a few keys rewrites few rows.
     /// Recorded as the table's `delta.targetFileSize`.
     pub silver_file_mib: u64,
+    /// Apply a current-state silver table's changes with Delta deletion
+    /// vectors (`MEDALLION_SILVER_DELETION_VECTORS`, default true): the old
+    /// row of a changed key is marked deleted in its file and the new rows
+    /// are appended, instead of a MERGE rewriting every file that holds a
+    /// changed key. The table then needs readers that support the
+    /// `deletionVectors` feature (reader version 3). False keeps
+    /// copy-on-write MERGEs; a table that has deletion vectors keeps
+    /// working either way.
+    pub silver_deletion_vectors: bool,
     /// The refiner compacts a silver or gold table it wrote once that many
     /// of its files are small, and `medallion run` compacts a bronze table
     /// beside the stream once that many commits arrived and that many of
@@ -314,6 +323,7 @@ impl std::fmt::Debug for Config {
             .field("silver_parallelism", &self.silver_parallelism)
             .field("gold_parallelism", &self.gold_parallelism)
             .field("silver_file_mib", &self.silver_file_mib)
+            .field("silver_deletion_vectors", &self.silver_deletion_vectors)
             .field("compact_small_files", &self.compact_small_files)
             .field(
                 "publish_database_url",
@@ -354,6 +364,7 @@ impl Default for Config {
             silver_parallelism: 2,
             gold_parallelism: 2,
             silver_file_mib: 16,
+            silver_deletion_vectors: true,
             compact_small_files: 16,
             publish_database_url: None,
             lease_timeout_ms: 600_000,
@@ -456,6 +467,10 @@ impl Config {
         env_parse("MEDALLION_SILVER_PARALLELISM", &mut cfg.silver_parallelism)?;
         env_parse("MEDALLION_GOLD_PARALLELISM", &mut cfg.gold_parallelism)?;
         env_parse("MEDALLION_SILVER_FILE_MIB", &mut cfg.silver_file_mib)?;
+        env_parse(
+            "MEDALLION_SILVER_DELETION_VECTORS",
+            &mut cfg.silver_deletion_vectors,
+        )?;
         env_parse(
             "MEDALLION_COMPACT_SMALL_FILES",
             &mut cfg.compact_small_files,

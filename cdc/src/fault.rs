@@ -31,6 +31,8 @@
 //!   task that writes it has not started (the commit's caller went on).
 //! - [`BEFORE_SILVER_SLICE`]: a silver table's run has planned its slices
 //!   of bronze changes; the next one is not applied yet.
+//! - [`BEFORE_SILVER_MARKS_COMMIT`]: a silver slice's deletion vectors and
+//!   new rows' files are written, its commit not attempted.
 //!
 //! Without the feature, [`hit`] and [`pause`] compile to nothing.
 
@@ -46,6 +48,7 @@ pub const BEFORE_PUBLISH_COMMIT: &str = "before_publish_commit";
 pub const MID_COMPACTION: &str = "mid_compaction";
 pub const BEFORE_CHECKPOINT: &str = "before_checkpoint";
 pub const BEFORE_SILVER_SLICE: &str = "before_silver_slice";
+pub const BEFORE_SILVER_MARKS_COMMIT: &str = "before_silver_marks_commit";
 
 #[cfg(feature = "fault-injection")]
 mod imp {

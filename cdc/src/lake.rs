@@ -23,6 +23,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+pub(crate) mod deletion_vectors;
 mod log_upkeep;
 
 pub use log_upkeep::{

@@ -174,6 +174,20 @@ pub(crate) fn key_range(stats: Option<&str>, key: &str) -> Option<(KeyBound, Key
     (std::mem::discriminant(&lo) == std::mem::discriminant(&hi)).then_some((lo, hi))
 }
 
+/// A file's size without the rows its deletion vector deletes (in
+/// proportion to its row count): a file that lost most of its rows to
+/// deletion vectors counts as small and is rewritten without them.
+fn live_bytes(f: &deltalake::kernel::LogicalFileView) -> u64 {
+    let bytes = f.size().max(0) as u64;
+    match (f.deletion_vector_descriptor(), f.num_records()) {
+        (Some(dv), Some(rows)) if rows > 0 => {
+            let live = (rows as u64).saturating_sub(dv.cardinality.max(0) as u64);
+            (bytes as u128 * live as u128 / rows as u128) as u64
+        }
+        _ => bytes,
+    }
+}
+
 fn size_class(bytes: u64) -> u32 {
     bytes.max(1).ilog(SIZE_CLASS_FACTOR)
 }
@@ -284,7 +298,7 @@ pub(crate) async fn compact(
     let sizes: Vec<FileSize> = files
         .iter()
         .map(|f| FileSize {
-            bytes: f.size().max(0) as u64,
+            bytes: live_bytes(f),
             written_ms: f.modification_time(),
             key_range: match selection {
                 Selection::KeyOrder(key) => key_range(f.stats().as_deref(), key),
@@ -324,8 +338,22 @@ pub(crate) async fn compact(
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
                 .and_then(|b| b.build())
                 .map_err(|e| Error::Protocol(format!("parquet {}: {e}", f.path())))?;
+            // Rows a deletion vector deletes are left out (the silver
+            // MERGE marks rows instead of rewriting files).
+            let deleted = match f.deletion_vector_descriptor() {
+                Some(dv) => Some(crate::lake::deletion_vectors::read(table, &dv).await?),
+                None => None,
+            };
+            let mut position = 0u64;
             for batch in reader {
-                let batch = batch.map_err(Error::arrow(format!("read {}", f.path())))?;
+                let mut batch = batch.map_err(Error::arrow(format!("read {}", f.path())))?;
+                let rows = batch.num_rows();
+                if let Some(deleted) = &deleted {
+                    let keep = crate::lake::deletion_vectors::keep_mask(deleted, position, rows);
+                    batch = arrow::compute::filter_record_batch(&batch, &keep)
+                        .map_err(Error::arrow(format!("read {}", f.path())))?;
+                }
+                position += rows as u64;
                 writer
                     .write(conform(batch, &schema)?)
                     .await
@@ -356,6 +384,21 @@ pub(crate) async fn compact(
         compacted,
         written,
     })
+}
+
+/// A data file as Delta's log replay identifies it: its path and its
+/// deletion vector (a file re-added with a larger vector is another file
+/// to a removal).
+fn file_identity(f: &deltalake::kernel::LogicalFileView) -> String {
+    match f.deletion_vector_descriptor() {
+        Some(dv) => format!(
+            "{}#{}@{}",
+            f.path(),
+            dv.path_or_inline_dv,
+            dv.offset.unwrap_or(1)
+        ),
+        None => f.path().to_string(),
+    }
 }
 
 /// How often a compaction's commit is tried on a newer version.
@@ -389,11 +432,11 @@ async fn commit_compaction(
             .map_err(Error::delta(format!("reload {url}")))?;
         let active: std::collections::HashSet<String> = table
             .get_active_add_actions_by_partitions(&[])
-            .map_ok(|f| f.path().to_string())
+            .map_ok(|f| file_identity(&f))
             .try_collect()
             .await
             .map_err(Error::delta(format!("list files of {url}")))?;
-        if !bin.iter().all(|f| active.contains(f.path().as_ref())) {
+        if !bin.iter().all(|f| active.contains(&file_identity(f))) {
             tracing::debug!(table = %url, "files to compact were removed meanwhile; compaction dropped");
             drop_new_files(table, &actions).await;
             return Ok(false);

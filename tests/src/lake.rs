@@ -56,46 +56,69 @@ pub fn bronze_url(lake: &url::Url, schema: &str, table: &str) -> url::Url {
 }
 
 /// [`read_table`] on any object store: the active files are fetched through
-/// the table's own object store and decoded with the Parquet reader.
+/// the table's own object store and decoded with the Parquet reader, less
+/// the rows their deletion vectors delete (decoded by the Delta kernel, as
+/// engines built on it do).
 pub async fn read_table_url(
     url: &url::Url,
     storage: &HashMap<String, String>,
 ) -> Result<Vec<RecordBatch>, LakeError> {
+    use futures::TryStreamExt;
     deltalake::aws::register_handlers(None);
     let table = deltalake::open_table_with_storage_options(url.clone(), storage.clone()).await?;
     let store = table.object_store();
-    // File URIs are full URLs on object stores and plain paths locally.
-    let roots = [
-        Some(table.table_url().to_string()),
-        table
-            .table_url()
-            .to_file_path()
-            .ok()
-            .map(|p| format!("{}/", p.display().to_string().trim_end_matches('/'))),
-    ];
+    let files: Vec<deltalake::kernel::LogicalFileView> = table
+        .get_active_add_actions_by_partitions(&[])
+        .try_collect()
+        .await?;
     let mut out = Vec::new();
-    let uris: Vec<String> = table.get_file_uris()?.collect();
-    for uri in uris {
-        let rel = roots
-            .iter()
-            .flatten()
-            .find_map(|r| uri.strip_prefix(r.as_str()))
-            .ok_or_else(|| LakeError::Other(format!("file {uri} is outside its table")))?;
-        let path = deltalake::Path::from_url_path(rel)
-            .map_err(|e| LakeError::Other(format!("file {uri}: {e}")))?;
+    for f in files {
+        let path = f.object_store_path();
         let bytes = store
             .get(&path)
             .await
-            .map_err(|e| LakeError::Other(format!("read {uri}: {e}")))?
+            .map_err(|e| LakeError::Other(format!("read {path}: {e}")))?
             .bytes()
             .await
-            .map_err(|e| LakeError::Other(format!("read {uri}: {e}")))?;
+            .map_err(|e| LakeError::Other(format!("read {path}: {e}")))?;
+        let deleted = match f.deletion_vector_descriptor() {
+            Some(dv) => Some(deleted_rows(&table, dv).await?),
+            None => None,
+        };
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+        let mut position = 0u64;
         for batch in reader {
-            out.push(batch?);
+            let batch = batch?;
+            let rows = batch.num_rows() as u64;
+            match &deleted {
+                Some(d) => {
+                    let keep: arrow::array::BooleanArray = (position..position + rows)
+                        .map(|i| Some(!d.contains(i)))
+                        .collect();
+                    out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+                }
+                None => out.push(batch),
+            }
+            position += rows;
         }
     }
     Ok(out)
+}
+
+/// The rows a file's deletion vector deletes, read by the Delta kernel.
+async fn deleted_rows(
+    table: &deltalake::DeltaTable,
+    dv: deltalake::kernel::DeletionVectorDescriptor,
+) -> Result<roaring::RoaringTreemap, LakeError> {
+    let kernel: delta_kernel::actions::deletion_vector::DeletionVectorDescriptor = dv
+        .try_into()
+        .map_err(|e| LakeError::Other(format!("deletion vector: {e}")))?;
+    let storage = table.log_store().engine(None).storage_handler();
+    let root = table.table_url().clone();
+    tokio::task::spawn_blocking(move || kernel.read(storage, &root))
+        .await
+        .map_err(|e| LakeError::Other(format!("deletion vector: {e}")))?
+        .map_err(|e| LakeError::Other(format!("deletion vector: {e}")))
 }
 
 /// The Delta `txn` version recorded for `app_id`.

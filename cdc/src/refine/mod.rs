@@ -754,6 +754,9 @@ pub struct Refiner<'a> {
     pub compact_small_files: usize,
     /// Target size of a silver table's files (`MEDALLION_SILVER_FILE_MIB`).
     pub silver_file_bytes: u64,
+    /// Apply current-state slices with deletion vectors
+    /// (`MEDALLION_SILVER_DELETION_VECTORS`, see [`crate::silver`]).
+    pub silver_deletion_vectors: bool,
     /// Delta tables kept open between cycles.
     pub tables: &'a lake::TableCache,
 }
@@ -795,6 +798,7 @@ impl<'a> Refiner<'a> {
             numeric_scale: cfg.numeric_scale,
             compact_small_files: cfg.compact_small_files,
             silver_file_bytes: cfg.silver_file_mib.max(1) << 20,
+            silver_deletion_vectors: cfg.silver_deletion_vectors,
             tables,
         }
     }

@@ -47,6 +47,7 @@
 //!   [`Refiner`] both run on.
 
 mod change_log;
+mod mark_and_append;
 #[cfg(test)]
 mod memory;
 mod merge;

@@ -299,7 +299,8 @@ impl SilverStore for DeltaSilver<'_> {
             .take()
             .ok_or_else(|| Error::Protocol("silver table missing".into()))?;
         let silver = with_silver_properties(silver, self.refiner).await;
-        self.table = Some(merge(def, ctx, silver, slice).await?);
+        let marks = self.refiner.silver_deletion_vectors;
+        self.table = Some(merge(def, ctx, silver, slice, marks).await?);
         Ok(())
     }
 
@@ -333,12 +334,15 @@ async fn with_silver_properties(silver: DeltaTable, refiner: &Refiner<'_>) -> De
 }
 
 /// One slice MERGEd into a silver Delta table in one commit (after a
-/// TRUNCATE's own marking commit, see [`SilverStore`]).
+/// TRUNCATE's own marking commit, see [`SilverStore`]). With
+/// `deletion_vectors`, a current-state table without soft delete gets the
+/// slice by [`super::mark_and_append`] instead of Delta's MERGE.
 async fn merge(
     def: &SilverDef,
     ctx: &SessionContext,
     silver: DeltaTable,
     slice: Slice<'_>,
+    deletion_vectors: bool,
 ) -> Result<DeltaTable> {
     let Slice {
         source,
@@ -410,6 +414,20 @@ async fn merge(
             .map_err(Error::delta(format!("write silver.{}", def.name)));
     }
     silver = add_new_columns(silver, data_fields, &def.name).await?;
+    if deletion_vectors && def.history == History::Current && !def.soft_delete {
+        let (table, m) = super::mark_and_append::apply(def, silver, source, props).await?;
+        tracing::debug!(
+            silver = %def.name,
+            files_read = m.files_read,
+            files_skipped = m.files_skipped,
+            files_marked = m.files_marked,
+            files_removed = m.files_removed,
+            rows_deleted = m.rows_deleted,
+            rows_written = m.rows_written,
+            "marked and appended"
+        );
+        return Ok(table);
+    }
     let data: Vec<String> = data_fields.iter().map(|f| f.name().clone()).collect();
     let df = ctx
         .read_batch(source)

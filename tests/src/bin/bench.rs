@@ -687,15 +687,24 @@ fn merge(changes: u64, keys: u64) -> anyhow::Result<(f64, f64)> {
             .sum()
     };
     println!(
-        "merge: silver MERGE commits {}: target files scanned {}, skipped {}, removed (rewritten) {}, added {}; \
-         target rows copied unchanged {}, updated {}",
+        "merge: silver MERGE commits {} ({}): target files scanned {}, skipped {}, removed (rewritten) {}, added {}; \
+         target rows copied unchanged {}, updated {}; with deletion vectors: rows marked deleted {}, rows written {}, \
+         files given a larger deletion vector {}",
         merges.len() - merged_before,
+        if b.config().silver_deletion_vectors {
+            "deletion vectors, MEDALLION_SILVER_DELETION_VECTORS=true"
+        } else {
+            "copy-on-write, MEDALLION_SILVER_DELETION_VECTORS=false"
+        },
         sum("num_target_files_scanned"),
         sum("num_target_files_skipped_during_scan"),
         sum("num_target_files_removed"),
         sum("num_target_files_added"),
         sum("num_target_rows_copied"),
         sum("num_target_rows_updated"),
+        sum("num_target_rows_marked_deleted"),
+        sum("num_target_rows_written"),
+        sum("num_deletion_vectors_updated"),
     );
     println!(
         "merge: silver after the MERGEs: {}",
@@ -917,11 +926,16 @@ impl Bench {
         medallion::Config {
             database_url: self.cluster.url(DB),
             lake_url: self.lake().display().to_string(),
-            // The in-process refiner takes silver's file size (to compare
-            // layouts) and how many silver tables and gold models a cycle
+            // The in-process refiner takes silver's file size and whether
+            // it marks rows with deletion vectors (to compare layouts and
+            // ways of applying a slice) and how many silver tables and gold models a cycle
             // refreshes at once from the environment, as `medallion run`
             // does.
             silver_file_mib: env_or("MEDALLION_SILVER_FILE_MIB", default.silver_file_mib),
+            silver_deletion_vectors: env_or(
+                "MEDALLION_SILVER_DELETION_VECTORS",
+                default.silver_deletion_vectors,
+            ),
             silver_parallelism: env_or("MEDALLION_SILVER_PARALLELISM", default.silver_parallelism),
             gold_parallelism: env_or("MEDALLION_GOLD_PARALLELISM", default.gold_parallelism),
             ..default

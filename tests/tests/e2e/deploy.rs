@@ -212,9 +212,10 @@ impl Stack {
         let out = Command::new(PYTHON)
             .args([
                 "-c",
-                "import sys, json, deltalake, pyarrow.compute as pc\n\
+                "import sys, json, deltalake, pyarrow as pa, pyarrow.compute as pc\n\
                  o = json.loads(sys.argv[3])\n\
-                 s = deltalake.DeltaTable(sys.argv[1], storage_options=o).to_pyarrow_table()\n\
+                 q = deltalake.QueryBuilder().register('s', deltalake.DeltaTable(sys.argv[1], storage_options=o))\n\
+                 s = pa.table(q.execute('SELECT id, balance FROM s').read_all())\n\
                  print(s.num_rows, pc.sum(s.column('id')).as_py(), pc.sum(s.column('balance')).as_py())\n\
                  b = deltalake.DeltaTable(sys.argv[2], storage_options=o).to_pyarrow_table(columns=['_mdl_lsn', '_mdl_seq', '_mdl_op'])\n\
                  keys = set(zip(*(b.column(c).to_pylist() for c in ['_mdl_lsn', '_mdl_seq', '_mdl_op'])))\n\

@@ -97,6 +97,20 @@ async fn an_s3_lake_gets_every_change_once_through_kill_9_and_a_gateway_outage()
         .expect("medallion refine");
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
+    // Silver took the workload's updates as deletion vectors on S3 (their
+    // files and the data files are read back through the bucket above).
+    let mut marked = 0;
+    for (t, _) in medallion_tests::odoo::schema() {
+        let table = super::refine::open_refined(&env, "silver", t).await;
+        marked += table
+            .snapshot()
+            .expect("snapshot")
+            .log_data()
+            .iter()
+            .filter(|f| f.deletion_vector_descriptor().is_some())
+            .count();
+    }
+    assert!(marked > 0, "no silver file on S3 has a deletion vector");
     for (t, _) in medallion_tests::odoo::schema() {
         env.assert_silver_matches("public", t, t).await;
     }

@@ -115,12 +115,26 @@ async fn silver_and_gold_equal_postgres_on_the_odoo_workload() {
         "an idle cycle records no run"
     );
 
-    // Any Delta reader can read silver: the Python deltalake package.
+    // Any Delta reader can read silver (which took its changes with
+    // deletion vectors): the Python deltalake package and DuckDB.
+    let table = open_refined(&env, "silver", "account_move").await;
+    assert_eq!(
+        table
+            .snapshot()
+            .expect("snapshot")
+            .protocol()
+            .min_reader_version(),
+        3,
+        "silver.account_move has the deletionVectors feature"
+    );
     independent_reader_agrees(&env, "account_move").await;
 }
 
-/// Read a silver table with the Python `deltalake` package (installed by
-/// `scripts/setup.sh` into `.medallion/py`) and compare row count and a sum.
+/// Read a silver table with the Python `deltalake` package (its DataFusion
+/// reader: `to_pyarrow_table` refuses tables with deletion vectors) and
+/// with DuckDB's Delta extension (the Delta kernel), both installed by
+/// `scripts/setup.sh` into `.medallion/py`, and compare row count and a
+/// sum with Postgres.
 async fn independent_reader_agrees(env: &Env, silver: &str) {
     let python = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -141,10 +155,16 @@ async fn independent_reader_agrees(env: &Env, silver: &str) {
     let out = Command::new(&python)
         .args([
             "-c",
-            "import sys, deltalake, pyarrow.compute as pc\n\
-             t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
-             print(t.num_rows, pc.sum(t.column('id')).as_py(), flush=True)\n\
-             import os; os._exit(0)",
+            "import sys, os, glob, deltalake, duckdb, duckdb_extension_delta, pyarrow as pa\n\
+             q = deltalake.QueryBuilder().register('s', deltalake.DeltaTable(sys.argv[1]))\n\
+             r = pa.table(q.execute('SELECT count(*) AS n, sum(id) AS s FROM s').read_all()).to_pylist()[0]\n\
+             print(r['n'], r['s'], flush=True)\n\
+             ext = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), 'extensions', '*', 'delta.duckdb_extension'))[0]\n\
+             c = duckdb.connect(config={'autoinstall_known_extensions': False, 'autoload_known_extensions': False, 'allow_unsigned_extensions': True})\n\
+             c.execute(f\"LOAD '{ext}'\")\n\
+             n, s = c.execute('SELECT count(*), sum(id) FROM delta_scan(?)', [sys.argv[1]]).fetchone()\n\
+             print(n, s, flush=True)\n\
+             os._exit(0)",
             dir.to_str().unwrap(),
         ])
         .output()
@@ -157,7 +177,13 @@ async fn independent_reader_agrees(env: &Env, silver: &str) {
     let expected = env.sql(&format!(
         "SELECT count(*) || ' ' || sum(id) FROM public.{silver}"
     ));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected.trim());
+    let out = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![expected.trim(), expected.trim()],
+        "python deltalake, then DuckDB"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,10 +411,17 @@ async fn kill_9_during_silver_merge_compaction_gold_and_publish_then_rerun_gives
     // Build once so later crashes hit incremental merges.
     let (st, err) = refine(None);
     assert!(st.success(), "{err}");
-    use medallion::fault::{BEFORE_GOLD_COMMIT, BEFORE_PUBLISH_COMMIT, MID_COMPACTION, MID_SILVER};
+    use medallion::fault::{
+        BEFORE_GOLD_COMMIT, BEFORE_PUBLISH_COMMIT, BEFORE_SILVER_MARKS_COMMIT, MID_COMPACTION,
+        MID_SILVER,
+    };
     for (seed, (point, n)) in (22..).zip([
         (MID_SILVER, 1),
         (MID_SILVER, 7),
+        // Silver's slices mark rows in deletion vectors (the default): a
+        // crash leaves vectors and files no commit names.
+        (BEFORE_SILVER_MARKS_COMMIT, 1),
+        (BEFORE_SILVER_MARKS_COMMIT, 4),
         (BEFORE_GOLD_COMMIT, 1),
         (BEFORE_GOLD_COMMIT, 3),
         (BEFORE_PUBLISH_COMMIT, 1),
@@ -406,6 +439,16 @@ async fn kill_9_during_silver_merge_compaction_gold_and_publish_then_rerun_gives
     }
     let (st, err) = refine(None);
     assert!(st.success(), "rerun after crashes: {err}");
+    let lines = open_refined(&env, "silver", "account_move_line").await;
+    assert_eq!(
+        lines
+            .snapshot()
+            .expect("snapshot")
+            .protocol()
+            .min_reader_version(),
+        3,
+        "silver took its slices with deletion vectors"
+    );
     for (t, _) in medallion_tests::odoo::schema() {
         env.assert_silver_matches("public", t, t).await;
     }
@@ -736,7 +779,7 @@ async fn one_failing_model_fails_alone_and_medallion_status_says_degraded() {
 }
 
 /// A refined table's newest version.
-async fn open_refined(env: &Env, layer: &str, name: &str) -> deltalake::DeltaTable {
+pub(super) async fn open_refined(env: &Env, layer: &str, name: &str) -> deltalake::DeltaTable {
     let url = env
         .lake_root()
         .join(&format!("{layer}/{name}/"))
@@ -911,6 +954,8 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
     );
     let mut cfg = env.cfg();
     cfg.silver_file_mib = 1;
+    // First Delta's copy-on-write MERGE, then deletion vectors (the default).
+    cfg.silver_deletion_vectors = false;
     refine_after(&env, &cfg, "SELECT 1").await;
     let (files, size) = id_layout(&env, "silver", "big").await;
     assert_eq!(
@@ -934,6 +979,29 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
         files.len()
     );
     env.assert_silver_matches("public", "big", "big").await;
+    // With deletion vectors, 300 more keys in the same files: no file is
+    // rewritten, no row copied; the rows are marked where they lie.
+    cfg.silver_deletion_vectors = true;
+    let (files, _) = id_layout(&env, "silver", "big").await;
+    refine_after(
+        &env,
+        &cfg,
+        "UPDATE big SET pad = 'marked' WHERE id BETWEEN 301 AND 600",
+    )
+    .await;
+    let holding = files.iter().filter(|f| f.1 <= 600 && f.2 >= 301).count();
+    let metric = |key| last_merge_metric(&env, "silver", "big", key);
+    assert_eq!(metric("num_target_rows_copied").await, 0);
+    assert_eq!(metric("num_target_files_removed").await, 0);
+    assert_eq!(metric("num_target_rows_marked_deleted").await, 300);
+    assert_eq!(metric("num_target_rows_written").await, 300);
+    let marked = metric("num_deletion_vectors_updated").await;
+    assert!(
+        marked >= 1 && marked as usize <= holding,
+        "marked {marked} files ({holding} hold ids 301-600): {files:?}"
+    );
+    env.assert_silver_matches("public", "big", "big").await;
+    independent_reader_agrees(&env, "big").await;
     // A changed setting (or a table written before it existed) is recorded
     // on the table before its next MERGE.
     cfg.silver_file_mib = 2;
