@@ -35,6 +35,13 @@ pub(super) enum Src {
     Unresolved,
 }
 
+/// What a key's last change in a slice does (current state).
+enum Last {
+    Delete,
+    /// `None`: every value from the change's own row.
+    Upsert(Option<Vec<Src>>),
+}
+
 /// Silver rows of touched keys, by key.
 pub(super) struct Lookup {
     batch: RecordBatch,
@@ -339,61 +346,78 @@ impl<'a> ChangeLog<'a> {
         def: &SilverDef,
         lookup: Option<&Lookup>,
     ) -> Result<(RecordBatch, Option<(i64, Option<i64>)>)> {
-        // key → (last row, srcs or None for delete, gone)
-        let mut state: HashMap<&OwnedRow, (usize, Option<Vec<Src>>, bool)> = HashMap::new();
+        // key → (last row, what it does, gone). An upsert whose values all
+        // come from its own row (no unchanged TOAST value before it) keeps
+        // no sources: the output takes it whole.
+        let mut state: HashMap<&OwnedRow, (usize, Last, bool)> =
+            HashMap::with_capacity(self.batch.num_rows().min(1 << 20));
         let mut order: Vec<&OwnedRow> = Vec::new();
         let mut truncated = None;
         for i in 0..self.batch.num_rows() {
             let key = &self.keys[i];
-            match self.op.value(i) {
+            let gone = truncated.is_some();
+            let last = match self.op.value(i) {
                 "truncate" => {
                     state.clear();
                     order.clear();
                     truncated = Some((self.lsn.value(i), self.ts(i)));
+                    continue;
                 }
-                "delete" => {
-                    let gone = truncated.is_some();
-                    if state.insert(key, (i, None, gone)).is_none() {
-                        order.push(key);
-                    }
-                }
+                "delete" => Last::Delete,
+                _ if self.unchanged[i].is_empty() => Last::Upsert(None),
                 _ => {
-                    let prev = state.get(key);
-                    let gone = truncated.is_some();
-                    let srcs = self.upsert_srcs(i, prev.and_then(|p| p.1.as_deref()));
-                    if state.insert(key, (i, Some(srcs), gone)).is_none() {
-                        order.push(key);
-                    }
+                    let prev = state.get(key).and_then(|(p, last, _)| match last {
+                        Last::Delete => None,
+                        Last::Upsert(None) => Some(vec![Src::Change(*p); self.data_fields.len()]),
+                        Last::Upsert(Some(s)) => Some(s.clone()),
+                    });
+                    Last::Upsert(Some(self.upsert_srcs(i, prev.as_deref())))
                 }
+            };
+            if state.insert(key, (i, last, gone)).is_none() {
+                order.push(key);
             }
         }
-        let mut rows = Vec::with_capacity(order.len());
         let mut meta_rows = Vec::with_capacity(order.len());
         let mut actions = Vec::with_capacity(order.len());
+        let mut picked = Vec::with_capacity(order.len());
         for key in order {
-            let (row, srcs, gone) = state.remove(key).unwrap_or((0, None, true));
-            match srcs {
-                Some(mut s) => {
-                    self.resolve(&mut s, key, lookup, gone);
-                    rows.push(s);
-                    actions.push("upsert");
-                }
-                None => {
-                    rows.push(
-                        (0..self.data_fields.len())
-                            .map(|_| Src::Change(row))
-                            .collect(),
-                    );
-                    actions.push("delete");
-                }
-            }
+            let (row, last, gone) = state.remove(key).unwrap_or((0, Last::Delete, true));
+            actions.push(if matches!(last, Last::Delete) {
+                "delete"
+            } else {
+                "upsert"
+            });
             meta_rows.push(row);
+            picked.push((key, row, last, gone));
         }
-        let mut fields: Vec<Field> = self.data_fields.clone();
-        let mut cols = self.build(&rows, lookup)?;
         let take = arrow::array::UInt32Array::from(
             meta_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
         );
+        let mut fields: Vec<Field> = self.data_fields.clone();
+        let mut cols = if picked
+            .iter()
+            .all(|(_, _, last, _)| !matches!(last, Last::Upsert(Some(_))))
+        {
+            // Every value comes from the key's last row.
+            self.data_idx
+                .iter()
+                .map(|&c| arrow::compute::take(self.batch.column(c).as_ref(), &take, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(Error::arrow("silver merge source"))?
+        } else {
+            let rows: Vec<Vec<Src>> = picked
+                .into_iter()
+                .map(|(key, row, last, gone)| match last {
+                    Last::Upsert(Some(mut s)) => {
+                        self.resolve(&mut s, key, lookup, gone);
+                        s
+                    }
+                    _ => vec![Src::Change(row); self.data_fields.len()],
+                })
+                .collect();
+            self.build(&rows, lookup)?
+        };
         fields.push(Field::new(COL_LSN, DataType::Int64, false));
         cols.push(arrow::compute::take(self.lsn, &take, None).map_err(Error::arrow("lsn"))?);
         fields.push(ts_field(COL_COMMIT_TS));

@@ -59,7 +59,7 @@ const COMMIT_TRIES: usize = 10;
 const READ_CONCURRENCY: usize = 4;
 
 /// What one application did (for the debug line and the tests).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Marked {
     /// Files whose key statistics may hold a changed key, read.
     pub files_read: usize,
@@ -73,6 +73,12 @@ pub(crate) struct Marked {
     pub rows_deleted: u64,
     /// Rows written into new files.
     pub rows_written: usize,
+    /// Time spent before marking (the feature checked, the slice's keys,
+    /// the new rows' files written), reading key columns and marking, and
+    /// writing the vectors and committing (the last try).
+    pub write_ms: u64,
+    pub mark_ms: u64,
+    pub commit_ms: u64,
 }
 
 /// Apply `source` (a reduced current-state slice: data columns, `_mdl_lsn`,
@@ -84,6 +90,7 @@ pub(super) async fn apply(
     source: RecordBatch,
     props: CommitProperties,
 ) -> Result<(DeltaTable, Marked)> {
+    let started = std::time::Instant::now();
     let mut silver = deletion_vectors::enable(silver).await?;
     let schema: SchemaRef = silver
         .snapshot()
@@ -108,7 +115,9 @@ pub(super) async fn apply(
             .await
             .map_err(Error::delta(format!("write silver.{}", def.name)))?
     };
+    let write_ms = started.elapsed().as_millis() as u64;
     for attempt in 1..=COMMIT_TRIES {
+        let marking = std::time::Instant::now();
         let files: Vec<LogicalFileView> = silver
             .get_active_add_actions_by_partitions(&[])
             .try_collect()
@@ -135,8 +144,11 @@ pub(super) async fn apply(
             files_read: candidates.len(),
             files_skipped: skipped.len(),
             rows_written,
+            write_ms,
+            mark_ms: marking.elapsed().as_millis() as u64,
             ..Marked::default()
         };
+        let committing = std::time::Instant::now();
         let (emptied, kept): (Vec<_>, Vec<_>) =
             marks.into_iter().partition(|m| m.deleted.len() >= m.rows);
         let descriptors =
@@ -197,6 +209,7 @@ pub(super) async fn apply(
                 // The refiner keeps the table and sees to its checkpoint
                 // once the run is done (`Refiner::keep_written`).
                 silver.state = Some(finalized.snapshot());
+                report.commit_ms = committing.elapsed().as_millis() as u64;
                 return Ok((silver, report));
             }
             Err(e) if lake::moved_under(&e) && attempt < COMMIT_TRIES => {
@@ -504,16 +517,16 @@ mod tests {
             .await
             .expect("apply");
         assert_eq!(
-            m,
-            Marked {
-                files_read: 2,
-                files_skipped: 0,
-                files_marked: 2,
-                files_removed: 0,
-                rows_deleted: 3,
-                rows_written: 3,
-            }
+            (
+                m.files_read,
+                m.files_skipped,
+                m.files_marked,
+                m.files_removed
+            ),
+            (2, 0, 2, 0),
+            "{m:?}"
         );
+        assert_eq!((m.rows_deleted, m.rows_written), (3, 3), "{m:?}");
         assert!(
             deletion_vectors::supported(&table),
             "the table gained the feature"

@@ -424,6 +424,9 @@ async fn merge(
             files_removed = m.files_removed,
             rows_deleted = m.rows_deleted,
             rows_written = m.rows_written,
+            write_ms = m.write_ms,
+            mark_ms = m.mark_ms,
+            commit_ms = m.commit_ms,
             "marked and appended"
         );
         return Ok(table);
