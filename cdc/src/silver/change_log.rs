@@ -96,6 +96,9 @@ pub(super) struct ChangeLog<'a> {
     ts: Option<&'a TimestampMicrosecondArray>,
     /// Per row: data column indexes whose TOAST value was not sent.
     unchanged: Vec<Vec<usize>>,
+    /// The rows in (LSN, order) order, when the batch is not in it (it is
+    /// read from bronze unordered).
+    order: Option<Vec<u32>>,
     pub(super) toast_missing: std::sync::atomic::AtomicU64,
 }
 
@@ -222,8 +225,10 @@ impl<'a> ChangeLog<'a> {
             }
             Err(_) => vec![Vec::new(); batch.num_rows()],
         };
+        let order = change_order(batch, lsn, table)?;
         Ok(ChangeLog {
             batch,
+            order,
             data_fields,
             data_idx,
             keys: key_rows,
@@ -233,6 +238,14 @@ impl<'a> ChangeLog<'a> {
             ts,
             unchanged,
             toast_missing: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The batch's rows in (LSN, order) order.
+    fn rows(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.batch.num_rows()).map(|k| match &self.order {
+            Some(order) => order[k] as usize,
+            None => k,
         })
     }
 
@@ -353,7 +366,7 @@ impl<'a> ChangeLog<'a> {
             HashMap::with_capacity(self.batch.num_rows().min(1 << 20));
         let mut order: Vec<&OwnedRow> = Vec::new();
         let mut truncated = None;
-        for i in 0..self.batch.num_rows() {
+        for i in self.rows() {
             let key = &self.keys[i];
             let gone = truncated.is_some();
             let last = match self.op.value(i) {
@@ -458,7 +471,7 @@ impl<'a> ChangeLog<'a> {
         let mut hist: HashMap<&OwnedRow, KeyHistory> = HashMap::new();
         let mut order: Vec<&OwnedRow> = Vec::new();
         let mut truncated = None;
-        for i in 0..self.batch.num_rows() {
+        for i in self.rows() {
             let (lsn, ts) = (self.lsn.value(i), self.ts(i));
             let key = &self.keys[i];
             if self.op.value(i) == "truncate" {
@@ -693,6 +706,24 @@ impl<'a> ChangeLog<'a> {
     }
 }
 
+/// The order of `batch`'s rows by (LSN, `_mdl_seq`), the order of the
+/// source's commits and of the changes within each; None when they are in
+/// it. Without `_mdl_seq` rows of one LSN keep their order.
+fn change_order(batch: &RecordBatch, lsn: &Int64Array, table: &str) -> Result<Option<Vec<u32>>> {
+    let l = lsn.values();
+    let seq = match batch.schema_ref().index_of(crate::bronze::COL_SEQ) {
+        Ok(i) => Some(lake::typed_column::<Int64Array>(batch, i, table, "Int64")?.values()),
+        Err(_) => None,
+    };
+    let key = |i: usize| (l[i], seq.map_or(i as i64, |q| q[i]));
+    if (1..l.len()).all(|i| key(i - 1) <= key(i)) {
+        return Ok(None);
+    }
+    let mut order: Vec<u32> = (0..l.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| key(i as usize));
+    Ok(Some(order))
+}
+
 /// Hashable per-row keys of `key_cols`.
 pub(super) fn key_rows(key_cols: &[ArrayRef]) -> Result<Vec<OwnedRow>> {
     let conv = RowConverter::new(
@@ -902,6 +933,49 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Bronze is read unordered: a slice whose rows come in any order
+    /// reduces as if they came in (LSN, `_mdl_seq`) order.
+    #[test]
+    fn a_slice_read_out_of_order_reduces_in_change_order() {
+        let ordered = slice(&[
+            ("insert", 10, 1, Some("a"), false),
+            ("update", 10, 1, Some("a1"), false),
+            ("insert", 10, 2, Some("b"), false),
+            ("update", 20, 1, Some("a2"), false),
+            ("delete", 30, 2, None, false),
+            ("update", 40, 1, None, true),
+            ("update", 40, 1, Some("a4"), false),
+        ]);
+        let seq = Int64Array::from_iter_values(0..ordered.num_rows() as i64);
+        let mut columns = ordered.columns().to_vec();
+        columns.push(Arc::new(seq));
+        let mut fields: Vec<Field> = ordered
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(crate::bronze::COL_SEQ, DataType::Int64, false));
+        let ordered = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let reversed = arrow::compute::take_record_batch(
+            &ordered,
+            &arrow::array::UInt32Array::from_iter_values((0..ordered.num_rows() as u32).rev()),
+        )
+        .unwrap();
+        let reduce = |b: &RecordBatch| {
+            let log = ChangeLog::new(b, &["id".into()], "bronze public.t").unwrap();
+            current(&log.reduce_current(&def(History::Current), None).unwrap().0)
+        };
+        let want = vec![
+            (1, Some("a4".to_string()), 40, "upsert".to_string()),
+            (2, None, 30, "delete".to_string()),
+        ];
+        assert_eq!(reduce(&ordered), want);
+        let mut got = reduce(&reversed);
+        got.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
 use deltalake::datafusion::prelude::SessionContext;
 
 use crate::bronze::{self, COL_COMMIT_TS, COL_LSN, COL_OP, META_PREFIX};
@@ -29,10 +29,10 @@ impl Refiner<'_> {
         hi: i64,
         report: &mut SilverReport,
     ) -> Result<()> {
-        // Read unordered, then put in (LSN, order) order here: one sort of
-        // two integer columns (none when bronze's files came back in
-        // order) instead of DataFusion sorting every column per partition
-        // and merging them.
+        // Read unordered: the reduction visits the rows in (LSN, order)
+        // order (`ChangeLog`), one sort of two integer columns, none when
+        // bronze's files came back in order, instead of DataFusion sorting
+        // every column per partition and merging them.
         let sql = format!(
             "SELECT * FROM b WHERE {COL_LSN} >= {lo} AND {COL_LSN} < {hi} AND {COL_OP} <> 'snapshot'"
         );
@@ -46,7 +46,6 @@ impl Refiner<'_> {
         let changes = arrow::compute::concat_batches(&schema, &batches)
             .map_err(Error::arrow("concat changes"))?;
         drop(batches);
-        let changes = in_change_order(changes, &def.source)?;
         report.rows_in += changes.num_rows() as u64;
         let log = ChangeLog::new(&changes, &def.keys, &format!("bronze {}", def.source))?;
         let lookup = if log.needs_lookup(def) {
@@ -150,25 +149,6 @@ impl Refiner<'_> {
     }
 }
 
-/// `changes` in (LSN, order) order, the order of the source's commits
-/// and of the changes within each.
-fn in_change_order(changes: RecordBatch, table: &crate::bronze::TableId) -> Result<RecordBatch> {
-    let name = format!("bronze {table}");
-    let lsn = lake::named_column::<Int64Array>(&changes, COL_LSN, &name, "Int64")?;
-    let seq = lake::named_column::<Int64Array>(&changes, bronze::COL_SEQ, &name, "Int64")?;
-    let (l, q) = (lsn.values(), seq.values());
-    if (1..l.len()).all(|i| (l[i - 1], q[i - 1]) <= (l[i], q[i])) {
-        return Ok(changes);
-    }
-    let columns = [lsn, seq].map(|c| arrow::compute::SortColumn {
-        values: Arc::new(c.clone()) as arrow::array::ArrayRef,
-        options: None,
-    });
-    let order = arrow::compute::lexsort_to_indices(&columns, None)
-        .map_err(Error::arrow("order changes"))?;
-    arrow::compute::take_record_batch(&changes, &order).map_err(Error::arrow("order changes"))
-}
-
 /// Rows of a merge source that write data (not closes or deletes).
 fn written_rows(source: &RecordBatch) -> Result<BooleanArray> {
     let action = source
@@ -252,43 +232,5 @@ fn drop_rows(source: &RecordBatch, rows: &[usize], history: History) -> Result<R
             }
             Ok(out)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use arrow::datatypes::{DataType, Field, Schema};
-
-    use super::*;
-
-    fn changes(rows: &[(i64, i64, &str)]) -> RecordBatch {
-        let schema = Schema::new(vec![
-            Field::new(COL_LSN, DataType::Int64, false),
-            Field::new(bronze::COL_SEQ, DataType::Int64, false),
-            Field::new("v", DataType::Utf8, false),
-        ]);
-        RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
-            ],
-        )
-        .expect("batch")
-    }
-
-    /// Batches read from bronze come back in any order: the changes are
-    /// put in (LSN, order) order, whole rows moving together.
-    #[test]
-    fn changes_are_put_in_lsn_then_change_order() {
-        let table = crate::bronze::TableId::new("public", "t");
-        let sorted = changes(&[(1, 0, "a"), (1, 1, "b"), (2, 0, "c"), (3, 0, "d")]);
-        assert_eq!(
-            in_change_order(sorted.clone(), &table).expect("order"),
-            sorted
-        );
-        let shuffled = changes(&[(2, 0, "c"), (3, 0, "d"), (1, 1, "b"), (1, 0, "a")]);
-        assert_eq!(in_change_order(shuffled, &table).expect("order"), sorted);
     }
 }
