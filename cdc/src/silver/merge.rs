@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
 use deltalake::datafusion::prelude::SessionContext;
 
-use crate::bronze::{self, COL_COMMIT_TS, COL_LSN, COL_OP, META_PREFIX};
+use crate::bronze::{COL_COMMIT_TS, COL_LSN, COL_OP, META_PREFIX};
 use crate::catalog::{History, OnViolation, SilverDef};
 use crate::error::{Error, Result};
 use crate::lake;
