@@ -13,7 +13,7 @@ use arrow::array::{
 };
 use arrow::compute::interleave;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{Row, RowConverter, Rows, SortField};
 
 use crate::bronze::{COL_COMMIT_TS, COL_LSN, COL_OP, COL_UNCHANGED_TOAST, META_PREFIX};
 use crate::catalog::{History, SilverDef};
@@ -35,6 +35,10 @@ pub(super) enum Src {
     Unresolved,
 }
 
+/// Maps keyed by key rows: ahash, fast on short byte strings and keyed
+/// per map (the keys come from the source database).
+type KeyMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// What a key's last change in a slice does (current state).
 enum Last {
     Delete,
@@ -45,7 +49,7 @@ enum Last {
 /// Silver rows of touched keys, by key.
 pub(super) struct Lookup {
     batch: RecordBatch,
-    rows: HashMap<OwnedRow, usize>,
+    rows: KeyMap<Box<[u8]>, usize>,
     /// Data column index (slice order) → lookup column index.
     columns: Vec<Option<usize>>,
 }
@@ -62,9 +66,9 @@ impl Lookup {
             })
             .collect::<Result<_>>()?;
         let map = key_rows(&key_cols)?
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(i, k)| (k, i))
+            .map(|(i, k)| (Box::from(k.as_ref()), i))
             .collect();
         let columns = data
             .iter()
@@ -89,7 +93,8 @@ pub(super) struct ChangeLog<'a> {
     batch: &'a RecordBatch,
     pub(super) data_fields: Vec<Field>,
     data_idx: Vec<usize>,
-    keys: Vec<OwnedRow>,
+    /// Each row's key in the row format (hashable bytes).
+    keys: Rows,
     key_idx: Vec<usize>,
     op: &'a StringArray,
     lsn: &'a Int64Array,
@@ -262,7 +267,7 @@ impl<'a> ChangeLog<'a> {
     pub(super) fn touched_keys(&self) -> Result<RecordBatch> {
         let mut seen = std::collections::HashSet::new();
         let rows: Vec<usize> = (0..self.batch.num_rows())
-            .filter(|&i| self.op.value(i) != "truncate" && seen.insert(&self.keys[i]))
+            .filter(|&i| self.op.value(i) != "truncate" && seen.insert(self.keys.row(i)))
             .collect();
         let idx =
             arrow::array::UInt32Array::from(rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
@@ -298,7 +303,7 @@ impl<'a> ChangeLog<'a> {
     pub(super) fn resolve(
         &self,
         srcs: &mut [Src],
-        key: &OwnedRow,
+        key: Row<'_>,
         lookup: Option<&Lookup>,
         gone: bool,
     ) {
@@ -307,7 +312,7 @@ impl<'a> ChangeLog<'a> {
                 continue;
             }
             *s = match lookup {
-                Some(l) if !gone => match (l.rows.get(key), l.columns[c]) {
+                Some(l) if !gone => match (l.rows.get(key.as_ref()), l.columns[c]) {
                     (Some(&r), Some(_)) => Src::Silver(r),
                     _ => Src::Missing,
                 },
@@ -362,12 +367,14 @@ impl<'a> ChangeLog<'a> {
         // key → (last row, what it does, gone). An upsert whose values all
         // come from its own row (no unchanged TOAST value before it) keeps
         // no sources: the output takes it whole.
-        let mut state: HashMap<&OwnedRow, (usize, Last, bool)> =
-            HashMap::with_capacity(self.batch.num_rows().min(1 << 20));
-        let mut order: Vec<&OwnedRow> = Vec::new();
+        let mut state: KeyMap<Row<'_>, (usize, Last, bool)> = KeyMap::with_capacity_and_hasher(
+            self.batch.num_rows().min(1 << 20),
+            Default::default(),
+        );
+        let mut order: Vec<Row<'_>> = Vec::new();
         let mut truncated = None;
         for i in self.rows() {
-            let key = &self.keys[i];
+            let key = self.keys.row(i);
             let gone = truncated.is_some();
             let last = match self.op.value(i) {
                 "truncate" => {
@@ -379,7 +386,7 @@ impl<'a> ChangeLog<'a> {
                 "delete" => Last::Delete,
                 _ if self.unchanged[i].is_empty() => Last::Upsert(None),
                 _ => {
-                    let prev = state.get(key).and_then(|(p, last, _)| match last {
+                    let prev = state.get(&key).and_then(|(p, last, _)| match last {
                         Last::Delete => None,
                         Last::Upsert(None) => Some(vec![Src::Change(*p); self.data_fields.len()]),
                         Last::Upsert(Some(s)) => Some(s.clone()),
@@ -395,7 +402,7 @@ impl<'a> ChangeLog<'a> {
         let mut actions = Vec::with_capacity(order.len());
         let mut picked = Vec::with_capacity(order.len());
         for key in order {
-            let (row, last, gone) = state.remove(key).unwrap_or((0, Last::Delete, true));
+            let (row, last, gone) = state.remove(&key).unwrap_or((0, Last::Delete, true));
             actions.push(if matches!(last, Last::Delete) {
                 "delete"
             } else {
@@ -468,12 +475,12 @@ impl<'a> ChangeLog<'a> {
                 .filter_map(|c| self.data_fields.iter().position(|f| f.name() == c))
                 .collect()
         });
-        let mut hist: HashMap<&OwnedRow, KeyHistory> = HashMap::new();
-        let mut order: Vec<&OwnedRow> = Vec::new();
+        let mut hist: KeyMap<Row<'_>, KeyHistory> = KeyMap::default();
+        let mut order: Vec<Row<'_>> = Vec::new();
         let mut truncated = None;
         for i in self.rows() {
             let (lsn, ts) = (self.lsn.value(i), self.ts(i));
-            let key = &self.keys[i];
+            let key = self.keys.row(i);
             if self.op.value(i) == "truncate" {
                 for h in hist.values_mut() {
                     h.versions.retain(|v| v.lsn != lsn);
@@ -496,7 +503,7 @@ impl<'a> ChangeLog<'a> {
                     first_row: i,
                     prior: Prior::Keep,
                     prior_gone: truncated.is_some()
-                        || lookup.is_some_and(|l| !l.rows.contains_key(key)),
+                        || lookup.is_some_and(|l| !l.rows.contains_key(key.as_ref())),
                     versions: Vec::new(),
                     open: false,
                 }
@@ -508,13 +515,14 @@ impl<'a> ChangeLog<'a> {
                 match &h.prior {
                     Prior::Keep => Some(
                         (0..self.data_fields.len())
-                            .map(
-                                |c| match lookup.and_then(|l| l.rows.get(key).map(|&r| (l, r))) {
+                            .map(|c| {
+                                match lookup.and_then(|l| l.rows.get(key.as_ref()).map(|&r| (l, r)))
+                                {
                                     Some((l, r)) if l.columns[c].is_some() => Src::Silver(r),
                                     Some(_) => Src::Missing,
                                     None => Src::Unresolved,
-                                },
-                            )
+                                }
+                            })
                             .collect(),
                     ),
                     Prior::Replace { srcs, .. } => Some(srcs.clone()),
@@ -725,7 +733,7 @@ fn change_order(batch: &RecordBatch, lsn: &Int64Array, table: &str) -> Result<Op
 }
 
 /// Hashable per-row keys of `key_cols`.
-pub(super) fn key_rows(key_cols: &[ArrayRef]) -> Result<Vec<OwnedRow>> {
+pub(super) fn key_rows(key_cols: &[ArrayRef]) -> Result<Rows> {
     let conv = RowConverter::new(
         key_cols
             .iter()
@@ -736,7 +744,7 @@ pub(super) fn key_rows(key_cols: &[ArrayRef]) -> Result<Vec<OwnedRow>> {
     let rows = conv
         .convert_columns(key_cols)
         .map_err(Error::arrow("key rows"))?;
-    Ok((0..rows.num_rows()).map(|i| rows.row(i).owned()).collect())
+    Ok(rows)
 }
 
 pub(super) fn ts_field(name: &str) -> Field {
