@@ -246,6 +246,24 @@ impl<'a> ChangeLog<'a> {
         })
     }
 
+    /// The key's values when it is one integer column without NULLs.
+    fn integer_key(&self) -> Option<Vec<i64>> {
+        let [k] = self.key_idx[..] else {
+            return None;
+        };
+        let column = self.batch.column(self.data_idx[k]);
+        if !column.data_type().is_integer() || column.null_count() > 0 {
+            return None;
+        }
+        let ints = arrow::compute::cast(column, &DataType::Int64).ok()?;
+        // A cast that cannot hold a value (u64 beyond i64) gives NULL.
+        (ints.null_count() == 0).then(|| {
+            ints.as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.values().to_vec())
+        })?
+    }
+
     /// The batch's rows in (LSN, order) order.
     fn rows(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.batch.num_rows()).map(|k| match &self.order {
@@ -364,29 +382,36 @@ impl<'a> ChangeLog<'a> {
         def: &SilverDef,
         lookup: Option<&Lookup>,
     ) -> Result<(RecordBatch, Option<(i64, Option<i64>)>)> {
-        // key → (last row, what it does, gone). An upsert whose values all
-        // come from its own row (no unchanged TOAST value before it) keeps
-        // no sources: the output takes it whole.
-        let mut state: KeyMap<Row<'_>, (usize, Last, bool)> = KeyMap::with_capacity_and_hasher(
-            self.batch.num_rows().min(1 << 20),
-            Default::default(),
-        );
-        let mut order: Vec<Row<'_>> = Vec::new();
+        // Per key in order of first appearance: (last row, what it does,
+        // gone). An upsert whose values all come from its own row (no
+        // unchanged TOAST value before it) keeps no sources: the output
+        // takes it whole. Keys find their slot by value when the key is
+        // one integer column, else by their row-format bytes.
+        let ints = self.integer_key();
+        let mut by_int: KeyMap<i64, u32> = KeyMap::default();
+        let mut by_row: KeyMap<Row<'_>, u32> = KeyMap::default();
+        let mut slots: Vec<(usize, Last, bool)> = Vec::new();
         let mut truncated = None;
         for i in self.rows() {
-            let key = self.keys.row(i);
             let gone = truncated.is_some();
-            let last = match self.op.value(i) {
-                "truncate" => {
-                    state.clear();
-                    order.clear();
-                    truncated = Some((self.lsn.value(i), self.ts(i)));
-                    continue;
-                }
+            let op = self.op.value(i);
+            if op == "truncate" {
+                by_int.clear();
+                by_row.clear();
+                slots.clear();
+                truncated = Some((self.lsn.value(i), self.ts(i)));
+                continue;
+            }
+            let next = slots.len() as u32;
+            let slot = match &ints {
+                Some(v) => *by_int.entry(v[i]).or_insert(next),
+                None => *by_row.entry(self.keys.row(i)).or_insert(next),
+            } as usize;
+            let last = match op {
                 "delete" => Last::Delete,
                 _ if self.unchanged[i].is_empty() => Last::Upsert(None),
                 _ => {
-                    let prev = state.get(&key).and_then(|(p, last, _)| match last {
+                    let prev = slots.get(slot).and_then(|(p, last, _)| match last {
                         Last::Delete => None,
                         Last::Upsert(None) => Some(vec![Src::Change(*p); self.data_fields.len()]),
                         Last::Upsert(Some(s)) => Some(s.clone()),
@@ -394,22 +419,23 @@ impl<'a> ChangeLog<'a> {
                     Last::Upsert(Some(self.upsert_srcs(i, prev.as_deref())))
                 }
             };
-            if state.insert(key, (i, last, gone)).is_none() {
-                order.push(key);
+            if slot == slots.len() {
+                slots.push((i, last, gone));
+            } else {
+                slots[slot] = (i, last, gone);
             }
         }
-        let mut meta_rows = Vec::with_capacity(order.len());
-        let mut actions = Vec::with_capacity(order.len());
-        let mut picked = Vec::with_capacity(order.len());
-        for key in order {
-            let (row, last, gone) = state.remove(&key).unwrap_or((0, Last::Delete, true));
+        let mut meta_rows = Vec::with_capacity(slots.len());
+        let mut actions = Vec::with_capacity(slots.len());
+        let mut picked = Vec::with_capacity(slots.len());
+        for (row, last, gone) in slots {
             actions.push(if matches!(last, Last::Delete) {
                 "delete"
             } else {
                 "upsert"
             });
             meta_rows.push(row);
-            picked.push((key, row, last, gone));
+            picked.push((self.keys.row(row), row, last, gone));
         }
         let take = arrow::array::UInt32Array::from(
             meta_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
@@ -984,6 +1010,30 @@ mod tests {
         let mut got = reduce(&reversed);
         got.sort();
         assert_eq!(got, want);
+    }
+
+    /// A key of two columns (found by its row bytes, not by value) reduces
+    /// the same way.
+    #[test]
+    fn a_composite_key_keeps_the_last_change_of_each_key() {
+        let b = slice(&[
+            ("insert", 10, 1, Some("a"), false),
+            ("insert", 10, 1, Some("b"), false),
+            ("delete", 20, 1, Some("a"), false),
+            ("insert", 30, 2, Some("a"), false),
+            ("insert", 40, 1, Some("b"), false),
+        ]);
+        let log = ChangeLog::new(&b, &["id".into(), "v".into()], "bronze public.t").unwrap();
+        assert!(log.integer_key().is_none());
+        let (out, _) = log.reduce_current(&def(History::Current), None).unwrap();
+        assert_eq!(
+            current(&out),
+            [
+                (1, Some("a".into()), 20, "delete".into()),
+                (1, Some("b".into()), 40, "upsert".into()),
+                (2, Some("a".into()), 30, "upsert".into()),
+            ]
+        );
     }
 
     #[test]
