@@ -1002,6 +1002,15 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
     );
     env.assert_silver_matches("public", "big", "big").await;
     independent_reader_agrees(&env, "big").await;
+    // Given back to readers without deletion vectors as the docs say:
+    // the setting off, the table's directory deleted, rebuilt from bronze.
+    assert_eq!(reader_version(&env, "big").await, 3);
+    cfg.silver_deletion_vectors = false;
+    std::fs::remove_dir_all(lake::refined_dir(env.lake.path(), "silver", "big"))
+        .expect("delete silver/big");
+    refine_after(&env, &cfg, "UPDATE big SET pad = 'rebuilt' WHERE id = 7").await;
+    assert_eq!(reader_version(&env, "big").await, 1);
+    env.assert_silver_matches("public", "big", "big").await;
     // A changed setting (or a table written before it existed) is recorded
     // on the table before its next MERGE.
     cfg.silver_file_mib = 2;
@@ -1013,6 +1022,16 @@ async fn silver_files_are_bounded_and_a_merge_of_a_few_keys_rewrites_few_of_them
         "silver.big's delta.targetFileSize"
     );
     env.assert_silver_matches("public", "big", "big").await;
+}
+
+/// The Delta reader version a refined table requires.
+async fn reader_version(env: &Env, name: &str) -> i32 {
+    let table = open_refined(env, "silver", name).await;
+    table
+        .snapshot()
+        .expect("snapshot")
+        .protocol()
+        .min_reader_version()
 }
 
 /// How long a lake table keeps removed files' tombstones and log entries
