@@ -89,15 +89,19 @@ pub struct TableReport {
     pub files_vacuumed: usize,
 }
 
-fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+/// `batch`'s columns in `schema`'s order and types: a column the batch
+/// lacks (one the table gained later) is NULL, one of another type is cast.
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let columns = schema
         .fields()
         .iter()
-        .map(|f| match batch.schema().index_of(f.name()) {
-            Ok(i) => batch.column(i).clone(),
-            Err(_) => new_null_array(f.data_type(), batch.num_rows()),
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type())
+                .map_err(Error::arrow(format!("column {}", f.name()))),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("conform batch"))
 }
 
@@ -355,7 +359,7 @@ pub(crate) async fn compact(
                 }
                 position += rows as u64;
                 writer
-                    .write(conform(batch, &schema)?)
+                    .write(conform(&batch, &schema)?)
                     .await
                     .map_err(Error::delta("optimize write"))?;
             }

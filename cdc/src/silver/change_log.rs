@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray,
     TimestampMicrosecondArray, new_null_array,
 };
 use arrow::compute::interleave;
@@ -247,7 +247,7 @@ impl<'a> ChangeLog<'a> {
     }
 
     /// The key's values when it is one integer column without NULLs.
-    fn integer_key(&self) -> Option<Vec<i64>> {
+    fn integer_key(&self) -> Option<arrow::buffer::ScalarBuffer<i64>> {
         let [k] = self.key_idx[..] else {
             return None;
         };
@@ -258,10 +258,10 @@ impl<'a> ChangeLog<'a> {
         let ints = arrow::compute::cast(column, &DataType::Int64).ok()?;
         // A cast that cannot hold a value (u64 beyond i64) gives NULL.
         (ints.null_count() == 0).then(|| {
-            ints.as_any()
-                .downcast_ref::<Int64Array>()
-                .map(|a| a.values().to_vec())
-        })?
+            ints.as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .clone()
+        })
     }
 
     /// The batch's rows in (LSN, order) order.

@@ -30,7 +30,7 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTable;
@@ -47,7 +47,7 @@ use roaring::RoaringTreemap;
 use crate::catalog::SilverDef;
 use crate::error::{Error, Result};
 use crate::lake::{self, deletion_vectors};
-use crate::optimize::{KeyBound, key_range};
+use crate::optimize::{KeyBound, conform, key_range};
 
 use super::COL_ACTION;
 use super::store::{drop_column, filter_action};
@@ -233,22 +233,6 @@ fn merge_predicate(keys: &[String]) -> String {
         .join(" AND ")
 }
 
-/// `batch`'s columns in `schema`'s order and types (NULL for a column the
-/// slice does not have).
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => arrow::compute::cast(c, f.data_type())
-                .map_err(Error::arrow(format!("silver column {}", f.name()))),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("silver rows"))
-}
-
 /// The keys a slice changes, to find their rows in silver's files.
 struct SliceKeys {
     names: Vec<String>,
@@ -353,10 +337,6 @@ async fn mark_file(
 ) -> Result<Option<FileMarks>> {
     let path = file.object_store_path();
     let failed = |e: parquet::errors::ParquetError| Error::Protocol(format!("parquet {path}: {e}"));
-    let mut deleted = match file.deletion_vector_descriptor() {
-        Some(dv) => deletion_vectors::read(silver, &dv).await?,
-        None => RoaringTreemap::new(),
-    };
     let reader = ParquetObjectReader::new(silver.object_store(), path.clone())
         .with_file_size(file.size().max(0) as u64);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
@@ -378,7 +358,9 @@ async fn mark_file(
         .with_batch_size(64 * 1024)
         .build()
         .map_err(failed)?;
-    let (mut position, mut newly) = (0u64, 0u64);
+    // Rows of changed keys first; the file's vector is read only when
+    // there are some.
+    let (mut position, mut matched) = (0u64, RoaringTreemap::new());
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(failed)?;
         let columns = key_columns(&batch, &keys.names, &keys.types)?;
@@ -387,13 +369,22 @@ async fn mark_file(
             .convert_columns(&columns)
             .map_err(Error::arrow("key rows"))?;
         for (i, row) in rows.iter().enumerate() {
-            let at = position + i as u64;
-            if keys.rows.contains(row.as_ref()) && deleted.insert(at) {
-                newly += 1;
+            if keys.rows.contains(row.as_ref()) {
+                matched.insert(position + i as u64);
             }
         }
         position += batch.num_rows() as u64;
     }
+    if matched.is_empty() {
+        return Ok(None);
+    }
+    let mut deleted = match file.deletion_vector_descriptor() {
+        Some(dv) => deletion_vectors::read(silver, &dv).await?,
+        None => RoaringTreemap::new(),
+    };
+    let before = deleted.len();
+    deleted |= matched;
+    let newly = deleted.len() - before;
     Ok((newly > 0).then(|| FileMarks {
         file: file.clone(),
         deleted,
