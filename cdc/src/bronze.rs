@@ -50,6 +50,7 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::lsn::Lsn;
+use crate::typemap::binary::Wire;
 use crate::typemap::{ColumnBuilder, Kind, value_error};
 
 /// Reserved prefix of change-metadata columns.
@@ -197,6 +198,9 @@ impl MetaBuilders {
 pub enum Value<'a> {
     Null,
     Text(&'a [u8]),
+    /// A value in Postgres' binary format (the initial copy's `COPY …
+    /// (FORMAT binary)`).
+    Wire(Wire, &'a [u8]),
     Unchanged,
 }
 
@@ -349,6 +353,20 @@ impl RowBuffer {
                     if let Err(e) = self.builders[i].append_text(raw) {
                         let (name, kind) = &columns[i];
                         return Err(value_error(&id.to_string(), name, kind, raw, e));
+                    }
+                    self.bytes += raw.len();
+                }
+                Value::Wire(wire, raw) => {
+                    if let Err(e) = self.builders[i].append_wire(wire, raw) {
+                        let (name, kind) = &columns[i];
+                        let shown = wire.render(raw);
+                        return Err(value_error(
+                            &id.to_string(),
+                            name,
+                            kind,
+                            shown.as_bytes(),
+                            e,
+                        ));
                     }
                     self.bytes += raw.len();
                 }

@@ -345,7 +345,7 @@ impl Default for Config {
             publication: "medallion".into(),
             flush_rows: 100_000,
             flush_bytes: 64 << 20,
-            flush_interval_ms: 1000,
+            flush_interval_ms: 200,
             idle_flush_ms: 100,
             checkpoint_interval: 10,
             time_travel_hours: 6,

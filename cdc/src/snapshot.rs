@@ -11,6 +11,8 @@
 //!                       (else: a new snapshot, the copy starts again)
 //!                     bronze schema evolved to the shape at S
 //!                     COPY (SELECT <shape at S> FROM t WHERE filter) TO STDOUT
+//!                       (FORMAT binary when bronze reads every column's
+//!                        binary form, else text; in page ranges if large)
 //!                          │ rows, staged as Parquet every `flush_rows`
 //!  bronze:            one commit: rows (_mdl_op = snapshot, _mdl_lsn = S)
 //!                     + txn(stream app id, S) + txn(snapshot app id, S)
@@ -55,6 +57,7 @@ use crate::config::Config;
 use crate::error::{Error, Result, RetryPolicy};
 use crate::lsn::Lsn;
 use crate::typemap::Kind;
+use crate::typemap::binary::Wire;
 
 /// Which snapshot a copy reads.
 #[derive(Debug, Clone)]
@@ -112,27 +115,37 @@ impl FieldAt {
 
 /// Split one line of `COPY` text format into its fields; escaped fields are
 /// unescaped into `scratch`. Both vectors are reused from line to line.
+///
+/// One pass finds the tabs and the backslashes: a tab in a value is sent
+/// escaped (`\t`), so every tab byte ends a field, and a field without a
+/// backslash is read in place.
 fn split_copy_line(line: &[u8], out: &mut Vec<FieldAt>, scratch: &mut Vec<u8>) {
     out.clear();
     scratch.clear();
     let mut from = 0;
-    loop {
-        let to = memchr::memchr(b'\t', &line[from..]).map_or(line.len(), |p| from + p);
-        let field = &line[from..to];
-        out.push(if field == b"\\N" {
-            FieldAt::Null
-        } else if memchr::memchr(b'\\', field).is_some() {
-            let start = scratch.len();
-            unescape_into(field, scratch);
-            FieldAt::Unescaped(start, scratch.len())
-        } else {
+    let mut escaped = false;
+    let mut field = |from: usize, to: usize, escaped: bool, out: &mut Vec<FieldAt>| {
+        let bytes = &line[from..to];
+        out.push(if !escaped {
             FieldAt::Line(from, to)
+        } else if bytes == b"\\N" {
+            FieldAt::Null
+        } else {
+            let start = scratch.len();
+            unescape_into(bytes, scratch);
+            FieldAt::Unescaped(start, scratch.len())
         });
-        if to == line.len() {
-            return;
+    };
+    for at in memchr::memchr2_iter(b'\t', b'\\', line) {
+        if line[at] == b'\\' {
+            escaped = true;
+            continue;
         }
-        from = to + 1;
+        field(from, at, escaped, out);
+        from = at + 1;
+        escaped = false;
     }
+    field(from, line.len(), escaped, out);
 }
 
 fn unescape_into(f: &[u8], o: &mut Vec<u8>) {
@@ -468,6 +481,10 @@ fn page_ranges(pages: u64, max: usize, min_pages: u64) -> Vec<PageRange> {
         .collect()
 }
 
+/// `COPY` messages (rows) a range takes from its connection at once when
+/// they have already arrived.
+const COPY_MESSAGES_AT_ONCE: usize = 256;
+
 /// `_mdl_seq` of a copied row: the range's index in the high bits, the
 /// row's place in its range below (so `(lsn, seq)` stays unique across
 /// ranges, up to 2^40 rows a range).
@@ -520,6 +537,8 @@ impl Progress {
 /// rows.
 struct RangeCopy {
     sql: String,
+    /// How the rows are sent.
+    format: CopyFormat,
     /// Fields of a `COPY` row.
     fields: usize,
     /// For each bronze column, the copied column it takes its value from.
@@ -538,23 +557,21 @@ impl RangeCopy {
     /// Returns the part, to be adopted by the table, and its rows.
     async fn run(self, client: &Client, mut part: BronzePart) -> Result<(BronzePart, u64)> {
         let id = &self.progress.id;
+        // The messages already received are taken together, so waiting for
+        // the next ones (and for shutdown) is done once per batch of them.
         let stream = client
             .copy_out(&self.sql)
             .await
-            .map_err(|e| copy_failure(id, "COPY", e))?;
+            .map_err(|e| copy_failure(id, "COPY", e))?
+            .ready_chunks(COPY_MESSAGES_AT_ONCE);
         futures::pin_mut!(stream);
-        let mut carry: Vec<u8> = Vec::new();
-        let mut fields: Vec<FieldAt> = Vec::with_capacity(self.fields);
-        let mut scratch: Vec<u8> = Vec::new();
-        let mut meta = self.meta;
+        let mut lines = Lines::new(self.meta);
         let mut rows: u64 = 0;
         let mut unreported: u64 = 0;
-        // Postgres sends a `COPY` row a message: what is done per message
-        // is done per row, so the wait for shutdown is made once.
         let cancelled = self.shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let chunk = tokio::select! {
+            let chunks = tokio::select! {
                 biased;
                 _ = &mut cancelled => {
                     tracing::info!(table = %id, rows = self.progress.rows.load(Ordering::Relaxed), "snapshot: interrupted by shutdown; nothing committed, copied again at next start");
@@ -562,35 +579,17 @@ impl RangeCopy {
                 }
                 c = stream.next() => c,
             };
-            let Some(chunk) = chunk else { break };
-            let chunk = chunk.map_err(|e| copy_failure(id, "COPY data", e))?;
-            // Whole lines straight from the chunk; only a line cut by the
-            // chunk's end is carried over to the next.
-            let mut data: &[u8] = &chunk;
+            let Some(chunks) = chunks else { break };
             let before = rows;
-            if !carry.is_empty() {
-                let Some(pos) = memchr::memchr(b'\n', data) else {
-                    carry.extend_from_slice(data);
-                    continue;
+            for chunk in chunks {
+                let chunk = chunk.map_err(|e| copy_failure(id, "COPY data", e))?;
+                rows += match &self.format {
+                    CopyFormat::Text => self.take_text_chunk(&mut part, &chunk, &mut lines)?,
+                    CopyFormat::Binary(wires) => {
+                        self.take_binary_chunk(&mut part, &chunk, &mut lines, wires)?
+                    }
                 };
-                carry.extend_from_slice(&data[..pos]);
-                data = &data[pos + 1..];
-                self.append_line(&mut part, &carry, &mut fields, &mut scratch, &mut meta)?;
-                carry.clear();
-                rows += 1;
             }
-            while let Some(pos) = memchr::memchr(b'\n', data) {
-                self.append_line(
-                    &mut part,
-                    &data[..pos],
-                    &mut fields,
-                    &mut scratch,
-                    &mut meta,
-                )?;
-                data = &data[pos + 1..];
-                rows += 1;
-            }
-            carry.extend_from_slice(data);
             unreported += rows - before;
             if unreported >= 4096 {
                 self.progress.copied(std::mem::take(&mut unreported));
@@ -604,26 +603,171 @@ impl RangeCopy {
                 }
             }
         }
-        if !carry.is_empty() {
+        if !lines.carry.is_empty() {
             return Err(Error::Protocol(format!(
                 "snapshot of {id}: COPY data ended inside a row"
+            )));
+        }
+        if matches!(self.format, CopyFormat::Binary(_)) && !lines.ended {
+            return Err(Error::Protocol(format!(
+                "snapshot of {id}: binary COPY data ended without its trailer"
             )));
         }
         self.progress.copied(unreported);
         Ok((part, rows))
     }
 
-    /// Append one `COPY` text line as the next row of the range.
-    /// Append one `COPY` text line as the next row of the range; `fields`
-    /// and `scratch` are reused from line to line.
-    fn append_line(
+    /// Append the rows of one chunk of text `COPY` data; returns how many. Whole
+    /// lines are read straight from the chunk; only a line cut by the
+    /// chunk's end is carried over to the next.
+    fn take_text_chunk(
         &self,
         part: &mut BronzePart,
-        line: &[u8],
-        fields: &mut Vec<FieldAt>,
-        scratch: &mut Vec<u8>,
-        meta: &mut RowMeta,
-    ) -> Result<()> {
+        chunk: &[u8],
+        lines: &mut Lines,
+    ) -> Result<u64> {
+        let mut data = chunk;
+        let mut rows = 0;
+        if !lines.carry.is_empty() {
+            let Some(pos) = memchr::memchr(b'\n', data) else {
+                lines.carry.extend_from_slice(data);
+                return Ok(0);
+            };
+            let mut line = std::mem::take(&mut lines.carry);
+            line.extend_from_slice(&data[..pos]);
+            self.append_line(part, &line, lines)?;
+            line.clear();
+            lines.carry = line;
+            data = &data[pos + 1..];
+            rows += 1;
+        }
+        while let Some(pos) = memchr::memchr(b'\n', data) {
+            self.append_line(part, &data[..pos], lines)?;
+            data = &data[pos + 1..];
+            rows += 1;
+        }
+        lines.carry.extend_from_slice(data);
+        Ok(rows)
+    }
+
+    /// Append the rows of one chunk of binary `COPY` data; returns how many.
+    /// A row cut by the chunk's end is carried over to the next.
+    fn take_binary_chunk(
+        &self,
+        part: &mut BronzePart,
+        chunk: &[u8],
+        lines: &mut Lines,
+        wires: &[Wire],
+    ) -> Result<u64> {
+        if lines.carry.is_empty() {
+            let (used, rows) = self.binary_rows(part, chunk, lines, wires)?;
+            lines.carry.extend_from_slice(&chunk[used..]);
+            return Ok(rows);
+        }
+        let mut data = std::mem::take(&mut lines.carry);
+        data.extend_from_slice(chunk);
+        let (used, rows) = self.binary_rows(part, &data, lines, wires)?;
+        data.drain(..used);
+        lines.carry = data;
+        Ok(rows)
+    }
+
+    /// Append the whole rows at the start of `data` (after the header, the
+    /// first time); returns the bytes they took and how many rows.
+    fn binary_rows(
+        &self,
+        part: &mut BronzePart,
+        data: &[u8],
+        lines: &mut Lines,
+        wires: &[Wire],
+    ) -> Result<(usize, u64)> {
+        let id = &self.progress.id;
+        let protocol = |what: String| Error::Protocol(format!("snapshot of {id}: {what}"));
+        let mut at = 0;
+        if lines.header_due {
+            let Some(header) = data.get(..BINARY_HEADER_LEN) else {
+                return Ok((0, 0));
+            };
+            if header[..BINARY_SIGNATURE.len()] != BINARY_SIGNATURE[..] {
+                return Err(protocol("binary COPY data without its signature".into()));
+            }
+            let extension = u32::from_be_bytes([header[15], header[16], header[17], header[18]]);
+            at = BINARY_HEADER_LEN + extension as usize;
+            if data.len() < at {
+                return Ok((0, 0));
+            }
+            lines.header_due = false;
+        }
+        let mut rows = 0;
+        while at < data.len() {
+            if lines.ended {
+                return Err(protocol("binary COPY data after its trailer".into()));
+            }
+            let Some(count) = data.get(at..at + 2) else {
+                break;
+            };
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count == -1 {
+                lines.ended = true;
+                at += 2;
+                continue;
+            }
+            if count as usize != self.fields {
+                return Err(protocol(format!(
+                    "binary COPY row has {count} fields, expected {}",
+                    self.fields
+                )));
+            }
+            lines.fields.clear();
+            let mut p = at + 2;
+            let mut whole = true;
+            for _ in 0..count {
+                let Some(len) = data.get(p..p + 4) else {
+                    whole = false;
+                    break;
+                };
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                p += 4;
+                if len == -1 {
+                    lines.fields.push(FieldAt::Null);
+                    continue;
+                }
+                let Ok(len) = usize::try_from(len) else {
+                    return Err(protocol(format!("binary COPY field of length {len}")));
+                };
+                if data.len() < p + len {
+                    whole = false;
+                    break;
+                }
+                lines.fields.push(FieldAt::Line(p, p + len));
+                p += len;
+            }
+            if !whole {
+                break;
+            }
+            let fields = &lines.fields;
+            let values = self.map.iter().map(|m| {
+                match m.and_then(|i| Some((wires[i], fields[i].bytes(data, &[])?))) {
+                    Some((wire, v)) => Value::Wire(wire, v),
+                    None => Value::Null,
+                }
+            });
+            part.append_all(lines.meta, values)?;
+            lines.meta.seq += 1;
+            at = p;
+            rows += 1;
+        }
+        Ok((at, rows))
+    }
+
+    /// Append one `COPY` text line as the next row of the range.
+    fn append_line(&self, part: &mut BronzePart, line: &[u8], lines: &mut Lines) -> Result<()> {
+        let Lines {
+            fields,
+            scratch,
+            meta,
+            ..
+        } = lines;
         split_copy_line(line, fields, scratch);
         if fields.len() != self.fields {
             return Err(Error::Protocol(format!(
@@ -645,6 +789,56 @@ impl RangeCopy {
         Ok(())
     }
 }
+
+/// What a range's copy reuses from line to line: a line cut by a chunk's
+/// end, the fields of the current line and their unescaped bytes, and the
+/// next row's metadata.
+struct Lines {
+    carry: Vec<u8>,
+    fields: Vec<FieldAt>,
+    scratch: Vec<u8>,
+    meta: RowMeta,
+    /// Binary format: the header is still to be read.
+    header_due: bool,
+    /// Binary format: the trailer was read.
+    ended: bool,
+}
+
+impl Lines {
+    fn new(meta: RowMeta) -> Lines {
+        Lines {
+            carry: Vec::new(),
+            fields: Vec::new(),
+            scratch: Vec::new(),
+            meta,
+            header_due: true,
+            ended: false,
+        }
+    }
+}
+
+/// How a copy's rows are sent: as text, or in binary when every copied
+/// column's type has a binary form bronze reads ([`Wire::of`]); then the
+/// form of each copied column.
+#[derive(Clone)]
+enum CopyFormat {
+    Text,
+    Binary(Arc<[Wire]>),
+}
+
+impl CopyFormat {
+    fn name(&self) -> &'static str {
+        match self {
+            CopyFormat::Text => "text",
+            CopyFormat::Binary(_) => "binary",
+        }
+    }
+}
+
+/// The signature that starts binary `COPY` data.
+const BINARY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+/// Signature, flags and the header extension's length.
+const BINARY_HEADER_LEN: usize = 19;
 
 /// A connection for one more page range of a copy, inside the copy's
 /// snapshot `name`, holding its own lock on the table.
@@ -791,6 +985,18 @@ pub async fn copy_table(
         .iter()
         .map(|(name, _)| columns.iter().position(|c| c == name))
         .collect();
+    // Binary when bronze reads every copied column's binary form: Postgres
+    // then prints nothing and the ranges parse no text.
+    let mut wires: Vec<Option<Wire>> = vec![None; columns.len()];
+    for ((_, kind), m) in bronze.columns().iter().zip(map.iter()) {
+        if let Some(i) = *m {
+            wires[i] = Wire::of(shape.columns[i].1, kind);
+        }
+    }
+    let format = match wires.into_iter().collect::<Option<Arc<[Wire]>>>() {
+        Some(wires) => CopyFormat::Binary(wires),
+        None => CopyFormat::Text,
+    };
     let progress = Arc::new(Progress {
         id: id.clone(),
         estimate,
@@ -803,9 +1009,14 @@ pub async fn copy_table(
     let copied_at_us = chrono::Utc::now().timestamp_micros();
     let plan = |k: usize, range: PageRange| RangeCopy {
         sql: format!(
-            "COPY ({}) TO STDOUT",
-            select_sql(&table, &shape, range.condition().as_deref())
+            "COPY ({}) TO STDOUT{}",
+            select_sql(&table, &shape, range.condition().as_deref()),
+            match format {
+                CopyFormat::Text => "",
+                CopyFormat::Binary(_) => " (FORMAT binary)",
+            }
         ),
+        format: format.clone(),
         fields: columns.len(),
         map: map.clone(),
         meta: RowMeta {
@@ -902,17 +1113,198 @@ pub async fn copy_table(
                 ("medallion.lsn".into(), lsn.to_string().into()),
                 ("medallion.rows".into(), rows.into()),
                 ("medallion.ranges".into(), ranges.len().into()),
+                ("medallion.copy_format".into(), format.name().into()),
             ],
         )
         .await?;
     crate::fault::hit(crate::fault::AFTER_BRONZE_COMMIT);
-    tracing::info!(table = %id, rows, lsn = %lsn, "snapshot: committed");
+    tracing::info!(table = %id, rows, lsn = %lsn, ranges = ranges.len(), format = format.name(), "snapshot: committed");
     Ok(SnapshotDone { bronze, lsn, rows })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lake::Lake;
+
+    /// A test row: int4, text, and numeric(12,2) as (weight, sign, base-10000
+    /// digits).
+    type Row<'a> = (Option<i32>, Option<&'a str>, Option<(i16, u16, &'a [u16])>);
+
+    /// Binary `COPY` data of rows of (int4, text, numeric(12,2)): header
+    /// with an extension of `ext` bytes, the rows, the trailer.
+    fn binary_copy(rows: &[Row<'_>], ext: u32) -> Vec<u8> {
+        let mut v = BINARY_SIGNATURE.to_vec();
+        v.extend_from_slice(&0u32.to_be_bytes());
+        v.extend_from_slice(&ext.to_be_bytes());
+        v.extend(std::iter::repeat_n(7u8, ext as usize));
+        let field = |v: &mut Vec<u8>, bytes: Option<Vec<u8>>| match bytes {
+            None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(b) => {
+                v.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                v.extend_from_slice(&b);
+            }
+        };
+        for (id, name, amount) in rows {
+            v.extend_from_slice(&3i16.to_be_bytes());
+            field(&mut v, id.map(|i| i.to_be_bytes().to_vec()));
+            field(&mut v, name.map(|n| n.as_bytes().to_vec()));
+            field(
+                &mut v,
+                amount.map(|(weight, sign, digits)| {
+                    let mut n = (digits.len() as u16).to_be_bytes().to_vec();
+                    n.extend_from_slice(&weight.to_be_bytes());
+                    n.extend_from_slice(&sign.to_be_bytes());
+                    n.extend_from_slice(&2u16.to_be_bytes());
+                    for d in digits {
+                        n.extend_from_slice(&d.to_be_bytes());
+                    }
+                    n
+                }),
+            );
+        }
+        v.extend_from_slice(&(-1i16).to_be_bytes());
+        v
+    }
+
+    fn range_copy(format: CopyFormat) -> RangeCopy {
+        RangeCopy {
+            sql: String::new(),
+            format,
+            fields: 3,
+            map: Arc::from([Some(0), Some(1), Some(2)]),
+            meta: RowMeta {
+                op: Op::Snapshot,
+                lsn: Lsn::from_lake(1),
+                seq: 0,
+                commit_ts_us: 0,
+                xid: 0,
+            },
+            flush_rows: 1000,
+            flush_bytes: 1 << 20,
+            progress: Arc::new(Progress {
+                id: TableId::new("public", "t"),
+                estimate: 0,
+                started: std::time::Instant::now(),
+                rows: AtomicU64::new(0),
+                reported_ms: AtomicU64::new(0),
+                staged_once: AtomicBool::new(false),
+            }),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn binary_copy_data_is_read_whatever_its_chunks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = Config {
+            lake_url: dir.path().display().to_string(),
+            ..Config::default()
+        };
+        let lake = Lake::from_config(&cfg).expect("lake");
+        let columns = vec![
+            ("id".to_string(), Kind::Int32),
+            ("name".to_string(), Kind::Text),
+            (
+                "amount".to_string(),
+                Kind::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
+        ];
+        let mut bronze = BronzeTable::open_or_create(&lake, &TableId::new("public", "t"), &columns)
+            .await
+            .expect("bronze table");
+        let wires: Arc<[Wire]> = columns
+            .iter()
+            .zip([16 + 7, 25, 1700])
+            .map(|((_, kind), oid)| Wire::of(oid, kind).expect("a binary form"))
+            .collect();
+        let rows: &[Row<'_>] = &[
+            (Some(1), Some("tab\there\\"), Some((0, 0x4000, &[12, 3400]))),
+            (Some(-7), None, None),
+            (None, Some(""), Some((1, 0, &[1, 2]))),
+        ];
+        let data = binary_copy(rows, 5);
+        let copy = range_copy(CopyFormat::Binary(wires.clone()));
+        // Every chunk size, from a byte at a time to the whole data at once.
+        for size in 1..=data.len() {
+            let mut part = bronze.part();
+            let mut lines = Lines::new(copy.meta);
+            let mut got = 0;
+            for chunk in data.chunks(size) {
+                got += copy
+                    .take_binary_chunk(&mut part, chunk, &mut lines, &wires)
+                    .expect("rows");
+            }
+            assert_eq!(
+                (got, part.buffered_rows()),
+                (3, 3),
+                "chunks of {size} bytes"
+            );
+            assert!(
+                lines.ended && lines.carry.is_empty(),
+                "chunks of {size} bytes"
+            );
+            if size == 1 {
+                bronze.adopt(part).await.expect("adopt");
+            }
+        }
+        bronze
+            .commit(vec![Transaction::new("test", 1)], Vec::new())
+            .await
+            .expect("commit");
+        let table = lake
+            .open(&lake.bronze_url(&TableId::new("public", "t")).expect("url"))
+            .await
+            .expect("open")
+            .expect("table");
+        let ctx = crate::lake::session();
+        crate::lake::register(&ctx, "b", &table)
+            .await
+            .expect("register");
+        let batches = crate::lake::collect(
+            &ctx,
+            "SELECT id, name, CAST(amount AS VARCHAR) AS amount, _mdl_seq FROM b ORDER BY _mdl_seq",
+        )
+        .await
+        .expect("query");
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            vec![
+                "+----+-----------+----------+----------+",
+                "| id | name      | amount   | _mdl_seq |",
+                "+----+-----------+----------+----------+",
+                "| 1  | tab\there\\ | -12.34   | 0        |",
+                "| -7 |           |          | 1        |",
+                "|    |           | 10002.00 | 2        |",
+                "+----+-----------+----------+----------+",
+            ],
+            "{text}"
+        );
+
+        // Damaged data is an error, never a row read wrong.
+        let mut lines = Lines::new(copy.meta);
+        let mut bad = data.clone();
+        bad[0] = b'X';
+        assert!(
+            copy.take_binary_chunk(&mut bronze.part(), &bad, &mut lines, &wires)
+                .is_err(),
+            "a wrong signature"
+        );
+        let mut lines = Lines::new(copy.meta);
+        let mut more = data.clone();
+        more.extend_from_slice(&3i16.to_be_bytes());
+        assert!(
+            copy.take_binary_chunk(&mut bronze.part(), &more, &mut lines, &wires)
+                .is_err(),
+            "data after the trailer"
+        );
+    }
 
     #[test]
     fn page_ranges_cover_the_heap_once_in_order() {
@@ -997,17 +1389,24 @@ mod tests {
         );
     }
 
+    /// The fields of a text `COPY` line, unescaped (None for NULL).
+    fn split_fields(
+        line: &[u8],
+        out: &mut Vec<FieldAt>,
+        scratch: &mut Vec<u8>,
+    ) -> Vec<Option<Vec<u8>>> {
+        split_copy_line(line, out, scratch);
+        out.iter()
+            .map(|f| f.bytes(line, scratch).map(<[u8]>::to_vec))
+            .collect()
+    }
+
     #[test]
     fn copy_text_fields() {
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         let line = b"1\t\\N\ta\\tb\\\\c\\nd\t\\101\\x41\tplain";
-        split_copy_line(line, &mut out, &mut scratch);
-        let got: Vec<Option<Vec<u8>>> = out
-            .iter()
-            .map(|f| f.bytes(line, &scratch).map(<[u8]>::to_vec))
-            .collect();
         assert_eq!(
-            got,
+            split_fields(line, &mut out, &mut scratch),
             vec![
                 Some(b"1".to_vec()),
                 None,
@@ -1036,6 +1435,15 @@ mod tests {
             out,
             vec![FieldAt::Null, FieldAt::Line(3, 3)],
             "NULL, then an empty field"
+        );
+        assert_eq!(
+            split_fields(b"\\\\N\t\\N\\\tx\\", &mut out, &mut scratch),
+            vec![
+                Some(b"\\N".to_vec()),
+                Some(b"N\\".to_vec()),
+                Some(b"x\\".to_vec())
+            ],
+            "the text \\N is not NULL; a backslash at a field's end stays"
         );
     }
 }

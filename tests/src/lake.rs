@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Date32Type, TimeUnit, TimestampMicrosecondType};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use chrono::Datelike as _;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -163,6 +164,23 @@ pub fn pg_text(array: &dyn Array, row: usize) -> Option<String> {
                 .collect();
             format!("{{{}}}", parts.join(","))
         }
+        DataType::Date32 if array.as_primitive::<Date32Type>().value(row) < BC_DAYS => {
+            let days = array.as_primitive::<Date32Type>().value(row);
+            let d = chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)?;
+            format!("{:04}-{} BC", 1 - d.year(), d.format("%m-%d"))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, tz)
+            if array.as_primitive::<TimestampMicrosecondType>().value(row) < BC_MICROS =>
+        {
+            let us = array.as_primitive::<TimestampMicrosecondType>().value(row);
+            let t = chrono::DateTime::from_timestamp_micros(us)?.naive_utc();
+            let zone = if tz.is_some() { "+00" } else { "" };
+            format!(
+                "{:04}-{}{zone} BC",
+                1 - t.year(),
+                t.format("%m-%d %H:%M:%S%.6f")
+            )
+        }
         _ => {
             let opts = FormatOptions::default();
             let f = ArrayFormatter::try_new(array, &opts).ok()?;
@@ -170,6 +188,12 @@ pub fn pg_text(array: &dyn Array, row: usize) -> Option<String> {
         }
     })
 }
+
+/// Days and microseconds since 1970 of 0001-01-01: earlier dates are BC,
+/// printed as Postgres prints them (`0044-03-15 … BC`: year 1 BC is
+/// astronomical year 0), which Postgres reads back.
+const BC_DAYS: i32 = -719_162;
+const BC_MICROS: i64 = BC_DAYS as i64 * 86_400_000_000;
 
 /// An array element as Postgres prints it: quoted (with `\` and `"`
 /// escaped) only when empty, `NULL`, or holding a delimiter, brace, quote,

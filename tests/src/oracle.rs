@@ -49,7 +49,10 @@ pub async fn rows_equal_source<'r>(
         .map(|(c, _)| q(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let db = |e: tokio_postgres::Error| e.to_string();
+    let db = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(d) => format!("{e}: {}", d.message()),
+        None => e.to_string(),
+    };
     client
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS medallion_check; DROP TABLE IF EXISTS medallion_check.{chk}; \

@@ -261,6 +261,7 @@ pub(super) mod memory {
         fn append(&mut self, meta: RowMeta, values: &[Value<'_>]) -> Result<()> {
             let v = match values.first() {
                 Some(Value::Text(t)) => String::from_utf8_lossy(t).into_owned(),
+                Some(Value::Wire(w, t)) => w.render(t),
                 Some(Value::Null) | Some(Value::Unchanged) | None => String::new(),
             };
             self.pending.push((meta.lsn, meta.seq, v));

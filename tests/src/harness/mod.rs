@@ -144,6 +144,28 @@ impl Env {
         self.cfg().lake_root().expect("lake root")
     }
 
+    /// The commit infos of the snapshot commits of bronze `public.<table>`,
+    /// oldest first.
+    pub async fn snapshot_commits(
+        &self,
+        table: &str,
+    ) -> Vec<std::collections::HashMap<String, serde_json::Value>> {
+        let url = lake::bronze_url(&self.lake_root(), "public", table);
+        let bronze = deltalake::open_table_with_storage_options(url, self.storage())
+            .await
+            .unwrap_or_else(|e| panic!("open bronze {table}: {e}"));
+        let history = futures::TryStreamExt::try_collect::<Vec<_>>(bronze.history(None))
+            .await
+            .expect("commit infos");
+        let mut infos: Vec<_> = history
+            .into_iter()
+            .filter(|c| c.info.get("medallion.kind").and_then(|k| k.as_str()) == Some("snapshot"))
+            .map(|c| c.info)
+            .collect();
+        infos.reverse();
+        infos
+    }
+
     pub fn storage(&self) -> std::collections::HashMap<String, String> {
         self.s3
             .as_ref()

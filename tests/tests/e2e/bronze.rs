@@ -16,7 +16,7 @@ fn typed_insert(from: i64, to: i64) -> String {
         "INSERT INTO typed SELECT g, (g % 300)::int2, g::int4 * 7, g / 8.0, g / 3.0, \
            round(g * 1.25, 2), g * 0.5, 12345678901234567890123456789.0123456789 + g, g % 2 = 0, 'n' || g, \
            CASE WHEN g % 50 = 0 THEN (SELECT string_agg(md5(g::text || i::text), ' ') FROM generate_series(1, 200) i) \
-                ELSE 'short ' || g END, \
+                WHEN g % 13 = 0 THEN E'tab\\there\\\\back\\nline \\\\N ' || g ELSE 'short ' || g END, \
            DATE '2025-01-01' + g::int, TIMESTAMP '2025-01-01 08:00:00.123456' + g * interval '1 hour', \
            TIMESTAMPTZ '2025-01-01 08:00:00+02' + g * interval '1 minute', \
            jsonb_build_object('en_US', 'Name ' || g, 'n', g), decode(lpad(to_hex(g), 8, '0'), 'hex'), \
@@ -69,6 +69,74 @@ async fn every_mapped_type_round_trips_through_snapshot_and_stream() {
     // Status is visible in Postgres.
     let st = env.sql("SELECT state, rows_total > 0, last_lsn IS NOT NULL FROM medallion.status() WHERE name = 'public.typed'");
     assert_eq!(st.trim(), "streaming|t|t");
+}
+
+/// A table whose every column has a binary form bronze reads is copied
+/// with `COPY … (FORMAT binary)`, and gives the same bronze as the text
+/// path: edge values of each type, NULLs, escapes that text would need.
+/// A value that does not fit fails its table with the text path's reason
+/// and the value as Postgres prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_binary_readable_types_is_copied_in_binary() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE wire (id int8 PRIMARY KEY, i2 int2, i4 int4, o oid, f4 float4, f8 float8, \
+           amount numeric, price numeric(12,2), flag bool, name varchar(40), body text, c char(5), \
+           n name, js json, j jsonb, raw bytea, u uuid, d date, ts timestamp, tstz timestamptz); \
+         CREATE TABLE wire_text (id int PRIMARY KEY, iv interval); \
+         CREATE TABLE misfit (id int PRIMARY KEY, amount numeric)",
+    );
+    env.sql(
+        "INSERT INTO wire SELECT g, (g % 300 - 150)::int2, g::int4 * -7, (3000000000 + g)::text::oid, g / 8.0, \
+           CASE g % 5 WHEN 0 THEN 'NaN'::float8 WHEN 1 THEN '-Infinity' WHEN 2 THEN -0.0 ELSE g / 3.0 END, \
+           CASE g % 4 WHEN 0 THEN 0 WHEN 1 THEN -g * 1234567.000001 WHEN 2 THEN 0.000000000000000001 * g \
+                ELSE 12345678901.000000000000000000000001 * g END, \
+           g * -0.01, g % 2 = 0, 'n' || g, \
+           E'tab\\there\\\\back\\nline \\\\N é ' || g, 'ab', 'name' || g, \
+           json_build_object('k', g), jsonb_build_object('en_US', 'Name ' || g, 'n', g), \
+           decode(lpad(to_hex(g), 8, '0'), 'hex'), md5(g::text)::uuid, \
+           CASE g % 3 WHEN 0 THEN DATE '4713-01-01 BC' + g WHEN 1 THEN DATE '9999-12-31' - g ELSE DATE '2000-01-01' + g END, \
+           TIMESTAMP '0044-03-15 12:00:00.000001 BC' + g * interval '1 year 1 microsecond', \
+           TIMESTAMPTZ '1999-12-31 23:59:59.999999+05' + g * interval '1 day 1 microsecond' \
+         FROM generate_series(1, 400) g; \
+         INSERT INTO wire (id) VALUES (0); \
+         INSERT INTO wire_text VALUES (1, '1 day'); \
+         INSERT INTO misfit VALUES (1, 1), (2, -0.12345678901234567890123456789)",
+    );
+    env.sql(
+        "SELECT medallion.add_source('wire'); SELECT medallion.add_source('wire_text'); \
+         SELECT medallion.add_source('misfit')",
+    );
+    env.catch_up().await;
+    let formats = |infos: Vec<std::collections::HashMap<String, serde_json::Value>>| {
+        infos
+            .iter()
+            .map(|c| c.get("medallion.copy_format").cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        formats(env.snapshot_commits("wire").await),
+        vec![serde_json::json!("binary")]
+    );
+    assert_eq!(
+        formats(env.snapshot_commits("wire_text").await),
+        vec![serde_json::json!("text")],
+        "an interval has no binary form bronze reads"
+    );
+    assert_eq!(env.assert_bronze_matches("public", "wire").await, 401);
+    env.assert_bronze_matches("public", "wire_text").await;
+    let st =
+        env.sql("SELECT state, last_error FROM medallion.status() WHERE name = 'public.misfit'");
+    assert!(st.starts_with("failed|"), "{st}");
+    assert!(st.contains("public.misfit.amount"), "{st}");
+    assert!(
+        st.contains("-0.12345678901234567890123456789") && st.contains("would round"),
+        "the value as Postgres prints it and the text path's reason: {st}"
+    );
+    // The stream reads the same table as text afterwards.
+    env.sql("UPDATE wire SET body = body || E'\\t!', price = -price WHERE id % 9 = 0");
+    env.catch_up().await;
+    env.assert_bronze_matches("public", "wire").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -608,25 +608,15 @@ async fn another_database_or_slot_is_refused_the_lake() {
 /// The `medallion.ranges` of each snapshot commit of bronze `public.<table>`,
 /// oldest first.
 async fn snapshot_commit_ranges(env: &Env, table: &str) -> Vec<i64> {
-    let url = lake::bronze_url(&env.lake_root(), "public", table);
-    let bronze = deltalake::open_table_with_storage_options(url, env.storage())
+    env.snapshot_commits(table)
         .await
-        .unwrap_or_else(|e| panic!("open bronze {table}: {e}"));
-    let history = futures::TryStreamExt::try_collect::<Vec<_>>(bronze.history(None))
-        .await
-        .expect("commit infos");
-    let mut ranges: Vec<i64> = history
         .iter()
-        .filter(|c| c.info.get("medallion.kind").and_then(|k| k.as_str()) == Some("snapshot"))
         .map(|c| {
-            c.info
-                .get("medallion.ranges")
+            c.get("medallion.ranges")
                 .and_then(|r| r.as_i64())
                 .unwrap_or_else(|| panic!("medallion.ranges in {c:?}"))
         })
-        .collect();
-    ranges.reverse();
-    ranges
+        .collect()
 }
 
 /// A large table's copy runs in page ranges, each on a connection of its
