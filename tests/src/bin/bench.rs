@@ -1145,9 +1145,9 @@ fn snapshot(rows: u64) -> anyhow::Result<(f64, f64)> {
     b.sql("SELECT medallion.add_source('account_move_line')")?;
     let ours = b.catch_up()?.as_secs_f64();
     growth::figure("snapshot", rows, ours, growth::children_peak_rss_kib());
-    let ranges = snapshot_ranges(&b.lake().join("bronze/public/account_move_line"))?;
+    let (ranges, format) = snapshot_ranges(&b.lake().join("bronze/public/account_move_line"))?;
     println!(
-        "snapshot: {rows} rows: COPY (FORMAT binary) {baseline:.2} s, medallion {ours:.2} s to bronze in {ranges} page range(s), ratio {:.2}x (target <= 1.25x)",
+        "snapshot: {rows} rows: COPY (FORMAT binary) {baseline:.2} s, medallion {ours:.2} s to bronze in {ranges} page range(s), read as {format}, ratio {:.2}x (target <= 1.25x)",
         ours / baseline
     );
     Ok((baseline, ours))
@@ -1173,9 +1173,10 @@ fn snapshot_runs(rows: u64, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The page ranges the bronze table's snapshot commit was copied in
-/// (its commit's `medallion.ranges`).
-fn snapshot_ranges(table: &Path) -> anyhow::Result<u64> {
+/// The page ranges the bronze table's snapshot commit was copied in and
+/// the format it read (its commit's `medallion.ranges` and
+/// `medallion.copy_format`).
+fn snapshot_ranges(table: &Path) -> anyhow::Result<(u64, String)> {
     for entry in std::fs::read_dir(table.join("_delta_log"))? {
         let path = entry?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
@@ -1185,9 +1186,13 @@ fn snapshot_ranges(table: &Path) -> anyhow::Result<u64> {
             let action: serde_json::Value = serde_json::from_str(line)?;
             let info = &action["commitInfo"];
             if info["medallion.kind"] == "snapshot" {
-                return info["medallion.ranges"]
+                let ranges = info["medallion.ranges"]
                     .as_u64()
-                    .ok_or_else(|| anyhow::anyhow!("no medallion.ranges in {}", path.display()));
+                    .ok_or_else(|| anyhow::anyhow!("no medallion.ranges in {}", path.display()))?;
+                let format = info["medallion.copy_format"].as_str().ok_or_else(|| {
+                    anyhow::anyhow!("no medallion.copy_format in {}", path.display())
+                })?;
+                return Ok((ranges, format.to_string()));
             }
         }
     }
