@@ -593,6 +593,18 @@ pub(crate) async fn register(ctx: &SessionContext, name: &str, table: &DeltaTabl
     Ok(())
 }
 
+/// Tests: `sql` over `table` (registered as `t`), its result as a printed
+/// table.
+#[cfg(test)]
+pub(crate) async fn query_text(table: &DeltaTable, sql: &str) -> String {
+    let ctx = session();
+    register(&ctx, "t", table).await.expect("register");
+    let batches = collect(&ctx, sql).await.expect("query");
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .expect("format")
+        .to_string()
+}
+
 /// Run a query to completion.
 pub(crate) async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     let df = ctx
