@@ -27,7 +27,7 @@ pub(crate) mod deletion_vectors;
 mod log_upkeep;
 
 pub use log_upkeep::{
-    CHECKPOINT_CORE_SHARE, after_commit, routine_commit, set_checkpoint_core_share,
+    CHECKPOINT_CORE_SHARE, after_commit, routine_commit, set_checkpoint_core_share, settle_upkeep,
 };
 pub(crate) use log_upkeep::{LogCleanup, clean_log};
 

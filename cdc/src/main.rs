@@ -281,8 +281,18 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(medallion_main())
+        .block_on(async {
+            let done = medallion_main().await;
+            // Checkpoints under way finish before the runtime they block on
+            // ends (a container's stop grace is 10 s; the rest is given up).
+            medallion::lake::settle_upkeep(UPKEEP_AT_EXIT).await;
+            done
+        })
 }
+
+/// How long a process that is ending waits for the Delta log upkeep under
+/// way (`lake::settle_upkeep`).
+const UPKEEP_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An empty `AWS_*`, `AZURE_*` or `GOOGLE_*` variable counts as unset, as an
 /// empty `MEDALLION_*` one does. A compose file passes them through blank

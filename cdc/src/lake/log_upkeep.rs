@@ -38,6 +38,14 @@
 //! since the last one. A checkpoint that fails is logged and the next due
 //! commit tries again. A process killed while writing one leaves no partial
 //! file (object stores and the local store publish a file whole).
+//!
+//! These tasks run on the runtime of the commit that started them, and the
+//! Delta kernel blocks on that runtime while it writes: a runtime that
+//! ends under a checkpoint being written makes the kernel's thread panic
+//! (`TokioMultiThreadExecutor has crashed`). So a process (or a test, or a
+//! benchmark that makes a runtime per cycle) calls [`settle_upkeep`] before its
+//! runtime ends: tasks resting give up their checkpoint, those writing one
+//! finish it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +56,8 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Version;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::table::config::TablePropertiesExt as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -106,6 +116,65 @@ pub fn set_checkpoint_core_share(share: f64) {
 /// `cpu`, so that its checkpoints take at most `share` of a core.
 fn rest_after(cpu: Duration, share: f64) -> Duration {
     cpu.mul_f64((1.0 - share) / share).min(REST_MAX)
+}
+
+/// The upkeep tasks of this process: spawned through `tracker`, and told
+/// by `closing` that the runtime is about to end ([`settle_upkeep`]).
+struct Upkeep {
+    tracker: TaskTracker,
+    closing: CancellationToken,
+}
+
+static UPKEEP: LazyLock<Mutex<Upkeep>> = LazyLock::new(|| {
+    Mutex::new(Upkeep {
+        tracker: TaskTracker::new(),
+        closing: CancellationToken::new(),
+    })
+});
+
+fn upkeep() -> std::sync::MutexGuard<'static, Upkeep> {
+    UPKEEP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Spawn an upkeep task on the current runtime, tracked for [`settle_upkeep`];
+/// it gets the token that tells it the runtime is ending.
+fn spawn_upkeep<F>(task: impl FnOnce(CancellationToken) -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let u = upkeep();
+    u.tracker.spawn(task(u.closing.clone()));
+}
+
+/// Before the runtime that made routine commits ends: checkpoints waiting
+/// for their table's rest are given up (readers replay the log; the next
+/// process checkpoints by delta-rs's rule), and the checkpoints and log
+/// cleanups under way are waited for, at most `within`. Returns whether
+/// every task ended in time; one that did not is logged, and the kernel's
+/// thread may then panic as the runtime ends. Tasks spawned after this call
+/// are tracked afresh (a benchmark's next runtime).
+pub async fn settle_upkeep(within: Duration) -> bool {
+    let (tracker, closing) = {
+        let mut u = upkeep();
+        let old = std::mem::replace(
+            &mut *u,
+            Upkeep {
+                tracker: TaskTracker::new(),
+                closing: CancellationToken::new(),
+            },
+        );
+        (old.tracker, old.closing)
+    };
+    closing.cancel();
+    tracker.close();
+    let ended = tokio::time::timeout(within, tracker.wait()).await.is_ok();
+    if !ended {
+        tracing::warn!(
+            tasks = tracker.len(),
+            "a Delta log checkpoint or cleanup is still running as the process ends; it is abandoned (readers replay the log, and a later commit checkpoints again)"
+        );
+    }
+    ended
 }
 
 /// Checkpoints of one table in this process.
@@ -170,19 +239,24 @@ fn checkpoint_when_due(table: &DeltaTable, url: &Url) -> Result<()> {
     }
     state.running = true;
     let (table, url) = (table.clone(), url.clone());
-    tokio::spawn(checkpoint_task(table, url, interval));
+    spawn_upkeep(|closing| checkpoint_task(table, url, interval, closing));
     Ok(())
 }
 
-/// Ends a table's checkpoint task in its state when the task panics (in
-/// the kernel, say), so the next due commit starts another instead of
-/// waiting for one that is gone. A task that returns ends itself.
-struct EndOnPanic(Url);
+/// Ends a table's checkpoint task in its state however the task ends
+/// without returning: a panic (in the kernel, say), its runtime ending
+/// under it, or [`settle_upkeep`] during its rest. The next due commit then starts
+/// another instead of waiting for one that is gone.
+/// A task that returns ends itself and disarms it.
+struct EndOnDrop {
+    url: Url,
+    armed: bool,
+}
 
-impl Drop for EndOnPanic {
+impl Drop for EndOnDrop {
     fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(state) = checkpoints().get_mut(&self.0)
+        if self.armed
+            && let Some(state) = checkpoints().get_mut(&self.url)
         {
             state.running = false;
             state.pending = None;
@@ -191,13 +265,32 @@ impl Drop for EndOnPanic {
 }
 
 /// Write `table`'s checkpoint once the table's rest is over (the newest
-/// state due by then), then any that became due meanwhile.
-async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
-    let _end_on_panic = EndOnPanic(url.clone());
+/// state due by then), then any that became due meanwhile; give up at
+/// `closing` (see [`settle_upkeep`]) unless one is being written.
+async fn checkpoint_task(
+    mut table: DeltaTable,
+    url: Url,
+    interval: u64,
+    closing: CancellationToken,
+) {
+    let mut end = EndOnDrop {
+        url: url.clone(),
+        armed: true,
+    };
     loop {
+        if closing.is_cancelled() {
+            tracing::debug!(table = %url, "the process is ending: the due checkpoint is left to a later commit");
+            return;
+        }
         let not_before = checkpoints().get(&url).and_then(|s| s.not_before);
         if let Some(at) = not_before.filter(|at| *at > tokio::time::Instant::now()) {
-            tokio::time::sleep_until(at).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = closing.cancelled() => {
+                    tracing::debug!(table = %url, "the process is ending: the checkpoint waiting for its rest is left to a later commit");
+                    return;
+                }
+            }
             // Commits made during the rest handed over newer states.
             if let Some(newer) = checkpoints().get_mut(&url).and_then(|s| s.pending.take()) {
                 table = newer;
@@ -205,6 +298,8 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
         }
         let v = table.version().unwrap_or_default();
         crate::fault::pause(crate::fault::BEFORE_CHECKPOINT).await;
+        #[cfg(test)]
+        tests::at_the_write(&url).await;
         let (started, cpu) = (Instant::now(), crate::metrics::process_cpu_time());
         let written = deltalake::protocol::checkpoints::create_checkpoint(&table, None).await;
         let share = f64::from_bits(CORE_SHARE.load(Ordering::Relaxed));
@@ -231,6 +326,7 @@ async fn checkpoint_task(mut table: DeltaTable, url: Url, interval: u64) {
             }
             _ => {
                 state.running = false;
+                end.armed = false;
                 return;
             }
         }
@@ -275,13 +371,11 @@ pub(crate) async fn clean_log(table: &DeltaTable, url: &Url, when: LogCleanup) -
 /// stands, and the next hour tries again.
 fn clean_log_hourly(table: &DeltaTable, url: &Url) {
     match log_cleanup(table, url, LogCleanup::Hourly) {
-        Ok(Some(cleanup)) => {
-            tokio::spawn(async move {
-                if let Err(e) = cleanup.run().await {
-                    tracing::warn!(error = %e, "cleaning expired log entries failed; tried again in an hour");
-                }
-            });
-        }
+        Ok(Some(cleanup)) => spawn_upkeep(|_closing| async move {
+            if let Err(e) = cleanup.run().await {
+                tracing::warn!(error = %e, "cleaning expired log entries failed; tried again in an hour");
+            }
+        }),
         Ok(None) => {}
         Err(e) => {
             tracing::warn!(table = %url, error = %e, "cleaning expired log entries failed; tried again in an hour")
@@ -355,6 +449,42 @@ mod tests {
 
     use super::*;
     use crate::lake::{Lake, collect, register, session};
+
+    /// The tests that watch checkpoints run one at a time: [`settle_upkeep`]
+    /// gives up every resting checkpoint of the process.
+    async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+        static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        SERIAL.lock().await
+    }
+
+    /// Where a table's checkpoint task stops right before writing, when a
+    /// test holds it there ([`hold_writes`]).
+    struct Gate {
+        arrived: tokio::sync::Notify,
+        go: tokio::sync::Notify,
+    }
+
+    static GATES: LazyLock<Mutex<HashMap<Url, Arc<Gate>>>> = LazyLock::new(Default::default);
+
+    fn hold_writes(url: &Url) -> Arc<Gate> {
+        let gate = Arc::new(Gate {
+            arrived: tokio::sync::Notify::new(),
+            go: tokio::sync::Notify::new(),
+        });
+        GATES
+            .lock()
+            .expect("gates")
+            .insert(url.clone(), gate.clone());
+        gate
+    }
+
+    pub(super) async fn at_the_write(url: &Url) {
+        let gate = GATES.lock().expect("gates").remove(url);
+        if let Some(gate) = gate {
+            gate.arrived.notify_one();
+            gate.go.notified().await;
+        }
+    }
 
     #[test]
     fn a_checkpoint_is_due_every_interval_versions_whoever_committed_between() {
@@ -508,6 +638,7 @@ mod tests {
     /// another commit.
     #[tokio::test]
     async fn a_checkpoint_due_during_the_rest_is_written_after_it_at_the_newest_version() {
+        let _serial = one_at_a_time().await;
         let f = Fixture::new();
         let mut table = f.create(&[("delta.checkpointInterval", "2")]).await;
         table = f.write(table, 1, routine_commit()).await;
@@ -549,11 +680,90 @@ mod tests {
         assert_eq!(f.rows().await, 5);
     }
 
+    /// Before a runtime ends, [`settle_upkeep`] waits for a checkpoint
+    /// being written and gives up one waiting for its table's rest; a task
+    /// whose runtime ends under it leaves the table free for the next due
+    /// commit (it used to stay "running" for the rest of the process).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settling_waits_for_checkpoints_being_written_and_gives_up_resting_ones() {
+        let _serial = one_at_a_time().await;
+        let f = Fixture::new();
+        let mut table = f.create(&[("delta.checkpointInterval", "2")]).await;
+
+        // Being written: settling waits until it is.
+        let gate = hold_writes(&f.url);
+        table = f.write(table, 1, routine_commit()).await;
+        after_commit(&table, &f.url);
+        gate.arrived.notified().await;
+        let settling = tokio::spawn(settle_upkeep(Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !settling.is_finished(),
+            "settled with a checkpoint being written"
+        );
+        assert!(!f.checkpoint(1).exists());
+        gate.go.notify_one();
+        assert!(settling.await.expect("settle"), "not settled in time");
+        assert!(
+            f.checkpoint(1).exists(),
+            "settled before the checkpoint being written was written"
+        );
+        assert!(checkpoints_idle(&f.url));
+
+        // Resting (as if the last checkpoint had cost 6 s of CPU): given up
+        // at once, nothing written, the table free again.
+        checkpoints().get_mut(&f.url).expect("state").not_before =
+            Some(tokio::time::Instant::now() + Duration::from_secs(60));
+        for id in 2..=3 {
+            table = f.write(table, id, routine_commit()).await;
+            after_commit(&table, &f.url);
+        }
+        assert!(!checkpoints_idle(&f.url), "no checkpoint is resting");
+        let started = Instant::now();
+        assert!(settle_upkeep(Duration::from_secs(30)).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "settling waited for the rest"
+        );
+        assert!(checkpoints_idle(&f.url));
+        assert!(
+            !f.checkpoint(3).exists(),
+            "the resting checkpoint was written"
+        );
+
+        // A runtime that ends under a resting task, without settling.
+        let (t, url) = (table.clone(), f.url.clone());
+        let left_running = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async { after_commit(&t, &url) });
+            let resting = !checkpoints_idle(&url);
+            drop(rt);
+            (resting, !checkpoints_idle(&url))
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(
+            left_running,
+            (true, false),
+            "(resting before the runtime ended, still running after it)"
+        );
+
+        // The next due commit checkpoints.
+        checkpoints().get_mut(&f.url).expect("state").not_before = None;
+        table = f.write(table, 4, routine_commit()).await;
+        after_commit(&table, &f.url);
+        f.checkpoints_written().await;
+        assert!(f.checkpoint(4).exists(), "no checkpoint at version 4");
+        drop(table);
+        assert_eq!(f.rows().await, 5);
+    }
+
     /// A routine commit returns without writing the checkpoint it made due;
     /// [`after_commit`]'s task writes it, and the next one `interval`
     /// versions on, whoever made the versions between.
     #[tokio::test]
     async fn routine_commits_leave_checkpoints_to_a_task_of_their_own() {
+        let _serial = one_at_a_time().await;
         let f = Fixture::new();
         let mut table = f.create(&[("delta.checkpointInterval", "5")]).await;
         for id in 1..=4 {
@@ -609,6 +819,7 @@ mod tests {
 
     #[tokio::test]
     async fn routine_commits_leave_expired_log_entries_to_the_hourly_cleanup() {
+        let _serial = one_at_a_time().await;
         let f = Fixture::new();
         // Entries expire after a second; a checkpoint every 5 commits
         // (written as `after_commit` does, without its hourly cleanup:
