@@ -24,6 +24,7 @@ use url::Url;
 use crate::error::{Error, Result};
 
 pub(crate) mod deletion_vectors;
+mod join_sides;
 mod log_upkeep;
 
 pub use log_upkeep::{
@@ -569,6 +570,7 @@ pub(crate) fn session_within(memory_bytes: Option<usize>) -> SessionContext {
     let mut state = builder
         .with_config(config)
         .with_default_features()
+        .with_physical_optimizer_rules(join_sides::SmallSideBuilds::with_default_rules())
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
         .build();
     crate::pg_sql::register(&mut state);
