@@ -1,22 +1,30 @@
-//! Hash joins build their table from the side known to be small.
+//! Hash joins build their table from the smaller side, a join's output
+//! being estimated as its larger input.
 //!
 //! ```text
-//!   HashJoin(build = ?, probe = 6 rows)   ──►   HashJoin(build = 6 rows, probe = ?)
-//!   (JoinSelection keeps it: it swaps only                 (this rule, right after
-//!    when it knows both sides' sizes)                       JoinSelection)
+//!   HashJoin(build = l ⋈ m ≈ 1.1M, probe = 6)   ──►   HashJoin(build = 6, probe = l ⋈ m)
+//!   (JoinSelection took l ⋈ m for 6 rows)              (this rule, right after JoinSelection)
 //! ```
 //!
-//! DataFusion's `JoinSelection` swaps a hash join's inputs only when it
-//! knows the size of both. A model's joins chain (journal items ⋈ moves ⋈
-//! journals ⋈ accounts ⋈ partners), and the size of a join's output is
-//! unknown, so every join after the first built its hash table from the
-//! million joined rows and probed it with the six accounts: the build
-//! side's columns were gathered into one batch (250 MB for the general
-//! ledger) and every output row was copied out of it again. An input whose
-//! size is unknown is taken to be larger than one known to hold at most
-//! `hash_join_single_partition_threshold_rows` rows (DataFusion's own bound
-//! for collecting a side whole), and the known one builds. The worst case
-//! of a wrong guess is a hash table of that many rows.
+//! DataFusion's `JoinSelection` swaps a hash join's inputs on their
+//! estimated sizes, and it estimates the output of an equi-join without
+//! column statistics (Delta's file statistics give none it can use) as the
+//! smaller input: journal items (1.1M rows) ⋈ journals (6) was taken for 6
+//! rows. A model's joins chain (journal items ⋈ moves ⋈ journals ⋈
+//! accounts ⋈ partners), so every join after the first built its hash
+//! table from the million joined rows and probed it with the six accounts
+//! or the partners: the build side's columns were gathered into one batch
+//! (250 MB for the general ledger) and every output row was copied out of
+//! it again.
+//!
+//! This rule estimates a join's output as its larger input (a join on a
+//! key keeps about the rows of the side holding the reference) and the
+//! operators above a join that keep or drop rows (projection, filter,
+//! repartition, coalescing, sort) as their input; elsewhere it takes
+//! DataFusion's figure. A join whose right input is estimated smaller than
+//! its left, and small enough to collect whole (DataFusion's
+//! `hash_join_single_partition_threshold_rows`), is swapped so the right
+//! builds. A wrong guess costs a hash table of at most that many rows.
 
 use std::sync::Arc;
 
@@ -48,7 +56,37 @@ impl SmallSideBuilds {
     }
 }
 
-fn known_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+/// The rows `plan` yields, as this rule estimates them (see the module's
+/// doc); `None`: unknown.
+fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    use deltalake::datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use deltalake::datafusion::physical_plan::filter::FilterExec;
+    use deltalake::datafusion::physical_plan::joins::{
+        CrossJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
+    };
+    use deltalake::datafusion::physical_plan::projection::ProjectionExec;
+    use deltalake::datafusion::physical_plan::repartition::RepartitionExec;
+    use deltalake::datafusion::physical_plan::sorts::sort::SortExec;
+    let children = plan.children();
+    let is_join = plan.downcast_ref::<HashJoinExec>().is_some()
+        || plan.downcast_ref::<SortMergeJoinExec>().is_some()
+        || plan.downcast_ref::<NestedLoopJoinExec>().is_some()
+        || plan.downcast_ref::<SymmetricHashJoinExec>().is_some()
+        || plan.downcast_ref::<CrossJoinExec>().is_some();
+    if is_join {
+        return children
+            .iter()
+            .map(|c| estimated_rows(c))
+            .try_fold(0usize, |most, rows| rows.map(|r| most.max(r)));
+    }
+    let passes_rows = plan.downcast_ref::<ProjectionExec>().is_some()
+        || plan.downcast_ref::<FilterExec>().is_some()
+        || plan.downcast_ref::<RepartitionExec>().is_some()
+        || plan.downcast_ref::<CoalescePartitionsExec>().is_some()
+        || plan.downcast_ref::<SortExec>().is_some();
+    if passes_rows && let [child] = children.as_slice() {
+        return estimated_rows(child);
+    }
     StatisticsContext::new()
         .compute(plan.as_ref(), &StatisticsArgs::new())
         .ok()
@@ -74,8 +112,9 @@ impl PhysicalOptimizerRule for SmallSideBuilds {
                     join.partition_mode(),
                     PartitionMode::CollectLeft | PartitionMode::Partitioned
                 )
-                && known_rows(join.left()).is_none()
-                && known_rows(join.right()).is_some_and(|r| r <= small);
+                && estimated_rows(join.right()).is_some_and(|right| {
+                    right <= small && estimated_rows(join.left()).is_none_or(|left| left > right)
+                });
             if !swap {
                 return Ok(Transformed::no(plan));
             }
