@@ -57,6 +57,17 @@ mod tombstones;
 #[global_allocator]
 static ALLOCATOR: medallion::heap::Allocator = medallion::heap::Allocator;
 
+/// And the sidecar's jemalloc options (`medallion::heap::MALLOC_CONF`: dirty
+/// pages back to the system within a second), set the way `medallion`'s
+/// `main.rs` sets them. Before the twenty-eighth session the in-process
+/// refinements ran with jemalloc's defaults (10 s decay), which kept freed
+/// pages for the next refresh and so spared it page faults the sidecar pays.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: Option<&'static std::ffi::c_char> =
+    // SAFETY: the pointer is that of a static NUL-terminated string.
+    Some(unsafe { &*medallion::heap::MALLOC_CONF.as_ptr() });
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -1491,6 +1502,12 @@ fn audit(seconds: u64, clients: u64, rows: u64, rounds: usize) -> anyhow::Result
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A misspelt symbol or option would leave jemalloc's defaults silently.
+    let heap = medallion::heap::settings().context("jemalloc is not the allocator")?;
+    anyhow::ensure!(
+        heap.background_thread && heap.dirty_decay_ms == 1000 && heap.muzzy_decay_ms == 0,
+        "the bench's jemalloc options are not the sidecar's: {heap:?}"
+    );
     // The logs of the refiner the bench runs in process, when asked for
     // (e.g. `RUST_LOG=medallion=debug`: each silver MERGE's files and times).
     if std::env::var_os("RUST_LOG").is_some() {
