@@ -20,10 +20,34 @@
 //! live heap stayed level; [`settings`] reports what is in force.
 
 /// jemalloc's options as the binary sets them through its `malloc_conf`
-/// symbol (see `main.rs`): purge in a background thread, dirty pages
+/// symbol ([`set_malloc_conf!`]): purge in a background thread, dirty pages
 /// decay in 1 s, no muzzy stage.
 pub const MALLOC_CONF: &std::ffi::CStr =
     c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
+/// What [`settings`] reads back in a binary that set [`MALLOC_CONF`].
+pub const SIDECAR_SETTINGS: HeapSettings = HeapSettings {
+    background_thread: true,
+    dirty_decay_ms: 1000,
+    muzzy_decay_ms: 0,
+};
+
+/// Sets [`MALLOC_CONF`] in the binary that invokes it (`medallion`, and
+/// `medallion-bench` so its in-process refinements use memory as the
+/// sidecar does): jemalloc reads the `_rjem_malloc_conf` symbol (the
+/// crate's jemalloc has the `_rjem_` prefix) before `main`. A misspelt
+/// symbol or option leaves jemalloc's defaults without an error: compare
+/// [`settings`] with [`SIDECAR_SETTINGS`].
+#[macro_export]
+macro_rules! set_malloc_conf {
+    () => {
+        #[allow(non_upper_case_globals)]
+        #[unsafe(export_name = "_rjem_malloc_conf")]
+        static malloc_conf: Option<&'static std::ffi::c_char> =
+            // SAFETY: the pointer is that of a static NUL-terminated string.
+            Some(unsafe { &*$crate::heap::MALLOC_CONF.as_ptr() });
+    };
+}
 
 /// The allocator the binary installs with `#[global_allocator]`.
 pub use tikv_jemallocator::Jemalloc as Allocator;

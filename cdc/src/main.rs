@@ -14,14 +14,8 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: medallion::heap::Allocator = medallion::heap::Allocator;
 
-/// jemalloc reads its options from this symbol before `main` (the crate's
-/// jemalloc is built with the `_rjem_` prefix): see
-/// `medallion::heap::MALLOC_CONF` for what they are and why.
-#[allow(non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static malloc_conf: Option<&'static std::ffi::c_char> =
-    // SAFETY: the pointer is that of a static NUL-terminated string.
-    Some(unsafe { &*medallion::heap::MALLOC_CONF.as_ptr() });
+// jemalloc's options: see `medallion::heap::MALLOC_CONF` for what they are and why.
+medallion::set_malloc_conf!();
 
 #[derive(Parser)]
 #[command(
@@ -556,13 +550,14 @@ mod tests {
     #[test]
     fn jemalloc_runs_with_the_binarys_purging_options() {
         let heap = medallion::heap::settings().expect("jemalloc is the allocator");
+        assert_eq!(heap, medallion::heap::SIDECAR_SETTINGS);
         assert_eq!(
-            heap,
-            medallion::heap::HeapSettings {
-                background_thread: true,
-                dirty_decay_ms: 1000,
-                muzzy_decay_ms: 0,
-            }
+            (
+                heap.background_thread,
+                heap.dirty_decay_ms,
+                heap.muzzy_decay_ms
+            ),
+            (true, 1000, 0)
         );
     }
 }

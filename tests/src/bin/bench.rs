@@ -57,16 +57,12 @@ mod tombstones;
 #[global_allocator]
 static ALLOCATOR: medallion::heap::Allocator = medallion::heap::Allocator;
 
-/// And the sidecar's jemalloc options (`medallion::heap::MALLOC_CONF`: dirty
-/// pages back to the system within a second), set the way `medallion`'s
-/// `main.rs` sets them. Before the twenty-eighth session the in-process
-/// refinements ran with jemalloc's defaults (10 s decay), which kept freed
-/// pages for the next refresh and so spared it page faults the sidecar pays.
-#[allow(non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static malloc_conf: Option<&'static std::ffi::c_char> =
-    // SAFETY: the pointer is that of a static NUL-terminated string.
-    Some(unsafe { &*medallion::heap::MALLOC_CONF.as_ptr() });
+// And the sidecar's jemalloc options (`medallion::heap::MALLOC_CONF`: dirty
+// pages back to the system within a second). Before the twenty-eighth
+// session the in-process refinements ran with jemalloc's defaults (10 s
+// decay), which kept freed pages for the next refresh and so spared it page
+// faults the sidecar pays.
+medallion::set_malloc_conf!();
 
 #[derive(Parser)]
 struct Cli {
@@ -460,8 +456,9 @@ fn package(rows: u64, one_cycle_only: bool, only: &[String]) -> anyhow::Result<(
         .lines()
         .map(str::to_string)
         .collect();
-    if let Some(m) = only.iter().find(|m| !models.contains(&format!("odoo_{m}"))) {
-        bail!("--models: the package has no model odoo_{m}");
+    let only: Vec<String> = only.iter().map(|m| format!("odoo_{m}")).collect();
+    if let Some(m) = only.iter().find(|m| !models.contains(m)) {
+        bail!("--models: the package has no model {m}");
     }
     // A slice of business (new orders and invoices, payments, partner
     // edits) before every timed refresh: a refresh recomputes a model over
@@ -533,8 +530,7 @@ fn package(rows: u64, one_cycle_only: bool, only: &[String]) -> anyhow::Result<(
             "SELECT query FROM medallion.gold_models WHERE name = '{name}'"
         ))?;
         queries.push(query.clone());
-        if one_cycle_only || !only.is_empty() && !only.iter().any(|m| format!("odoo_{m}") == *name)
-        {
+        if one_cycle_only || !only.is_empty() && !only.contains(name) {
             continue;
         }
         let materialize =
@@ -1505,7 +1501,7 @@ fn main() -> anyhow::Result<()> {
     // A misspelt symbol or option would leave jemalloc's defaults silently.
     let heap = medallion::heap::settings().context("jemalloc is not the allocator")?;
     anyhow::ensure!(
-        heap.background_thread && heap.dirty_decay_ms == 1000 && heap.muzzy_decay_ms == 0,
+        heap == medallion::heap::SIDECAR_SETTINGS,
         "the bench's jemalloc options are not the sidecar's: {heap:?}"
     );
     // The logs of the refiner the bench runs in process, when asked for
