@@ -118,6 +118,14 @@ pub struct Config {
     /// copy-on-write MERGEs; a table that has deletion vectors keeps
     /// working either way.
     pub silver_deletion_vectors: bool,
+    /// Apply a keyed gold model's new result with Delta deletion vectors
+    /// (`MEDALLION_GOLD_DELETION_VECTORS`, default true): the refresh
+    /// compares the result with the table once, marks the old rows of the
+    /// keys that changed or left deleted, appends the rows that changed or
+    /// arrived, and hands that difference to the model's publication. False
+    /// keeps copy-on-write MERGEs, and gold tables without deletion vectors
+    /// for readers that do not support them.
+    pub gold_deletion_vectors: bool,
     /// The refiner compacts a silver or gold table it wrote once that many
     /// of its files are small, and `medallion run` compacts a bronze table
     /// beside the stream once that many commits arrived and that many of
@@ -324,6 +332,7 @@ impl std::fmt::Debug for Config {
             .field("gold_parallelism", &self.gold_parallelism)
             .field("silver_file_mib", &self.silver_file_mib)
             .field("silver_deletion_vectors", &self.silver_deletion_vectors)
+            .field("gold_deletion_vectors", &self.gold_deletion_vectors)
             .field("compact_small_files", &self.compact_small_files)
             .field(
                 "publish_database_url",
@@ -365,6 +374,7 @@ impl Default for Config {
             gold_parallelism: 2,
             silver_file_mib: 16,
             silver_deletion_vectors: true,
+            gold_deletion_vectors: true,
             compact_small_files: 16,
             publish_database_url: None,
             lease_timeout_ms: 600_000,
@@ -470,6 +480,10 @@ impl Config {
         env_parse(
             "MEDALLION_SILVER_DELETION_VECTORS",
             &mut cfg.silver_deletion_vectors,
+        )?;
+        env_parse(
+            "MEDALLION_GOLD_DELETION_VECTORS",
+            &mut cfg.gold_deletion_vectors,
         )?;
         env_parse(
             "MEDALLION_COMPACT_SMALL_FILES",

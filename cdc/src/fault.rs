@@ -33,6 +33,8 @@
 //!   of bronze changes; the next one is not applied yet.
 //! - [`BEFORE_SILVER_MARKS_COMMIT`]: a silver slice's deletion vectors and
 //!   new rows' files are written, its commit not attempted.
+//! - [`BEFORE_GOLD_MARKS_COMMIT`]: the same for a keyed gold model's
+//!   difference.
 //!
 //! Without the feature, [`hit`] and [`pause`] compile to nothing.
 
@@ -49,6 +51,7 @@ pub const MID_COMPACTION: &str = "mid_compaction";
 pub const BEFORE_CHECKPOINT: &str = "before_checkpoint";
 pub const BEFORE_SILVER_SLICE: &str = "before_silver_slice";
 pub const BEFORE_SILVER_MARKS_COMMIT: &str = "before_silver_marks_commit";
+pub const BEFORE_GOLD_MARKS_COMMIT: &str = "before_gold_marks_commit";
 
 #[cfg(feature = "fault-injection")]
 mod imp {

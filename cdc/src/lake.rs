@@ -24,8 +24,10 @@ use url::Url;
 use crate::error::{Error, Result};
 
 pub(crate) mod deletion_vectors;
+pub(crate) mod difference;
 mod join_sides;
 mod log_upkeep;
+pub(crate) mod mark_and_append;
 
 pub use log_upkeep::{
     CHECKPOINT_CORE_SHARE, after_commit, routine_commit, set_checkpoint_core_share, settle_upkeep,
@@ -629,6 +631,17 @@ fn plain(t: &DataType) -> DataType {
         DataType::List(f) => DataType::List(Arc::new(
             f.as_ref().clone().with_data_type(plain(f.data_type())),
         )),
+        other => other.clone(),
+    }
+}
+
+/// The type Delta stores for an Arrow type: one string and one binary type
+/// whatever the reader's view or large variant.
+pub(crate) fn storage_type(t: &arrow::datatypes::DataType) -> arrow::datatypes::DataType {
+    use arrow::datatypes::DataType as D;
+    match t {
+        D::Utf8View | D::LargeUtf8 => D::Utf8,
+        D::BinaryView | D::LargeBinary => D::Binary,
         other => other.clone(),
     }
 }

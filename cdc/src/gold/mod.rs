@@ -7,7 +7,8 @@
 //!               ▼
 //!  expectations ── warn · drop → quarantine/<name> · fail → not published
 //!               ▼
-//!  gold/<name>   full overwrite, or MERGE by `keys` (only changed rows rewritten)
+//!  gold/<name>   full overwrite, or by `keys`: the difference with the table
+//!                (deletion vectors + appended rows, handed to the publication)
 //!                txn(medallion:gold:<name>) = watermark
 //! ```
 //!
@@ -64,6 +65,8 @@ pub struct GoldReport {
     pub watermark: Lsn,
     /// Not refreshed: why (up to date, not due).
     pub skipped: Option<&'static str>,
+    /// The difference a keyed refresh wrote, for the model's publication.
+    pub(crate) handover: Option<std::sync::Arc<lake::difference::Handover>>,
 }
 
 fn query_hash(def: &GoldDef) -> i64 {
@@ -71,17 +74,6 @@ fn query_hash(def: &GoldDef) -> i64 {
     def.query.hash(&mut h);
     def.keys.hash(&mut h);
     (h.finish() & (i64::MAX as u64)) as i64
-}
-
-/// The type Delta stores for an Arrow type: one string and one binary type
-/// whatever the reader's view or large variant.
-fn storage_type(t: &arrow::datatypes::DataType) -> arrow::datatypes::DataType {
-    use arrow::datatypes::DataType as D;
-    match t {
-        D::Utf8View | D::LargeUtf8 => D::Utf8,
-        D::BinaryView | D::LargeBinary => D::Binary,
-        other => other.clone(),
-    }
 }
 
 /// Why a gold model is not recomputed this cycle.
@@ -201,6 +193,7 @@ impl Refiner<'_> {
             table: self.tables.open(self.lake, &url).await?,
             url: url.clone(),
             refiner: self,
+            written: None,
         };
         let (mut report, progress) = self
             .compute(def, inputs, forced, now_ms(), &mut store)
@@ -220,6 +213,20 @@ impl Refiner<'_> {
                 (table, report.version) = self
                     .keep_written(written, &url, Some(crate::optimize::Layout::GOLD))
                     .await?;
+                // A compaction after the write changes no row: the
+                // difference still leads to the version kept.
+                if def.publish.is_some()
+                    && let Some((from, difference)) = store.written
+                    && let (Some(to), Some(table_id)) =
+                        (table.version(), lake::difference::table_id(&table))
+                {
+                    report.handover = Some(std::sync::Arc::new(lake::difference::Handover {
+                        table_id,
+                        from,
+                        to,
+                        difference,
+                    }));
+                }
                 if let Some(p) = proof {
                     self.tables.settle(&settle_key, p, report.version);
                 }
@@ -319,9 +326,9 @@ impl Refiner<'_> {
         let result_schema = df.schema().as_arrow();
         let same_types = stored.as_ref().is_some_and(|stored| {
             result_schema.fields().iter().all(|f| {
-                stored
-                    .field_with_name(f.name())
-                    .is_ok_and(|s| storage_type(s.data_type()) == storage_type(f.data_type()))
+                stored.field_with_name(f.name()).is_ok_and(|s| {
+                    lake::storage_type(s.data_type()) == lake::storage_type(f.data_type())
+                })
             })
         });
         let keyed = def.keys.as_ref().filter(|_| stored.is_some());

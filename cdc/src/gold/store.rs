@@ -24,6 +24,7 @@ use url::Url;
 use crate::app_id::AppId;
 use crate::catalog::GoldDef;
 use crate::error::{Error, Result};
+use crate::lake::difference::Difference;
 use crate::lake::{self, ident};
 use crate::lsn::Lsn;
 use crate::refine::Refiner;
@@ -100,8 +101,12 @@ impl GoldInput for Input {
 ///   before its commit (a failing expectation, a query error) leaves the
 ///   last good rows.
 /// - `replace` makes the rows exactly the given ones; `merge_keyed` makes
-///   them the same through a MERGE on the keys that rewrites only rows
-///   that differ (and deletes keys no longer in the result).
+///   them the same by changing only rows that differ on the keys (and
+///   deleting keys no longer in the result): with deletion vectors, the
+///   difference between the table and the result marked and appended
+///   ([`lake::difference::of_result`], [`lake::mark_and_append`]), else
+///   a copy-on-write MERGE; a result that changes more than a third of the
+///   rows, or whose keys repeat, replaces the rows whole.
 #[async_trait]
 pub(crate) trait GoldStore: Send {
     /// What the last commit recorded (None: never written).
@@ -135,6 +140,9 @@ pub(crate) struct DeltaGold<'r> {
     pub table: Option<DeltaTable>,
     pub url: Url,
     pub refiner: &'r Refiner<'r>,
+    /// The difference the last `merge_keyed` wrote, and the version it
+    /// started from (for the publication, see [`lake::difference::Handover`]).
+    pub written: Option<(u64, Difference)>,
 }
 
 /// The `txn` versions and commit info of one refresh.
@@ -293,6 +301,109 @@ impl GoldStore for DeltaGold<'_> {
         keys: &[String],
         commit: Commit,
     ) -> Result<Option<u64>> {
+        self.written = None;
+        if !self.refiner.gold_deletion_vectors {
+            return self.merge_copying(def, ctx, source, keys, commit).await;
+        }
+        let target = self
+            .table
+            .take()
+            .ok_or_else(|| Error::Protocol(format!("gold.{}: no table to merge into", def.name)))?;
+        let target = lake::with_retention(target, self.refiner.lake.retention()).await;
+        let from = target.version();
+        let difference = lake::difference::of_result(&target, source.clone(), keys)
+            .await
+            .map_err(|e| model_error(&def.name, e))?;
+        let difference = match difference {
+            Ok(d) => d,
+            Err(why) => {
+                if why == lake::difference::REPEATED_KEY {
+                    tracing::warn!(gold = %def.name, keys = ?keys, why, "keyed model: the table is replaced whole");
+                } else {
+                    tracing::debug!(gold = %def.name, why, "keyed model: the table is replaced whole");
+                }
+                self.table = Some(target);
+                self.replace(def, ctx, Rows::Plan(source), commit).await?;
+                return Ok(None);
+            }
+        };
+        let rows = difference.old_rows - difference.gone_rows() + difference.arrived_rows();
+        let props = properties(def, commit);
+        let table = if difference.is_empty() {
+            record_only(target, props, &def.name).await?
+        } else {
+            let schema = target
+                .snapshot()
+                .map_err(Error::delta(format!("gold.{} snapshot", def.name)))?
+                .snapshot()
+                .arrow_schema();
+            let key_schema = Arc::new(arrow::datatypes::Schema::new(
+                keys.iter()
+                    .map(|k| {
+                        schema
+                            .field_with_name(k)
+                            .cloned()
+                            .map_err(Error::arrow(format!("gold.{} key {k}", def.name)))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ));
+            let gone = difference
+                .gone
+                .iter()
+                .map(|b| crate::optimize::conform(b, &key_schema))
+                .collect::<Result<Vec<_>>>()?;
+            let replaced = arrow::compute::concat_batches(&key_schema, &gone)
+                .map_err(Error::arrow("gold keys replaced"))?;
+            let appended = arrow::compute::concat_batches(&schema, &difference.arrived)
+                .map_err(Error::arrow("gold rows appended"))?;
+            let name = format!("gold.{}", def.name);
+            let change = lake::mark_and_append::KeyedChange {
+                table: &name,
+                keys,
+                replaced: &replaced,
+                appended,
+                fault: crate::fault::BEFORE_GOLD_MARKS_COMMIT,
+            };
+            let (table, m) = lake::mark_and_append::apply(target, change, props)
+                .await
+                .map_err(|e| match e {
+                    e if e.retry_policy() == crate::error::RetryPolicy::RetryOnTimer => e,
+                    e => model_error(&def.name, e),
+                })?;
+            tracing::debug!(
+                gold = %def.name,
+                files_read = m.files_read,
+                files_marked = m.files_marked,
+                files_removed = m.files_removed,
+                rows_deleted = m.rows_deleted,
+                rows_written = m.rows_written,
+                "keyed model: difference marked and appended"
+            );
+            table
+        };
+        self.table = Some(table);
+        self.written = from.map(|v| (v, difference));
+        Ok(Some(rows))
+    }
+
+    fn version(&self) -> Option<i64> {
+        self.table
+            .as_ref()
+            .and_then(|t| t.version())
+            .map(|v| v as i64)
+    }
+}
+
+impl DeltaGold<'_> {
+    /// `merge_keyed` by Delta's copy-on-write MERGE (no deletion vectors).
+    async fn merge_copying(
+        &mut self,
+        def: &GoldDef,
+        ctx: &SessionContext,
+        source: DataFrame,
+        keys: &[String],
+        commit: Commit,
+    ) -> Result<Option<u64>> {
         let target = self
             .table
             .take()
@@ -360,11 +471,184 @@ impl GoldStore for DeltaGold<'_> {
         // the caller counts those.
         Ok(None)
     }
+}
 
-    fn version(&self) -> Option<i64> {
-        self.table
-            .as_ref()
-            .and_then(|t| t.version())
-            .map(|v| v as i64)
+#[cfg(test)]
+mod tests {
+    use arrow::array::{ArrayRef, AsArray, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::kernel::LogicalFileView;
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::catalog::Refresh;
+    use crate::lake::{Lake, TableCache};
+
+    fn rows(ids: impl IntoIterator<Item = i64>, v: &str) -> RecordBatch {
+        let ids: Vec<i64> = ids.into_iter().collect();
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("v", DataType::Utf8, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
+                Arc::new(StringArray::from(vec![v; ids.len()])),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn def() -> GoldDef {
+        GoldDef {
+            name: "m".into(),
+            query: "SELECT id, v FROM silver.t".into(),
+            refresh: Refresh::OnChange,
+            keys: Some(vec!["id".into()]),
+            upstream: vec!["silver.t".into()],
+            expectations: Vec::new(),
+            publish: None,
+        }
+    }
+
+    fn commit(at: i64) -> Commit {
+        Commit {
+            watermark: Lsn::from_lake(at),
+            query: 1,
+            refreshed_at_ms: at,
+            inputs: Vec::new(),
+        }
+    }
+
+    /// The table's rows as (id, v), sorted.
+    async fn read(table: &DeltaTable) -> Vec<(i64, String)> {
+        let ctx = lake::session();
+        lake::register(&ctx, "g", table).await.expect("register");
+        let mut out = Vec::new();
+        for b in lake::collect(&ctx, "SELECT id, v FROM g ORDER BY id")
+            .await
+            .expect("read")
+        {
+            let b = lake::without_views(&b).expect("plain");
+            let id = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+            let v = b.column(1).as_string::<i32>();
+            out.extend((0..b.num_rows()).map(|i| (id.value(i), v.value(i).to_string())));
+        }
+        out
+    }
+
+    async fn deletion_vectors(table: &DeltaTable) -> usize {
+        let files: Vec<LogicalFileView> = table
+            .get_active_add_actions_by_partitions(&[])
+            .try_collect()
+            .await
+            .expect("files");
+        files
+            .iter()
+            .filter(|f| f.deletion_vector_descriptor().is_some())
+            .count()
+    }
+
+    /// A keyed model's refresh with deletion vectors: the rows that changed
+    /// or left are marked, the changed and arrived ones appended, and that
+    /// difference is kept for the publication; a result that changes most
+    /// rows replaces them whole; without deletion vectors, Delta's MERGE.
+    #[tokio::test]
+    async fn a_keyed_refresh_marks_and_appends_its_difference_and_keeps_it_for_the_publication() {
+        for deletion_vectors_on in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let cfg = crate::Config {
+                lake_url: dir.path().display().to_string(),
+                gold_deletion_vectors: deletion_vectors_on,
+                ..crate::Config::default()
+            };
+            let lake = Lake::from_config(&cfg).expect("lake");
+            let tables = TableCache::default();
+            let refiner = Refiner::new(&cfg, &lake, &tables);
+            let (def, ctx) = (def(), lake::session());
+            let mut store = DeltaGold {
+                table: None,
+                url: lake.refined_url("gold", "m").expect("url"),
+                refiner: &refiner,
+                written: None,
+            };
+            store
+                .replace(
+                    &def,
+                    &ctx,
+                    Rows::Batches(vec![rows(0..300, "a")]),
+                    commit(1),
+                )
+                .await
+                .expect("first");
+            let first = store.version().expect("version") as u64;
+
+            // 5 and 6 change, 100 leaves, 1000 arrives.
+            let result = ctx
+                .read_batches(vec![
+                    rows((0..300).filter(|i| ![5, 6, 100].contains(i)), "a"),
+                    rows([5, 6], "b"),
+                    rows([1000], "new"),
+                ])
+                .expect("result");
+            let counted = store
+                .merge_keyed(&def, &ctx, result, &["id".into()], commit(2))
+                .await
+                .expect("merge");
+            let table = store.table.clone().expect("table");
+            let mut want: Vec<(i64, String)> = (0..300)
+                .filter(|&i| i != 100)
+                .map(|i| (i, if i == 5 || i == 6 { "b" } else { "a" }.to_string()))
+                .collect();
+            want.push((1000, "new".into()));
+            assert_eq!(read(&table).await, want, "dv {deletion_vectors_on}");
+            assert_eq!(
+                lake::txn_version(&table, &AppId::Gold("m").to_string())
+                    .await
+                    .expect("txn"),
+                Some(2)
+            );
+            if !deletion_vectors_on {
+                assert_eq!(deletion_vectors(&table).await, 0);
+                assert!(store.written.is_none());
+                continue;
+            }
+            assert_eq!(counted, Some(300));
+            assert_eq!(deletion_vectors(&table).await, 1, "the old file is marked");
+            let (from, d) = store.written.as_ref().expect("the difference kept");
+            assert_eq!(*from, first);
+            assert_eq!((d.old_rows, d.gone_rows(), d.arrived_rows()), (300, 3, 3));
+
+            // Nothing changed: a commit that records the refresh only.
+            let before = table.version();
+            let unchanged = ctx
+                .read_batches(vec![
+                    rows((0..300).filter(|i| ![5, 6, 100].contains(i)), "a"),
+                    rows([5, 6], "b"),
+                    rows([1000], "new"),
+                ])
+                .expect("result");
+            store
+                .merge_keyed(&def, &ctx, unchanged, &["id".into()], commit(3))
+                .await
+                .expect("record only");
+            let table = store.table.clone().expect("table");
+            assert_eq!(table.version(), before.map(|v| v + 1));
+            assert_eq!(read(&table).await, want);
+            assert!(store.written.as_ref().is_some_and(|(_, d)| d.is_empty()));
+
+            // Most rows change: replaced whole, no difference kept.
+            let changed = ctx.read_batches(vec![rows(0..300, "z")]).expect("result");
+            store
+                .merge_keyed(&def, &ctx, changed, &["id".into()], commit(4))
+                .await
+                .expect("replace");
+            let table = store.table.clone().expect("table");
+            assert_eq!(
+                read(&table).await,
+                (0..300).map(|i| (i, "z".to_string())).collect::<Vec<_>>()
+            );
+            assert!(store.written.is_none());
+        }
     }
 }

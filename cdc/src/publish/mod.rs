@@ -12,7 +12,9 @@
 //! publications delete and copy only the rows that changed since the
 //! version it holds ([`difference`]), as `REFRESH MATERIALIZED VIEW
 //! CONCURRENTLY` does: less work, WAL and bloat on a big table where a
-//! refresh changes a few rows.
+//! refresh changes a few rows. A keyed gold model's refresh hands over the
+//! difference it wrote ([`difference::Handover`]), so the publication
+//! that follows it computes nothing.
 
 use std::pin::pin;
 
@@ -27,8 +29,7 @@ use tokio_postgres::Client;
 use crate::catalog::Field;
 use crate::error::{Error, Result};
 use crate::lake;
-
-mod difference;
+use crate::lake::difference;
 
 pub(crate) use difference::{table_id, table_in_comment, version_in_comment};
 
@@ -358,6 +359,9 @@ pub struct Target<'a> {
     /// silver table's primary key): the published table gets a unique index
     /// on them and later publications copy only the rows that changed.
     pub keys: Option<&'a [String]>,
+    /// The difference the refresh that wrote the Delta table computed, if
+    /// any: used when it starts from the version the table holds.
+    pub handover: Option<&'a difference::Handover>,
 }
 
 /// The COPY of `batches` into `target` (its columns `names`).
@@ -591,7 +595,12 @@ pub async fn publish(
     if let (true, Some(keys), Some(old)) = (same, to.keys, held_version)
         && can_apply_difference(&tx, &target, keys).await?
     {
-        match difference::compute(source, old, keys).await {
+        let handed = to.handover.and_then(|h| h.leading_from(old, source));
+        let diff = match handed {
+            Some(d) => Ok(Ok(d.clone())),
+            None => difference::between_versions(source, old, keys).await,
+        };
+        match diff {
             Ok(Ok(diff)) => {
                 let (deleted, inserted) = (diff.gone_rows(), diff.arrived_rows());
                 if apply_difference(&mut tx, &target, &names, keys, diff).await? {

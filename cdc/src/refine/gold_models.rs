@@ -25,6 +25,7 @@
 //! atomic and an unfinished publication is rolled back by Postgres.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -34,6 +35,7 @@ use crate::Config;
 use crate::catalog::{self, GoldDef};
 use crate::error::{Error, Result};
 use crate::gold::{GoldReport, Input};
+use crate::lake::difference::Handover;
 use crate::lake::{self, Lake};
 use crate::lsn::Lsn;
 use crate::status::{self, Layer, ObjectState, TableOutcome};
@@ -68,8 +70,9 @@ struct Refreshed {
     out: TableOutcome,
     expectations: std::collections::BTreeMap<String, crate::expectations::RuleCount>,
     run: bool,
-    /// The table to publish, and the watermark it is at.
-    publish: Option<(deltalake::DeltaTable, Lsn)>,
+    /// The table to publish, the watermark it is at, and the difference
+    /// its refresh wrote (see [`crate::lake::difference::Handover`]).
+    publish: Option<(deltalake::DeltaTable, Lsn, Option<Arc<Handover>>)>,
 }
 
 /// Every model of `gold` (in dependency order) refreshed once at `w`, given
@@ -183,7 +186,7 @@ pub(super) async fn refresh(
                 break;
             };
             let Some(r) = pending.get(&i) else { continue };
-            let Some((table, wm)) = r.publish.clone() else {
+            let Some((table, wm, handover)) = r.publish.clone() else {
                 continue;
             };
             let (Some(target), def) = (gold[i].publish.clone(), gold[i].clone()) else {
@@ -214,8 +217,16 @@ pub(super) async fn refresh(
                     },
                 };
                 let node = format!("gold.{}", def.name);
-                let result =
-                    publish_to(&mut other, &table, &target, keys.as_deref(), &node, wm).await;
+                let result = publish_to(
+                    &mut other,
+                    &table,
+                    &target,
+                    keys.as_deref(),
+                    handover.as_deref(),
+                    &node,
+                    wm,
+                )
+                .await;
                 Step::Published {
                     index: i,
                     result: match result {
@@ -262,7 +273,7 @@ pub(super) async fn refresh(
         match step {
             Step::Computed {
                 index,
-                report,
+                mut report,
                 table,
                 took,
             } => {
@@ -272,6 +283,7 @@ pub(super) async fn refresh(
                 let (started, clock) = clocks
                     .remove(&index)
                     .unwrap_or((chrono::Utc::now(), Instant::now()));
+                let handover = report.as_mut().ok().and_then(|r| r.handover.take());
                 let (out, expectations, run) = outcome(def, report)?;
                 let mut refreshed = Refreshed {
                     started,
@@ -291,7 +303,7 @@ pub(super) async fn refresh(
                             || forced.contains(&node)
                             || !published_current(cfg, client, p, &t).await?)
                     {
-                        refreshed.publish = Some((t.clone(), wm));
+                        refreshed.publish = Some((t.clone(), wm, handover));
                     }
                     inputs.insert(
                         node,
@@ -308,9 +320,10 @@ pub(super) async fn refresh(
                     pending.insert(index, refreshed);
                     publications.push_back(index);
                 } else {
-                    if let Some((t, wm)) = &refreshed.publish {
+                    if let Some((t, wm, h)) = &refreshed.publish {
                         refreshed.out =
-                            publish_here(cfg, client, def, t, *wm, refreshed.out).await?;
+                            publish_here(cfg, client, def, t, *wm, h.as_deref(), refreshed.out)
+                                .await?;
                     }
                     outcomes[index] = Some(finish(cfg, client, w, refreshed, quiet).await?);
                 }
@@ -324,10 +337,17 @@ pub(super) async fn refresh(
                     Ok(c) => connections.push(c),
                     Err(Some(e)) => refreshed.out = publish_failed(refreshed.out, e)?,
                     Err(None) => {
-                        if let Some((t, wm)) = &refreshed.publish {
-                            refreshed.out =
-                                publish_here(cfg, client, &gold[index], t, *wm, refreshed.out)
-                                    .await?;
+                        if let Some((t, wm, h)) = &refreshed.publish {
+                            refreshed.out = publish_here(
+                                cfg,
+                                client,
+                                &gold[index],
+                                t,
+                                *wm,
+                                h.as_deref(),
+                                refreshed.out,
+                            )
+                            .await?;
                         }
                     }
                 }
@@ -415,6 +435,7 @@ async fn publish_here(
     def: &GoldDef,
     table: &deltalake::DeltaTable,
     wm: Lsn,
+    handover: Option<&Handover>,
     out: TableOutcome,
 ) -> Result<TableOutcome> {
     let Some(p) = &def.publish else {
@@ -427,6 +448,7 @@ async fn publish_here(
         table,
         p,
         p.keys.as_deref().or(def.keys.as_deref()),
+        handover,
         &node,
         wm,
     )

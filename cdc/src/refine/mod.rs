@@ -360,7 +360,7 @@ pub async fn cycle_with(
                     .then_some(def.keys.as_slice())
                     .filter(|k| !k.is_empty())
             });
-            if let Err(e) = publish_one(cfg, client, &input.table, p, keys, &node, w).await {
+            if let Err(e) = publish_one(cfg, client, &input.table, p, keys, None, &node, w).await {
                 out = publish_failed(out, e)?;
             }
         }
@@ -510,12 +510,14 @@ fn delta_version(table: &deltalake::DeltaTable) -> i64 {
     table.version().map(|v| v as i64).unwrap_or(-1)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn publish_one(
     cfg: &Config,
     client: &mut Client,
     table: &deltalake::DeltaTable,
     target: &crate::catalog::Publication,
     keys: Option<&[String]>,
+    handover: Option<&lake::difference::Handover>,
     node: &str,
     w: Lsn,
 ) -> Result<()> {
@@ -523,21 +525,23 @@ async fn publish_one(
         Some(url) => {
             let (mut other, conn) = catalog::connect(url).await?;
             let task = tokio::spawn(conn);
-            let r = publish_to(&mut other, table, target, keys, node, w).await;
+            let r = publish_to(&mut other, table, target, keys, handover, node, w).await;
             task.abort();
             r
         }
-        None => publish_to(client, table, target, keys, node, w).await,
+        None => publish_to(client, table, target, keys, handover, node, w).await,
     }
 }
 
 /// Publish `table` (the Delta table of `node`, at watermark `w`) through
-/// `client`, a connection to the database it is published in.
+/// `client`, a connection to the database it is published in; `handover`:
+/// the difference the refresh that wrote it computed.
 async fn publish_to(
     client: &mut Client,
     table: &deltalake::DeltaTable,
     target: &crate::catalog::Publication,
     keys: Option<&[String]>,
+    handover: Option<&lake::difference::Handover>,
     node: &str,
     w: Lsn,
 ) -> Result<()> {
@@ -552,6 +556,7 @@ async fn publish_to(
         schema: &target.schema,
         table: &target.table,
         keys,
+        handover,
     };
     let published = crate::publish::publish(client, table, &to, &comment).await?;
     let target = target.target();
@@ -757,6 +762,9 @@ pub struct Refiner<'a> {
     /// Apply current-state slices with deletion vectors
     /// (`MEDALLION_SILVER_DELETION_VECTORS`, see [`crate::silver`]).
     pub silver_deletion_vectors: bool,
+    /// Apply keyed gold results with deletion vectors
+    /// (`MEDALLION_GOLD_DELETION_VECTORS`, see [`crate::gold`]).
+    pub gold_deletion_vectors: bool,
     /// Delta tables kept open between cycles.
     pub tables: &'a lake::TableCache,
 }
@@ -799,6 +807,7 @@ impl<'a> Refiner<'a> {
             compact_small_files: cfg.compact_small_files,
             silver_file_bytes: cfg.silver_file_mib.max(1) << 20,
             silver_deletion_vectors: cfg.silver_deletion_vectors,
+            gold_deletion_vectors: cfg.gold_deletion_vectors,
             tables,
         }
     }

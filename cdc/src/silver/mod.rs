@@ -47,7 +47,6 @@
 //!   [`Refiner`] both run on.
 
 mod change_log;
-mod mark_and_append;
 #[cfg(test)]
 mod memory;
 mod merge;

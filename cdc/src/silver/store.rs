@@ -336,7 +336,7 @@ async fn with_silver_properties(silver: DeltaTable, refiner: &Refiner<'_>) -> De
 /// One slice MERGEd into a silver Delta table in one commit (after a
 /// TRUNCATE's own marking commit, see [`SilverStore`]). With
 /// `deletion_vectors`, a current-state table without soft delete gets the
-/// slice by [`super::mark_and_append`] instead of Delta's MERGE.
+/// slice by [`lake::mark_and_append`] instead of Delta's MERGE.
 async fn merge(
     def: &SilverDef,
     ctx: &SessionContext,
@@ -415,7 +415,16 @@ async fn merge(
     }
     silver = add_new_columns(silver, data_fields, &def.name).await?;
     if deletion_vectors && def.history == History::Current && !def.soft_delete {
-        let (table, m) = super::mark_and_append::apply(def, silver, source, props).await?;
+        let upserts = drop_column(&filter_action(&source, "upsert")?, COL_ACTION)?;
+        let name = format!("silver.{}", def.name);
+        let change = lake::mark_and_append::KeyedChange {
+            table: &name,
+            keys: &def.keys,
+            replaced: &source,
+            appended: upserts,
+            fault: crate::fault::BEFORE_SILVER_MARKS_COMMIT,
+        };
+        let (table, m) = lake::mark_and_append::apply(silver, change, props).await?;
         tracing::debug!(
             silver = %def.name,
             files_read = m.files_read,

@@ -948,7 +948,7 @@ impl Bench {
             database_url: self.cluster.url(DB),
             lake_url: self.lake().display().to_string(),
             // The in-process refiner takes silver's file size and whether
-            // it marks rows with deletion vectors (to compare layouts and
+            // silver and keyed gold mark rows with deletion vectors (to compare layouts and
             // ways of applying a slice) and how many silver tables and gold models a cycle
             // refreshes at once from the environment, as `medallion run`
             // does.
@@ -956,6 +956,10 @@ impl Bench {
             silver_deletion_vectors: env_or(
                 "MEDALLION_SILVER_DELETION_VECTORS",
                 default.silver_deletion_vectors,
+            ),
+            gold_deletion_vectors: env_or(
+                "MEDALLION_GOLD_DELETION_VECTORS",
+                default.gold_deletion_vectors,
             ),
             silver_parallelism: env_or("MEDALLION_SILVER_PARALLELISM", default.silver_parallelism),
             gold_parallelism: env_or("MEDALLION_GOLD_PARALLELISM", default.gold_parallelism),

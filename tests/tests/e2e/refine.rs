@@ -412,8 +412,8 @@ async fn kill_9_during_silver_merge_compaction_gold_and_publish_then_rerun_gives
     let (st, err) = refine(None);
     assert!(st.success(), "{err}");
     use medallion::fault::{
-        BEFORE_GOLD_COMMIT, BEFORE_PUBLISH_COMMIT, BEFORE_SILVER_MARKS_COMMIT, MID_COMPACTION,
-        MID_SILVER,
+        BEFORE_GOLD_COMMIT, BEFORE_GOLD_MARKS_COMMIT, BEFORE_PUBLISH_COMMIT,
+        BEFORE_SILVER_MARKS_COMMIT, MID_COMPACTION, MID_SILVER,
     };
     for (seed, (point, n)) in (22..).zip([
         (MID_SILVER, 1),
@@ -424,6 +424,9 @@ async fn kill_9_during_silver_merge_compaction_gold_and_publish_then_rerun_gives
         (BEFORE_SILVER_MARKS_COMMIT, 4),
         (BEFORE_GOLD_COMMIT, 1),
         (BEFORE_GOLD_COMMIT, 3),
+        // The keyed model (monthly revenue) marks its difference the same
+        // way.
+        (BEFORE_GOLD_MARKS_COMMIT, 1),
         (BEFORE_PUBLISH_COMMIT, 1),
         (MID_COMPACTION, 1),
         (MID_COMPACTION, 2),
@@ -448,6 +451,16 @@ async fn kill_9_during_silver_merge_compaction_gold_and_publish_then_rerun_gives
             .min_reader_version(),
         3,
         "silver took its slices with deletion vectors"
+    );
+    let revenue = open_refined(&env, "gold", "monthly_revenue").await;
+    assert_eq!(
+        revenue
+            .snapshot()
+            .expect("snapshot")
+            .protocol()
+            .min_reader_version(),
+        3,
+        "the keyed model took its differences with deletion vectors"
     );
     for (t, _) in medallion_tests::odoo::schema() {
         env.assert_silver_matches("public", t, t).await;
@@ -808,7 +821,7 @@ async fn the_refiner_compacts_silver_and_keyed_gold_and_optimize_vacuums_every_l
     let env = Env::new();
     env.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v numeric(12,2) NOT NULL); \
-         INSERT INTO t SELECT g, g FROM generate_series(1, 10) g; \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 100) g; \
          SELECT medallion.add_source('t'); \
          SELECT medallion.define_gold('t_rows', 'SELECT id, v FROM silver.t', keys => ARRAY['id']); \
          SELECT medallion.define_gold('t_sum', 'SELECT count(*) AS n, sum(v) AS s FROM silver.t');",
@@ -817,11 +830,13 @@ async fn the_refiner_compacts_silver_and_keyed_gold_and_optimize_vacuums_every_l
     cfg.compact_small_files = 4;
     let mut most = (0, 0);
     for round in 1..=8 {
-        // Inserts only: every MERGE adds a file and rewrites none.
+        // Inserts only: every MERGE adds a file and rewrites none (the
+        // keyed model's difference is 10 rows, never a third of them, so it
+        // is appended too).
         env.sql(&format!(
             "INSERT INTO t SELECT g, g FROM generate_series({lo}, {hi}) g",
-            lo = round * 10 + 1,
-            hi = round * 10 + 10
+            lo = round * 10 + 91,
+            hi = round * 10 + 100
         ));
         let s = env.catch_up_with(&cfg).await;
         assert_all_ok(&env.refine_cycle(&cfg, s.acked_lsn).await);
@@ -1362,6 +1377,18 @@ async fn a_keyed_publication_writes_only_the_rows_that_changed_and_replaces_a_co
         .count();
     assert_eq!(second.len(), 3000);
     assert_eq!(kept, 2989, "rows rewritten beyond the 11 that changed");
+    // The refresh wrote the same difference into Delta: the old rows
+    // marked in a deletion vector, the 11 new ones appended.
+    let view = open_refined(&env, "gold", "acct_view").await;
+    let marked: Vec<i64> = futures::TryStreamExt::try_collect::<Vec<_>>(
+        view.get_active_add_actions_by_partitions(&[]),
+    )
+    .await
+    .expect("files")
+    .iter()
+    .filter_map(|f| f.deletion_vector_descriptor().map(|d| d.cardinality))
+    .collect();
+    assert_eq!(marked, vec![11], "gold.acct_view's deletion vectors");
     assert!(!second.contains_key(&3000) && second.contains_key(&5000));
     for id in 1..=10 {
         assert_ne!(

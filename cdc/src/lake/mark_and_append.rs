@@ -1,10 +1,11 @@
-//! A current-state slice applied without copying rows: the old row of each
-//! changed key is marked deleted in its file's deletion vector, the new
-//! rows go into new files, and both land in one commit with the slice's
-//! `txn`.
+//! Keyed changes applied without copying rows: the old row of each changed
+//! key is marked deleted in its file's deletion vector, the new rows go
+//! into new files, and both land in one commit with the change's `txn`.
+//! Silver applies its current-state slices this way, gold the difference
+//! between a keyed model's table and its new result.
 //!
 //! ```text
-//!  slice (one row per changed key: upsert | delete)
+//!  change (the keys replaced or deleted; the rows appended)
 //!    │  keys ──► files whose key range may hold one (add statistics)
 //!    │             └─► their key columns only: rows of a changed key,
 //!    │                 not deleted yet ──► deletion vector = old ∪ new
@@ -13,7 +14,7 @@
 //!    remove(file, old vector) + add(file, new vector)   per touched file
 //!    remove(file)                                        all its rows deleted
 //!    add(new file)                                       the upserted rows
-//!    txn(medallion:silver:<name>) = slice end
+//!    txn(medallion:<layer>:<name>) = the change's position
 //! ```
 //!
 //! A copy-on-write MERGE rewrites every file that holds a changed key, so a
@@ -44,15 +45,11 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use roaring::RoaringTreemap;
 
-use crate::catalog::SilverDef;
 use crate::error::{Error, Result};
 use crate::lake::{self, deletion_vectors};
 use crate::optimize::{KeyBound, conform, key_range};
 
-use super::COL_ACTION;
-use super::store::{drop_column, filter_action};
-
-/// How often a slice's commit is rebuilt on a newer version of the table.
+/// How often a change's commit is rebuilt on a newer version of the table.
 const COMMIT_TRIES: usize = 10;
 
 /// Candidate files whose key columns are read at once.
@@ -73,7 +70,7 @@ pub(crate) struct Marked {
     pub rows_deleted: u64,
     /// Rows written into new files.
     pub rows_written: usize,
-    /// Time spent before marking (the feature checked, the slice's keys,
+    /// Time spent before marking (the feature checked, the change's keys,
     /// the new rows' files written), reading key columns and marking, and
     /// writing the vectors and committing (the last try).
     pub write_ms: u64,
@@ -81,48 +78,66 @@ pub(crate) struct Marked {
     pub commit_ms: u64,
 }
 
-/// Apply `source` (a reduced current-state slice: data columns, `_mdl_lsn`,
-/// `_mdl_commit_ts`, `_mdl_action` = `upsert` | `delete`) to `silver` in
-/// one commit carrying `props`.
-pub(super) async fn apply(
-    def: &SilverDef,
-    silver: DeltaTable,
-    source: RecordBatch,
+/// One keyed change to a table.
+pub(crate) struct KeyedChange<'a> {
+    /// The table, as messages name it (`silver.orders`, `gold.gl`).
+    pub table: &'a str,
+    /// The columns that identify a row.
+    pub keys: &'a [String],
+    /// Rows holding (at least) the key columns of every key whose live rows
+    /// are marked deleted: keys updated or deleted.
+    pub replaced: &'a RecordBatch,
+    /// The new rows, appended (the table's columns, in any order).
+    pub appended: RecordBatch,
+    /// The failpoint hit once the files are written, before the commit.
+    pub fault: &'static str,
+}
+
+/// Apply `change` to `table` in one commit carrying `props`.
+pub(crate) async fn apply(
+    table: DeltaTable,
+    change: KeyedChange<'_>,
     props: CommitProperties,
 ) -> Result<(DeltaTable, Marked)> {
+    let KeyedChange {
+        table: name,
+        keys,
+        replaced,
+        appended: upserts,
+        fault,
+    } = change;
     let started = std::time::Instant::now();
-    let mut silver = deletion_vectors::enable(silver).await?;
-    let schema: SchemaRef = silver
+    let mut target = deletion_vectors::enable(table).await?;
+    let schema: SchemaRef = target
         .snapshot()
-        .map_err(Error::delta("silver snapshot"))?
+        .map_err(Error::delta(format!("{name} snapshot")))?
         .snapshot()
         .arrow_schema();
-    let keys = SliceKeys::new(&source, &def.keys, &schema)?;
-    let upserts = drop_column(&filter_action(&source, "upsert")?, COL_ACTION)?;
+    let keys = ChangedKeys::new(replaced, keys, &schema)?;
     let rows_written = upserts.num_rows();
     // The new rows' files are written once; a rebuilt commit adds them again.
     let added: Vec<Add> = if rows_written == 0 {
         Vec::new()
     } else {
-        let mut writer =
-            RecordBatchWriter::for_table(&silver).map_err(Error::delta("silver writer"))?;
+        let mut writer = RecordBatchWriter::for_table(&target)
+            .map_err(Error::delta(format!("{name} writer")))?;
         writer
             .write(conform(&upserts, &schema)?)
             .await
-            .map_err(Error::delta(format!("write silver.{}", def.name)))?;
+            .map_err(Error::delta(format!("write {name}")))?;
         writer
             .flush()
             .await
-            .map_err(Error::delta(format!("write silver.{}", def.name)))?
+            .map_err(Error::delta(format!("write {name}")))?
     };
     let write_ms = started.elapsed().as_millis() as u64;
     for attempt in 1..=COMMIT_TRIES {
         let marking = std::time::Instant::now();
-        let files: Vec<LogicalFileView> = silver
+        let files: Vec<LogicalFileView> = target
             .get_active_add_actions_by_partitions(&[])
             .try_collect()
             .await
-            .map_err(Error::delta(format!("list files of silver.{}", def.name)))?;
+            .map_err(Error::delta(format!("list files of {name}")))?;
         let (candidates, skipped): (Vec<_>, Vec<_>) =
             files.into_iter().partition(|f| keys.may_hold(f));
         let mut marks: Vec<FileMarks> = Vec::new();
@@ -131,7 +146,7 @@ pub(super) async fn apply(
             // `async_trait` method.
             let reads: Vec<futures::future::BoxFuture<'_, Result<Option<FileMarks>>>> = chunk
                 .iter()
-                .map(|f| Box::pin(mark_file(&silver, f, &keys)) as _)
+                .map(|f| Box::pin(mark_file(&target, f, &keys)) as _)
                 .collect();
             marks.extend(
                 futures::future::try_join_all(reads)
@@ -152,7 +167,7 @@ pub(super) async fn apply(
         let (emptied, kept): (Vec<_>, Vec<_>) =
             marks.into_iter().partition(|m| m.deleted.len() >= m.rows);
         let descriptors =
-            deletion_vectors::write(&silver, kept.iter().map(|m| m.deleted.clone()).collect())
+            deletion_vectors::write(&target, kept.iter().map(|m| m.deleted.clone()).collect())
                 .await?;
         let mut actions: Vec<Action> = Vec::new();
         for m in &emptied {
@@ -172,9 +187,11 @@ pub(super) async fn apply(
             actions.push(Action::Add(add));
         }
         actions.extend(added.iter().cloned().map(Action::Add));
-        crate::fault::hit(crate::fault::BEFORE_SILVER_MARKS_COMMIT);
-        let snapshot = silver.snapshot().map_err(Error::delta("silver snapshot"))?;
-        // What the slice did, where Delta engines put a DML's figures (and
+        crate::fault::hit(fault);
+        let snapshot = target
+            .snapshot()
+            .map_err(Error::delta(format!("{name} snapshot")))?;
+        // What the change did, where Delta engines put a DML's figures (and
         // under delta-rs MERGE's names where one applies).
         let metrics = serde_json::json!({
             "num_target_files_scanned": report.files_read,
@@ -194,10 +211,10 @@ pub(super) async fn apply(
             .with_max_retries(0)
             .build(
                 Some(snapshot),
-                silver.log_store(),
+                target.log_store(),
                 DeltaOperation::Merge {
                     predicate: None,
-                    merge_predicate: Some(merge_predicate(&def.keys)),
+                    merge_predicate: Some(merge_predicate(&keys.names)),
                     matched_predicates: Vec::new(),
                     not_matched_predicates: Vec::new(),
                     not_matched_by_source_predicates: Vec::new(),
@@ -208,18 +225,18 @@ pub(super) async fn apply(
             Ok(finalized) => {
                 // The refiner keeps the table and sees to its checkpoint
                 // once the run is done (`Refiner::keep_written`).
-                silver.state = Some(finalized.snapshot());
+                target.state = Some(finalized.snapshot());
                 report.commit_ms = committing.elapsed().as_millis() as u64;
-                return Ok((silver, report));
+                return Ok((target, report));
             }
             Err(e) if lake::moved_under(&e) && attempt < COMMIT_TRIES => {
-                tracing::debug!(silver = %def.name, attempt, "silver moved under a slice; marking again");
-                silver
+                tracing::debug!(table = %name, attempt, "the table moved under a keyed change; marking again");
+                target
                     .update_state()
                     .await
-                    .map_err(Error::delta(format!("reload silver.{}", def.name)))?;
+                    .map_err(Error::delta(format!("reload {name}")))?;
             }
-            Err(e) => return Err(Error::delta(format!("merge silver.{}", def.name))(e)),
+            Err(e) => return Err(Error::delta(format!("merge {name}"))(e)),
         }
     }
     unreachable!("the last try returns")
@@ -233,8 +250,8 @@ fn merge_predicate(keys: &[String]) -> String {
         .join(" AND ")
 }
 
-/// The keys a slice changes, to find their rows in silver's files.
-struct SliceKeys {
+/// The keys a change replaces, to find their rows in the table's files.
+struct ChangedKeys {
     names: Vec<String>,
     types: Vec<DataType>,
     converter: RowConverter,
@@ -245,7 +262,7 @@ struct SliceKeys {
     first: Option<Vec<i64>>,
 }
 
-impl SliceKeys {
+impl ChangedKeys {
     fn new(source: &RecordBatch, keys: &[String], schema: &SchemaRef) -> Result<Self> {
         let types: Vec<DataType> = keys
             .iter()
@@ -253,7 +270,7 @@ impl SliceKeys {
                 schema
                     .field_with_name(k)
                     .map(|f| f.data_type().clone())
-                    .map_err(Error::arrow(format!("silver key {k}")))
+                    .map_err(Error::arrow(format!("key {k}")))
             })
             .collect::<Result<_>>()?;
         let converter = RowConverter::new(types.iter().cloned().map(SortField::new).collect())
@@ -274,7 +291,7 @@ impl SliceKeys {
             }
             _ => None,
         };
-        Ok(SliceKeys {
+        Ok(ChangedKeys {
             names: keys.to_vec(),
             types,
             converter,
@@ -285,7 +302,7 @@ impl SliceKeys {
 
     /// Whether `file` may hold a changed key: always, unless its
     /// statistics give an integer range of the first key that none of the
-    /// slice's values falls in.
+    /// change's values falls in.
     fn may_hold(&self, file: &LogicalFileView) -> bool {
         let Some(first) = &self.first else {
             return true;
@@ -331,13 +348,13 @@ struct FileMarks {
 /// Read `file`'s key columns and mark the live rows of changed keys; None
 /// when it holds none.
 async fn mark_file(
-    silver: &DeltaTable,
+    target: &DeltaTable,
     file: &LogicalFileView,
-    keys: &SliceKeys,
+    keys: &ChangedKeys,
 ) -> Result<Option<FileMarks>> {
     let path = file.object_store_path();
     let failed = |e: parquet::errors::ParquetError| Error::Protocol(format!("parquet {path}: {e}"));
-    let reader = ParquetObjectReader::new(silver.object_store(), path.clone())
+    let reader = ParquetObjectReader::new(target.object_store(), path.clone())
         .with_file_size(file.size().max(0) as u64);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
@@ -379,7 +396,7 @@ async fn mark_file(
         return Ok(None);
     }
     let mut deleted = match file.deletion_vector_descriptor() {
-        Some(dv) => deletion_vectors::read(silver, &dv).await?,
+        Some(dv) => deletion_vectors::read(target, &dv).await?,
         None => RoaringTreemap::new(),
     };
     let before = deleted.len();
@@ -402,19 +419,40 @@ mod tests {
     use deltalake::protocol::SaveMode;
 
     use super::*;
-    use crate::catalog::History;
 
-    fn def() -> SilverDef {
-        SilverDef {
-            name: "t".into(),
-            source: crate::bronze::TableId::new("public", "t"),
-            keys: vec!["id".into()],
-            history: History::Current,
-            track_columns: None,
-            soft_delete: false,
-            expectations: Vec::new(),
-            publish: None,
-        }
+    const COL_ACTION: &str = "_mdl_action";
+
+    /// A silver-style slice (`upsert` | `delete` rows) applied as silver
+    /// does: every key replaced, the upserts appended.
+    async fn apply_slice(
+        table: DeltaTable,
+        source: RecordBatch,
+        props: CommitProperties,
+    ) -> Result<(DeltaTable, Marked)> {
+        let action = source
+            .column_by_name(COL_ACTION)
+            .expect("action")
+            .as_string::<i32>()
+            .clone();
+        let upsert: arrow::array::BooleanArray =
+            action.iter().map(|a| Some(a == Some("upsert"))).collect();
+        let upserts = arrow::compute::filter_record_batch(&source, &upsert).expect("filter");
+        let at = upserts.schema().index_of(COL_ACTION).expect("action");
+        let mut upserts = upserts;
+        upserts.remove_column(at);
+        let keys = ["id".to_string()];
+        apply(
+            table,
+            KeyedChange {
+                table: "silver.t",
+                keys: &keys,
+                replaced: &source,
+                appended: upserts,
+                fault: crate::fault::BEFORE_SILVER_MARKS_COMMIT,
+            },
+            props,
+        )
+        .await
     }
 
     fn rows(ids: impl IntoIterator<Item = i64>, v: &str, action: Option<&str>) -> RecordBatch {
@@ -504,9 +542,7 @@ mod tests {
             rows([5000], "new", Some("upsert")),
             rows([4000], "", Some("delete")), // a key silver never had
         ]);
-        let (table, m) = apply(&def(), table, source, props(100))
-            .await
-            .expect("apply");
+        let (table, m) = apply_slice(table, source, props(100)).await.expect("apply");
         assert_eq!(
             (
                 m.files_read,
@@ -545,9 +581,7 @@ mod tests {
         // Ids 500–999 all go (600 was already deleted): that file is
         // removed; the first file (0–499) is skipped on its statistics.
         let source = rows((500..1000).filter(|&i| i != 600), "", Some("delete"));
-        let (mut table, m) = apply(&def(), table, source, props(200))
-            .await
-            .expect("apply");
+        let (mut table, m) = apply_slice(table, source, props(200)).await.expect("apply");
         assert_eq!(m.files_removed, 1, "{m:?}");
         assert_eq!(m.files_marked, 0, "{m:?}");
         assert_eq!(m.rows_deleted, 499, "{m:?}");
@@ -560,9 +594,7 @@ mod tests {
 
         // An update of a row that was already updated once by marking.
         let source = rows([10, 5000], "c", Some("upsert"));
-        let (t, m) = apply(&def(), table, source, props(300))
-            .await
-            .expect("apply");
+        let (t, m) = apply_slice(table, source, props(300)).await.expect("apply");
         table = t;
         assert_eq!(m.rows_deleted, 2, "{m:?}");
         let got = read(&table).await;
@@ -623,9 +655,7 @@ mod tests {
             rows([5], "", Some("delete")),
             rows([6], "b", Some("upsert")),
         ]);
-        let (table, m) = apply(&def(), table, source, props(10))
-            .await
-            .expect("apply");
+        let (table, m) = apply_slice(table, source, props(10)).await.expect("apply");
         assert_eq!((m.files_marked, m.rows_deleted), (1, 2), "{m:?}");
         let ctx = lake::session();
         let df = ctx
