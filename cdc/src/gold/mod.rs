@@ -217,11 +217,15 @@ impl Refiner<'_> {
                 // difference still leads to the version kept.
                 if def.publish.is_some()
                     && let Some((from, difference)) = store.written
-                    && let (Some(to), Some(table_id)) =
-                        (table.version(), lake::difference::table_id(&table))
+                    && let (Some(to), Some(table_id), Some(keys)) = (
+                        table.version(),
+                        lake::difference::table_id(&table),
+                        def.keys.clone(),
+                    )
                 {
                     report.handover = Some(std::sync::Arc::new(lake::difference::Handover {
                         table_id,
+                        keys,
                         from,
                         to,
                         difference,

@@ -106,21 +106,29 @@ impl Difference {
 }
 
 /// A difference a refresh computed and wrote, handed to the publication of
-/// the same table: it takes the published table from version `from` to
-/// version `to` of the Delta table `table_id` (a compaction that followed
-/// the write moves `to`: it changes no row).
+/// the same table: on `keys`, it takes the published table from version
+/// `from` to version `to` of the Delta table `table_id` (a compaction that
+/// followed the write moves `to`: it changes no row).
 #[derive(Debug, Clone)]
 pub(crate) struct Handover {
     pub table_id: String,
+    pub keys: Vec<String>,
     pub from: u64,
     pub to: u64,
     pub difference: Difference,
 }
 
 impl Handover {
-    /// The difference, when it takes `table` (as it is now) from `held`.
-    pub fn leading_from(&self, held: u64, table: &DeltaTable) -> Option<&Difference> {
+    /// The difference, when it takes `table` (as it is now) from `held` on
+    /// `keys` (a publication may name other keys than the model).
+    pub fn leading_from(
+        &self,
+        held: u64,
+        table: &DeltaTable,
+        keys: &[String],
+    ) -> Option<&Difference> {
         (self.from == held
+            && self.keys == keys
             && table.version() == Some(self.to)
             && table_id(table).as_deref() == Some(self.table_id.as_str()))
         .then_some(&self.difference)
@@ -584,13 +592,15 @@ mod tests {
     }
 
     /// A handover applies only from the version it started at, to the
-    /// version it led to, of the same table.
+    /// version it led to, of the same table, on the same keys.
     #[tokio::test]
     async fn a_handover_holds_only_between_its_versions_of_its_table() {
         let (_dir, t) = table().await;
         let (_other_dir, other) = table().await;
+        let keys = ["id".to_string()];
         let h = Handover {
             table_id: table_id(&t).expect("id"),
+            keys: keys.to_vec(),
             from: 3,
             to: t.version().expect("version"),
             difference: Difference {
@@ -599,11 +609,22 @@ mod tests {
                 old_rows: 1,
             },
         };
-        assert!(h.leading_from(3, &t).is_some());
-        assert!(h.leading_from(2, &t).is_none(), "another version held");
-        assert!(h.leading_from(3, &other).is_none(), "another table");
+        assert!(h.leading_from(3, &t, &keys).is_some());
+        assert!(
+            h.leading_from(2, &t, &keys).is_none(),
+            "another version held"
+        );
+        assert!(h.leading_from(3, &other, &keys).is_none(), "another table");
+        let other_keys = ["id".to_string(), "v".to_string()];
+        assert!(
+            h.leading_from(3, &t, &other_keys).is_none(),
+            "published on other keys"
+        );
         let moved = Handover { to: h.to + 1, ..h };
-        assert!(moved.leading_from(3, &t).is_none(), "the table moved on");
+        assert!(
+            moved.leading_from(3, &t, &keys).is_none(),
+            "the table moved on"
+        );
     }
 
     #[test]

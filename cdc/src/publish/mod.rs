@@ -348,7 +348,12 @@ pub enum Published {
     Replaced { rows: u64 },
     /// Only the rows that changed: `deleted` old rows (left or changed),
     /// `inserted` new ones (arrived or changed); see [`difference`].
-    Difference { deleted: u64, inserted: u64 },
+    /// `handed_over`: the refresh's difference, not computed here.
+    Difference {
+        deleted: u64,
+        inserted: u64,
+        handed_over: bool,
+    },
 }
 
 /// Where a Delta table is published, and its keys.
@@ -550,6 +555,9 @@ pub async fn publish(
     comment: &str,
 ) -> Result<Published> {
     let (schema, table) = (to.schema, to.table);
+    let started = std::time::Instant::now();
+    // Milliseconds to the end of: the checks, the comparison, the writes.
+    let mut phases = [0u128; 3];
     let ctx = lake::session();
     lake::register(&ctx, "t", source).await?;
     let df = ctx
@@ -595,16 +603,22 @@ pub async fn publish(
     if let (true, Some(keys), Some(old)) = (same, to.keys, held_version)
         && can_apply_difference(&tx, &target, keys).await?
     {
-        let handed = to.handover.and_then(|h| h.leading_from(old, source));
+        phases[0] = started.elapsed().as_millis();
+        let handed = to.handover.and_then(|h| h.leading_from(old, source, keys));
         let diff = match handed {
             Some(d) => Ok(Ok(d.clone())),
             None => difference::between_versions(source, old, keys).await,
         };
+        phases[1] = started.elapsed().as_millis();
         match diff {
             Ok(Ok(diff)) => {
                 let (deleted, inserted) = (diff.gone_rows(), diff.arrived_rows());
                 if apply_difference(&mut tx, &target, &names, keys, diff).await? {
-                    published = Some(Published::Difference { deleted, inserted });
+                    published = Some(Published::Difference {
+                        deleted,
+                        inserted,
+                        handed_over: handed.is_some(),
+                    });
                 }
             }
             Ok(Err(why)) => {
@@ -648,6 +662,7 @@ pub async fn publish(
             Published::Replaced { rows }
         }
     };
+    phases[2] = started.elapsed().as_millis();
     tx.batch_execute(&format!(
         "COMMENT ON TABLE {target} IS '{}'",
         comment.replace('\'', "''")
@@ -658,6 +673,14 @@ pub async fn publish(
     tx.commit()
         .await
         .map_err(Error::pg(format!("publish {schema}.{table}: commit")))?;
+    tracing::debug!(
+        target = %format!("{schema}.{table}"),
+        checked_ms = phases[0],
+        compared_ms = phases[1],
+        written_ms = phases[2],
+        committed_ms = started.elapsed().as_millis(),
+        "publication phases (from its start)"
+    );
     Ok(published)
 }
 

@@ -564,8 +564,12 @@ async fn publish_to(
         crate::publish::Published::Replaced { rows } => {
             tracing::info!(table = %node, target = %target, rows, "published to Postgres")
         }
-        crate::publish::Published::Difference { deleted, inserted } => {
-            tracing::info!(table = %node, target = %target, deleted, inserted, "published to Postgres by difference")
+        crate::publish::Published::Difference {
+            deleted,
+            inserted,
+            handed_over,
+        } => {
+            tracing::info!(table = %node, target = %target, deleted, inserted, handed_over, "published to Postgres by difference")
         }
     }
     Ok(())
