@@ -49,7 +49,7 @@ macro_rules! package_file {
 
 const PACKAGES: &[Package] = &[Package {
     name: "odoo",
-    version: "1.3.0",
+    version: "1.4.0",
     files: &[
         package_file!("odoo", "01_gl_journal_items.sql"),
         package_file!("odoo", "02_gl_by_period.sql"),

@@ -1,7 +1,7 @@
 -- model: odoo_gl_journal_items
 -- publish: gl_journal_items
 -- requires: account_move_line, account_move, account_account, account_journal, res_partner
--- publish keys: id
+-- keys: id
 --
 -- The general ledger (Odoo Enterprise: Accounting > Reporting > General
 -- Ledger; OCA account_financial_report). Grain: one posted journal item;

@@ -1,7 +1,7 @@
 -- model: odoo_partner_ledger
 -- publish: partner_ledger
 -- requires: gold.odoo_gl_journal_items
--- publish keys: id
+-- keys: id
 --
 -- Partner ledger (Odoo Enterprise: Partner Ledger; OCA
 -- account_financial_report). Grain: one posted journal item on a

@@ -1,7 +1,7 @@
 -- model: odoo_aged_receivable
 -- publish: aged_receivable
 -- requires: gold.odoo_gl_journal_items
--- publish keys: id
+-- keys: id
 --
 -- Aged receivable (Odoo Enterprise: Aged Receivable; OCA
 -- account_financial_report). Grain: one open item (a posted journal item

@@ -1,7 +1,7 @@
 -- model: odoo_aged_payable
 -- publish: aged_payable
 -- requires: gold.odoo_gl_journal_items
--- publish keys: id
+-- keys: id
 --
 -- Aged payable (Odoo Enterprise: Aged Payable; OCA
 -- account_financial_report). Grain: one open item (a posted journal item

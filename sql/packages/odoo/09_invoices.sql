@@ -1,7 +1,7 @@
 -- model: odoo_invoices
 -- publish: invoices
 -- requires: account_move, account_move_line, account_account, account_partial_reconcile, res_partner
--- publish keys: id
+-- keys: id
 --
 -- Invoices (Odoo: Invoicing > Customers/Vendors > Invoices, the header of
 -- account.invoice.report). Grain: one posted customer or vendor invoice or

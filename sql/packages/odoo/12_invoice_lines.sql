@@ -1,7 +1,7 @@
 -- model: odoo_invoice_lines
 -- publish: invoice_lines
 -- requires: account_move_line, account_move, account_account, res_partner, product_product, product_template
--- publish keys: id
+-- keys: id
 --
 -- Invoice analysis (Odoo: Invoicing > Reporting > Invoice Analysis,
 -- account.invoice.report). Grain: one product line of a posted customer or

@@ -1,7 +1,7 @@
 -- model: odoo_sales_order_lines
 -- publish: sales_order_lines
 -- requires: sale_order_line, sale_order, product_product, product_template, uom_uom, res_partner
--- publish keys: id
+-- keys: id
 --
 -- Sales analysis (Odoo: Sales > Reporting > Sales, sale.report). Grain:
 -- one product line of a quotation or order (sections and notes left out).

@@ -1,7 +1,7 @@
 -- model: odoo_crm_pipeline
 -- publish: crm_pipeline
 -- requires: crm_lead, crm_stage, res_partner, sale_order
--- publish keys: id
+-- keys: id
 --
 -- CRM pipeline (Odoo: CRM > Reporting > Pipeline). Grain: one lead or
 -- opportunity, archived ones included. outcome: won (active, in a won

@@ -1,7 +1,7 @@
 -- model: odoo_stock_moves
 -- publish: stock_moves
 -- requires: stock_move, stock_location, stock_valuation_layer, product_product, product_template
--- publish keys: id
+-- keys: id
 --
 -- Stock moves (Odoo: Inventory > Reporting > Moves Analysis). Grain: one
 -- done move. direction from the locations' usage: incoming (into an

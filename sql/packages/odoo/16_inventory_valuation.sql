@@ -1,7 +1,7 @@
 -- model: odoo_inventory_valuation
 -- publish: inventory_valuation
 -- requires: gold.odoo_stock_moves, stock_valuation_layer
--- publish keys: company_id, product_id, location_id
+-- keys: company_id, product_id, location_id
 --
 -- Inventory valuation (Odoo: Inventory > Reporting > Valuation / Stock).
 -- Grain: company × product × internal location with stock. on_hand from

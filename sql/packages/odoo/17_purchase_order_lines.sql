@@ -1,7 +1,7 @@
 -- model: odoo_purchase_order_lines
 -- publish: purchase_order_lines
 -- requires: purchase_order_line, purchase_order, product_product, product_template, uom_uom, res_partner
--- publish keys: id
+-- keys: id
 --
 -- Purchase analysis (Odoo: Purchase > Reporting > Purchase,
 -- purchase.report). Grain: one product line of an RFQ or purchase order

@@ -1,7 +1,7 @@
 -- model: odoo_aged_payable_history
 -- publish: aged_payable_history
 -- requires: gold.odoo_gl_journal_items, gold.odoo_gl_by_period, account_partial_reconcile
--- publish keys: company_id, month_end, partner_id
+-- keys: company_id, month_end, partner_id
 --
 -- Aged payable as of past dates (Odoo Enterprise: Aged Payable with a
 -- past report date). Grain: company × month end × vendor with an open

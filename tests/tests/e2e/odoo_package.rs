@@ -384,7 +384,7 @@ async fn the_odoo_package_installs_and_equals_postgres_with_balanced_books() {
     );
     assert_eq!(
         env.sql("SELECT version || ' ' || array_length(models, 1) || ' ' || (options->>'lang') FROM medallion.packages WHERE name = 'odoo'").trim(),
-        format!("1.3.0 {} en_US", MODELS.len())
+        format!("1.4.0 {} en_US", MODELS.len())
     );
 
     let r = env.catch_up_and_refine().await;
