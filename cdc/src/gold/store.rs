@@ -311,9 +311,15 @@ impl GoldStore for DeltaGold<'_> {
             .ok_or_else(|| Error::Protocol(format!("gold.{}: no table to merge into", def.name)))?;
         let target = lake::with_retention(target, self.refiner.lake.retention()).await;
         let from = target.version();
+        // The model's error unless the lake or the object store failed
+        // (retried on the timer).
+        let failed = |e: Error| match e {
+            e if e.retry_policy() == crate::error::RetryPolicy::RetryOnTimer => e,
+            e => model_error(&def.name, e),
+        };
         let difference = lake::difference::of_result(&target, source.clone(), keys)
             .await
-            .map_err(|e| model_error(&def.name, e))?;
+            .map_err(failed)?;
         let difference = match difference {
             Ok(d) => d,
             Err(why) => {
@@ -366,10 +372,7 @@ impl GoldStore for DeltaGold<'_> {
             };
             let (table, m) = lake::mark_and_append::apply(target, change, props)
                 .await
-                .map_err(|e| match e {
-                    e if e.retry_policy() == crate::error::RetryPolicy::RetryOnTimer => e,
-                    e => model_error(&def.name, e),
-                })?;
+                .map_err(failed)?;
             tracing::debug!(
                 gold = %def.name,
                 files_read = m.files_read,
