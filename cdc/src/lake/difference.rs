@@ -2,12 +2,10 @@
 //! rows changed or left, and the rows that changed or arrived.
 //!
 //! ```text
-//!  old: the table's rows ─► key fingerprint → row fingerprint (a map)
-//!  new: the rows a keyed gold model just computed, streamed past the map
-//!        ├─► gone: old keys whose row changed or left   (deletion vectors / DELETE … USING)
-//!        └─► arrived: new rows that changed or are new   (appended files / COPY)
-//!
-//!  (no handover) old version N FULL JOIN current version ON keys, rows not the same
+//!  old: a Delta version of the table ──┐
+//!                                      ├─ old FULL JOIN new ON keys, rows not the same
+//!  new: a later version, or the rows  ─┘        ├─► gone: old keys   (DELETE … USING / deletion vectors)
+//!       a keyed gold model just computed        └─► arrived: new rows (COPY / appended files)
 //! ```
 //!
 //! Two users, one computation:
@@ -43,23 +41,25 @@
 //!   costs less).
 //!
 //! A refresh's difference holds only when both sides have one row per key:
-//! [`of_result`] finds a key that repeats on either side as it fills or
-//! probes the map, and the model's table is then replaced whole. Rows are
-//! the same when their fingerprints are: 128 bits of XXH3 over Arrow's row
-//! format, so two different rows of one key pass for the same with a
-//! probability of about 2⁻¹²⁸.
+//! [`of_result`] counts the result's rows as they stream into the join and
+//! checks `old − gone = new − arrived` (a repeated key breaks it); else the
+//! model's table is replaced whole.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::{filter_record_batch, is_not_null};
 use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTable;
+use deltalake::datafusion::catalog::streaming::StreamingTable;
+use deltalake::datafusion::execution::TaskContext;
+use deltalake::datafusion::physical_plan::ExecutionPlan;
+use deltalake::datafusion::physical_plan::SendableRecordBatchStream;
+use deltalake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use deltalake::datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
-use twox_hash::XxHash3_128;
 
 use crate::error::{Error, Result};
 use crate::lake::{self, ident};
@@ -184,233 +184,57 @@ pub(crate) async fn between_versions(
 }
 
 /// The difference between `table` (the old rows) and `result` (the new
-/// ones, a plan executed once), on `keys`, with the arrived rows in
-/// `table`'s column types. `Ok(Err(why))` when more than a third of the
-/// rows changed, a key repeats on either side, or the columns differ.
-///
-/// Each side's rows are reduced to two 128-bit fingerprints (XXH3) of
-/// their key and of their other columns, each in Arrow's row format (every
-/// value and NULL unambiguous): the old side becomes a map from key to row
-/// fingerprint, and the new rows stream past it. Only the rows that differ
-/// are kept, so nothing is joined or copied at full width.
+/// ones, a plan streamed once into the comparison), on `keys`, with the
+/// arrived rows in `table`'s column types. `Ok(Err(why))` when more than a
+/// third of the rows changed or a key repeats on either side.
 pub(crate) async fn of_result(
     table: &DeltaTable,
     result: DataFrame,
     keys: &[String],
 ) -> Result<std::result::Result<Difference, NotADifference>> {
+    let ctx = lake::session();
+    lake::register(&ctx, "o", table).await?;
+    let counted = Counted::new(&result).await?;
+    let rows = counted.rows.clone();
+    ctx.register_table("n", Arc::new(counted.table()?))
+        .map_err(Error::datafusion("register the new rows"))?;
+    let columns = match same_columns(&ctx, keys).await? {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(why)),
+    };
+    let old_rows = count(&ctx, "o").await?;
+    let most = (old_rows as usize).max(1) * MOST_CHANGED.0 / MOST_CHANGED.1;
+    let (gone, arrived) = match joined(&ctx, keys, &columns, most).await? {
+        Ok(d) => d,
+        Err(why) => return Ok(Err(why)),
+    };
+    let difference = Difference {
+        gone,
+        arrived,
+        old_rows,
+    };
+    let new_rows = rows.load(Ordering::Relaxed);
+    // With one row per key on both sides, every row is either the same on
+    // both sides or counted once as gone (old) or arrived (new).
+    if old_rows.checked_sub(difference.gone_rows())
+        != new_rows.checked_sub(difference.arrived_rows())
+    {
+        return Ok(Err(REPEATED_KEY));
+    }
     let schema: SchemaRef = table
         .snapshot()
         .map_err(Error::delta("table snapshot"))?
         .snapshot()
         .arrow_schema();
-    let new_schema = result.schema().as_arrow().clone();
-    if schema.fields().len() != new_schema.fields().len()
-        || schema
-            .fields()
-            .iter()
-            .zip(new_schema.fields())
-            .any(|(a, b)| {
-                a.name() != b.name()
-                    || lake::storage_type(a.data_type()) != lake::storage_type(b.data_type())
-            })
-    {
-        return Ok(Err("its columns changed"));
-    }
-    let Some(fingerprints) = Fingerprints::new(&schema, keys)? else {
-        return Ok(Err("a key is not a column"));
-    };
-    let ctx = lake::session();
-    lake::register(&ctx, "o", table).await?;
-    let mut old = ctx
-        .sql("SELECT * FROM o")
-        .await
-        .map_err(Error::datafusion("old rows"))?
-        .execute_stream()
-        .await
-        .map_err(Error::datafusion("old rows"))?;
-    // Key fingerprint → what the old side holds under it.
-    let mut held: HashMap<u128, Held> = HashMap::new();
-    let mut old_keys: Vec<RecordBatch> = Vec::new();
-    while let Some(batch) = old.next().await {
-        let batch = crate::optimize::conform(
-            &lake::without_views(&batch.map_err(Error::datafusion("old rows"))?)?,
-            &schema,
-        )?;
-        let (k, v) = fingerprints.of(&batch)?;
-        let at = old_keys.len() as u32;
-        for (i, (k, v)) in k.into_iter().zip(v).enumerate() {
-            let slot = Held {
-                row: Some((v, at, i as u32)),
-                seen: false,
-            };
-            if held.insert(k, slot).is_some() {
-                return Ok(Err(REPEATED_KEY));
-            }
-        }
-        old_keys.push(fingerprints.keys_of(&batch)?);
-    }
-    let old_rows = held.len() as u64;
-    let most = (old_rows as usize).max(1) * MOST_CHANGED.0 / MOST_CHANGED.1;
-    let mut new = result
-        .execute_stream()
-        .await
-        .map_err(Error::datafusion("new rows"))?;
-    let (mut arrived, mut changed) = (Vec::new(), 0usize);
-    // Old rows replaced: (old batch, row).
-    let mut gone: Vec<(u32, u32)> = Vec::new();
-    while let Some(batch) = new.next().await {
-        let batch = crate::optimize::conform(
-            &lake::without_views(&batch.map_err(Error::datafusion("new rows"))?)?,
-            &schema,
-        )?;
-        let (k, v) = fingerprints.of(&batch)?;
-        let mut taken: Vec<u32> = Vec::new();
-        for (i, (k, v)) in k.into_iter().zip(v).enumerate() {
-            match held.entry(k) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let slot = e.get_mut();
-                    if slot.seen {
-                        return Ok(Err(REPEATED_KEY));
-                    }
-                    slot.seen = true;
-                    match slot.row {
-                        Some((row, _, _)) if row == v => {}
-                        Some((_, b, r)) => {
-                            gone.push((b, r));
-                            taken.push(i as u32);
-                        }
-                        None => unreachable!("a new key is seen when it is inserted"),
-                    }
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(Held {
-                        row: None,
-                        seen: true,
-                    });
-                    taken.push(i as u32);
-                }
-            }
-        }
-        changed += taken.len();
-        if changed > most {
-            return Ok(Err("more than a third of the rows changed"));
-        }
-        if !taken.is_empty() {
-            let indices = arrow::array::UInt32Array::from(taken);
-            arrived.push(
-                arrow::compute::take_record_batch(&batch, &indices)
-                    .map_err(Error::arrow("arrived rows"))?,
-            );
-        }
-    }
-    gone.extend(
-        held.values()
-            .filter(|h| !h.seen)
-            .filter_map(|h| h.row.map(|(_, b, r)| (b, r))),
-    );
-    if changed + gone.len() > most {
-        return Ok(Err("more than a third of the rows changed"));
-    }
-    gone.sort_unstable();
-    let mut gone_keys = Vec::new();
-    for chunk in gone.chunk_by(|a, b| a.0 == b.0) {
-        let indices = arrow::array::UInt32Array::from_iter_values(chunk.iter().map(|(_, r)| *r));
-        let keys = arrow::compute::take_record_batch(&old_keys[chunk[0].0 as usize], &indices)
-            .map_err(Error::arrow("gone keys"))?;
-        if keys.columns().iter().any(|a| a.null_count() > 0) {
-            return Ok(Err("a key that changed or left is NULL"));
-        }
-        gone_keys.push(keys);
-    }
+    let arrived = difference
+        .arrived
+        .iter()
+        .map(|b| crate::optimize::conform(b, &schema))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Ok(Difference {
-        gone: gone_keys,
         arrived,
-        old_rows,
+        ..difference
     }))
-}
-
-/// What the old side holds under one key fingerprint.
-struct Held {
-    /// The old row: its fingerprint, batch and position (None: a key only
-    /// the new side has).
-    row: Option<(u128, u32, u32)>,
-    /// The new side had the key.
-    seen: bool,
-}
-
-/// The two fingerprints of a table's rows: of the key columns, and of the
-/// other columns.
-struct Fingerprints {
-    keys: Vec<usize>,
-    values: Vec<usize>,
-    key_rows: RowConverter,
-    value_rows: RowConverter,
-    key_schema: SchemaRef,
-}
-
-impl Fingerprints {
-    /// None when a key is not one of `schema`'s columns.
-    fn new(schema: &SchemaRef, keys: &[String]) -> Result<Option<Fingerprints>> {
-        let Some(key_at) = keys
-            .iter()
-            .map(|k| schema.index_of(k).ok())
-            .collect::<Option<Vec<usize>>>()
-        else {
-            return Ok(None);
-        };
-        let values: Vec<usize> = (0..schema.fields().len())
-            .filter(|i| !key_at.contains(i))
-            .collect();
-        let converter = |at: &[usize]| {
-            RowConverter::new(
-                at.iter()
-                    .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                    .collect(),
-            )
-            .map_err(Error::arrow("row fingerprints"))
-        };
-        Ok(Some(Fingerprints {
-            key_rows: converter(&key_at)?,
-            value_rows: converter(&values)?,
-            key_schema: Arc::new(
-                schema
-                    .project(&key_at)
-                    .map_err(Error::arrow("key columns"))?,
-            ),
-            keys: key_at,
-            values,
-        }))
-    }
-
-    /// Each row's key and value fingerprints.
-    fn of(&self, batch: &RecordBatch) -> Result<(Vec<u128>, Vec<u128>)> {
-        let hash = |converter: &RowConverter, at: &[usize]| -> Result<Vec<u128>> {
-            if at.is_empty() {
-                return Ok(vec![0; batch.num_rows()]);
-            }
-            let columns: Vec<_> = at.iter().map(|&i| batch.column(i).clone()).collect();
-            let rows = converter
-                .convert_columns(&columns)
-                .map_err(Error::arrow("row fingerprints"))?;
-            Ok(rows
-                .iter()
-                .map(|r| XxHash3_128::oneshot(r.as_ref()))
-                .collect())
-        };
-        Ok((
-            hash(&self.key_rows, &self.keys)?,
-            hash(&self.value_rows, &self.values)?,
-        ))
-    }
-
-    /// `batch`'s key columns, named as in the table.
-    fn keys_of(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        RecordBatch::try_new(
-            self.key_schema.clone(),
-            self.keys.iter().map(|&i| batch.column(i).clone()).collect(),
-        )
-        .map_err(Error::arrow("key columns"))
-    }
 }
 
 /// The registered `o` and `n` have the same columns (names and types, in
@@ -557,6 +381,79 @@ async fn joined(
         }
     }
     Ok(Ok((all_gone, all_arrived)))
+}
+
+/// A plan's rows as a table that can be read once, counting the rows read.
+struct Counted {
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    schema: SchemaRef,
+    rows: Arc<AtomicU64>,
+}
+
+impl Counted {
+    async fn new(df: &DataFrame) -> Result<Counted> {
+        let task = Arc::new(df.task_ctx());
+        let plan = df
+            .clone()
+            .create_physical_plan()
+            .await
+            .map_err(Error::datafusion("plan the new rows"))?;
+        Ok(Counted {
+            schema: plan.schema(),
+            plan,
+            task,
+            rows: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn table(&self) -> Result<StreamingTable> {
+        let partitions = (0..self.plan.properties().partitioning.partition_count())
+            .map(|partition| {
+                Arc::new(CountedPartition {
+                    plan: self.plan.clone(),
+                    task: self.task.clone(),
+                    schema: self.schema.clone(),
+                    partition,
+                    rows: self.rows.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        StreamingTable::try_new(self.schema.clone(), partitions)
+            .map_err(Error::datafusion("the new rows"))
+    }
+}
+
+#[derive(Debug)]
+struct CountedPartition {
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    schema: SchemaRef,
+    partition: usize,
+    rows: Arc<AtomicU64>,
+}
+
+impl PartitionStream for CountedPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        // The plan runs in the session it was planned in.
+        let rows = self.rows.clone();
+        let stream: futures::stream::BoxStream<'static, _> =
+            match self.plan.execute(self.partition, self.task.clone()) {
+                Ok(s) => s
+                    .inspect(move |b| {
+                        if let Ok(b) = b {
+                            rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                        }
+                    })
+                    .boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            };
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
 }
 
 /// The identity of a Delta table: its metadata id, made when the table is
