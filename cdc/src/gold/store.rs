@@ -121,8 +121,8 @@ pub(crate) trait GoldStore: Send {
         rows: Rows,
         commit: Commit,
     ) -> Result<()>;
-    /// Make the rows those of `source` by a MERGE on `keys`; the rows the
-    /// result holds, when the MERGE counted them.
+    /// Make the rows those of `source`, writing only the rows that differ
+    /// on `keys`; the rows the table then holds, when they were counted.
     async fn merge_keyed(
         &mut self,
         def: &GoldDef,
@@ -373,15 +373,7 @@ impl GoldStore for DeltaGold<'_> {
             let (table, m) = lake::mark_and_append::apply(target, change, props)
                 .await
                 .map_err(failed)?;
-            tracing::debug!(
-                gold = %def.name,
-                files_read = m.files_read,
-                files_marked = m.files_marked,
-                files_removed = m.files_removed,
-                rows_deleted = m.rows_deleted,
-                rows_written = m.rows_written,
-                "keyed model: difference marked and appended"
-            );
+            m.log(&name);
             table
         };
         self.table = Some(table);
@@ -587,13 +579,15 @@ mod tests {
             let first = store.version().expect("version") as u64;
 
             // 5 and 6 change, 100 leaves, 1000 arrives.
-            let result = ctx
-                .read_batches(vec![
+            let changed = || {
+                ctx.read_batches(vec![
                     rows((0..300).filter(|i| ![5, 6, 100].contains(i)), "a"),
                     rows([5, 6], "b"),
                     rows([1000], "new"),
                 ])
-                .expect("result");
+                .expect("result")
+            };
+            let result = changed();
             let counted = store
                 .merge_keyed(&def, &ctx, result, &["id".into()], commit(2))
                 .await
@@ -624,15 +618,8 @@ mod tests {
 
             // Nothing changed: a commit that records the refresh only.
             let before = table.version();
-            let unchanged = ctx
-                .read_batches(vec![
-                    rows((0..300).filter(|i| ![5, 6, 100].contains(i)), "a"),
-                    rows([5, 6], "b"),
-                    rows([1000], "new"),
-                ])
-                .expect("result");
             store
-                .merge_keyed(&def, &ctx, unchanged, &["id".into()], commit(3))
+                .merge_keyed(&def, &ctx, changed(), &["id".into()], commit(3))
                 .await
                 .expect("record only");
             let table = store.table.clone().expect("table");

@@ -598,21 +598,7 @@ mod tests {
     async fn nulls_count_as_values_and_a_key_twice_in_the_table_is_no_difference() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = url::Url::from_directory_path(dir.path()).expect("url");
-        let two = |id: i64, a: Option<&str>, b: Option<&str>| {
-            RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    Field::new("id", DataType::Int64, true),
-                    Field::new("a", DataType::Utf8, true),
-                    Field::new("b", DataType::Utf8, true),
-                ])),
-                vec![
-                    Arc::new(Int64Array::from(vec![id])) as ArrayRef,
-                    Arc::new(StringArray::from(vec![a])),
-                    Arc::new(StringArray::from(vec![b])),
-                ],
-            )
-            .expect("batch")
-        };
+        let two = |id: i64, a: Option<&str>, b: Option<&str>| rows_ab(&[id], a, b);
         let t = lake::handle(&url, &Default::default())
             .expect("handle")
             .write(vec![
@@ -642,7 +628,7 @@ mod tests {
         // The same comparison on a larger table, so it is worth a difference.
         let more: Vec<i64> = (100..120).collect();
         let t = t
-            .write(vec![rows_ab(&more)])
+            .write(vec![rows_ab(&more, Some("m"), Some("n"))])
             .with_save_mode(SaveMode::Append)
             .await
             .expect("write more");
@@ -651,7 +637,7 @@ mod tests {
             two(2, Some("x"), None),
             two(3, Some(""), None),
             two(4, Some("k"), Some("k")),
-            rows_ab(&more),
+            rows_ab(&more, Some("m"), Some("n")),
         ]);
         let d = of_result(&t, new, &["id".to_string()])
             .await
@@ -665,7 +651,10 @@ mod tests {
             .with_save_mode(SaveMode::Append)
             .await
             .expect("key 4 twice");
-        let new = result(vec![two(4, Some("k"), Some("k")), rows_ab(&more)]);
+        let new = result(vec![
+            two(4, Some("k"), Some("k")),
+            rows_ab(&more, Some("m"), Some("n")),
+        ]);
         let why = of_result(&t, new, &["id".to_string()])
             .await
             .expect("compute")
@@ -673,7 +662,8 @@ mod tests {
         assert_eq!(why, REPEATED_KEY);
     }
 
-    fn rows_ab(ids: &[i64]) -> RecordBatch {
+    /// Rows `(id, a, b)`, every row with the same `a` and `b`.
+    fn rows_ab(ids: &[i64], a: Option<&str>, b: Option<&str>) -> RecordBatch {
         RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("id", DataType::Int64, true),
@@ -682,8 +672,8 @@ mod tests {
             ])),
             vec![
                 Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef,
-                Arc::new(StringArray::from(vec!["m"; ids.len()])),
-                Arc::new(StringArray::from(vec!["n"; ids.len()])),
+                Arc::new(StringArray::from(vec![a; ids.len()])),
+                Arc::new(StringArray::from(vec![b; ids.len()])),
             ],
         )
         .expect("batch")

@@ -93,6 +93,25 @@ pub(crate) struct KeyedChange<'a> {
     pub fault: &'static str,
 }
 
+impl Marked {
+    /// The debug line of one application to `table`.
+    pub(crate) fn log(&self, table: &str) {
+        tracing::debug!(
+            table,
+            files_read = self.files_read,
+            files_skipped = self.files_skipped,
+            files_marked = self.files_marked,
+            files_removed = self.files_removed,
+            rows_deleted = self.rows_deleted,
+            rows_written = self.rows_written,
+            write_ms = self.write_ms,
+            mark_ms = self.mark_ms,
+            commit_ms = self.commit_ms,
+            "marked and appended"
+        );
+    }
+}
+
 /// Apply `change` to `table` in one commit carrying `props`.
 pub(crate) async fn apply(
     table: DeltaTable,

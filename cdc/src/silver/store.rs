@@ -425,19 +425,7 @@ async fn merge(
             fault: crate::fault::BEFORE_SILVER_MARKS_COMMIT,
         };
         let (table, m) = lake::mark_and_append::apply(silver, change, props).await?;
-        tracing::debug!(
-            silver = %def.name,
-            files_read = m.files_read,
-            files_skipped = m.files_skipped,
-            files_marked = m.files_marked,
-            files_removed = m.files_removed,
-            rows_deleted = m.rows_deleted,
-            rows_written = m.rows_written,
-            write_ms = m.write_ms,
-            mark_ms = m.mark_ms,
-            commit_ms = m.commit_ms,
-            "marked and appended"
-        );
+        m.log(&name);
         return Ok(table);
     }
     let data: Vec<String> = data_fields.iter().map(|f| f.name().clone()).collect();
