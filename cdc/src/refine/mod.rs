@@ -546,7 +546,7 @@ async fn publish_to(
     w: Lsn,
 ) -> Result<()> {
     // The table's identity, then its version: a publication by difference
-    // starts from that version of that table (`publish::difference`).
+    // starts from that version of that table (`lake::difference`).
     let comment = format!(
         "medallion: {node} at source LSN {w} (Delta table {}) (Delta version {})",
         crate::publish::table_id(table).unwrap_or_default(),
