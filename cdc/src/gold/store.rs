@@ -106,7 +106,8 @@ impl GoldInput for Input {
 ///   difference between the table and the result marked and appended
 ///   ([`lake::difference::of_result`], [`lake::mark_and_append`]), else
 ///   a copy-on-write MERGE; a result that changes more than a third of the
-///   rows, or whose keys repeat, replaces the rows whole.
+///   rows replaces them whole, and one where a key repeats (in the result
+///   or the table) goes through the MERGE.
 #[async_trait]
 pub(crate) trait GoldStore: Send {
     /// What the last commit recorded (None: never written).
@@ -322,12 +323,15 @@ impl GoldStore for DeltaGold<'_> {
             .map_err(failed)?;
         let difference = match difference {
             Ok(d) => d,
+            Err(why) if why == lake::difference::REPEATED_KEY => {
+                // Delta's MERGE decides what a repeated key means, as it
+                // did before keyed models were written by difference.
+                tracing::warn!(gold = %def.name, keys = ?keys, why, "keyed model: merged by Delta's MERGE instead");
+                self.table = Some(target);
+                return self.merge_copying(def, ctx, source, keys, commit).await;
+            }
             Err(why) => {
-                if why == lake::difference::REPEATED_KEY {
-                    tracing::warn!(gold = %def.name, keys = ?keys, why, "keyed model: the table is replaced whole");
-                } else {
-                    tracing::debug!(gold = %def.name, why, "keyed model: the table is replaced whole");
-                }
+                tracing::debug!(gold = %def.name, why, "keyed model: the table is replaced whole");
                 self.table = Some(target);
                 self.replace(def, ctx, Rows::Plan(source), commit).await?;
                 return Ok(None);
