@@ -245,10 +245,15 @@ impl SilverStore for DeltaSilver<'_> {
         generation: i64,
         definition: i64,
     ) -> Result<()> {
-        let table = self
-            .refiner
-            .lake
-            .handle(&self.url)?
+        // The overwrite must start from the table as it is: its removes are
+        // the files of that snapshot. Written through a bare handle, Delta
+        // would commit the new generation beside the old one's files (a
+        // table created again on top of its own log: every key twice).
+        let handle = match self.table.take() {
+            Some(t) => t,
+            None => self.refiner.lake.handle(&self.url)?,
+        };
+        let table = handle
             .write(Vec::<RecordBatch>::new())
             .with_input_plan(plan)
             .with_session_state(Arc::new(ctx.state()))
@@ -599,4 +604,69 @@ pub(super) fn filter_action(batch: &RecordBatch, action: &str) -> Result<RecordB
         .as_string::<i32>();
     let mask: BooleanArray = (0..a.len()).map(|i| Some(a.value(i) == action)).collect();
     arrow::compute::filter_record_batch(batch, &mask).map_err(Error::arrow("filter"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::{Lake, TableCache};
+
+    /// A new bronze generation (a resync) replaces every row of the silver
+    /// table as it was opened: none of the old generation's files stay
+    /// beside the new ones.
+    #[tokio::test]
+    async fn a_rebuild_of_an_existing_table_replaces_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::Config {
+            lake_url: dir.path().display().to_string(),
+            ..crate::Config::default()
+        };
+        let lake = Lake::from_config(&cfg).expect("lake");
+        let tables = TableCache::default();
+        let refiner = Refiner::new(&cfg, &lake, &tables);
+        let def = SilverDef {
+            name: "t".into(),
+            source: TableId::new("public", "t"),
+            keys: vec!["id".into()],
+            history: History::Current,
+            track_columns: None,
+            soft_delete: false,
+            expectations: Vec::new(),
+            publish: None,
+        };
+        let url = lake.refined_url("silver", "t").expect("url");
+        let ctx = lake::session();
+        for (generation, n) in [(10, 3), (20, 4)] {
+            // Opened afresh, as a refresh opens it.
+            let mut silver = DeltaSilver {
+                name: "t",
+                table: tables.open(&lake, &url).await.expect("open"),
+                url: url.clone(),
+                refiner: &refiner,
+            };
+            let plan = ctx
+                .sql(&format!(
+                    "SELECT g::int AS id, {generation}::bigint AS _mdl_lsn FROM generate_series(1, {n}) AS s(g)"
+                ))
+                .await
+                .expect("plan")
+                .into_unoptimized_plan();
+            silver
+                .rebuild(&def, &ctx, plan, generation, 7)
+                .await
+                .expect("rebuild");
+            let recorded = silver.recorded().await.expect("recorded").expect("written");
+            assert_eq!(
+                (recorded.generation, recorded.applied, recorded.definition),
+                (Some(generation), Some(generation + 1), Some(7))
+            );
+        }
+        let table = lake.open(&url).await.expect("open").expect("written");
+        let text = lake::query_text(
+            &table,
+            "SELECT count(*) AS n, count(DISTINCT id) AS keys, min(_mdl_lsn) AS lsn FROM t",
+        )
+        .await;
+        assert!(text.contains("| 4 | 4    | 20  |"), "{text}");
+    }
 }
