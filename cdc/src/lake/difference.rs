@@ -202,7 +202,10 @@ pub(crate) async fn of_result(
         Ok(c) => c,
         Err(why) => return Ok(Err(why)),
     };
-    let old_rows = count(&ctx, "o").await?;
+    let old_rows = match live_rows(table)? {
+        Some(n) => n,
+        None => count(&ctx, "o").await?,
+    };
     let most = (old_rows as usize).max(1) * MOST_CHANGED.0 / MOST_CHANGED.1;
     let (gone, arrived) = match joined(&ctx, keys, &columns, most).await? {
         Ok(d) => d,
@@ -269,6 +272,23 @@ async fn same_columns(
         return Ok(Err("a key is not a column"));
     }
     Ok(Ok(columns))
+}
+
+/// The table's rows from its log: each file's `numRecords` less its
+/// deletion vector's cardinality (None when a file has no statistics).
+fn live_rows(table: &DeltaTable) -> Result<Option<u64>> {
+    let snapshot = table.snapshot().map_err(Error::delta("table snapshot"))?;
+    let mut rows = 0u64;
+    for f in snapshot.log_data().iter() {
+        let Some(n) = f.num_records() else {
+            return Ok(None);
+        };
+        let deleted = f
+            .deletion_vector_descriptor()
+            .map_or(0, |dv| dv.cardinality.max(0) as u64);
+        rows += (n as u64).saturating_sub(deleted);
+    }
+    Ok(Some(rows))
 }
 
 async fn count(ctx: &SessionContext, name: &str) -> Result<u64> {
