@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 
 pub(crate) mod deletion_vectors;
 pub(crate) mod difference;
+pub(crate) mod fingerprints;
 mod join_sides;
 mod log_upkeep;
 pub(crate) mod mark_and_append;
@@ -361,6 +362,9 @@ pub(crate) fn handle(url: &Url, storage: &HashMap<String, String>) -> Result<Del
 ///   the table's log, and a version's `txn` actions never change.
 /// - What earlier cycles proved up to date (see
 ///   [`settled`](TableCache::settled)), so an idle cycle touches no log.
+/// - The row fingerprints of the keyed gold tables it wrote
+///   ([`fingerprints`]), so a refresh compares its result without reading
+///   the table.
 ///
 /// A clone is the same cache (the gold models a cycle refreshes at once
 /// share it).
@@ -372,6 +376,8 @@ pub struct TableCache {
     settled: Arc<std::sync::Mutex<HashMap<String, Settled>>>,
     /// The status rows of quiet objects last written.
     quiet: Arc<std::sync::Mutex<crate::status::QuietStatus>>,
+    /// The row fingerprints of keyed gold tables, at the version written.
+    fingerprints: Arc<std::sync::Mutex<HashMap<Url, fingerprints::Fingerprints>>>,
 }
 
 /// A table and an application id.
@@ -452,6 +458,31 @@ impl TableCache {
 
     fn get(&self, url: &Url) -> Option<DeltaTable> {
         self.tables.lock().ok()?.get(url).cloned()
+    }
+
+    /// The row fingerprints kept for `url` (taken: a refresh that fails
+    /// leaves none).
+    pub(crate) fn take_fingerprints(&self, url: &Url) -> Option<fingerprints::Fingerprints> {
+        self.fingerprints.lock().ok()?.remove(url)
+    }
+
+    /// Keep the row fingerprints of `url` (at the version they name).
+    pub(crate) fn keep_fingerprints(&self, url: &Url, kept: fingerprints::Fingerprints) {
+        if let Ok(mut m) = self.fingerprints.lock() {
+            m.insert(url.clone(), kept);
+        }
+    }
+
+    /// `url` went from version `from` to `to` by commits of this process
+    /// that change no row (a compaction): fingerprints kept at `from` now
+    /// describe `to`.
+    pub(crate) fn fingerprints_follow(&self, url: &Url, from: Option<u64>, to: Option<u64>) {
+        if let Ok(mut m) = self.fingerprints.lock()
+            && let Some(f) = m.remove(url)
+            && f.version() == from
+        {
+            m.insert(url.clone(), f.committed_at(to));
+        }
     }
 
     /// Keep `table` as the state of `url`.

@@ -209,10 +209,13 @@ impl Refiner<'_> {
                 let written = store
                     .table
                     .ok_or_else(|| Error::Protocol(format!("gold.{} not written", def.name)))?;
+                let before = written.version();
                 let table;
                 (table, report.version) = self
                     .keep_written(written, &url, Some(crate::optimize::Layout::GOLD))
                     .await?;
+                self.tables
+                    .fingerprints_follow(&url, before, table.version());
                 // A compaction after the write changes no row: the
                 // difference still leads to the version kept.
                 if def.publish.is_some()

@@ -318,7 +318,10 @@ impl GoldStore for DeltaGold<'_> {
             e if e.retry_policy() == crate::error::RetryPolicy::RetryOnTimer => e,
             e => model_error(&def.name, e),
         };
-        let difference = lake::difference::of_result(&target, source.clone(), keys)
+        let tables = self.refiner.tables;
+        let known = tables.take_fingerprints(&self.url);
+        let by_fingerprints = known.as_ref().is_some_and(|k| k.describe(&target, keys));
+        let (difference, next) = lake::difference::of_result(&target, source.clone(), keys, known)
             .await
             .map_err(failed)?;
         let difference = match difference {
@@ -380,6 +383,15 @@ impl GoldStore for DeltaGold<'_> {
             m.log(&name);
             table
         };
+        tracing::debug!(
+            gold = %def.name,
+            by_fingerprints,
+            fingerprints_kept = next.as_ref().map(|n| n.rows()),
+            "keyed model compared"
+        );
+        if let Some(next) = next {
+            tables.keep_fingerprints(&self.url, next.committed_at(table.version()));
+        }
         self.table = Some(table);
         self.written = from.map(|v| (v, difference));
         Ok(Some(rows))
@@ -616,6 +628,13 @@ mod tests {
             }
             assert_eq!(counted, Some(300));
             assert_eq!(deletion_vectors(&table).await, 1, "the old file is marked");
+            // The rows' fingerprints are kept at the version written, so
+            // the next refresh compares its result with them.
+            let url = store.url.clone();
+            let kept = tables.take_fingerprints(&url).expect("fingerprints kept");
+            assert_eq!((kept.version(), kept.rows()), (table.version(), 300));
+            assert!(kept.describe(&table, &["id".into()]));
+            tables.keep_fingerprints(&url, kept);
             let (from, d) = store.written.as_ref().expect("the difference kept");
             assert_eq!(*from, first);
             assert_eq!((d.old_rows, d.gone_rows(), d.arrived_rows()), (300, 3, 3));
@@ -629,13 +648,49 @@ mod tests {
             let table = store.table.clone().expect("table");
             assert_eq!(table.version(), before.map(|v| v + 1));
             assert_eq!(read(&table).await, want);
-            // Its old rows, counted from the log, net of the marked ones.
             assert!(
                 store
                     .written
                     .as_ref()
                     .is_some_and(|(_, d)| d.is_empty() && d.old_rows == 300)
             );
+            let kept = tables.take_fingerprints(&url).expect("fingerprints kept");
+            assert_eq!(kept.version(), table.version(), "moved to the new version");
+            tables.keep_fingerprints(&url, kept);
+
+            // Two rows change again: compared by fingerprints, marked and
+            // appended.
+            let again = ctx
+                .read_batches(vec![
+                    rows((0..300).filter(|i| ![5, 6, 7, 100].contains(i)), "a"),
+                    rows([5, 6], "c"),
+                    rows([7], "a"),
+                    rows([1000], "new"),
+                ])
+                .expect("result");
+            store
+                .merge_keyed(&def, &ctx, again, &["id".into()], commit(3))
+                .await
+                .expect("merge again");
+            let table = store.table.clone().expect("table");
+            let (_, d) = store.written.as_ref().expect("the difference kept");
+            assert_eq!((d.old_rows, d.gone_rows(), d.arrived_rows()), (300, 2, 2));
+            let mut want = want.clone();
+            for (id, v) in want.iter_mut() {
+                if *id == 5 || *id == 6 {
+                    *v = "c".into();
+                }
+            }
+            assert_eq!(read(&table).await, want);
+            // Its old rows, counted from the log, net of the marked ones: the
+            // join again, with the fingerprints gone.
+            assert!(tables.take_fingerprints(&url).is_some());
+            store
+                .merge_keyed(&def, &ctx, changed(), &["id".into()], commit(3))
+                .await
+                .expect("merge back");
+            let (_, d) = store.written.as_ref().expect("the difference kept");
+            assert_eq!((d.old_rows, d.gone_rows(), d.arrived_rows()), (300, 2, 2));
 
             // Most rows change: replaced whole, no difference kept.
             let changed = ctx.read_batches(vec![rows(0..300, "z")]).expect("result");

@@ -61,11 +61,12 @@ use deltalake::datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
+use super::fingerprints::{self, Fingerprinted, Fingerprints, RowHasher};
 use crate::error::{Error, Result};
 use crate::lake::{self, ident};
 
 /// The share of the rows beyond which a difference is not worth it.
-const MOST_CHANGED: (usize, usize) = (1, 3);
+pub(super) const MOST_CHANGED: (usize, usize) = (1, 3);
 
 /// What to do to a copy of the old rows to make it the new ones.
 #[derive(Clone)]
@@ -185,23 +186,44 @@ pub(crate) async fn between_versions(
 
 /// The difference between `table` (the old rows) and `result` (the new
 /// ones, a plan streamed once into the comparison), on `keys`, with the
-/// arrived rows in `table`'s column types. `Ok(Err(why))` when more than a
-/// third of the rows changed or a key repeats on either side.
+/// arrived rows in `table`'s column types, and the fingerprints of the
+/// table the difference makes (see [`super::fingerprints`]). `Ok(Err(why))`
+/// when more than a third of the rows changed or a key repeats on either
+/// side.
+///
+/// With `known` fingerprints of the table as it is, the result is compared
+/// with them and the table is not read; else the table is joined with the
+/// result, whose rows are fingerprinted as they stream past.
 pub(crate) async fn of_result(
     table: &DeltaTable,
     result: DataFrame,
     keys: &[String],
-) -> Result<std::result::Result<Difference, NotADifference>> {
+    known: Option<Fingerprints>,
+) -> Result<(
+    std::result::Result<Difference, NotADifference>,
+    Option<Fingerprints>,
+)> {
+    let schema: SchemaRef = table
+        .snapshot()
+        .map_err(Error::delta("table snapshot"))?
+        .snapshot()
+        .arrow_schema();
+    let columns = match same_fields(&schema, result.schema().as_arrow(), keys) {
+        Ok(c) => c,
+        Err(why) => return Ok((Err(why), None)),
+    };
+    if let Some(known) = known.filter(|k| k.describe(table, keys)) {
+        return fingerprints::difference(known, result).await;
+    }
+    let Some(hasher) = RowHasher::new(&schema, keys)? else {
+        return Ok((Err("a key is not a column"), None));
+    };
     let ctx = lake::session();
     lake::register(&ctx, "o", table).await?;
-    let counted = Counted::new(&result).await?;
-    let rows = counted.rows.clone();
+    let counted = Counted::new(&result, hasher).await?;
+    let (rows, fingerprinted) = (counted.rows.clone(), counted.fingerprinted.clone());
     ctx.register_table("n", Arc::new(counted.table()?))
         .map_err(Error::datafusion("register the new rows"))?;
-    let columns = match same_columns(&ctx, keys).await? {
-        Ok(c) => c,
-        Err(why) => return Ok(Err(why)),
-    };
     let old_rows = match live_rows(table)? {
         Some(n) => n,
         None => count(&ctx, "o").await?,
@@ -209,35 +231,66 @@ pub(crate) async fn of_result(
     let most = (old_rows as usize).max(1) * MOST_CHANGED.0 / MOST_CHANGED.1;
     let (gone, arrived) = match joined(&ctx, keys, &columns, most).await? {
         Ok(d) => d,
-        Err(why) => return Ok(Err(why)),
+        Err(why) => return Ok((Err(why), None)),
     };
     let difference = Difference {
         gone,
         arrived,
         old_rows,
     };
+    // A key twice in the result: its fingerprints tell (the count below
+    // misses a new key that arrives twice).
+    let next = match fingerprinted
+        .take()
+        .map(|batches| fingerprints::of_rows(table, keys, &fingerprinted.hasher, batches))
+    {
+        Some(Err(why)) => return Ok((Err(why), None)),
+        Some(Ok(next)) => next,
+        None => None,
+    };
     let new_rows = rows.load(Ordering::Relaxed);
     // With one row per key on both sides, every row is either the same on
-    // both sides or counted once as gone (old) or arrived (new).
+    // both sides or counted once as gone (old) or arrived (new): a key twice
+    // in the table breaks this.
     if old_rows.checked_sub(difference.gone_rows())
         != new_rows.checked_sub(difference.arrived_rows())
     {
-        return Ok(Err(REPEATED_KEY));
+        return Ok((Err(REPEATED_KEY), None));
     }
-    let schema: SchemaRef = table
-        .snapshot()
-        .map_err(Error::delta("table snapshot"))?
-        .snapshot()
-        .arrow_schema();
     let arrived = difference
         .arrived
         .iter()
         .map(|b| crate::optimize::conform(b, &schema))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Ok(Difference {
-        arrived,
-        ..difference
-    }))
+    Ok((
+        Ok(Difference {
+            arrived,
+            ..difference
+        }),
+        next,
+    ))
+}
+
+/// `old` and `new` have the same columns (names and stored types, in
+/// order), the keys among them: their names.
+fn same_fields(
+    old: &arrow::datatypes::Schema,
+    new: &arrow::datatypes::Schema,
+    keys: &[String],
+) -> std::result::Result<Vec<String>, NotADifference> {
+    if old.fields().len() != new.fields().len()
+        || old.fields().iter().zip(new.fields()).any(|(a, b)| {
+            a.name() != b.name()
+                || lake::storage_type(a.data_type()) != lake::storage_type(b.data_type())
+        })
+    {
+        return Err("its columns changed");
+    }
+    let columns: Vec<String> = new.fields().iter().map(|f| f.name().clone()).collect();
+    if keys.iter().any(|k| !columns.contains(k)) {
+        return Err("a key is not a column");
+    }
+    Ok(columns)
 }
 
 /// The registered `o` and `n` have the same columns (names and types, in
@@ -254,24 +307,11 @@ async fn same_columns(
             .await
             .map_err(Error::datafusion("new rows"))?,
     );
-    let (o_schema, n_schema) = (o.schema().as_arrow().clone(), n.schema().as_arrow().clone());
-    if o_schema.fields().len() != n_schema.fields().len()
-        || o_schema
-            .fields()
-            .iter()
-            .zip(n_schema.fields())
-            .any(|(a, b)| {
-                a.name() != b.name()
-                    || lake::storage_type(a.data_type()) != lake::storage_type(b.data_type())
-            })
-    {
-        return Ok(Err("its columns changed"));
-    }
-    let columns: Vec<String> = n_schema.fields().iter().map(|f| f.name().clone()).collect();
-    if keys.iter().any(|k| !columns.contains(k)) {
-        return Ok(Err("a key is not a column"));
-    }
-    Ok(Ok(columns))
+    Ok(same_fields(
+        o.schema().as_arrow(),
+        n.schema().as_arrow(),
+        keys,
+    ))
 }
 
 /// The table's rows from its log: each file's `numRecords` less its
@@ -403,16 +443,53 @@ async fn joined(
     Ok(Ok((all_gone, all_arrived)))
 }
 
-/// A plan's rows as a table that can be read once, counting the rows read.
+/// A plan's rows as a table that can be read once, counting the rows read
+/// and fingerprinting them.
 struct Counted {
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
     schema: SchemaRef,
     rows: Arc<AtomicU64>,
+    fingerprinted: Arc<Collected>,
+}
+
+/// The fingerprints of the rows read, per batch (None once one failed).
+struct Collected {
+    hasher: RowHasher,
+    batches: std::sync::Mutex<Option<Fingerprinted>>,
+}
+
+impl Collected {
+    fn add(&self, batch: &RecordBatch) {
+        let done = self
+            .hasher
+            .conform(batch)
+            .and_then(|b| Ok((self.hasher.keys_of(&b)?, self.hasher.of(&b)?)));
+        let mut kept = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        match done {
+            Ok((keys, (k, v))) => {
+                if let Some(batches) = kept.as_mut() {
+                    batches.push((keys, k, v));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "row fingerprints not kept");
+                *kept = None;
+            }
+        }
+    }
+
+    /// The fingerprints of every row read (None when one failed).
+    fn take(&self) -> Option<Fingerprinted> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 impl Counted {
-    async fn new(df: &DataFrame) -> Result<Counted> {
+    async fn new(df: &DataFrame, hasher: RowHasher) -> Result<Counted> {
         let task = Arc::new(df.task_ctx());
         let plan = df
             .clone()
@@ -424,6 +501,10 @@ impl Counted {
             plan,
             task,
             rows: Arc::new(AtomicU64::new(0)),
+            fingerprinted: Arc::new(Collected {
+                hasher,
+                batches: std::sync::Mutex::new(Some(Vec::new())),
+            }),
         })
     }
 
@@ -436,6 +517,7 @@ impl Counted {
                     schema: self.schema.clone(),
                     partition,
                     rows: self.rows.clone(),
+                    fingerprinted: self.fingerprinted.clone(),
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
@@ -444,13 +526,21 @@ impl Counted {
     }
 }
 
-#[derive(Debug)]
 struct CountedPartition {
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
     schema: SchemaRef,
     partition: usize,
     rows: Arc<AtomicU64>,
+    fingerprinted: Arc<Collected>,
+}
+
+impl std::fmt::Debug for CountedPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountedPartition")
+            .field("partition", &self.partition)
+            .finish()
+    }
 }
 
 impl PartitionStream for CountedPartition {
@@ -461,12 +551,14 @@ impl PartitionStream for CountedPartition {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         // The plan runs in the session it was planned in.
         let rows = self.rows.clone();
+        let fingerprinted = self.fingerprinted.clone();
         let stream: futures::stream::BoxStream<'static, _> =
             match self.plan.execute(self.partition, self.task.clone()) {
                 Ok(s) => s
                     .inspect(move |b| {
                         if let Ok(b) = b {
                             rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                            fingerprinted.add(b);
                         }
                     })
                     .boxed(),
@@ -557,6 +649,39 @@ mod tests {
         ctx.read_batches(batches).expect("result")
     }
 
+    /// `new` against `t` both ways: joined with the table, and against the
+    /// fingerprints of the table's rows (when it has one row per key), which
+    /// both must give.
+    async fn compare(
+        t: &DeltaTable,
+        new: Vec<RecordBatch>,
+    ) -> Vec<std::result::Result<Difference, NotADifference>> {
+        let keys = ["id".to_string()];
+        let ctx = lake::session();
+        lake::register(&ctx, "t", t).await.expect("register");
+        let held = ctx.table("t").await.expect("the table's rows");
+        let (same, kept) = of_result(t, held, &keys, None).await.expect("compute");
+        let mut out = Vec::new();
+        let (joined, _) = of_result(t, result(new.clone()), &keys, None)
+            .await
+            .expect("compute");
+        out.push(joined);
+        match (same, kept) {
+            (Ok(d), Some(kept)) => {
+                assert!(d.is_empty(), "the table against its own rows: {d:?}");
+                let kept = kept.committed_at(t.version());
+                assert!(kept.describe(t, &keys));
+                let (fingerprinted, _) = of_result(t, result(new), &keys, Some(kept))
+                    .await
+                    .expect("compute");
+                out.push(fingerprinted);
+            }
+            (Err(why), None) => assert_eq!(why, REPEATED_KEY, "no fingerprints kept"),
+            (same, kept) => panic!("{same:?}, {kept:?}"),
+        }
+        out
+    }
+
     /// Rows that changed, left and arrived are found in one pass over the
     /// result, the rows the same on both sides are not; the arrived rows
     /// have the table's types.
@@ -564,29 +689,29 @@ mod tests {
     async fn a_result_differs_from_its_table_by_the_rows_that_changed_left_or_arrived() {
         let (_dir, t) = table().await;
         let same: Vec<i64> = (0..300).filter(|i| ![5, 6, 7, 100].contains(i)).collect();
-        let new = result(vec![
+        let new = vec![
             rows(&same, "a"),
             rows(&[5, 6], "b"),   // changed
             rows(&[7], "a"),      // the same
             rows(&[1000], "new"), // arrived; 100 left
-        ]);
-        let d = of_result(&t, new, &["id".to_string()])
-            .await
-            .expect("compute")
-            .expect("a difference");
-        assert_eq!(d.old_rows, 300);
-        assert_eq!(ids(&d.gone), vec![5, 6, 100]);
-        assert_eq!(ids(&d.arrived), vec![5, 6, 1000]);
-        let schema = t.snapshot().expect("snapshot").snapshot().arrow_schema();
-        assert!(d.arrived.iter().all(|b| b.schema() == schema));
+        ];
+        let both = compare(&t, new).await;
+        assert_eq!(both.len(), 2);
+        for d in both {
+            let d = d.expect("a difference");
+            assert_eq!(d.old_rows, 300);
+            assert_eq!(ids(&d.gone), vec![5, 6, 100]);
+            assert_eq!(ids(&d.arrived), vec![5, 6, 1000]);
+            let schema = t.snapshot().expect("snapshot").snapshot().arrow_schema();
+            assert!(d.arrived.iter().all(|b| b.schema() == schema));
+        }
 
         // The same rows: an empty difference.
         let all: Vec<i64> = (0..300).collect();
-        let d = of_result(&t, result(vec![rows(&all, "a")]), &["id".to_string()])
-            .await
-            .expect("compute")
-            .expect("a difference");
-        assert!(d.is_empty(), "{d:?}");
+        for d in compare(&t, vec![rows(&all, "a")]).await {
+            let d = d.expect("a difference");
+            assert!(d.is_empty(), "{d:?}");
+        }
     }
 
     /// A key twice in the result, even as two equal rows, is found by the
@@ -596,19 +721,20 @@ mod tests {
         let (_dir, t) = table().await;
         let all: Vec<i64> = (0..300).collect();
         for extra in ["a", "b"] {
-            let new = result(vec![rows(&all, "a"), rows(&[3], extra)]);
-            let why = of_result(&t, new, &["id".to_string()])
-                .await
-                .expect("compute")
-                .expect_err("a repeated key");
-            assert_eq!(why, REPEATED_KEY, "extra row 3 = {extra}");
+            let new = vec![rows(&all, "a"), rows(&[3], extra)];
+            for d in compare(&t, new).await {
+                let why = d.expect_err("a repeated key");
+                assert_eq!(why, REPEATED_KEY, "extra row 3 = {extra}");
+            }
         }
-        let new = result(vec![rows(&all, "changed")]);
-        let why = of_result(&t, new, &["id".to_string()])
-            .await
-            .expect("compute")
-            .expect_err("mostly changed");
-        assert_eq!(why, "more than a third of the rows changed");
+        // A new key twice.
+        for d in compare(&t, vec![rows(&all, "a"), rows(&[900, 900], "n")]).await {
+            assert_eq!(d.expect_err("a repeated key"), REPEATED_KEY);
+        }
+        for d in compare(&t, vec![rows(&all, "changed")]).await {
+            let why = d.expect_err("mostly changed");
+            assert_eq!(why, "more than a third of the rows changed");
+        }
     }
 
     /// NULL and an empty string are different values; a value that moves
@@ -630,7 +756,7 @@ mod tests {
             .with_save_mode(SaveMode::Append)
             .await
             .expect("write");
-        let new = result(vec![
+        let new = vec![
             two(1, Some("x"), None), // moved between columns
             two(2, Some("x"), None), // the same
             two(3, Some(""), None),  // NULL became ''
@@ -639,12 +765,11 @@ mod tests {
             two(6, Some("k"), Some("k")),
             two(7, Some("k"), Some("k")),
             two(8, Some("k"), Some("k")),
-        ]);
-        let d = of_result(&t, new, &["id".to_string()])
-            .await
-            .expect("compute")
-            .expect_err("four of four rows changed or arrived");
-        assert_eq!(d, "more than a third of the rows changed");
+        ];
+        for d in compare(&t, new).await {
+            let d = d.expect_err("four of four rows changed or arrived");
+            assert_eq!(d, "more than a third of the rows changed");
+        }
         // The same comparison on a larger table, so it is worth a difference.
         let more: Vec<i64> = (100..120).collect();
         let t = t
@@ -652,34 +777,35 @@ mod tests {
             .with_save_mode(SaveMode::Append)
             .await
             .expect("write more");
-        let new = result(vec![
+        let new = vec![
             two(1, Some("x"), None),
             two(2, Some("x"), None),
             two(3, Some(""), None),
             two(4, Some("k"), Some("k")),
             rows_ab(&more, Some("m"), Some("n")),
-        ]);
-        let d = of_result(&t, new, &["id".to_string()])
-            .await
-            .expect("compute")
-            .expect("a difference");
-        assert_eq!(ids(&d.gone), vec![1, 3]);
-        assert_eq!(ids(&d.arrived), vec![1, 3]);
+        ];
+        let both = compare(&t, new).await;
+        assert_eq!(both.len(), 2);
+        for d in both {
+            let d = d.expect("a difference");
+            assert_eq!(ids(&d.gone), vec![1, 3]);
+            assert_eq!(ids(&d.arrived), vec![1, 3]);
+        }
 
         let t = t
             .write(vec![two(4, Some("again"), None)])
             .with_save_mode(SaveMode::Append)
             .await
             .expect("key 4 twice");
-        let new = result(vec![
+        let new = vec![
             two(4, Some("k"), Some("k")),
             rows_ab(&more, Some("m"), Some("n")),
-        ]);
-        let why = of_result(&t, new, &["id".to_string()])
-            .await
-            .expect("compute")
-            .expect_err("a key twice in the table");
-        assert_eq!(why, REPEATED_KEY);
+        ];
+        let both = compare(&t, new).await;
+        assert_eq!(both.len(), 1, "no fingerprints of a table with a key twice");
+        for d in both {
+            assert_eq!(d.expect_err("a key twice in the table"), REPEATED_KEY);
+        }
     }
 
     /// Rows `(id, a, b)`, every row with the same `a` and `b`.
