@@ -1171,7 +1171,10 @@ async fn a_running_refiner_skips_tables_whose_bronze_did_not_move_and_misses_no_
             &["run"],
             &[
                 ("MEDALLION_REFINE_INTERVAL_MS", "200"),
-                ("MEDALLION_LOG", "warn,medallion::silver=debug"),
+                (
+                    "MEDALLION_LOG",
+                    "warn,medallion::silver=debug,medallion::gold::store=debug",
+                ),
             ],
         )
         .stdout(Stdio::null())
@@ -1241,6 +1244,22 @@ async fn a_running_refiner_skips_tables_whose_bronze_did_not_move_and_misses_no_
     assert!(
         skipped >= 3,
         "the refiner skipped silver.b {skipped} times:\n{log}"
+    );
+    // The keyed model gb was compared with the fingerprints its refiner
+    // kept (it changed after its first refresh, by the UPDATE and DELETE,
+    // then by the resync's new silver table), and converged each time.
+    let by_fingerprints = log
+        .lines()
+        .map(plain)
+        .filter(|l| {
+            l.contains("keyed model compared")
+                && l.contains("gold=gb")
+                && l.contains("by_fingerprints=true")
+        })
+        .count();
+    assert!(
+        by_fingerprints >= 1,
+        "gb was never compared by fingerprints:\n{log}"
     );
 }
 
