@@ -449,7 +449,7 @@ impl MemorySilver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use arrow::array::{
         Int64Array, ListBuilder, StringArray, StringBuilder, TimestampMicrosecondArray,
     };
@@ -526,7 +526,7 @@ mod tests {
         }
     }
 
-    fn def(history: History, soft_delete: bool) -> SilverDef {
+    pub(in crate::silver) fn def(history: History, soft_delete: bool) -> SilverDef {
         SilverDef {
             name: "t".into(),
             source: crate::bronze::TableId::new("public", "t"),

@@ -624,16 +624,7 @@ mod tests {
         let lake = Lake::from_config(&cfg).expect("lake");
         let tables = TableCache::default();
         let refiner = Refiner::new(&cfg, &lake, &tables);
-        let def = SilverDef {
-            name: "t".into(),
-            source: TableId::new("public", "t"),
-            keys: vec!["id".into()],
-            history: History::Current,
-            track_columns: None,
-            soft_delete: false,
-            expectations: Vec::new(),
-            publish: None,
-        };
+        let def = super::super::memory::tests::def(History::Current, false);
         let url = lake.refined_url("silver", "t").expect("url");
         let ctx = lake::session();
         for (generation, n) in [(10, 3), (20, 4)] {
