@@ -284,10 +284,107 @@ pub async fn run(cfg: &Config) -> Vec<Finding> {
         Err(e) => out.push(f("slot", false, e.to_string())),
     }
     if ext {
+        out.extend(silver_keys(&client, cfg).await);
         out.extend(gold_plans(&client, cfg).await);
     }
     task.abort();
     out
+}
+
+/// Every silver table holds one current row per key. A table an earlier
+/// release rebuilt from a new bronze generation (a resync, a changed
+/// definition) could hold the old generation's rows beside the new ones;
+/// each such table is listed with the resync that rebuilds it. Reads the
+/// key columns of every silver table.
+async fn silver_keys(client: &tokio_postgres::Client, cfg: &Config) -> Vec<Finding> {
+    let silver = match catalog::refined_definitions(client).await {
+        Ok((silver, _)) => silver,
+        Err(e) => {
+            return vec![f(
+                "silver",
+                false,
+                format!("cannot read the silver tables: {e}"),
+            )];
+        }
+    };
+    if silver.is_empty() {
+        return Vec::new();
+    }
+    let lake = match Lake::from_config(cfg) {
+        Ok(l) => l,
+        Err(e) => return vec![f("silver", false, e.to_string())],
+    };
+    let mut out = Vec::new();
+    let (mut checked, mut not_built) = (0, 0);
+    for def in &silver {
+        match repeated_keys(&lake, def).await {
+            Ok(None) => not_built += 1,
+            Ok(Some(0)) => checked += 1,
+            Ok(Some(n)) => out.push(f(
+                "silver",
+                false,
+                format!(
+                    "silver.{}: {n} key(s) have more than one current row; \
+                     SELECT medallion.resync('{}') rebuilds it",
+                    def.name, def.source
+                ),
+            )),
+            Err(e) => {
+                // The lake itself is unreadable (the lake line says why):
+                // once, not once per table.
+                out.push(f(
+                    "silver",
+                    false,
+                    format!("silver.{}: cannot read its keys: {e}", def.name),
+                ));
+                return out;
+            }
+        }
+    }
+    let failed = out.len();
+    out.push(f(
+        "silver",
+        failed == 0,
+        format!(
+            "{checked} of {} silver table(s) hold one current row per key{}{}",
+            silver.len() - not_built,
+            if failed > 0 {
+                format!(", {failed} do not (listed above)")
+            } else {
+                String::new()
+            },
+            if not_built > 0 {
+                format!("; {not_built} not built yet")
+            } else {
+                String::new()
+            }
+        ),
+    ));
+    out
+}
+
+/// How many keys of silver table `def` have more than one current row
+/// (None: the table is not built yet).
+async fn repeated_keys(lake: &Lake, def: &catalog::SilverDef) -> crate::error::Result<Option<u64>> {
+    let Some(table) = lake.open(&lake.refined_url("silver", &def.name)?).await? else {
+        return Ok(None);
+    };
+    let ctx = crate::lake::session();
+    crate::lake::register(&ctx, "t", &table).await?;
+    let keys: Vec<String> = def.keys.iter().map(|k| crate::lake::ident(k)).collect();
+    if keys.is_empty() {
+        return Ok(Some(0));
+    }
+    let current = match def.history {
+        catalog::History::Scd2 => format!(" WHERE {}", crate::silver::COL_IS_CURRENT),
+        catalog::History::Current => String::new(),
+    };
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM t{current} GROUP BY {} HAVING count(*) > 1) d",
+        keys.join(", ")
+    );
+    let batches = crate::lake::collect(&ctx, &sql).await?;
+    crate::expectations::count_of(&batches).map(Some)
 }
 
 /// Plan every gold model against the lake's current silver and gold

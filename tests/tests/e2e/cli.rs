@@ -269,6 +269,76 @@ async fn a_catalog_column_of_another_type_is_an_error_naming_it() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `medallion check` reads the keys of every silver table: a table with a
+/// key on two current rows (as an earlier release's rebuild after a resync
+/// left them) is a FAIL line naming the resync that repairs it, and the
+/// resync does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_a_silver_table_holding_a_key_twice_and_a_resync_repairs_it() {
+    let env = Env::new();
+    env.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 10) g; \
+         SELECT medallion.add_source('t');",
+    );
+    let caught_up_and_refined = |env: &Env| {
+        let (st, _, err) = command(env, &["run", "--until-caught-up"]);
+        assert!(st.success(), "run: {err}");
+        let (st, out, err) = command(env, &["refine"]);
+        assert!(st.success(), "refine: {out}{err}");
+    };
+    caught_up_and_refined(&env);
+    let (st, out, err) = command(&env, &["check"]);
+    assert!(st.success(), "{out}{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("ok")
+            && l.contains("1 of 1 silver table(s) hold one current row per key")),
+        "{out}"
+    );
+
+    // Key 3 a second time, appended beside the table's rows.
+    let url = env.lake_root().join("silver/t/").expect("url");
+    let table = deltalake::open_table(url).await.expect("open silver.t");
+    let rows = env.refined_batches("silver", "t").await;
+    let batch = arrow::compute::concat_batches(&rows[0].schema(), &rows).expect("rows");
+    let ids = batch
+        .column_by_name("id")
+        .expect("id")
+        .as_any()
+        .downcast_ref::<arrow::array::Int32Array>()
+        .expect("int4 id");
+    let at = (0..ids.len()).find(|&i| ids.value(i) == 3).expect("key 3");
+    table
+        .write(vec![batch.slice(at, 1)])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .await
+        .expect("append key 3 again");
+    assert_eq!(env.refined_rows("silver", "t").await.len(), 11);
+    let (st, out, err) = command(&env, &["check"]);
+    assert!(!st.success(), "check must fail: {out}{err}");
+    let fails: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(
+        fails.iter().any(|l| l.contains(
+            "silver.t: 1 key(s) have more than one current row; SELECT medallion.resync('public.t') rebuilds it"
+        )),
+        "{out}"
+    );
+    assert!(
+        fails
+            .iter()
+            .any(|l| l.contains("0 of 1 silver table(s) hold one current row per key")),
+        "{out}"
+    );
+
+    // The repair the line names.
+    env.sql("SELECT medallion.resync('public.t')");
+    caught_up_and_refined(&env);
+    assert_eq!(env.snapshot_generations("public", "t").await, 2);
+    env.assert_silver_matches("public", "t", "t").await;
+    let (st, out, err) = command(&env, &["check"]);
+    assert!(st.success(), "{out}{err}");
+}
+
 /// `medallion check` plans every gold model against the lake: a model gold
 /// cannot run is a FAIL line naming it and why (before any refresh tried
 /// it), a model whose input is not built yet is counted as waiting, and the
